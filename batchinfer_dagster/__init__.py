@@ -1,0 +1,1 @@
+"""batchinfer: offline (batch) zero-shot inference orchestrated by Dagster."""

@@ -1,0 +1,244 @@
+"""The app database: tables of design §5, the engine, and portable upserts.
+
+One schema serves SQLite (embedded default) and PostgreSQL (production). Migrations are Alembic's
+(``batchinfer_dagster/migrations``) and run on first use of an engine in a process, so a new user
+never runs a separate setup step; ``batchinfer db upgrade`` runs them explicitly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from batchinfer_dagster.settings import Settings
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; BIGINT stays BIGINT on PostgreSQL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every stored time is UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes on both databases (SQLite keeps no zone, so it is put back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _ts(name: str, **kwargs: Any) -> Column:
+    return Column(name, UtcDateTime(), **kwargs)
+
+
+data_points = Table(
+    "data_points",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("text", Text, nullable=False),
+    _ts("created_at", nullable=False, default=utcnow),
+)
+
+features = Table(
+    "features",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+    _ts("feature_timestamp", nullable=False),
+)
+
+prediction_requests = Table(
+    "prediction_requests",
+    metadata,
+    Column("message_id", String(128), primary_key=True),
+    Column("record_id", BigInteger, nullable=False),
+    Column("batch_key", String(64), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    _ts("received_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("not_before", nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_prediction_requests_batch_key", "batch_key"),
+    Index("ix_prediction_requests_status", "status"),
+    Index("ix_prediction_requests_record_id", "record_id"),
+)
+
+prediction_batches = Table(
+    "prediction_batches",
+    metadata,
+    Column("batch_key", String(64), primary_key=True),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("run_id", String(64), nullable=True),
+    Index("ix_prediction_batches_status", "status"),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("model", String(200), primary_key=True),
+    Column("sequence", Text, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("batch_key", String(64), nullable=True),
+    Column("run_id", String(64), nullable=True),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("message_id", String(128), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    _ts("received_at", nullable=False),
+    Index("ix_dead_letters_message_id", "message_id"),
+)
+
+queue_messages = Table(
+    "queue_messages",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("payload", LargeBinary, nullable=False),
+    _ts("published_at", nullable=False),
+    _ts("visible_at", nullable=False),
+    Column("delivery_attempt", Integer, nullable=False, default=0),
+    Column("ack_id", String(64), nullable=True, unique=True),
+    Index("ix_queue_messages_visible_at", "visible_at"),
+)
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The app database cannot be reached; the message names the URL without its password."""
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL and a busy timeout let the sensor, runs and the CLI share one SQLite file."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def create_app_engine(url: str) -> Engine:
+    """A new engine for ``url`` (no migrations); SQLite files get their folder created."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The process-wide engine for the settings' database, migrated to the newest schema."""
+    url = settings.resolved_database_url
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_app_engine(url)
+            upgrade(engine)
+            _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Forget cached engines (tests that restart or swap databases)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def upgrade(engine: Engine) -> None:
+    """Run Alembic migrations up to head on ``engine``."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.exc import OperationalError
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach the app database {engine.url.render_as_string(hide_password=True)}: "
+            f"{exc.orig}. Check BATCHINFER_DATABASE_URL and that the server is running."
+        ) from exc
+
+
+def upsert(
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    key: Iterable[str],
+    update: Iterable[str],
+) -> None:
+    """INSERT … ON CONFLICT (key) DO UPDATE on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={column: statement.excluded[column] for column in update},
+    )
+    connection.execute(statement, list(rows))

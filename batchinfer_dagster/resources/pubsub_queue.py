@@ -1,0 +1,178 @@
+"""The request queue on Google Pub/Sub (or its emulator, found through ``PUBSUB_EMULATOR_HOST``).
+
+Redelivery, the ack deadline and dead-lettering are Pub/Sub's own: the subscription carries a
+dead-letter policy (created by ``batchinfer pubsub create`` here, by Terraform in production).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from concurrent import futures
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
+
+from batchinfer_dagster.resources.queue import (
+    ACK_CHUNK,
+    QueueUnavailableError,
+    ReceivedMessage,
+    RequestQueue,
+)
+from batchinfer_dagster.settings import Settings
+
+# One synchronous pull returns at most this many messages (service limit).
+PULL_CHUNK = 1000
+PUBLISH_TIMEOUT_SECONDS = 60.0
+
+
+def _unavailable(settings: Settings, exc: Exception) -> QueueUnavailableError:
+    where = (
+        f"emulator at {settings.pubsub_emulator_host}"
+        if settings.pubsub_emulator_host
+        else f"project {settings.pubsub_project}"
+    )
+    return QueueUnavailableError(
+        f"Pub/Sub ({where}) refused the call: {exc}. Is it running, and do the topic "
+        f"{settings.pubsub_topic!r} and subscription {settings.pubsub_subscription!r} exist "
+        "(`batchinfer pubsub create`)?"
+    )
+
+
+class PubSubQueue(RequestQueue):
+    """Publisher and synchronous-pull subscriber on one topic/subscription pair."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.publisher = pubsub_v1.PublisherClient()
+        self.subscriber = pubsub_v1.SubscriberClient()
+        self.topic_path = self.publisher.topic_path(settings.pubsub_project, settings.pubsub_topic)
+        self.subscription_path = self.subscriber.subscription_path(
+            settings.pubsub_project, settings.pubsub_subscription
+        )
+
+    def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        pending = [self.publisher.publish(self.topic_path, bytes(p)) for p in payloads]
+        try:
+            return [f.result(timeout=PUBLISH_TIMEOUT_SECONDS) for f in pending]
+        except (gexc.GoogleAPICallError, futures.TimeoutError) as exc:
+            raise _unavailable(self.settings, exc) from exc
+
+    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        deadline = time.monotonic() + timeout
+        messages: list[ReceivedMessage] = []
+        while len(messages) < max_messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if messages:
+                # More may be ready at once; don't wait long for a backlog that has ended.
+                remaining = min(remaining, 1.0)
+            batch = self._pull_once(min(PULL_CHUNK, max_messages - len(messages)), remaining)
+            if not batch:
+                break
+            messages.extend(batch)
+        return messages
+
+    def _pull_once(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        try:
+            response = self.subscriber.pull(
+                request={"subscription": self.subscription_path, "max_messages": max_messages},
+                timeout=max(timeout, 0.5),
+                retry=None,
+            )
+        except (gexc.DeadlineExceeded, gexc.RetryError):
+            return []
+        except gexc.GoogleAPICallError as exc:
+            raise _unavailable(self.settings, exc) from exc
+        return [
+            ReceivedMessage(
+                message_id=received.message.message_id,
+                ack_id=received.ack_id,
+                data=bytes(received.message.data),
+                # The service counts deliveries only when a dead-letter policy is set.
+                delivery_attempt=received.delivery_attempt or 1,
+                publish_time=received.message.publish_time,
+            )
+            for received in response.received_messages
+        ]
+
+    def _each_chunk(self, ack_ids: Sequence[str]) -> list[list[str]]:
+        return [list(ack_ids[i : i + ACK_CHUNK]) for i in range(0, len(ack_ids), ACK_CHUNK)]
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        try:
+            for chunk in self._each_chunk(ack_ids):
+                self.subscriber.acknowledge(
+                    request={"subscription": self.subscription_path, "ack_ids": chunk}
+                )
+        except gexc.GoogleAPICallError as exc:
+            raise _unavailable(self.settings, exc) from exc
+
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        try:
+            for chunk in self._each_chunk(ack_ids):
+                self.subscriber.modify_ack_deadline(
+                    request={
+                        "subscription": self.subscription_path,
+                        "ack_ids": chunk,
+                        "ack_deadline_seconds": 0,
+                    }
+                )
+        except gexc.GoogleAPICallError as exc:
+            raise _unavailable(self.settings, exc) from exc
+
+    def close(self) -> None:
+        self.subscriber.close()
+        self.publisher.stop()
+
+
+def create_topology(settings: Settings) -> dict[str, str]:
+    """Create topic, dead-letter topic and both subscriptions if missing; returns their paths.
+
+    Idempotent, for the emulator or a real project. In production Terraform owns these and also
+    grants the Pub/Sub service agent the rights dead-lettering needs.
+    """
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    project = settings.pubsub_project
+    topic = publisher.topic_path(project, settings.pubsub_topic)
+    dlq_topic = publisher.topic_path(project, settings.pubsub_dead_letter_topic)
+    subscription = subscriber.subscription_path(project, settings.pubsub_subscription)
+    dlq_subscription = subscriber.subscription_path(
+        project, settings.pubsub_dead_letter_subscription
+    )
+    try:
+        for path in (topic, dlq_topic):
+            with contextlib.suppress(gexc.AlreadyExists):
+                publisher.create_topic(request={"name": path}, timeout=30)
+        requests = [
+            {"name": dlq_subscription, "topic": dlq_topic, "ack_deadline_seconds": 60},
+            {
+                "name": subscription,
+                "topic": topic,
+                "ack_deadline_seconds": settings.ack_deadline_seconds,
+                "dead_letter_policy": DeadLetterPolicy(
+                    dead_letter_topic=dlq_topic,
+                    max_delivery_attempts=settings.max_delivery_attempts,
+                ),
+                "retry_policy": RetryPolicy(
+                    minimum_backoff={"seconds": 1}, maximum_backoff={"seconds": 60}
+                ),
+            },
+        ]
+        for request in requests:
+            with contextlib.suppress(gexc.AlreadyExists):
+                subscriber.create_subscription(request=request, timeout=30)
+    except gexc.GoogleAPICallError as exc:
+        raise _unavailable(settings, exc) from exc
+    finally:
+        subscriber.close()
+    return {
+        "topic": topic,
+        "subscription": subscription,
+        "dead_letter_topic": dlq_topic,
+        "dead_letter_subscription": dlq_subscription,
+    }

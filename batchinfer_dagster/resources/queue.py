@@ -1,0 +1,205 @@
+"""The request queue: one interface, a SQL-table implementation and a Pub/Sub one.
+
+The queue is only transport (design §3): the sensor pulls, writes the ledger, and acks only after
+the commit. Both implementations give at-least-once delivery with a lease (ack deadline), a
+delivery-attempt count, and dead letters for messages that are never acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.settings import Settings
+
+ACK_CHUNK = 1000
+
+
+class QueueUnavailableError(RuntimeError):
+    """The queue cannot be reached (emulator or Pub/Sub down, missing topic)."""
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One delivery of a message; ``ack_id`` names this delivery, not the message."""
+
+    message_id: str
+    ack_id: str
+    data: bytes
+    delivery_attempt: int
+    publish_time: datetime
+
+
+class RequestQueue(ABC):
+    """Publish, pull with a short timeout, ack, nack."""
+
+    @abstractmethod
+    def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        """Publish payloads in order; returns their message ids."""
+
+    @abstractmethod
+    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` s when none is ready."""
+
+    @abstractmethod
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        """Remove delivered messages for good."""
+
+    @abstractmethod
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        """Make delivered messages visible again at once."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class LocalQueue(RequestQueue):
+    """A queue in the app database: rows with a visibility lease, like Pub/Sub's ack deadline.
+
+    A pull claims visible rows in one UPDATE … RETURNING (atomic on SQLite, ``SKIP LOCKED`` on
+    PostgreSQL), bumps their delivery count and hides them for the lease. A message still
+    unacknowledged after ``max_delivery_attempts`` deliveries moves to ``dead_letters``.
+    """
+
+    def __init__(
+        self, engine: Engine, *, lease_seconds: float = 60, max_delivery_attempts: int = 5
+    ) -> None:
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_delivery_attempts = max_delivery_attempts
+
+    def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        if not payloads:
+            return []
+        now = db.utcnow()
+        table = db.queue_messages
+        rows = [
+            {"payload": bytes(p), "published_at": now, "visible_at": now, "delivery_attempt": 0}
+            for p in payloads
+        ]
+        with self.engine.begin() as connection:
+            ids = connection.execute(table.insert().returning(table.c.id), rows).scalars().all()
+        return [str(i) for i in ids]
+
+    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self._claim(max_messages)
+            if messages or time.monotonic() >= deadline:
+                return messages
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _claim(self, max_messages: int) -> list[ReceivedMessage]:
+        table = db.queue_messages
+        now = db.utcnow()
+        with self.engine.begin() as connection:
+            self._dead_letter_exhausted(connection, now)
+            candidates = (
+                sa.select(table.c.id)
+                .where(table.c.visible_at <= now)
+                .order_by(table.c.id)
+                .limit(max_messages)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            ack_prefix = uuid.uuid4().hex
+            statement = (
+                sa.update(table)
+                .where(table.c.id.in_(candidates), table.c.visible_at <= now)
+                .values(
+                    visible_at=now + self.lease,
+                    delivery_attempt=table.c.delivery_attempt + 1,
+                    ack_id=sa.literal(ack_prefix + "-") + sa.cast(table.c.id, sa.String),
+                )
+                .returning(
+                    table.c.id,
+                    table.c.ack_id,
+                    table.c.payload,
+                    table.c.delivery_attempt,
+                    table.c.published_at,
+                )
+            )
+            rows = connection.execute(statement).all()
+        rows.sort(key=lambda row: row.id)
+        return [
+            ReceivedMessage(
+                message_id=str(row.id),
+                ack_id=row.ack_id,
+                data=bytes(row.payload),
+                delivery_attempt=row.delivery_attempt,
+                publish_time=row.published_at,
+            )
+            for row in rows
+        ]
+
+    def _dead_letter_exhausted(self, connection: sa.Connection, now: datetime) -> None:
+        table = db.queue_messages
+        exhausted = connection.execute(
+            sa.select(table.c.id, table.c.payload, table.c.delivery_attempt)
+            .where(
+                table.c.visible_at <= now,
+                table.c.delivery_attempt >= self.max_delivery_attempts,
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not exhausted:
+            return
+        connection.execute(
+            db.dead_letters.insert(),
+            [
+                {
+                    "source": "queue",
+                    "message_id": str(row.id),
+                    "payload": bytes(row.payload).decode("utf-8", errors="backslashreplace"),
+                    "reason": f"not acknowledged after {row.delivery_attempt} deliveries",
+                    "received_at": now,
+                }
+                for row in exhausted
+            ],
+        )
+        connection.execute(table.delete().where(table.c.id.in_([row.id for row in exhausted])))
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        table = db.queue_messages
+        with self.engine.begin() as connection:
+            for start in range(0, len(ack_ids), ACK_CHUNK):
+                chunk = list(ack_ids[start : start + ACK_CHUNK])
+                connection.execute(table.delete().where(table.c.ack_id.in_(chunk)))
+
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        table = db.queue_messages
+        now = db.utcnow()
+        with self.engine.begin() as connection:
+            for start in range(0, len(ack_ids), ACK_CHUNK):
+                chunk = list(ack_ids[start : start + ACK_CHUNK])
+                connection.execute(
+                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=now)
+                )
+
+    def depth(self) -> int:
+        """Messages not yet acknowledged (visible or leased)."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(sa.func.count()).select_from(db.queue_messages)
+            ).scalar_one()
+
+
+def build_queue(settings: Settings) -> RequestQueue:
+    """The queue that ``BATCHINFER_QUEUE`` names."""
+    if settings.queue == "pubsub":
+        from batchinfer_dagster.resources.pubsub_queue import PubSubQueue
+
+        return PubSubQueue(settings)
+    return LocalQueue(
+        db.get_engine(settings),
+        lease_seconds=settings.ack_deadline_seconds,
+        max_delivery_attempts=settings.max_delivery_attempts,
+    )

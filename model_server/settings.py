@@ -1,0 +1,55 @@
+"""The model server's one configuration object, read from the environment.
+
+Field names are the environment variable names in lower case, so `AIP_HTTP_PORT` is
+`aip_http_port`: what an operator sets is what a reader of the code searches for.
+"""
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SEED_LABELS = "mobile,website,billing,account access"
+
+
+class ServerSettings(BaseSettings):
+    """Everything the model server can be told, with the embedded defaults of design.md §4."""
+
+    model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")
+
+    aip_http_port: int = Field(8080, ge=1, le=65535)
+    aip_predict_route: str = "/predict"
+    aip_health_route: str = "/health"
+    aip_storage_uri: str | None = None
+    model_host: str = "0.0.0.0"
+
+    model_backend: Literal["embedding", "nli"] = "embedding"
+    model_name_or_path: str | None = None
+    model_device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_fp16: bool = False
+    model_cache_dir: str = "/tmp/model_server_cache"
+
+    model_max_batch_size: int = Field(64, ge=1)
+    model_batch_wait_ms: float = Field(2.0, ge=0)
+    model_max_instances: int = Field(1000, ge=1)
+    model_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    model_max_text_chars: int = Field(100_000, ge=1)
+    model_max_labels: int = Field(64, ge=1)
+
+    model_default_labels: str = SEED_LABELS
+    model_default_template: str = "This example is {}."
+    model_embedding_temperature: float = Field(0.05, gt=0)
+    model_torch_threads: int = Field(0, ge=0)
+    model_log_level: str = "info"
+
+    @field_validator("aip_predict_route", "aip_health_route")
+    @classmethod
+    def _route_starts_with_slash(cls, route: str) -> str:
+        if not route.startswith("/"):
+            raise ValueError(f"a route must start with '/', got {route!r}")
+        return route
+
+    @property
+    def default_labels(self) -> list[str]:
+        """The candidate labels used when a request names none."""
+        return [label.strip() for label in self.model_default_labels.split(",") if label.strip()]
