@@ -1,0 +1,97 @@
+"""Shared fixtures: real PostgreSQL and Pub/Sub emulator, and settings for each backend.
+
+``app_settings`` is parametrized over the app database (SQLite file, PostgreSQL database), so a
+test that takes it runs on both. ``queue_settings`` adds the queue backend (local table, emulator).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchinfer_dagster import db
+from batchinfer_dagster.settings import Settings
+from tests.services import PostgresServer, PubSubEmulator, postgres_server, pubsub_emulator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[PubSubEmulator]:
+    previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+    with pubsub_emulator() as running:
+        os.environ["PUBSUB_EMULATOR_HOST"] = running.host
+        yield running
+    if previous is None:
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    else:
+        os.environ["PUBSUB_EMULATOR_HOST"] = previous
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{next(_names)}"
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database(unique_name("t"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'batchinfer.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def app_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a fresh app database (SQLite and PostgreSQL), local queue and feature store."""
+    yield Settings(home=tmp_path, database_url=database_url)
+    db.dispose_engines()
+
+
+def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: object) -> Settings:
+    """``base`` switched to the emulator with a topology of its own, created now."""
+    from batchinfer_dagster.resources.pubsub_queue import create_topology
+
+    name = unique_name("q")
+    settings = base.model_copy(
+        update={
+            "queue": "pubsub",
+            "pubsub_emulator_host": emulator.host,
+            "pubsub_topic": f"{name}-topic",
+            "pubsub_subscription": f"{name}-sub",
+            "pubsub_dead_letter_topic": f"{name}-dlq",
+            "pubsub_dead_letter_subscription": f"{name}-dlq-sub",
+            **overrides,
+        }
+    )
+    create_topology(settings)
+    return settings
+
+
+@pytest.fixture(params=["local", "pubsub"])
+def queue_settings(request: pytest.FixtureRequest, app_settings: Settings) -> Settings:
+    """``app_settings`` with each queue backend: the SQL table and the Pub/Sub emulator.
+
+    The ack deadline is Pub/Sub's shortest (10 s) on both, so redelivery tests stay short.
+    """
+    settings = app_settings.model_copy(update={"ack_deadline_seconds": 10})
+    if request.param == "local":
+        return settings
+    return pubsub_settings(settings, request.getfixturevalue("emulator"))

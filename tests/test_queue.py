@@ -1,0 +1,97 @@
+"""The queue contract, on the SQL-table queue (SQLite, PostgreSQL) and the Pub/Sub emulator."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from batchinfer_dagster import db
+from batchinfer_dagster.resources.queue import RequestQueue, build_queue
+from batchinfer_dagster.settings import Settings
+
+
+def drain(queue: RequestQueue, expected: int, timeout: float = 30) -> list:
+    """Pull until ``expected`` deliveries arrived (Pub/Sub may hand them out in pieces)."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        got.extend(queue.pull(max_messages=expected - len(got), timeout=2))
+    return got
+
+
+def test_publish_pull_ack_roundtrip(queue_settings: Settings) -> None:
+    queue = build_queue(queue_settings)
+    payloads = [b'{"id": "1"}', b'{"id": 2}', b"not json at all", "é ✓".encode()]
+    ids = queue.publish(payloads)
+    assert len(set(ids)) == 4
+
+    got = drain(queue, 4)
+    assert sorted(m.data for m in got) == sorted(payloads)
+    assert {m.message_id for m in got} == set(ids)
+    assert all(m.delivery_attempt == 1 for m in got)
+
+    queue.ack([m.ack_id for m in got])
+    assert queue.pull(max_messages=10, timeout=1) == []
+
+
+def test_pull_returns_at_most_max_messages(queue_settings: Settings) -> None:
+    queue = build_queue(queue_settings)
+    queue.publish([f'{{"id": {i}}}'.encode() for i in range(1, 31)])
+    first = queue.pull(max_messages=10, timeout=5)
+    assert 1 <= len(first) <= 10
+    rest = drain(queue, 30 - len(first))
+    assert len({m.message_id for m in first + rest}) == 30
+
+
+def test_unacked_message_is_redelivered_after_the_deadline(queue_settings: Settings) -> None:
+    assert queue_settings.ack_deadline_seconds == 10  # Pub/Sub's shortest; the fixture sets it
+    queue = build_queue(queue_settings)
+    [message_id] = queue.publish([b'{"id": "7"}'])
+    [first] = drain(queue, 1)
+    assert first.message_id == message_id
+    assert queue.pull(max_messages=1, timeout=2) == []  # leased, invisible
+
+    again = drain(queue, 1, timeout=40)
+    assert [m.message_id for m in again] == [message_id]
+    assert again[0].ack_id != first.ack_id
+    assert again[0].delivery_attempt >= 2
+    queue.ack([again[0].ack_id])
+
+
+def test_nacked_message_becomes_dead_letter_after_max_attempts(queue_settings: Settings) -> None:
+    queue = build_queue(queue_settings)
+    queue.publish([b'{"id": "poison"}'])
+    attempts = []
+    for _ in range(queue_settings.max_delivery_attempts):
+        [delivery] = drain(queue, 1)
+        attempts.append(delivery.delivery_attempt)
+        queue.nack([delivery.ack_id])
+    assert attempts == list(range(1, queue_settings.max_delivery_attempts + 1))
+
+    assert drain(queue, 1, timeout=8) == []
+    if queue_settings.queue == "local":
+        with db.get_engine(queue_settings).connect() as connection:
+            rows = connection.execute(sa.select(db.dead_letters)).all()
+        assert [(r.source, r.payload) for r in rows] == [("queue", '{"id": "poison"}')]
+        assert "5 deliveries" in rows[0].reason
+    else:
+        dlq = build_queue(
+            queue_settings.model_copy(
+                update={"pubsub_subscription": queue_settings.pubsub_dead_letter_subscription}
+            )
+        )
+        [dead] = drain(dlq, 1)
+        assert dead.data == b'{"id": "poison"}'
+
+
+@pytest.mark.parametrize("count", [2500])
+def test_large_publish_and_ack_in_chunks(queue_settings: Settings, count: int) -> None:
+    queue = build_queue(queue_settings)
+    ids = queue.publish([f'{{"id": {i}}}'.encode() for i in range(count)])
+    assert len(ids) == count
+    got = drain(queue, count, timeout=60)
+    assert len({m.message_id for m in got}) == count
+    queue.ack([m.ack_id for m in got])
+    assert queue.pull(max_messages=10, timeout=1) == []
