@@ -219,9 +219,11 @@ def upgrade(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = " ".join(str(exc.orig).split())
         raise DatabaseUnavailableError(
-            f"cannot reach the app database {engine.url.render_as_string(hide_password=True)}: "
-            f"{exc.orig}. Check BATCHINFER_DATABASE_URL and that the server is running."
+            f"cannot reach the app database {where}: {reason}. "
+            "Check BATCHINFER_DATABASE_URL and that the server is running."
         ) from exc
 
 

@@ -7,6 +7,7 @@ dead-letter policy (created by ``batchinfer pubsub create`` here, by Terraform i
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Sequence
 from concurrent import futures
@@ -35,10 +36,19 @@ def _unavailable(settings: Settings, exc: Exception) -> QueueUnavailableError:
         else f"project {settings.pubsub_project}"
     )
     return QueueUnavailableError(
-        f"Pub/Sub ({where}) refused the call: {exc}. Is it running, and do the topic "
-        f"{settings.pubsub_topic!r} and subscription {settings.pubsub_subscription!r} exist "
-        "(`batchinfer pubsub create`)?"
+        f"Pub/Sub ({where}) failed: {str(exc) or type(exc).__name__}. Is it running, and do "
+        f"the topic {settings.pubsub_topic!r} and subscription "
+        f"{settings.pubsub_subscription!r} exist (`batchinfer pubsub create`)?"
     )
+
+
+def check_emulator(settings: Settings) -> None:
+    """Fail in seconds, not after the publish timeout, when the emulator is not listening."""
+    host, _, port = (settings.pubsub_emulator_host or "").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        raise _unavailable(settings, exc) from exc
 
 
 class PubSubQueue(RequestQueue):
@@ -46,6 +56,8 @@ class PubSubQueue(RequestQueue):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.pubsub_emulator_host:
+            check_emulator(settings)
         self.publisher = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
         self.topic_path = self.publisher.topic_path(settings.pubsub_project, settings.pubsub_topic)

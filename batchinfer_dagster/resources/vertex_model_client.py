@@ -25,7 +25,7 @@ from google.cloud.aiplatform_v1 import PredictionServiceClient, PredictRequest
 from google.cloud.aiplatform_v1.services.prediction_service.transports import (
     PredictionServiceGrpcTransport,
 )
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from batchinfer_dagster.resources.model_client import (
     ModelClient,
@@ -84,7 +84,9 @@ def parse_endpoint_url(url: str) -> tuple[str, str]:
     return match["name"], match["region"]
 
 
-def default_retry(deadline_seconds: float) -> api_retry.Retry:
+def default_retry(
+    deadline_seconds: float, initial: float = 1.0, maximum: float = 30.0
+) -> api_retry.Retry:
     """Exponential backoff on UNAVAILABLE / DEADLINE_EXCEEDED, for at most ``deadline_seconds``.
 
     Scale-from-zero and replica restarts answer UNAVAILABLE for a while; anything else (an
@@ -92,8 +94,8 @@ def default_retry(deadline_seconds: float) -> api_retry.Retry:
     """
     return api_retry.Retry(
         predicate=api_retry.if_exception_type(*RETRYABLE),
-        initial=1.0,
-        maximum=30.0,
+        initial=initial,
+        maximum=maximum,
         multiplier=2.0,
         timeout=deadline_seconds,
     )
@@ -156,7 +158,9 @@ class VertexModelClient(ModelClient):
 
     def _request(self, texts: list[str], parameters: PredictParameters) -> PredictRequest:
         return PredictRequest(
-            endpoint=self.endpoint, instances=texts, parameters=parameters.as_json()
+            endpoint=self.endpoint,
+            instances=[struct_pb2.Value(string_value=text) for text in texts],
+            parameters=json_format.ParseDict(parameters.as_json(), struct_pb2.Value()),
         )
 
     def _predict(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:

@@ -1,0 +1,378 @@
+"""The ``batchinfer`` command: the seed's three scripts and the operator's everyday tools.
+
+Every command reads the one ``Settings`` object, so the same commands drive the embedded defaults
+and production. Failures a user can cause or fix (bad input, a server that is down) end as one line
+on stderr and a non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+
+from batchinfer_dagster import db
+from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
+from batchinfer_dagster.resources.feature_store import build_feature_store
+from batchinfer_dagster.resources.queue import QueueUnavailableError, build_queue
+from batchinfer_dagster.settings import Settings, load_settings
+
+PUBLISH_CHUNK = 1000
+LIST_LIMIT = 20
+# Errors that mean "the user or the environment must change something", shown as one line.
+USER_ERRORS = (InvalidRecordError, QueueUnavailableError, db.DatabaseUnavailableError)
+
+
+class BatchinferGroup(click.Group):
+    """Turns known failures into one clear line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OperationalError as exc:
+            raise click.ClickException(
+                f"database error: {' '.join(str(exc.orig).split())}"
+            ) from exc
+
+
+@click.group(cls=BatchinferGroup)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """batchinfer: offline zero-shot classification of records, orchestrated by Dagster.
+
+    Configuration comes from BATCHINFER_* environment variables; with none set, everything runs
+    on embedded defaults under ./.batchinfer (SQLite, a local queue, a local feature store).
+    """
+    ctx.obj = load_settings()
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj
+
+
+def _echo_json(value: object) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+@cli.command("add-data-point")
+@click.argument("text")
+@click.pass_context
+def add_data_point(ctx: click.Context, text: str) -> None:
+    """Add one record and print it with the id the database gave it.
+
+    \b
+    Example:
+      batchinfer add-data-point "I can't log in to my account"
+      {"id": 1, "text": "I can't log in to my account"}
+    """
+    [record_id] = add_records(db.get_engine(_settings(ctx)), [text])
+    _echo_json({"id": record_id, "text": text})
+
+
+@cli.command("load")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_context
+def load(ctx: click.Context, file: Path) -> None:
+    """Bulk-load records from a CSV (column 'text') or JSONL (field 'text') file.
+
+    The whole file is checked first, so a bad line loads nothing.
+
+    \b
+    Example:
+      batchinfer load messages.jsonl
+      {"loaded": 10000, "first_id": 1, "last_id": 10000}
+    """
+    total = count_texts(file)
+    engine = db.get_engine(_settings(ctx))
+    with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
+        first_last = load_file(engine, file, on_chunk=bar.update)
+    first, last = (first_last + [None, None])[:2] if first_last else (None, None)
+    _echo_json({"loaded": total, "first_id": first, "last_id": last})
+
+
+@cli.command("import-data")
+@click.pass_context
+def import_data(ctx: click.Context) -> None:
+    """Import all records into the feature store and list what it now holds.
+
+    \b
+    Example:
+      batchinfer import-data
+      {"imported": 2, "records_in_feature_store": 2}
+      {"id": 1, "text": "I can't log in to my account"}
+      {"id": 2, "text": "The app crashes on my phone"}
+    """
+    store = build_feature_store(_settings(ctx))
+    result = store.import_records()
+    _echo_json(
+        {
+            "imported": result.rows_imported,
+            "records_in_feature_store": result.total_records,
+            **result.details,
+        }
+    )
+    shown, total = store.list_records(LIST_LIMIT)
+    for record_id, text in shown:
+        _echo_json({"id": record_id, "text": text})
+    if total > len(shown):
+        click.echo(f"... and {total - len(shown)} more ({total} records in all)")
+
+
+def parse_range(value: str) -> range:
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
+    if not match or int(match[1]) < 1 or int(match[1]) > int(match[2]):
+        raise click.BadParameter(f"{value!r} is not a range like 1-10000 (first ≥ 1, first ≤ last)")
+    return range(int(match[1]), int(match[2]) + 1)
+
+
+def parse_ids(values: Sequence[str]) -> list[int]:
+    ids = []
+    for value in values:
+        if not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{value!r} is not a record id (a positive integer)")
+        ids.append(int(value))
+    return ids
+
+
+def _chunks(items: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def publish_payloads(settings: Settings, payloads: Sequence[bytes]) -> list[str]:
+    """Publish in chunks with a progress bar on stderr; returns the message ids."""
+    queue = build_queue(settings)
+    message_ids: list[str] = []
+    try:
+        with click.progressbar(length=len(payloads), label="publishing", file=sys.stderr) as bar:
+            for chunk in _chunks(payloads, PUBLISH_CHUNK):
+                message_ids.extend(queue.publish(chunk))
+                bar.update(len(chunk))
+    finally:
+        queue.close()
+    return message_ids
+
+
+def _report_published(message_ids: list[str]) -> None:
+    if len(message_ids) <= LIST_LIMIT:
+        for message_id in message_ids:
+            _echo_json({"message_id": message_id})
+    else:
+        _echo_json(
+            {"published": len(message_ids), "first": message_ids[0], "last": message_ids[-1]}
+        )
+
+
+def id_payloads(ids: Sequence[int]) -> list[bytes]:
+    return [json.dumps({"id": str(i)}).encode() for i in ids]
+
+
+@cli.command("publish")
+@click.argument("values", nargs=-1)
+@click.option("--ids", "as_ids", is_flag=True, help="Treat the arguments as record ids.")
+@click.option("--range", "id_range", help="Publish one request per id in FIRST-LAST.")
+@click.pass_context
+def publish(
+    ctx: click.Context, values: tuple[str, ...], as_ids: bool, id_range: str | None
+) -> None:
+    """Publish prediction requests to the request queue.
+
+    With one argument, publishes that message exactly as given (the seed's format).
+
+    \b
+    Examples:
+      batchinfer publish '{"id": "1"}'
+      batchinfer publish --ids 1 2 3
+      batchinfer publish --range 1-10000
+    """
+    if id_range is not None:
+        if values or as_ids:
+            raise click.UsageError("--range takes no other arguments")
+        payloads = id_payloads(parse_range(id_range))
+    elif as_ids:
+        if not values:
+            raise click.UsageError("--ids needs at least one record id")
+        payloads = id_payloads(parse_ids(values))
+    elif len(values) == 1:
+        payloads = [values[0].encode()]
+    else:
+        raise click.UsageError("give one message, or --ids ID..., or --range FIRST-LAST")
+    _report_published(publish_payloads(_settings(ctx), payloads))
+
+
+@cli.command("predict")
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """Ask for predictions of these records (publishes one request per id).
+
+    \b
+    Example:
+      batchinfer predict 1 2 3
+    """
+    _report_published(publish_payloads(_settings(ctx), id_payloads(parse_ids(ids))))
+
+
+def prediction_document(settings: Settings, record_id: int) -> dict[str, Any] | None:
+    """The stored prediction in the seed's format, or None when there is none yet."""
+    table, records = db.predictions, db.data_points
+    with db.get_engine(settings).connect() as connection:
+        row = connection.execute(
+            sa.select(table.c.sequence, table.c.labels, table.c.scores, records.c.text)
+            .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
+            .where(table.c.record_id == record_id, table.c.model == settings.model_name)
+        ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "data": row.text if row.text is not None else row.sequence,
+        "prediction": {"sequence": row.sequence, "labels": row.labels, "scores": row.scores},
+    }
+
+
+@cli.command("prediction")
+@click.argument("record_id", type=click.IntRange(min=1))
+@click.pass_context
+def prediction(ctx: click.Context, record_id: int) -> None:
+    """Print the stored prediction of a record as JSON; exit 1 when there is none yet.
+
+    \b
+    Example:
+      batchinfer prediction 1
+      {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
+    """
+    document = prediction_document(_settings(ctx), record_id)
+    if document is None:
+        click.echo(f"no prediction for record {record_id} yet", err=True)
+        ctx.exit(1)
+    _echo_json(document)
+
+
+def _count(connection: sa.Connection, table: sa.Table) -> int:
+    return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
+    rows = connection.execute(sa.select(column, sa.func.count()).group_by(column)).all()
+    return {str(value): count for value, count in rows}
+
+
+def status_counts(settings: Settings) -> dict[str, Any]:
+    """Counts of everything the system holds, for ``batchinfer status`` and tests."""
+    with db.get_engine(settings).connect() as connection:
+        counts: dict[str, Any] = {
+            "records": _count(connection, db.data_points),
+            "requests": _count_by(connection, db.prediction_requests.c.status),
+            "batches": _count_by(connection, db.prediction_batches.c.status),
+            "predictions": _count(connection, db.predictions),
+            "dead_letters": _count(connection, db.dead_letters),
+        }
+        if settings.queue == "local":
+            counts["queue_unacked"] = _count(connection, db.queue_messages)
+    counts["features"] = build_feature_store(settings).list_records(0)[1]
+    return counts
+
+
+@cli.command("status")
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Print counts of records, features, requests by status, predictions and dead letters.
+
+    \b
+    Example:
+      batchinfer status
+      {"records": 2, "requests": {"done": 1}, "predictions": 1, "dead_letters": 0, ...}
+    """
+    _echo_json(status_counts(_settings(ctx)))
+
+
+@cli.command("dead-letters")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+def dead_letters(ctx: click.Context, limit: int) -> None:
+    """Print dead letters as JSON lines: payload, reason, time (newest last).
+
+    \b
+    Example:
+      batchinfer dead-letters
+      {"payload": "not json", "reason": "not JSON: ...", "received_at": "...", "source": "sensor"}
+    """
+    table = db.dead_letters
+    with db.get_engine(_settings(ctx)).connect() as connection:
+        rows = connection.execute(sa.select(table).order_by(table.c.id).limit(limit)).all()
+    for row in rows:
+        _echo_json(
+            {
+                "payload": row.payload,
+                "reason": row.reason,
+                "received_at": row.received_at.isoformat(),
+                "source": row.source,
+                "message_id": row.message_id,
+            }
+        )
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Manage the app database schema."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Run the database migrations up to the newest schema (also done on first use).
+
+    \b
+    Example:
+      BATCHINFER_DATABASE_URL=postgresql+psycopg://user:pw@host/db batchinfer db upgrade
+    """
+    settings = _settings(ctx)
+    engine = db.create_app_engine(settings.resolved_database_url)
+    db.upgrade(engine)
+    click.echo(
+        f"database {engine.url.render_as_string(hide_password=True)} is at the newest schema"
+    )
+
+
+@cli.group("pubsub")
+def pubsub_group() -> None:
+    """Manage the Pub/Sub topology (emulator or a real project)."""
+
+
+@pubsub_group.command("create")
+@click.pass_context
+def pubsub_create(ctx: click.Context) -> None:
+    """Create topic, subscription and dead-letter topic if missing (idempotent).
+
+    \b
+    Example:
+      PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
+    """
+    from batchinfer_dagster.resources.pubsub_queue import create_topology
+
+    _echo_json(create_topology(_settings(ctx)))
+
+
+@cli.command("serve-model")
+def serve_model() -> None:
+    """Start the model server (settings from AIP_* and MODEL_* variables).
+
+    \b
+    Example:
+      AIP_HTTP_PORT=8080 MODEL_BACKEND=embedding batchinfer serve-model
+    """
+    from model_server.__main__ import main as serve
+
+    serve()
+
+
+main: Callable[[], Any] = cli

@@ -1,0 +1,299 @@
+"""The Vertex AI Feature Store backend: a BigQuery source table and an online-store FeatureView.
+
+An import replaces the BigQuery table with a snapshot of ``data_points`` in one load job
+(``WRITE_TRUNCATE``) rather than a ``MERGE``: the app database is the source of truth and the
+import is a full copy of it, the load replaces the table atomically when it succeeds (a reader
+sees the old or the new snapshot, never half of one), running it twice gives the same table,
+load jobs cost no query bytes or DML quota, and it needs no staging table. The FeatureView sync
+reads the whole table anyway. Then the FeatureView is synced and the import waits for that sync,
+because a record is only fetchable online once its sync has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+from google.api_core import exceptions as gexc
+from google.api_core import retry as api_retry
+from google.cloud import bigquery
+from google.cloud.aiplatform_v1 import (
+    FeatureOnlineStoreAdminServiceClient,
+    FeatureOnlineStoreServiceClient,
+    FeatureViewDataFormat,
+    FeatureViewDataKey,
+    FeatureViewSync,
+    FetchFeatureValuesRequest,
+    FetchFeatureValuesResponse,
+)
+from google.cloud.aiplatform_v1.services.feature_online_store_admin_service.transports import (
+    FeatureOnlineStoreAdminServiceGrpcTransport,
+)
+from google.cloud.aiplatform_v1.services.feature_online_store_service.transports import (
+    FeatureOnlineStoreServiceGrpcTransport,
+)
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.resources.feature_store import (
+    FeatureStore,
+    ImportResult,
+    iter_data_points,
+)
+from batchinfer_dagster.resources.vertex_model_client import grpc_client_kwargs
+from batchinfer_dagster.settings import Settings
+
+TEXT_FEATURE = "text"
+SOURCE_SCHEMA = (
+    bigquery.SchemaField("entity_id", "STRING", mode="REQUIRED"),
+    bigquery.SchemaField("text", "STRING", mode="REQUIRED"),
+    bigquery.SchemaField("feature_timestamp", "TIMESTAMP", mode="REQUIRED"),
+)
+# Online fetches in flight at once: FetchFeatureValues takes one key per call, so many ids need
+# concurrency, bounded to stay inside the per-project QPS quota.
+MAX_FETCH_CONCURRENCY = 16
+SYNC_POLL_SECONDS = 10.0
+
+
+class VertexFeatureStoreError(RuntimeError):
+    """A Vertex AI or BigQuery call failed; the message names the resource and what to check."""
+
+
+def _require(value: str | None, variable: str, example: str) -> str:
+    if not value:
+        raise VertexFeatureStoreError(
+            f"BATCHINFER_FEATURE_STORE=vertex needs {variable} (e.g. {example}); "
+            "`terraform output batchinfer_env` lists the values"
+        )
+    return value
+
+
+def serving_endpoint(admin: FeatureOnlineStoreAdminServiceClient, store_name: str) -> str:
+    """Where ``FetchFeatureValues`` for ``store_name`` must go.
+
+    An Optimized online store serves only from its own public endpoint domain, which exists
+    once the store has finished provisioning (after its first sync); a Bigtable store serves
+    from the regional endpoint.
+    """
+    store = admin.get_feature_online_store(name=store_name)
+    if "optimized" not in store:
+        region = store_name.split("/")[3]
+        return f"{region}-aiplatform.googleapis.com"
+    endpoint = store.dedicated_serving_endpoint
+    if endpoint.private_service_connect_config.enable_private_service_connect:
+        raise VertexFeatureStoreError(
+            f"online store {store_name} serves only through Private Service Connect: set "
+            "BATCHINFER_VERTEX_API_ENDPOINT to the PSC endpoint address"
+        )
+    if not endpoint.public_endpoint_domain_name:
+        raise VertexFeatureStoreError(
+            f"online store {store_name} has no public endpoint yet: it appears when the store "
+            "is provisioned, after the first FeatureView sync (`batchinfer import-data`)"
+        )
+    return endpoint.public_endpoint_domain_name
+
+
+def sync_finished(sync: FeatureViewSync) -> bool:
+    """A sync is over when it has an end time or a final status (error syncs may lack the end)."""
+    pb = FeatureViewSync.pb(sync)
+    ended = pb.HasField("run_time") and pb.run_time.HasField("end_time")
+    return ended or pb.HasField("final_status")
+
+
+class VertexFeatureStore(FeatureStore):
+    """``data_points`` → BigQuery source table → FeatureView sync; fetch from the online store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        bigquery_client: bigquery.Client | None = None,
+        poll_seconds: float = SYNC_POLL_SECONDS,
+        fetch_retry: api_retry.Retry | None = None,
+        max_fetch_concurrency: int = MAX_FETCH_CONCURRENCY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        project = _require(settings.vertex_project, "BATCHINFER_VERTEX_PROJECT", "my-project")
+        table = _require(
+            settings.vertex_bigquery_table,
+            "BATCHINFER_VERTEX_BIGQUERY_TABLE",
+            "my-project.batchinfer.records",
+        )
+        self.settings = settings
+        self.engine = engine
+        self.table = bigquery.TableReference.from_string(table, default_project=project)
+        self.store_name = (
+            f"projects/{project}/locations/{settings.vertex_region}"
+            f"/featureOnlineStores/{settings.vertex_online_store}"
+        )
+        self.view_name = f"{self.store_name}/featureViews/{settings.vertex_feature_view}"
+        self.bigquery = bigquery_client or bigquery.Client(project=project)
+        admin_endpoint = (
+            settings.vertex_api_endpoint or f"{settings.vertex_region}-aiplatform.googleapis.com"
+        )
+        self.admin = FeatureOnlineStoreAdminServiceClient(
+            **grpc_client_kwargs(FeatureOnlineStoreAdminServiceGrpcTransport, admin_endpoint)
+        )
+        self._serving: FeatureOnlineStoreServiceClient | None = None
+        self.poll_seconds = poll_seconds
+        self.fetch_retry = fetch_retry or api_retry.Retry(
+            predicate=api_retry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+            initial=0.5,
+            maximum=5.0,
+            timeout=60.0,
+        )
+        self.max_fetch_concurrency = max_fetch_concurrency
+        self.clock = clock
+
+    @property
+    def serving(self) -> FeatureOnlineStoreServiceClient:
+        """The online-serving client, made on first fetch (its endpoint may not exist earlier)."""
+        if self._serving is None:
+            endpoint = self.settings.vertex_api_endpoint or serving_endpoint(
+                self.admin, self.store_name
+            )
+            self._serving = FeatureOnlineStoreServiceClient(
+                **grpc_client_kwargs(FeatureOnlineStoreServiceGrpcTransport, endpoint)
+            )
+        return self._serving
+
+    def import_records(self) -> ImportResult:
+        with tempfile.TemporaryFile() as spool:
+            rows = self._write_snapshot(spool)
+            self._load(spool)
+        sync = self._sync_and_wait()
+        synced = FeatureViewSync.pb(sync).sync_summary.row_synced
+        return ImportResult(
+            rows_imported=rows,
+            total_records=rows,
+            details={
+                "bigquery_table": str(self.table),
+                "feature_view": self.view_name,
+                "feature_view_sync": sync.name,
+                "rows_synced": synced,
+            },
+        )
+
+    def _write_snapshot(self, spool: IO[bytes]) -> int:
+        """Newline-delimited JSON of every record, on disk so memory stays bounded."""
+        now = db.utcnow().isoformat()
+        rows = 0
+        for chunk in iter_data_points(self.engine):
+            for record in chunk:
+                line = {"entity_id": str(record.id), "text": record.text, "feature_timestamp": now}
+                spool.write(json.dumps(line).encode("utf-8") + b"\n")
+            rows += len(chunk)
+        return rows
+
+    def _load(self, spool: IO[bytes]) -> None:
+        size = spool.tell()
+        spool.seek(0)
+        config = bigquery.LoadJobConfig(
+            schema=list(SOURCE_SCHEMA),
+            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        )
+        try:
+            job = self.bigquery.load_table_from_file(
+                spool, self.table, job_config=config, size=size
+            )
+            job.result(timeout=self.settings.vertex_sync_timeout_seconds)
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"loading {size} bytes into BigQuery table {self.table} failed: {exc}. Check "
+                "that the table exists with columns entity_id, text, feature_timestamp "
+                "(Terraform creates it) and that this service account may write to it."
+            ) from exc
+
+    def _sync_and_wait(self) -> FeatureViewSync:
+        try:
+            name = self.admin.sync_feature_view(feature_view=self.view_name).feature_view_sync
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"starting a sync of FeatureView {self.view_name} failed: {exc}"
+            ) from exc
+        timeout = self.settings.vertex_sync_timeout_seconds
+        deadline = self.clock() + timeout
+        while True:
+            sync = self.admin.get_feature_view_sync(name=name)
+            if sync_finished(sync):
+                break
+            if self.clock() >= deadline:
+                raise VertexFeatureStoreError(
+                    f"FeatureView sync {name} did not finish within {timeout:g} s "
+                    "(BATCHINFER_VERTEX_SYNC_TIMEOUT_SECONDS); it may still be running: look at "
+                    "it in the console and import again, or raise the timeout"
+                )
+            time.sleep(self.poll_seconds)
+        status = FeatureViewSync.pb(sync).final_status
+        if status.code != 0:
+            raise VertexFeatureStoreError(
+                f"FeatureView sync {name} failed (code {status.code}): {status.message}"
+            )
+        return sync
+
+    def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
+        ids = sorted(set(record_ids))
+        if not ids:
+            return {}
+        serving = self.serving
+        workers = min(self.max_fetch_concurrency, len(ids))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            texts = list(pool.map(lambda record_id: self._fetch_one(serving, record_id), ids))
+        return {i: text for i, text in zip(ids, texts, strict=True) if text is not None}
+
+    def _fetch_one(self, serving: FeatureOnlineStoreServiceClient, record_id: int) -> str | None:
+        request = FetchFeatureValuesRequest(
+            feature_view=self.view_name,
+            data_key=FeatureViewDataKey(key=str(record_id)),
+            data_format=FeatureViewDataFormat.KEY_VALUE,
+        )
+        try:
+            response = serving.fetch_feature_values(request=request, retry=self.fetch_retry)
+        except gexc.NotFound:
+            return None
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise VertexFeatureStoreError(
+                f"fetching record {record_id} from FeatureView {self.view_name} failed: {exc}"
+            ) from exc
+        return self._text_of(response, record_id)
+
+    def _text_of(self, response: FetchFeatureValuesResponse, record_id: int) -> str:
+        for feature in response.key_values.features:
+            if feature.name == TEXT_FEATURE:
+                return feature.value.string_value
+        names = [feature.name for feature in response.key_values.features]
+        raise VertexFeatureStoreError(
+            f"FeatureView {self.view_name} answered record {record_id} without a "
+            f"{TEXT_FEATURE!r} feature (features: {names}); its BigQuery source must have a "
+            "STRING column named text"
+        )
+
+    def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
+        query = (
+            f"SELECT entity_id, text FROM `{self.table}` "
+            "ORDER BY SAFE_CAST(entity_id AS INT64) LIMIT @limit"
+        )
+        config = bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ScalarQueryParameter("limit", "INT64", limit)]
+        )
+        try:
+            rows = self.bigquery.query_and_wait(query, job_config=config)
+            total = self.bigquery.get_table(self.table).num_rows or 0
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"reading BigQuery table {self.table} failed: {exc}"
+            ) from exc
+        return [(int(row["entity_id"]), row["text"]) for row in rows], total
+
+    def close(self) -> None:
+        """Release the gRPC channels and the BigQuery HTTP session."""
+        self.admin.transport.close()
+        if self._serving is not None:
+            self._serving.transport.close()
+        self.bigquery.close()
