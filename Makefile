@@ -1,0 +1,54 @@
+# Every target sets itself up: a new user runs `make run` or `make test` on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export BATCHINFER_HOME ?= $(CURDIR)/.batchinfer
+export DAGSTER_HOME ?= $(BATCHINFER_HOME)/dagster
+export HF_HUB_OFFLINE ?= 1
+export AIP_HTTP_PORT ?= 8080
+export BATCHINFER_MODEL_URL ?= http://127.0.0.1:$(AIP_HTTP_PORT)
+
+.PHONY: install run test lint format demo model-server clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The model server in the background, `dagster dev` (UI on :3000, sensor running) in front.
+run: install
+	@mkdir -p $(DAGSTER_HOME)
+	@cp -n dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	@$(BIN)/python -m model_server & model_pid=$$!; \
+	trap 'kill $$model_pid 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/dagster dev -w workspace.yaml
+
+model-server: install
+	$(BIN)/python -m model_server
+
+# The seed's walkthrough end to end, on its own model server and sensor loop.
+demo: install
+	$(BIN)/python -m batchinfer_dagster.demo
+
+test: install
+	$(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+	exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .batchinfer .pytest_cache .ruff_cache

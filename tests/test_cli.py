@@ -1,0 +1,200 @@
+"""The `batchinfer` command through click's runner, on real databases and queues."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from batchinfer_dagster import db
+from batchinfer_dagster.cli import cli
+from batchinfer_dagster.resources.queue import build_queue
+from batchinfer_dagster.settings import Settings
+from tests.test_queue import drain
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {
+        "BATCHINFER_HOME": str(settings.home),
+        "BATCHINFER_DATABASE_URL": settings.resolved_database_url,
+        "BATCHINFER_QUEUE": settings.queue,
+        "BATCHINFER_PUBSUB_TOPIC": settings.pubsub_topic,
+        "BATCHINFER_PUBSUB_SUBSCRIPTION": settings.pubsub_subscription,
+    }
+    if settings.pubsub_emulator_host:
+        env["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
+    return env
+
+
+def run(settings: Settings, *args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), env=settings_env(settings), catch_exceptions=False)
+
+
+def lines(result: Result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_seed_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:
+    added = run(queue_settings, "add-data-point", "test input data 1")
+    assert added.exit_code == 0, added.output
+    assert lines(added) == [{"id": 1, "text": "test input data 1"}]
+    run(queue_settings, "add-data-point", "the app crashes on my phone")
+
+    imported = run(queue_settings, "import-data")
+    assert imported.exit_code == 0, imported.output
+    assert lines(imported) == [
+        {"imported": 2, "records_in_feature_store": 2},
+        {"id": 1, "text": "test input data 1"},
+        {"id": 2, "text": "the app crashes on my phone"},
+    ]
+
+    published = run(queue_settings, "publish", '{"id": "1"}')
+    assert published.exit_code == 0, published.output
+    [message] = lines(published)
+
+    status = run(queue_settings, "status")
+    counts = json.loads(status.stdout)
+    assert (counts["records"], counts["features"], counts["predictions"]) == (2, 2, 0)
+    if queue_settings.queue == "local":
+        assert counts["queue_unacked"] == 1
+
+    [delivery] = drain(build_queue(queue_settings), 1)
+    assert delivery.data == b'{"id": "1"}'  # exactly as given
+    assert delivery.message_id == message["message_id"]
+
+
+def test_publish_many_ids_and_ranges(queue_settings: Settings) -> None:
+    by_ids = run(queue_settings, "publish", "--ids", "3", "1", "2")
+    assert by_ids.exit_code == 0, by_ids.output
+    assert len(lines(by_ids)) == 3
+    by_range = run(queue_settings, "publish", "--range", "10-2509")
+    assert by_range.exit_code == 0, by_range.output
+    assert lines(by_range)[0]["published"] == 2500
+    got = drain(build_queue(queue_settings), 2503, timeout=60)
+    ids = sorted(int(json.loads(m.data)["id"]) for m in got)
+    assert ids == [1, 2, 3, *range(10, 2510)]
+
+
+def test_load_csv_and_jsonl_in_chunks(app_settings: Settings, tmp_path: Path) -> None:
+    csv_file = tmp_path / "records.csv"
+    csv_file.write_text("text,other\n" + "".join(f'"hello, {i}",x\n' for i in range(7000)))
+    loaded = run(app_settings, "load", str(csv_file))
+    assert loaded.exit_code == 0, loaded.output
+    assert lines(loaded) == [{"loaded": 7000, "first_id": 1, "last_id": 7000}]
+
+    jsonl = tmp_path / "records.jsonl"
+    jsonl.write_text('{"text": "one"}\n\n{"text": "two", "extra": 1}\n')
+    assert lines(run(app_settings, "load", str(jsonl))) == [
+        {"loaded": 2, "first_id": 7001, "last_id": 7002}
+    ]
+    with db.get_engine(app_settings).connect() as connection:
+        text = connection.execute(
+            sa.select(db.data_points.c.text).where(db.data_points.c.id == 6001)
+        ).scalar_one()
+    assert text == "hello, 6000"
+
+
+def test_a_bad_line_loads_nothing(app_settings: Settings, tmp_path: Path) -> None:
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"text": "fine"}\n{"text": ""}\n')
+    result = run(app_settings, "load", str(jsonl))
+    assert result.exit_code == 1
+    assert f"{jsonl}:2" in result.stderr
+    assert "empty" in result.stderr
+    assert json.loads(run(app_settings, "status").stdout)["records"] == 0
+
+
+def test_prediction_in_the_seed_format(app_settings: Settings) -> None:
+    missing = run(app_settings, "prediction", "1")
+    assert missing.exit_code == 1
+    assert missing.stdout == ""
+    assert missing.stderr.strip() == "no prediction for record 1 yet"
+
+    run(app_settings, "add-data-point", "test input data 1")
+    now = db.utcnow()
+    with db.get_engine(app_settings).begin() as connection:
+        connection.execute(
+            db.predictions.insert().values(
+                record_id=1,
+                model=app_settings.model_name,
+                sequence="test input data 1",
+                labels=["mobile", "website", "account access", "billing"],
+                scores=[0.3479, 0.3264, 0.1976, 0.1282],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    found = run(app_settings, "prediction", "1")
+    assert found.exit_code == 0
+    assert json.loads(found.stdout) == {
+        "data": "test input data 1",
+        "prediction": {
+            "sequence": "test input data 1",
+            "labels": ["mobile", "website", "account access", "billing"],
+            "scores": [0.3479, 0.3264, 0.1976, 0.1282],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add-data-point", ""], "empty"),
+        (["add-data-point", "   "], "empty"),
+        (["load", "/no/such/file.csv"], "no such file"),
+        (["publish", "--range", "10-1"], "not a range"),
+        (["publish", "--range", "abc"], "not a range"),
+        (["publish", "--ids", "1", "x"], "not a record id"),
+        (["publish"], "give one message"),
+        (["prediction", "0"], "0"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    settings = Settings(home=tmp_path)
+    result = CliRunner().invoke(cli, args, env=settings_env(settings))
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_unreachable_database_and_emulator_are_one_line(tmp_path: Path) -> None:
+    env = {"BATCHINFER_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none"}
+    result = CliRunner().invoke(cli, ["status"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot reach the app database")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    env = {
+        "BATCHINFER_HOME": str(tmp_path),
+        "BATCHINFER_QUEUE": "pubsub",
+        "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+    }
+    result = CliRunner().invoke(cli, ["publish", '{"id": 1}'], env=env)
+    assert result.exit_code == 1
+    assert "Pub/Sub (emulator at 127.0.0.1:9)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    runner = CliRunner()
+    commands = [
+        ["add-data-point"],
+        ["load"],
+        ["import-data"],
+        ["publish"],
+        ["predict"],
+        ["prediction"],
+        ["status"],
+        ["dead-letters"],
+        ["db", "upgrade"],
+        ["pubsub", "create"],
+        ["serve-model"],
+    ]
+    for command in commands:
+        result = runner.invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Example" in result.output, command

@@ -1,0 +1,83 @@
+"""Schema, migrations, ids and the local feature store on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+
+from batchinfer_dagster import db
+from batchinfer_dagster.records import add_records
+from batchinfer_dagster.resources.feature_store import LocalFeatureStore
+from batchinfer_dagster.settings import Settings
+
+TABLES = {
+    "data_points",
+    "features",
+    "prediction_requests",
+    "prediction_batches",
+    "predictions",
+    "dead_letters",
+    "queue_messages",
+}
+
+
+def test_migrations_create_the_schema_and_rerun_as_no_op(app_settings: Settings) -> None:
+    engine = db.get_engine(app_settings)
+    assert set(sa.inspect(engine).get_table_names()) >= TABLES
+    db.upgrade(engine)  # a second run changes nothing and does not fail
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    assert current == "0001"
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
+    assert {"record_id", "model", "sequence", "labels", "scores", "batch_key", "run_id"} <= columns
+
+
+def test_ids_come_from_the_database_under_concurrent_writers(app_settings: Settings) -> None:
+    engine = db.get_engine(app_settings)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        batches = list(
+            pool.map(lambda n: add_records(engine, [f"t{n}-{i}" for i in range(25)]), range(8))
+        )
+    ids = [i for batch in batches for i in batch]
+    assert len(ids) == len(set(ids)) == 200
+    for batch in batches:
+        assert batch == sorted(batch)  # returned in the order given
+    with engine.connect() as connection:
+        texts = dict(
+            connection.execute(sa.select(db.data_points.c.id, db.data_points.c.text)).all()
+        )
+    assert texts[batches[3][7]] == "t3-7"
+
+
+def test_times_round_trip_as_aware_utc(app_settings: Settings) -> None:
+    engine = db.get_engine(app_settings)
+    add_records(engine, ["x"])
+    with engine.connect() as connection:
+        created = connection.execute(sa.select(db.data_points.c.created_at)).scalar_one()
+    assert created.tzinfo is not None
+    assert created.utcoffset().total_seconds() == 0
+
+
+def test_local_feature_store_imports_upserts_and_fetches_many(app_settings: Settings) -> None:
+    engine = db.get_engine(app_settings)
+    ids = add_records(engine, [f"message {i}" for i in range(1, 31)])
+    store = LocalFeatureStore(engine)
+
+    result = store.import_records()
+    assert (result.rows_imported, result.total_records) == (30, 30)
+
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(db.data_points).where(db.data_points.c.id == ids[0]).values(text="edited")
+        )
+    assert store.import_records().total_records == 30  # idempotent: upsert, no duplicates
+
+    found = store.fetch([ids[0], ids[5], 10_000, ids[5]])
+    assert found == {ids[0]: "edited", ids[5]: "message 6"}  # the unknown id is simply missing
+    shown, total = store.list_records(3)
+    assert (shown, total) == (
+        [(ids[0], "edited"), (ids[1], "message 2"), (ids[2], "message 3")],
+        30,
+    )
