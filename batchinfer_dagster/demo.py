@@ -1,0 +1,120 @@
+"""``make demo``: the seed's walkthrough end to end, on real processes, in a scratch directory.
+
+It starts the model server and the Dagster daemon (which runs the sensor and launches the
+partitioned runs), then does what a user does by hand: add a data point, import the data, publish
+``{"id": "1"}``, and wait for ``batchinfer prediction 1``. Everything runs on embedded defaults
+under a temporary ``BATCHINFER_HOME``, so it never touches the user's own ``.batchinfer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PREDICTION_TIMEOUT_SECONDS = 180.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"model server exited; its log:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"model server not healthy after {timeout}s; see {log}")
+
+
+def _batchinfer(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    if check:
+        shown = " ".join(repr(a) if " " in a or "{" in a else a for a in args)
+        print(f"$ batchinfer {shown}", flush=True)
+    result = subprocess.run(
+        [str(BIN / "batchinfer"), *args], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"batchinfer {args[0]} failed: {result.stderr.strip()}")
+    return result
+
+
+def main() -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="batchinfer-demo-"))
+    dagster_home = scratch / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.local.yaml", dagster_home / "dagster.yaml")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "BATCHINFER_HOME": str(scratch),
+        "DAGSTER_HOME": str(dagster_home),
+        "AIP_HTTP_PORT": str(port),
+        "BATCHINFER_MODEL_URL": f"http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE": "1",
+    }
+    for name in ("BATCHINFER_DATABASE_URL", "BATCHINFER_QUEUE", "BATCHINFER_FEATURE_STORE"):
+        env.pop(name, None)
+    print(f"demo in {scratch}", flush=True)
+    model_log, daemon_log = scratch / "model_server.log", scratch / "daemon.log"
+    with (
+        _process([str(BIN / "python"), "-m", "model_server"], env, model_log) as model,
+        _process([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, daemon_log),
+    ):
+        _wait_healthy(f"http://127.0.0.1:{port}/health", model, model_log)
+        print(_batchinfer(env, "add-data-point", "test input data 1").stdout, end="")
+        print(_batchinfer(env, "import-data").stdout, end="")
+        print(_batchinfer(env, "publish", '{"id": "1"}').stdout, end="")
+        started = time.monotonic()
+        while time.monotonic() - started < PREDICTION_TIMEOUT_SECONDS:
+            result = _batchinfer(env, "prediction", "1", check=False)
+            if result.returncode == 0:
+                print("$ batchinfer prediction 1")
+                print(result.stdout, end="")
+                print(f"(prediction stored {time.monotonic() - started:.1f}s after publishing)")
+                print(_batchinfer(env, "status").stdout, end="")
+                return
+            time.sleep(1)
+    raise SystemExit(
+        f"no prediction after {PREDICTION_TIMEOUT_SECONDS}s; logs: {daemon_log}, {model_log}"
+    )
+
+
+if __name__ == "__main__":
+    main()
