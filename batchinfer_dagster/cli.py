@@ -375,4 +375,42 @@ def serve_model() -> None:
     serve()
 
 
+@cli.command("deploy-model")
+@click.option("--project", required=True, help="Google Cloud project id.")
+@click.option("--region", required=True, help="Vertex AI region, e.g. us-central1.")
+@click.option("--image", "image_uri", required=True, help="Model-server image URI.")
+@click.option("--endpoint-id", help="Deploy to this existing endpoint (default: a new one).")
+@click.option("--machine-type", default="g2-standard-8", show_default=True)
+@click.option("--accelerator-type", default="NVIDIA_L4", show_default=True, help="'' for CPU.")
+@click.option("--accelerator-count", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--min-replicas", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-replicas", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--model-backend", type=click.Choice(["nli", "embedding"]), default="nli")
+@click.option("--model", "model_name_or_path", default="facebook/bart-large-mnli")
+@click.option("--artifact-uri", help="gs:// folder with the model (AIP_STORAGE_URI).")
+@click.option("--service-account", help="Identity the serving container runs as.")
+def deploy_model_command(**options: Any) -> None:
+    """Upload the model-server image as a Vertex AI Model and deploy it to an endpoint.
+
+    Prints the BATCHINFER_MODEL_URL to use. Takes 10-20 minutes on a GPU.
+
+    \b
+    Example:
+      batchinfer deploy-model --project my-project --region us-central1 \\
+        --image us-central1-docker.pkg.dev/my-project/batchinfer/model-server:v1
+    """
+    from batchinfer_dagster.deploy import deploy_model
+
+    options["accelerator_type"] = options["accelerator_type"] or None
+    options["min_replica_count"] = options.pop("min_replicas")
+    options["max_replica_count"] = options.pop("max_replicas")
+    try:
+        deployed = deploy_model(**options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    _echo_json(
+        {"model": deployed.model, "endpoint": deployed.endpoint, "model_url": deployed.model_url}
+    )
+
+
 main: Callable[[], Any] = cli

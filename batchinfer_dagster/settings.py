@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     vertex_sync_timeout_seconds: float = 1800.0
 
     model_url: str = "http://127.0.0.1:8080"
+    # "google-id-token": a Cloud Run model server that only its invokers may call.
+    model_auth: Literal["none", "google-id-token"] = "none"
     model_name: str = "zero-shot"
     model_timeout_seconds: float = 120.0
     model_chunk_size: int = 256

@@ -150,8 +150,14 @@ def build_model_client(settings: Settings) -> ModelClient:
         from batchinfer_dagster.resources.vertex_model_client import VertexModelClient
 
         return VertexModelClient(settings)
+    auth = None
+    if settings.model_auth == "google-id-token":
+        from batchinfer_dagster.resources.vertex_model_client import GoogleIdTokenAuth
+
+        auth = GoogleIdTokenAuth(settings.model_url)
     return HttpModelClient(
         settings.model_url,
         timeout=settings.model_timeout_seconds,
         chunk_size=settings.model_chunk_size,
+        auth=auth,
     )

@@ -21,10 +21,12 @@ from google.api_core import retry as api_retry
 from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
+from google.auth.transport import requests as google_requests
 from google.cloud.aiplatform_v1 import PredictionServiceClient, PredictRequest
 from google.cloud.aiplatform_v1.services.prediction_service.transports import (
     PredictionServiceGrpcTransport,
 )
+from google.oauth2 import id_token
 from google.protobuf import json_format, struct_pb2
 
 from batchinfer_dagster.resources.model_client import (
@@ -157,11 +159,11 @@ class VertexModelClient(ModelClient):
         return answers
 
     def _request(self, texts: list[str], parameters: PredictParameters) -> PredictRequest:
-        return PredictRequest(
-            endpoint=self.endpoint,
-            instances=[struct_pb2.Value(string_value=text) for text in texts],
-            parameters=json_format.ParseDict(parameters.as_json(), struct_pb2.Value()),
-        )
+        # Built on the raw protobuf: proto-plus cannot marshal a list into `repeated Value`.
+        request = PredictRequest.pb()(endpoint=self.endpoint)
+        request.instances.extend(struct_pb2.Value(string_value=text) for text in texts)
+        json_format.ParseDict(parameters.as_json(), request.parameters)
+        return PredictRequest.wrap(request)
 
     def _predict(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
         request = self._request(texts, parameters)
@@ -195,17 +197,13 @@ class GoogleIdTokenAuth(httpx.Auth):
     """
 
     def __init__(self, audience: str, credentials: Credentials | None = None) -> None:
-        import google.auth.transport.requests
-
         self.audience = audience
         self._credentials = credentials
-        self._request = google.auth.transport.requests.Request()
+        self._request = google_requests.Request()
         self._lock = threading.Lock()
 
     def token(self) -> str:
         """A valid ID token for the audience, fetched again only when the cached one expired."""
-        from google.oauth2 import id_token
-
         with self._lock:
             try:
                 if self._credentials is None:

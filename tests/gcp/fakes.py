@@ -1,0 +1,420 @@
+"""Local fakes of the Google services that have no local form, speaking their real wire APIs.
+
+``FakeVertex`` is a gRPC server with the real ``google.cloud.aiplatform.v1`` method names and
+proto messages (the generated clients cannot tell it from Vertex AI); ``FakeBigQuery`` answers
+the REST calls google-cloud-bigquery makes for a multipart load job, ``jobs.query`` and
+``tables.get``. Each keeps just enough state to behave like the service for our calls: a sync
+copies the BigQuery table into the online store, as Vertex does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlparse
+
+import grpc
+from google.cloud.aiplatform_v1 import (
+    FeatureOnlineStore,
+    FeatureViewSync,
+    FetchFeatureValuesRequest,
+    FetchFeatureValuesResponse,
+    GetFeatureOnlineStoreRequest,
+    GetFeatureViewSyncRequest,
+    PredictRequest,
+    PredictResponse,
+    SyncFeatureViewRequest,
+    SyncFeatureViewResponse,
+)
+from google.protobuf import json_format
+
+PACKAGE = "google.cloud.aiplatform.v1"
+
+
+def _unary(handler: Callable, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        handler,
+        request_deserializer=request_type.deserialize,
+        response_serializer=response_type.serialize,
+    )
+
+
+@dataclass
+class FakeVertex:
+    """Vertex AI online store, its admin service and a prediction endpoint on one gRPC port.
+
+    ``source`` gives the rows a sync copies (the fake BigQuery table). ``sync_outcome`` is
+    ``"ok"``, ``"fail"`` or ``"never"``; ``fetch_errors`` maps a key to the status code its fetch
+    aborts with; ``predict_errors`` is consumed one code per Predict call before answers come.
+    """
+
+    source: Callable[[], list[dict[str, Any]]] = list
+    online: dict[str, str] = field(default_factory=dict)
+    sync_outcome: str = "ok"
+    sync_polls_before_done: int = 2
+    syncs: dict[str, int] = field(default_factory=dict)
+    fetch_errors: dict[str, grpc.StatusCode] = field(default_factory=dict)
+    fetch_keys: list[str] = field(default_factory=list)
+    predict_errors: list[grpc.StatusCode] = field(default_factory=list)
+    predict_sizes: list[int] = field(default_factory=list)
+    public_endpoint: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.online.clear()
+            self.syncs.clear()
+            self.fetch_errors.clear()
+            self.fetch_keys.clear()
+            self.predict_errors.clear()
+            self.predict_sizes.clear()
+            self.sync_outcome = "ok"
+            self.sync_polls_before_done = 2
+            self.public_endpoint = ""
+
+    def fetch_feature_values(
+        self, request: FetchFeatureValuesRequest, context: grpc.ServicerContext
+    ) -> FetchFeatureValuesResponse:
+        key = request.data_key.key
+        with self.lock:
+            self.fetch_keys.append(key)
+            error = self.fetch_errors.get(key)
+            text = self.online.get(key)
+        if error is not None:
+            context.abort(error, f"injected {error.name} for key {key}")
+        if text is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"entity {key} not found")
+        return FetchFeatureValuesResponse(
+            key_values={
+                "features": [
+                    {"name": "text", "value": {"string_value": text}},
+                ]
+            },
+            data_key=request.data_key,
+        )
+
+    def sync_feature_view(
+        self, request: SyncFeatureViewRequest, context: grpc.ServicerContext
+    ) -> SyncFeatureViewResponse:
+        name = f"{request.feature_view}/featureViewSyncs/{uuid.uuid4().int % 10**12}"
+        with self.lock:
+            self.syncs[name] = 0
+        return SyncFeatureViewResponse(feature_view_sync=name)
+
+    def get_feature_view_sync(
+        self, request: GetFeatureViewSyncRequest, context: grpc.ServicerContext
+    ) -> FeatureViewSync:
+        with self.lock:
+            if request.name not in self.syncs:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no sync {request.name}")
+            self.syncs[request.name] += 1
+            polls = self.syncs[request.name]
+            outcome = self.sync_outcome
+        sync = FeatureViewSync(name=request.name, create_time={"seconds": 1_700_000_000})
+        if outcome == "never" or polls < self.sync_polls_before_done:
+            return sync
+        sync.run_time = {
+            "start_time": {"seconds": 1_700_000_000},
+            "end_time": {"seconds": 1_700_000_060},
+        }
+        if outcome == "fail":
+            sync.final_status = {"code": 9, "message": "BigQuery source has no entity_id column"}
+            return sync
+        rows = self.source()
+        with self.lock:
+            self.online = {row["entity_id"]: row["text"] for row in rows}
+        sync.final_status = {"code": 0}
+        sync.sync_summary = {"row_synced": len(rows)}
+        return sync
+
+    def get_feature_online_store(
+        self, request: GetFeatureOnlineStoreRequest, context: grpc.ServicerContext
+    ) -> FeatureOnlineStore:
+        return FeatureOnlineStore(
+            name=request.name,
+            optimized={},
+            dedicated_serving_endpoint={"public_endpoint_domain_name": self.public_endpoint},
+        )
+
+    def predict(self, request: PredictRequest, context: grpc.ServicerContext) -> PredictResponse:
+        with self.lock:
+            self.predict_sizes.append(PredictRequest.pb(request).ByteSize())
+            error = self.predict_errors.pop(0) if self.predict_errors else None
+        if error is not None:
+            context.abort(error, f"injected {error.name}")
+        body = json_format.MessageToDict(PredictRequest.pb(request))
+        labels = body["parameters"]["candidate_labels"]
+        scores = [1.0 / len(labels)] * len(labels)
+        predictions = [
+            {"sequence": text, "labels": labels, "scores": scores} for text in body["instances"]
+        ]
+        response = PredictResponse.pb()(deployed_model_id="1")
+        json_format.ParseDict({"predictions": predictions}, response)
+        return PredictResponse.wrap(response)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        services = {
+            "FeatureOnlineStoreService": {
+                "FetchFeatureValues": _unary(
+                    self.fetch_feature_values, FetchFeatureValuesRequest, FetchFeatureValuesResponse
+                ),
+            },
+            "FeatureOnlineStoreAdminService": {
+                "SyncFeatureView": _unary(
+                    self.sync_feature_view, SyncFeatureViewRequest, SyncFeatureViewResponse
+                ),
+                "GetFeatureViewSync": _unary(
+                    self.get_feature_view_sync, GetFeatureViewSyncRequest, FeatureViewSync
+                ),
+                "GetFeatureOnlineStore": _unary(
+                    self.get_feature_online_store, GetFeatureOnlineStoreRequest, FeatureOnlineStore
+                ),
+            },
+            "PredictionService": {
+                "Predict": _unary(self.predict, PredictRequest, PredictResponse),
+            },
+        }
+        return [
+            grpc.method_handlers_generic_handler(f"{PACKAGE}.{service}", methods)
+            for service, methods in services.items()
+        ]
+
+
+@contextmanager
+def vertex_server(fake: FakeVertex) -> Iterator[str]:
+    """Serve ``fake`` on a free loopback port; yields ``127.0.0.1:PORT``."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=32),
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    server.add_generic_rpc_handlers(fake.handlers())
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@dataclass
+class FakeBigQuery:
+    """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values."""
+
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load_dispositions: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.tables.clear()
+            self.jobs.clear()
+            self.load_dispositions.clear()
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.tables.get(table, []))
+
+    def load(self, project: str, job: dict[str, Any], data: bytes) -> dict[str, Any]:
+        load = job["configuration"]["load"]
+        ref = load["destinationTable"]
+        table = f"{ref['projectId']}.{ref['datasetId']}.{ref['tableId']}"
+        names = [f["name"] for f in load["schema"]["fields"]]
+        rows = [json.loads(line) for line in data.splitlines() if line.strip()]
+        bad = [row for row in rows if set(row) != set(names)]
+        job_id = job["jobReference"]["jobId"]
+        done = {
+            **job,
+            "jobReference": {"projectId": project, "jobId": job_id, "location": "US"},
+            "status": {"state": "DONE"},
+            "statistics": {"load": {"outputRows": str(len(rows))}},
+        }
+        if bad:
+            error = {"reason": "invalid", "message": f"row {bad[0]} does not match {names}"}
+            done["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
+        else:
+            with self.lock:
+                self.load_dispositions.append(load.get("writeDisposition", "WRITE_APPEND"))
+                if load.get("writeDisposition") == "WRITE_TRUNCATE":
+                    self.tables[table] = rows
+                else:
+                    self.tables.setdefault(table, []).extend(rows)
+        with self.lock:
+            self.jobs[job_id] = done
+        return done
+
+    def query(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Answers ``SELECT entity_id, text FROM `t` ORDER BY … LIMIT @limit``, and only that."""
+        match = re.search(r"FROM `([^`]+)`", body["query"])
+        if match is None or "LIMIT @limit" not in body["query"]:
+            raise ValueError(f"the fake cannot run {body['query']!r}")
+        params = {p["name"]: p["parameterValue"]["value"] for p in body["queryParameters"]}
+        rows = sorted(self.rows(match[1]), key=lambda row: int(row["entity_id"]))
+        rows = rows[: int(params["limit"])]
+        return {
+            "kind": "bigquery#queryResponse",
+            "jobReference": {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"},
+            "jobComplete": True,
+            "totalRows": str(len(rows)),
+            "schema": {
+                "fields": [
+                    {"name": "entity_id", "type": "STRING", "mode": "NULLABLE"},
+                    {"name": "text", "type": "STRING", "mode": "NULLABLE"},
+                ]
+            },
+            "rows": [{"f": [{"v": row["entity_id"]}, {"v": row["text"]}]} for row in rows],
+        }
+
+    def table(self, project: str, dataset: str, table: str) -> dict[str, Any] | None:
+        key = f"{project}.{dataset}.{table}"
+        with self.lock:
+            if key not in self.tables:
+                return None
+            count = len(self.tables[key])
+        return {
+            "kind": "bigquery#table",
+            "id": f"{project}:{dataset}.{table}",
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
+            "numRows": str(count),
+            "schema": {"fields": []},
+        }
+
+
+UPLOAD_PATH = re.compile(r"^/upload/bigquery/v2/projects/([^/]+)/jobs$")
+JOB_PATH = re.compile(r"^/bigquery/v2/projects/([^/]+)/jobs/([^/]+)$")
+QUERY_PATH = re.compile(r"^/bigquery/v2/projects/([^/]+)/queries$")
+TABLE_PATH = re.compile(r"^/bigquery/v2/projects/([^/]+)/datasets/([^/]+)/tables/([^/]+)$")
+
+
+class BigQueryHandler(BaseHTTPRequestHandler):
+    """The REST routes of BigQuery that our client calls; ``fake`` is set per server."""
+
+    fake: FakeBigQuery
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: pytest shows failures, not every request."""
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _not_found(self) -> None:
+        self._send(404, {"error": {"code": 404, "message": f"Not found: {self.path}"}})
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlparse(self.path).path
+        if match := UPLOAD_PATH.match(path):
+            message = BytesParser(policy=HTTP).parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + self._body()
+            )
+            metadata, media = (part.get_payload(decode=True) for part in message.iter_parts())
+            self._send(200, self.fake.load(match[1], json.loads(metadata), media))
+        elif match := QUERY_PATH.match(path):
+            self._send(200, self.fake.query(match[1], json.loads(self._body())))
+        else:
+            self._not_found()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlparse(self.path).path
+        if (match := JOB_PATH.match(path)) and match[2] in self.fake.jobs:
+            self._send(200, self.fake.jobs[match[2]])
+        elif (match := TABLE_PATH.match(path)) and (found := self.fake.table(*match.groups())):
+            self._send(200, found)
+        else:
+            self._not_found()
+
+
+@contextmanager
+def bigquery_server(fake: FakeBigQuery) -> Iterator[str]:
+    """Serve ``fake`` over HTTP on a free loopback port; yields ``http://127.0.0.1:PORT``."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), type("Handler", (BigQueryHandler,), {"fake": fake})
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class FakeTokenEndpoint:
+    """Google's OAuth2 token endpoint for service-account ID tokens (JWT-bearer grant)."""
+
+    issued: list[str] = field(default_factory=list)
+    lifetime_seconds: int = 3600
+
+    def id_token(self, assertion: str) -> str:
+        import base64
+        import time
+
+        def b64(data: dict[str, Any]) -> str:
+            raw = json.dumps(data).encode()
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        claims = json.loads(base64.urlsafe_b64decode(assertion.split(".")[1] + "=="))
+        now = int(time.time())
+        token = ".".join(
+            [
+                b64({"alg": "RS256", "typ": "JWT"}),
+                b64(
+                    {
+                        "aud": claims["target_audience"],
+                        "iss": "https://accounts.google.com",
+                        "sub": claims["iss"],
+                        "iat": now,
+                        "exp": now + self.lifetime_seconds,
+                    }
+                ),
+                "c2lnbmF0dXJl",
+            ]
+        )
+        self.issued.append(token)
+        return token
+
+
+@contextmanager
+def token_server(fake: FakeTokenEndpoint) -> Iterator[str]:
+    """Serve ``fake`` on a free loopback port; yields its token URI."""
+    from urllib.parse import parse_qs
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            body = json.dumps({"id_token": fake.id_token(form["assertion"][0])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,311 @@
+"""Static checks of terraform/: what `terraform validate` cannot check here (no provider
+download), and the properties the design requires of the deployment."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+from batchinfer_dagster.settings import Settings
+
+TERRAFORM = Path(__file__).resolve().parents[2] / "terraform"
+OPTIONS = hcl2.SerializationOptions(
+    with_comments=False, explicit_blocks=False, strip_string_quotes=True
+)
+REQUIRED_ENV = {
+    "BATCHINFER_QUEUE",
+    "BATCHINFER_PUBSUB_PROJECT",
+    "BATCHINFER_PUBSUB_TOPIC",
+    "BATCHINFER_PUBSUB_SUBSCRIPTION",
+    "BATCHINFER_FEATURE_STORE",
+    "BATCHINFER_VERTEX_PROJECT",
+    "BATCHINFER_VERTEX_REGION",
+    "BATCHINFER_VERTEX_ONLINE_STORE",
+    "BATCHINFER_VERTEX_FEATURE_VIEW",
+    "BATCHINFER_VERTEX_BIGQUERY_TABLE",
+    "BATCHINFER_MODEL_URL",
+    "BATCHINFER_DATABASE_URL",
+}
+# Settings this deployment sets that the code does not read yet (see docs/deploy.md).
+PENDING_SETTINGS = {"BATCHINFER_MODEL_AUTH"}
+
+
+@cache
+def parsed() -> dict[str, dict[str, Any]]:
+    files = sorted(TERRAFORM.glob("*.tf"))
+    assert files, f"no .tf files in {TERRAFORM}"
+    return {path.name: hcl2.load(path.open(), serialization_options=OPTIONS) for path in files}
+
+
+def blocks(kind: str) -> Iterator[dict[str, Any]]:
+    for document in parsed().values():
+        yield from document.get(kind, [])
+
+
+def resources() -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for block in blocks("resource"):
+        for kind, named in block.items():
+            for name, body in named.items():
+                assert (kind, name) not in found, f"{kind}.{name} is declared twice"
+                found[(kind, name)] = body
+    return found
+
+
+def resource(kind: str, name: str) -> dict[str, Any]:
+    found = resources()
+    assert (kind, name) in found, f"terraform/ declares no {kind}.{name}"
+    return found[(kind, name)]
+
+
+def single(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """A nested block that must appear exactly once."""
+    value = body.get(key)
+    assert isinstance(value, list), f"no {key} block in {sorted(body)}"
+    assert len(value) == 1, f"{key} appears {len(value)} times"
+    return value[0]
+
+
+def variables() -> dict[str, dict[str, Any]]:
+    return {name: body for block in blocks("variable") for name, body in block.items()}
+
+
+def local_values() -> dict[str, Any]:
+    return {name: value for block in blocks("locals") for name, value in block.items()}
+
+
+def all_text(exclude: str = "") -> str:
+    return "\n".join(
+        path.read_text() for path in sorted(TERRAFORM.glob("*.tf")) if path.name != exclude
+    )
+
+
+def walk(value: object) -> Iterator[object]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk(item)
+    else:
+        yield value
+
+
+def walk_dicts(value: object) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        yield value
+        for item in value.values():
+            yield from walk_dicts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk_dicts(item)
+
+
+def test_providers_are_pinned_to_ranges() -> None:
+    (terraform,) = blocks("terraform")
+    (providers,) = terraform["required_providers"]
+    for name in ("google", "random"):
+        version = providers[name]["version"]
+        assert ">=" in version, f"{name} has no lower bound: {version}"
+        assert "<" in version.replace("<=", ""), f"{name} has no upper bound: {version}"
+
+
+def test_every_variable_is_typed_and_described() -> None:
+    for name, body in variables().items():
+        assert body.get("type"), f"variable {name} has no type"
+        assert len(body.get("description", "")) > 10, f"variable {name} has no description"
+    # What differs per project is asked for, never defaulted.
+    for name in ("project_id", "region", "dagster_image", "model_server_image"):
+        assert "default" not in variables()[name], f"variable {name} must have no default"
+
+
+def test_references_resolve() -> None:
+    """Stands in for `terraform validate`: every var., local. and resource reference exists."""
+    text = re.sub(r"(?m)^\s*#.*$", "", all_text())
+    outside_variables = re.sub(r"(?m)^\s*#.*$", "", all_text(exclude="variables.tf"))
+    declared_vars = set(variables())
+    used_vars = set(re.findall(r"\bvar\.([a-z0-9_]+)", outside_variables))
+    assert used_vars - declared_vars == set(), "undeclared variables"
+    assert declared_vars - used_vars == set(), "unused variables"
+    assert set(re.findall(r"\blocal\.([a-z0-9_]+)", text)) <= set(local_values())
+    declared = {f"{kind}.{name}" for kind, name in resources()}
+    used = set(re.findall(r"(?<![.\w])((?:google|random)_[a-z0-9_]+\.[a-z0-9_]+)", text))
+    assert used - declared == set(), "references to undeclared resources"
+
+
+def test_nothing_project_specific_is_hard_coded() -> None:
+    for (kind, name), body in resources().items():
+        project = body.get("project")
+        if project is not None:
+            assert project == "${var.project_id}", f"{kind}.{name} project={project}"
+    assert not re.search(r"projects/[a-z][a-z0-9-]{4,}/", all_text())
+
+
+def test_subscription_has_retry_and_dead_letter_policies() -> None:
+    subscription = resource("google_pubsub_subscription", "requests")
+    assert subscription["ack_deadline_seconds"] == "${var.pubsub_ack_deadline_seconds}"
+    policy = single(subscription, "dead_letter_policy")
+    assert policy["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert policy["max_delivery_attempts"] == "${var.pubsub_max_delivery_attempts}"
+    retry = single(subscription, "retry_policy")
+    assert retry["minimum_backoff"]
+    assert retry["maximum_backoff"]
+    dead_letter_sub = resource("google_pubsub_subscription", "dead_letter")
+    assert dead_letter_sub["topic"] == "${google_pubsub_topic.dead_letter.id}"
+
+
+def test_pubsub_service_agent_may_dead_letter() -> None:
+    agent = local_values()["pubsub_service_agent"]
+    assert agent == (
+        "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    )
+    grants = {
+        (body.get("topic") or body.get("subscription"), body["role"])
+        for (kind, _), body in resources().items()
+        if kind in {"google_pubsub_topic_iam_member", "google_pubsub_subscription_iam_member"}
+        and body["member"] == "${local.pubsub_service_agent}"
+    }
+    assert grants == {
+        ("${google_pubsub_topic.dead_letter.id}", "roles/pubsub.publisher"),
+        ("${google_pubsub_subscription.requests.id}", "roles/pubsub.subscriber"),
+    }
+
+
+def test_cloud_sql_is_private_encrypted_and_recoverable() -> None:
+    instance = resource("google_sql_database_instance", "main")
+    assert instance["database_version"] == "POSTGRES_16"
+    assert instance["deletion_protection"] == "${var.db_deletion_protection}"
+    assert variables()["db_deletion_protection"]["default"] is True
+    settings = single(instance, "settings")
+    ip = single(settings, "ip_configuration")
+    assert ip["ipv4_enabled"] is False
+    assert ip["private_network"] == "${google_compute_network.main.id}"
+    assert ip["ssl_mode"] in {"ENCRYPTED_ONLY", "TRUSTED_CLIENT_CERTIFICATE_REQUIRED"}
+    assert "authorized_networks" not in ip
+    backup = single(settings, "backup_configuration")
+    assert backup["enabled"] is True
+    assert backup["point_in_time_recovery_enabled"] is True
+    assert "google_service_networking_connection.private_services" in str(instance["depends_on"])
+    databases = {resource("google_sql_database", name)["name"] for name in ("app", "dagster")}
+    assert databases == {"${var.app_database_name}", "${var.dagster_database_name}"}
+
+
+def test_database_password_is_generated_url_safe_and_kept_in_secret_manager() -> None:
+    password = resource("random_password", "db")
+    assert password["special"] is False  # dagster-postgres does not escape "/" in its URL
+    assert password["length"] >= 24
+    assert resource("google_sql_user", "app")["password"] == "${random_password.db.result}"
+    version = resource("google_secret_manager_secret_version", "db_password")
+    assert version["secret_data"] == "${random_password.db.result}"
+
+
+def test_no_public_members_or_buckets() -> None:
+    for value in walk(list(parsed().values())):
+        if isinstance(value, str):
+            assert "allUsers" not in value
+            assert "allAuthenticatedUsers" not in value
+    buckets = [body for (kind, _), body in resources().items() if kind == "google_storage_bucket"]
+    assert buckets
+    for bucket in buckets:
+        assert bucket["public_access_prevention"] == "enforced"
+        assert bucket["uniform_bucket_level_access"] is True
+
+
+def test_model_server_has_a_gpu_and_only_dagster_may_invoke_it() -> None:
+    service = resource("google_cloud_run_v2_service", "model_server")
+    assert service["ingress"] == "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    template = single(service, "template")
+    scaling = single(template, "scaling")
+    assert scaling["min_instance_count"] == 0
+    assert scaling["max_instance_count"] == "${var.model_server_max_instances}"
+    assert single(template, "node_selector")["accelerator"] == "${var.model_server_gpu}"
+    assert variables()["model_server_gpu"]["default"] == "nvidia-l4"
+    limits = single(single(template, "containers"), "resources")["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    invokers = [
+        body
+        for (kind, _), body in resources().items()
+        if kind == "google_cloud_run_v2_service_iam_member"
+        and body["name"] == "${google_cloud_run_v2_service.model_server.name}"
+    ]
+    assert [(i["role"], i["member"]) for i in invokers] == [
+        ("roles/run.invoker", "${local.dagster_member}")
+    ]
+
+
+def test_dagster_runs_in_the_vpc_with_its_secrets() -> None:
+    for kind, name in [
+        ("google_cloud_run_v2_service", "dagster_webserver"),
+        ("google_cloud_run_v2_worker_pool", "dagster_daemon"),
+    ]:
+        template = single(resource(kind, name), "template")
+        assert template["service_account"] == "${google_service_account.dagster.email}"
+        assert single(template, "vpc_access")["network_interfaces"]
+    daemon = resource("google_cloud_run_v2_worker_pool", "dagster_daemon")
+    assert single(daemon, "scaling")["manual_instance_count"] == 1  # one daemon, never two
+    secret_env = local_values()["dagster_secret_env"]
+    assert set(secret_env) == {"BATCHINFER_DATABASE_URL", "DAGSTER_PG_PASSWORD"}
+    assert resource("google_cloud_run_v2_service", "dagster_webserver")["ingress"] == (
+        "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    )
+
+
+def test_dagster_yaml_variables_are_all_set() -> None:
+    dagster_yaml = yaml.safe_load((TERRAFORM.parent / "dagster.yaml").read_text())
+    needed = {node["env"] for node in walk_dicts(dagster_yaml) if isinstance(node.get("env"), str)}
+    provided = set(local_values()["dagster_pg_env"]) | set(local_values()["dagster_secret_env"])
+    assert needed
+    assert needed <= provided
+
+
+def test_feature_view_reads_the_bigquery_table() -> None:
+    table = resource("google_bigquery_table", "records")
+    schema = json.loads(
+        re.sub(r"(\w+)\s*=", r'"\1":', table["schema"].removeprefix("${jsonencode(")[:-2])
+    )
+    assert [(c["name"], c["type"]) for c in schema] == [
+        ("entity_id", "STRING"),
+        ("text", "STRING"),
+        ("feature_timestamp", "TIMESTAMP"),
+    ]
+    store = resource("google_vertex_ai_feature_online_store", "records")
+    assert "optimized" in store
+    view = resource("google_vertex_ai_feature_online_store_featureview", "records")
+    source = single(view, "big_query_source")
+    assert source["uri"] == "bq://${local.bigquery_table_id}"
+    assert source["entity_id_columns"] == ["entity_id"]
+
+
+def test_outputs_cover_every_setting() -> None:
+    outputs = {name: body for block in blocks("output") for name, body in block.items()}
+    for name, body in outputs.items():
+        assert body.get("description"), f"output {name} has no description"
+    env_output = outputs["batchinfer_env"]["value"]
+    names = set(local_values()["batchinfer_env"]) | set(re.findall(r"BATCHINFER_\w+", env_output))
+    assert names >= REQUIRED_ENV, f"missing {REQUIRED_ENV - names}"
+    fields = {f"BATCHINFER_{field.upper()}" for field in Settings.model_fields}
+    assert names - fields <= PENDING_SETTINGS, f"not settings: {names - fields}"
+    assert "random_password" not in env_output
+    assert {"database_url_secret_id", "db_password_secret_id"} <= set(outputs)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not on PATH")
+def test_terraform_fmt_is_clean() -> None:
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

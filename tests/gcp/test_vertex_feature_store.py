@@ -1,0 +1,213 @@
+"""The Vertex feature store with the real Google clients against the local fakes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.api_core import retry as api_retry
+from google.cloud import bigquery
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.resources.vertex_feature_store import (
+    FeatureOnlineStoreAdminServiceClient,
+    VertexFeatureStore,
+    VertexFeatureStoreError,
+    serving_endpoint,
+)
+from batchinfer_dagster.resources.vertex_model_client import grpc_client_kwargs
+from batchinfer_dagster.settings import Settings
+from tests.gcp.conftest import TABLE
+from tests.gcp.fakes import FakeBigQuery, FakeVertex
+
+FAST_RETRY = api_retry.Retry(initial=0.01, maximum=0.02, timeout=0.5)
+
+
+def add_records(engine: Engine, *texts: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(db.data_points), [{"text": text, "created_at": db.utcnow()} for text in texts]
+        )
+
+
+def make_store(
+    settings: Settings, engine: Engine, client: bigquery.Client, **overrides: object
+) -> VertexFeatureStore:
+    return VertexFeatureStore(
+        settings,
+        engine,
+        bigquery_client=client,
+        poll_seconds=0.01,
+        fetch_retry=FAST_RETRY,
+        **overrides,
+    )
+
+
+def test_import_loads_bigquery_syncs_and_fetches(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_records(engine, "my phone app crashes", "I was billed twice", 'ünïcode "quoted"\nline')
+    store = make_store(vertex_settings, engine, bigquery_client)
+
+    result = store.import_records()
+
+    assert result.rows_imported == 3
+    assert result.details["feature_view_sync"].startswith(f"{store.view_name}/featureViewSyncs/")
+    assert result.details["rows_synced"] == 3
+    rows = fake_bigquery.rows(TABLE)
+    assert [(r["entity_id"], r["text"]) for r in rows] == [
+        ("1", "my phone app crashes"),
+        ("2", "I was billed twice"),
+        ("3", 'ünïcode "quoted"\nline'),
+    ]
+    assert all(r["feature_timestamp"].endswith("+00:00") for r in rows)
+    assert store.fetch([3, 1, 99, 1]) == {1: "my phone app crashes", 3: 'ünïcode "quoted"\nline'}
+    assert sorted(fake_vertex.fetch_keys) == ["1", "3", "99"]
+    store.close()
+
+
+def test_import_twice_replaces_the_table(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_records(engine, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client)
+    store.import_records()
+    add_records(engine, "c")
+
+    result = store.import_records()
+
+    assert result.rows_imported == 3
+    assert len(fake_bigquery.rows(TABLE)) == 3
+    assert fake_bigquery.load_dispositions == ["WRITE_TRUNCATE", "WRITE_TRUNCATE"]
+    assert store.list_records(2) == ([(1, "a"), (2, "b")], 3)
+
+
+def test_list_records_orders_ids_numerically(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_records(engine, *[f"text {i}" for i in range(1, 12)])
+    store = make_store(vertex_settings, engine, bigquery_client)
+    store.import_records()
+
+    records, total = store.list_records(limit=10)
+
+    assert total == 11
+    assert [record_id for record_id, _ in records] == list(range(1, 11))
+    assert records[9] == (10, "text 10")
+
+
+def test_failed_sync_names_the_sync(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_records(engine, "a")
+    fake_vertex.sync_outcome = "fail"
+    store = make_store(vertex_settings, engine, bigquery_client)
+
+    with pytest.raises(VertexFeatureStoreError, match=r"featureViewSyncs/\d+ failed \(code 9\)"):
+        store.import_records()
+
+
+def test_sync_that_never_finishes_times_out(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_records(engine, "a")
+    fake_vertex.sync_outcome = "never"
+    settings = vertex_settings.model_copy(update={"vertex_sync_timeout_seconds": 0.2})
+    store = make_store(settings, engine, bigquery_client)
+
+    with pytest.raises(
+        VertexFeatureStoreError, match=r"featureViewSyncs/\d+ did not finish within"
+    ):
+        store.import_records()
+    polls = list(fake_vertex.syncs.values())
+    assert len(polls) == 1
+    assert polls[0] > 2
+
+
+def test_fetch_error_other_than_not_found_raises(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    fake_vertex.online.update({"1": "a", "2": "b"})
+    fake_vertex.fetch_errors["2"] = grpc.StatusCode.PERMISSION_DENIED
+    store = make_store(vertex_settings, engine, bigquery_client)
+
+    with pytest.raises(
+        VertexFeatureStoreError, match="record 2 .*PERMISSION_DENIED|record 2 .*403"
+    ):
+        store.fetch([1, 2])
+
+
+def test_fetch_retries_unavailable_until_its_deadline(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    fake_vertex.fetch_errors["5"] = grpc.StatusCode.UNAVAILABLE
+    store = make_store(vertex_settings, engine, bigquery_client)
+
+    with pytest.raises(VertexFeatureStoreError, match="record 5"):
+        store.fetch([5])
+    assert fake_vertex.fetch_keys.count("5") > 1
+
+
+def test_fetch_many_ids_concurrently(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    fake_vertex.online.update({str(i): f"t{i}" for i in range(0, 400, 2)})
+    store = make_store(vertex_settings, engine, bigquery_client, max_fetch_concurrency=8)
+
+    found = store.fetch(list(range(400)))
+
+    assert found == {i: f"t{i}" for i in range(0, 400, 2)}
+    assert len(fake_vertex.fetch_keys) == 400
+
+
+def test_missing_settings_are_named(tmp_path, engine: Engine) -> None:
+    settings = Settings(home=tmp_path, feature_store="vertex", vertex_project="p")
+    with pytest.raises(VertexFeatureStoreError, match="BATCHINFER_VERTEX_BIGQUERY_TABLE"):
+        VertexFeatureStore(settings, engine)
+
+
+def test_optimized_store_is_served_from_its_public_endpoint(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    from google.cloud.aiplatform_v1.services.feature_online_store_admin_service.transports import (
+        FeatureOnlineStoreAdminServiceGrpcTransport,
+    )
+
+    admin = FeatureOnlineStoreAdminServiceClient(
+        **grpc_client_kwargs(
+            FeatureOnlineStoreAdminServiceGrpcTransport, vertex_settings.vertex_api_endpoint
+        )
+    )
+    name = "projects/p/locations/europe-west4/featureOnlineStores/s"
+
+    with pytest.raises(VertexFeatureStoreError, match="no public endpoint yet"):
+        serving_endpoint(admin, name)
+    fake_vertex.public_endpoint = "1234.europe-west4-5678.featurestore.vertexai.goog"
+    assert serving_endpoint(admin, name) == fake_vertex.public_endpoint

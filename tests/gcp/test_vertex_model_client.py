@@ -1,0 +1,135 @@
+"""The Vertex endpoint client with the real PredictionServiceClient against the local fake."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from batchinfer_dagster.resources.model_client import (
+    ModelRequestError,
+    PredictParameters,
+    TransientModelError,
+    build_model_client,
+)
+from batchinfer_dagster.resources.vertex_model_client import (
+    INSTANCE_OVERHEAD_BYTES,
+    MAX_REQUEST_BYTES,
+    VertexModelClient,
+    default_retry,
+    parse_endpoint_url,
+    split_by_request_size,
+)
+from batchinfer_dagster.settings import Settings
+from tests.gcp.fakes import FakeVertex
+
+PARAMETERS = PredictParameters(("mobile", "billing"))
+
+
+def make_client(settings: Settings, deadline: float = 2.0) -> VertexModelClient:
+    return VertexModelClient(settings, retry=default_retry(deadline, initial=0.01, maximum=0.05))
+
+
+def test_build_model_client_picks_vertex_for_vertex_urls(vertex_settings: Settings) -> None:
+    client = build_model_client(vertex_settings)
+    assert isinstance(client, VertexModelClient)
+    assert client.endpoint == "projects/test-project/locations/europe-west4/endpoints/123"
+    client.close()
+
+
+@pytest.mark.usefixtures("adc_key_file")
+def test_regional_endpoint_by_default(vertex_settings: Settings) -> None:
+    settings = vertex_settings.model_copy(update={"vertex_api_endpoint": None})
+    client = VertexModelClient(settings)
+    assert client.api_endpoint == "europe-west4-aiplatform.googleapis.com"
+    client.close()
+
+
+def test_predict_answers_in_order(vertex_settings: Settings, fake_vertex: FakeVertex) -> None:
+    client = make_client(vertex_settings)
+    texts = [f"text {i}" for i in range(10)]
+
+    predictions = client.predict(texts, PARAMETERS)
+
+    assert [p.sequence for p in predictions] == texts
+    assert predictions[0].labels == ["mobile", "billing"]
+    assert predictions[0].scores == [0.5, 0.5]
+    assert len(fake_vertex.predict_sizes) == 1
+
+
+def test_unavailable_is_retried_then_succeeds(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    fake_vertex.predict_errors.extend([grpc.StatusCode.UNAVAILABLE] * 2)
+    client = make_client(vertex_settings)
+
+    predictions = client.predict(["a"], PARAMETERS)
+
+    assert [p.sequence for p in predictions] == ["a"]
+    assert len(fake_vertex.predict_sizes) == 3
+
+
+def test_unavailable_past_the_deadline_is_transient(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    fake_vertex.predict_errors.extend([grpc.StatusCode.UNAVAILABLE] * 1000)
+    client = make_client(vertex_settings, deadline=0.3)
+
+    with pytest.raises(TransientModelError, match="retry deadline"):
+        client.predict(["a"], PARAMETERS)
+    assert len(fake_vertex.predict_sizes) > 1
+
+
+def test_invalid_argument_is_a_request_error_without_retry(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    fake_vertex.predict_errors.append(grpc.StatusCode.INVALID_ARGUMENT)
+    client = make_client(vertex_settings)
+
+    with pytest.raises(ModelRequestError, match="endpoints/123 .*refused the request"):
+        client.predict(["a"], PARAMETERS)
+    assert len(fake_vertex.predict_sizes) == 1
+
+
+def test_resource_exhausted_is_transient(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    fake_vertex.predict_errors.append(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    with pytest.raises(TransientModelError, match="unavailable"):
+        make_client(vertex_settings).predict(["a"], PARAMETERS)
+
+
+def test_large_chunks_are_split_under_the_request_limit(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    settings = vertex_settings.model_copy(update={"model_chunk_size": 1000})
+    client = make_client(settings)
+    # 40 texts of ~100 KB: 4 MB in one chunk of the base client, so Vertex needs 3+ requests.
+    texts = [f"{i:03d}" + "é" * 50_000 for i in range(40)]
+
+    predictions = client.predict(texts, PARAMETERS)
+
+    assert [p.sequence for p in predictions] == texts
+    assert len(fake_vertex.predict_sizes) >= 3
+    assert max(fake_vertex.predict_sizes) <= MAX_REQUEST_BYTES
+    assert sum(fake_vertex.predict_sizes) > 4_000_000
+
+
+def test_a_text_over_the_limit_is_refused_with_its_index() -> None:
+    with pytest.raises(ModelRequestError, match="text #1 is 2000 bytes"):
+        split_by_request_size(["ok", "x" * 2000], base_bytes=100, limit=1000)
+
+
+def test_split_keeps_order_and_fills_requests() -> None:
+    texts = ["a" * 88] * 10  # 100 bytes each with framing
+    pieces = split_by_request_size(texts, base_bytes=0, limit=300)
+    assert [len(p) for p in pieces] == [3, 3, 3, 1]
+    assert INSTANCE_OVERHEAD_BYTES == 12
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["vertex://endpoints/1", "vertex://projects/p/locations/l/endpoints/", "https://x.run.app"],
+)
+def test_bad_endpoint_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="vertex://projects/PROJECT/locations/REGION/endpoints/"):
+        parse_endpoint_url(url)
