@@ -1,0 +1,199 @@
+"""``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
+
+Order of a tick (design §3): pull → validate → one ledger transaction → register the batch
+partitions → ack → run requests. Partitions are registered by the tick itself, before the ack,
+rather than through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after
+the function returns): when the ack happens, everything a redelivery could not recreate exists.
+Each tick then re-batches requests whose feature backoff passed and reconciles a bounded number
+of batches whose runs never started or failed.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.assets import BatchinferResource
+from batchinfer_dagster.jobs import predictions_job
+from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.resources.queue import RequestQueue
+from batchinfer_dagster.settings import Settings
+
+SENSOR_NAME = "prediction_requests_sensor"
+PARTITION_TAG = "dagster/partition"
+# Batches looked at per tick by the reconcile step: bounds the tick at any backlog.
+RECONCILE_LIMIT = 200
+# A queued or running batch is looked at only after this long without news: its run is then
+# either finished, in Dagster's run queue, or was never created (the daemon died mid-tick).
+STALE_AFTER = timedelta(minutes=2)
+
+_FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
+
+
+@dataclass
+class TickOutcome:
+    """What one tick did: the sensor turns it into a ``SensorResult``."""
+
+    run_requests: list[RunRequest] = field(default_factory=list)
+    pulled: int = 0
+    accepted: int = 0
+    redelivered: int = 0
+    malformed: int = 0
+    rebatched: list[str] = field(default_factory=list)
+    retried: dict[str, int] = field(default_factory=dict)
+    dead_lettered: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
+            f"malformed {self.malformed}, re-batched {len(self.rebatched)} batches, "
+            f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
+        )
+
+
+def run_key(batch_key: str, attempt: int) -> str:
+    """The run key of a batch's attempt: Dagster launches one run per key and sensor."""
+    return batch_key if attempt <= 1 else f"{batch_key}#{attempt}"
+
+
+def _batches_in_flight(
+    instance: DagsterInstance, candidates: Sequence[ledger.BatchState]
+) -> set[str]:
+    """Batch keys with an unfinished Dagster run (queued for the pool, starting or running).
+
+    Runs are found by partition tag (sensor runs, UI re-materializations) and by the run id the
+    ledger stored (``predict_records_job``, which has no partition tag): two indexed queries.
+    """
+    keys = [c.batch_key for c in candidates]
+    records = list(
+        instance.get_run_records(RunsFilter(tags={PARTITION_TAG: keys}, statuses=NOT_FINISHED))
+    )
+    keys_by_run: dict[str, list[str]] = {}
+    for candidate in candidates:
+        if candidate.run_id:
+            keys_by_run.setdefault(candidate.run_id, []).append(candidate.batch_key)
+    if keys_by_run:
+        records += instance.get_run_records(
+            RunsFilter(run_ids=list(keys_by_run), statuses=NOT_FINISHED)
+        )
+    in_flight: set[str] = set()
+    for record in records:
+        run = record.dagster_run
+        partition = run.tags.get(PARTITION_TAG)
+        in_flight.update([partition] if partition else keys_by_run[run.run_id])
+    return in_flight
+
+
+def reconcile_batches(
+    instance: DagsterInstance,
+    engine: Engine,
+    *,
+    max_attempts: int,
+    now: datetime,
+    stale_after: timedelta = STALE_AFTER,
+    limit: int = RECONCILE_LIMIT,
+) -> tuple[dict[str, int], list[str]]:
+    """Give failed or lost batches another run, or dead-letter them after ``max_attempts``.
+
+    Returns the retried batches with their new attempt number, and the dead-lettered batch keys.
+    """
+    candidates = ledger.batches_to_reconcile(engine, now=now, stale_after=stale_after, limit=limit)
+    if not candidates:
+        return {}, []
+    in_flight = _batches_in_flight(instance, candidates)
+    ledger.touch_batches(engine, sorted(in_flight), now=now)
+    settled = [c for c in candidates if c.batch_key not in in_flight]
+    retried = ledger.retry_batches(
+        engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now
+    )
+    exhausted = [c for c in settled if c.attempts >= max_attempts]
+    for batch in exhausted:
+        error = ledger.last_error(engine, batch.batch_key) or "its runs never finished it"
+        reason = f"batch {batch.batch_key} failed after {batch.attempts} attempts: {error}"
+        ledger.dead_letter_batch(engine, batch.batch_key, reason=reason, now=now)
+    if retried:
+        # A tick that died after its commit may have left a batch without its partition.
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, sorted(retried))
+    return retried, [batch.batch_key for batch in exhausted]
+
+
+def process_tick(
+    instance: DagsterInstance,
+    settings: Settings,
+    queue: RequestQueue,
+    *,
+    clock: Callable[[], datetime] = db.utcnow,
+    stale_after: timedelta = STALE_AFTER,
+) -> TickOutcome:
+    """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
+    engine = db.get_engine(settings)
+    messages = queue.pull(settings.max_pull, settings.pull_timeout_seconds)
+    ingest = ledger.ingest_messages(
+        engine, messages, queue=settings.queue, batch_size=settings.batch_size, now=clock()
+    )
+    if ingest.batch_keys or ingest.resumed:
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
+    if ingest.ack_ids:
+        queue.ack(ingest.ack_ids)
+    rebatched = ledger.rebatch_waiting(
+        engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
+    )
+    if rebatched:
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, rebatched)
+    retried, dead = reconcile_batches(
+        instance, engine, max_attempts=settings.max_attempts, now=clock(), stale_after=stale_after
+    )
+    attempts = dict.fromkeys([*ingest.batch_keys, *rebatched], 1)
+    attempts.update(ingest.resumed)
+    attempts.update(retried)
+    run_requests = [
+        RunRequest(partition_key=key, run_key=run_key(key, attempt))
+        for key, attempt in attempts.items()
+    ]
+    return TickOutcome(
+        run_requests=run_requests,
+        pulled=len(messages),
+        accepted=ingest.accepted,
+        redelivered=ingest.redelivered,
+        malformed=ingest.dead_lettered,
+        rebatched=rebatched,
+        retried=retried,
+        dead_lettered=dead,
+    )
+
+
+@sensor(
+    name=SENSOR_NAME,
+    target=predictions_job,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Pull prediction requests into the ledger; one predictions run per batch.",
+)
+def prediction_requests_sensor(
+    context: SensorEvaluationContext, batchinfer: BatchinferResource
+) -> SensorResult:
+    """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
+    settings = batchinfer.get_settings()
+    queue = batchinfer.get_queue()
+    try:
+        outcome = process_tick(context.instance, settings, queue)
+    finally:
+        queue.close()
+    context.log.info(outcome.summary())
+    if not outcome.run_requests:
+        return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))
+    return SensorResult(run_requests=outcome.run_requests)

@@ -1,0 +1,32 @@
+"""Fixtures of the Dagster tests: one real model server per session, settings per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from dagster import DagsterInstance
+
+from batchinfer_dagster.settings import Settings
+from tests.dagster.harness import model_server_process
+
+
+@pytest.fixture(scope="session")
+def model_server_url() -> Iterator[str]:
+    """Our model server as a real process with the packaged all-MiniLM embedding model."""
+    with model_server_process() as url:
+        yield url
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
+def pipeline_settings(queue_settings: Settings, model_server_url: str) -> Settings:
+    """Every app database × every queue backend, the real model server, short waits."""
+    return queue_settings.model_copy(
+        update={"model_url": model_server_url, "pull_timeout_seconds": 0.3, "batch_size": 8}
+    )

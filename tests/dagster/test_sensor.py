@@ -1,0 +1,220 @@
+"""The real sensor on the real queues (local table, Pub/Sub emulator) and databases."""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import timedelta
+
+from dagster import DagsterInstance, DagsterRunStatus
+
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.resources.feature_store import build_feature_store
+from batchinfer_dagster.resources.queue import build_queue
+from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.settings import Settings
+from tests.dagster.harness import (
+    AckCrashQueue,
+    drain,
+    execute_runs,
+    publish_json,
+    rows,
+    sensor_tick,
+)
+
+
+def add_features(settings: Settings, record_ids: range | list[int]) -> None:
+    store = build_feature_store(settings)
+    store.upsert([(i, f"I was charged twice for order {i}, please refund") for i in record_ids])
+
+
+def queue_is_empty(settings: Settings) -> bool:
+    queue = build_queue(settings)
+    try:
+        return queue.pull(10, 1.0) == []
+    finally:
+        queue.close()
+
+
+def test_batches_split_at_batch_size_and_partitions_registered(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    settings = pipeline_settings.model_copy(update={"batch_size": 4})
+    publish_json(settings, [{"id": str(i)} for i in range(1, 11)])
+
+    result = sensor_tick(instance, settings)
+
+    keys = [request.partition_key for request in result.run_requests]
+    assert len(keys) == 3
+    assert [request.run_key for request in result.run_requests] == keys
+    assert set(instance.get_dynamic_partitions(PREDICTION_BATCHES)) == set(keys)
+    sizes = sorted(
+        len(rows(settings, db.prediction_requests, db.prediction_requests.c.batch_key == key))
+        for key in keys
+    )
+    assert sizes == [2, 4, 4]
+    assert queue_is_empty(settings)
+
+
+def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    add_features(pipeline_settings, range(1, 7))
+    publish_json(pipeline_settings, [{"id": i} for i in range(1, 7)])
+    crashing = AckCrashQueue(build_queue(pipeline_settings))
+    try:
+        process_tick(instance, pipeline_settings, crashing)
+        raise AssertionError("the ack should have crashed the tick")
+    except ConnectionAbortedError:
+        pass
+    finally:
+        crashing.close()
+    assert len(crashing.crashed_on) == 6
+    committed = rows(pipeline_settings, db.prediction_requests)
+    assert len(committed) == 6
+
+    # The messages come back; the next ticks see them as redeliveries and ack them.
+    drain(instance, pipeline_settings)
+
+    requests = rows(pipeline_settings, db.prediction_requests)
+    assert sorted(r.message_id for r in requests) == sorted(r.message_id for r in committed)
+    predictions = rows(pipeline_settings, db.predictions)
+    assert sorted(p.record_id for p in predictions) == [1, 2, 3, 4, 5, 6]
+    assert {r.status for r in requests} == {ledger.DONE}
+    assert queue_is_empty(pipeline_settings)
+
+
+def test_malformed_messages_become_dead_letters_with_reasons(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    queue = build_queue(pipeline_settings)
+    queue.publish(
+        [b"{oops", b'{"id": "x1"}', b'{"name": 3}', b"[1]", b'{"id": "9"' + b" " * 10_300 + b"}"]
+    )
+    queue.close()
+
+    result = sensor_tick(instance, pipeline_settings)
+
+    assert result.run_requests == []
+    reasons = sorted(letter.reason for letter in rows(pipeline_settings, db.dead_letters))
+    assert len(reasons) == 5
+    assert any(reason.startswith("not JSON") for reason in reasons)
+    assert "id 'x1' is not a positive integer" in reasons
+    assert any(reason.startswith("no 'id' field") for reason in reasons)
+    assert "not a JSON object but list" in reasons
+    assert any("over the 10240-byte limit" in reason for reason in reasons)
+    assert rows(pipeline_settings, db.prediction_requests) == []
+    assert queue_is_empty(pipeline_settings)
+
+
+def test_unknown_ids_wait_for_features_then_dead_letter(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 3.0})
+    add_features(settings, [1])
+    publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
+    drain(instance, settings)
+
+    waiting = rows(settings, db.prediction_requests, db.prediction_requests.c.record_id != 1)
+    assert {r.status for r in waiting} == {ledger.WAITING_FEATURES}
+    assert all(r.not_before is not None for r in waiting)
+
+    add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
+    time.sleep(3.2)
+    drain(instance, settings)
+
+    by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
+    assert by_record[2].status == ledger.DONE
+    assert by_record[3].status == ledger.DEAD_LETTERED
+    assert sorted(p.record_id for p in rows(settings, db.predictions)) == [1, 2]
+    letters = rows(settings, db.dead_letters)
+    assert [(letter.reason, letter.payload) for letter in letters] == [
+        (ledger.UNKNOWN_RECORD, '{"id": "3"}')
+    ]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
+    instance: DagsterInstance, queue_settings: Settings
+) -> None:
+    settings = queue_settings.model_copy(
+        update={
+            "model_url": f"http://127.0.0.1:{unused_port()}",
+            "max_attempts": 3,
+            "pull_timeout_seconds": 1.0,
+        }
+    )
+    add_features(settings, [1, 2])
+    publish_json(settings, [{"id": 1}, {"id": 2}])
+
+    run_keys: list[str] = []
+    for _ in range(3):
+        result = sensor_tick(instance, settings)
+        assert len(result.run_requests) == 1
+        run_keys.append(result.run_requests[0].run_key)
+        (run,) = execute_runs(
+            instance, settings, result.run_requests, model_retries=1, model_retry_delay_seconds=0
+        )
+        assert not run.success
+        retries = [e for e in run.all_node_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert len(retries) == 1  # a transient error is retried in the run first
+    final = sensor_tick(instance, settings)
+
+    batch = run_keys[0]
+    assert run_keys == [batch, f"{batch}#2", f"{batch}#3"]
+    assert final.run_requests == []
+    failed_runs = instance.get_run_records()
+    assert {record.dagster_run.status for record in failed_runs} == {DagsterRunStatus.FAILURE}
+    (batch_row,) = rows(settings, db.prediction_batches)
+    assert (batch_row.status, batch_row.attempts) == (ledger.DEAD_LETTERED, 3)
+    letters = rows(settings, db.dead_letters)
+    assert len(letters) == 2
+    assert all("failed after 3 attempts" in letter.reason for letter in letters)
+    assert all("unreachable" in letter.reason for letter in letters)
+    assert rows(settings, db.predictions) == []
+
+
+def test_model_server_4xx_dead_letters_without_retry(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    store = build_feature_store(pipeline_settings)
+    store.upsert([(1, "")])  # the server answers 422 for an empty text
+    publish_json(pipeline_settings, [{"id": 1}])
+
+    report = drain(instance, pipeline_settings)
+
+    assert len(report.runs) == 1
+    assert not report.runs[0].success
+    step_events = report.runs[0].all_node_events
+    assert not any(event.event_type_value == "STEP_UP_FOR_RETRY" for event in step_events)
+    (letter,) = rows(pipeline_settings, db.dead_letters)
+    assert "model server refused the batch" in letter.reason
+    assert "422" in letter.reason
+    (batch,) = rows(pipeline_settings, db.prediction_batches)
+    assert batch.status == ledger.DEAD_LETTERED
+
+
+def test_stale_batch_without_run_gets_a_new_run_request(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    """A tick that committed but died before its run requests were launched leaves a batch."""
+    publish_json(pipeline_settings, [{"id": 1}])
+    first = sensor_tick(instance, pipeline_settings)
+    (lost,) = first.run_requests
+    # The daemon died: no run was ever created. The partition is also missing.
+    instance.delete_dynamic_partition(PREDICTION_BATCHES, lost.partition_key)
+    queue = build_queue(pipeline_settings)
+    try:
+        outcome = process_tick(instance, pipeline_settings, queue, stale_after=timedelta(0))
+    finally:
+        queue.close()
+    assert [(r.partition_key, r.run_key) for r in outcome.run_requests] == [
+        (lost.partition_key, f"{lost.partition_key}#2")
+    ]
+    assert instance.has_dynamic_partition(PREDICTION_BATCHES, lost.partition_key)
