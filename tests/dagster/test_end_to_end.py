@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from dagster import AssetKey, DagsterInstance, RunRequest, materialize
 
 from batchinfer_dagster import db, ledger
@@ -165,29 +166,33 @@ def test_mixed_backlog_through_the_pubsub_emulator(
 
 
 @pytest.fixture
-def postgres_instance(postgres: PostgresServer, tmp_path: Path) -> Iterator[DagsterInstance]:
-    """A Dagster instance on dagster-postgres, configured like the production dagster.yaml.
+def postgres_instance(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DagsterInstance]:
+    """A Dagster instance from the production dagster.yaml, on the test PostgreSQL server.
 
-    ``scheme`` must name psycopg2: SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3,
-    on which dagster-postgres's ``NOTIFY run_events, %(id)s`` is a syntax error.
+    Only what needs Google Cloud or TLS is taken out: the GCS compute-log bucket and
+    ``sslmode=require`` (the test server has no certificate). Storage, run queue, pool limits,
+    retries and sensor settings are the production file's own.
     """
     name = unique_name("dagster")
     postgres.create_database(name)
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config.pop("compute_logs")
+    config["storage"]["postgres"]["postgres_db"].pop("params")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(
-        "storage:\n"
-        "  postgres:\n"
-        "    postgres_db:\n"
-        "      hostname: 127.0.0.1\n"
-        f"      port: {postgres.port}\n"
-        "      username: postgres\n"
-        f"      db_name: {name}\n"
-        "      scheme: postgresql+psycopg2\n"
-        "telemetry:\n"
-        "  enabled: false\n"
-    )
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    for variable, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": name,
+    }.items():
+        monkeypatch.setenv(variable, value)
     with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
         yield instance
 
 

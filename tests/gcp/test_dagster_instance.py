@@ -47,7 +47,7 @@ def test_postgres_storage_comes_from_the_environment() -> None:
     resolved = process_config(pg_config(), storage)
     assert resolved.success, resolved.errors
     assert pg_url_from_config(resolved.value) == (
-        "postgresql://batchinfer:p%40ss%3Aword@10.20.0.3:5432/dagster?sslmode=require"
+        "postgresql+psycopg2://batchinfer:p%40ss%3Aword@10.20.0.3:5432/dagster?sslmode=require"
     )
 
 
