@@ -75,7 +75,7 @@ def test_queue_retries_and_pool_limits_take_effect(tmp_path: Path) -> None:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_retries_enabled
         assert instance.run_retries_max_retries == 2
-        assert instance.run_retries_retry_on_asset_or_op_failure
+        assert not instance.run_retries_retry_on_asset_or_op_failure  # reconcile retries
         concurrency = instance.get_concurrency_config()
         assert concurrency.pool_config.default_pool_limit == 4
         assert concurrency.pool_config.pool_granularity.value == "run"
