@@ -76,6 +76,8 @@ data_points = Table(
     Column("id", BigId, Identity(), primary_key=True),
     Column("text", Text, nullable=False),
     _ts("created_at", nullable=False, default=utcnow),
+    # Never reuse an id on SQLite (a deleted newest row would give its id away again).
+    sqlite_autoincrement=True,
 )
 
 features = Table(
@@ -139,6 +141,8 @@ dead_letters = Table(
     Column("reason", Text, nullable=False),
     _ts("received_at", nullable=False),
     Index("ix_dead_letters_message_id", "message_id"),
+    # Never reuse an id on SQLite (a deleted newest row would give its id away again).
+    sqlite_autoincrement=True,
 )
 
 queue_messages = Table(
@@ -151,6 +155,8 @@ queue_messages = Table(
     Column("delivery_attempt", Integer, nullable=False, default=0),
     Column("ack_id", String(64), nullable=True, unique=True),
     Index("ix_queue_messages_visible_at", "visible_at"),
+    # Never reuse an id on SQLite (a deleted newest row would give its id away again).
+    sqlite_autoincrement=True,
 )
 
 

@@ -95,3 +95,11 @@ def test_large_publish_and_ack_in_chunks(queue_settings: Settings, count: int) -
     assert len({m.message_id for m in got}) == count
     queue.ack([m.ack_id for m in got])
     assert queue.pull(max_messages=10, timeout=1) == []
+
+
+def test_message_ids_are_never_reused(queue_settings: Settings) -> None:
+    queue = build_queue(queue_settings)
+    first = queue.publish([b'{"id": 1}'])
+    queue.ack([m.ack_id for m in drain(queue, 1)])
+    second = queue.publish([b'{"id": 1}'])
+    assert second != first  # a drained queue does not hand out the same id again

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("text", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "dead_letters",
@@ -41,6 +42,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("dead_letters", schema=None) as batch_op:
         batch_op.create_index("ix_dead_letters_message_id", ["message_id"], unique=False)
@@ -111,6 +113,7 @@ def upgrade() -> None:
         sa.Column("ack_id", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("ack_id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("queue_messages", schema=None) as batch_op:
         batch_op.create_index("ix_queue_messages_visible_at", ["visible_at"], unique=False)
