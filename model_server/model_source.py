@@ -7,6 +7,8 @@ from pathlib import Path
 
 from model_server.settings import ServerSettings
 
+PACKAGED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
 
 def resolve_model_path(settings: ServerSettings) -> str:
     """The local directory (or Hub name) to load, in the order an operator expects.
@@ -29,6 +31,15 @@ def resolve_model_path(settings: ServerSettings) -> str:
         "MODEL_BACKEND=nli needs a model: set MODEL_NAME_OR_PATH (a local directory or a Hub "
         "name such as facebook/bart-large-mnli) or AIP_STORAGE_URI"
     )
+
+
+def resolve_model_name(settings: ServerSettings) -> str:
+    """The name answers carry in "model": stable across machines, unlike a local path."""
+    if settings.model_name_or_path:
+        return settings.model_name_or_path
+    if settings.aip_storage_uri:
+        return settings.aip_storage_uri
+    return PACKAGED_MODEL_NAME
 
 
 def download_gcs_directory(uri: str, cache_dir: Path) -> Path:

@@ -4,9 +4,11 @@ Field names are the environment variable names in lower case, so `AIP_HTTP_PORT`
 `aip_http_port`: what an operator sets is what a reader of the code searches for.
 """
 
+from __future__ import annotations
+
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SEED_LABELS = "mobile,website,billing,account access"
@@ -29,7 +31,8 @@ class ServerSettings(BaseSettings):
     model_fp16: bool = False
     model_cache_dir: str = "/tmp/model_server_cache"
 
-    model_max_batch_size: int = Field(64, ge=1)
+    model_max_batch_size: int = Field(32, ge=1)
+    model_batch_pool_rows: int = Field(1024, ge=1)
     model_batch_wait_ms: float = Field(2.0, ge=0)
     model_max_instances: int = Field(1000, ge=1)
     model_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
@@ -48,6 +51,15 @@ class ServerSettings(BaseSettings):
         if not route.startswith("/"):
             raise ValueError(f"a route must start with '/', got {route!r}")
         return route
+
+    @model_validator(mode="after")
+    def _pool_holds_a_batch(self) -> ServerSettings:
+        if self.model_batch_pool_rows < self.model_max_batch_size:
+            raise ValueError(
+                f"MODEL_BATCH_POOL_ROWS={self.model_batch_pool_rows} is smaller than "
+                f"MODEL_MAX_BATCH_SIZE={self.model_max_batch_size}; make it at least as large"
+            )
+        return self
 
     @property
     def default_labels(self) -> list[str]:

@@ -75,11 +75,13 @@ class NliBackend(Backend):
         device: torch.device,
         *,
         fp16: bool = False,
-        max_batch_size: int = 64,
+        max_batch_size: int = 32,
+        default_template: str = PIPELINE_TEMPLATE,
         model_name: str | None = None,
     ) -> None:
         super().__init__(model_name or model_path, device)
         self.model_path = model_path
+        self.default_template = default_template
         self.dtype = resolve_dtype(fp16, device)
         self.max_batch_size = max_batch_size
         self.tokenizer: Any = None
@@ -113,7 +115,7 @@ class NliBackend(Backend):
         pair_index: dict[tuple[str, str], int] = {}
         instance_rows: list[list[int]] = []
         for instance in instances:
-            template = instance.hypothesis_template or PIPELINE_TEMPLATE
+            template = instance.hypothesis_template or self.default_template
             rows = []
             for label in instance.labels:
                 pair = (instance.text, template.format(label))
@@ -132,17 +134,30 @@ class NliBackend(Backend):
         lengths = [len(encoding["input_ids"]) for encoding in encodings]
         logits: np.ndarray | None = None
         for chunk in length_sorted_chunks(lengths, self.max_batch_size):
-            batch = self.tokenizer.pad([encodings[i] for i in chunk], return_tensors="pt")
-            inputs = {name: batch[name].to(self.device) for name in self.input_names}
-            with torch.inference_mode():
-                output = self.model(**inputs, **self.forward_kwargs).logits
-            chunk_logits = output.float().cpu().numpy()
+            chunk_encodings = [encodings[i] for i in chunk]
+            try:
+                chunk_logits = self.forward(chunk_encodings)
+            except ValueError:
+                if len(chunk) == 1:
+                    raise
+                # BART-style heads refuse a batch whose rows hold different numbers of <eos>
+                # (a text that contains "</s>"); the pipeline runs such a pair alone, so do we.
+                logger.info("batch of %d refused by the model; running it row by row", len(chunk))
+                chunk_logits = np.concatenate([self.forward([row]) for row in chunk_encodings])
             if logits is None:
                 logits = np.empty((len(pairs), chunk_logits.shape[1]), dtype=np.float32)
             logits[chunk] = chunk_logits
         if logits is None:
             raise ValueError("pair_logits needs at least one pair")
         return logits
+
+    def forward(self, encodings: list[dict[str, list[int]]]) -> np.ndarray:
+        """Float32 logits of one padded batch."""
+        batch = self.tokenizer.pad(encodings, return_tensors="pt")
+        inputs = {name: batch[name].to(self.device) for name in self.input_names}
+        with torch.inference_mode():
+            output = self.model(**inputs, **self.forward_kwargs).logits
+        return output.float().cpu().numpy()
 
     def tokenize(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
         """Token ids of each pair, exactly as the pipeline tokenizes them one at a time.

@@ -1,0 +1,187 @@
+"""The HTTP app: Vertex AI custom-container routes over the dynamic batcher.
+
+The model loads in the background after startup (explicit `ModelService.load`), so the health
+route can answer 503 while it loads, as Vertex AI and Kubernetes probes expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from model_server.backends import Backend, build_backend
+from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.metrics import ServerMetrics
+from model_server.predict_request import RequestError, parse_predict_request
+from model_server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ModelService:
+    """The backend, its load state and the batcher that feeds it."""
+
+    def __init__(self, settings: ServerSettings, backend: Backend, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics = metrics
+        self.load_error: str | None = None
+        self.batcher = DynamicBatcher(
+            backend,
+            max_batch_rows=settings.model_batch_pool_rows,
+            max_wait_seconds=settings.model_batch_wait_ms / 1000,
+            observer=BatchObserver(
+                on_batch=metrics.observe_batch, on_queue_depth=metrics.queue_depth.set
+            ),
+        )
+
+    def load(self) -> None:
+        """Load the model; blocking. A failure is kept for /health to report, and re-raised."""
+        started = time.perf_counter()
+        try:
+            self.backend.load()
+        except Exception as error:
+            self.load_error = f"{type(error).__name__}: {error}"
+            logger.exception("loading the %s model failed", self.backend.backend_name)
+            raise
+        logger.info(
+            "loaded %s model %s on %s in %.1f s",
+            self.backend.backend_name,
+            self.backend.model_name,
+            self.backend.device,
+            time.perf_counter() - started,
+        )
+
+    async def load_in_background(self) -> None:
+        """Load in the model's worker thread, which no prediction can use before it is done."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):  # kept in load_error, reported by /health
+            await loop.run_in_executor(self.batcher.executor, self.load)
+
+
+def error_response(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be too large.
+
+    Content-Length is checked first, and the bytes actually read too, since a chunked body has
+    no Content-Length and a client may send more than it announced.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError(400, f"invalid Content-Length {declared!r}")
+        if int(declared) > max_bytes:
+            raise RequestError(
+                413, f"body of {declared} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)"
+            )
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(
+                413, f"body over {max_bytes} bytes (MODEL_MAX_BODY_BYTES): split the request"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: ServerSettings, backend: Backend | None = None, *, load_on_startup: bool = True
+) -> FastAPI:
+    """The HTTP app; `backend` defaults to the one the settings name.
+
+    With load_on_startup=False the caller loads the model itself (`app.state.service.load()`),
+    which tests use to see the server before and after the model is ready.
+    """
+    metrics = ServerMetrics()
+    service = ModelService(settings, backend or build_backend(settings), metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        loading = asyncio.create_task(service.load_in_background()) if load_on_startup else None
+        yield
+        if loading is not None:
+            await loading
+        await service.batcher.stop()
+
+    app = FastAPI(title="batchinfer model server", lifespan=lifespan)
+    app.state.service = service
+
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await answer_predict(request, service)
+        metrics.requests.labels("predict", str(response.status_code)).inc()
+        metrics.request_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def health() -> Response:
+        description = service.backend.describe()
+        if service.backend.loaded:
+            response = JSONResponse({"status": "ready", **description})
+        else:
+            state = "failed" if service.load_error else "loading"
+            response = JSONResponse(
+                {"status": state, "error": service.load_error, **description}, status_code=503
+            )
+        metrics.requests.labels("health", str(response.status_code)).inc()
+        return response
+
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route(settings.aip_predict_route, predict, methods=["POST"])
+    app.add_api_route(settings.aip_health_route, health, methods=["GET"])
+    app.add_api_route("/metrics", prometheus_metrics, methods=["GET"])
+    return app
+
+
+async def answer_predict(request: Request, service: ModelService) -> Response:
+    """Validate the whole request first, then hand its instances to the batcher."""
+    try:
+        if not service.backend.loaded:
+            state = f"failed to load: {service.load_error}" if service.load_error else "loading"
+            raise RequestError(503, f"the model is not ready ({state}); retry after /health is 200")
+        body = await read_body(request, service.settings.model_max_body_bytes)
+        instances = parse_predict_request(body, service.settings)
+    except RequestError as error:
+        return error_response(error.status_code, error.message)
+    try:
+        predictions = await service.batcher.predict(instances)
+    except ShuttingDownError as error:
+        return error_response(503, str(error))
+    except RuntimeError as error:
+        return error_response(500, str(error))
+    service.metrics.instances.inc(len(instances))
+    return JSONResponse({"predictions": predictions, "model": service.backend.model_name})
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server until it is stopped (SIGINT/SIGTERM); one process per accelerator."""
+    logging.basicConfig(
+        level=settings.model_log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.model_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.model_torch_threads)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.model_host,
+        port=settings.aip_http_port,
+        log_level=settings.model_log_level.lower(),
+        access_log=False,
+    )

@@ -1,0 +1,36 @@
+"""Zero-shot backends behind one interface; MODEL_BACKEND picks one."""
+
+from __future__ import annotations
+
+from model_server.backends.base import Backend, Instance, Prediction, resolve_device
+from model_server.model_source import resolve_model_name, resolve_model_path
+from model_server.settings import ServerSettings
+
+__all__ = ["Backend", "Instance", "Prediction", "build_backend"]
+
+
+def build_backend(settings: ServerSettings) -> Backend:
+    """The backend MODEL_BACKEND names, configured but not loaded yet."""
+    device = resolve_device(settings.model_device)
+    model_path = resolve_model_path(settings)
+    if settings.model_backend == "nli":
+        from model_server.backends.nli import NliBackend
+
+        return NliBackend(
+            model_path,
+            device,
+            fp16=settings.model_fp16,
+            max_batch_size=settings.model_max_batch_size,
+            default_template=settings.model_default_template,
+            model_name=resolve_model_name(settings),
+        )
+    from model_server.backends.embedding import EmbeddingBackend
+
+    return EmbeddingBackend(
+        model_path,
+        device,
+        fp16=settings.model_fp16,
+        max_batch_size=settings.model_max_batch_size,
+        temperature=settings.model_embedding_temperature,
+        model_name=resolve_model_name(settings),
+    )

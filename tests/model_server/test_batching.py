@@ -1,0 +1,91 @@
+"""The dynamic batcher, with a small backend that records what it is asked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from model_server.backends.base import Backend, Instance, Prediction
+from model_server.batching import DynamicBatcher, ShuttingDownError
+
+POISON = "the model cannot take this"
+
+
+class RecordingBackend(Backend):
+    """Answers with the text's length as a score; fails any batch that holds POISON."""
+
+    backend_name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__("recording", torch.device("cpu"))
+        self.batches: list[list[str]] = []
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def rows(self, instance: Instance) -> int:
+        return len(instance.labels)
+
+    def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
+        self.batches.append([instance.text for instance in instances])
+        if any(instance.text == POISON for instance in instances):
+            raise ValueError(f"cannot classify {POISON!r}")
+        return [
+            {"sequence": i.text, "labels": list(i.labels), "scores": [float(len(i.text))]}
+            for i in instances
+        ]
+
+
+async def run_requests(
+    backend: RecordingBackend, requests: list[list[str]], max_rows: int
+) -> list[list[Prediction] | BaseException]:
+    batcher = DynamicBatcher(backend, max_batch_rows=max_rows, max_wait_seconds=0.05)
+    batcher.start()
+    try:
+        return await asyncio.gather(
+            *(
+                batcher.predict([Instance(text, ("a", "b")) for text in texts])
+                for texts in requests
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_share_batches_within_the_row_limit() -> None:
+    backend = RecordingBackend()
+    requests = [[f"r{r}-{i}" for i in range(3)] for r in range(4)]
+    answers = asyncio.run(run_requests(backend, requests, max_rows=8))
+    for texts, answer in zip(requests, answers, strict=True):
+        assert [prediction["sequence"] for prediction in answer] == texts
+    # Twelve instances of two rows each, at most eight rows (four instances) per batch.
+    assert [len(batch) for batch in backend.batches] == [4, 4, 4]
+    assert sorted(text for batch in backend.batches for text in batch) == sorted(
+        text for texts in requests for text in texts
+    )
+
+
+def test_a_failing_instance_fails_only_its_own_request() -> None:
+    backend = RecordingBackend()
+    requests = [["good one", "good two"], ["fine", POISON], ["also good"]]
+    answers = asyncio.run(run_requests(backend, requests, max_rows=64))
+    assert [prediction["sequence"] for prediction in answers[0]] == ["good one", "good two"]
+    assert isinstance(answers[1], RuntimeError)
+    assert [prediction["sequence"] for prediction in answers[2]] == ["also good"]
+
+
+def test_stop_fails_queued_instances() -> None:
+    async def scenario() -> None:
+        # Never started: what is queued can only be failed by stop().
+        batcher = DynamicBatcher(RecordingBackend(), max_batch_rows=8, max_wait_seconds=0.01)
+        waiting = asyncio.ensure_future(batcher.predict([Instance("never run", ("a",))]))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        with pytest.raises(ShuttingDownError, match="shutting down"):
+            await waiting
+
+    asyncio.run(scenario())
