@@ -13,7 +13,10 @@ bench/data/support_messages.jsonl, four labels):
 The NLI model is "a small cross-encoder": the real MiniLM-L6 encoder with a random 3-way head
 (no Hub here), which has the size and speed of a real small NLI model.
 
-    HF_HUB_OFFLINE=1 python bench/bench_model_server.py [--quick]
+    HF_HUB_OFFLINE=1 python bench/bench_model_server.py [--quick] [--litserve]
+
+`--litserve` also serves the same backend with LitServe, which is no project dependency:
+`pip install --target /tmp/litpkgs litserve==0.2.19 pyzmq` and run with PYTHONPATH=/tmp/litpkgs.
 
 Writes its table into the "## Model server" section of docs/benchmarks.md.
 """
@@ -347,7 +350,7 @@ def markdown_section(results: dict[str, float | int | str]) -> str:
             "`nli` backend through HTTP",
             r["nli_http_tps"],
             f"{r['nli_http_tps'] / r['pipeline_tps']:.2f}×",
-            f"server overhead {r['nli_overhead']:.1%}; max |Δscore| {r['max_delta']:.1e}, "
+            f"server overhead {r['nli_overhead']:.1%}; max abs Δscore {r['max_delta']:.1e}, "
             f"label-order mismatches {r['order_mismatches']}",
         ),
         (
@@ -372,7 +375,8 @@ def markdown_section(results: dict[str, float | int | str]) -> str:
         f"head (a small cross-encoder). HTTP: real `python -m model_server` process, "
         f"requests of {r['request_size']} texts from {r['clients']} client threads, "
         f"MODEL_MAX_BATCH_SIZE={r['batch_size']}. Contenders take turns for {r['repeats']} "
-        "rounds and each keeps its best (the machine is shared).",
+        f"rounds and each keeps its best (the machine is shared: 1-minute load average "
+        f"{r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end).",
         "",
         "| contender | texts/s | vs pipeline | notes |",
         "|---|---:|---:|---|",
@@ -534,6 +538,7 @@ def main() -> None:
         serve_litserve(args.serve_litserve, args.port, args.batch_size)
         return
 
+    load_start = os.getloadavg()[0]
     messages = load_messages()
     texts = grow_texts(messages, 200 if args.quick else 1000)
     machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, " + (
@@ -555,6 +560,7 @@ def main() -> None:
     results["accuracy"] = embedding_accuracy(messages)
     results["eval_count"] = len(messages)
     results["bench_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_start"], results["load_end"] = load_start, os.getloadavg()[0]
 
     section = markdown_section(results)
     print(section)
