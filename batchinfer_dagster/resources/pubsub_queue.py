@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from concurrent import futures
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
 
 from batchinfer_dagster.resources.queue import (
@@ -24,6 +26,13 @@ from batchinfer_dagster.resources.queue import (
 )
 from batchinfer_dagster.settings import Settings
 
+# The emulator channel the client library opens keeps gRPC's 4 MiB receive limit, so a single
+# valid message over 4 MiB (Pub/Sub allows 10 MB) failed every pull: lift it as the library's
+# production channel does.
+EMULATOR_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
 # One synchronous pull returns at most this many messages (service limit).
 PULL_CHUNK = 1000
 PUBLISH_TIMEOUT_SECONDS = 60.0
@@ -51,6 +60,13 @@ def check_emulator(settings: Settings) -> None:
         raise _unavailable(settings, exc) from exc
 
 
+def _subscriber_client(settings: Settings) -> pubsub_v1.SubscriberClient:
+    if not settings.pubsub_emulator_host:
+        return pubsub_v1.SubscriberClient()
+    channel = grpc.insecure_channel(settings.pubsub_emulator_host, options=EMULATOR_CHANNEL_OPTIONS)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 class PubSubQueue(RequestQueue):
     """Publisher and synchronous-pull subscriber on one topic/subscription pair."""
 
@@ -59,7 +75,7 @@ class PubSubQueue(RequestQueue):
         if settings.pubsub_emulator_host:
             check_emulator(settings)
         self.publisher = pubsub_v1.PublisherClient()
-        self.subscriber = pubsub_v1.SubscriberClient()
+        self.subscriber = _subscriber_client(settings)
         self.topic_path = self.publisher.topic_path(settings.pubsub_project, settings.pubsub_topic)
         self.subscription_path = self.subscriber.subscription_path(
             settings.pubsub_project, settings.pubsub_subscription

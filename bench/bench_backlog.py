@@ -1,0 +1,108 @@
+"""Backlog benchmark: N requests, loaded and published with the real CLI, drained completely.
+
+Records are loaded with ``batchinfer load`` and published with ``batchinfer publish --range``
+(local defaults: SQLite, local queue; or ``--postgres URL`` and/or ``--pubsub`` with
+``PUBSUB_EMULATOR_HOST`` set). The daemon's loop then runs in this process: evaluate the real
+sensor, execute its new run keys in-process, until every request is settled. The run workers are
+in-process too, so their peak memory is this process's; the model server is a real process.
+
+    python bench/bench_backlog.py --requests 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from dagster import DagsterInstance  # noqa: E402
+
+from batchinfer_dagster import db  # noqa: E402
+from batchinfer_dagster.partitions import PREDICTION_BATCHES  # noqa: E402
+from batchinfer_dagster.settings import Settings  # noqa: E402
+from tests.reliability.invariants import Published, assert_invariants  # noqa: E402
+from tests.reliability.pipeline import TEXTS, run_daemon_loop  # noqa: E402
+from tests.reliability.processes import rss_kib, running_model_server  # noqa: E402
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("batchinfer")), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--postgres", help="app database URL (default: SQLite)")
+    parser.add_argument("--pubsub", action="store_true", help="queue on PUBSUB_EMULATOR_HOST")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
+    records = home / "records.jsonl"
+    with records.open("w") as handle:
+        for i in range(args.requests):
+            text = " ".join(TEXTS[i % len(TEXTS)].split()[:8]) + f" #{i}"
+            handle.write(json.dumps({"text": text}) + "\n")
+    with running_model_server() as server:
+        overrides = {"home": str(home), "model_url": server.url, "feature_wait_seconds": 0}
+        if args.postgres:
+            overrides["database_url"] = args.postgres
+        if args.pubsub:
+            overrides["queue"] = "pubsub"
+        settings = Settings(**overrides)
+        env = {**os.environ, **{f"BATCHINFER_{k.upper()}": str(v) for k, v in overrides.items()}}
+        if args.pubsub:
+            cli(env, "pubsub", "create")
+        started = time.perf_counter()
+        loaded = json.loads(cli(env, "load", str(records)))
+        cli(env, "import-data")
+        cli(env, "publish", "--range", f"{loaded['first_id']}-{loaded['last_id']}")
+        published_s = time.perf_counter() - started
+        rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        with DagsterInstance.ephemeral() as instance:
+            report = run_daemon_loop(instance, settings, expect=args.requests, max_seconds=4 * 3600)
+            drain_s = time.perf_counter() - started
+            partitions = len(instance.get_dynamic_partitions(PREDICTION_BATCHES))
+        model_rss = rss_kib(server.pid)
+        ids = list(range(loaded["first_id"], loaded["last_id"] + 1))
+        counts = assert_invariants(settings, Published(valid=ids), f"backlog {args.requests}")
+    db.dispose_engines()
+    result = {
+        "requests": args.requests,
+        "database": "postgresql" if args.postgres else "sqlite",
+        "queue": "pubsub" if args.pubsub else "local",
+        "load_import_publish_s": round(published_s, 1),
+        "drain_s": round(drain_s, 1),
+        "requests_per_s": round(args.requests / drain_s, 1),
+        "ticks": report.ticks,
+        "runs": report.runs,
+        "failed_runs": report.failed_runs,
+        "longest_tick_s": round(report.longest_tick_s, 2),
+        "partitions": partitions,
+        "loop_and_workers_peak_rss_mib_before_drain": rss_start // 1024,
+        "loop_and_workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "model_server_rss_mib_at_end": model_rss // 1024,
+        "predicted": counts.predicted,
+        "duplicates": counts.duplicates,
+        "lost": counts.lost,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

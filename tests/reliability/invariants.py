@@ -1,0 +1,168 @@
+"""The one invariant every fault test ends with: nothing lost, nothing duplicated, nothing stuck.
+
+A test records what it published in a ``Published`` (valid requests for known records, requests
+for unknown records, malformed payloads with the dead-letter reason each must get), lets the
+system recover on its own, then calls ``assert_invariants``. The counts it returns go into the
+report (docs/reliability.md); with ``RELIABILITY_REPORT=path`` they are also appended there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import sqlalchemy as sa
+
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.resources.queue import LocalQueue, build_queue
+from batchinfer_dagster.settings import Settings
+
+FINAL_REQUEST_STATUSES = {ledger.DONE, ledger.DEAD_LETTERED}
+FINAL_BATCH_STATUSES = {ledger.SUCCEEDED, ledger.DEAD_LETTERED}
+
+
+@dataclass
+class Published:
+    """What a test put on the queue, and what each message must become."""
+
+    valid: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+    invalid: list[tuple[bytes, str]] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        return len(self.valid) + len(self.unknown) + len(self.invalid)
+
+
+@dataclass(frozen=True)
+class Counts:
+    fault: str
+    published: int
+    predicted: int
+    dead_lettered: int
+    duplicates: int
+    lost: int
+    request_rows: int
+    batches: int
+
+
+def _decoded(payload: bytes) -> str:
+    return payload.decode("utf-8", errors="backslashreplace")
+
+
+def _queue_depth(settings: Settings) -> int:
+    """Messages still on the queue (a Pub/Sub pull leases what it finds: call this last)."""
+    queue = build_queue(settings)
+    try:
+        if isinstance(queue, LocalQueue):
+            return queue.depth()
+        return len(queue.pull(1000, 2.0))
+    finally:
+        queue.close()
+
+
+def _check_predictions(connection: sa.Connection, settings: Settings, published: Published) -> int:
+    table = db.predictions
+    duplicates = connection.execute(
+        sa.select(sa.func.count()).select_from(
+            sa.select(table.c.record_id)
+            .group_by(table.c.record_id, table.c.model)
+            .having(sa.func.count() > 1)
+            .subquery()
+        )
+    ).scalar_one()
+    assert duplicates == 0, f"{duplicates} records have more than one prediction row"
+    rows = connection.execute(
+        sa.select(table.c.record_id, table.c.model, table.c.sequence, db.features.c.text).join(
+            db.features, db.features.c.record_id == table.c.record_id, isouter=True
+        )
+    ).all()
+    assert {row.model for row in rows} <= {settings.model_name}, "predictions of another model"
+    predicted = Counter(row.record_id for row in rows)
+    expected = set(published.valid)
+    lost = sorted(expected - set(predicted))
+    assert not lost, f"{len(lost)} valid requests have no prediction, e.g. {lost[:10]}"
+    extra = sorted(set(predicted) - expected)
+    assert not extra, f"{len(extra)} predictions for records nobody asked for: {extra[:10]}"
+    wrong = [row.record_id for row in rows if row.sequence != row.text]
+    assert not wrong, f"predictions answer another record's text: {wrong[:10]}"
+    return len(rows)
+
+
+def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
+    table = db.dead_letters
+    rows = connection.execute(sa.select(table.c.source, table.c.payload, table.c.reason)).all()
+    by_source = Counter(row.source for row in rows)
+    queue_dead = [row for row in rows if row.source not in {ledger.SENSOR_SOURCE, "ledger"}]
+    assert not queue_dead, f"messages dead-lettered unprocessed by the queue: {queue_dead[:3]}"
+    sensor = Counter(row.payload for row in rows if row.source == ledger.SENSOR_SOURCE)
+    expected = Counter(_decoded(payload) for payload, _ in published.invalid)
+    assert sensor == expected, (
+        f"sensor dead letters differ: missing {list((expected - sensor).keys())[:5]!r:.500}, "
+        f"unexpected {list((sensor - expected).keys())[:5]!r:.500}"
+    )
+    reasons: dict[str, set[str]] = {}
+    for row in rows:
+        reasons.setdefault(row.payload, set()).add(row.reason)
+    for payload, reason in published.invalid:
+        got = reasons[_decoded(payload)]
+        assert any(reason in r for r in got), f"{payload[:80]!r}: reason {got}, want {reason!r}"
+    ledger_dead = Counter(
+        int(json.loads(row.payload)["id"]) for row in rows if row.source == ledger.LEDGER_SOURCE
+    )
+    assert ledger_dead == Counter(published.unknown), (
+        f"ledger dead letters {sorted(ledger_dead)[:10]} != unknown ids "
+        f"{sorted(published.unknown)[:10]} (a known record dead-lettered is a lost request)"
+    )
+    assert all(r.reason == ledger.UNKNOWN_RECORD for r in rows if r.source == ledger.LEDGER_SOURCE)
+    return sum(by_source.values())
+
+
+def _check_ledger(connection: sa.Connection, published: Published) -> tuple[int, int]:
+    requests = db.prediction_requests
+    statuses = Counter(connection.execute(sa.select(requests.c.status)).scalars())
+    stuck = {s: n for s, n in statuses.items() if s not in FINAL_REQUEST_STATUSES}
+    assert not stuck, f"requests stuck in a non-final status: {stuck}"
+    valid_rows = Counter(
+        connection.execute(
+            sa.select(requests.c.record_id).where(requests.c.status == ledger.DONE)
+        ).scalars()
+    )
+    assert valid_rows == Counter(published.valid), (
+        "done request rows differ from the valid messages published (a redelivery that became "
+        f"a second request row, or a lost one): {(valid_rows - Counter(published.valid))!r:.300}"
+        f" / {(Counter(published.valid) - valid_rows)!r:.300}"
+    )
+    batches = db.prediction_batches
+    batch_statuses = Counter(connection.execute(sa.select(batches.c.status)).scalars())
+    stuck = {s: n for s, n in batch_statuses.items() if s not in FINAL_BATCH_STATUSES}
+    assert not stuck, f"batches stuck in a non-final status: {stuck}"
+    return statuses.total(), batch_statuses.total()
+
+
+def assert_invariants(settings: Settings, published: Published, fault: str) -> Counts:
+    """Assert the delivery guarantees of design §3 after ``fault``; returns the counts."""
+    engine = db.get_engine(settings)
+    with engine.connect() as connection:
+        predicted = _check_predictions(connection, settings, published)
+        dead = _check_dead_letters(connection, published)
+        request_rows, batches = _check_ledger(connection, published)
+    depth = _queue_depth(settings)
+    assert depth == 0, f"{depth} messages still on the queue"
+    counts = Counts(
+        fault=fault,
+        published=published.messages,
+        predicted=predicted,
+        dead_lettered=dead,
+        duplicates=0,
+        lost=0,
+        request_rows=request_rows,
+        batches=batches,
+    )
+    report = os.environ.get("RELIABILITY_REPORT")
+    if report:
+        with open(report, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(counts)) + "\n")
+    return counts
