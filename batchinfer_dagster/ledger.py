@@ -689,3 +689,45 @@ def settled_batches(engine: Engine, batch_keys: Sequence[str]) -> list[str]:
                 )
             ).scalars()
     return sorted(settled)
+
+
+def old_settled_batches(engine: Engine, *, before: datetime, limit: int) -> list[str]:
+    """Settled batches created before ``before``, oldest first, at most ``limit``."""
+    table = db.prediction_batches
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.select(table.c.batch_key)
+                .where(
+                    table.c.created_at < before,
+                    table.c.status.in_([SUCCEEDED, DEAD_LETTERED]),
+                )
+                .order_by(table.c.batch_key)
+                .limit(limit)
+            ).scalars()
+        )
+
+
+def prune_settled(engine: Engine, batch_keys: Sequence[str]) -> tuple[int, int]:
+    """Delete the finished ledger rows of settled batches; returns (requests, batches) deleted.
+
+    Predictions and dead letters are never touched: each prediction row keeps its batch key and
+    run id, which is the lineage that outlives the ledger. A request still waiting for features
+    keeps its row, and so does the batch it points to.
+    """
+    requests, batches = db.prediction_requests, db.prediction_batches
+    deleted_requests = deleted_batches = 0
+    for chunk in _chunks(settled_batches(engine, batch_keys), IN_CHUNK):
+        with engine.begin() as connection:
+            deleted_requests += connection.execute(
+                requests.delete().where(
+                    requests.c.batch_key.in_(chunk), requests.c.status.in_([DONE, DEAD_LETTERED])
+                )
+            ).rowcount
+            still_used = sa.select(requests.c.batch_key).where(requests.c.batch_key.in_(chunk))
+            deleted_batches += connection.execute(
+                batches.delete().where(
+                    batches.c.batch_key.in_(chunk), batches.c.batch_key.not_in(still_used)
+                )
+            ).rowcount
+    return deleted_requests, deleted_batches

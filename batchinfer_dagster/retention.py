@@ -1,7 +1,10 @@
-"""Retention: prune old batch partitions so the Dagster UI stays fast (design §2).
+"""Retention: prune old batch partitions and finished ledger rows (design §2).
 
-Only the Dagster partitions go: the ledger rows and the predictions stay, so per-record lineage
-(batch key, run id) survives. Batches still queued, running or failed are never pruned.
+Partitions go so the Dagster UI stays fast; finished ledger rows go so the request tables stay
+small. Predictions are never touched: each keeps its batch key and run id, the per-record lineage
+that outlives both. Batches still queued, running or failed are never pruned. Keep the cutoff
+longer than the queue's message retention (Pub/Sub: at most 31 days), so a very late redelivery
+still finds its request row and is not predicted again.
 """
 
 from datetime import timedelta
@@ -26,6 +29,9 @@ class RetentionConfig(Config):
 
     older_than_days: float = Field(default=30.0, ge=0, description="Prune batches this old.")
     max_partitions: int = Field(default=10_000, ge=1, description="Bound on one run's work.")
+    prune_ledger: bool = Field(
+        default=True, description="Also delete the finished request and batch rows."
+    )
 
 
 @op
@@ -33,7 +39,8 @@ def prune_batch_partitions(
     context: OpExecutionContext, config: RetentionConfig, batchinfer: BatchinferResource
 ) -> None:
     """Delete settled batch partitions older than the cutoff; keys sort by creation time."""
-    cutoff = new_batch_key(db.utcnow() - timedelta(days=config.older_than_days))
+    before = db.utcnow() - timedelta(days=config.older_than_days)
+    cutoff = new_batch_key(before)
     old = [
         key for key in context.instance.get_dynamic_partitions(PREDICTION_BATCHES) if key < cutoff
     ]
@@ -43,9 +50,14 @@ def prune_batch_partitions(
     context.log.info(
         "pruned %d of %d batch partitions older than %s", len(prunable), len(old), cutoff[:16]
     )
+    if config.prune_ledger:
+        engine = batchinfer.get_engine()
+        batches = ledger.old_settled_batches(engine, before=before, limit=config.max_partitions)
+        requests, deleted = ledger.prune_settled(engine, batches)
+        context.log.info("deleted %d finished requests and %d settled batches", requests, deleted)
 
 
-@job(description="Prune old, settled prediction batch partitions; predictions are kept.")
+@job(description="Prune old settled batch partitions and ledger rows; predictions are kept.")
 def retention_job() -> None:
     prune_batch_partitions()
 

@@ -21,21 +21,38 @@ def test_retention_prunes_only_old_settled_partitions(
     engine = db.get_engine(app_settings)
     now = db.utcnow()
     old = ledger.create_batches(
-        engine, [1, 2, 3], source="test", batch_size=1, now=now - timedelta(days=40)
+        engine, [1, 2, 3, 5], source="test", batch_size=1, now=now - timedelta(days=40)
     )
     (recent,) = ledger.create_batches(engine, [4], source="test", batch_size=1, now=now)
-    old_done, old_dead, old_queued = old
-    table = db.prediction_batches
+    old_done, old_dead, old_queued, old_waiting = old
+    table, requests = db.prediction_batches, db.prediction_requests
+    settle = {
+        old_done: (ledger.SUCCEEDED, ledger.DONE),
+        recent: (ledger.SUCCEEDED, ledger.DONE),
+        old_dead: (ledger.DEAD_LETTERED, ledger.DEAD_LETTERED),
+        # A succeeded batch one of whose requests still waits for features keeps that request.
+        old_waiting: (ledger.SUCCEEDED, ledger.WAITING_FEATURES),
+    }
     with engine.begin() as connection:
+        for key, (batch_status, request_status) in settle.items():
+            connection.execute(
+                sa.update(table).where(table.c.batch_key == key).values(status=batch_status)
+            )
+            connection.execute(
+                sa.update(requests).where(requests.c.batch_key == key).values(status=request_status)
+            )
         connection.execute(
-            sa.update(table)
-            .where(table.c.batch_key.in_([old_done, recent]))
-            .values(status=ledger.SUCCEEDED)
-        )
-        connection.execute(
-            sa.update(table)
-            .where(table.c.batch_key == old_dead)
-            .values(status=ledger.DEAD_LETTERED)
+            db.predictions.insert().values(
+                record_id=1,
+                model="m",
+                sequence="s",
+                labels=["a"],
+                scores=[1.0],
+                batch_key=old_done,
+                run_id="r",
+                created_at=now,
+                updated_at=now,
+            )
         )
     instance.add_dynamic_partitions(PREDICTION_BATCHES, [*old, recent])
 
@@ -49,4 +66,9 @@ def test_retention_prunes_only_old_settled_partitions(
     assert sorted(instance.get_dynamic_partitions(PREDICTION_BATCHES)) == sorted(
         [old_queued, recent]
     )
-    assert len(rows(app_settings, table)) == 4  # the ledger keeps every batch
+    # Finished ledger rows of the old settled batches are gone; everything else stays.
+    kept = sorted([old_queued, old_waiting, recent])
+    assert sorted(r.batch_key for r in rows(app_settings, table)) == kept
+    assert sorted(r.batch_key for r in rows(app_settings, requests)) == kept
+    [prediction] = rows(app_settings, db.predictions)
+    assert prediction.batch_key == old_done  # predictions and their lineage are never pruned
