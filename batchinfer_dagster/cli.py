@@ -21,13 +21,22 @@ from sqlalchemy.exc import OperationalError
 from batchinfer_dagster import db
 from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
 from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.queue import QueueUnavailableError, build_queue
+from batchinfer_dagster.resources.queue import (
+    InvalidMessageError,
+    QueueUnavailableError,
+    build_queue,
+)
 from batchinfer_dagster.settings import Settings, load_settings
 
 PUBLISH_CHUNK = 1000
 LIST_LIMIT = 20
 # Errors that mean "the user or the environment must change something", shown as one line.
-USER_ERRORS = (InvalidRecordError, QueueUnavailableError, db.DatabaseUnavailableError)
+USER_ERRORS = (
+    InvalidRecordError,
+    InvalidMessageError,
+    QueueUnavailableError,
+    db.DatabaseUnavailableError,
+)
 
 
 class BatchinferGroup(click.Group):

@@ -179,6 +179,20 @@ def test_unreachable_database_and_emulator_are_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_an_empty_message_is_refused_by_pubsub_and_kept_by_the_local_queue(
+    queue_settings: Settings,
+) -> None:
+    result = run(queue_settings, "publish", "")
+    if queue_settings.queue == "pubsub":
+        assert result.exit_code == 1
+        assert "Pub/Sub refuses empty messages" in result.stderr
+        assert build_queue(queue_settings).pull(max_messages=1, timeout=2) == []
+    else:
+        assert result.exit_code == 0, result.output
+        [delivery] = drain(build_queue(queue_settings), 1)
+        assert delivery.data == b""  # the sensor dead-letters it with its reason
+
+
 def test_every_command_has_help_with_an_example() -> None:
     runner = CliRunner()
     commands = [

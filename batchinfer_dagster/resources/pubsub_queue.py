@@ -20,6 +20,7 @@ from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
 
 from batchinfer_dagster.resources.queue import (
     ACK_CHUNK,
+    InvalidMessageError,
     QueueUnavailableError,
     ReceivedMessage,
     RequestQueue,
@@ -82,6 +83,12 @@ class PubSubQueue(RequestQueue):
         )
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        empty = [index for index, payload in enumerate(payloads) if not payload]
+        if empty:
+            raise InvalidMessageError(
+                f"Pub/Sub refuses empty messages (message #{empty[0] + 1} of {len(payloads)} "
+                "is empty); nothing was published"
+            )
         pending = [self.publisher.publish(self.topic_path, bytes(p)) for p in payloads]
         try:
             return [f.result(timeout=PUBLISH_TIMEOUT_SECONDS) for f in pending]

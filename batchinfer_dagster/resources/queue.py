@@ -27,6 +27,10 @@ class QueueUnavailableError(RuntimeError):
     """The queue cannot be reached (emulator or Pub/Sub down, missing topic)."""
 
 
+class InvalidMessageError(ValueError):
+    """The queue refuses this message as such (Pub/Sub: an empty message); nothing was sent."""
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     """One delivery of a message; ``ack_id`` names this delivery, not the message."""
