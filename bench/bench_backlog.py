@@ -29,9 +29,12 @@ from dagster import DagsterInstance  # noqa: E402
 from batchinfer_dagster import db  # noqa: E402
 from batchinfer_dagster.partitions import PREDICTION_BATCHES  # noqa: E402
 from batchinfer_dagster.settings import Settings  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from tests.reliability.invariants import Published, assert_invariants  # noqa: E402
 from tests.reliability.pipeline import TEXTS, run_daemon_loop  # noqa: E402
 from tests.reliability.processes import rss_kib, running_model_server  # noqa: E402
+
+SECTION = "## Backlog"
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -102,6 +105,44 @@ def main() -> None:
         "lost": counts.lost,
     }
     print(json.dumps(result, indent=2))
+    write_section(SECTION, backlog_section(result))
+
+
+def backlog_section(result: dict[str, object]) -> str:
+    """The "## Backlog" section: what the issue asks to report, as a table."""
+    rows = [
+        ("requests (loaded, imported, published with the CLI)", f"{result['requests']:,}"),
+        ("app database / queue", f"{result['database']} / {result['queue']}"),
+        ("load + import + publish", f"{result['load_import_publish_s']} s"),
+        ("drain (sensor + runs until every request is settled)", f"{result['drain_s']} s"),
+        ("drain rate", f"{result['requests_per_s']} requests/s"),
+        ("sensor ticks / longest tick", f"{result['ticks']} / {result['longest_tick_s']} s"),
+        ("runs (failed)", f"{result['runs']} ({result['failed_runs']})"),
+        ("partitions created", str(result["partitions"])),
+        (
+            "peak RSS, sensor loop + in-process run workers",
+            f"{result['loop_and_workers_peak_rss_mib']} MiB",
+        ),
+        ("model server RSS at the end", f"{result['model_server_rss_mib_at_end']} MiB"),
+        (
+            "predicted / duplicates / lost",
+            f"{result['predicted']:,} / {result['duplicates']} / {result['lost']}",
+        ),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"`python bench/bench_backlog.py --requests {result['requests']}` on "
+        f"{os.cpu_count()} cores; the model server is a real `python -m model_server` process "
+        "(embedding backend, CPU). The daemon's loop runs in the benchmark process and executes "
+        "each run request in-process, one batch after another.",
+        "",
+        "| measure | result |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

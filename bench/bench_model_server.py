@@ -55,11 +55,11 @@ from transformers import (  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance, length_sorted_chunks  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
 
 DATA = REPO_ROOT / "bench" / "data" / "support_messages.jsonl"
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Model server"
 LABELS = ["mobile", "website", "billing", "account access"]
 ID2LABEL = {0: "contradiction", 1: "neutral", 2: "entailment"}
@@ -407,20 +407,6 @@ def serving_library_note(r: dict[str, float | int | str]) -> str:
     )
 
 
-def write_section(section: str) -> None:
-    """Replace only the "## Model server" section of docs/benchmarks.md."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(SECTION))
-        end = len(text) if following == -1 else following + 1
-        text = text[:start] + section + ("\n" + text[end:] if following != -1 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best seconds of each contender over `repeats` rounds that take turns.
 
@@ -571,7 +557,7 @@ def main() -> None:
         f" max |delta| = {results['max_delta']:.2e}"
     )
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION, section)
 
 
 if __name__ == "__main__":

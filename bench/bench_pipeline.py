@@ -52,6 +52,7 @@ from batchinfer_dagster.resources.model_client import (  # noqa: E402
 )
 from batchinfer_dagster.resources.queue import build_queue  # noqa: E402
 from batchinfer_dagster.settings import Settings  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from tests.dagster.harness import (  # noqa: E402
     execute_runs,
     model_server_process,
@@ -59,7 +60,6 @@ from tests.dagster.harness import (  # noqa: E402
 )
 from tests.services import free_port  # noqa: E402
 
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 # Runs log at DEBUG to the console by default: thousands of lines that would bury the figures.
 NAIVE_MESSAGES = 100
 NAIVE_LAUNCHED = 10
@@ -374,19 +374,6 @@ class Results:
         return "\n".join(lines)
 
 
-def write_section(markdown: str) -> None:
-    """Replace (or append) the ``## Pipeline`` section of docs/benchmarks.md, nothing else."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    start = text.find("## Pipeline")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + markdown + ("\n" + text[end + 1 :] if end != -1 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
 def machine() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -428,7 +415,7 @@ def main() -> None:
         markdown = results.markdown(command)
         print(markdown)
         if args.write_docs:
-            write_section(markdown)
+            write_section("## Pipeline", markdown)
     finally:
         db.dispose_engines()
         shutil.rmtree(work, ignore_errors=True)
