@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,19 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PREDICTION_TIMEOUT_SECONDS = 180.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -43,24 +34,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
         try:
             yield process
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"model server exited; its log:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise SystemExit(f"model server not healthy after {timeout}s; see {log}")
+            stop_process_group(process)
 
 
 def _batchinfer(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -80,7 +54,7 @@ def main() -> None:
     dagster_home = scratch / "dagster"
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.local.yaml", dagster_home / "dagster.yaml")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BATCHINFER_HOME": str(scratch),
@@ -97,7 +71,7 @@ def main() -> None:
         _process([str(BIN / "python"), "-m", "model_server"], env, model_log) as model,
         _process([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, daemon_log),
     ):
-        _wait_healthy(f"http://127.0.0.1:{port}/health", model, model_log)
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", model, output=model_log.read_text)
         print(_batchinfer(env, "add-data-point", "test input data 1").stdout, end="")
         print(_batchinfer(env, "import-data").stdout, end="")
         print(_batchinfer(env, "publish", '{"id": "1"}').stdout, end="")

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from dagster import (  # noqa: E402
 
 from batchinfer_dagster import db, ledger  # noqa: E402
 from batchinfer_dagster.assets import BatchinferResource  # noqa: E402
+from batchinfer_dagster.processes import stop_process_group  # noqa: E402
 from batchinfer_dagster.resources.feature_store import build_feature_store  # noqa: E402
 from batchinfer_dagster.resources.model_client import (  # noqa: E402
     HttpModelClient,
@@ -271,14 +271,7 @@ def dagster_dev(home: Path, model_url: str) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
         log.close()
 
 

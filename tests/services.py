@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,13 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from batchinfer_dagster.processes import free_port, stop_process_group
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -162,13 +157,6 @@ def pubsub_emulator(project: str = "local-project") -> Iterator[PubSubEmulator]:
         wait_for_port(port, timeout=90, process=process)
         yield PubSubEmulator(host=f"127.0.0.1:{port}", process=process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=15)
         log.close()
         shutil.rmtree(data_dir, ignore_errors=True)

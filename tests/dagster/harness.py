@@ -11,13 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 from dagster import (
     DagsterInstance,
@@ -30,6 +28,7 @@ from dagster import (
 from batchinfer_dagster import db
 from batchinfer_dagster.assets import BatchinferResource
 from batchinfer_dagster.definitions import build_definitions
+from batchinfer_dagster.processes import wait_until_healthy
 from batchinfer_dagster.resources.queue import ReceivedMessage, RequestQueue
 from batchinfer_dagster.sensors import prediction_requests_sensor
 from batchinfer_dagster.settings import Settings
@@ -72,16 +71,10 @@ def model_server_process(port: int | None = None, **env: str) -> Iterator[str]:
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"model server exited with {process.returncode}: {stderr[-2000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"model server at {url} not healthy after {timeout}s")
+    def stderr() -> str:
+        return process.stderr.read().decode() if process.stderr else ""
+
+    wait_until_healthy(f"{url}/health", process, timeout=timeout, output=stderr)
 
 
 def publish_json(settings: Settings, bodies: Iterable[object]) -> list[str]:

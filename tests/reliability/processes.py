@@ -18,23 +18,14 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
-from tests.services import free_port
+from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal a child started with ``start_new_session=True`` and all of its children."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_process_group(process, sig, timeout=15)
 
 
 def rss_kib(pid: int) -> int:
@@ -78,15 +69,11 @@ class ModelServer:
             self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"model server exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"model server at {self.url} not healthy after {timeout}s")
+        if self.process is None:
+            raise RuntimeError("the model server was never started")
+        wait_until_healthy(
+            f"{self.url}/health", self.process, timeout=timeout, output=self.log.read_text
+        )
 
     def kill(self) -> None:
         """SIGKILL, like an OOM kill or a lost machine: no graceful shutdown."""
