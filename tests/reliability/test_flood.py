@@ -78,8 +78,8 @@ def test_flood_on_local_queue_with_a_10_mib_message(
     instance: DagsterInstance, sqlite_settings: Settings
 ) -> None:
     settings = sqlite_settings.model_copy(update={"batch_size": 256, "ack_deadline_seconds": 60})
-    published = flood(instance, settings, good=1000, bad=100, huge_bytes=10 * 1024 * 1024)
-    counts = assert_invariants(settings, published, "flood: 100 bad in 1,000 good (local)")
+    published = flood(instance, settings, good=5000, bad=100, huge_bytes=10 * 1024 * 1024)
+    counts = assert_invariants(settings, published, "flood: 100 bad in 5,000 good (local)")
     assert counts.dead_lettered == 100 + 3
     print(counts)
 
