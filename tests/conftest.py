@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
@@ -43,6 +44,13 @@ def emulator() -> Iterator[PubSubEmulator]:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_names)}"
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    """A throwaway in-memory Dagster instance (sensor ticks, runs, partitions)."""
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
 
 
 @pytest.fixture

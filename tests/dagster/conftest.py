@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dagster import DagsterInstance
 
 from batchinfer_dagster.settings import Settings
 from tests.dagster.harness import model_server_process
@@ -16,12 +15,6 @@ def model_server_url() -> Iterator[str]:
     """Our model server as a real process with the packaged all-MiniLM embedding model."""
     with model_server_process() as url:
         yield url
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as ephemeral:
-        yield ephemeral
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
@@ -18,12 +17,6 @@ def model_server() -> Iterator[ModelServer]:
     """The real model server (embedding backend) shared by the tests that do not kill it."""
     with running_model_server() as server:
         yield server
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with DagsterInstance.ephemeral() as ephemeral:
-        yield ephemeral
 
 
 @pytest.fixture
