@@ -170,6 +170,25 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def _queued_request_rows(
+    batch_keys: Sequence[str], groups: Sequence[Sequence[tuple[str, int]]], now: datetime
+) -> list[dict[str, Any]]:
+    """Ledger rows for ``(message id, record id)`` groups, one group per new batch."""
+    return [
+        {
+            "message_id": message_id,
+            "record_id": record_id,
+            "batch_key": batch_key,
+            "status": QUEUED,
+            "attempts": 0,
+            "received_at": now,
+            "updated_at": now,
+        }
+        for batch_key, group in zip(batch_keys, groups, strict=True)
+        for message_id, record_id in group
+    ]
+
+
 def ingest_messages(
     engine: Engine,
     messages: Sequence[ReceivedMessage],
@@ -200,19 +219,7 @@ def ingest_messages(
         new = [(key, record_id) for key, record_id in valid.items() if key not in known]
         groups = _chunks(new, batch_size)
         batch_keys = _new_batches(connection, len(groups), now)
-        rows = [
-            {
-                "message_id": key,
-                "record_id": record_id,
-                "batch_key": batch_key,
-                "status": QUEUED,
-                "attempts": 0,
-                "received_at": now,
-                "updated_at": now,
-            }
-            for batch_key, group in zip(batch_keys, groups, strict=True)
-            for key, record_id in group
-        ]
+        rows = _queued_request_rows(batch_keys, groups, now)
         _insert_ignoring_conflicts(connection, db.prediction_requests, rows)
         dead_known = _existing(connection, db.dead_letters.c.message_id, list(invalid))
         dead_rows = [
@@ -246,22 +253,13 @@ def create_batches(
         if not 0 < record_id <= MAX_RECORD_ID:
             raise InvalidRequestError(f"record id {record_id!r} is not a positive integer")
     prefix = f"{source}:{uuid.uuid4().hex}"
-    groups = _chunks(list(record_ids), batch_size)
+    groups = [
+        [(f"{prefix}:{index}:{position}", record_id) for position, record_id in enumerate(group)]
+        for index, group in enumerate(_chunks(list(record_ids), batch_size))
+    ]
     with engine.begin() as connection:
         batch_keys = _new_batches(connection, len(groups), now)
-        rows = [
-            {
-                "message_id": f"{prefix}:{index}:{position}",
-                "record_id": record_id,
-                "batch_key": batch_key,
-                "status": QUEUED,
-                "attempts": 0,
-                "received_at": now,
-                "updated_at": now,
-            }
-            for index, (batch_key, group) in enumerate(zip(batch_keys, groups, strict=True))
-            for position, record_id in enumerate(group)
-        ]
+        rows = _queued_request_rows(batch_keys, groups, now)
         if rows:
             connection.execute(db.prediction_requests.insert(), rows)
     return batch_keys
