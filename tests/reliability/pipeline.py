@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
-from dagster import DagsterInstance, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.records import add_records
@@ -76,6 +76,8 @@ class LoopReport:
     ticks: int = 0
     runs: int = 0
     failed_runs: int = 0
+    # Steps retried inside a run after a transient model error (RetryRequested).
+    step_retries: int = 0
     longest_tick_s: float = 0.0
     run_keys: list[str] = field(default_factory=list)
 
@@ -109,6 +111,9 @@ def run_daemon_loop(
         for run in execute_runs(instance, settings, new, **resource_fields):
             report.runs += 1
             report.failed_runs += not run.success
+            report.step_retries += sum(
+                event.event_type == DagsterEventType.STEP_UP_FOR_RETRY for event in run.all_events
+            )
         report.run_keys += [request.run_key or "" for request in new]
         if not result.run_requests and ledger_settled(settings, expect):
             return report

@@ -56,9 +56,12 @@ def test_model_server_down_during_runs_then_back(
     finally:
         killer.join()
     assert outage["predicted_before"] < len(records), "the outage came after the last batch"
-    assert report.failed_runs > 0 or report.runs > len(records) // settings.batch_size + 1, (
-        f"no run saw the outage: {report}"
-    )
+    # The outage shows as step retries inside a run, failed runs, or extra reconcile runs.
+    assert (
+        report.step_retries > 0
+        or report.failed_runs > 0
+        or report.runs > len(records) // settings.batch_size + 1
+    ), f"no run saw the outage: {report}"
     counts = assert_invariants(settings, published, "model server SIGKILLed, back after ~20 s")
     print(counts, report, outage)
 
