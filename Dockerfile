@@ -3,8 +3,7 @@
 #   docker run dagster                                   # webserver on :3000
 #   docker run dagster dagster-daemon run -w /opt/dagster/dagster_home/workspace.yaml
 #   docker run dagster batchinfer db upgrade
-# It never runs the model (that is the model server's image), so torch is the CPU build, pinned
-# first so `pip install .` finds it satisfied instead of pulling the multi-GB CUDA build.
+# It never runs the model (that is the model server's image, model-server/Dockerfile): no torch.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,13 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home \
     BATCHINFER_HOME=/tmp/batchinfer
 
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-
 WORKDIR /opt/dagster/app
+COPY protocol ./protocol
 COPY pyproject.toml README.md ./
 COPY batchinfer_dagster ./batchinfer_dagster
-COPY model_server ./model_server
-RUN pip install . \
+RUN pip install ./protocol . \
     && useradd --system --uid 10001 --home-dir /opt/dagster dagster \
     && mkdir -p "${DAGSTER_HOME}" \
     && chown -R dagster /opt/dagster

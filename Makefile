@@ -12,12 +12,13 @@ export BATCHINFER_MODEL_URL ?= http://127.0.0.1:$(AIP_HTTP_PORT)
 
 .PHONY: install run test lint format demo model-server clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# Three distributions: the wire format, the model server, the Dagster side (+ dev tools).
+	$(BIN)/pip install -q -e ./protocol -e ./model-server -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -31,9 +31,9 @@ from batchinfer_dagster.resources.feature_store import FeatureStore, build_featu
 from batchinfer_dagster.resources.model_client import (
     ModelClient,
     ModelRequestError,
-    PredictParameters,
     TransientModelError,
     build_model_client,
+    parameters_of,
 )
 from batchinfer_dagster.resources.queue import RequestQueue, build_queue
 from batchinfer_dagster.settings import Settings
@@ -233,7 +233,7 @@ def predict_with_settings(settings: Settings, batch_key: str, run_id: str) -> le
             engine,
             build_feature_store(settings),
             client,
-            PredictParameters.from_settings(settings),
+            parameters_of(settings),
             model_name=settings.model_name,
             batch_key=batch_key,
             run_id=run_id,

@@ -8,6 +8,7 @@ on stderr and a non-zero exit, never as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -379,9 +380,12 @@ def serve_model() -> None:
     Example:
       AIP_HTTP_PORT=8080 MODEL_BACKEND=embedding batchinfer serve-model
     """
-    from model_server.__main__ import main as serve
-
-    serve()
+    # The model server is its own distribution (batchinfer-model-server): run it as a program,
+    # so the Dagster side never imports torch.
+    try:
+        os.execvp(sys.executable, [sys.executable, "-m", "model_server"])
+    except OSError as error:
+        raise click.ClickException(f"cannot start the model server: {error}") from error
 
 
 @cli.command("deploy-model")

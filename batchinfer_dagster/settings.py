@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_LABELS = ("mobile", "website", "billing", "account access")
+from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE, DEFAULT_LABELS
 
 
 class Settings(BaseSettings):
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     model_chunk_size: int = 256
     labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
     multi_label: bool = False
-    hypothesis_template: str = "This example is {}."
+    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
 
     batch_size: int = Field(default=512, ge=1)
     max_pull: int = Field(default=5000, ge=1)

@@ -49,6 +49,7 @@ from batchinfer_dagster.resources.model_client import (  # noqa: E402
     HttpModelClient,
     PredictParameters,
     build_model_client,
+    parameters_of,
 )
 from batchinfer_dagster.resources.queue import build_queue  # noqa: E402
 from batchinfer_dagster.settings import Settings  # noqa: E402
@@ -164,7 +165,7 @@ def predict_one_message(
     text = build_feature_store(settings).fetch([record_id])[record_id]
     client = build_model_client(settings)
     try:
-        (prediction,) = client.predict([text], PredictParameters.from_settings(settings))
+        (prediction,) = client.predict([text], parameters_of(settings))
     finally:
         client.close()
     with db.get_engine(settings).begin() as connection:

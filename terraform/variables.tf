@@ -44,7 +44,7 @@ variable "dagster_image" {
 
 variable "model_server_image" {
   type        = string
-  description = "Model-server image (model_server/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/batchinfer/model-server:TAG."
+  description = "Model-server image (model-server/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/batchinfer/model-server:TAG."
 }
 
 variable "model_url" {

@@ -10,11 +10,16 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 
 from batchinfer_dagster.settings import Settings
+from batchinfer_protocol.zero_shot import (
+    Prediction,
+    PredictParameters,
+    decode_predictions,
+    encode_request,
+)
 
 # Chunks in flight at once: enough to keep the server's dynamic batcher full.
 MAX_IN_FLIGHT = 4
@@ -32,33 +37,9 @@ class ModelRequestError(ModelError):
     """The server refused the request as invalid (4xx): retrying cannot help."""
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One zero-shot answer, as the Hugging Face pipeline gives it."""
-
-    sequence: str
-    labels: list[str]
-    scores: list[float]
-
-
-@dataclass(frozen=True)
-class PredictParameters:
-    """The ``parameters`` of a predict request."""
-
-    candidate_labels: tuple[str, ...]
-    multi_label: bool = False
-    hypothesis_template: str = "This example is {}."
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PredictParameters:
-        return cls(settings.labels, settings.multi_label, settings.hypothesis_template)
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "candidate_labels": list(self.candidate_labels),
-            "multi_label": self.multi_label,
-            "hypothesis_template": self.hypothesis_template,
-        }
+def parameters_of(settings: Settings) -> PredictParameters:
+    """The request parameters the settings name (labels, multi-label, template)."""
+    return PredictParameters(settings.labels, settings.multi_label, settings.hypothesis_template)
 
 
 class ModelClient(ABC):
@@ -87,18 +68,10 @@ class ModelClient(ABC):
 
 def parse_predictions(body: object, expected: int, source: str) -> list[Prediction]:
     """Check and convert a ``{"predictions": [...]}`` answer; a wrong shape is a server bug."""
-    items = body.get("predictions") if isinstance(body, dict) else None
-    if not isinstance(items, list) or len(items) != expected:
-        got = len(items) if isinstance(items, list) else type(items).__name__
-        raise ModelError(f"{source} answered {got} predictions for {expected} texts")
-    return [
-        Prediction(
-            sequence=item["sequence"],
-            labels=list(item["labels"]),
-            scores=[float(s) for s in item["scores"]],
-        )
-        for item in items
-    ]
+    try:
+        return decode_predictions(body, expected)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{source} {error}") from error
 
 
 class HttpModelClient(ModelClient):
@@ -118,7 +91,7 @@ class HttpModelClient(ModelClient):
         self.client = httpx.Client(timeout=timeout, auth=auth)
 
     def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
-        payload = {"instances": texts, "parameters": parameters.as_json()}
+        payload = encode_request(texts, parameters)
         try:
             response = self.client.post(self.url, json=payload)
         except httpx.TimeoutException as exc:

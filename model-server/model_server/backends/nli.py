@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
 from model_server.backends.base import (
     Backend,
     Instance,
@@ -27,7 +28,7 @@ from model_server.backends.base import (
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_TEMPLATE = "This example is {}."
+PIPELINE_TEMPLATE = DEFAULT_HYPOTHESIS_TEMPLATE
 
 
 def entailment_id(label2id: dict[str, int]) -> int:

@@ -11,7 +11,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SEED_LABELS = "mobile,website,billing,account access"
+from batchinfer_protocol.zero_shot import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    DEFAULT_LABELS,
+    DEFAULT_MAX_LABELS,
+)
 
 
 class ServerSettings(BaseSettings):
@@ -37,10 +41,10 @@ class ServerSettings(BaseSettings):
     model_max_instances: int = Field(1000, ge=1)
     model_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     model_max_text_chars: int = Field(100_000, ge=1)
-    model_max_labels: int = Field(64, ge=1)
+    model_max_labels: int = Field(DEFAULT_MAX_LABELS, ge=1)
 
-    model_default_labels: str = SEED_LABELS
-    model_default_template: str = "This example is {}."
+    model_default_labels: str = ",".join(DEFAULT_LABELS)
+    model_default_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
     model_embedding_temperature: float = Field(0.05, gt=0)
     model_torch_threads: int = Field(0, ge=0)
     model_log_level: str = "info"

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from batchinfer_protocol.zero_shot import ParameterError, check_hypothesis_template, check_labels
 from model_server.backends.base import Instance
 from model_server.settings import ServerSettings
 
@@ -106,36 +107,19 @@ def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
         raw = [label.strip() for label in raw.split(",") if label.strip()]
     if not isinstance(raw, list) or not all(isinstance(label, str) for label in raw):
         raise RequestError(422, f"'candidate_labels' must be a list of strings, got {raw!r:.80}")
-    if not raw:
-        raise RequestError(422, "'candidate_labels' is empty; give at least one label")
-    if len(raw) > settings.model_max_labels:
-        raise RequestError(
-            422,
-            f"{len(raw)} candidate labels; the limit is {settings.model_max_labels} "
-            "(MODEL_MAX_LABELS)",
-        )
-    if any(not label.strip() for label in raw):
-        raise RequestError(422, f"'candidate_labels' contains an empty label: {raw!r:.200}")
-    duplicates = sorted({label for label in raw if raw.count(label) > 1})
-    if duplicates:
-        raise RequestError(422, f"'candidate_labels' repeats {duplicates}; give each label once")
-    return tuple(raw)
+    try:
+        return check_labels(raw, max_labels=settings.model_max_labels)
+    except ParameterError as error:
+        raise RequestError(422, f"'candidate_labels': {error}") from error
 
 
 def parse_template(raw: Any) -> str | None:
-    """A hypothesis template with exactly one `{}` for the label, or None for the default."""
+    """A hypothesis template with one slot for the label, or None for the default."""
     if raw is None:
         return None
     if not isinstance(raw, str):
         raise RequestError(422, f"'hypothesis_template' must be a string, got {raw!r:.80}")
     try:
-        formatted = raw.format("label")
-    except (IndexError, KeyError, ValueError) as error:
-        raise RequestError(
-            422, f"'hypothesis_template' {raw!r} cannot be formatted with one label: {error}"
-        ) from error
-    if "{}" not in raw or formatted == raw:
-        raise RequestError(
-            422, f"'hypothesis_template' {raw!r} has no '{{}}' where the label should go"
-        )
-    return raw
+        return check_hypothesis_template(raw)
+    except ParameterError as error:
+        raise RequestError(422, f"'hypothesis_template': {error}") from error

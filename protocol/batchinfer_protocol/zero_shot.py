@@ -1,0 +1,147 @@
+"""The ``POST /predict`` contract of the zero-shot model server (Vertex AI custom-container form).
+
+Request::
+
+    {"instances": ["text", ...] | [{"text": "..."}, ...],
+     "parameters": {"candidate_labels": [...], "multi_label": false,
+                    "hypothesis_template": "This example is {}."}}
+
+Response (200), one prediction per instance, in instance order; labels sorted by descending score
+as the Hugging Face ``zero-shot-classification`` pipeline returns them::
+
+    {"predictions": [{"sequence": "...", "labels": [...], "scores": [...]}, ...],
+     "model": "<model id the server serves>"}
+
+Refusal (4xx)::
+
+    {"error": "<what is wrong and what to do>",
+     "instance_errors": [{"index": 3, "reason": "..."}, ...]}
+
+``instance_errors`` names the instances that alone caused a refusal, so a client can drop exactly
+those and resend the rest: one bad text never costs the other texts of its request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_LABELS: tuple[str, ...] = ("mobile", "website", "billing", "account access")
+# The Hugging Face zero-shot pipeline's default (transformers ZeroShotClassificationPipeline).
+DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
+# Candidate labels per request the server accepts by default (MODEL_MAX_LABELS).
+DEFAULT_MAX_LABELS = 64
+
+
+class ParameterError(ValueError):
+    """A ``parameters`` value the server refuses (HTTP 422); the text says what to change."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One zero-shot answer, as the Hugging Face pipeline gives it: labels by descending score."""
+
+    sequence: str
+    labels: list[str]
+    scores: list[float]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "labels": self.labels, "scores": self.scores}
+
+
+@dataclass(frozen=True)
+class InstanceError:
+    """An instance the server refused on its own merits; the rest of its request is fine."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PredictParameters:
+    """The ``parameters`` of a predict request."""
+
+    candidate_labels: tuple[str, ...] = DEFAULT_LABELS
+    multi_label: bool = False
+    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "candidate_labels": list(self.candidate_labels),
+            "multi_label": self.multi_label,
+            "hypothesis_template": self.hypothesis_template,
+        }
+
+
+def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS) -> tuple[str, ...]:
+    """``labels`` as a tuple, or a :class:`ParameterError`: none, empty, repeated or too many."""
+    if not labels:
+        raise ParameterError("the candidate labels are empty; give at least one label")
+    if len(labels) > max_labels:
+        raise ParameterError(
+            f"{len(labels)} candidate labels; the limit is {max_labels} (MODEL_MAX_LABELS)"
+        )
+    if any(not label.strip() for label in labels):
+        raise ParameterError(f"the candidate labels contain an empty label: {list(labels)!r:.200}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ParameterError(f"the candidate labels repeat {duplicates}; give each label once")
+    return tuple(labels)
+
+
+def check_hypothesis_template(template: str) -> str:
+    """``template`` when it has one slot for the label, or a :class:`ParameterError`.
+
+    The pipeline fills the template with ``template.format(label)``.
+    """
+    try:
+        formatted = template.format("label")
+    except (IndexError, KeyError, ValueError) as error:
+        raise ParameterError(
+            f"hypothesis template {template!r} cannot be formatted with one label: {error}"
+        ) from error
+    if "{}" not in template or formatted == template:
+        raise ParameterError(f"hypothesis template {template!r} has no '{{}}' for the label")
+    return template
+
+
+def encode_request(texts: Sequence[str], parameters: PredictParameters) -> dict[str, Any]:
+    """The JSON body of a ``POST /predict`` for ``texts``."""
+    return {"instances": list(texts), "parameters": parameters.as_json()}
+
+
+def decode_predictions(body: object, expected: int) -> list[Prediction]:
+    """The predictions of a 200 answer; ``ValueError`` when its shape is not the contract's."""
+    items = body.get("predictions") if isinstance(body, Mapping) else None
+    if not isinstance(items, list) or len(items) != expected:
+        got = len(items) if isinstance(items, list) else type(items).__name__
+        raise ValueError(f"answered {got} predictions for {expected} texts")
+    return [
+        Prediction(
+            sequence=item["sequence"],
+            labels=list(item["labels"]),
+            scores=[float(s) for s in item["scores"]],
+        )
+        for item in items
+    ]
+
+
+def decode_instance_errors(body: object) -> list[InstanceError]:
+    """The ``instance_errors`` of a refusal; empty when the whole request was at fault."""
+    items = body.get("instance_errors") if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        InstanceError(index=int(item["index"]), reason=str(item["reason"]))
+        for item in items
+        if isinstance(item, Mapping) and isinstance(item.get("index"), int)
+    ]
+
+
+def encode_refusal(error: str, instance_errors: Sequence[InstanceError] = ()) -> dict[str, Any]:
+    """The JSON body of a 4xx answer."""
+    body: dict[str, Any] = {"error": error}
+    if instance_errors:
+        body["instance_errors"] = [{"index": e.index, "reason": e.reason} for e in instance_errors]
+    return body
