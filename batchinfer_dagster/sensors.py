@@ -39,6 +39,8 @@ RECONCILE_LIMIT = 200
 # A queued or running batch is looked at only after this long without news: its run is then
 # either finished, in Dagster's run queue, or was never created (the daemon died mid-tick).
 STALE_AFTER = timedelta(minutes=2)
+# Longest wait for the dead-letter subscription, which is empty almost always.
+DEAD_LETTER_PULL_SECONDS = 1.0
 
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
@@ -53,6 +55,8 @@ class TickOutcome:
     accepted: int = 0
     redelivered: int = 0
     malformed: int = 0
+    # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
+    queue_dead_letters: int = 0
     rebatched: list[str] = field(default_factory=list)
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
@@ -60,7 +64,8 @@ class TickOutcome:
     def summary(self) -> str:
         return (
             f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
-            f"malformed {self.malformed}, re-batched {len(self.rebatched)} batches, "
+            f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
+            f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
 
@@ -131,6 +136,22 @@ def reconcile_batches(
     return retried, [batch.batch_key for batch in exhausted]
 
 
+def read_back_dead_letters(
+    engine: Engine, settings: Settings, queue: RequestQueue, *, now: datetime
+) -> int:
+    """Move what the queue service dead-lettered into ``dead_letters``; ack after the commit."""
+    messages = queue.pull_dead_letters(
+        settings.max_pull, min(settings.pull_timeout_seconds, DEAD_LETTER_PULL_SECONDS)
+    )
+    if not messages:
+        return 0
+    written = ledger.record_queue_dead_letters(
+        engine, messages, queue=settings.queue, model_name=settings.model_name, now=now
+    )
+    queue.ack_dead_letters([message.ack_id for message in messages])
+    return written
+
+
 def process_tick(
     instance: DagsterInstance,
     settings: Settings,
@@ -149,6 +170,7 @@ def process_tick(
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
+    queue_dead = read_back_dead_letters(engine, settings, queue, now=clock())
     rebatched = ledger.rebatch_waiting(
         engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
     )
@@ -170,6 +192,7 @@ def process_tick(
         accepted=ingest.accepted,
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
+        queue_dead_letters=queue_dead,
         rebatched=rebatched,
         retried=retried,
         dead_lettered=dead,
