@@ -27,12 +27,13 @@ from batchinfer_dagster.resources.queue import (
     QueueUnavailableError,
     build_queue,
 )
-from batchinfer_dagster.settings import Settings, load_settings
+from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 
 PUBLISH_CHUNK = 1000
 LIST_LIMIT = 20
 # Errors that mean "the user or the environment must change something", shown as one line.
 USER_ERRORS = (
+    SettingsError,
     InvalidRecordError,
     InvalidMessageError,
     QueueUnavailableError,

@@ -120,20 +120,36 @@ class ModelClient(ABC):
             return [p for answer in answers for p in answer]
 
     def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Answer]:
-        """One chunk, in requests within ``max_request_bytes``; refused texts answered alone."""
+        """One chunk, in requests within ``max_request_bytes``; refused texts answered alone.
+
+        A text that cannot be sent (over the request bound even alone, or not encodable as
+        UTF-8) is answered with a ``RefusedText`` without sending it.
+        """
+        answers: dict[int, Answer] = {}
+        sizes: dict[int, int] = {}
+        for index, text in enumerate(texts):
+            try:
+                sizes[index] = self.instance_bytes(text)
+            except UnicodeEncodeError as error:
+                answers[index] = RefusedText(
+                    f"the text is not valid Unicode ({error.reason} at character "
+                    f"{error.start}), so it cannot be sent"
+                )
+        sendable = sorted(sizes)
         base = self.request_overhead_bytes(parameters)
-        sizes = [self.instance_bytes(text) for text in texts]
-        groups, too_large = requests_within(sizes, base, self.max_request_bytes)
-        answers: dict[int, Answer] = {
-            index: RefusedText(
+        groups, too_large = requests_within(
+            [sizes[i] for i in sendable], base, self.max_request_bytes
+        )
+        for position in too_large:
+            index = sendable[position]
+            answers[index] = RefusedText(
                 f"the text is {sizes[index]} bytes in a request; a request to the model server "
                 f"holds at most {self.max_request_bytes} bytes, so it cannot be sent"
             )
-            for index in too_large
-        }
         for group in groups:
-            group_answers = self.send_dropping_refused([texts[i] for i in group], parameters)
-            answers.update(zip(group, group_answers, strict=True))
+            indices = [sendable[position] for position in group]
+            group_answers = self.send_dropping_refused([texts[i] for i in indices], parameters)
+            answers.update(zip(indices, group_answers, strict=True))
         return [answers[index] for index in range(len(texts))]
 
     def send_dropping_refused(
@@ -227,7 +243,8 @@ class HttpModelClient(ModelClient):
         return len(json_bytes(text)) + 1
 
     def request_overhead_bytes(self, parameters: PredictParameters) -> int:
-        return len(json_bytes(encode_request([], parameters)))
+        # Less the comma that the first text does not need: sizes add up to the exact body.
+        return len(json_bytes(encode_request([], parameters))) - 1
 
     def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
         content = json_bytes(encode_request(texts, parameters))
