@@ -692,7 +692,8 @@ def write_predictions(
             {
                 "record_id": record_id,
                 "model": model_name,
-                "sequence": answer.sequence,
+                # A text with NUL (a Vertex feature store can hold one) fits PostgreSQL escaped.
+                "sequence": db.storable_text(answer.sequence),
                 "labels": answer.labels,
                 "scores": answer.scores,
                 "batch_key": batch_key,

@@ -151,6 +151,22 @@ class Settings(BaseSettings):
         except ParameterError as error:
             raise ValueError(str(error)) from None
 
+    @field_validator("model_url")
+    @classmethod
+    def _model_url_has_a_scheme(cls, url: str) -> str:
+        """A URL httpx cannot send to fails every batch only after its retries: refuse it now."""
+        if url.startswith("vertex://"):
+            # Imported here: the Vertex client pulls in the Google libraries.
+            from batchinfer_dagster.resources.vertex_model_client import parse_endpoint_url
+
+            parse_endpoint_url(url)
+        elif not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ValueError(
+                "needs http://HOST:PORT, https://HOST or "
+                "vertex://projects/P/locations/L/endpoints/E"
+            )
+        return url
+
     @model_validator(mode="after")
     def _pubsub_accepts_the_subscription(self) -> Settings:
         """Pub/Sub refuses a subscription outside its bounds (``batchinfer pubsub create``)."""

@@ -35,6 +35,8 @@ from batchinfer_protocol.zero_shot import DEFAULT_MAX_INSTANCES, DEFAULT_MAX_LAB
         ({"BATCHINFER_MODEL_CHUNK_SIZE": "0"}, "greater than or equal to 1"),
         ({"BATCHINFER_MODEL_TIMEOUT_SECONDS": "0"}, "greater than 0"),
         ({"BATCHINFER_MODEL_MAX_REQUEST_BYTES": "10"}, "greater than or equal to 1024"),
+        ({"BATCHINFER_MODEL_URL": "localhost:8080"}, "needs http://HOST:PORT"),
+        ({"BATCHINFER_MODEL_URL": "vertex://endpoints/1"}, "not a Vertex endpoint URL"),
         (
             {"BATCHINFER_QUEUE": "pubsub", "BATCHINFER_ACK_DEADLINE_SECONDS": "5"},
             "Pub/Sub accepts 10..600 seconds",
