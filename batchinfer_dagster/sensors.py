@@ -1,7 +1,10 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (design §3): pull → validate → one ledger transaction → register the batch
-partitions → ack → run requests. Partitions are registered by the tick itself, before the ack,
+Order of a tick (design §3): pull → validate each message on its own → one ledger transaction
+→ register the batch partitions → ack → read back what the queue service dead-lettered itself
+(Pub/Sub's dead-letter subscription) → run requests. A message that fails validation in any way
+is a dead letter of its own; it never fails the tick, so the rest of its pull is acked.
+Partitions are registered by the tick itself, before the ack,
 rather than through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after
 the function returns): when the ack happens, everything a redelivery could not recreate exists.
 Each tick then re-batches requests whose feature backoff passed and reconciles a bounded number
@@ -29,7 +32,7 @@ from batchinfer_dagster import db, ledger
 from batchinfer_dagster.assets import BatchinferResource
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.queue import RequestQueue
+from batchinfer_dagster.resources.queue import QueueUnavailableError, RequestQueue
 from batchinfer_dagster.settings import Settings
 
 SENSOR_NAME = "prediction_requests_sensor"
@@ -57,17 +60,19 @@ class TickOutcome:
     malformed: int = 0
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
     queue_dead_letters: int = 0
+    dead_letter_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        summary = (
             f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
             f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
             f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
+        return f"{summary}; {self.dead_letter_error}" if self.dead_letter_error else summary
 
 
 def run_key(batch_key: str, attempt: int) -> str:
@@ -170,7 +175,15 @@ def process_tick(
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
-    queue_dead = read_back_dead_letters(engine, settings, queue, now=clock())
+    try:
+        queue_dead, dead_letter_error = (
+            read_back_dead_letters(engine, settings, queue, now=clock()),
+            None,
+        )
+    except QueueUnavailableError as exc:
+        # Reported on every tick (sensor log and skip reason) without stopping the intake,
+        # re-batching and reconcile that do not depend on the dead-letter subscription.
+        queue_dead, dead_letter_error = 0, f"reading the dead-letter subscription failed: {exc}"
     rebatched = ledger.rebatch_waiting(
         engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
     )
@@ -193,6 +206,7 @@ def process_tick(
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,
+        dead_letter_error=dead_letter_error,
         rebatched=rebatched,
         retried=retried,
         dead_lettered=dead,
@@ -216,6 +230,8 @@ def prediction_requests_sensor(
         outcome = process_tick(context.instance, settings, queue)
     finally:
         queue.close()
+    if outcome.dead_letter_error:
+        context.log.warning(outcome.dead_letter_error)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))

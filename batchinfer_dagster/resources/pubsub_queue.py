@@ -39,7 +39,9 @@ PULL_CHUNK = 1000
 PUBLISH_TIMEOUT_SECONDS = 60.0
 
 
-def _unavailable(settings: Settings, exc: Exception) -> QueueUnavailableError:
+def _unavailable(
+    settings: Settings, exc: Exception, subscription: str | None = None
+) -> QueueUnavailableError:
     where = (
         f"emulator at {settings.pubsub_emulator_host}"
         if settings.pubsub_emulator_host
@@ -48,7 +50,8 @@ def _unavailable(settings: Settings, exc: Exception) -> QueueUnavailableError:
     return QueueUnavailableError(
         f"Pub/Sub ({where}) failed: {str(exc) or type(exc).__name__}. Is it running, and do "
         f"the topic {settings.pubsub_topic!r} and subscription "
-        f"{settings.pubsub_subscription!r} exist (`batchinfer pubsub create`)?"
+        f"{(subscription or settings.pubsub_subscription).rsplit('/', 1)[-1]!r} exist "
+        "(`batchinfer pubsub create`)?"
     )
 
 
@@ -142,7 +145,7 @@ class PubSubQueue(RequestQueue):
         except (gexc.DeadlineExceeded, gexc.RetryError):
             return []
         except gexc.GoogleAPICallError as exc:
-            raise _unavailable(self.settings, exc) from exc
+            raise _unavailable(self.settings, exc, subscription) from exc
         return [
             ReceivedMessage(
                 message_id=received.message.message_id,

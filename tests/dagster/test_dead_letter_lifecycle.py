@@ -14,6 +14,7 @@ from dagster import DagsterInstance, RunRequest
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.resources.feature_store import build_feature_store
 from batchinfer_dagster.resources.queue import build_queue
+from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from tests.conftest import pubsub_settings
 from tests.dagster.harness import drain, execute_runs, publish_json, rows, sensor_tick
@@ -149,3 +150,22 @@ def test_pubsub_dead_letter_topic_is_read_back_into_dead_letters(
     assert [row.record_id for row in rows(settings, db.predictions)] == [5]
     [letter] = rows(settings, db.dead_letters)
     assert letter.resolved_at is not None  # and read back once, though drained twice
+
+
+def test_a_missing_dead_letter_subscription_is_reported_and_intake_goes_on(
+    instance: DagsterInstance, app_settings: Settings, emulator: PubSubEmulator
+) -> None:
+    settings = pubsub_settings(
+        app_settings, emulator, pull_timeout_seconds=0.5, batch_size=4
+    ).model_copy(update={"pubsub_dead_letter_subscription": "no-such-subscription"})
+    publish_json(settings, [{"id": 1}, "malformed"])
+    queue = build_queue(settings)
+    try:
+        outcome = process_tick(instance, settings, queue)
+    finally:
+        queue.close()
+
+    assert (outcome.accepted, outcome.malformed, len(outcome.run_requests)) == (1, 1, 1)
+    assert outcome.dead_letter_error is not None
+    assert "'no-such-subscription' exist" in outcome.dead_letter_error
+    assert "no-such-subscription" in outcome.summary()

@@ -8,9 +8,11 @@ import pytest
 from batchinfer_dagster.resources.model_client import (
     ModelRequestError,
     PredictParameters,
+    RefusedInstancesError,
     RefusedText,
     TransientModelError,
     build_model_client,
+    refusal_error,
     requests_within,
 )
 from batchinfer_dagster.resources.vertex_model_client import (
@@ -19,6 +21,7 @@ from batchinfer_dagster.resources.vertex_model_client import (
     VertexModelClient,
     default_retry,
     parse_endpoint_url,
+    refusal_of,
 )
 from batchinfer_dagster.settings import Settings
 from tests.gcp.fakes import FakeVertex
@@ -157,3 +160,18 @@ def test_split_sets_apart_only_the_texts_too_large_alone() -> None:
 def test_bad_endpoint_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="vertex://projects/PROJECT/locations/REGION/endpoints/"):
         parse_endpoint_url(url)
+
+
+def test_a_refusal_body_in_googles_error_message_refuses_single_instances() -> None:
+    """Vertex AI passes a container's 4xx body on in its error message."""
+    message = (
+        'Prediction failed with status 422: {"error": "1 of 2 instances refused", '
+        '"instance_errors": [{"index": 1, "reason": "instances[1] has an empty text"}]}'
+    )
+    error = refusal_error("refused", refusal_of(message))
+    assert isinstance(error, RefusedInstancesError)
+    assert [(e.index, e.reason) for e in error.instance_errors] == [
+        (1, "instances[1] has an empty text")
+    ]
+    plain = refusal_error("refused", refusal_of("Permission denied on endpoint"))
+    assert type(plain) is ModelRequestError
