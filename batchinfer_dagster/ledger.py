@@ -3,7 +3,9 @@
 The database is the source of truth and the queue only transport, so every step that must not be
 lost or repeated is one transaction here: the sensor's intake of a pull, the re-batching of
 requests that waited for features, a run's settling of its batch, and the dead-lettering of what
-can never succeed. Nothing here imports Dagster, so the CLI and tests use it directly.
+can never succeed. One bad message or record is charged to itself alone: a dead letter with its
+reason, resolved in the transaction that later writes its record's prediction, and replayable.
+Nothing here imports Dagster, so the CLI and tests use it directly.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ def _queued_request_rows(
     ]
 
 
-def message_error(message: ReceivedMessage, error: Exception) -> str:
+def message_error(error: Exception) -> str:
     """The dead-letter reason of a message whose handling raised ``error``."""
     if isinstance(error, InvalidRequestError):
         return str(error)
@@ -282,14 +284,14 @@ def classify_messages(
             key = request_key(queue, message)
         except Exception as exc:  # charged to this message alone
             key = f"{queue}:unreadable:{position}:{message.ack_id}"[:128]
-            invalid[key] = (message, message_error(message, exc))
+            invalid[key] = (message, message_error(exc))
             continue
         if key in valid or key in invalid:
             continue
         try:
             valid[key] = parse_record_id(message.data)
         except Exception as exc:  # charged to this message alone
-            invalid[key] = (message, message_error(message, exc))
+            invalid[key] = (message, message_error(exc))
     return valid, invalid
 
 
@@ -997,10 +999,9 @@ class DeadLetterFilter:
 
 @dataclass
 class ReplayReport:
-    """What ``replay_dead_letters`` did: re-published dead letters and the message ids they got."""
+    """What ``replay_dead_letters`` did; each dead letter keeps the new message id it got."""
 
     replayed: int = 0
-    message_ids: list[str] = field(default_factory=list)
     # Open dead letters that name no record (malformed messages): nothing to ask for again.
     not_replayable: int = 0
     # Open dead letters matching the filter that were replayed before (never replayed twice).
@@ -1084,8 +1085,6 @@ def replay_dead_letters(
                 ],
             )
         report.replayed += len(claimed)
-        if len(report.message_ids) < 2 * chunk:
-            report.message_ids += message_ids
     report.not_replayable = _count_dead_letters(
         engine, *which.clauses(), table.c.record_id.is_(None)
     )

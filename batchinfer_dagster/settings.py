@@ -39,15 +39,17 @@ def settings_error_line(error: ValidationError) -> str:
     """Pydantic's multi-line report as one line: ``BATCHINFER_X=value: what is wrong; ...``."""
     parts = []
     for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else ""
-        variable = f"{ENV_PREFIX}{name.upper()}" if name else "settings"
-        if name == "pubsub_emulator_host":
-            variable = "PUBSUB_EMULATOR_HOST"
         message = str(item["msg"]).removeprefix("Value error, ")
-        value = item.get("input")
-        if not name:
+        if not item["loc"]:  # a check across fields names its variables itself
             parts.append(message)
             continue
+        name = str(item["loc"][0])
+        variable = (
+            "PUBSUB_EMULATOR_HOST"
+            if name == "pubsub_emulator_host"
+            else f"{ENV_PREFIX}{name.upper()}"
+        )
+        value = item.get("input")
         shown = "" if isinstance(value, dict) else f"={value!r:.120}"
         parts.append(f"{variable}{shown}: {message}")
     return "; ".join(parts)

@@ -135,7 +135,9 @@ class VertexModelClient(ModelClient):
         self.chunk_size = settings.model_chunk_size
         self.timeout = settings.model_timeout_seconds
         self.retry = retry or default_retry(4 * settings.model_timeout_seconds)
-        self.max_request_bytes = max_request_bytes
+        # Vertex AI's own limit, or the configured one when smaller; a text too large for it
+        # alone is answered with a RefusedText and never sent.
+        self.max_request_bytes = min(max_request_bytes, settings.model_max_request_bytes)
         self.api_endpoint = settings.vertex_api_endpoint or f"{region}-aiplatform.googleapis.com"
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)

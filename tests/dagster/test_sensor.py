@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 from datetime import timedelta
 
+import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus
 
 from batchinfer_dagster import db, ledger
@@ -111,7 +111,8 @@ def test_malformed_messages_become_dead_letters_with_reasons(
 def test_unknown_ids_wait_for_features_then_dead_letter(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 3.0})
+    wait = timedelta(seconds=60)  # far longer than a drain on a loaded machine
+    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": wait.seconds})
     add_features(settings, [1])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
     drain(instance, settings)
@@ -121,7 +122,18 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
-    time.sleep(3.2)
+    # The wait passes: the ledger's times move back by it instead of the test sleeping.
+    table = db.prediction_requests
+    with db.get_engine(settings).begin() as connection:
+        for row in connection.execute(sa.select(table)).all():
+            connection.execute(
+                sa.update(table)
+                .where(table.c.message_id == row.message_id)
+                .values(
+                    received_at=row.received_at - wait,
+                    not_before=row.not_before - wait if row.not_before else None,
+                )
+            )
     drain(instance, settings)
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
