@@ -115,7 +115,15 @@ def validate(google: SchemaSource, configuration: Path) -> bool:
             shutil.copytree(
                 configuration, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*")
             )
-            env = os.environ | {"TF_REATTACH_PROVIDERS": reattach, "TF_IN_AUTOMATION": "1"}
+            # The configuration reads the image's dagster.yaml (the run-worker job's name).
+            for outside in ("dagster.yaml",):
+                if (configuration.parent / outside).is_file():
+                    shutil.copy(configuration.parent / outside, copy.parent / outside)
+            env = os.environ | {
+                "TF_REATTACH_PROVIDERS": reattach,
+                "TF_IN_AUTOMATION": "1",
+                "TF_CLI_CONFIG_FILE": os.devnull,  # no user settings, no warning about them
+            }
             env.pop("TF_CLI_ARGS", None)
             terraform = ["terraform", f"-chdir={copy}"]
             init = subprocess.run(
