@@ -146,7 +146,9 @@ class VertexModelClient(ModelClient):
         self.timeout = settings.model_timeout_seconds
         self.retry = retry or default_retry(4 * settings.model_timeout_seconds)
         self.max_request_bytes = max_request_bytes
-        self.api_endpoint = settings.vertex_api_endpoint or f"{region}-aiplatform.googleapis.com"
+        self.api_endpoint = (
+            settings.vertex_prediction_endpoint or f"{region}-aiplatform.googleapis.com"
+        )
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)
         )

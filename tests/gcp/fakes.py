@@ -26,10 +26,12 @@ from urllib.parse import urlparse
 import grpc
 from google.cloud.aiplatform_v1 import (
     FeatureOnlineStore,
+    FeatureView,
     FeatureViewSync,
     FetchFeatureValuesRequest,
     FetchFeatureValuesResponse,
     GetFeatureOnlineStoreRequest,
+    GetFeatureViewRequest,
     GetFeatureViewSyncRequest,
     PredictRequest,
     PredictResponse,
@@ -68,10 +70,14 @@ class FakeVertex:
     predict_errors: list[grpc.StatusCode] = field(default_factory=list)
     predict_sizes: list[int] = field(default_factory=list)
     public_endpoint: str = ""
+    feature_view_exists: bool = True
+    feature_view_lookups: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self.lock:
+            self.feature_view_exists = True
+            self.feature_view_lookups = 0
             self.online.clear()
             self.syncs.clear()
             self.fetch_errors.clear()
@@ -137,6 +143,16 @@ class FakeVertex:
         sync.sync_summary = {"row_synced": len(rows)}
         return sync
 
+    def get_feature_view(
+        self, request: GetFeatureViewRequest, context: grpc.ServicerContext
+    ) -> FeatureView:
+        with self.lock:
+            self.feature_view_lookups += 1
+            exists = self.feature_view_exists
+        if not exists:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"FeatureView {request.name} not found")
+        return FeatureView(name=request.name)
+
     def get_feature_online_store(
         self, request: GetFeatureOnlineStoreRequest, context: grpc.ServicerContext
     ) -> FeatureOnlineStore:
@@ -176,6 +192,7 @@ class FakeVertex:
                 "GetFeatureViewSync": _unary(
                     self.get_feature_view_sync, GetFeatureViewSyncRequest, FeatureViewSync
                 ),
+                "GetFeatureView": _unary(self.get_feature_view, GetFeatureViewRequest, FeatureView),
                 "GetFeatureOnlineStore": _unary(
                     self.get_feature_online_store, GetFeatureOnlineStoreRequest, FeatureOnlineStore
                 ),
@@ -208,9 +225,15 @@ def vertex_server(fake: FakeVertex) -> Iterator[str]:
 
 @dataclass
 class FakeBigQuery:
-    """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values."""
+    """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values.
+
+    Load write dispositions as BigQuery applies them: WRITE_APPEND adds rows, WRITE_TRUNCATE
+    replaces the rows and the table's schema with the load's, WRITE_TRUNCATE_DATA replaces the
+    rows and keeps the existing table's schema (descriptions included).
+    """
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    schemas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     load_dispositions: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -218,8 +241,19 @@ class FakeBigQuery:
     def reset(self) -> None:
         with self.lock:
             self.tables.clear()
+            self.schemas.clear()
             self.jobs.clear()
             self.load_dispositions.clear()
+
+    def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
+        """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
+        with self.lock:
+            self.tables[table] = []
+            self.schemas[table] = fields
+
+    def schema(self, table: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.schemas.get(table, []))
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -244,8 +278,11 @@ class FakeBigQuery:
             done["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
         else:
             with self.lock:
-                self.load_dispositions.append(load.get("writeDisposition", "WRITE_APPEND"))
-                if load.get("writeDisposition") == "WRITE_TRUNCATE":
+                disposition = load.get("writeDisposition", "WRITE_APPEND")
+                self.load_dispositions.append(disposition)
+                if disposition == "WRITE_TRUNCATE" or table not in self.schemas:
+                    self.schemas[table] = load["schema"]["fields"]
+                if disposition in {"WRITE_TRUNCATE", "WRITE_TRUNCATE_DATA"}:
                     self.tables[table] = rows
                 else:
                     self.tables.setdefault(table, []).extend(rows)
@@ -281,12 +318,13 @@ class FakeBigQuery:
             if key not in self.tables:
                 return None
             count = len(self.tables[key])
+            fields = list(self.schemas.get(key, []))
         return {
             "kind": "bigquery#table",
             "id": f"{project}:{dataset}.{table}",
             "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
             "numRows": str(count),
-            "schema": {"fields": []},
+            "schema": {"fields": fields},
         }
 
 
