@@ -56,6 +56,11 @@ resource "google_sql_database_instance" "main" {
 
     # Connection, lock and schema-change logging for audits and incident analysis; other
     # statements are not logged (they carry the records' text).
+    # Sized from the number of model replicas (terraform/dagster.tf, local.dagster_limits).
+    database_flags {
+      name  = "max_connections"
+      value = tostring(local.dagster_limits.db_max_connections)
+    }
     database_flags {
       name  = "log_checkpoints"
       value = "on"

@@ -66,9 +66,15 @@ locals {
   #   max_concurrent_runs = model_server pool + 3 other runs (import, reconcile, retention).
   # Memory bounds neither: each run has its own container (run_worker_memory), and the daemon
   # holds only the daemon and one code server.
+  #   Cloud SQL max_connections = processes x 13 + 20 reserved (Cloud SQL's own, superuser),
+  #     13 per process: the app's pool (pool_size 5 + max_overflow 5, batchinfer_dagster/db.py)
+  #     and Dagster's run, event log and schedule storage (one connection each, NullPool);
+  #     processes: 2 per run (run worker + its step process), 2 for the daemon (daemon + code
+  #     server), 2 per webserver instance (at most 2), 1 CLI execution.
   dagster_limits = {
     model_server_pool   = var.model_server_max_instances * 2
     max_concurrent_runs = var.model_server_max_instances * 2 + 3
+    db_max_connections  = ((var.model_server_max_instances * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
   }
 }
 

@@ -528,3 +528,22 @@ def test_ack_deadline_outlasts_the_sensor_timeout() -> None:
 def test_state_is_remote() -> None:
     (terraform,) = [block for block in blocks("terraform") if "backend" in block]
     assert "gcs" in terraform["backend"][0]
+
+
+def test_database_connections_are_sized_from_the_pools_they_serve() -> None:
+    """max_connections follows the formula in dagster.tf, whose per-process figure is the app's
+    own pool (db.py) plus Dagster's three storages."""
+    db_source = (ROOT / "batchinfer_dagster" / "db.py").read_text()
+    pool = re.search(r"pool_size=(\d+), max_overflow=(\d+)", db_source)
+    assert pool, "batchinfer_dagster/db.py no longer sets pool_size and max_overflow"
+    per_process = int(pool.group(1)) + int(pool.group(2)) + 3
+    limits = local_values()["dagster_limits"]
+    formula = limits["db_max_connections"]
+    assert f"* {per_process} + 20" in formula, (formula, per_process)
+    flags = {
+        flag["name"]: flag["value"]
+        for flag in single(resource("google_sql_database_instance", "main"), "settings")[
+            "database_flags"
+        ]
+    }
+    assert flags["max_connections"] == "${tostring(local.dagster_limits.db_max_connections)}"
