@@ -256,7 +256,8 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
 }
 
 # One execution per Dagster run (CloudRunRunLauncher). The launcher overrides the arguments
-# with `dagster api execute_run <run>` and the timeout with run_max_runtime_seconds; a task
+# with `<the daemon's python> -m dagster api execute_run <run>` (so the worker must run the
+# daemon's image) and the timeout with run_max_runtime_seconds; a task
 # that dies is not retried by Cloud Run (max_retries 0): run monitoring sees the failed
 # execution, fails the run, frees its pool slot, and Dagster's run retries start it again.
 resource "google_cloud_run_v2_job" "run_worker" {

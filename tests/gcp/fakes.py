@@ -3,7 +3,8 @@
 ``FakeVertex`` is a gRPC server with the real ``google.cloud.aiplatform.v1`` method names and
 proto messages (the generated clients cannot tell it from Vertex AI); ``FakeBigQuery`` answers
 the REST calls google-cloud-bigquery makes for a multipart load job, ``jobs.query`` and
-``tables.get``. Each keeps just enough state to behave like the service for our calls: a sync
+``tables.get``; ``FakeCloudRun`` serves the Cloud Run Admin v2 calls of Dagster's Cloud Run run
+launcher. Each keeps just enough state to behave like the service for our calls: a sync
 copies the BigQuery table into the online store, as Vertex does.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import grpc
+from google.cloud import run_v2
 from google.cloud.aiplatform_v1 import (
     FeatureOnlineStore,
     FeatureView,
@@ -38,7 +40,8 @@ from google.cloud.aiplatform_v1 import (
     SyncFeatureViewRequest,
     SyncFeatureViewResponse,
 )
-from google.protobuf import json_format
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, json_format
 
 PACKAGE = "google.cloud.aiplatform.v1"
 
@@ -456,3 +459,96 @@ def token_server(fake: FakeTokenEndpoint) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class FakeCloudRun:
+    """Cloud Run Admin API v2, the calls CloudRunRunLauncher makes: Jobs.RunJob,
+    Executions.GetExecution and Executions.CancelExecution, on one gRPC port.
+
+    ``runs`` keeps each RunJob request; ``states`` maps an execution name to "running",
+    "succeeded", "failed" or "cancelled" (as its counters and ``reconciling`` report it);
+    ``refuse`` makes RunJob abort with that status code.
+    """
+
+    runs: list[run_v2.RunJobRequest] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+    refuse: grpc.StatusCode | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_job(
+        self, request: run_v2.RunJobRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        if self.refuse is not None:
+            context.abort(self.refuse, f"injected {self.refuse.name} for {request.name}")
+        job = request.name.rsplit("/", 1)[-1]
+        execution = run_v2.Execution(
+            name=f"{request.name}/executions/{job}-{uuid.uuid4().hex[:5]}", job=job
+        )
+        with self.lock:
+            self.runs.append(request)
+            self.states[execution.name] = "running"
+        metadata = any_pb2.Any()
+        metadata.Pack(run_v2.Execution.pb(execution))
+        return operations_pb2.Operation(name=f"{execution.name}/operation", metadata=metadata)
+
+    def get_execution(
+        self, request: run_v2.GetExecutionRequest, context: grpc.ServicerContext
+    ) -> run_v2.Execution:
+        with self.lock:
+            state = self.states.get(request.name)
+        if state is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.name} not found")
+        return run_v2.Execution(
+            name=request.name,
+            reconciling=state == "running",
+            succeeded_count=int(state == "succeeded"),
+            failed_count=int(state == "failed"),
+            cancelled_count=int(state == "cancelled"),
+        )
+
+    def cancel_execution(
+        self, request: run_v2.CancelExecutionRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        with self.lock:
+            self.states[request.name] = "cancelled"
+        return operations_pb2.Operation(name=f"{request.name}/cancel", done=True)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def operation(handler: Callable, request_type: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                handler,
+                request_deserializer=request_type.deserialize,
+                response_serializer=operations_pb2.Operation.SerializeToString,
+            )
+
+        return [
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Jobs",
+                {"RunJob": operation(self.run_job, run_v2.RunJobRequest)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Executions",
+                {
+                    "GetExecution": _unary(
+                        self.get_execution, run_v2.GetExecutionRequest, run_v2.Execution
+                    ),
+                    "CancelExecution": operation(
+                        self.cancel_execution, run_v2.CancelExecutionRequest
+                    ),
+                },
+            ),
+        ]
+
+
+@contextmanager
+def cloud_run_server(fake: FakeCloudRun) -> Iterator[str]:
+    """Serve ``fake`` on a free loopback port; yields ``127.0.0.1:PORT``."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(fake.handlers())
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

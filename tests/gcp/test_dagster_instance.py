@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import hcl2
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from dagster import DagsterInstance
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
@@ -28,33 +25,6 @@ PG_ENV = {
     "GOOGLE_CLOUD_PROJECT": "p",
     "GOOGLE_CLOUD_REGION": "europe-west4",
 }
-
-
-@pytest.fixture
-def service_account_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Application default credentials of a made-up account: the Cloud Run clients of the run
-    launcher load them when the instance is created (no call is made with them)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    path = tmp_path / "key.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "p",
-                "private_key_id": "1",
-                "private_key": pem,
-                "client_email": "daemon@p.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "https://oauth2.googleapis.com/token",
-            }
-        )
-    )
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
 
 
 @pytest.fixture
@@ -119,7 +89,7 @@ def test_terraform_computes_the_limits_by_the_same_formula() -> None:
     assert re.search(r"max_concurrent_runs\s*=\s*var\.model_server_max_instances \* 2 \+ 3\n", text)
 
 
-@pytest.mark.usefixtures("service_account_key", "pg_env")
+@pytest.mark.usefixtures("adc_key_file", "pg_env")
 def test_queue_retries_monitoring_and_limits_take_effect(tmp_path: Path) -> None:
     """The real file with only the outside services (Postgres, GCS) swapped for local ones."""
     config = production_config()
