@@ -36,8 +36,12 @@ resource "google_compute_region_network_endpoint_group" "dagster_ui" {
 }
 
 resource "google_compute_backend_service" "dagster_ui" {
-  name                  = "${local.name}-dagster-ui"
-  protocol              = "HTTPS"
+  name = "${local.name}-dagster-ui"
+  # As Google's sample for serverless NEGs: the load balancer reaches Cloud Run inside Google's
+  # network; the browser's connection is HTTPS (the target proxy below). No timeout_sec: it is
+  # refused with serverless NEGs.
+  protocol              = "HTTP"
+  port_name             = "http"
   load_balancing_scheme = "EXTERNAL_MANAGED"
 
   backend {
