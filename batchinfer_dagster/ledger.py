@@ -24,11 +24,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from batchinfer_dagster import db
 from batchinfer_dagster.partitions import new_batch_key
 from batchinfer_dagster.resources.feature_store import FeatureStore
-from batchinfer_dagster.resources.model_client import ModelClient, Prediction, PredictParameters
-from batchinfer_dagster.resources.queue import ReceivedMessage
+from batchinfer_dagster.resources.model_client import (
+    ModelClient,
+    Prediction,
+    PredictParameters,
+    RefusedText,
+)
+from batchinfer_dagster.resources.queue import ReceivedMessage, RequestQueue
 
 MAX_PAYLOAD_BYTES = 10 * 1024
 MAX_RECORD_ID = 2**63 - 1
+MAX_RECORD_ID_DIGITS = len(str(MAX_RECORD_ID))
+# A request is {"id": ...}: one level; a little room for envelopes of other clients.
+MAX_NESTING = 32
 UNKNOWN_RECORD = "unknown record id"
 
 # prediction_requests.status
@@ -44,6 +52,12 @@ FAILED = "failed"
 # dead_letters.source
 SENSOR_SOURCE = "sensor"
 LEDGER_SOURCE = "ledger"
+# A record the model server refused on its own (or too large to send): the server's reason.
+MODEL_SOURCE = "model"
+# A message Pub/Sub moved to the dead-letter topic, read back from its subscription.
+PUBSUB_DEAD_LETTER_SOURCE = "pubsub-dead-letter"
+# The attribute Pub/Sub sets on a dead-lettered message: deliveries to the source subscription.
+DEAD_LETTER_DELIVERIES_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
@@ -62,29 +76,85 @@ class UnknownBatchError(LookupError):
     """A batch key that the ledger does not hold."""
 
 
+def json_nesting_depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, brackets inside strings aside.
+
+    Counted on the raw bytes before parsing, so a deeply nested payload is refused in linear time
+    instead of reaching ``json.loads``'s recursion (``RecursionError``, not ``ValueError``).
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def record_id_of_text(value: str) -> int | None:
+    """A record id written as ASCII digits, or None when it is not one of 1..2^63-1.
+
+    The digit count is bounded before ``int()``: Python refuses to convert strings of more than
+    4,300 digits with a ``ValueError`` (``sys.set_int_max_str_digits``), and an id needs at most
+    19 anyway.
+    """
+    if not (value.isascii() and value.isdigit()) or len(value) > MAX_RECORD_ID_DIGITS:
+        return None
+    record_id = int(value)
+    return record_id if 0 < record_id <= MAX_RECORD_ID else None
+
+
 def parse_record_id(data: bytes) -> int:
-    """The record id of a request message ``{"id": 1}`` or ``{"id": "1"}`` (the seed's form)."""
+    """The record id of a request message ``{"id": 1}`` or ``{"id": "1"}``.
+
+    Raises ``InvalidRequestError`` (the dead-letter reason) for anything else; size and nesting
+    are bounded before the payload is parsed.
+    """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise InvalidRequestError(
             f"payload is {len(data)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"
         )
+    depth = json_nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise InvalidRequestError(
+            f"payload nests {depth} levels deep, over the limit of {MAX_NESTING}"
+        )
     try:
         body = json.loads(data)
-    except ValueError as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         raise InvalidRequestError(f"not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError(f"not a JSON object but {type(body).__name__}")
     if "id" not in body:
-        raise InvalidRequestError(f"no 'id' field (fields: {sorted(body)[:10]})")
+        raise InvalidRequestError(f"no 'id' field (fields: {sorted(body)[:10]!r:.300})")
     value = body["id"]
     record_id: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        record_id = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit():
-        record_id = int(value)
-    if record_id is None or not 0 < record_id <= MAX_RECORD_ID:
-        raise InvalidRequestError(f"id {value!r} is not a positive integer")
+        record_id = value if 0 < value <= MAX_RECORD_ID else None
+    elif isinstance(value, str):
+        record_id = record_id_of_text(value)
+    if record_id is None:
+        raise InvalidRequestError(f"id {value!r:.100} is not a positive integer")
     return record_id
+
+
+def record_id_of_payload(data: bytes) -> int | None:
+    """The record a payload asks for, or None when it is not a valid request."""
+    try:
+        return parse_record_id(data)
+    except InvalidRequestError:
+        return None
 
 
 def request_key(queue: str, message: ReceivedMessage) -> str:
@@ -189,6 +259,40 @@ def _queued_request_rows(
     ]
 
 
+def message_error(message: ReceivedMessage, error: Exception) -> str:
+    """The dead-letter reason of a message whose handling raised ``error``."""
+    if isinstance(error, InvalidRequestError):
+        return str(error)
+    return f"could not read the message: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+def classify_messages(
+    messages: Sequence[ReceivedMessage], *, queue: str
+) -> tuple[dict[str, int], dict[str, tuple[ReceivedMessage, str]]]:
+    """Split a pull into valid requests (request key → record id) and dead letters (→ reason).
+
+    Every step of one message runs under its own ``except Exception``: whatever a message holds
+    (or whatever a bug makes of it), it costs only itself, never the rest of the pull. A message
+    delivered twice in one pull counts once.
+    """
+    valid: dict[str, int] = {}
+    invalid: dict[str, tuple[ReceivedMessage, str]] = {}
+    for position, message in enumerate(messages):
+        try:
+            key = request_key(queue, message)
+        except Exception as exc:  # charged to this message alone
+            key = f"{queue}:unreadable:{position}:{message.ack_id}"[:128]
+            invalid[key] = (message, message_error(message, exc))
+            continue
+        if key in valid or key in invalid:
+            continue
+        try:
+            valid[key] = parse_record_id(message.data)
+        except Exception as exc:  # charged to this message alone
+            invalid[key] = (message, message_error(message, exc))
+    return valid, invalid
+
+
 def ingest_messages(
     engine: Engine,
     messages: Sequence[ReceivedMessage],
@@ -202,17 +306,7 @@ def ingest_messages(
     A message the ledger already holds (a redelivery after a crash before the ack) is skipped, so
     acking everything afterwards is safe. Malformed messages become dead letters once.
     """
-    by_key: dict[str, ReceivedMessage] = {}
-    for message in messages:
-        by_key.setdefault(request_key(queue, message), message)
-    valid: dict[str, int] = {}
-    invalid: dict[str, tuple[ReceivedMessage, str]] = {}
-    for key, message in by_key.items():
-        try:
-            valid[key] = parse_record_id(message.data)
-        except InvalidRequestError as exc:
-            invalid[key] = (message, str(exc))
-
+    valid, invalid = classify_messages(messages, queue=queue)
     with engine.begin() as connection:
         known = _existing(connection, db.prediction_requests.c.message_id, list(valid))
         resumed = _queued_batches_of(connection, sorted(known))
@@ -226,8 +320,9 @@ def ingest_messages(
             {
                 "source": SENSOR_SOURCE,
                 "message_id": key,
-                "payload": message.data.decode("utf-8", errors="backslashreplace"),
-                "reason": reason,
+                "payload": db.storable_text(message.data),
+                "reason": db.storable_text(reason),
+                "delivery_attempts": message.delivery_attempt,
                 "received_at": now,
             }
             for key, (message, reason) in invalid.items()
@@ -243,6 +338,76 @@ def ingest_messages(
         ack_ids=[message.ack_id for message in messages],
         resumed=resumed,
     )
+
+
+def _predicted_by(
+    connection: Connection, record_ids: Sequence[int], model_name: str
+) -> dict[int, str | None]:
+    """The run that wrote each record's prediction, for records that have one."""
+    table = db.predictions
+    found: dict[int, str | None] = {}
+    for chunk in _chunks(sorted(set(record_ids)), IN_CHUNK):
+        rows = connection.execute(
+            sa.select(table.c.record_id, table.c.run_id).where(
+                table.c.model == model_name, table.c.record_id.in_(chunk)
+            )
+        )
+        found.update({row.record_id: row.run_id for row in rows})
+    return found
+
+
+def record_queue_dead_letters(
+    engine: Engine,
+    messages: Sequence[ReceivedMessage],
+    *,
+    queue: str,
+    model_name: str,
+    now: datetime,
+) -> int:
+    """Write messages the queue service dead-lettered into ``dead_letters``; returns how many.
+
+    Each keeps its payload, its delivery attempts (Pub/Sub's
+    ``CloudPubSubDeadLetterSourceDeliveryCount`` attribute) and the record it asks for. A message
+    read back twice (its ack was lost) is written once. A record that was predicted anyway (the
+    sensor wrote the ledger, but every ack of the message failed) is written as resolved.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        key = request_key(f"{queue}-dead-letter", message)
+        attempts_text = message.attributes.get(DEAD_LETTER_DELIVERIES_ATTRIBUTE, "")
+        attempts = (
+            int(attempts_text) if attempts_text.isdigit() and len(attempts_text) < 9 else None
+        )
+        rows.setdefault(
+            key,
+            {
+                "source": PUBSUB_DEAD_LETTER_SOURCE,
+                "message_id": key,
+                "payload": db.storable_text(message.data),
+                "reason": (
+                    f"Pub/Sub dead-lettered the message after {attempts or 'its maximum'} "
+                    "delivery attempts without an acknowledgement"
+                ),
+                "record_id": record_id_of_payload(message.data),
+                "delivery_attempts": attempts,
+                "received_at": now,
+                "resolved_at": None,
+                "resolved_by_run": None,
+            },
+        )
+    with engine.begin() as connection:
+        known = _existing(connection, db.dead_letters.c.message_id, list(rows))
+        new = [row for key, row in rows.items() if key not in known]
+        predicted = _predicted_by(
+            connection, [r["record_id"] for r in new if r["record_id"] is not None], model_name
+        )
+        for row in new:
+            if row["record_id"] in predicted:
+                row["resolved_at"] = now
+                row["resolved_by_run"] = predicted[row["record_id"]]
+        if new:
+            connection.execute(db.dead_letters.insert(), new)
+    return len(new)
 
 
 def create_batches(
@@ -354,26 +519,41 @@ def retry_batches(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -
 
 
 def _dead_letter_requests(
-    connection: Connection, rows: Sequence[sa.Row], reason: str, now: datetime
+    connection: Connection,
+    rows: Sequence[Any],
+    reason: str,
+    now: datetime,
+    *,
+    source: str = LEDGER_SOURCE,
+    reasons: Mapping[str, str] | None = None,
 ) -> None:
-    """Move request rows (message_id, record_id) to dead letters with ``reason``."""
+    """Move request rows (message_id, record_id) to dead letters with ``reason``.
+
+    ``reasons`` (by message id) overrides ``reason`` for single requests: a record the model
+    server refused carries the server's own reason.
+    """
     if not rows:
         return
+    reasons = reasons or {}
     table = db.prediction_requests
-    for chunk in _chunks([row.message_id for row in rows], IN_CHUNK):
-        connection.execute(
-            sa.update(table)
-            .where(table.c.message_id.in_(chunk))
-            .values(status=DEAD_LETTERED, error=reason, updated_at=now)
-        )
+    connection.execute(
+        sa.update(table)
+        .where(table.c.message_id == sa.bindparam("key"))
+        .values(status=DEAD_LETTERED, error=sa.bindparam("why"), updated_at=now),
+        [
+            {"key": row.message_id, "why": reasons.get(row.message_id, reason)[:MAX_ERROR_CHARS]}
+            for row in rows
+        ],
+    )
     connection.execute(
         db.dead_letters.insert(),
         [
             {
-                "source": LEDGER_SOURCE,
+                "source": source,
                 "message_id": row.message_id,
                 "payload": json.dumps({"id": str(row.record_id)}),
-                "reason": reason,
+                "reason": db.storable_text(reasons.get(row.message_id, reason)),
+                "record_id": row.record_id,
                 "received_at": now,
             }
             for row in rows
@@ -486,6 +666,8 @@ class BatchOutcome:
     dead_lettered: int
     model_seconds: float
     label_counts: dict[str, int] = field(default_factory=dict)
+    # Records the model server refused on their own: dead letters of source "model".
+    refused: int = 0
 
 
 def feature_backoff(attempts: int) -> timedelta:
@@ -510,7 +692,8 @@ def write_predictions(
             {
                 "record_id": record_id,
                 "model": model_name,
-                "sequence": answer.sequence,
+                # A text with NUL (a Vertex feature store can hold one) fits PostgreSQL escaped.
+                "sequence": db.storable_text(answer.sequence),
                 "labels": answer.labels,
                 "scores": answer.scores,
                 "batch_key": batch_key,
@@ -523,6 +706,25 @@ def write_predictions(
         key=["record_id", "model"],
         update=["sequence", "labels", "scores", "batch_key", "run_id", "updated_at"],
     )
+
+
+def resolve_dead_letters(
+    connection: Connection, record_ids: Sequence[int], *, run_id: str, now: datetime
+) -> int:
+    """Mark the open dead letters of records that now have a prediction as resolved by ``run_id``.
+
+    Called in the transaction that writes those predictions, so a dead letter is never open for a
+    predicted record (nor resolved for one whose prediction was rolled back). Returns how many.
+    """
+    table = db.dead_letters
+    resolved = 0
+    for chunk in _chunks(sorted(set(record_ids)), IN_CHUNK):
+        resolved += connection.execute(
+            sa.update(table)
+            .where(table.c.record_id.in_(chunk), table.c.resolved_at.is_(None))
+            .values(resolved_at=now, resolved_by_run=run_id)
+        ).rowcount
+    return resolved
 
 
 def _settle_missing(
@@ -560,24 +762,49 @@ def _settle_missing(
     return len(waiting), len(expired)
 
 
+@dataclass(frozen=True)
+class BatchAnswers:
+    """What the model server made of a batch's records: predictions, and refusals by reason."""
+
+    predictions: Mapping[int, Prediction]
+    refused: Mapping[int, str] = field(default_factory=dict)
+
+
 def _settle_batch(
     engine: Engine,
     batch_key: str,
     requests: Sequence[BatchRequest],
-    answers: Mapping[int, Prediction],
+    answers: BatchAnswers,
     *,
     model_name: str,
     run_id: str,
     feature_wait: timedelta,
     now: datetime,
 ) -> tuple[int, int]:
-    """One transaction: predictions, request statuses and the batch's success."""
-    done = [r.message_id for r in requests if r.record_id in answers]
-    missing = [r for r in requests if r.record_id not in answers and r.status != DEAD_LETTERED]
+    """One transaction: predictions, request statuses, dead letters and the batch's success.
+
+    A record the server refused is dead-lettered alone with the server's reason; dead letters of
+    the records predicted now are resolved by this run in the same transaction.
+    """
+    predicted = answers.predictions
+    done = [r.message_id for r in requests if r.record_id in predicted]
+    refused = [r for r in requests if r.record_id in answers.refused and r.status != DEAD_LETTERED]
+    missing = [
+        r
+        for r in requests
+        if r.record_id not in predicted
+        and r.record_id not in answers.refused
+        and r.status != DEAD_LETTERED
+    ]
     table = db.prediction_requests
     with engine.begin() as connection:
         write_predictions(
-            connection, answers, model_name=model_name, batch_key=batch_key, run_id=run_id, now=now
+            connection,
+            predicted,
+            model_name=model_name,
+            batch_key=batch_key,
+            run_id=run_id,
+            now=now,
         )
         for chunk in _chunks(done, IN_CHUNK):
             connection.execute(
@@ -585,7 +812,17 @@ def _settle_batch(
                 .where(table.c.message_id.in_(chunk))
                 .values(status=DONE, error=None, updated_at=now)
             )
+        resolve_dead_letters(connection, list(predicted), run_id=run_id, now=now)
+        _dead_letter_requests(
+            connection,
+            refused,
+            "the model server refused the record",
+            now,
+            source=MODEL_SOURCE,
+            reasons={r.message_id: answers.refused[r.record_id] for r in refused},
+        )
         waiting, dead = _settle_missing(connection, missing, feature_wait=feature_wait, now=now)
+        dead += len(refused)
         connection.execute(
             sa.update(db.prediction_batches)
             .where(db.prediction_batches.c.batch_key == batch_key)
@@ -617,14 +854,20 @@ def predict_batch(
     texts = feature_store.fetch(record_ids) if record_ids else {}
     found = [record_id for record_id in record_ids if record_id in texts]
     started = time.perf_counter()
-    predictions = model_client.predict([texts[i] for i in found], parameters) if found else []
+    results = model_client.predict([texts[i] for i in found], parameters) if found else []
     model_seconds = time.perf_counter() - started
-    answers = dict(zip(found, predictions, strict=True))
+    answers: dict[int, Prediction] = {}
+    refused: dict[int, str] = {}
+    for record_id, result in zip(found, results, strict=True):
+        if isinstance(result, RefusedText):
+            refused[record_id] = f"the model server refused record {record_id}: {result.reason}"
+        else:
+            answers[record_id] = result
     waiting, dead = _settle_batch(
         engine,
         batch_key,
         requests,
-        answers,
+        BatchAnswers(answers, refused),
         model_name=model_name,
         run_id=run_id,
         feature_wait=feature_wait,
@@ -634,11 +877,12 @@ def predict_batch(
         batch_key=batch_key,
         requests=len(requests),
         records=len(record_ids),
-        predicted=found,
+        predicted=sorted(answers),
         waiting=waiting,
         dead_lettered=dead,
         model_seconds=model_seconds,
-        label_counts=dict(Counter(p.labels[0] for p in predictions if p.labels)),
+        label_counts=dict(Counter(p.labels[0] for p in answers.values() if p.labels)),
+        refused=len(refused),
     )
 
 
@@ -729,3 +973,124 @@ def prune_settled(engine: Engine, batch_keys: Sequence[str]) -> tuple[int, int]:
                 )
             ).rowcount
     return deleted_requests, deleted_batches
+
+
+REPLAY_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which open dead letters a command means: all, those whose reason contains a text, or ids."""
+
+    reason: str | None = None
+    ids: Sequence[int] | None = None
+
+    def clauses(self) -> list[sa.ColumnElement[bool]]:
+        table = db.dead_letters
+        clauses: list[sa.ColumnElement[bool]] = [table.c.resolved_at.is_(None)]
+        if self.reason:
+            clauses.append(table.c.reason.contains(self.reason, autoescape=True))
+        if self.ids is not None:
+            clauses.append(table.c.id.in_(list(self.ids)))
+        return clauses
+
+
+@dataclass
+class ReplayReport:
+    """What ``replay_dead_letters`` did: re-published dead letters and the message ids they got."""
+
+    replayed: int = 0
+    message_ids: list[str] = field(default_factory=list)
+    # Open dead letters that name no record (malformed messages): nothing to ask for again.
+    not_replayable: int = 0
+    # Open dead letters matching the filter that were replayed before (never replayed twice).
+    already_replayed: int = 0
+
+
+def _claim_replays(
+    engine: Engine, which: DeadLetterFilter, *, now: datetime, limit: int
+) -> list[tuple[int, int]]:
+    """Mark up to ``limit`` replayable dead letters as replayed; returns (id, record id) pairs.
+
+    The claim is one UPDATE … WHERE replayed_at IS NULL, so two replays running at once never
+    claim the same dead letter.
+    """
+    table = db.dead_letters
+    candidates = (
+        sa.select(table.c.id)
+        .where(*which.clauses(), table.c.replayed_at.is_(None), table.c.record_id.is_not(None))
+        .order_by(table.c.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    with engine.begin() as connection:
+        rows = connection.execute(
+            sa.update(table)
+            .where(table.c.id.in_(candidates), table.c.replayed_at.is_(None))
+            .values(replayed_at=now)
+            .returning(table.c.id, table.c.record_id)
+        ).all()
+    return sorted((row.id, row.record_id) for row in rows)
+
+
+def _count_dead_letters(engine: Engine, *clauses: sa.ColumnElement[bool]) -> int:
+    table = db.dead_letters
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count()).select_from(table).where(*clauses)
+        ).scalar_one()
+
+
+def replay_dead_letters(
+    engine: Engine,
+    queue: RequestQueue,
+    which: DeadLetterFilter,
+    *,
+    now: datetime,
+    chunk: int = REPLAY_CHUNK,
+) -> ReplayReport:
+    """Publish a request again for each open dead letter that names a record, once.
+
+    A replayed dead letter keeps ``replayed_at`` and the new message id, so running the command
+    again publishes nothing new for it; when its record is predicted it is resolved as any other.
+    If publishing fails, the chunk's claim is released and the error raised: nothing is marked
+    replayed that was not published. Works in chunks of ``chunk``: memory stays bounded.
+    """
+    table = db.dead_letters
+    report = ReplayReport()
+    while True:
+        claimed = _claim_replays(engine, which, now=now, limit=chunk)
+        if not claimed:
+            break
+        payloads = [json.dumps({"id": str(record_id)}).encode() for _, record_id in claimed]
+        try:
+            message_ids = queue.publish(payloads)
+        except BaseException:
+            with engine.begin() as connection:
+                connection.execute(
+                    sa.update(table)
+                    .where(table.c.id.in_([dead_id for dead_id, _ in claimed]))
+                    .values(replayed_at=None)
+                )
+            raise
+        with engine.begin() as connection:
+            connection.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("dead_id"))
+                .values(replay_message_id=sa.bindparam("new_id")),
+                [
+                    {"dead_id": dead_id, "new_id": message_id}
+                    for (dead_id, _), message_id in zip(claimed, message_ids, strict=True)
+                ],
+            )
+        report.replayed += len(claimed)
+        if len(report.message_ids) < 2 * chunk:
+            report.message_ids += message_ids
+    report.not_replayable = _count_dead_letters(
+        engine, *which.clauses(), table.c.record_id.is_(None)
+    )
+    report.already_replayed = (
+        _count_dead_letters(engine, *which.clauses(), table.c.replayed_at.is_not(None))
+        - report.replayed
+    )
+    return report

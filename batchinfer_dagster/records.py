@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -13,6 +14,9 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db
 
 LOAD_CHUNK = 5000
+# UTF-8, with the byte-order mark that Excel and Notepad write skipped when present.
+FILE_ENCODING = "utf-8-sig"
+MAX_CSV_FIELD_CHARS = 64 * 1024 * 1024
 
 
 class InvalidRecordError(ValueError):
@@ -20,8 +24,30 @@ class InvalidRecordError(ValueError):
 
 
 def check_text(text: str, where: str = "text") -> str:
+    """``text`` when both databases can store it: not empty, valid Unicode, no NUL character.
+
+    A command-line argument or file that is not UTF-8 arrives as lone surrogates, which no
+    database driver can encode; PostgreSQL ``text`` cannot hold NUL (0x00).
+    """
     if not text or not text.strip():
         raise InvalidRecordError(f"{where} is empty: a data point needs some text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        character = text[error.start]
+        # A byte that was not UTF-8 in argv or a file name comes back as U+DC80..U+DCFF.
+        bad = (
+            f"byte {character.encode('utf-8', 'surrogateescape')!r}"
+            if "\udc80" <= character <= "\udcff"
+            else f"lone surrogate {character!a}"
+        )
+        raise InvalidRecordError(
+            f"{where} is not valid UTF-8 ({bad} at character {error.start}); convert it to UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise InvalidRecordError(
+            f"{where} contains a NUL character (at {text.index(chr(0))}); remove it"
+        )
     return text
 
 
@@ -42,36 +68,73 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
 
 
 def read_texts(path: Path) -> Iterator[str]:
-    """Texts of a CSV (a ``text`` column) or JSONL (a ``text`` field) file, checked line by line."""
+    """Texts of a CSV (a ``text`` column) or JSONL (a ``text`` field) file, checked line by line.
+
+    Files are read as UTF-8 with an optional byte-order mark (``utf-8-sig``): Excel's "CSV UTF-8"
+    starts with one. A file that is not UTF-8 is refused with the byte offset of the first bad
+    byte, never guessed at.
+    """
     if not path.is_file():
         raise InvalidRecordError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        yield from _read_csv(path)
+        reader = _read_csv
     elif suffix in {".jsonl", ".ndjson", ".json"}:
-        yield from _read_jsonl(path)
+        reader = _read_jsonl
     else:
         raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv or .jsonl")
+    try:
+        yield from reader(path)
+    except UnicodeDecodeError as error:
+        raise InvalidRecordError(
+            f"{path}: not UTF-8 ({error.reason} at byte {first_undecodable_byte(path)}); "
+            "save it as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
+
+
+def first_undecodable_byte(path: Path, block: int = 1 << 20) -> int:
+    """The file offset of the first byte that is not UTF-8, read in blocks (bounded memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while data := handle.read(block):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the block
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as error:
+                return offset - pending + error.start
+            offset += len(data)
+    pending = len(decoder.getstate()[0])
+    return offset - pending if pending else -1
 
 
 def _read_csv(path: Path) -> Iterator[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    # The csv module refuses fields over 128 KiB by default; a long record is a legal record.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
+    with path.open(newline="", encoding=FILE_ENCODING) as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise InvalidRecordError(f"{path}: no 'text' column (columns: {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            yield check_text(row["text"] or "", f"{path}:{line}")
+        try:
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise InvalidRecordError(
+                    f"{path}: no 'text' column (columns: {reader.fieldnames!r:.300})"
+                )
+            for row in reader:
+                yield check_text(row["text"] or "", f"{path}:{reader.line_num}")
+        except csv.Error as error:  # a NUL byte, a field over csv.field_size_limit()
+            raise InvalidRecordError(f"{path}:{reader.line_num}: not CSV ({error})") from None
 
 
 def _read_jsonl(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=FILE_ENCODING) as handle:
         for line, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
                 item = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InvalidRecordError(f"{path}:{line}: not JSON ({exc.msg})") from exc
+            except RecursionError:
+                raise InvalidRecordError(f"{path}:{line}: JSON nested too deeply") from None
+            except ValueError as exc:  # JSONDecodeError, or a number of over 4,300 digits
+                raise InvalidRecordError(f"{path}:{line}: not JSON ({exc})") from exc
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
                 raise InvalidRecordError(f"{path}:{line}: needs a string field 'text'")
             yield check_text(item["text"], f"{path}:{line}")

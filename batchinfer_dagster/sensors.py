@@ -1,7 +1,10 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (design §3): pull → validate → one ledger transaction → register the batch
-partitions → ack → run requests. Partitions are registered by the tick itself, before the ack,
+Order of a tick (design §3): pull → validate each message on its own → one ledger transaction
+→ register the batch partitions → ack → read back what the queue service dead-lettered itself
+(Pub/Sub's dead-letter subscription) → run requests. A message that fails validation in any way
+is a dead letter of its own; it never fails the tick, so the rest of its pull is acked.
+Partitions are registered by the tick itself, before the ack,
 rather than through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after
 the function returns): when the ack happens, everything a redelivery could not recreate exists.
 Each tick then re-batches requests whose feature backoff passed and reconciles a bounded number
@@ -29,7 +32,7 @@ from batchinfer_dagster import db, ledger
 from batchinfer_dagster.assets import BatchinferResource
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.queue import RequestQueue
+from batchinfer_dagster.resources.queue import QueueUnavailableError, RequestQueue
 from batchinfer_dagster.settings import Settings
 
 SENSOR_NAME = "prediction_requests_sensor"
@@ -39,6 +42,8 @@ RECONCILE_LIMIT = 200
 # A queued or running batch is looked at only after this long without news: its run is then
 # either finished, in Dagster's run queue, or was never created (the daemon died mid-tick).
 STALE_AFTER = timedelta(minutes=2)
+# Longest wait for the dead-letter subscription, which is empty almost always.
+DEAD_LETTER_PULL_SECONDS = 1.0
 
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
@@ -53,16 +58,21 @@ class TickOutcome:
     accepted: int = 0
     redelivered: int = 0
     malformed: int = 0
+    # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
+    queue_dead_letters: int = 0
+    dead_letter_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        summary = (
             f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
-            f"malformed {self.malformed}, re-batched {len(self.rebatched)} batches, "
+            f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
+            f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
+        return f"{summary}; {self.dead_letter_error}" if self.dead_letter_error else summary
 
 
 def run_key(batch_key: str, attempt: int) -> str:
@@ -131,6 +141,22 @@ def reconcile_batches(
     return retried, [batch.batch_key for batch in exhausted]
 
 
+def read_back_dead_letters(
+    engine: Engine, settings: Settings, queue: RequestQueue, *, now: datetime
+) -> int:
+    """Move what the queue service dead-lettered into ``dead_letters``; ack after the commit."""
+    messages = queue.pull_dead_letters(
+        settings.max_pull, min(settings.pull_timeout_seconds, DEAD_LETTER_PULL_SECONDS)
+    )
+    if not messages:
+        return 0
+    written = ledger.record_queue_dead_letters(
+        engine, messages, queue=settings.queue, model_name=settings.model_name, now=now
+    )
+    queue.ack_dead_letters([message.ack_id for message in messages])
+    return written
+
+
 def process_tick(
     instance: DagsterInstance,
     settings: Settings,
@@ -149,6 +175,15 @@ def process_tick(
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
+    try:
+        queue_dead, dead_letter_error = (
+            read_back_dead_letters(engine, settings, queue, now=clock()),
+            None,
+        )
+    except QueueUnavailableError as exc:
+        # Reported on every tick (sensor log and skip reason) without stopping the intake,
+        # re-batching and reconcile that do not depend on the dead-letter subscription.
+        queue_dead, dead_letter_error = 0, f"reading the dead-letter subscription failed: {exc}"
     rebatched = ledger.rebatch_waiting(
         engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
     )
@@ -170,6 +205,8 @@ def process_tick(
         accepted=ingest.accepted,
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
+        queue_dead_letters=queue_dead,
+        dead_letter_error=dead_letter_error,
         rebatched=rebatched,
         retried=retried,
         dead_lettered=dead,
@@ -193,6 +230,8 @@ def prediction_requests_sensor(
         outcome = process_tick(context.instance, settings, queue)
     finally:
         queue.close()
+    if outcome.dead_letter_error:
+        context.log.warning(outcome.dead_letter_error)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))

@@ -10,13 +10,17 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    InstanceError,
     Prediction,
     PredictParameters,
+    decode_instance_errors,
     decode_predictions,
     encode_request,
 )
@@ -37,17 +41,74 @@ class ModelRequestError(ModelError):
     """The server refused the request as invalid (4xx): retrying cannot help."""
 
 
+class RefusedInstancesError(ModelRequestError):
+    """The server refused some instances of a request on their own merits (``instance_errors``).
+
+    ``instance_errors`` index the texts of the request that was sent.
+    """
+
+    def __init__(self, message: str, instance_errors: Sequence[InstanceError]) -> None:
+        super().__init__(message)
+        self.instance_errors = list(instance_errors)
+
+
+@dataclass(frozen=True)
+class RefusedText:
+    """A text that gets no prediction, and why: the server refused it, or it is too large to send.
+
+    It takes the place of that text's ``Prediction`` in the answers; the other texts of its
+    request are predicted as if it had never been there.
+    """
+
+    reason: str
+
+
+Answer = Prediction | RefusedText
+
+
 def parameters_of(settings: Settings) -> PredictParameters:
     """The request parameters the settings name (labels, multi-label, template)."""
     return PredictParameters(settings.labels, settings.multi_label, settings.hypothesis_template)
 
 
+def requests_within(
+    sizes: Sequence[int], base_bytes: int, limit: int
+) -> tuple[list[list[int]], list[int]]:
+    """Indices of consecutive texts grouped into requests of at most ``limit`` bytes.
+
+    ``sizes`` are the bytes each text adds to a request, ``base_bytes`` the size of a request
+    without texts. Returns the groups, in order, and the indices of texts too large to fit in any
+    request even alone (they are never sent).
+    """
+    groups: list[list[int]] = []
+    too_large: list[int] = []
+    current: list[int] = []
+    size = base_bytes
+    for index, item in enumerate(sizes):
+        if base_bytes + item > limit:
+            too_large.append(index)
+            continue
+        if current and size + item > limit:
+            groups.append(current)
+            current, size = [], base_bytes
+        current.append(index)
+        size += item
+    if current:
+        groups.append(current)
+    return groups, too_large
+
+
 class ModelClient(ABC):
-    """Predict many texts; the order of the answers is the order of the texts."""
+    """Predict many texts; the answers are in the order of the texts.
+
+    Each answer is a ``Prediction``, or a ``RefusedText`` for a text the server refused alone or
+    that is too large to send: one bad text never costs the others of its request.
+    """
 
     chunk_size: int = 256
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
-    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> list[Prediction]:
+    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> list[Answer]:
         """Split ``texts`` into chunks, send them concurrently, and join the answers in order."""
         chunks = [
             list(texts[i : i + self.chunk_size]) for i in range(0, len(texts), self.chunk_size)
@@ -58,9 +119,78 @@ class ModelClient(ABC):
             answers = pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks)
             return [p for answer in answers for p in answer]
 
+    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Answer]:
+        """One chunk, in requests within ``max_request_bytes``; refused texts answered alone.
+
+        A text that cannot be sent (over the request bound even alone, or not encodable as
+        UTF-8) is answered with a ``RefusedText`` without sending it.
+        """
+        answers: dict[int, Answer] = {}
+        sizes: dict[int, int] = {}
+        for index, text in enumerate(texts):
+            try:
+                sizes[index] = self.instance_bytes(text)
+            except UnicodeEncodeError as error:
+                answers[index] = RefusedText(
+                    f"the text is not valid Unicode ({error.reason} at character "
+                    f"{error.start}), so it cannot be sent"
+                )
+        sendable = sorted(sizes)
+        base = self.request_overhead_bytes(parameters)
+        groups, too_large = requests_within(
+            [sizes[i] for i in sendable], base, self.max_request_bytes
+        )
+        for position in too_large:
+            index = sendable[position]
+            answers[index] = RefusedText(
+                f"the text is {sizes[index]} bytes in a request; a request to the model server "
+                f"holds at most {self.max_request_bytes} bytes, so it cannot be sent"
+            )
+        for group in groups:
+            indices = [sendable[position] for position in group]
+            group_answers = self.send_dropping_refused([texts[i] for i in indices], parameters)
+            answers.update(zip(indices, group_answers, strict=True))
+        return [answers[index] for index in range(len(texts))]
+
+    def send_dropping_refused(
+        self, texts: list[str], parameters: PredictParameters
+    ) -> list[Answer]:
+        """Send ``texts``; when the server refuses some instances, resend the others.
+
+        Each round removes at least one text, so this ends after at most ``len(texts)`` requests.
+        """
+        answers: dict[int, Answer] = {}
+        pending = list(range(len(texts)))
+        while pending:
+            try:
+                predictions = self.send([texts[i] for i in pending], parameters)
+            except RefusedInstancesError as refusal:
+                refused = {error.index: error.reason for error in refusal.instance_errors}
+                if not refused or not all(0 <= i < len(pending) for i in refused):
+                    raise ModelRequestError(
+                        f"{refusal} (its instance_errors {sorted(refused)} do not name "
+                        f"instances of the {len(pending)} sent)"
+                    ) from refusal
+                answers.update({pending[i]: RefusedText(reason) for i, reason in refused.items()})
+                pending = [
+                    index for position, index in enumerate(pending) if position not in refused
+                ]
+                continue
+            answers.update(zip(pending, predictions, strict=True))
+            break
+        return [answers[index] for index in range(len(texts))]
+
     @abstractmethod
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
-        """One request to the server."""
+    def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+        """One request; ``RefusedInstancesError`` when the server refuses single instances."""
+
+    @abstractmethod
+    def instance_bytes(self, text: str) -> int:
+        """Bytes that ``text`` adds to a request (its encoding and separators)."""
+
+    @abstractmethod
+    def request_overhead_bytes(self, parameters: PredictParameters) -> int:
+        """Bytes of a request without instances."""
 
     def close(self) -> None:
         """Release connections."""
@@ -74,6 +204,22 @@ def parse_predictions(body: object, expected: int, source: str) -> list[Predicti
         raise ModelError(f"{source} {error}") from error
 
 
+def refusal_error(message: str, body: object) -> ModelRequestError:
+    """The error of a 4xx answer: per instance when its body names ``instance_errors``."""
+    try:
+        instance_errors = decode_instance_errors(body)
+    except (ValueError, KeyError, TypeError):
+        instance_errors = []
+    if instance_errors:
+        return RefusedInstancesError(message, instance_errors)
+    return ModelRequestError(message)
+
+
+def json_bytes(value: object) -> bytes:
+    """The request encoding: compact UTF-8 JSON, so its size is what the server counts."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class HttpModelClient(ModelClient):
     """Our model server's ``POST /predict`` (locally or on Cloud Run)."""
 
@@ -85,15 +231,27 @@ class HttpModelClient(ModelClient):
         chunk_size: int = 256,
         predict_route: str = "/predict",
         auth: httpx.Auth | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.url = base_url.rstrip("/") + predict_route
         self.chunk_size = chunk_size
+        self.max_request_bytes = max_request_bytes
         self.client = httpx.Client(timeout=timeout, auth=auth)
 
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
-        payload = encode_request(texts, parameters)
+    def instance_bytes(self, text: str) -> int:
+        # The text as a JSON string, and the comma before it.
+        return len(json_bytes(text)) + 1
+
+    def request_overhead_bytes(self, parameters: PredictParameters) -> int:
+        # Less the comma that the first text does not need: sizes add up to the exact body.
+        return len(json_bytes(encode_request([], parameters))) - 1
+
+    def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+        content = json_bytes(encode_request(texts, parameters))
         try:
-            response = self.client.post(self.url, json=payload)
+            response = self.client.post(
+                self.url, content=content, headers={"content-type": "application/json"}
+            )
         except httpx.TimeoutException as exc:
             raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
@@ -103,13 +261,18 @@ class HttpModelClient(ModelClient):
                 f"model server {self.url} answered {response.status_code}: {response.text[:300]}"
             )
         if response.status_code >= 400:
-            raise ModelRequestError(
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise refusal_error(
                 f"model server {self.url} refused the request ({response.status_code}): "
-                f"{response.text[:300]}"
+                f"{response.text[:300]}",
+                body,
             )
         try:
             body = response.json()
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
         return parse_predictions(body, len(texts), self.url)
 
@@ -133,4 +296,5 @@ def build_model_client(settings: Settings) -> ModelClient:
         timeout=settings.model_timeout_seconds,
         chunk_size=settings.model_chunk_size,
         auth=auth,
+        max_request_bytes=settings.model_max_request_bytes,
     )
