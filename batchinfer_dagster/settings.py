@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     vertex_online_store: str = "batchinfer"
     vertex_feature_view: str = "records"
     vertex_bigquery_table: str | None = None
-    vertex_api_endpoint: str | None = None
+    # Endpoint overrides, one per Vertex AI service ("host:port"; None: the service's own):
+    # the admin API is regional, an Optimized store serves from its own domain, and a Vertex
+    # endpoint predicts from the regional API, so one override for all three cannot be right.
+    vertex_admin_endpoint: str | None = None
+    vertex_serving_endpoint: str | None = None
+    vertex_prediction_endpoint: str | None = None
     vertex_sync_timeout_seconds: float = 1800.0
 
     model_url: str = "http://127.0.0.1:8080"

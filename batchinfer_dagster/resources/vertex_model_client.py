@@ -138,7 +138,9 @@ class VertexModelClient(ModelClient):
         # Vertex AI's own limit, or the configured one when smaller; a text too large for it
         # alone is answered with a RefusedText and never sent.
         self.max_request_bytes = min(max_request_bytes, settings.model_max_request_bytes)
-        self.api_endpoint = settings.vertex_api_endpoint or f"{region}-aiplatform.googleapis.com"
+        self.api_endpoint = (
+            settings.vertex_prediction_endpoint or f"{region}-aiplatform.googleapis.com"
+        )
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)
         )

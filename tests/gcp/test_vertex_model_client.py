@@ -42,7 +42,7 @@ def test_build_model_client_picks_vertex_for_vertex_urls(vertex_settings: Settin
 
 @pytest.mark.usefixtures("adc_key_file")
 def test_regional_endpoint_by_default(vertex_settings: Settings) -> None:
-    settings = vertex_settings.model_copy(update={"vertex_api_endpoint": None})
+    settings = vertex_settings.model_copy(update={"vertex_prediction_endpoint": None})
     client = VertexModelClient(settings)
     assert client.api_endpoint == "europe-west4-aiplatform.googleapis.com"
     client.close()
