@@ -7,6 +7,7 @@ else in the package reads ``os.environ``: resources and commands receive a ``Set
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,7 +15,13 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE, DEFAULT_LABELS
+from batchinfer_protocol.zero_shot import (
+    DEFAULT_LABELS,
+    LabelDescriptions,
+    ParameterError,
+    check_hypothesis_template,
+    check_label_descriptions,
+)
 
 
 class Settings(BaseSettings):
@@ -57,7 +64,11 @@ class Settings(BaseSettings):
     model_chunk_size: int = 256
     labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
     multi_label: bool = False
-    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
+    # None: the model server's default (the pipeline's "This example is {}." for nli; the
+    # labels' descriptions, or their names in several templates, for embedding).
+    hypothesis_template: str | None = None
+    # A JSON file {label: [description, ...]} sent as the label_descriptions request parameter.
+    label_descriptions_file: Path | None = None
 
     batch_size: int = Field(default=512, ge=1)
     max_pull: int = Field(default=5000, ge=1)
@@ -73,6 +84,35 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple) and not value:
             raise ValueError("BATCHINFER_LABELS needs at least one label, e.g. 'mobile,billing'")
         return value
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _template_has_a_slot(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_hypothesis_template(value)
+        except ParameterError as error:
+            raise ValueError(f"BATCHINFER_HYPOTHESIS_TEMPLATE: {error}") from error
+
+    @cached_property
+    def label_descriptions(self) -> LabelDescriptions:
+        """The descriptions file's ``{label: (description, ...)}``; empty when none is set.
+
+        Read on first use and checked with the server's own rule, so a bad file fails the run
+        that sends it with the file's name in the error, not each request with a 422.
+        """
+        if self.label_descriptions_file is None:
+            return {}
+        path = self.label_descriptions_file
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return check_label_descriptions(raw)
+        except (OSError, json.JSONDecodeError, ParameterError) as error:
+            raise ValueError(
+                f"BATCHINFER_LABEL_DESCRIPTIONS_FILE={path}: {error}; it must be a JSON object "
+                '{"label": ["description", ...]}'
+            ) from error
 
     @cached_property
     def resolved_database_url(self) -> str:

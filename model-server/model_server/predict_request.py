@@ -10,11 +10,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from batchinfer_protocol.zero_shot import ParameterError, check_hypothesis_template, check_labels
+from batchinfer_protocol.zero_shot import (
+    ParameterError,
+    check_hypothesis_template,
+    check_label_descriptions,
+    check_labels,
+)
 from model_server.backends.base import Instance
 from model_server.settings import ServerSettings
 
-KNOWN_PARAMETERS = frozenset({"candidate_labels", "multi_label", "hypothesis_template"})
+KNOWN_PARAMETERS = frozenset(
+    {"candidate_labels", "multi_label", "hypothesis_template", "label_descriptions"}
+)
 
 
 class RequestError(Exception):
@@ -31,6 +38,8 @@ class Parameters:
     labels: tuple[str, ...]
     multi_label: bool
     hypothesis_template: str | None
+    # Per candidate label, in the labels' order: its descriptions, () when the request gave none.
+    label_descriptions: tuple[tuple[str, ...], ...]
 
 
 def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instance]:
@@ -57,6 +66,7 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
             labels=parameters.labels,
             multi_label=parameters.multi_label,
             hypothesis_template=parameters.hypothesis_template,
+            label_descriptions=parameters.label_descriptions,
         )
         for index, instance in enumerate(instances)
     ]
@@ -94,10 +104,12 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
     multi_label = raw.get("multi_label", False)
     if not isinstance(multi_label, bool):
         raise RequestError(422, f"'multi_label' must be true or false, got {multi_label!r}")
+    labels = parse_labels(raw.get("candidate_labels", settings.default_labels), settings)
     return Parameters(
-        labels=parse_labels(raw.get("candidate_labels", settings.default_labels), settings),
+        labels=labels,
         multi_label=multi_label,
         hypothesis_template=parse_template(raw.get("hypothesis_template")),
+        label_descriptions=parse_label_descriptions(raw.get("label_descriptions"), labels),
     )
 
 
@@ -123,3 +135,18 @@ def parse_template(raw: Any) -> str | None:
         return check_hypothesis_template(raw)
     except ParameterError as error:
         raise RequestError(422, f"'hypothesis_template': {error}") from error
+
+
+def parse_label_descriptions(raw: Any, labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The descriptions of each candidate label, aligned with ``labels``; () for a label without.
+
+    Entries for labels that are not candidates are checked and dropped, so a client can send
+    one deployment-wide object with every request.
+    """
+    if raw is None:
+        return tuple(() for _ in labels)
+    try:
+        descriptions = check_label_descriptions(raw)
+    except ParameterError as error:
+        raise RequestError(422, f"'label_descriptions': {error}") from error
+    return tuple(descriptions.get(label, ()) for label in labels)

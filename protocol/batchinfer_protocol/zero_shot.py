@@ -4,7 +4,12 @@ Request::
 
     {"instances": ["text", ...] | [{"text": "..."}, ...],
      "parameters": {"candidate_labels": [...], "multi_label": false,
-                    "hypothesis_template": "This example is {}."}}
+                    "hypothesis_template": "This example is {}.",
+                    "label_descriptions": {"<label>": ["<description>", ...], ...}}}
+
+``label_descriptions`` (optional) tells the model what a label means, in one or more sentences
+per label; labels without one are classified by their name. A deployment's descriptions file
+(``BATCHINFER_LABEL_DESCRIPTIONS_FILE``) holds the same object.
 
 Response (200), one prediction per instance, in instance order; labels sorted by descending score
 as the Hugging Face ``zero-shot-classification`` pipeline returns them::
@@ -24,7 +29,7 @@ those and resend the rest: one bad text never costs the other texts of its reque
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_LABELS: tuple[str, ...] = ("mobile", "website", "billing", "account access")
@@ -32,6 +37,12 @@ DEFAULT_LABELS: tuple[str, ...] = ("mobile", "website", "billing", "account acce
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
 # Candidate labels per request the server accepts by default (MODEL_MAX_LABELS).
 DEFAULT_MAX_LABELS = 64
+# Descriptions of one label: each is a prototype (embedding) or a hypothesis row (NLI).
+MAX_DESCRIPTIONS_PER_LABEL = 16
+MAX_DESCRIPTION_CHARS = 1000
+
+LabelDescriptions = Mapping[str, tuple[str, ...]]
+"""Label -> its descriptions, in the order given (the ``label_descriptions`` parameter)."""
 
 
 class ParameterError(ValueError):
@@ -64,14 +75,27 @@ class PredictParameters:
 
     candidate_labels: tuple[str, ...] = DEFAULT_LABELS
     multi_label: bool = False
-    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
+    # None: the server's default (the pipeline's template for nli, the labels' descriptions or
+    # several templates for embedding).
+    hypothesis_template: str | None = None
+    # Only the candidate labels' entries travel; empty means "classify by the label names".
+    label_descriptions: LabelDescriptions = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "candidate_labels": list(self.candidate_labels),
             "multi_label": self.multi_label,
-            "hypothesis_template": self.hypothesis_template,
         }
+        if self.hypothesis_template is not None:
+            body["hypothesis_template"] = self.hypothesis_template
+        descriptions = {
+            label: list(self.label_descriptions[label])
+            for label in self.candidate_labels
+            if self.label_descriptions.get(label)
+        }
+        if descriptions:
+            body["label_descriptions"] = descriptions
+        return body
 
 
 def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS) -> tuple[str, ...]:
@@ -91,19 +115,66 @@ def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS)
 
 
 def check_hypothesis_template(template: str) -> str:
-    """``template`` when it has one slot for the label, or a :class:`ParameterError`.
+    """``template`` when it makes a distinct hypothesis per label, or a :class:`ParameterError`.
 
-    The pipeline fills the template with ``template.format(label)``.
+    The pipeline fills the template with ``template.format(label)``, so any template that
+    ``str.format`` fills with one positional argument works (``{}``, ``{0}``, ``{!r}``...). It is
+    valid when two different labels give two different hypotheses: a template without a real
+    slot (``"No slot."``, ``"About {{}}."``) would give every label the same hypothesis and the
+    same score.
     """
     try:
-        formatted = template.format("label")
-    except (IndexError, KeyError, ValueError) as error:
+        first, second = (template.format(label) for label in ("billing", "website"))
+    except (IndexError, KeyError, ValueError, TypeError) as error:
         raise ParameterError(
-            f"hypothesis template {template!r} cannot be formatted with one label: {error}"
+            f"hypothesis template {template!r} cannot be formatted with one label "
+            f"({type(error).__name__}: {error}); write it with one '{{}}' where the label goes"
         ) from error
-    if "{}" not in template or formatted == template:
-        raise ParameterError(f"hypothesis template {template!r} has no '{{}}' for the label")
+    if first == second:
+        raise ParameterError(
+            f"hypothesis template {template!r} gives the same hypothesis {first!r} for every "
+            "label; write it with one '{}' where the label goes"
+        )
     return template
+
+
+def check_label_descriptions(raw: object) -> dict[str, tuple[str, ...]]:
+    """``label_descriptions`` as ``{label: (description, ...)}``, or a :class:`ParameterError`.
+
+    Shape: a JSON object whose keys are labels and whose values are a list of non-empty strings
+    (at most ``MAX_DESCRIPTIONS_PER_LABEL`` of ``MAX_DESCRIPTION_CHARS`` characters each) or one
+    string. Labels that are not candidates of a request are allowed and unused, so one file can
+    describe every label a deployment knows.
+    """
+    if not isinstance(raw, Mapping):
+        raise ParameterError(
+            f"label descriptions must be an object {{label: [description, ...]}}, got {raw!r:.80}"
+        )
+    descriptions: dict[str, tuple[str, ...]] = {}
+    for label, value in raw.items():
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise ParameterError(
+                f"the descriptions of {label!r} must be a list of strings, got {value!r:.80}"
+            )
+        if not texts or any(not text.strip() for text in texts):
+            raise ParameterError(
+                f"the descriptions of {label!r} contain an empty one: {texts!r:.120}; "
+                "give at least one non-empty sentence or leave the label out"
+            )
+        if len(texts) > MAX_DESCRIPTIONS_PER_LABEL:
+            raise ParameterError(
+                f"{len(texts)} descriptions of {label!r}; the limit is "
+                f"{MAX_DESCRIPTIONS_PER_LABEL} per label"
+            )
+        too_long = [text for text in texts if len(text) > MAX_DESCRIPTION_CHARS]
+        if too_long:
+            raise ParameterError(
+                f"a description of {label!r} has {len(too_long[0])} characters; the limit is "
+                f"{MAX_DESCRIPTION_CHARS}"
+            )
+        descriptions[str(label)] = tuple(texts)
+    return descriptions
 
 
 def encode_request(texts: Sequence[str], parameters: PredictParameters) -> dict[str, Any]:
