@@ -2,8 +2,8 @@
 
 A bi-encoder embeds each text once, whatever the number of labels, so it is several times
 cheaper than an NLI cross-encoder that reads every (text, label) pair. Labels are embedded once
-and cached: a label is the mean of its prototypes' embeddings (its descriptions, or its name in
-several templates; see label_descriptions). Scores are softmax(similarity / temperature), so they
+and cached: a label is its name in several templates and its descriptions, averaged in equal
+parts (see label_descriptions and label_fit). Scores are softmax(similarity / temperature), so they
 sum to 1 like the pipeline's single-label scores; with one label or multi_label each label gets
 its fit against a "none of these" reference (see label_fit).
 """
