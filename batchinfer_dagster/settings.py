@@ -7,6 +7,7 @@ else in the package reads ``os.environ``: resources and commands receive a ``Set
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,13 +16,14 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batchinfer_protocol.zero_shot import (
-    DEFAULT_HYPOTHESIS_TEMPLATE,
     DEFAULT_LABELS,
     DEFAULT_MAX_INSTANCES,
     DEFAULT_MAX_LABELS,
     DEFAULT_MAX_REQUEST_BYTES,
+    LabelDescriptions,
     ParameterError,
     check_hypothesis_template,
+    check_label_descriptions,
     check_labels,
 )
 
@@ -114,7 +116,11 @@ class Settings(BaseSettings):
     model_max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
     multi_label: bool = False
-    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
+    # None: the model server's default (the pipeline's "This example is {}." for nli; the
+    # labels' descriptions, or their names in several templates, for embedding).
+    hypothesis_template: str | None = None
+    # A JSON file {label: [description, ...]} sent as the label_descriptions request parameter.
+    label_descriptions_file: Path | None = None
 
     batch_size: int = Field(default=512, ge=1)
     max_pull: int = Field(default=5000, ge=1)
@@ -151,7 +157,9 @@ class Settings(BaseSettings):
 
     @field_validator("hypothesis_template")
     @classmethod
-    def _template_the_server_accepts(cls, template: str) -> str:
+    def _template_the_server_accepts(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
         _text_encodable(template, "the hypothesis template")
         try:
             return check_hypothesis_template(template)
@@ -175,6 +183,13 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
+    def _label_descriptions_readable(self) -> Settings:
+        """A bad descriptions file would be refused in every request: read it at load."""
+        if self.label_descriptions_file is not None:
+            _ = self.label_descriptions
+        return self
+
+    @model_validator(mode="after")
     def _pubsub_accepts_the_subscription(self) -> Settings:
         """Pub/Sub refuses a subscription outside its bounds (``batchinfer pubsub create``)."""
         if self.queue != "pubsub":
@@ -192,6 +207,25 @@ class Settings(BaseSettings):
                 f"accepts {low}..{high} delivery attempts"
             )
         return self
+
+    @cached_property
+    def label_descriptions(self) -> LabelDescriptions:
+        """The descriptions file's ``{label: (description, ...)}``; empty when none is set.
+
+        Read on first use and checked with the server's own rule, so a bad file fails the run
+        that sends it with the file's name in the error, not each request with a 422.
+        """
+        if self.label_descriptions_file is None:
+            return {}
+        path = self.label_descriptions_file
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return check_label_descriptions(raw)
+        except (OSError, json.JSONDecodeError, ParameterError) as error:
+            raise ValueError(
+                f"BATCHINFER_LABEL_DESCRIPTIONS_FILE={path}: {error}; it must be a JSON object "
+                '{"label": ["description", ...]}'
+            ) from error
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -29,7 +29,7 @@ from batchinfer_protocol.zero_shot import DEFAULT_MAX_INSTANCES, DEFAULT_MAX_LAB
             f"the limit is {DEFAULT_MAX_LABELS}",
         ),
         ({"BATCHINFER_HYPOTHESIS_TEMPLATE": "No slot."}, "'{}'"),
-        ({"BATCHINFER_HYPOTHESIS_TEMPLATE": "{} or {}"}, "exactly one"),
+        ({"BATCHINFER_HYPOTHESIS_TEMPLATE": "{} or {}"}, "cannot be formatted with one label"),
         ({"BATCHINFER_HYPOTHESIS_TEMPLATE": "{:>99999999}"}, "format spec"),
         ({"BATCHINFER_MODEL_CHUNK_SIZE": str(DEFAULT_MAX_INSTANCES + 1)}, "less than or equal"),
         ({"BATCHINFER_MODEL_CHUNK_SIZE": "0"}, "greater than or equal to 1"),

@@ -67,8 +67,13 @@ Answer = Prediction | RefusedText
 
 
 def parameters_of(settings: Settings) -> PredictParameters:
-    """The request parameters the settings name (labels, multi-label, template)."""
-    return PredictParameters(settings.labels, settings.multi_label, settings.hypothesis_template)
+    """The request parameters the settings name (labels, multi-label, template, descriptions)."""
+    return PredictParameters(
+        settings.labels,
+        settings.multi_label,
+        settings.hypothesis_template,
+        settings.label_descriptions,
+    )
 
 
 def requests_within(

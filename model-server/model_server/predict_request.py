@@ -16,13 +16,16 @@ from batchinfer_protocol.zero_shot import (
     InstanceError,
     ParameterError,
     check_hypothesis_template,
+    check_label_descriptions,
     check_labels,
     encode_refusal,
 )
 from model_server.backends.base import Instance
 from model_server.settings import ServerSettings
 
-KNOWN_PARAMETERS = frozenset({"candidate_labels", "multi_label", "hypothesis_template"})
+KNOWN_PARAMETERS = frozenset(
+    {"candidate_labels", "multi_label", "hypothesis_template", "label_descriptions"}
+)
 
 # A value shown in an error message: bounded in depth and length (a client's value can be
 # nested hundreds of levels deep, and ``repr`` recurses as deep as the value).
@@ -75,6 +78,8 @@ class Parameters:
     labels: tuple[str, ...]
     multi_label: bool
     hypothesis_template: str | None
+    # Per candidate label, in the labels' order: its descriptions, () when the request gave none.
+    label_descriptions: tuple[tuple[str, ...], ...]
 
 
 def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instance]:
@@ -122,6 +127,7 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
             labels=parameters.labels,
             multi_label=parameters.multi_label,
             hypothesis_template=parameters.hypothesis_template,
+            label_descriptions=parameters.label_descriptions,
         )
         for text in texts
     ]
@@ -156,10 +162,12 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
     multi_label = raw.get("multi_label", False)
     if not isinstance(multi_label, bool):
         raise RequestError(422, f"'multi_label' must be true or false, got {brief(multi_label)}")
+    labels = parse_labels(raw.get("candidate_labels", settings.default_labels), settings)
     return Parameters(
-        labels=parse_labels(raw.get("candidate_labels", settings.default_labels), settings),
+        labels=labels,
         multi_label=multi_label,
         hypothesis_template=parse_template(raw.get("hypothesis_template")),
+        label_descriptions=parse_label_descriptions(raw.get("label_descriptions"), labels),
     )
 
 
@@ -187,3 +195,21 @@ def parse_template(raw: Any) -> str | None:
         return check_hypothesis_template(check_encodable(raw, "the hypothesis template"))
     except (ParameterError, ValueError) as error:
         raise RequestError(422, f"'hypothesis_template': {error}") from error
+
+
+def parse_label_descriptions(raw: Any, labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The descriptions of each candidate label, aligned with ``labels``; () for a label without.
+
+    Entries for labels that are not candidates are checked and dropped, so a client can send
+    one deployment-wide object with every request.
+    """
+    if raw is None:
+        return tuple(() for _ in labels)
+    try:
+        descriptions = check_label_descriptions(raw)
+        for label_descriptions in descriptions.values():
+            for description in label_descriptions:
+                check_encodable(description, "a label description")
+    except (ParameterError, ValueError) as error:
+        raise RequestError(422, f"'label_descriptions': {error}") from error
+    return tuple(descriptions.get(label, ()) for label in labels)

@@ -4,7 +4,12 @@ Request::
 
     {"instances": ["text", ...] | [{"text": "..."}, ...],
      "parameters": {"candidate_labels": [...], "multi_label": false,
-                    "hypothesis_template": "This example is {}."}}
+                    "hypothesis_template": "This example is {}.",
+                    "label_descriptions": {"<label>": ["<description>", ...], ...}}}
+
+``label_descriptions`` (optional) tells the model what a label means, in one or more sentences
+per label; labels without one are classified by their name. A deployment's descriptions file
+(``BATCHINFER_LABEL_DESCRIPTIONS_FILE``) holds the same object.
 
 Response (200), one prediction per instance, in instance order; labels sorted by descending score
 as the Hugging Face ``zero-shot-classification`` pipeline returns them::
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_LABELS: tuple[str, ...] = ("mobile", "website", "billing", "account access")
@@ -37,6 +42,13 @@ DEFAULT_MAX_LABELS = 64
 DEFAULT_MAX_INSTANCES = 1000
 # Bytes of a request body the server accepts by default (MODEL_MAX_BODY_BYTES).
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+# Descriptions of one label: each is a prototype (embedding) or a hypothesis row (NLI).
+MAX_DESCRIPTIONS_PER_LABEL = 16
+MAX_DESCRIPTION_CHARS = 1000
+
+LabelDescriptions = Mapping[str, tuple[str, ...]]
+"""Label -> its descriptions, in the order given (the ``label_descriptions`` parameter)."""
 
 
 class ParameterError(ValueError):
@@ -69,14 +81,27 @@ class PredictParameters:
 
     candidate_labels: tuple[str, ...] = DEFAULT_LABELS
     multi_label: bool = False
-    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
+    # None: the server's default (the pipeline's template for nli, the labels' descriptions or
+    # several templates for embedding).
+    hypothesis_template: str | None = None
+    # Only the candidate labels' entries travel; empty means "classify by the label names".
+    label_descriptions: LabelDescriptions = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "candidate_labels": list(self.candidate_labels),
             "multi_label": self.multi_label,
-            "hypothesis_template": self.hypothesis_template,
         }
+        if self.hypothesis_template is not None:
+            body["hypothesis_template"] = self.hypothesis_template
+        descriptions = {
+            label: list(self.label_descriptions[label])
+            for label in self.candidate_labels
+            if self.label_descriptions.get(label)
+        }
+        if descriptions:
+            body["label_descriptions"] = descriptions
+        return body
 
 
 def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS) -> tuple[str, ...]:
@@ -96,29 +121,83 @@ def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS)
 
 
 def check_hypothesis_template(template: str) -> str:
-    """``template`` when it has one slot for the label, or a :class:`ParameterError`.
+    """``template`` when it makes a distinct hypothesis per label, or a :class:`ParameterError`.
 
-    The pipeline fills the template with ``template.format(label)``. Only plain ``{}`` fields
-    are accepted: a format spec such as ``{:>999999999}`` would make every label a gigabyte.
+    The pipeline fills the template with ``template.format(label)``, so a slot may be written
+    ``{}`` or ``{0}`` (``{!r}`` too). The template is valid when two different labels give two
+    different hypotheses: one without a real slot (``"No slot."``, ``"About {{}}."``) would give
+    every label the same hypothesis and the same score. Format specs, attribute and index access
+    are refused: ``{:>999999999}`` would make every label a gigabyte, ``{0.__class__}`` reads
+    Python internals.
     """
     try:
         fields = [
-            (name, spec, conversion)
-            for _, name, spec, conversion in string.Formatter().parse(template)
+            (name, spec)
+            for _, name, spec, _ in string.Formatter().parse(template)
             if name is not None
         ]
     except ValueError as error:
         raise ParameterError(
-            f"hypothesis template {template!r:.200} cannot be formatted with one label: {error}"
+            f"hypothesis template {template!r:.200} cannot be formatted with one label "
+            f"({type(error).__name__}: {error}); write it with one '{{}}' where the label goes"
         ) from error
-    if not fields:
-        raise ParameterError(f"hypothesis template {template!r:.200} has no '{{}}' for the label")
-    if fields != [("", "", None)]:
+    if any(name not in ("", "0") or spec for name, spec in fields):
         raise ParameterError(
-            f"hypothesis template {template!r:.200} must hold exactly one plain '{{}}' for the "
-            "label (no second field, name, index, conversion or format spec)"
+            f"hypothesis template {template!r:.200} may hold the label only as '{{}}' or '{{0}}' "
+            "(no name, attribute, index or format spec)"
+        )
+    try:
+        first, second = (template.format(label) for label in ("billing", "website"))
+    except (IndexError, KeyError, ValueError, TypeError) as error:
+        raise ParameterError(
+            f"hypothesis template {template!r:.200} cannot be formatted with one label "
+            f"({type(error).__name__}: {error}); write it with one '{{}}' where the label goes"
+        ) from error
+    if first == second:
+        raise ParameterError(
+            f"hypothesis template {template!r:.200} gives the same hypothesis {first!r:.200} for "
+            "every label; write it with one '{}' where the label goes"
         )
     return template
+
+
+def check_label_descriptions(raw: object) -> dict[str, tuple[str, ...]]:
+    """``label_descriptions`` as ``{label: (description, ...)}``, or a :class:`ParameterError`.
+
+    Shape: a JSON object whose keys are labels and whose values are a list of non-empty strings
+    (at most ``MAX_DESCRIPTIONS_PER_LABEL`` of ``MAX_DESCRIPTION_CHARS`` characters each) or one
+    string. Labels that are not candidates of a request are allowed and unused, so one file can
+    describe every label a deployment knows.
+    """
+    if not isinstance(raw, Mapping):
+        raise ParameterError(
+            f"label descriptions must be an object {{label: [description, ...]}}, got {raw!r:.80}"
+        )
+    descriptions: dict[str, tuple[str, ...]] = {}
+    for label, value in raw.items():
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise ParameterError(
+                f"the descriptions of {label!r} must be a list of strings, got {value!r:.80}"
+            )
+        if not texts or any(not text.strip() for text in texts):
+            raise ParameterError(
+                f"the descriptions of {label!r} contain an empty one: {texts!r:.120}; "
+                "give at least one non-empty sentence or leave the label out"
+            )
+        if len(texts) > MAX_DESCRIPTIONS_PER_LABEL:
+            raise ParameterError(
+                f"{len(texts)} descriptions of {label!r}; the limit is "
+                f"{MAX_DESCRIPTIONS_PER_LABEL} per label"
+            )
+        too_long = [text for text in texts if len(text) > MAX_DESCRIPTION_CHARS]
+        if too_long:
+            raise ParameterError(
+                f"a description of {label!r} has {len(too_long[0])} characters; the limit is "
+                f"{MAX_DESCRIPTION_CHARS}"
+            )
+        descriptions[str(label)] = tuple(texts)
+    return descriptions
 
 
 def encode_request(texts: Sequence[str], parameters: PredictParameters) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def post(client: TestClient, body: bytes, **headers: str) -> tuple[int, dict]:
             422,
             "{}",
         ),
-        (b'{"instances": ["x"], "parameters": {"hypothesis_template": "{!r}"}}', 422, "{}"),
+        (b'{"instances": ["x"], "parameters": {"hypothesis_template": "{:>999}"}}', 422, "spec"),
         (b'{"instances": ["x"], "parameters": {"hypothesis_template": "{"}}', 422, "format"),
         (b"null", 400, "JSON object"),
         (b"", 400, "not valid JSON"),

@@ -17,12 +17,19 @@ class Instance:
     Parameters travel with each instance so that instances of different requests can share a
     model batch. `hypothesis_template` is None when the request named none: each backend then
     uses its own default (the NLI pipeline's template, or the embedding backend's descriptions).
+    `label_descriptions` is aligned with `labels`: the request's descriptions of each label, ()
+    for a label it did not describe (or an empty tuple when it described none).
     """
 
     text: str
     labels: tuple[str, ...]
     multi_label: bool = False
     hypothesis_template: str | None = None
+    label_descriptions: tuple[tuple[str, ...], ...] = ()
+
+    def descriptions_of(self, index: int) -> tuple[str, ...]:
+        """The request's descriptions of ``labels[index]``; () when it gave none."""
+        return self.label_descriptions[index] if index < len(self.label_descriptions) else ()
 
 
 class Prediction(TypedDict):

@@ -2,8 +2,10 @@
 
 A bi-encoder embeds each text once, whatever the number of labels, so it is several times
 cheaper than an NLI cross-encoder that reads every (text, label) pair. Labels are embedded once
-and cached. Scores are softmax(similarity / temperature), so they sum to 1 like the pipeline's
-single-label scores; with multi_label each label gets sigmoid((similarity - 0.3) / temperature).
+and cached: a label is its name in several templates and its descriptions, averaged in equal
+parts (see label_descriptions and label_fit). Scores are softmax(similarity / temperature), so they
+sum to 1 like the pipeline's single-label scores; with one label or multi_label each label gets
+its fit against a "none of these" reference (see label_fit).
 """
 
 from __future__ import annotations
@@ -22,23 +24,21 @@ from model_server.backends.base import (
     length_sorted_chunks,
     resolve_dtype,
 )
-from model_server.backends.label_descriptions import LABEL_PROTOTYPES, UNKNOWN_LABEL_TEMPLATE
+from model_server.backends.label_descriptions import label_prototypes
+from model_server.backends.label_fit import (
+    LabelVector,
+    exclusive_scores,
+    fit_scores,
+    none_of_these_texts,
+)
 from model_server.backends.nli import ranked_prediction
 
 MAX_SEQ_LENGTH = 256
-# Labels come from clients; past this many cached (label, template) pairs the cache restarts,
-# so arbitrary labels cannot grow memory without bound.
+# Labels come from clients; past this many cached labels the cache restarts, so arbitrary
+# labels cannot grow memory without bound.
 LABEL_CACHE_SIZE = 4096
-MULTI_LABEL_THRESHOLD = 0.3
 
-
-def softmax(values: np.ndarray) -> np.ndarray:
-    shifted = np.exp(values - values.max())
-    return shifted / shifted.sum()
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-values))
+LabelKey = tuple[str, tuple[str, ...], str | None]
 
 
 class EmbeddingBackend(Backend):
@@ -63,12 +63,14 @@ class EmbeddingBackend(Backend):
         self.temperature = temperature
         self.tokenizer: Any = None
         self.model: Any = None
-        self.label_cache: dict[tuple[str, str], np.ndarray] = {}
+        self.label_cache: dict[LabelKey, LabelVector] = {}
+        self.none_of_these: np.ndarray | None = None
 
     def load(self) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModel.from_pretrained(self.model_path)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.none_of_these = self.encode(none_of_these_texts())
         self.loaded = True
 
     def rows(self, instance: Instance) -> int:
@@ -97,40 +99,50 @@ class EmbeddingBackend(Backend):
             raise ValueError("encode needs at least one text")
         return vectors
 
-    def label_vectors(self, label: str, template: str | None) -> np.ndarray:
-        """Prototype embeddings of a label: its descriptions if it is a seed label, else the
-        label put into the request's template (or "This message is about {}.")."""
-        key = (label, template or "")
+    def encode_all(self, texts: Sequence[str]) -> np.ndarray:
+        """Like encode, but no texts give an empty (0, dim) array."""
+        if texts:
+            return self.encode(texts)
+        return np.empty((0, self.model.config.hidden_size), dtype=np.float32)
+
+    def label_vector(
+        self, label: str, descriptions: tuple[str, ...], template: str | None
+    ) -> LabelVector:
+        """The label's embedding and "none of these" threshold, cached per (label, descriptions,
+        template)."""
+        key = (label, descriptions, template)
         cached = self.label_cache.get(key)
         if cached is None:
-            prototypes = LABEL_PROTOTYPES.get(label.strip().lower())
-            if prototypes is None:
-                prototypes = ((template or UNKNOWN_LABEL_TEMPLATE).format(label),)
-            cached = self.encode(prototypes)
+            if self.none_of_these is None:
+                raise RuntimeError("the embedding backend is not loaded; call load() first")
+            prototypes = label_prototypes(label, descriptions, template)
+            cached = LabelVector.of(
+                self.encode(prototypes.names),
+                self.encode_all(prototypes.descriptions),
+                self.none_of_these,
+            )
             if len(self.label_cache) >= LABEL_CACHE_SIZE:
                 self.label_cache.clear()
             self.label_cache[key] = cached
         return cached
 
-    def similarities(self, text_vector: np.ndarray, instance: Instance) -> np.ndarray:
-        """Per label, the cosine similarity of the text to its closest prototype."""
-        return np.array(
-            [
-                float((self.label_vectors(label, instance.hypothesis_template) @ text_vector).max())
-                for label in instance.labels
-            ],
-            dtype=np.float32,
-        )
+    def label_scores(self, text_vector: np.ndarray, instance: Instance) -> np.ndarray:
+        """The instance's scores (labels,) in label order: exclusive, or each label's fit."""
+        labels = [
+            self.label_vector(label, instance.descriptions_of(index), instance.hypothesis_template)
+            for index, label in enumerate(instance.labels)
+        ]
+        similarities = np.array([float(label.vector @ text_vector) for label in labels])
+        if instance.multi_label or len(labels) == 1:
+            thresholds = np.array([label.none_threshold for label in labels])
+            return fit_scores(similarities, thresholds)
+        return exclusive_scores(similarities, self.temperature)
 
     def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
         unique_texts = list(dict.fromkeys(instance.text for instance in instances))
         text_vectors = dict(zip(unique_texts, self.encode(unique_texts), strict=True))
         predictions = []
         for instance in instances:
-            similarity = self.similarities(text_vectors[instance.text], instance)
-            if instance.multi_label:
-                scores = sigmoid((similarity - MULTI_LABEL_THRESHOLD) / self.temperature)
-            else:
-                scores = softmax(similarity / self.temperature)
+            scores = self.label_scores(text_vectors[instance.text], instance)
             predictions.append(ranked_prediction(instance.text, instance.labels, scores))
         return predictions

@@ -1,44 +1,88 @@
-"""Prototype phrasings of the four seed labels, for the embedding backend.
+"""What the model reads for a label: its descriptions, or its name put into templates.
 
-A bare label ("mobile") embeds poorly: the sentence model needs to hear how customers talk about
-it. Each label gets several short descriptions in a customer's words; a text's similarity to a
-label is its best match among them. They were written from the label's meaning, not copied from
-the evaluation set in bench/data.
+A bare label ("mobile") embeds poorly: a sentence model needs to hear how people talk about it.
+A label can therefore carry descriptions, in the form of the ``label_descriptions`` request
+parameter (``{label: [description, ...]}``). The default labels' descriptions ship with the
+server as data in that same form (``label_descriptions.json``); they were written from each
+label's meaning, in a customer's words, not copied from the evaluation sets in bench/data.
+
+A label's name is read in several hypothesis templates whose embeddings are averaged (prompt
+ensembling, Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
+Supervision", §3.1.4): one template's wording biases the vector, the average keeps what they
+share, the label's meaning. A described label is the name and the descriptions in equal parts
+(label_fit.LabelVector). bench/bench_zero_shot.py measures each choice.
 """
 
-LABEL_PROTOTYPES: dict[str, tuple[str, ...]] = {
-    "mobile": (
-        "The mobile app on my phone crashes or freezes.",
-        "Problem with the iPhone or Android app.",
-        "The app from the App Store or Google Play will not install or update.",
-        "Push notifications from the app do not arrive on my phone.",
-        "The app on my tablet shows a blank screen after the latest update.",
-        "The phone app drains the battery and keeps closing.",
-    ),
-    "website": (
-        "The website does not load in my browser.",
-        "A page on the web site shows an error or is broken.",
-        "The checkout page on the website will not submit.",
-        "The site is very slow in Chrome, Firefox or Safari on my computer.",
-        "Links and buttons on the web page do not work.",
-        "The desktop site layout looks wrong and images are missing.",
-    ),
-    "billing": (
-        "I was charged twice and want a refund.",
-        "Question about my invoice or a charge on my credit card.",
-        "I want to cancel my subscription and stop the payments.",
-        "My payment was declined or the price I paid is wrong.",
-        "Please send me a receipt for my last payment.",
-        "Change my billing plan or update my payment method.",
-    ),
-    "account access": (
-        "I cannot log in to my account.",
-        "I forgot my password and the reset email never arrives.",
-        "My account is locked after too many sign-in attempts.",
-        "The two-factor authentication code is not working.",
-        "I lost access to the email address on my account and cannot verify it.",
-        "My username and password are rejected at sign in.",
-    ),
-}
+from __future__ import annotations
 
-UNKNOWN_LABEL_TEMPLATE = "This message is about {}."
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from batchinfer_protocol.zero_shot import ParameterError, check_label_descriptions
+
+PACKAGED_DESCRIPTIONS = "label_descriptions.json"
+
+# Phrasings of "a message about <label>"; each must hold exactly one "{}".
+BARE_LABEL_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "This message is about {}.",
+    "A question about {}.",
+    "I have a problem with {}.",
+    "Topic: {}.",
+)
+
+
+def parse_label_descriptions(text: str, source: str) -> dict[str, tuple[str, ...]]:
+    """``{label: (description, ...)}`` from JSON text; ``ValueError`` naming ``source``."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source} is not valid JSON: {error}") from error
+    try:
+        return check_label_descriptions(raw)
+    except ParameterError as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+@functools.cache
+def packaged_label_descriptions() -> dict[str, tuple[str, ...]]:
+    """The shipped descriptions, keyed by the label in lower case without outer spaces."""
+    data = resources.files(__package__).joinpath(PACKAGED_DESCRIPTIONS)
+    descriptions = parse_label_descriptions(data.read_text(encoding="utf-8"), str(data))
+    return {label_key(label): texts for label, texts in descriptions.items()}
+
+
+def label_key(label: str) -> str:
+    """How a label is matched against the shipped descriptions: "Billing " is "billing"."""
+    return label.strip().lower()
+
+
+@dataclass(frozen=True)
+class LabelPrototypes:
+    """The sentences that stand for a label: its name in templates, and its descriptions."""
+
+    names: tuple[str, ...]
+    descriptions: tuple[str, ...]
+
+
+def label_prototypes(
+    label: str, descriptions: tuple[str, ...], template: str | None
+) -> LabelPrototypes:
+    """What the embedding backend embeds for ``label``.
+
+    Names: the label in the request's hypothesis template, or in every bare-label template.
+    Descriptions: the request's, else the shipped ones of a default label, else none.
+    """
+    names = (template,) if template is not None else BARE_LABEL_TEMPLATES
+    return LabelPrototypes(
+        names=tuple(name.format(label) for name in names),
+        descriptions=descriptions or packaged_label_descriptions().get(label_key(label), ()),
+    )
+
+
+def read_label_descriptions_file(path: Path) -> dict[str, tuple[str, ...]]:
+    """A descriptions file (the ``label_descriptions`` object as JSON), checked."""
+    return parse_label_descriptions(path.read_text(encoding="utf-8"), str(path))

@@ -55,6 +55,32 @@ def zero_shot_scores(logits: np.ndarray, entail_id: int, multi_label: bool) -> n
     return np.exp(entail_logits) / np.exp(entail_logits).sum(-1, keepdims=True)
 
 
+def label_hypotheses(instance: Instance, default_template: str) -> list[tuple[str, ...]]:
+    """Per candidate label, the hypotheses it is tested with.
+
+    A label the request describes is tested with each of its descriptions as they are (a
+    description is a whole sentence: "The customer was charged twice."); any other label with
+    the template, as the pipeline does. A request without descriptions is the pipeline exactly.
+    """
+    template = instance.hypothesis_template or default_template
+    return [
+        instance.descriptions_of(index) or (template.format(label),)
+        for index, label in enumerate(instance.labels)
+    ]
+
+
+def best_hypothesis_logits(
+    logits: np.ndarray, groups: list[list[int]], entail_id: int
+) -> np.ndarray:
+    """Per label (labels, classes): the logits of its most entailed hypothesis.
+
+    `groups[i]` are the rows of label i's hypotheses in `logits`. A label with several
+    descriptions is as entailed as its best one, as a text fits a label when it fits one of its
+    meanings; the pipeline's post-processing then runs on these rows unchanged.
+    """
+    return np.stack([logits[rows][logits[rows][:, entail_id].argmax()] for rows in groups])
+
+
 def ranked_prediction(text: str, labels: Sequence[str], scores: np.ndarray) -> Prediction:
     """Labels by descending score, broken the way the pipeline breaks them (reversed argsort)."""
     top = list(reversed(scores.argsort()))
@@ -110,22 +136,24 @@ class NliBackend(Backend):
         self.loaded = True
 
     def rows(self, instance: Instance) -> int:
-        return len(instance.labels)
+        return sum(
+            len(hypotheses) for hypotheses in label_hypotheses(instance, self.default_template)
+        )
 
     def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
         pair_index: dict[tuple[str, str], int] = {}
-        instance_rows: list[list[int]] = []
+        instance_groups: list[list[list[int]]] = []
         for instance in instances:
-            template = instance.hypothesis_template or self.default_template
-            rows = []
-            for label in instance.labels:
-                pair = (instance.text, template.format(label))
-                rows.append(pair_index.setdefault(pair, len(pair_index)))
-            instance_rows.append(rows)
+            groups = []
+            for hypotheses in label_hypotheses(instance, self.default_template):
+                pairs = [(instance.text, hypothesis) for hypothesis in hypotheses]
+                groups.append([pair_index.setdefault(pair, len(pair_index)) for pair in pairs])
+            instance_groups.append(groups)
         logits = self.pair_logits(list(pair_index))
         predictions = []
-        for instance, rows in zip(instances, instance_rows, strict=True):
-            scores = zero_shot_scores(logits[rows], self.entail_id, instance.multi_label)
+        for instance, groups in zip(instances, instance_groups, strict=True):
+            label_logits = best_hypothesis_logits(logits, groups, self.entail_id)
+            scores = zero_shot_scores(label_logits, self.entail_id, instance.multi_label)
             predictions.append(ranked_prediction(instance.text, instance.labels, scores))
         return predictions
 

@@ -1,0 +1,143 @@
+"""How backends read labels: descriptions, bare-label templates, one-label fit scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import pipeline
+
+from batchinfer_protocol.zero_shot import DEFAULT_LABELS
+from model_server.backends.base import Instance
+from model_server.backends.embedding import EmbeddingBackend
+from model_server.backends.label_descriptions import (
+    BARE_LABEL_TEMPLATES,
+    LabelPrototypes,
+    label_prototypes,
+    packaged_label_descriptions,
+    read_label_descriptions_file,
+)
+from model_server.backends.nli import NliBackend
+
+BILLING_TEXTS = [
+    "I was charged twice this month, please refund the extra payment.",
+    "Why is my invoice higher than the price on your plans page?",
+]
+UNRELATED_TEXTS = ["the weather is sunny today", "My grandmother bakes bread on Sundays."]
+
+
+def test_the_shipped_descriptions_cover_the_default_labels_in_the_request_form() -> None:
+    shipped = packaged_label_descriptions()
+    assert sorted(shipped) == sorted(DEFAULT_LABELS)
+    assert all(len(texts) >= 3 for texts in shipped.values())
+
+
+def test_a_descriptions_file_is_read_in_the_request_form(tmp_path: Path) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"refund": ["Money back for an order."], "tax": "VAT questions"}))
+    assert read_label_descriptions_file(path) == {
+        "refund": ("Money back for an order.",),
+        "tax": ("VAT questions",),
+    }
+    path.write_text(json.dumps({"refund": []}))
+    with pytest.raises(ValueError, match=f"{path}: the descriptions of 'refund' contain an empty"):
+        read_label_descriptions_file(path)
+
+
+def test_prototypes_are_the_name_in_templates_and_the_descriptions() -> None:
+    shipped = packaged_label_descriptions()["billing"]
+    bare_names = tuple(template.format("refund") for template in BARE_LABEL_TEMPLATES)
+    assert label_prototypes("Billing ", ("Own words.",), None).descriptions == ("Own words.",)
+    assert label_prototypes("Billing ", (), "About {}.") == LabelPrototypes(
+        names=("About Billing .",), descriptions=shipped
+    )
+    assert label_prototypes("refund", (), None) == LabelPrototypes(bare_names, ())
+
+
+@pytest.mark.parametrize("text", BILLING_TEXTS)
+def test_one_label_scores_high_for_a_text_that_fits_it(
+    embedding_backend: EmbeddingBackend, text: str
+) -> None:
+    [answer] = embedding_backend.predict([Instance(text, ("billing",))])
+    assert answer["labels"] == ["billing"]
+    assert answer["scores"][0] > 0.9
+
+
+@pytest.mark.parametrize("text", UNRELATED_TEXTS)
+def test_one_label_scores_low_for_a_text_that_does_not_fit(
+    embedding_backend: EmbeddingBackend, text: str
+) -> None:
+    [answer] = embedding_backend.predict([Instance(text, ("billing",))])
+    assert answer["scores"][0] < 0.1
+
+
+def test_one_bare_label_scores_fit_too(embedding_backend: EmbeddingBackend) -> None:
+    fits, unrelated = embedding_backend.predict(
+        [
+            Instance("Our flight to Lisbon was cancelled and nobody rebooked us.", ("flight",)),
+            Instance("the weather is sunny today", ("flight",)),
+        ]
+    )
+    assert fits["scores"][0] > 0.5
+    assert unrelated["scores"][0] < 0.1
+
+
+def test_multi_label_gives_each_label_its_fit(embedding_backend: EmbeddingBackend) -> None:
+    text = "The app crashed while paying and now I was charged twice."
+    [answer] = embedding_backend.predict([Instance(text, DEFAULT_LABELS, multi_label=True)])
+    assert set(answer["labels"][:2]) == {"mobile", "billing"}
+    assert answer["scores"][1] > 0.5
+    scores = dict(zip(answer["labels"], answer["scores"], strict=True))
+    [alone] = embedding_backend.predict([Instance(text, ("billing",))])
+    assert alone["scores"][0] == pytest.approx(scores["billing"], abs=1e-6)
+
+
+def test_nli_descriptions_are_hypotheses_as_the_pipeline_reads_them(bert_nli_dir: Path) -> None:
+    """One description per label: the answer is the pipeline's with the descriptions as labels."""
+    texts = ["The app crashes on my phone.", "I was charged twice, refund me. " * 3]
+    descriptions = {"mobile": "A phone app problem.", "billing": "A payment is wrong."}
+    classifier = pipeline("zero-shot-classification", model=str(bert_nli_dir), device="cpu")
+    backend = NliBackend(str(bert_nli_dir), torch.device("cpu"), max_batch_size=3)
+    backend.load()
+    for multi_label in (False, True):
+        expected = classifier(
+            texts,
+            candidate_labels=list(descriptions.values()),
+            hypothesis_template="{}",
+            multi_label=multi_label,
+        )
+        instances = [
+            Instance(
+                text,
+                tuple(descriptions),
+                multi_label,
+                label_descriptions=tuple((d,) for d in descriptions.values()),
+            )
+            for text in texts
+        ]
+        by_description = {d: label for label, d in descriptions.items()}
+        for want, got in zip(expected, backend.predict(instances), strict=True):
+            assert got["labels"] == [by_description[d] for d in want["labels"]]
+            assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_nli_label_with_several_descriptions_takes_its_most_entailed(bert_nli_dir: Path) -> None:
+    backend = NliBackend(str(bert_nli_dir), torch.device("cpu"), max_batch_size=4)
+    backend.load()
+    text = "The app crashes on my phone."
+    candidates = ("A phone app problem.", "Software crashes.", "Something about weather.")
+    other = ("A payment is wrong.",)
+
+    def answer(descriptions: tuple[str, ...]) -> dict[str, float]:
+        instance = Instance(text, ("a", "b"), label_descriptions=(descriptions, other))
+        assert backend.rows(instance) == len(descriptions) + 1
+        [prediction] = backend.predict([instance])
+        return dict(zip(prediction["labels"], prediction["scores"], strict=True))
+
+    alone = [answer((description,)) for description in candidates]
+    together = answer(candidates)
+    best = max(alone, key=lambda scores: scores["a"])
+    assert together == pytest.approx(best, abs=1e-6)
+    assert len({round(scores["a"], 6) for scores in alone}) == len(candidates)
