@@ -9,10 +9,8 @@ can never succeed. Nothing here imports Dagster, so the CLI and tests use it dir
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,10 +20,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from batchinfer_dagster import db
+from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.partitions import new_batch_key
-from batchinfer_dagster.resources.feature_store import FeatureStore
-from batchinfer_dagster.resources.model_client import ModelClient, Prediction, PredictParameters
-from batchinfer_dagster.resources.queue import ReceivedMessage
+from batchinfer_protocol.zero_shot import Prediction
 
 MAX_PAYLOAD_BYTES = 10 * 1024
 MAX_RECORD_ID = 2**63 - 1
@@ -63,7 +60,10 @@ class UnknownBatchError(LookupError):
 
 
 def parse_record_id(data: bytes) -> int:
-    """The record id of a request message ``{"id": 1}`` or ``{"id": "1"}`` (the seed's form)."""
+    """The record id of a request message ``{"id": 1}`` or ``{"id": "1"}``.
+
+    Raises ``InvalidRequestError`` naming what is wrong; its text becomes the dead-letter reason.
+    """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise InvalidRequestError(
             f"payload is {len(data)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"
@@ -85,6 +85,15 @@ def parse_record_id(data: bytes) -> int:
     if record_id is None or not 0 < record_id <= MAX_RECORD_ID:
         raise InvalidRequestError(f"id {value!r} is not a positive integer")
     return record_id
+
+
+def request_payload(record_id: int) -> bytes:
+    """The message that asks for a prediction of ``record_id``: ``{"id": "<id>"}``.
+
+    The id is a string, as the system this one replaces published it; ``parse_record_id``
+    accepts both forms.
+    """
+    return json.dumps({"id": str(record_id)}).encode()
 
 
 def request_key(queue: str, message: ReceivedMessage) -> str:
@@ -145,8 +154,11 @@ def _insert_ignoring_conflicts(
     connection.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
 
 
-def _new_batches(connection: Connection, count: int, now: datetime) -> list[str]:
-    """Insert ``count`` batch rows, queued with their first run requested (attempt 1)."""
+def _new_batches(
+    connection: Connection, count: int, now: datetime, *, attempts: int = 1
+) -> list[str]:
+    """Insert ``count`` queued batch rows; ``attempts`` 1: their first run is being requested,
+    0: no run yet (``request_new_batches`` asks for it)."""
     keys = [new_batch_key(now) for _ in range(count)]
     if keys:
         connection.execute(
@@ -157,7 +169,7 @@ def _new_batches(connection: Connection, count: int, now: datetime) -> list[str]
                     "created_at": now,
                     "updated_at": now,
                     "status": QUEUED,
-                    "attempts": 1,
+                    "attempts": attempts,
                     "run_id": None,
                 }
                 for key in keys
@@ -248,7 +260,11 @@ def ingest_messages(
 def create_batches(
     engine: Engine, record_ids: Sequence[int], *, source: str, batch_size: int, now: datetime
 ) -> list[str]:
-    """Requests for chosen record ids, written straight to the ledger (manual runs, no queue)."""
+    """Requests for chosen record ids, written straight to the ledger (no queue).
+
+    The batches have no run yet: the sensor's next tick requests one per batch
+    (``request_new_batches``), exactly as for batches that came through the queue.
+    """
     for record_id in record_ids:
         if not 0 < record_id <= MAX_RECORD_ID:
             raise InvalidRequestError(f"record id {record_id!r} is not a positive integer")
@@ -258,11 +274,29 @@ def create_batches(
         for index, group in enumerate(_chunks(list(record_ids), batch_size))
     ]
     with engine.begin() as connection:
-        batch_keys = _new_batches(connection, len(groups), now)
+        batch_keys = _new_batches(connection, len(groups), now, attempts=0)
         rows = _queued_request_rows(batch_keys, groups, now)
         if rows:
             connection.execute(db.prediction_requests.insert(), rows)
     return batch_keys
+
+
+def request_new_batches(engine: Engine, *, now: datetime, limit: int) -> dict[str, int]:
+    """Queued batches that never had a run requested, now counted as attempt 1.
+
+    Returns their keys with the attempt, oldest first, at most ``limit``.
+    """
+    table = db.prediction_batches
+    with engine.connect() as connection:
+        keys = list(
+            connection.execute(
+                sa.select(table.c.batch_key)
+                .where(table.c.status == QUEUED, table.c.attempts == 0)
+                .order_by(table.c.batch_key)
+                .limit(limit)
+            ).scalars()
+        )
+    return retry_batches(engine, keys, now=now) if keys else {}
 
 
 def rebatch_waiting(engine: Engine, *, now: datetime, batch_size: int, limit: int) -> list[str]:
@@ -474,20 +508,6 @@ def fail_batch(engine: Engine, batch_key: str, *, error: str, now: datetime) -> 
         )
 
 
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What a run did with its batch; becomes the materialization's metadata."""
-
-    batch_key: str
-    requests: int
-    records: int
-    predicted: list[int]
-    waiting: int
-    dead_lettered: int
-    model_seconds: float
-    label_counts: dict[str, int] = field(default_factory=dict)
-
-
 def feature_backoff(attempts: int) -> timedelta:
     """How long a request waits before its record is looked up again."""
     return min(FEATURE_BACKOFF_MAX, FEATURE_BACKOFF_BASE * 2 ** min(attempts, 16))
@@ -560,24 +580,42 @@ def _settle_missing(
     return len(waiting), len(expired)
 
 
-def _settle_batch(
-    engine: Engine,
-    batch_key: str,
-    requests: Sequence[BatchRequest],
-    answers: Mapping[int, Prediction],
-    *,
-    model_name: str,
-    run_id: str,
-    feature_wait: timedelta,
-    now: datetime,
-) -> tuple[int, int]:
-    """One transaction: predictions, request statuses and the batch's success."""
-    done = [r.message_id for r in requests if r.record_id in answers]
-    missing = [r for r in requests if r.record_id not in answers and r.status != DEAD_LETTERED]
+@dataclass(frozen=True)
+class Settlement:
+    """What a run learned about its batch, settled in one transaction by ``settle_batch``.
+
+    ``answers`` holds a prediction by record id for every record that had features; ``model``
+    is the id the model server reported, the predictions' lineage key.
+    """
+
+    batch_key: str
+    run_id: str
+    requests: Sequence[BatchRequest]
+    model: str
+    answers: Mapping[int, Prediction]
+    feature_wait: timedelta
+    now: datetime
+
+
+def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
+    """One transaction: predictions, request statuses and the batch's success.
+
+    Returns how many requests now wait for features and how many became dead letters.
+    """
+    answers, now = settlement.answers, settlement.now
+    done = [r.message_id for r in settlement.requests if r.record_id in answers]
+    missing = [
+        r for r in settlement.requests if r.record_id not in answers and r.status != DEAD_LETTERED
+    ]
     table = db.prediction_requests
     with engine.begin() as connection:
         write_predictions(
-            connection, answers, model_name=model_name, batch_key=batch_key, run_id=run_id, now=now
+            connection,
+            answers,
+            model_name=settlement.model,
+            batch_key=settlement.batch_key,
+            run_id=settlement.run_id,
+            now=now,
         )
         for chunk in _chunks(done, IN_CHUNK):
             connection.execute(
@@ -585,61 +623,15 @@ def _settle_batch(
                 .where(table.c.message_id.in_(chunk))
                 .values(status=DONE, error=None, updated_at=now)
             )
-        waiting, dead = _settle_missing(connection, missing, feature_wait=feature_wait, now=now)
+        waiting, dead = _settle_missing(
+            connection, missing, feature_wait=settlement.feature_wait, now=now
+        )
         connection.execute(
             sa.update(db.prediction_batches)
-            .where(db.prediction_batches.c.batch_key == batch_key)
+            .where(db.prediction_batches.c.batch_key == settlement.batch_key)
             .values(status=SUCCEEDED, updated_at=now)
         )
     return waiting, dead
-
-
-def predict_batch(
-    engine: Engine,
-    feature_store: FeatureStore,
-    model_client: ModelClient,
-    parameters: PredictParameters,
-    *,
-    model_name: str,
-    batch_key: str,
-    run_id: str,
-    feature_wait: timedelta,
-    clock: Callable[[], datetime] = db.utcnow,
-) -> BatchOutcome:
-    """Predict every record of a batch once and settle its requests.
-
-    Features of the whole batch come in one fetch and texts go to the model server in chunks;
-    a record requested twice is predicted once. Model errors propagate before anything is
-    written, so a failed run leaves the batch as it was (idempotent on retry).
-    """
-    requests = start_batch(engine, batch_key, run_id=run_id, now=clock())
-    record_ids = sorted({r.record_id for r in requests})
-    texts = feature_store.fetch(record_ids) if record_ids else {}
-    found = [record_id for record_id in record_ids if record_id in texts]
-    started = time.perf_counter()
-    predictions = model_client.predict([texts[i] for i in found], parameters) if found else []
-    model_seconds = time.perf_counter() - started
-    answers = dict(zip(found, predictions, strict=True))
-    waiting, dead = _settle_batch(
-        engine,
-        batch_key,
-        requests,
-        answers,
-        model_name=model_name,
-        run_id=run_id,
-        feature_wait=feature_wait,
-        now=clock(),
-    )
-    return BatchOutcome(
-        batch_key=batch_key,
-        requests=len(requests),
-        records=len(record_ids),
-        predicted=found,
-        waiting=waiting,
-        dead_lettered=dead,
-        model_seconds=model_seconds,
-        label_counts=dict(Counter(p.labels[0] for p in predictions if p.labels)),
-    )
 
 
 def batch_record_ids(engine: Engine, batch_key: str) -> list[int]:

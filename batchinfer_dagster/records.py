@@ -1,17 +1,19 @@
-"""Records (``data_points``): adding one, bulk loading files, reading them back."""
+"""Records (``data_points``): adding one, bulk loading CSV, JSONL or Parquet files, reading back."""
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
 
+# Rows per read and per insert: bounded memory for files of any size.
 LOAD_CHUNK = 5000
 
 
@@ -42,7 +44,11 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
 
 
 def read_texts(path: Path) -> Iterator[str]:
-    """Texts of a CSV (a ``text`` column) or JSONL (a ``text`` field) file, checked line by line."""
+    """Texts of a CSV (``text`` column), JSONL (``text`` field) or Parquet (``text`` column) file.
+
+    pandas reads the files in chunks of ``LOAD_CHUNK`` rows; each text is checked, and an error
+    names the file and the line (CSV: the record's line counting the header; JSONL: the line).
+    """
     if not path.is_file():
         raise InvalidRecordError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -50,20 +56,38 @@ def read_texts(path: Path) -> Iterator[str]:
         yield from _read_csv(path)
     elif suffix in {".jsonl", ".ndjson", ".json"}:
         yield from _read_jsonl(path)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path)
     else:
-        raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv or .jsonl")
+        raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv, .jsonl or .parquet")
+
+
+def _checked(texts: pd.Series, where: Callable[[int], str]) -> Iterator[str]:
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidRecordError(f"{where(position)}: 'text' is {text!r}, not a string")
+        yield check_text(text, where(position))
 
 
 def _read_csv(path: Path) -> Iterator[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise InvalidRecordError(f"{path}: no 'text' column (columns: {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            yield check_text(row["text"] or "", f"{path}:{line}")
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        columns = pd.Index([])
+    if "text" not in columns:
+        raise InvalidRecordError(f"{path}: no 'text' column (columns: {list(columns)})")
+    line = 2
+    chunks = pd.read_csv(
+        path, usecols=["text"], dtype=str, keep_default_na=False, chunksize=LOAD_CHUNK
+    )
+    for chunk in chunks:
+        start = line
+        yield from _checked(chunk["text"], lambda i, start=start: f"{path}:{start + i}")
+        line += len(chunk)
 
 
-def _read_jsonl(path: Path) -> Iterator[str]:
+def _jsonl_error(path: Path) -> InvalidRecordError:
+    """The first line pandas could not read, found again with ``json`` to name it."""
     with path.open(encoding="utf-8") as handle:
         for line, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -71,10 +95,39 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             try:
                 item = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise InvalidRecordError(f"{path}:{line}: not JSON ({exc.msg})") from exc
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise InvalidRecordError(f"{path}:{line}: needs a string field 'text'")
-            yield check_text(item["text"], f"{path}:{line}")
+                return InvalidRecordError(f"{path}:{line}: not JSON ({exc.msg})")
+            if not isinstance(item, dict):
+                return InvalidRecordError(f"{path}:{line}: needs a string field 'text'")
+    return InvalidRecordError(f"{path}: not JSON lines")
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    # Blank lines are skipped by pandas; map row positions back to file lines for errors.
+    with path.open(encoding="utf-8") as handle:
+        lines = [number for number, raw in enumerate(handle, start=1) if raw.strip()]
+    if not lines:
+        return
+    try:
+        reader = pd.read_json(path, lines=True, dtype=False, chunksize=LOAD_CHUNK)
+        row = 0
+        for chunk in reader:
+            if "text" not in chunk.columns:
+                raise InvalidRecordError(f"{path}:{lines[row]}: needs a string field 'text'")
+            start = row
+            yield from _checked(chunk["text"], lambda i, start=start: f"{path}:{lines[start + i]}")
+            row += len(chunk)
+    except ValueError as exc:
+        if isinstance(exc, InvalidRecordError):
+            raise
+        raise _jsonl_error(path) from exc
+
+
+def _read_parquet(path: Path) -> Iterator[str]:
+    try:
+        frame = pd.read_parquet(path, columns=["text"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidRecordError(f"{path}: no 'text' column ({exc})") from exc
+    yield from _checked(frame["text"], lambda i: f"{path}: row {i + 1}")
 
 
 def count_texts(path: Path) -> int:
@@ -86,25 +139,15 @@ def load_file(
     engine: Engine, path: Path, on_chunk: Callable[[int], None] | None = None
 ) -> list[int]:
     """Bulk-load a file in chunks; returns the first and last id of what was loaded."""
-    first_last: list[int] = []
-    chunk: list[str] = []
-
-    def flush() -> None:
+    first: int | None = None
+    last = 0
+    for chunk in chunked(read_texts(path), LOAD_CHUNK):
         ids = add_records(engine, chunk)
-        if not first_last:
-            first_last.append(ids[0])
-        first_last[1:] = [ids[-1]]
+        first = ids[0] if first is None else first
+        last = ids[-1]
         if on_chunk is not None:
             on_chunk(len(chunk))
-        chunk.clear()
-
-    for text in read_texts(path):
-        chunk.append(text)
-        if len(chunk) >= LOAD_CHUNK:
-            flush()
-    if chunk:
-        flush()
-    return first_last
+    return [] if first is None else [first, last]
 
 
 def get_text(engine: Engine, record_id: int) -> str | None:

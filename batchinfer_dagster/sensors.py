@@ -1,11 +1,12 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (design §3): pull → validate → one ledger transaction → register the batch
-partitions → ack → run requests. Partitions are registered by the tick itself, before the ack,
-rather than through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after
-the function returns): when the ack happens, everything a redelivery could not recreate exists.
-Each tick then re-batches requests whose feature backoff passed and reconciles a bounded number
-of batches whose runs never started or failed.
+Order of a tick (docs/architecture.md, "Delivery guarantees"): pull → validate → one ledger
+transaction → register the batch partitions → ack → run requests. Partitions are registered by
+the tick itself, before the ack, rather than through ``SensorResult.dynamic_partitions_requests``
+(which Dagster applies only after the function returns): when the ack happens, everything a
+redelivery could not recreate exists. Each tick then requests runs for batches written straight
+to the ledger (``request_predictions_job``), re-batches requests whose feature backoff passed and
+reconciles a bounded number of batches whose runs never started or failed.
 """
 
 from collections.abc import Callable, Sequence
@@ -26,11 +27,11 @@ from dagster import (
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import BatchinferResource
+from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.queue import RequestQueue
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.resources.ledger import LedgerResource
+from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
@@ -133,31 +134,33 @@ def reconcile_batches(
 
 def process_tick(
     instance: DagsterInstance,
-    settings: Settings,
+    policy: LedgerResource,
     queue: RequestQueue,
     *,
     clock: Callable[[], datetime] = db.utcnow,
     stale_after: timedelta = STALE_AFTER,
 ) -> TickOutcome:
     """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
-    engine = db.get_engine(settings)
-    messages = queue.pull(settings.max_pull, settings.pull_timeout_seconds)
+    engine = policy.get_engine()
+    messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
     ingest = ledger.ingest_messages(
-        engine, messages, queue=settings.queue, batch_size=settings.batch_size, now=clock()
+        engine, messages, queue=queue.kind, batch_size=policy.batch_size, now=clock()
     )
     if ingest.batch_keys or ingest.resumed:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
+    requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
     rebatched = ledger.rebatch_waiting(
-        engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
+        engine, now=clock(), batch_size=policy.batch_size, limit=policy.max_pull
     )
-    if rebatched:
-        instance.add_dynamic_partitions(PREDICTION_BATCHES, rebatched)
+    if rebatched or requested:
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
     retried, dead = reconcile_batches(
-        instance, engine, max_attempts=settings.max_attempts, now=clock(), stale_after=stale_after
+        instance, engine, max_attempts=policy.max_attempts, now=clock(), stale_after=stale_after
     )
     attempts = dict.fromkeys([*ingest.batch_keys, *rebatched], 1)
+    attempts.update(requested)
     attempts.update(ingest.resumed)
     attempts.update(retried)
     run_requests = [
@@ -184,15 +187,13 @@ def process_tick(
     description="Pull prediction requests into the ledger; one predictions run per batch.",
 )
 def prediction_requests_sensor(
-    context: SensorEvaluationContext, batchinfer: BatchinferResource
+    context: SensorEvaluationContext,
+    ledger: LedgerResource,
+    request_queue: RequestQueueResource,
 ) -> SensorResult:
     """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
-    settings = batchinfer.get_settings()
-    queue = batchinfer.get_queue()
-    try:
-        outcome = process_tick(context.instance, settings, queue)
-    finally:
-        queue.close()
+    with request_queue.open() as queue:
+        outcome = process_tick(context.instance, ledger, queue)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))

@@ -1,8 +1,9 @@
 """The one place batchinfer reads its configuration from.
 
-Every ``BATCHINFER_*`` variable of the design's configuration table is a typed field here with its
-embedded default, so a laptop needs no environment at all and production only overrides. Nothing
-else in the package reads ``os.environ``: resources and commands receive a ``Settings``.
+Every ``BATCHINFER_*`` variable of docs/architecture.md's configuration table is a typed field here
+with its embedded default, so a laptop needs no environment at all and production only overrides.
+Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.deployments`` turns a
+``Settings`` into the Dagster resources, and the CLI builds its clients through the same resources.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class Settings(BaseSettings):
     model_url: str = "http://127.0.0.1:8080"
     # "google-id-token": a Cloud Run model server that only its invokers may call.
     model_auth: Literal["none", "google-id-token"] = "none"
-    model_name: str = "zero-shot"
     model_timeout_seconds: float = 120.0
     model_chunk_size: int = 256
     labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.partitions import BATCH_KEY_PATTERN
-from batchinfer_dagster.resources.queue import ReceivedMessage
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import rows
+from batchinfer_testing.deployment import engine_of, rows
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -48,7 +48,7 @@ def test_parse_record_id_refuses_with_a_reason(data: bytes, reason: str) -> None
 
 
 def test_ingest_splits_batches_and_ignores_redeliveries(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     messages = [message(str(i), f'{{"id": {i}}}'.encode()) for i in range(1, 11)]
     first = ledger.ingest_messages(engine, messages, queue="local", batch_size=4, now=NOW)
     assert first.accepted == 10
@@ -71,7 +71,7 @@ def test_ingest_splits_batches_and_ignores_redeliveries(app_settings: Settings) 
 
 def test_same_id_with_another_publish_time_is_a_new_message(app_settings: Settings) -> None:
     """SQLite reuses a drained queue's rowids: a new message must not pass for a redelivery."""
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     first = message("1", b'{"id": 1}')
     reused = ReceivedMessage("1", "ack-2", b'{"id": 2}', 1, NOW + timedelta(seconds=3))
     ledger.ingest_messages(engine, [first], queue="local", batch_size=4, now=NOW)
@@ -81,7 +81,7 @@ def test_same_id_with_another_publish_time_is_a_new_message(app_settings: Settin
 
 
 def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     bad = message("5", b'{"id": "abc"}')
     for _ in range(2):
         ledger.ingest_messages(engine, [bad], queue="local", batch_size=4, now=NOW)
@@ -92,7 +92,7 @@ def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: 
 
 
 def test_rebatch_waiting_only_after_backoff(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     result = ledger.ingest_messages(
         engine, [message("1", b'{"id": 1}')], queue="local", batch_size=4, now=NOW
     )

@@ -10,27 +10,27 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.queue import build_queue
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import (
-    AckCrashQueue,
-    drain,
-    execute_runs,
+from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import (
+    local_feature_store,
+    model_server_of,
+    open_queue,
     publish_json,
+    resources_of,
     rows,
-    sensor_tick,
 )
+from batchinfer_testing.queues import FaultInjectingQueue
 
 
 def add_features(settings: Settings, record_ids: range | list[int]) -> None:
-    store = build_feature_store(settings)
+    store = local_feature_store(settings)
     store.upsert([(i, f"I was charged twice for order {i}, please refund") for i in record_ids])
 
 
 def queue_is_empty(settings: Settings) -> bool:
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         return queue.pull(10, 1.0) == []
     finally:
@@ -62,9 +62,9 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
 ) -> None:
     add_features(pipeline_settings, range(1, 7))
     publish_json(pipeline_settings, [{"id": i} for i in range(1, 7)])
-    crashing = AckCrashQueue(build_queue(pipeline_settings))
+    crashing = FaultInjectingQueue(open_queue(pipeline_settings), "crash-at-ack")
     try:
-        process_tick(instance, pipeline_settings, crashing)
+        process_tick(instance, resources_of(pipeline_settings)["ledger"], crashing)
         raise AssertionError("the ack should have crashed the tick")
     except ConnectionAbortedError:
         pass
@@ -75,7 +75,7 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
     assert len(committed) == 6
 
     # The messages come back; the next ticks see them as redeliveries and ack them.
-    drain(instance, pipeline_settings)
+    run_daemon_loop(instance, pipeline_settings)
 
     requests = rows(pipeline_settings, db.prediction_requests)
     assert sorted(r.message_id for r in requests) == sorted(r.message_id for r in committed)
@@ -88,7 +88,7 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
 def test_malformed_messages_become_dead_letters_with_reasons(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    queue = build_queue(pipeline_settings)
+    queue = open_queue(pipeline_settings)
     queue.publish(
         [b"{oops", b'{"id": "x1"}', b'{"name": 3}', b"[1]", b'{"id": "9"' + b" " * 10_300 + b"}"]
     )
@@ -114,7 +114,7 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 3.0})
     add_features(settings, [1])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     waiting = rows(settings, db.prediction_requests, db.prediction_requests.c.record_id != 1)
     assert {r.status for r in waiting} == {ledger.WAITING_FEATURES}
@@ -122,7 +122,7 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
     time.sleep(3.2)
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
     assert by_record[2].status == ledger.DONE
@@ -159,7 +159,10 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
         assert len(result.run_requests) == 1
         run_keys.append(result.run_requests[0].run_key)
         (run,) = execute_runs(
-            instance, settings, result.run_requests, model_retries=1, model_retry_delay_seconds=0
+            instance,
+            settings,
+            result.run_requests,
+            model_server=model_server_of(settings, retries=1, retry_delay_seconds=0),
         )
         assert not run.success
         retries = [e for e in run.all_node_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
@@ -183,11 +186,11 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
 def test_model_server_4xx_dead_letters_without_retry(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    store = build_feature_store(pipeline_settings)
+    store = local_feature_store(pipeline_settings)
     store.upsert([(1, "")])  # the server answers 422 for an empty text
     publish_json(pipeline_settings, [{"id": 1}])
 
-    report = drain(instance, pipeline_settings)
+    report = run_daemon_loop(instance, pipeline_settings)
 
     assert len(report.runs) == 1
     assert not report.runs[0].success
@@ -209,9 +212,11 @@ def test_stale_batch_without_run_gets_a_new_run_request(
     (lost,) = first.run_requests
     # The daemon died: no run was ever created. The partition is also missing.
     instance.delete_dynamic_partition(PREDICTION_BATCHES, lost.partition_key)
-    queue = build_queue(pipeline_settings)
+    queue = open_queue(pipeline_settings)
     try:
-        outcome = process_tick(instance, pipeline_settings, queue, stale_after=timedelta(0))
+        outcome = process_tick(
+            instance, resources_of(pipeline_settings)["ledger"], queue, stale_after=timedelta(0)
+        )
     finally:
         queue.close()
     assert [(r.partition_key, r.run_key) for r in outcome.run_requests] == [

@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.queue import LocalQueue, build_queue
+from batchinfer_dagster.clients.queue import LocalQueue
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of, open_queue
+from batchinfer_testing.model_server import EMBEDDING_MODEL
 
 FINAL_REQUEST_STATUSES = {ledger.DONE, ledger.DEAD_LETTERED}
 FINAL_BATCH_STATUSES = {ledger.SUCCEEDED, ledger.DEAD_LETTERED}
@@ -54,7 +56,7 @@ def _decoded(payload: bytes) -> str:
 
 def _queue_depth(settings: Settings) -> int:
     """Messages still on the queue (a Pub/Sub pull leases what it finds: call this last)."""
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         if isinstance(queue, LocalQueue):
             return queue.depth()
@@ -63,7 +65,7 @@ def _queue_depth(settings: Settings) -> int:
         queue.close()
 
 
-def _check_predictions(connection: sa.Connection, settings: Settings, published: Published) -> int:
+def _check_predictions(connection: sa.Connection, published: Published) -> int:
     table = db.predictions
     duplicates = connection.execute(
         sa.select(sa.func.count()).select_from(
@@ -79,7 +81,7 @@ def _check_predictions(connection: sa.Connection, settings: Settings, published:
             db.features, db.features.c.record_id == table.c.record_id, isouter=True
         )
     ).all()
-    assert {row.model for row in rows} <= {settings.model_name}, "predictions of another model"
+    assert {row.model for row in rows} <= {EMBEDDING_MODEL}, "predictions of another model"
     predicted = Counter(row.record_id for row in rows)
     expected = set(published.valid)
     lost = sorted(expected - set(predicted))
@@ -143,10 +145,10 @@ def _check_ledger(connection: sa.Connection, published: Published) -> tuple[int,
 
 
 def assert_invariants(settings: Settings, published: Published, fault: str) -> Counts:
-    """Assert the delivery guarantees of design §3 after ``fault``; returns the counts."""
-    engine = db.get_engine(settings)
+    """Assert the delivery guarantees (docs/architecture.md) after ``fault``; returns the counts."""
+    engine = engine_of(settings)
     with engine.connect() as connection:
-        predicted = _check_predictions(connection, settings, published)
+        predicted = _check_predictions(connection, published)
         dead = _check_dead_letters(connection, published)
         request_rows, batches = _check_ledger(connection, published)
     depth = _queue_depth(settings)

@@ -1,4 +1,9 @@
-"""Clients of the model server: our HTTP server (or Cloud Run), or a Vertex AI endpoint.
+"""Clients of the model server: our HTTP server (locally or on Cloud Run), or a Vertex endpoint.
+
+A client splits a ledger batch into *client chunks* (``chunk_size`` texts per request, a few in
+flight at once); the server merges chunks of all clients into its own dynamic batches (see
+docs/architecture.md, "Glossary"). Every answer names the model that made it: that id is the
+lineage key of the stored predictions, so a changed model never overwrites another's rows.
 
 Errors are split by what a caller should do: ``TransientModelError`` (connection refused, 5xx,
 timeout) is worth a retry with backoff; ``ModelRequestError`` (4xx) never gets better by retrying.
@@ -10,13 +15,15 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.chunks import chunk_list
 from batchinfer_protocol.zero_shot import (
     Prediction,
     PredictParameters,
+    decode_model,
     decode_predictions,
     encode_request,
 )
@@ -37,9 +44,30 @@ class ModelRequestError(ModelError):
     """The server refused the request as invalid (4xx): retrying cannot help."""
 
 
-def parameters_of(settings: Settings) -> PredictParameters:
-    """The request parameters the settings name (labels, multi-label, template)."""
-    return PredictParameters(settings.labels, settings.multi_label, settings.hypothesis_template)
+@dataclass(frozen=True)
+class ModelAnswer:
+    """Predictions in the order of the texts, and the id of the model that made them."""
+
+    model: str
+    predictions: list[Prediction]
+
+
+def joined(answers: Sequence[ModelAnswer], source: str) -> ModelAnswer:
+    """The answers of consecutive chunks as one; they must come from one model.
+
+    Two models in one batch happen only while the server rolls out a new model: the batch is
+    retried (``TransientModelError``) rather than stored under two lineage keys.
+    """
+    models = sorted({answer.model for answer in answers})
+    if len(models) > 1:
+        raise TransientModelError(
+            f"{source} answered one batch with {len(models)} models {models}: a new model is "
+            "rolling out; the batch is predicted again once one model serves"
+        )
+    return ModelAnswer(
+        model=models[0] if models else "",
+        predictions=[p for answer in answers for p in answer.predictions],
+    )
 
 
 class ModelClient(ABC):
@@ -47,19 +75,25 @@ class ModelClient(ABC):
 
     chunk_size: int = 256
 
-    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> list[Prediction]:
-        """Split ``texts`` into chunks, send them concurrently, and join the answers in order."""
-        chunks = [
-            list(texts[i : i + self.chunk_size]) for i in range(0, len(texts), self.chunk_size)
-        ]
+    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> ModelAnswer:
+        """Split ``texts`` into client chunks, send them concurrently, join the answers in order."""
+        chunks = chunk_list(texts, self.chunk_size)
         if len(chunks) <= 1:
-            return [p for chunk in chunks for p in self.predict_chunk(chunk, parameters)]
-        with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(chunks))) as pool:
-            answers = pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks)
-            return [p for answer in answers for p in answer]
+            answers = [self.predict_chunk(chunk, parameters) for chunk in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(chunks))) as pool:
+                answers = list(
+                    pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks)
+                )
+        return joined(answers, self.source)
+
+    @property
+    def source(self) -> str:
+        """The server, as error messages name it."""
+        return type(self).__name__
 
     @abstractmethod
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """One request to the server."""
 
     def close(self) -> None:
@@ -72,6 +106,15 @@ def parse_predictions(body: object, expected: int, source: str) -> list[Predicti
         return decode_predictions(body, expected)
     except (ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{source} {error}") from error
+
+
+def parse_answer(body: object, expected: int, source: str) -> ModelAnswer:
+    """A 200 answer of our model server: its predictions and the model id it reports."""
+    try:
+        model = decode_model(body)
+    except ValueError as error:
+        raise ModelError(f"{source} {error}; is it our model server?") from error
+    return ModelAnswer(model=model, predictions=parse_predictions(body, expected, source))
 
 
 class HttpModelClient(ModelClient):
@@ -90,7 +133,11 @@ class HttpModelClient(ModelClient):
         self.chunk_size = chunk_size
         self.client = httpx.Client(timeout=timeout, auth=auth)
 
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    @property
+    def source(self) -> str:
+        return f"model server {self.url}"
+
+    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         payload = encode_request(texts, parameters)
         try:
             response = self.client.post(self.url, json=payload)
@@ -111,26 +158,7 @@ class HttpModelClient(ModelClient):
             body = response.json()
         except json.JSONDecodeError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
-        return parse_predictions(body, len(texts), self.url)
+        return parse_answer(body, len(texts), self.url)
 
     def close(self) -> None:
         self.client.close()
-
-
-def build_model_client(settings: Settings) -> ModelClient:
-    """The client that ``BATCHINFER_MODEL_URL`` names (``vertex://…`` or ``http(s)://…``)."""
-    if settings.model_url.startswith("vertex://"):
-        from batchinfer_dagster.resources.vertex_model_client import VertexModelClient
-
-        return VertexModelClient(settings)
-    auth = None
-    if settings.model_auth == "google-id-token":
-        from batchinfer_dagster.resources.vertex_model_client import GoogleIdTokenAuth
-
-        auth = GoogleIdTokenAuth(settings.model_url)
-    return HttpModelClient(
-        settings.model_url,
-        timeout=settings.model_timeout_seconds,
-        chunk_size=settings.model_chunk_size,
-        auth=auth,
-    )
