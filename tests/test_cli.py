@@ -37,7 +37,7 @@ def lines(result: Result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def test_seed_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:
+def test_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:
     added = run(queue_settings, "add-data-point", "test input data 1")
     assert added.exit_code == 0, added.output
     assert lines(added) == [{"id": 1, "text": "test input data 1"}]
@@ -107,7 +107,7 @@ def test_a_bad_line_loads_nothing(app_settings: Settings, tmp_path: Path) -> Non
     assert json.loads(run(app_settings, "status").stdout)["records"] == 0
 
 
-def test_prediction_in_the_seed_format(app_settings: Settings) -> None:
+def test_prediction_in_the_replaced_systems_format(app_settings: Settings) -> None:
     missing = run(app_settings, "prediction", "1")
     assert missing.exit_code == 1
     assert missing.stdout == ""

@@ -67,8 +67,8 @@ def publish_mixed_backlog(
     return len(bodies)
 
 
-def seed_document(record_id: int, row: sa.Row) -> dict:
-    """The seed's BigQuery row: ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
+def replaced_system_document(record_id: int, row: sa.Row) -> dict:
+    """The BigQuery row of the system this one replaces: ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
     return {
         "data": {"id": str(record_id), "text": row.sequence},
         "prediction": {"sequence": row.sequence, "labels": row.labels, "scores": row.scores},
@@ -79,7 +79,7 @@ def assert_one_prediction_per_known_record(settings: Settings, records: dict[int
     predictions = rows(settings, db.predictions)
     assert sorted(p.record_id for p in predictions) == sorted(records)
     for row in predictions:
-        document = json.loads(json.dumps(seed_document(row.record_id, row)))
+        document = json.loads(json.dumps(replaced_system_document(row.record_id, row)))
         prediction = document["prediction"]
         assert prediction["sequence"] == records[row.record_id]
         assert sorted(prediction["labels"]) == sorted(settings.labels)

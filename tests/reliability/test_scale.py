@@ -2,7 +2,7 @@
 
 The size is ``RELIABILITY_SCALE_REQUESTS`` (default 10,000, as the issue asks).
 
-The full 100,000 lives in bench/bench_backlog.py; here the default batch size (512) and pull
+The full 100,000 lives in bench/bench_backlog.py (python -m bench.bench_backlog); here the default batch size (512) and pull
 (5,000) apply, as on a laptop. Tick durations are reported, not asserted.
 """
 
