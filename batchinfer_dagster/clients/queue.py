@@ -1,8 +1,8 @@
 """The request queue: one interface, a SQL-table implementation and a Pub/Sub one.
 
-The queue is only transport (docs/architecture.md): the sensor pulls, writes the ledger, and acks only after
-the commit. Both implementations give at-least-once delivery with a lease (ack deadline), a
-delivery-attempt count, and dead letters for messages that are never acknowledged.
+The queue is only transport (docs/architecture.md): the sensor pulls, writes the ledger, and acks
+only after the commit. Both implementations give at-least-once delivery with a lease (ack
+deadline), a delivery-attempt count, and dead letters for messages that are never acknowledged.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def publish_mixed_backlog(
 
 
 def replaced_system_document(record_id: int, row: sa.Row) -> dict:
-    """The BigQuery row of the system this one replaces: ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
+    """The BigQuery row of the system this one replaces:
+    ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
     return {
         "data": {"id": str(record_id), "text": row.sequence},
         "prediction": {"sequence": row.sequence, "labels": row.labels, "scores": row.scores},

@@ -1,9 +1,9 @@
 """Scale: a backlog of requests on the local defaults drains completely.
 
-The size is ``RELIABILITY_SCALE_REQUESTS`` (default 10,000, as the issue asks).
+The size is ``RELIABILITY_SCALE_REQUESTS`` (default 10,000).
 
-The full 100,000 lives in bench/bench_backlog.py (python -m bench.bench_backlog); here the default batch size (512) and pull
-(5,000) apply, as on a laptop. Tick durations are reported, not asserted.
+The full 100,000 lives in ``python -m bench.bench_backlog``; here the default batch size (512)
+and pull (5,000) apply, as on a laptop. Tick durations are reported, not asserted.
 """
 
 from __future__ import annotations
