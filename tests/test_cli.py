@@ -13,7 +13,7 @@ from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, open_queue
-from tests.test_queue import drain
+from tests.clients.test_queue import drain
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

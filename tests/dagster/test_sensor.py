@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import timedelta
 
@@ -10,6 +9,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
@@ -134,18 +134,12 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     ]
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
     instance: DagsterInstance, queue_settings: Settings
 ) -> None:
     settings = queue_settings.model_copy(
         update={
-            "model_url": f"http://127.0.0.1:{unused_port()}",
+            "model_url": f"http://127.0.0.1:{free_port()}",
             "max_attempts": 3,
             "pull_timeout_seconds": 1.0,
         }
