@@ -32,6 +32,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -286,6 +287,25 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(config, "head")
     except OperationalError as exc:
         raise _unavailable(engine, exc) from exc
+
+
+def existing_values(connection: Connection, column: Column, values: Sequence[Any]) -> set[Any]:
+    """Those of ``values`` that ``column`` holds, in IN lists of ``IN_CHUNK``."""
+    found: set[Any] = set()
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        found.update(connection.execute(select(column).where(column.in_(chunk))).scalars())
+    return found
+
+
+def insert_ignoring_conflicts(
+    connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    connection.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
 
 
 def upsert(

@@ -24,22 +24,17 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.jobs import predictions_job
+from batchinfer_dagster.ledger.reconcile import RECONCILE_LIMIT, STALE_AFTER
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.resources.ledger import LedgerResource
 from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
-# Batches looked at per tick by the reconcile step: bounds the tick at any backlog.
-RECONCILE_LIMIT = 200
-# A queued or running batch is looked at only after this long without news: its run is then
-# either finished, in Dagster's run queue, or was never created (the daemon died mid-tick).
-STALE_AFTER = timedelta(minutes=2)
 
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
@@ -71,13 +66,13 @@ def run_key(batch_key: str, attempt: int) -> str:
     return batch_key if attempt <= 1 else f"{batch_key}#{attempt}"
 
 
-def _batches_in_flight(
+def batches_in_flight(
     instance: DagsterInstance, candidates: Sequence[ledger.BatchState]
 ) -> set[str]:
     """Batch keys with an unfinished Dagster run (queued for the pool, starting or running).
 
     Runs are found by partition tag (sensor runs, UI re-materializations) and by the run id the
-    ledger stored (``predict_records_job``, which has no partition tag): two indexed queries.
+    ledger stored (a run launched some other way has no partition tag): two indexed queries.
     """
     keys = [c.batch_key for c in candidates]
     records = list(
@@ -97,39 +92,6 @@ def _batches_in_flight(
         partition = run.tags.get(PARTITION_TAG)
         in_flight.update([partition] if partition else keys_by_run[run.run_id])
     return in_flight
-
-
-def reconcile_batches(
-    instance: DagsterInstance,
-    engine: Engine,
-    *,
-    max_attempts: int,
-    now: datetime,
-    stale_after: timedelta = STALE_AFTER,
-    limit: int = RECONCILE_LIMIT,
-) -> tuple[dict[str, int], list[str]]:
-    """Give failed or lost batches another run, or dead-letter them after ``max_attempts``.
-
-    Returns the retried batches with their new attempt number, and the dead-lettered batch keys.
-    """
-    candidates = ledger.batches_to_reconcile(engine, now=now, stale_after=stale_after, limit=limit)
-    if not candidates:
-        return {}, []
-    in_flight = _batches_in_flight(instance, candidates)
-    ledger.touch_batches(engine, sorted(in_flight), now=now)
-    settled = [c for c in candidates if c.batch_key not in in_flight]
-    retried = ledger.retry_batches(
-        engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now
-    )
-    exhausted = [c for c in settled if c.attempts >= max_attempts]
-    for batch in exhausted:
-        error = ledger.last_error(engine, batch.batch_key) or "its runs never finished it"
-        reason = f"batch {batch.batch_key} failed after {batch.attempts} attempts: {error}"
-        ledger.dead_letter_batch(engine, batch.batch_key, reason=reason, now=now)
-    if retried:
-        # A tick that died after its commit may have left a batch without its partition.
-        instance.add_dynamic_partitions(PREDICTION_BATCHES, sorted(retried))
-    return retried, [batch.batch_key for batch in exhausted]
 
 
 def process_tick(
@@ -156,9 +118,17 @@ def process_tick(
     )
     if rebatched or requested:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
-    retried, dead = reconcile_batches(
-        instance, engine, max_attempts=policy.max_attempts, now=clock(), stale_after=stale_after
+    reconciled = ledger.reconcile(
+        engine,
+        lambda candidates: batches_in_flight(instance, candidates),
+        max_attempts=policy.max_attempts,
+        now=clock(),
+        stale_after=stale_after,
     )
+    retried = reconciled.retried
+    if retried:
+        # A tick that died after its commit may have left a batch without its partition.
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, sorted(retried))
     attempts = dict.fromkeys([*ingest.batch_keys, *rebatched], 1)
     attempts.update(requested)
     attempts.update(ingest.resumed)
@@ -175,7 +145,7 @@ def process_tick(
         malformed=ingest.dead_lettered,
         rebatched=rebatched,
         retried=retried,
-        dead_lettered=dead,
+        dead_lettered=reconciled.dead_lettered,
     )
 
 

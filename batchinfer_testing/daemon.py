@@ -76,10 +76,14 @@ def ledger_settled(settings: Settings, expect: int) -> bool:
         )
         open_batches = connection.execute(
             sa.select(sa.func.count()).where(
-                batches.c.status.not_in([ledger.SUCCEEDED, ledger.DEAD_LETTERED])
+                batches.c.status.not_in(
+                    [ledger.BatchStatus.SUCCEEDED, ledger.BatchStatus.DEAD_LETTERED]
+                )
             )
         ).scalar_one()
-    final = statuses.get(ledger.DONE, 0) + statuses.get(ledger.DEAD_LETTERED, 0)
+    final = statuses.get(ledger.RequestStatus.DONE, 0) + statuses.get(
+        ledger.RequestStatus.DEAD_LETTERED, 0
+    )
     return final >= expect and final == sum(statuses.values()) and open_batches == 0
 
 

@@ -21,8 +21,8 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, open_queue
 from batchinfer_testing.model_server import EMBEDDING_MODEL
 
-FINAL_REQUEST_STATUSES = {ledger.DONE, ledger.DEAD_LETTERED}
-FINAL_BATCH_STATUSES = {ledger.SUCCEEDED, ledger.DEAD_LETTERED}
+FINAL_REQUEST_STATUSES = {ledger.RequestStatus.DONE, ledger.RequestStatus.DEAD_LETTERED}
+FINAL_BATCH_STATUSES = {ledger.BatchStatus.SUCCEEDED, ledger.BatchStatus.DEAD_LETTERED}
 
 
 @dataclass
@@ -97,9 +97,11 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
     table = db.dead_letters
     rows = connection.execute(sa.select(table.c.source, table.c.payload, table.c.reason)).all()
     by_source = Counter(row.source for row in rows)
-    queue_dead = [row for row in rows if row.source not in {ledger.SENSOR_SOURCE, "ledger"}]
+    queue_dead = [
+        row for row in rows if row.source not in {ledger.DeadLetterSource.SENSOR, "ledger"}
+    ]
     assert not queue_dead, f"messages dead-lettered unprocessed by the queue: {queue_dead[:3]}"
-    sensor = Counter(row.payload for row in rows if row.source == ledger.SENSOR_SOURCE)
+    sensor = Counter(row.payload for row in rows if row.source == ledger.DeadLetterSource.SENSOR)
     expected = Counter(_decoded(payload) for payload, _ in published.invalid)
     assert sensor == expected, (
         f"sensor dead letters differ: missing {list((expected - sensor).keys())[:5]!r:.500}, "
@@ -112,13 +114,19 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
         got = reasons[_decoded(payload)]
         assert any(reason in r for r in got), f"{payload[:80]!r}: reason {got}, want {reason!r}"
     ledger_dead = Counter(
-        int(json.loads(row.payload)["id"]) for row in rows if row.source == ledger.LEDGER_SOURCE
+        int(json.loads(row.payload)["id"])
+        for row in rows
+        if row.source == ledger.DeadLetterSource.LEDGER
     )
     assert ledger_dead == Counter(published.unknown), (
         f"ledger dead letters {sorted(ledger_dead)[:10]} != unknown ids "
         f"{sorted(published.unknown)[:10]} (a known record dead-lettered is a lost request)"
     )
-    assert all(r.reason == ledger.UNKNOWN_RECORD for r in rows if r.source == ledger.LEDGER_SOURCE)
+    assert all(
+        r.reason == ledger.UNKNOWN_RECORD
+        for r in rows
+        if r.source == ledger.DeadLetterSource.LEDGER
+    )
     return sum(by_source.values())
 
 
@@ -129,7 +137,7 @@ def _check_ledger(connection: sa.Connection, published: Published) -> tuple[int,
     assert not stuck, f"requests stuck in a non-final status: {stuck}"
     valid_rows = Counter(
         connection.execute(
-            sa.select(requests.c.record_id).where(requests.c.status == ledger.DONE)
+            sa.select(requests.c.record_id).where(requests.c.status == ledger.RequestStatus.DONE)
         ).scalars()
     )
     assert valid_rows == Counter(published.valid), (

@@ -121,8 +121,8 @@ def run_backlog(
     requests = rows(settings, db.prediction_requests)
     assert len(requests) == records + duplicates + unknown
     assert Counter(r.status for r in requests) == {
-        ledger.DONE: records + duplicates,
-        ledger.DEAD_LETTERED: unknown,
+        ledger.RequestStatus.DONE: records + duplicates,
+        ledger.RequestStatus.DEAD_LETTERED: unknown,
     }
     partitions = set(instance.get_dynamic_partitions(PREDICTION_BATCHES))
     assert {p.batch_key for p in rows(settings, db.predictions)} <= partitions

@@ -26,11 +26,11 @@ def test_retention_prunes_only_old_settled_partitions(
     old_done, old_dead, old_queued, old_waiting = old
     table, requests = db.prediction_batches, db.prediction_requests
     settle = {
-        old_done: (ledger.SUCCEEDED, ledger.DONE),
-        recent: (ledger.SUCCEEDED, ledger.DONE),
-        old_dead: (ledger.DEAD_LETTERED, ledger.DEAD_LETTERED),
+        old_done: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.DONE),
+        recent: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.DONE),
+        old_dead: (ledger.RequestStatus.DEAD_LETTERED, ledger.RequestStatus.DEAD_LETTERED),
         # A succeeded batch one of whose requests still waits for features keeps that request.
-        old_waiting: (ledger.SUCCEEDED, ledger.WAITING_FEATURES),
+        old_waiting: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.WAITING_FEATURES),
     }
     with engine.begin() as connection:
         for key, (batch_status, request_status) in settle.items():

@@ -81,7 +81,7 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
     assert sorted(r.message_id for r in requests) == sorted(r.message_id for r in committed)
     predictions = rows(pipeline_settings, db.predictions)
     assert sorted(p.record_id for p in predictions) == [1, 2, 3, 4, 5, 6]
-    assert {r.status for r in requests} == {ledger.DONE}
+    assert {r.status for r in requests} == {ledger.RequestStatus.DONE}
     assert queue_is_empty(pipeline_settings)
 
 
@@ -117,7 +117,7 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     run_daemon_loop(instance, settings)
 
     waiting = rows(settings, db.prediction_requests, db.prediction_requests.c.record_id != 1)
-    assert {r.status for r in waiting} == {ledger.WAITING_FEATURES}
+    assert {r.status for r in waiting} == {ledger.RequestStatus.WAITING_FEATURES}
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
@@ -125,8 +125,8 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     run_daemon_loop(instance, settings)
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
-    assert by_record[2].status == ledger.DONE
-    assert by_record[3].status == ledger.DEAD_LETTERED
+    assert by_record[2].status == ledger.RequestStatus.DONE
+    assert by_record[3].status == ledger.RequestStatus.DEAD_LETTERED
     assert sorted(p.record_id for p in rows(settings, db.predictions)) == [1, 2]
     letters = rows(settings, db.dead_letters)
     assert [(letter.reason, letter.payload) for letter in letters] == [
@@ -169,7 +169,7 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
     failed_runs = instance.get_run_records()
     assert {record.dagster_run.status for record in failed_runs} == {DagsterRunStatus.FAILURE}
     (batch_row,) = rows(settings, db.prediction_batches)
-    assert (batch_row.status, batch_row.attempts) == (ledger.DEAD_LETTERED, 3)
+    assert (batch_row.status, batch_row.attempts) == (ledger.BatchStatus.DEAD_LETTERED, 3)
     letters = rows(settings, db.dead_letters)
     assert len(letters) == 2
     assert all("failed after 3 attempts" in letter.reason for letter in letters)
@@ -194,7 +194,7 @@ def test_model_server_4xx_dead_letters_without_retry(
     assert "model server refused the batch" in letter.reason
     assert "422" in letter.reason
     (batch,) = rows(pipeline_settings, db.prediction_batches)
-    assert batch.status == ledger.DEAD_LETTERED
+    assert batch.status == ledger.BatchStatus.DEAD_LETTERED
 
 
 def test_stale_batch_without_run_gets_a_new_run_request(
