@@ -37,6 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from batchinfer_dagster.chunks import chunked
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; BIGINT stays BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -292,8 +294,7 @@ def upgrade(engine: Engine) -> None:
 def existing_values(connection: Connection, column: Column, values: Sequence[Any]) -> set[Any]:
     """Those of ``values`` that ``column`` holds, in IN lists of ``IN_CHUNK``."""
     found: set[Any] = set()
-    for start in range(0, len(values), IN_CHUNK):
-        chunk = values[start : start + IN_CHUNK]
+    for chunk in chunked(values, IN_CHUNK):
         found.update(connection.execute(select(column).where(column.in_(chunk))).scalars())
     return found
 

@@ -16,11 +16,12 @@ from dagster import ConfigurableResource
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.ledger import request_payload
-from batchinfer_dagster.records import add_records
+from batchinfer_dagster.records import LOAD_CHUNK, add_records
 from batchinfer_dagster.resources.model_server import ModelServerResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
@@ -89,8 +90,8 @@ def load_records(settings: Settings, count: int, *, words: int = 8) -> list[int]
     texts = [" ".join(TEXTS[i % len(TEXTS)].split()[:words]) + f" #{i}" for i in range(count)]
     engine = engine_of(settings)
     ids: list[int] = []
-    for start in range(0, count, 5000):
-        ids += add_records(engine, texts[start : start + 5000])
+    for chunk in chunked(texts, LOAD_CHUNK):
+        ids += add_records(engine, chunk)
     with resources_of(settings)["feature_store"].open() as store:
         imported = store.import_records()
     if imported.total_records < count:

@@ -11,6 +11,7 @@ import random
 
 from dagster import DagsterInstance
 
+from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import id_payloads, load_records, publish
@@ -69,8 +70,8 @@ def flood(
     )
     payloads = id_payloads(records + published.unknown) + [p for p, _ in published.invalid]
     random.Random(6).shuffle(payloads)
-    for start in range(0, len(payloads), 500):
-        publish(settings, payloads[start : start + 500])
+    for chunk in chunked(payloads, 500):
+        publish(settings, chunk)
     run_daemon_loop(instance, settings, expect=len(records) + len(published.unknown))
     return published
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
@@ -33,8 +34,8 @@ def test_backlog_drains_on_local_defaults(
     settings = Settings(home=tmp_path, model_url=model_server.url, pull_timeout_seconds=0.3)
     try:
         records = load_records(settings, REQUESTS, words=4)
-        for start in range(0, REQUESTS, 5000):
-            publish(settings, id_payloads(records[start : start + 5000]))
+        for chunk in chunked(records, 5000):
+            publish(settings, id_payloads(chunk))
         report = run_daemon_loop(instance, settings, expect=REQUESTS, max_seconds=900)
         counts = assert_invariants(settings, Published(valid=records), f"backlog of {REQUESTS:,}")
         partitions = instance.get_dynamic_partitions(PREDICTION_BATCHES)
