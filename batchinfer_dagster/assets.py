@@ -113,6 +113,7 @@ def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:
         "predicted": predicted,
         "waiting_features": outcome.waiting,
         "dead_lettered": outcome.dead_lettered,
+        "refused_by_model": outcome.refused,
         "model": outcome.model,
         "model_latency_s": MetadataValue.float(round(outcome.model_seconds, 3)),
         "texts_per_second": MetadataValue.float(round(rate, 1)),

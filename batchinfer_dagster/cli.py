@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,26 @@ import click
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from batchinfer_dagster import db
+from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
 from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
-from batchinfer_dagster.ledger import request_payload
 from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
-from batchinfer_dagster.settings import Settings, load_settings
+from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
 LIST_LIMIT = 20
+
+
+class InvalidRecordIdError(ValueError):
+    """A record id given on the command line that is not one of 1..2^63-1."""
+
+
 # Errors that mean "the user or the environment must change something", shown as one line.
 USER_ERRORS = (
+    SettingsError,
+    InvalidRecordIdError,
     InvalidRecordError,
     InvalidMessageError,
     QueueUnavailableError,
@@ -161,47 +168,88 @@ def import_data(ctx: click.Context) -> None:
         click.echo(f"... and {total - len(shown)} more ({total} records in all)")
 
 
+def record_id_argument(value: str) -> int:
+    """A record id from the command line, or ``InvalidRecordIdError`` (one line, exit 1)."""
+    record_id = ledger.record_id_of_text(value.strip())
+    if record_id is None:
+        raise InvalidRecordIdError(
+            f"{value!r:.60} is not a record id: ids are whole numbers from 1 to "
+            f"{ledger.MAX_RECORD_ID}"
+        )
+    return record_id
+
+
 def parse_range(value: str) -> range:
-    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
-    if not match or int(match[1]) < 1 or int(match[1]) > int(match[2]):
-        raise click.BadParameter(f"{value!r} is not a range like 1-10000 (first ≥ 1, first ≤ last)")
-    return range(int(match[1]), int(match[2]) + 1)
+    """``FIRST-LAST`` as a range of record ids, both ends in 1..2^63-1, first ≤ last."""
+    first, separator, last = value.partition("-")
+    if not separator:
+        raise InvalidRecordIdError(f"{value!r:.60} is not a range like 1-10000")
+    start, end = record_id_argument(first), record_id_argument(last)
+    if start > end:
+        raise InvalidRecordIdError(f"{value!r:.60} is not a range: the first id is after the last")
+    return range(start, end + 1)
 
 
 def parse_ids(values: Sequence[str]) -> list[int]:
-    ids = []
-    for value in values:
-        if not value.isdigit() or int(value) < 1:
-            raise click.BadParameter(f"{value!r} is not a record id (a positive integer)")
-        ids.append(int(value))
-    return ids
+    return [record_id_argument(value) for value in values]
 
 
-def publish_payloads(resources: Resources, payloads: Sequence[bytes]) -> list[str]:
-    """Publish in chunks with a progress bar on stderr; returns the message ids."""
-    message_ids: list[str] = []
+def id_payloads(ids: Iterable[int]) -> Iterator[bytes]:
+    """Request payloads, made one at a time: a range of ten billion ids costs no memory."""
+    return (ledger.request_payload(i) for i in ids)
+
+
+@dataclass
+class PublishReport:
+    """Message ids of a publish, kept bounded: the first few, the last, and the count."""
+
+    count: int = 0
+    first_ids: list[str] = field(default_factory=list)
+    last_id: str | None = None
+
+    def add(self, message_ids: Sequence[str]) -> None:
+        room = LIST_LIMIT + 1 - len(self.first_ids)
+        self.first_ids += message_ids[:room]
+        self.count += len(message_ids)
+        if message_ids:
+            self.last_id = message_ids[-1]
+
+
+def publish_payloads(resources: Resources, payloads: Iterable[bytes], total: int) -> PublishReport:
+    """Publish in chunks of ``PUBLISH_CHUNK`` with a progress bar on stderr.
+
+    ``payloads`` is consumed chunk by chunk, so memory stays bounded by one chunk whatever the
+    number of messages.
+    """
+    report = PublishReport()
     with (
         resources.request_queue.open() as queue,
-        click.progressbar(length=len(payloads), label="publishing", file=sys.stderr) as bar,
+        click.progressbar(length=total, label="publishing", file=sys.stderr) as bar,
     ):
         for chunk in chunked(payloads, PUBLISH_CHUNK):
-            message_ids.extend(queue.publish(chunk))
+            report.add(queue.publish(chunk))
             bar.update(len(chunk))
-    return message_ids
+    return report
 
 
-def _report_published(message_ids: list[str]) -> None:
-    if len(message_ids) <= LIST_LIMIT:
-        for message_id in message_ids:
+def _report_published(report: PublishReport) -> None:
+    if report.count <= LIST_LIMIT:
+        for message_id in report.first_ids:
             _echo_json({"message_id": message_id})
     else:
         _echo_json(
-            {"published": len(message_ids), "first": message_ids[0], "last": message_ids[-1]}
+            {"published": report.count, "first": report.first_ids[0], "last": report.last_id}
         )
 
 
-def id_payloads(ids: Sequence[int]) -> list[bytes]:
-    return [request_payload(i) for i in ids]
+def message_argument(value: str) -> bytes:
+    """A message given as an argument, as UTF-8 bytes; one line and exit 1 when it is not."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRecordError(
+            f"the message is not valid UTF-8 (at character {error.start}); give it as UTF-8"
+        ) from None
 
 
 @cli.command("publish")
@@ -222,20 +270,22 @@ def publish(
       batchinfer publish --ids 1 2 3
       batchinfer publish --range 1-10000
     """
+    _engine(ctx)
     if id_range is not None:
         if values or as_ids:
             raise click.UsageError("--range takes no other arguments")
-        payloads = id_payloads(parse_range(id_range))
+        ids: Sequence[int] = parse_range(id_range)
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
     elif as_ids:
         if not values:
             raise click.UsageError("--ids needs at least one record id")
-        payloads = id_payloads(parse_ids(values))
+        ids = parse_ids(values)
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
     elif len(values) == 1:
-        payloads = [values[0].encode()]
+        report = publish_payloads(_resources(ctx), [message_argument(values[0])], 1)
     else:
         raise click.UsageError("give one message, or --ids ID..., or --range FIRST-LAST")
-    _engine(ctx)
-    _report_published(publish_payloads(_resources(ctx), payloads))
+    _report_published(report)
 
 
 @cli.command("predict")
@@ -248,8 +298,9 @@ def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
     Example:
       batchinfer predict 1 2 3
     """
+    record_ids = parse_ids(ids)
     _engine(ctx)
-    _report_published(publish_payloads(_resources(ctx), id_payloads(parse_ids(ids))))
+    _report_published(publish_payloads(_resources(ctx), id_payloads(record_ids), len(record_ids)))
 
 
 def prediction_document(
@@ -278,10 +329,10 @@ def prediction_document(
 
 
 @cli.command("prediction")
-@click.argument("record_id", type=click.IntRange(min=1))
+@click.argument("record_id_text", metavar="RECORD_ID")
 @click.option("--model", help="Only predictions of this model id (default: the newest of any).")
 @click.pass_context
-def prediction(ctx: click.Context, record_id: int, model: str | None) -> None:
+def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> None:
     """Print the stored prediction of a record as JSON; exit 1 when there is none yet.
 
     \b
@@ -289,6 +340,7 @@ def prediction(ctx: click.Context, record_id: int, model: str | None) -> None:
       batchinfer prediction 1
       {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
     """
+    record_id = record_id_argument(record_id_text)
     document = prediction_document(_engine(ctx), record_id, model)
     if document is None:
         click.echo(f"no prediction for record {record_id} yet", err=True)
@@ -298,6 +350,11 @@ def prediction(ctx: click.Context, record_id: int, model: str | None) -> None:
 
 def _count(connection: sa.Connection, table: sa.Table) -> int:
     return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def _count_dead_letters(connection: sa.Connection, clause: sa.ColumnElement[bool]) -> int:
+    query = sa.select(sa.func.count()).select_from(db.dead_letters).where(clause)
+    return connection.execute(query).scalar_one()
 
 
 def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
@@ -314,7 +371,13 @@ def status_counts(settings: Settings) -> dict[str, Any]:
             "requests": _count_by(connection, db.prediction_requests.c.status),
             "batches": _count_by(connection, db.prediction_batches.c.status),
             "predictions": _count(connection, db.predictions),
-            "dead_letters": _count(connection, db.dead_letters),
+            # Open dead letters: those whose record has no prediction since.
+            "dead_letters": _count_dead_letters(
+                connection, db.dead_letters.c.resolved_at.is_(None)
+            ),
+            "dead_letters_resolved": _count_dead_letters(
+                connection, db.dead_letters.c.resolved_at.is_not(None)
+            ),
         }
         if settings.queue == "local":
             counts["queue_unacked"] = _count(connection, db.queue_messages)
@@ -337,30 +400,75 @@ def status(ctx: click.Context) -> None:
     _echo_json(status_counts(_settings(ctx)))
 
 
-@cli.command("dead-letters")
+def dead_letter_document(row: sa.Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "payload": row.payload,
+        "reason": row.reason,
+        "received_at": row.received_at.isoformat(),
+        "source": row.source,
+        "message_id": row.message_id,
+        "record_id": row.record_id,
+        "delivery_attempts": row.delivery_attempts,
+        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+        "resolved_by_run": row.resolved_by_run,
+        "replayed_at": row.replayed_at.isoformat() if row.replayed_at else None,
+        "replay_message_id": row.replay_message_id,
+    }
+
+
+@cli.group("dead-letters", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--all", "include_resolved", is_flag=True, help="Include resolved dead letters.")
 @click.pass_context
-def dead_letters(ctx: click.Context, limit: int) -> None:
-    """Print dead letters as JSON lines: payload, reason, time (newest last).
+def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None:
+    """Print open dead letters as JSON lines (oldest first): payload, reason, source, record.
+
+    A dead letter is open until its record is predicted (then resolved, with the run that did
+    it). `batchinfer dead-letters replay` asks for their records again.
 
     \b
     Example:
       batchinfer dead-letters
-      {"payload": "not json", "reason": "not JSON: ...", "received_at": "...", "source": "sensor"}
+      {"id": 1, "payload": "not json", "reason": "not JSON: ...", "source": "sensor", ...}
     """
+    if ctx.invoked_subcommand is not None:
+        return
     table = db.dead_letters
+    query = sa.select(table).order_by(table.c.id).limit(limit)
+    if not include_resolved:
+        query = query.where(table.c.resolved_at.is_(None))
     with _engine(ctx).connect() as connection:
-        rows = connection.execute(sa.select(table).order_by(table.c.id).limit(limit)).all()
-    for row in rows:
-        _echo_json(
-            {
-                "payload": row.payload,
-                "reason": row.reason,
-                "received_at": row.received_at.isoformat(),
-                "source": row.source,
-                "message_id": row.message_id,
-            }
-        )
+        for row in connection.execute(query):
+            _echo_json(dead_letter_document(row))
+
+
+@dead_letters.command("replay")
+@click.option("--reason", help="Only dead letters whose reason contains this text.")
+@click.option("--id", "ids", multiple=True, help="Only this dead letter id (repeatable).")
+@click.pass_context
+def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, ...]) -> None:
+    """Publish the request of each open dead letter again (all, by --reason, or by --id).
+
+    Each dead letter is replayed once: running the command again publishes nothing new for it.
+    Malformed messages name no record and are not replayed.
+
+    \b
+    Examples:
+      batchinfer dead-letters replay --reason "unknown record id"
+      batchinfer dead-letters replay --id 12 --id 13
+    """
+    which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
+    engine = _engine(ctx)
+    with _resources(ctx).request_queue.open() as queue:
+        report = ledger.replay_dead_letters(engine, queue, which, now=db.utcnow())
+    _echo_json(
+        {
+            "replayed": report.replayed,
+            "already_replayed": report.already_replayed,
+            "not_replayable": report.not_replayable,
+        }
+    )
 
 
 @cli.group("db")

@@ -53,6 +53,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def storable_text(data: bytes | str) -> str:
+    """Text that both databases can store: invalid UTF-8 and NUL characters escaped.
+
+    PostgreSQL ``text`` cannot hold NUL (0x00), and a payload is arbitrary bytes; escaping here
+    keeps one hostile payload from failing the transaction that stores a whole pull.
+    """
+    text = data.decode("utf-8", errors="backslashreplace") if isinstance(data, bytes) else data
+    # Lone surrogates (a str from a non-UTF-8 source) cannot be encoded for the database either.
+    text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
 class UtcDateTime(TypeDecorator):
     """Aware UTC datetimes on both databases (SQLite keeps no zone, so it is put back on read)."""
 
@@ -146,7 +158,18 @@ dead_letters = Table(
     Column("payload", Text, nullable=False),
     Column("reason", Text, nullable=False),
     _ts("received_at", nullable=False),
+    # The record the message asked for, when it names one: resolution and replay go by it.
+    Column("record_id", BigInteger, nullable=True),
+    # Deliveries before the message was given up (queue and Pub/Sub dead letters).
+    Column("delivery_attempts", Integer, nullable=True),
+    # Set in the transaction that writes the record's prediction: the dead letter is settled.
+    _ts("resolved_at", nullable=True),
+    Column("resolved_by_run", String(64), nullable=True),
+    # Set once by `batchinfer dead-letters replay`, so a dead letter is re-published only once.
+    _ts("replayed_at", nullable=True),
+    Column("replay_message_id", String(128), nullable=True),
     Index("ix_dead_letters_message_id", "message_id"),
+    Index("ix_dead_letters_record_id", "record_id"),
     # Never reuse an id on SQLite (a deleted newest row would give its id away again).
     sqlite_autoincrement=True,
 )

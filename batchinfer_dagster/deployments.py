@@ -122,7 +122,12 @@ def model_server_for(settings: Settings) -> ModelServerResource:
         return VertexModelEndpoint(
             url=settings.model_url, api_endpoint=settings.vertex_api_endpoint, **request
         )
-    return HttpModelServer(url=settings.model_url, auth=settings.model_auth, **request)
+    return HttpModelServer(
+        url=settings.model_url,
+        auth=settings.model_auth,
+        max_request_bytes=settings.model_max_request_bytes,
+        **request,
+    )
 
 
 def resources_for(settings: Settings, *, secrets_from_env: bool = False) -> Resources:

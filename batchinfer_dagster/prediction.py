@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError
-from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError, RefusedText
+from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class BatchOutcome:
     # The model id the server reported ("" when no record reached the model).
     model: str = ""
     label_counts: dict[str, int] = field(default_factory=dict)
+    # Records the model server refused on their own: dead letters of source "model".
+    refused: int = 0
 
 
 class BatchRefusedError(RuntimeError):
@@ -86,7 +88,13 @@ class Predictor:
         started = time.perf_counter()
         answer = self.model.predict([texts[i] for i in found], self.parameters) if found else None
         model_seconds = time.perf_counter() - started
-        predictions = answer.predictions if answer is not None else []
+        predictions: dict[int, Prediction] = {}
+        refused: dict[int, str] = {}
+        for record_id, result in zip(found, answer.answers if answer else [], strict=True):
+            if isinstance(result, RefusedText):
+                refused[record_id] = f"the model server refused record {record_id}: {result.reason}"
+            else:
+                predictions[record_id] = result
         model = answer.model if answer is not None else ""
         waiting, dead = ledger.settle_batch(
             self.engine,
@@ -95,7 +103,8 @@ class Predictor:
                 run_id=run_id,
                 requests=requests,
                 model=model,
-                answers=dict(zip(found, predictions, strict=True)),
+                answers=predictions,
+                refused=refused,
                 feature_wait=self.feature_wait,
                 now=self.clock(),
             ),
@@ -104,10 +113,11 @@ class Predictor:
             batch_key=batch_key,
             requests=len(requests),
             records=len(record_ids),
-            predicted=found,
+            predicted=sorted(predictions),
             waiting=waiting,
             dead_lettered=dead,
             model_seconds=model_seconds,
             model=model,
-            label_counts=dict(Counter(p.labels[0] for p in predictions if p.labels)),
+            label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
+            refused=len(refused),
         )

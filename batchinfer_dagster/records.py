@@ -1,7 +1,14 @@
-"""Records (``data_points``): adding one, bulk loading CSV, JSONL or Parquet files, reading back."""
+"""Records (``data_points``): adding one, bulk loading CSV, JSONL or Parquet files, reading back.
+
+CSV and JSONL are read with the standard library, line by line: every error names its file and
+line, and hostile files (not UTF-8, NUL bytes, huge fields, deep nesting) are refused precisely.
+Parquet, a columnar binary format, is read with pandas (pyarrow) in row groups.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -13,8 +20,11 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
 
-# Rows per read and per insert: bounded memory for files of any size.
+# Rows per insert: bounded memory for files of any size.
 LOAD_CHUNK = 5000
+# UTF-8, with the byte-order mark that Excel and Notepad write skipped when present.
+FILE_ENCODING = "utf-8-sig"
+MAX_CSV_FIELD_CHARS = 64 * 1024 * 1024
 
 
 class InvalidRecordError(ValueError):
@@ -22,8 +32,30 @@ class InvalidRecordError(ValueError):
 
 
 def check_text(text: str, where: str = "text") -> str:
+    """``text`` when both databases can store it: not empty, valid Unicode, no NUL character.
+
+    A command-line argument or file that is not UTF-8 arrives as lone surrogates, which no
+    database driver can encode; PostgreSQL ``text`` cannot hold NUL (0x00).
+    """
     if not text or not text.strip():
         raise InvalidRecordError(f"{where} is empty: a data point needs some text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        character = text[error.start]
+        # A byte that was not UTF-8 in argv or a file name comes back as U+DC80..U+DCFF.
+        bad = (
+            f"byte {character.encode('utf-8', 'surrogateescape')!r}"
+            if "\udc80" <= character <= "\udcff"
+            else f"lone surrogate {character!a}"
+        )
+        raise InvalidRecordError(
+            f"{where} is not valid UTF-8 ({bad} at character {error.start}); convert it to UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise InvalidRecordError(
+            f"{where} contains a NUL character (at {text.index(chr(0))}); remove it"
+        )
     return text
 
 
@@ -44,90 +76,101 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
 
 
 def read_texts(path: Path) -> Iterator[str]:
-    """Texts of a CSV (``text`` column), JSONL (``text`` field) or Parquet (``text`` column) file.
+    """Texts of a CSV or Parquet (a ``text`` column) or JSONL (a ``text`` field) file, checked.
 
-    pandas reads the files in chunks of ``LOAD_CHUNK`` rows; each text is checked, and an error
-    names the file and the line (CSV: the record's line counting the header; JSONL: the line).
+    Files are read as UTF-8 with an optional byte-order mark (``utf-8-sig``): Excel's "CSV UTF-8"
+    starts with one. A file that is not UTF-8 is refused with the byte offset of the first bad
+    byte, never guessed at.
     """
     if not path.is_file():
         raise InvalidRecordError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        yield from _read_csv(path)
+        reader = _read_csv
     elif suffix in {".jsonl", ".ndjson", ".json"}:
-        yield from _read_jsonl(path)
+        reader = _read_jsonl
     elif suffix == ".parquet":
-        yield from _read_parquet(path)
+        reader = _read_parquet
     else:
         raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv, .jsonl or .parquet")
+    try:
+        yield from reader(path)
+    except UnicodeDecodeError as error:
+        raise InvalidRecordError(
+            f"{path}: not UTF-8 ({error.reason} at byte {first_undecodable_byte(path)}); "
+            "save it as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
 
 
-def _checked(texts: pd.Series, where: Callable[[int], str]) -> Iterator[str]:
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidRecordError(f"{where(position)}: 'text' is {text!r}, not a string")
-        yield check_text(text, where(position))
+def first_undecodable_byte(path: Path, block: int = 1 << 20) -> int:
+    """The file offset of the first byte that is not UTF-8, read in blocks (bounded memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while data := handle.read(block):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the block
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as error:
+                return offset - pending + error.start
+            offset += len(data)
+    pending = len(decoder.getstate()[0])
+    return offset - pending if pending else -1
 
 
 def _read_csv(path: Path) -> Iterator[str]:
-    try:
-        columns = pd.read_csv(path, nrows=0).columns
-    except pd.errors.EmptyDataError:
-        columns = pd.Index([])
-    if "text" not in columns:
-        raise InvalidRecordError(f"{path}: no 'text' column (columns: {list(columns)})")
-    line = 2
-    chunks = pd.read_csv(
-        path, usecols=["text"], dtype=str, keep_default_na=False, chunksize=LOAD_CHUNK
-    )
-    for chunk in chunks:
-        start = line
-        yield from _checked(chunk["text"], lambda i, start=start: f"{path}:{start + i}")
-        line += len(chunk)
+    # The csv module refuses fields over 128 KiB by default; a long record is a legal record.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
+    with path.open(newline="", encoding=FILE_ENCODING) as handle:
+        reader = csv.DictReader(handle)
+        try:
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise InvalidRecordError(
+                    f"{path}: no 'text' column (columns: {reader.fieldnames!r:.300})"
+                )
+            for row in reader:
+                yield check_text(row["text"] or "", f"{path}:{reader.line_num}")
+        except csv.Error as error:  # a NUL byte, a field over csv.field_size_limit()
+            raise InvalidRecordError(f"{path}:{reader.line_num}: not CSV ({error})") from None
 
 
-def _jsonl_error(path: Path) -> InvalidRecordError:
-    """The first line pandas could not read, found again with ``json`` to name it."""
-    with path.open(encoding="utf-8") as handle:
+def _read_jsonl(path: Path) -> Iterator[str]:
+    with path.open(encoding=FILE_ENCODING) as handle:
         for line, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
                 item = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                return InvalidRecordError(f"{path}:{line}: not JSON ({exc.msg})")
-            if not isinstance(item, dict):
-                return InvalidRecordError(f"{path}:{line}: needs a string field 'text'")
-    return InvalidRecordError(f"{path}: not JSON lines")
-
-
-def _read_jsonl(path: Path) -> Iterator[str]:
-    # Blank lines are skipped by pandas; map row positions back to file lines for errors.
-    with path.open(encoding="utf-8") as handle:
-        lines = [number for number, raw in enumerate(handle, start=1) if raw.strip()]
-    if not lines:
-        return
-    try:
-        reader = pd.read_json(path, lines=True, dtype=False, chunksize=LOAD_CHUNK)
-        row = 0
-        for chunk in reader:
-            if "text" not in chunk.columns:
-                raise InvalidRecordError(f"{path}:{lines[row]}: needs a string field 'text'")
-            start = row
-            yield from _checked(chunk["text"], lambda i, start=start: f"{path}:{lines[start + i]}")
-            row += len(chunk)
-    except ValueError as exc:
-        if isinstance(exc, InvalidRecordError):
-            raise
-        raise _jsonl_error(path) from exc
+            except RecursionError:
+                raise InvalidRecordError(f"{path}:{line}: JSON nested too deeply") from None
+            except ValueError as exc:  # JSONDecodeError, or a number of over 4,300 digits
+                raise InvalidRecordError(f"{path}:{line}: not JSON ({exc})") from exc
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise InvalidRecordError(f"{path}:{line}: needs a string field 'text'")
+            yield check_text(item["text"], f"{path}:{line}")
 
 
 def _read_parquet(path: Path) -> Iterator[str]:
+    """The ``text`` column, a row group at a time; errors name the row (from 1)."""
+    import pyarrow.parquet as pq
+
     try:
-        frame = pd.read_parquet(path, columns=["text"])
-    except (KeyError, ValueError) as exc:
-        raise InvalidRecordError(f"{path}: no 'text' column ({exc})") from exc
-    yield from _checked(frame["text"], lambda i: f"{path}: row {i + 1}")
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as error:
+        raise InvalidRecordError(f"{path}: not Parquet ({error})") from None
+    if "text" not in parquet.schema_arrow.names:
+        raise InvalidRecordError(
+            f"{path}: no 'text' column (columns: {parquet.schema_arrow.names!r:.300})"
+        )
+    row = 0
+    for group in range(parquet.num_row_groups):
+        texts: pd.Series = parquet.read_row_group(group, columns=["text"]).to_pandas()["text"]
+        for text in texts:
+            row += 1
+            where = f"{path}: row {row}"
+            if not isinstance(text, str):
+                raise InvalidRecordError(f"{where}: 'text' is {text!r:.100}, not a string")
+            yield check_text(text, where)
 
 
 def count_texts(path: Path) -> int:

@@ -1,12 +1,15 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (docs/architecture.md, "Delivery guarantees"): pull → validate → one ledger
-transaction → register the batch partitions → ack → run requests. Partitions are registered by
-the tick itself, before the ack, rather than through ``SensorResult.dynamic_partitions_requests``
-(which Dagster applies only after the function returns): when the ack happens, everything a
-redelivery could not recreate exists. Each tick then requests runs for batches written straight
-to the ledger (``request_predictions_job``), re-batches requests whose feature backoff passed and
-reconciles a bounded number of batches whose runs never started or failed.
+Order of a tick (docs/architecture.md, "Delivery guarantees"): pull → validate each message on
+its own → one ledger transaction → register the batch partitions → ack → read back what the queue
+service dead-lettered itself (Pub/Sub's dead-letter subscription) → run requests. A message that
+fails validation in any way is a dead letter of its own; it never fails the tick, so the rest of
+its pull is acked. Partitions are registered by the tick itself, before the ack, rather than
+through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after the
+function returns): when the ack happens, everything a redelivery could not recreate exists. Each
+tick then requests runs for batches written straight to the ledger (``request_predictions_job``),
+re-batches requests whose feature backoff passed and reconciles a bounded number of batches whose
+runs never started or failed.
 """
 
 from collections.abc import Callable, Sequence
@@ -24,9 +27,10 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.queue import RequestQueue
+from batchinfer_dagster.clients.queue import QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.ledger.reconcile import RECONCILE_LIMIT, STALE_AFTER
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
@@ -35,6 +39,9 @@ from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
+
+# Longest wait for the dead-letter subscription, which is empty almost always.
+DEAD_LETTER_PULL_SECONDS = 1.0
 
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
@@ -49,16 +56,21 @@ class TickOutcome:
     accepted: int = 0
     redelivered: int = 0
     malformed: int = 0
+    # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
+    queue_dead_letters: int = 0
+    dead_letter_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        summary = (
             f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
-            f"malformed {self.malformed}, re-batched {len(self.rebatched)} batches, "
+            f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
+            f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
+        return f"{summary}; {self.dead_letter_error}" if self.dead_letter_error else summary
 
 
 def run_key(batch_key: str, attempt: int) -> str:
@@ -94,6 +106,20 @@ def batches_in_flight(
     return in_flight
 
 
+def read_back_dead_letters(
+    engine: Engine, policy: LedgerResource, queue: RequestQueue, *, now: datetime
+) -> int:
+    """Move what the queue service dead-lettered into ``dead_letters``; ack after the commit."""
+    messages = queue.pull_dead_letters(
+        policy.max_pull, min(policy.pull_timeout_seconds, DEAD_LETTER_PULL_SECONDS)
+    )
+    if not messages:
+        return 0
+    written = ledger.record_queue_dead_letters(engine, messages, queue=queue.kind, now=now)
+    queue.ack_dead_letters([message.ack_id for message in messages])
+    return written
+
+
 def process_tick(
     instance: DagsterInstance,
     policy: LedgerResource,
@@ -112,6 +138,14 @@ def process_tick(
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
+    try:
+        queue_dead = read_back_dead_letters(engine, policy, queue, now=clock())
+        dead_letter_error = None
+    except QueueUnavailableError as exc:
+        # Reported on every tick (sensor log and skip reason) without stopping the intake,
+        # re-batching and reconcile that do not depend on the dead-letter subscription.
+        queue_dead = 0
+        dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
     requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
     rebatched = ledger.rebatch_waiting(
         engine, now=clock(), batch_size=policy.batch_size, limit=policy.max_pull
@@ -143,6 +177,8 @@ def process_tick(
         accepted=ingest.accepted,
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
+        queue_dead_letters=queue_dead,
+        dead_letter_error=dead_letter_error,
         rebatched=rebatched,
         retried=retried,
         dead_lettered=reconciled.dead_lettered,
@@ -164,6 +200,8 @@ def prediction_requests_sensor(
     """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
     with request_queue.open() as queue:
         outcome = process_tick(context.instance, ledger, queue)
+    if outcome.dead_letter_error:
+        context.log.warning(outcome.dead_letter_error)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))

@@ -10,12 +10,58 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE, DEFAULT_LABELS
+from batchinfer_protocol.zero_shot import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    DEFAULT_LABELS,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_LABELS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ParameterError,
+    check_hypothesis_template,
+    check_labels,
+)
+
+# Pub/Sub's own bounds on a subscription (google.pubsub.v1.Subscription, DeadLetterPolicy).
+PUBSUB_ACK_DEADLINE_SECONDS = (10, 600)
+PUBSUB_DELIVERY_ATTEMPTS = (5, 100)
+ENV_PREFIX = "BATCHINFER_"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work, in one line naming the variable and what to change."""
+
+
+def settings_error_line(error: ValidationError) -> str:
+    """Pydantic's multi-line report as one line: ``BATCHINFER_X=value: what is wrong; ...``."""
+    parts = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else ""
+        variable = f"{ENV_PREFIX}{name.upper()}" if name else "settings"
+        if name == "pubsub_emulator_host":
+            variable = "PUBSUB_EMULATOR_HOST"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        value = item.get("input")
+        if not name:
+            parts.append(message)
+            continue
+        shown = "" if isinstance(value, dict) else f"={value!r:.120}"
+        parts.append(f"{variable}{shown}: {message}")
+    return "; ".join(parts)
+
+
+def _text_encodable(value: str, variable: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{variable} is not valid UTF-8 ({error.reason}); fix its encoding"
+        ) from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -37,9 +83,9 @@ class Settings(BaseSettings):
     )
     # Seconds a pulled message stays invisible before it is delivered again (local queue and the
     # ack deadline of the Pub/Sub subscription that `batchinfer pubsub create` makes).
-    ack_deadline_seconds: int = 60
+    ack_deadline_seconds: int = Field(default=60, ge=1)
     # Deliveries before a never-acked message becomes a dead letter (Pub/Sub's minimum is 5).
-    max_delivery_attempts: int = 5
+    max_delivery_attempts: int = Field(default=5, ge=1)
 
     feature_store: Literal["local", "vertex"] = "local"
     vertex_project: str | None = None
@@ -53,8 +99,12 @@ class Settings(BaseSettings):
     model_url: str = "http://127.0.0.1:8080"
     # "google-id-token": a Cloud Run model server that only its invokers may call.
     model_auth: Literal["none", "google-id-token"] = "none"
-    model_timeout_seconds: float = 120.0
-    model_chunk_size: int = 256
+    model_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Texts per request; the server refuses more than MODEL_MAX_INSTANCES (default 1000).
+    model_chunk_size: int = Field(default=256, ge=1, le=DEFAULT_MAX_INSTANCES)
+    # Bytes per request body; the server refuses more than MODEL_MAX_BODY_BYTES (same default).
+    # A single text too large for it is dead-lettered alone, without sending it.
+    model_max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
     multi_label: bool = False
     hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
@@ -65,14 +115,76 @@ class Settings(BaseSettings):
     feature_wait_seconds: float = Field(default=600.0, ge=0)
     pull_timeout_seconds: float = Field(default=5.0, gt=0)
 
+    def __init__(self, **values: Any) -> None:
+        """Read and check the settings; a value that cannot work is one ``SettingsError`` line."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise SettingsError(settings_error_line(error)) from None
+
     @field_validator("labels", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         if isinstance(value, str):
             value = tuple(label.strip() for label in value.split(",") if label.strip())
         if isinstance(value, list | tuple) and not value:
-            raise ValueError("BATCHINFER_LABELS needs at least one label, e.g. 'mobile,billing'")
+            raise ValueError("needs at least one label, e.g. 'mobile,billing'")
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_the_server_accepts(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        """The model server's own check (duplicates, empty, too many), at load, not per batch."""
+        for label in labels:
+            _text_encodable(label, "a label")
+        try:
+            return check_labels(labels, max_labels=DEFAULT_MAX_LABELS)
+        except ParameterError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _template_the_server_accepts(cls, template: str) -> str:
+        _text_encodable(template, "the hypothesis template")
+        try:
+            return check_hypothesis_template(template)
+        except ParameterError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("model_url")
+    @classmethod
+    def _model_url_has_a_scheme(cls, url: str) -> str:
+        """A URL httpx cannot send to fails every batch only after its retries: refuse it now."""
+        if url.startswith("vertex://"):
+            # Imported here: the Vertex client pulls in the Google libraries.
+            from batchinfer_dagster.clients.vertex_model_client import parse_endpoint_url
+
+            parse_endpoint_url(url)
+        elif not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ValueError(
+                "needs http://HOST:PORT, https://HOST or "
+                "vertex://projects/P/locations/L/endpoints/E"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _pubsub_accepts_the_subscription(self) -> Settings:
+        """Pub/Sub refuses a subscription outside its bounds (``batchinfer pubsub create``)."""
+        if self.queue != "pubsub":
+            return self
+        low, high = PUBSUB_ACK_DEADLINE_SECONDS
+        if not low <= self.ack_deadline_seconds <= high:
+            raise ValueError(
+                f"BATCHINFER_ACK_DEADLINE_SECONDS={self.ack_deadline_seconds}: Pub/Sub accepts "
+                f"{low}..{high} seconds"
+            )
+        low, high = PUBSUB_DELIVERY_ATTEMPTS
+        if not low <= self.max_delivery_attempts <= high:
+            raise ValueError(
+                f"BATCHINFER_MAX_DELIVERY_ATTEMPTS={self.max_delivery_attempts}: Pub/Sub "
+                f"accepts {low}..{high} delivery attempts"
+            )
+        return self
 
     @cached_property
     def resolved_database_url(self) -> str:

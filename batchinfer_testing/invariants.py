@@ -32,10 +32,12 @@ class Published:
     valid: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     invalid: list[tuple[bytes, str]] = field(default_factory=list)
+    # Known records the model server refuses on their own (or too large to send).
+    refused: list[int] = field(default_factory=list)
 
     @property
     def messages(self) -> int:
-        return len(self.valid) + len(self.unknown) + len(self.invalid)
+        return len(self.valid) + len(self.unknown) + len(self.invalid) + len(self.refused)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Counts:
 
 
 def _decoded(payload: bytes) -> str:
-    return payload.decode("utf-8", errors="backslashreplace")
+    return db.storable_text(payload)
 
 
 def _queue_depth(settings: Settings) -> int:
@@ -97,9 +99,9 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
     table = db.dead_letters
     rows = connection.execute(sa.select(table.c.source, table.c.payload, table.c.reason)).all()
     by_source = Counter(row.source for row in rows)
-    queue_dead = [
-        row for row in rows if row.source not in {ledger.DeadLetterSource.SENSOR, "ledger"}
-    ]
+    source = ledger.DeadLetterSource
+    processed = {source.SENSOR, source.LEDGER, source.MODEL}
+    queue_dead = [row for row in rows if row.source not in processed]
     assert not queue_dead, f"messages dead-lettered unprocessed by the queue: {queue_dead[:3]}"
     sensor = Counter(row.payload for row in rows if row.source == ledger.DeadLetterSource.SENSOR)
     expected = Counter(_decoded(payload) for payload, _ in published.invalid)
@@ -122,11 +124,15 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
         f"ledger dead letters {sorted(ledger_dead)[:10]} != unknown ids "
         f"{sorted(published.unknown)[:10]} (a known record dead-lettered is a lost request)"
     )
-    assert all(
-        r.reason == ledger.UNKNOWN_RECORD
-        for r in rows
-        if r.source == ledger.DeadLetterSource.LEDGER
+    assert all(r.reason == ledger.UNKNOWN_RECORD for r in rows if r.source == source.LEDGER)
+    model_dead = Counter(
+        int(json.loads(row.payload)["id"]) for row in rows if row.source == source.MODEL
     )
+    assert model_dead == Counter(published.refused), (
+        f"model dead letters {sorted(model_dead)[:10]} != refused records "
+        f"{sorted(published.refused)[:10]}"
+    )
+    assert all(row.reason for row in rows), "a dead letter without a reason"
     return sum(by_source.values())
 
 

@@ -102,6 +102,12 @@ class FaultInjectingQueue(RequestQueue):
     def nack(self, ack_ids: Sequence[str]) -> None:
         self.queue.nack(ack_ids)
 
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        return self.queue.pull_dead_letters(max_messages, timeout)
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        self.queue.ack_dead_letters(ack_ids)
+
     def close(self) -> None:
         self.queue.close()
 

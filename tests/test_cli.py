@@ -204,6 +204,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ["prediction"],
         ["status"],
         ["dead-letters"],
+        ["dead-letters", "replay"],
         ["db", "upgrade"],
         ["pubsub", "create"],
         ["serve-model"],

@@ -1,4 +1,4 @@
-"""Loading records from CSV, JSONL and Parquet with pandas: chunk boundaries, per-line errors."""
+"""Loading records from CSV, JSONL and Parquet: chunk boundaries, per-line errors."""
 
 from __future__ import annotations
 

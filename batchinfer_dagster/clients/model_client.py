@@ -1,9 +1,10 @@
 """Clients of the model server: our HTTP server (locally or on Cloud Run), or a Vertex endpoint.
 
-A client splits a ledger batch into *client chunks* (``chunk_size`` texts per request, a few in
-flight at once); the server merges chunks of all clients into its own dynamic batches (see
-docs/architecture.md, "Glossary"). Every answer names the model that made it: that id is the
-lineage key of the stored predictions, so a changed model never overwrites another's rows.
+A client splits a ledger batch into *client chunks* (``chunk_size`` texts, a few in flight at
+once), each sent in requests within ``max_request_bytes``; the server merges chunks of all
+clients into its own dynamic batches (docs/architecture.md, "Glossary"). Every answer names the
+model that made it: that id is the lineage key of the stored predictions, so a changed model
+never overwrites another's rows.
 
 Errors are split by what a caller should do: ``TransientModelError`` (connection refused, 5xx,
 timeout) is worth a retry with backoff; ``ModelRequestError`` (4xx) never gets better by retrying.
@@ -21,8 +22,11 @@ import httpx
 
 from batchinfer_dagster.chunks import chunk_list
 from batchinfer_protocol.zero_shot import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    InstanceError,
     Prediction,
     PredictParameters,
+    decode_instance_errors,
     decode_model,
     decode_predictions,
     encode_request,
@@ -44,21 +48,54 @@ class ModelRequestError(ModelError):
     """The server refused the request as invalid (4xx): retrying cannot help."""
 
 
+class RefusedInstancesError(ModelRequestError):
+    """The server refused some instances of a request on their own merits (``instance_errors``).
+
+    ``instance_errors`` index the texts of the request that was sent.
+    """
+
+    def __init__(self, message: str, instance_errors: Sequence[InstanceError]) -> None:
+        super().__init__(message)
+        self.instance_errors = list(instance_errors)
+
+
+@dataclass(frozen=True)
+class RefusedText:
+    """A text that gets no prediction, and why: the server refused it, or it is too large to send.
+
+    It takes the place of that text's ``Prediction`` in the answers; the other texts of its
+    request are predicted as if it had never been there.
+    """
+
+    reason: str
+
+
+Answer = Prediction | RefusedText
+
+
 @dataclass(frozen=True)
 class ModelAnswer:
-    """Predictions in the order of the texts, and the id of the model that made them."""
+    """Answers in the order of the texts, and the id of the model that made the predictions.
+
+    ``model`` is empty when no text reached the model (every one refused or too large).
+    """
 
     model: str
-    predictions: list[Prediction]
+    answers: list[Answer]
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The answers that are predictions (in order), refusals left out."""
+        return [answer for answer in self.answers if isinstance(answer, Prediction)]
 
 
-def joined(answers: Sequence[ModelAnswer], source: str) -> ModelAnswer:
-    """The answers of consecutive chunks as one; they must come from one model.
+def joined(parts: Sequence[ModelAnswer], source: str) -> ModelAnswer:
+    """The answers of consecutive requests or chunks as one; they must come from one model.
 
     Two models in one batch happen only while the server rolls out a new model: the batch is
     retried (``TransientModelError``) rather than stored under two lineage keys.
     """
-    models = sorted({answer.model for answer in answers})
+    models = sorted({part.model for part in parts if part.model})
     if len(models) > 1:
         raise TransientModelError(
             f"{source} answered one batch with {len(models)} models {models}: a new model is "
@@ -66,35 +103,139 @@ def joined(answers: Sequence[ModelAnswer], source: str) -> ModelAnswer:
         )
     return ModelAnswer(
         model=models[0] if models else "",
-        predictions=[p for answer in answers for p in answer.predictions],
+        answers=[answer for part in parts for answer in part.answers],
     )
 
 
+def requests_within(
+    sizes: Sequence[int], base_bytes: int, limit: int
+) -> tuple[list[list[int]], list[int]]:
+    """Indices of consecutive texts grouped into requests of at most ``limit`` bytes.
+
+    ``sizes`` are the bytes each text adds to a request, ``base_bytes`` the size of a request
+    without texts. Returns the groups, in order, and the indices of texts too large to fit in any
+    request even alone (they are never sent).
+    """
+    groups: list[list[int]] = []
+    too_large: list[int] = []
+    current: list[int] = []
+    size = base_bytes
+    for index, item in enumerate(sizes):
+        if base_bytes + item > limit:
+            too_large.append(index)
+            continue
+        if current and size + item > limit:
+            groups.append(current)
+            current, size = [], base_bytes
+        current.append(index)
+        size += item
+    if current:
+        groups.append(current)
+    return groups, too_large
+
+
 class ModelClient(ABC):
-    """Predict many texts; the order of the answers is the order of the texts."""
+    """Predict many texts; the answers are in the order of the texts.
+
+    Each answer is a ``Prediction``, or a ``RefusedText`` for a text the server refused alone or
+    that is too large to send: one bad text never costs the others of its request.
+    """
 
     chunk_size: int = 256
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     def predict(self, texts: Sequence[str], parameters: PredictParameters) -> ModelAnswer:
         """Split ``texts`` into client chunks, send them concurrently, join the answers in order."""
         chunks = chunk_list(texts, self.chunk_size)
         if len(chunks) <= 1:
-            answers = [self.predict_chunk(chunk, parameters) for chunk in chunks]
+            parts = [self.predict_chunk(chunk, parameters) for chunk in chunks]
         else:
             with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(chunks))) as pool:
-                answers = list(
-                    pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks)
-                )
-        return joined(answers, self.source)
+                parts = list(pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks))
+        return joined(parts, self.source)
 
     @property
     def source(self) -> str:
         """The server, as error messages name it."""
         return type(self).__name__
 
-    @abstractmethod
     def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
-        """One request to the server."""
+        """One chunk, in requests within ``max_request_bytes``; refused texts answered alone.
+
+        A text that cannot be sent (over the request bound even alone, or not encodable as
+        UTF-8) is answered with a ``RefusedText`` without sending it.
+        """
+        answers: dict[int, Answer] = {}
+        sizes: dict[int, int] = {}
+        for index, text in enumerate(texts):
+            try:
+                sizes[index] = self.instance_bytes(text)
+            except UnicodeEncodeError as error:
+                answers[index] = RefusedText(
+                    f"the text is not valid Unicode ({error.reason} at character "
+                    f"{error.start}), so it cannot be sent"
+                )
+        sendable = sorted(sizes)
+        base = self.request_overhead_bytes(parameters)
+        groups, too_large = requests_within(
+            [sizes[i] for i in sendable], base, self.max_request_bytes
+        )
+        for position in too_large:
+            index = sendable[position]
+            answers[index] = RefusedText(
+                f"the text is {sizes[index]} bytes in a request; a request to the model server "
+                f"holds at most {self.max_request_bytes} bytes, so it cannot be sent"
+            )
+        parts: list[ModelAnswer] = []
+        for group in groups:
+            indices = [sendable[position] for position in group]
+            part = self.send_dropping_refused([texts[i] for i in indices], parameters)
+            answers.update(zip(indices, part.answers, strict=True))
+            parts.append(part)
+        return ModelAnswer(
+            model=joined(parts, self.source).model,
+            answers=[answers[index] for index in range(len(texts))],
+        )
+
+    def send_dropping_refused(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
+        """Send ``texts``; when the server refuses some instances, resend the others.
+
+        Each round removes at least one text, so this ends after at most ``len(texts)`` requests.
+        """
+        answers: dict[int, Answer] = {}
+        pending = list(range(len(texts)))
+        model = ""
+        while pending:
+            try:
+                sent = self.send([texts[i] for i in pending], parameters)
+            except RefusedInstancesError as refusal:
+                refused = {error.index: error.reason for error in refusal.instance_errors}
+                if not refused or not all(0 <= i < len(pending) for i in refused):
+                    raise ModelRequestError(
+                        f"{refusal} (its instance_errors {sorted(refused)} do not name "
+                        f"instances of the {len(pending)} sent)"
+                    ) from refusal
+                answers.update({pending[i]: RefusedText(reason) for i, reason in refused.items()})
+                pending = [
+                    index for position, index in enumerate(pending) if position not in refused
+                ]
+                continue
+            answers.update(zip(pending, sent.answers, strict=True))
+            model = sent.model
+            break
+        return ModelAnswer(model=model, answers=[answers[index] for index in range(len(texts))])
+
+    @abstractmethod
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
+        """One request; ``RefusedInstancesError`` when the server refuses single instances."""
+
+    @abstractmethod
+    def instance_bytes(self, text: str) -> int:
+        """Bytes that ``text`` adds to a request (its encoding and separators)."""
+
+    @abstractmethod
+    def request_overhead_bytes(self, parameters: PredictParameters) -> int:
+        """Bytes of a request without instances."""
 
     def close(self) -> None:
         """Release connections."""
@@ -114,7 +255,23 @@ def parse_answer(body: object, expected: int, source: str) -> ModelAnswer:
         model = decode_model(body)
     except ValueError as error:
         raise ModelError(f"{source} {error}; is it our model server?") from error
-    return ModelAnswer(model=model, predictions=parse_predictions(body, expected, source))
+    return ModelAnswer(model=model, answers=list(parse_predictions(body, expected, source)))
+
+
+def refusal_error(message: str, body: object) -> ModelRequestError:
+    """The error of a 4xx answer: per instance when its body names ``instance_errors``."""
+    try:
+        instance_errors = decode_instance_errors(body)
+    except (ValueError, KeyError, TypeError):
+        instance_errors = []
+    if instance_errors:
+        return RefusedInstancesError(message, instance_errors)
+    return ModelRequestError(message)
+
+
+def json_bytes(value: object) -> bytes:
+    """The request encoding: compact UTF-8 JSON, so its size is what the server counts."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class HttpModelClient(ModelClient):
@@ -128,19 +285,31 @@ class HttpModelClient(ModelClient):
         chunk_size: int = 256,
         predict_route: str = "/predict",
         auth: httpx.Auth | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.url = base_url.rstrip("/") + predict_route
         self.chunk_size = chunk_size
+        self.max_request_bytes = max_request_bytes
         self.client = httpx.Client(timeout=timeout, auth=auth)
 
     @property
     def source(self) -> str:
         return f"model server {self.url}"
 
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
-        payload = encode_request(texts, parameters)
+    def instance_bytes(self, text: str) -> int:
+        # The text as a JSON string, and the comma before it.
+        return len(json_bytes(text)) + 1
+
+    def request_overhead_bytes(self, parameters: PredictParameters) -> int:
+        # Less the comma that the first text does not need: sizes add up to the exact body.
+        return len(json_bytes(encode_request([], parameters))) - 1
+
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
+        content = json_bytes(encode_request(texts, parameters))
         try:
-            response = self.client.post(self.url, json=payload)
+            response = self.client.post(
+                self.url, content=content, headers={"content-type": "application/json"}
+            )
         except httpx.TimeoutException as exc:
             raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
@@ -150,13 +319,18 @@ class HttpModelClient(ModelClient):
                 f"model server {self.url} answered {response.status_code}: {response.text[:300]}"
             )
         if response.status_code >= 400:
-            raise ModelRequestError(
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise refusal_error(
                 f"model server {self.url} refused the request ({response.status_code}): "
-                f"{response.text[:300]}"
+                f"{response.text[:300]}",
+                body,
             )
         try:
             body = response.json()
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
         return parse_answer(body, len(texts), self.url)
 

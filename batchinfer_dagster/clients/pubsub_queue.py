@@ -55,7 +55,9 @@ class PubSubTopology:
     max_delivery_attempts: int = 5
 
 
-def _unavailable(topology: PubSubTopology, exc: Exception) -> QueueUnavailableError:
+def _unavailable(
+    topology: PubSubTopology, exc: Exception, subscription: str | None = None
+) -> QueueUnavailableError:
     where = (
         f"emulator at {topology.emulator_host}"
         if topology.emulator_host
@@ -64,7 +66,8 @@ def _unavailable(topology: PubSubTopology, exc: Exception) -> QueueUnavailableEr
     return QueueUnavailableError(
         f"Pub/Sub ({where}) failed: {str(exc) or type(exc).__name__}. Is it running, and do "
         f"the topic {topology.topic!r} and subscription "
-        f"{topology.subscription!r} exist (`batchinfer pubsub create`)?"
+        f"{(subscription or topology.subscription).rsplit('/', 1)[-1]!r} exist "
+        "(`batchinfer pubsub create`)?"
     )
 
 
@@ -99,6 +102,9 @@ class PubSubQueue(RequestQueue):
         self.subscription_path = self.subscriber.subscription_path(
             topology.project, topology.subscription
         )
+        self.dead_letter_subscription_path = self.subscriber.subscription_path(
+            topology.project, topology.dead_letter_subscription
+        )
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
         empty = [index for index, payload in enumerate(payloads) if not payload]
@@ -113,7 +119,10 @@ class PubSubQueue(RequestQueue):
         except (gexc.GoogleAPICallError, futures.TimeoutError) as exc:
             raise _unavailable(self.topology, exc) from exc
 
-    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+    def pull(
+        self, max_messages: int, timeout: float, *, subscription: str | None = None
+    ) -> list[ReceivedMessage]:
+        subscription = subscription or self.subscription_path
         deadline = time.monotonic() + timeout
         messages: list[ReceivedMessage] = []
         while len(messages) < max_messages:
@@ -123,23 +132,38 @@ class PubSubQueue(RequestQueue):
             if messages:
                 # More may be ready at once; don't wait long for a backlog that has ended.
                 remaining = min(remaining, 1.0)
-            batch = self._pull_once(min(PULL_CHUNK, max_messages - len(messages)), remaining)
+            batch = self._pull_once(
+                subscription, min(PULL_CHUNK, max_messages - len(messages)), remaining
+            )
             if not batch:
                 break
             messages.extend(batch)
         return messages
 
-    def _pull_once(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        """Messages Pub/Sub moved to the dead-letter topic (its ``max_delivery_attempts``).
+
+        They are read from the dead-letter subscription, so ``dead_letters`` shows everything
+        that did not become a prediction, whatever moved it.
+        """
+        return self.pull(max_messages, timeout, subscription=self.dead_letter_subscription_path)
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        self.ack(ack_ids, subscription=self.dead_letter_subscription_path)
+
+    def _pull_once(
+        self, subscription: str, max_messages: int, timeout: float
+    ) -> list[ReceivedMessage]:
         try:
             response = self.subscriber.pull(
-                request={"subscription": self.subscription_path, "max_messages": max_messages},
+                request={"subscription": subscription, "max_messages": max_messages},
                 timeout=max(timeout, 0.5),
                 retry=None,
             )
         except (gexc.DeadlineExceeded, gexc.RetryError):
             return []
         except gexc.GoogleAPICallError as exc:
-            raise _unavailable(self.topology, exc) from exc
+            raise _unavailable(self.topology, exc, subscription) from exc
         return [
             ReceivedMessage(
                 message_id=received.message.message_id,
@@ -148,15 +172,19 @@ class PubSubQueue(RequestQueue):
                 # The service counts deliveries only when a dead-letter policy is set.
                 delivery_attempt=received.delivery_attempt or 1,
                 publish_time=received.message.publish_time,
+                attributes=dict(received.message.attributes),
             )
             for received in response.received_messages
         ]
 
-    def ack(self, ack_ids: Sequence[str]) -> None:
+    def ack(self, ack_ids: Sequence[str], *, subscription: str | None = None) -> None:
         try:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 self.subscriber.acknowledge(
-                    request={"subscription": self.subscription_path, "ack_ids": chunk}
+                    request={
+                        "subscription": subscription or self.subscription_path,
+                        "ack_ids": chunk,
+                    }
                 )
         except gexc.GoogleAPICallError as exc:
             raise _unavailable(self.topology, exc) from exc

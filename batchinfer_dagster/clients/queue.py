@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -41,6 +41,8 @@ class ReceivedMessage:
     data: bytes
     delivery_attempt: int
     publish_time: datetime
+    # Pub/Sub message attributes (the dead-letter topic's carry the source's delivery count).
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 class RequestQueue(ABC):
@@ -67,6 +69,16 @@ class RequestQueue(ABC):
     @abstractmethod
     def nack(self, ack_ids: Sequence[str]) -> None:
         """Make delivered messages visible again at once."""
+
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        """Messages the queue service itself gave up on, waiting to be read into the ledger.
+
+        None here: the local queue writes its dead letters into ``dead_letters`` itself.
+        """
+        return []
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        """Remove dead letters once the ledger holds them."""
 
     def close(self) -> None:
         """Release connections."""
@@ -165,13 +177,18 @@ class LocalQueue(RequestQueue):
         ).all()
         if not exhausted:
             return
+        # Imported here: the ledger imports this module for ReceivedMessage.
+        from batchinfer_dagster.ledger import record_id_of_payload
+
         connection.execute(
             db.dead_letters.insert(),
             [
                 {
                     "source": "queue",
+                    "record_id": record_id_of_payload(bytes(row.payload)),
                     "message_id": str(row.id),
-                    "payload": bytes(row.payload).decode("utf-8", errors="backslashreplace"),
+                    "payload": db.storable_text(bytes(row.payload)),
+                    "delivery_attempts": row.delivery_attempt,
                     "reason": f"not acknowledged after {row.delivery_attempt} deliveries",
                     "received_at": now,
                 }

@@ -9,8 +9,8 @@ are mapped here onto ``TransientModelError`` / ``ModelRequestError``.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
@@ -27,9 +27,10 @@ from batchinfer_dagster.clients.model_client import (
     ModelClient,
     ModelRequestError,
     PredictParameters,
+    RefusedInstancesError,
     TransientModelError,
-    joined,
     parse_predictions,
+    refusal_error,
 )
 
 # Vertex AI refuses online prediction requests over 1.5 MB; stay a little under it.
@@ -73,32 +74,19 @@ def default_retry(
     )
 
 
-def split_by_request_size(
-    texts: Sequence[str], base_bytes: int, limit: int = MAX_REQUEST_BYTES
-) -> list[list[str]]:
-    """Consecutive runs of ``texts`` whose requests stay under ``limit`` serialized bytes.
+def refusal_of(message: str) -> object:
+    """The refusal body our server sent, when Google's error message carries it as JSON.
 
-    ``base_bytes`` is the size of the request without instances (endpoint name, parameters).
-    Order is kept, so joining the answers of the pieces gives the answers in the texts' order.
+    A Vertex AI endpoint answers a container's 4xx with an error whose message holds the
+    container's body; ``None`` when there is no JSON object in it.
     """
-    pieces: list[list[str]] = []
-    current: list[str] = []
-    size = base_bytes
-    for index, text in enumerate(texts):
-        item = len(text.encode("utf-8")) + INSTANCE_OVERHEAD_BYTES
-        if base_bytes + item > limit:
-            raise ModelRequestError(
-                f"text #{index} is {item - INSTANCE_OVERHEAD_BYTES} bytes: a Vertex AI request "
-                f"holds at most {limit} bytes; shorten or split that record"
-            )
-        if current and size + item > limit:
-            pieces.append(current)
-            current, size = [], base_bytes
-        current.append(text)
-        size += item
-    if current:
-        pieces.append(current)
-    return pieces
+    start = message.find("{")
+    if start < 0:
+        return None
+    try:
+        return json.loads(message[start:])
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -148,10 +136,14 @@ class VertexModelClient(ModelClient):
     def source(self) -> str:
         return f"Vertex AI endpoint {self.endpoint} (via {self.api_endpoint})"
 
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
-        base = PredictRequest.pb(self._request([], parameters)).ByteSize()
-        pieces = split_by_request_size(texts, base, self.max_request_bytes)
-        return joined([self._predict(piece, parameters) for piece in pieces], self.source)
+    def instance_bytes(self, text: str) -> int:
+        return len(text.encode("utf-8")) + INSTANCE_OVERHEAD_BYTES
+
+    def request_overhead_bytes(self, parameters: PredictParameters) -> int:
+        return PredictRequest.pb(self._request([], parameters)).ByteSize()
+
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
+        return self._predict(texts, parameters)
 
     def _request(self, texts: list[str], parameters: PredictParameters) -> PredictRequest:
         # Built on the raw protobuf: proto-plus cannot marshal a list into `repeated Value`.
@@ -172,6 +164,12 @@ class VertexModelClient(ModelClient):
         except TRANSIENT as exc:
             raise TransientModelError(f"{where} is unavailable: {exc}") from exc
         except gexc.GoogleAPICallError as exc:
+            refusal = refusal_error(
+                f"{where} refused the request ({exc.code}): {exc.message}",
+                refusal_of(exc.message or ""),
+            )
+            if isinstance(refusal, RefusedInstancesError):
+                raise refusal from exc
             raise ModelRequestError(
                 f"{where} refused the request ({exc.code}): {exc.message}. Check the endpoint "
                 "name, that a model is deployed to it, and the service account's "
@@ -181,7 +179,7 @@ class VertexModelClient(ModelClient):
         predictions = body.get("predictions", [])
         return ModelAnswer(
             model=model_id(body, self.endpoint),
-            predictions=parse_predictions({"predictions": predictions}, len(texts), where),
+            answers=list(parse_predictions({"predictions": predictions}, len(texts), where)),
         )
 
     def close(self) -> None:

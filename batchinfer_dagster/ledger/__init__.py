@@ -8,7 +8,8 @@ lost or repeated is one transaction here. One module per use case:
 - ``intake``: a pull into the ledger, launchpad requests, re-batching after a feature wait;
 - ``runs``: a run's batch: start, settle, fail;
 - ``reconcile``: another attempt for failed or lost batches (the Dagster query passed in);
-- ``dead_letters``: what will never succeed, with the reason;
+- ``dead_letters``: what will never succeed, with the reason; resolved when predicted later;
+- ``replay``: publish requests again for open dead letters, once each;
 - ``retention``: finished rows of old settled batches;
 - ``readback``: what a batch stored, for its checks.
 
@@ -17,12 +18,16 @@ the package's public API, re-exported so callers write ``ledger.ingest_messages`
 """
 
 from batchinfer_dagster.ledger.dead_letters import (
+    DEAD_LETTER_DELIVERIES_ATTRIBUTE,
     UNKNOWN_RECORD,
     dead_letter_batch,
     last_error,
+    record_queue_dead_letters,
+    resolve_dead_letters,
 )
 from batchinfer_dagster.ledger.intake import (
     IngestResult,
+    classify_messages,
     count_attempt,
     create_batches,
     ingest_messages,
@@ -30,10 +35,14 @@ from batchinfer_dagster.ledger.intake import (
     request_new_batches,
 )
 from batchinfer_dagster.ledger.messages import (
+    MAX_NESTING,
     MAX_PAYLOAD_BYTES,
     MAX_RECORD_ID,
     InvalidRequestError,
+    json_nesting_depth,
     parse_record_id,
+    record_id_of_payload,
+    record_id_of_text,
     request_key,
     request_payload,
 )
@@ -45,6 +54,7 @@ from batchinfer_dagster.ledger.reconcile import (
     reconcile,
     touch_batches,
 )
+from batchinfer_dagster.ledger.replay import DeadLetterFilter, ReplayReport, replay_dead_letters
 from batchinfer_dagster.ledger.retention import old_settled_batches, prune_settled, settled_batches
 from batchinfer_dagster.ledger.runs import (
     FEATURE_BACKOFF_BASE,
@@ -65,9 +75,20 @@ from batchinfer_dagster.ledger.states import (
 )
 
 __all__ = [
+    "DEAD_LETTER_DELIVERIES_ATTRIBUTE",
+    "DeadLetterFilter",
+    "ReplayReport",
+    "classify_messages",
+    "json_nesting_depth",
+    "record_id_of_payload",
+    "record_id_of_text",
+    "record_queue_dead_letters",
+    "replay_dead_letters",
+    "resolve_dead_letters",
     "FEATURE_BACKOFF_BASE",
     "FEATURE_BACKOFF_MAX",
     "MAX_PAYLOAD_BYTES",
+    "MAX_NESTING",
     "MAX_RECORD_ID",
     "UNKNOWN_RECORD",
     "BatchRequest",

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
 from batchinfer_dagster.clients.queue import ReceivedMessage
-from batchinfer_dagster.ledger.dead_letters import invalid_message_rows
+from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS, invalid_message_rows
 from batchinfer_dagster.ledger.messages import (
     MAX_RECORD_ID,
     InvalidRequestError,
@@ -102,6 +102,40 @@ def queued_request_rows(
     ]
 
 
+def message_error(message: ReceivedMessage, error: Exception) -> str:
+    """The dead-letter reason of a message whose handling raised ``error``."""
+    if isinstance(error, InvalidRequestError):
+        return str(error)
+    return f"could not read the message: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+def classify_messages(
+    messages: Sequence[ReceivedMessage], *, queue: str
+) -> tuple[dict[str, int], dict[str, tuple[ReceivedMessage, str]]]:
+    """Split a pull into valid requests (request key → record id) and dead letters (→ reason).
+
+    Every step of one message runs under its own ``except Exception``: whatever a message holds
+    (or whatever a bug makes of it), it costs only itself, never the rest of the pull. A message
+    delivered twice in one pull counts once.
+    """
+    valid: dict[str, int] = {}
+    invalid: dict[str, tuple[ReceivedMessage, str]] = {}
+    for position, message in enumerate(messages):
+        try:
+            key = request_key(queue, message)
+        except Exception as exc:  # charged to this message alone
+            key = f"{queue}:unreadable:{position}:{message.ack_id}"[:128]
+            invalid[key] = (message, message_error(message, exc))
+            continue
+        if key in valid or key in invalid:
+            continue
+        try:
+            valid[key] = parse_record_id(message.data)
+        except Exception as exc:  # charged to this message alone
+            invalid[key] = (message, message_error(message, exc))
+    return valid, invalid
+
+
 def ingest_messages(
     engine: Engine,
     messages: Sequence[ReceivedMessage],
@@ -115,17 +149,7 @@ def ingest_messages(
     A message the ledger already holds (a redelivery after a crash before the ack) is skipped, so
     acking everything afterwards is safe. Malformed messages become dead letters once.
     """
-    by_key: dict[str, ReceivedMessage] = {}
-    for message in messages:
-        by_key.setdefault(request_key(queue, message), message)
-    valid: dict[str, int] = {}
-    invalid: dict[str, tuple[bytes, str]] = {}
-    for key, message in by_key.items():
-        try:
-            valid[key] = parse_record_id(message.data)
-        except InvalidRequestError as exc:
-            invalid[key] = (message.data, str(exc))
-
+    valid, invalid = classify_messages(messages, queue=queue)
     with engine.begin() as connection:
         known = db.existing_values(connection, db.prediction_requests.c.message_id, list(valid))
         resumed = _queued_batches_of(connection, sorted(known))

@@ -7,7 +7,7 @@ calls the feature store or the model server, so a failed call leaves the ledger 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -15,14 +15,23 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.ledger.dead_letters import UNKNOWN_RECORD, dead_letter_requests
-from batchinfer_dagster.ledger.states import BatchStatus, RequestStatus, may_become
+from batchinfer_dagster.ledger.dead_letters import (
+    MAX_ERROR_CHARS,
+    UNKNOWN_RECORD,
+    dead_letter_requests,
+    resolve_dead_letters,
+)
+from batchinfer_dagster.ledger.states import (
+    BatchStatus,
+    DeadLetterSource,
+    RequestStatus,
+    may_become,
+)
 from batchinfer_protocol.zero_shot import Prediction
 
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
 FEATURE_BACKOFF_MAX = timedelta(seconds=60)
-MAX_ERROR_CHARS = 2000
 
 
 class UnknownBatchError(LookupError):
@@ -120,7 +129,8 @@ def write_predictions(
             {
                 "record_id": record_id,
                 "model": model_name,
-                "sequence": answer.sequence,
+                # A text with NUL (a Vertex feature store can hold one) fits PostgreSQL escaped.
+                "sequence": db.storable_text(answer.sequence),
                 "labels": answer.labels,
                 "scores": answer.scores,
                 "batch_key": batch_key,
@@ -177,8 +187,9 @@ def _settle_missing(
 class Settlement:
     """What a run learned about its batch, settled in one transaction by ``settle_batch``.
 
-    ``answers`` holds a prediction by record id for every record that had features; ``model``
-    is the id the model server reported, the predictions' lineage key.
+    ``answers`` holds a prediction by record id for the records the model predicted, ``refused``
+    the server's reason by record id for those it refused on their own (or that were too large
+    to send); ``model`` is the id the model server reported, the predictions' lineage key.
     """
 
     batch_key: str
@@ -188,19 +199,22 @@ class Settlement:
     answers: Mapping[int, Prediction]
     feature_wait: timedelta
     now: datetime
+    refused: Mapping[int, str] = field(default_factory=dict)
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
-    """One transaction: predictions, request statuses and the batch's success.
+    """One transaction: predictions, request statuses, dead letters and the batch's success.
 
-    Returns how many requests now wait for features and how many became dead letters.
+    A record the server refused is dead-lettered alone with the server's reason; dead letters of
+    the records predicted now are resolved by this run in the same transaction. Returns how many
+    requests now wait for features and how many became dead letters.
     """
-    answers, now = settlement.answers, settlement.now
+    answers, refusals, now = settlement.answers, settlement.refused, settlement.now
+    open_requests = [r for r in settlement.requests if r.status != RequestStatus.DEAD_LETTERED]
     done = [r.message_id for r in settlement.requests if r.record_id in answers]
+    refused = [r for r in open_requests if r.record_id in refusals]
     missing = [
-        r
-        for r in settlement.requests
-        if r.record_id not in answers and r.status != RequestStatus.DEAD_LETTERED
+        r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
     ]
     table = db.prediction_requests
     with engine.begin() as connection:
@@ -221,9 +235,19 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 )
                 .values(status=RequestStatus.DONE, error=None, updated_at=now)
             )
+        resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
+        dead_letter_requests(
+            connection,
+            refused,
+            "the model server refused the record",
+            now,
+            source=DeadLetterSource.MODEL,
+            reasons={r.message_id: refusals[r.record_id] for r in refused},
+        )
         waiting, dead = _settle_missing(
             connection, missing, feature_wait=settlement.feature_wait, now=now
         )
+        dead += len(refused)
         batches = db.prediction_batches
         connection.execute(
             sa.update(batches)

@@ -35,6 +35,8 @@ class DeadLetterSource(StrEnum):
     SENSOR = "sensor"  # a message that is not a valid request
     LEDGER = "ledger"  # a request that can never be predicted
     QUEUE = "queue"  # a message the local queue delivered too often without an ack
+    MODEL = "model"  # a record the model server refused on its own (or too large to send)
+    PUBSUB_DEAD_LETTER = "pubsub-dead-letter"  # read back from Pub/Sub's dead-letter topic
 
 
 _R = RequestStatus

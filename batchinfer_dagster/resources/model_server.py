@@ -14,6 +14,7 @@ from batchinfer_dagster.clients.model_client import HttpModelClient, ModelClient
 from batchinfer_protocol.zero_shot import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     DEFAULT_LABELS,
+    DEFAULT_MAX_REQUEST_BYTES,
     PredictParameters,
 )
 
@@ -65,6 +66,12 @@ class HttpModelServer(ModelServerResource):
         default="none",
         description="google-id-token: a private Cloud Run service that only its invokers call.",
     )
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=1024,
+        description="Bytes per request body (the server's MODEL_MAX_BODY_BYTES); a text too "
+        "large alone is dead-lettered without sending it.",
+    )
 
     def client(self) -> ModelClient:
         auth = None
@@ -73,7 +80,11 @@ class HttpModelServer(ModelServerResource):
 
             auth = GoogleIdTokenAuth(self.url)
         return HttpModelClient(
-            self.url, timeout=self.timeout_seconds, chunk_size=self.chunk_size, auth=auth
+            self.url,
+            timeout=self.timeout_seconds,
+            chunk_size=self.chunk_size,
+            auth=auth,
+            max_request_bytes=self.max_request_bytes,
         )
 
 

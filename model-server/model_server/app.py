@@ -79,11 +79,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, f"invalid Content-Length {declared!r}")
-        if int(declared) > max_bytes:
+        if not (declared.isascii() and declared.isdigit()):
+            raise RequestError(400, f"invalid Content-Length {declared!r:.40}")
+        # Bounded before int(): Python refuses to convert over 4,300 digits (ValueError).
+        if len(declared) > len(str(max_bytes)) or int(declared) > max_bytes:
             raise RequestError(
-                413, f"body of {declared} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)"
+                413,
+                f"body of {declared:.40} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)",
             )
     chunks = []
     size = 0
@@ -157,7 +159,7 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
         body = await read_body(request, service.settings.model_max_body_bytes)
         instances = parse_predict_request(body, service.settings)
     except RequestError as error:
-        return error_response(error.status_code, error.message)
+        return JSONResponse(error.body(), status_code=error.status_code)
     try:
         predictions = await service.batcher.predict(instances)
     except ShuttingDownError as error:

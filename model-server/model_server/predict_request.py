@@ -7,10 +7,17 @@ a clear 4xx and never joins (or breaks) a batch shared with other requests.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from batchinfer_protocol.zero_shot import ParameterError, check_hypothesis_template, check_labels
+from batchinfer_protocol.zero_shot import (
+    InstanceError,
+    ParameterError,
+    check_hypothesis_template,
+    check_labels,
+    encode_refusal,
+)
 from model_server.backends.base import Instance
 from model_server.settings import ServerSettings
 
@@ -18,12 +25,38 @@ KNOWN_PARAMETERS = frozenset({"candidate_labels", "multi_label", "hypothesis_tem
 
 
 class RequestError(Exception):
-    """A request the server refuses, with the HTTP status and a message for the client."""
+    """A request the server refuses, with the HTTP status and a message for the client.
 
-    def __init__(self, status_code: int, message: str) -> None:
+    ``instance_errors`` name the instances that alone caused the refusal (the protocol's
+    refusal body), so the client can resend the others.
+    """
+
+    def __init__(
+        self, status_code: int, message: str, instance_errors: Sequence[InstanceError] = ()
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.instance_errors = list(instance_errors)
+
+    def body(self) -> dict[str, Any]:
+        """The protocol's refusal body."""
+        return encode_refusal(self.message, self.instance_errors)
+
+
+def check_encodable(text: str, where: str) -> str:
+    """``text`` when it can be encoded as UTF-8; JSON escapes can name lone surrogates.
+
+    A lone surrogate (``"\\ud800"``) parses fine but fails the tokenizer and the JSON answer,
+    which would fail the whole model batch it shares with other requests.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} is not valid Unicode ({error.reason} at character {error.start})"
+        ) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -34,10 +67,17 @@ class Parameters:
 
 
 def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instance]:
-    """The instances of a /predict body, or a RequestError saying what is wrong with it."""
+    """The instances of a /predict body, or a RequestError saying what is wrong with it.
+
+    A malformed body is a 400, a well-formed one the server cannot serve a 413 or 422; instances
+    wrong on their own are listed in ``instance_errors`` (422) so the client can resend the rest.
+    A long text is legal: the backends truncate its tokens as the Hugging Face pipeline does.
+    """
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise RequestError(400, "the body nests JSON too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, over 4300 digits
         raise RequestError(400, f"the body is not valid JSON: {error}") from error
     if not isinstance(payload, dict):
         raise RequestError(400, f"the body must be a JSON object, got {type(payload).__name__}")
@@ -51,33 +91,44 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
             f"{settings.model_max_instances} (MODEL_MAX_INSTANCES): split the request",
         )
     parameters = parse_parameters(payload.get("parameters"), settings)
+    texts: list[str] = []
+    errors: list[InstanceError] = []
+    for index, instance in enumerate(instances):
+        try:
+            texts.append(instance_text(instance, index))
+        except ValueError as error:
+            errors.append(InstanceError(index, str(error)))
+    if errors:
+        raise RequestError(
+            422,
+            f"{len(errors)} of {len(instances)} instances refused, e.g. {errors[0].reason}; "
+            "the others are valid: resend them without the instances in 'instance_errors'",
+            errors,
+        )
     return [
         Instance(
-            text=instance_text(instance, index, settings.model_max_text_chars),
+            text=text,
             labels=parameters.labels,
             multi_label=parameters.multi_label,
             hypothesis_template=parameters.hypothesis_template,
         )
-        for index, instance in enumerate(instances)
+        for text in texts
     ]
 
 
-def instance_text(instance: Any, index: int, max_chars: int) -> str:
-    """The text of one instance: a string, or an object with a string "text"."""
+def instance_text(instance: Any, index: int) -> str:
+    """The text of one instance: a string, or an object with a string "text".
+
+    ``ValueError`` (the instance's refusal reason) when it is not a usable text.
+    """
     text = instance.get("text") if isinstance(instance, dict) else instance
     if not isinstance(text, str):
-        raise RequestError(
-            422, f"instances[{index}] must be a string or {{'text': string}}, got {instance!r:.80}"
+        raise ValueError(
+            f"instances[{index}] must be a string or {{'text': string}}, got {instance!r:.80}"
         )
     if not text.strip():
-        raise RequestError(422, f"instances[{index}] has an empty text")
-    if len(text) > max_chars:
-        raise RequestError(
-            422,
-            f"instances[{index}] has {len(text)} characters; the limit is {max_chars} "
-            "(MODEL_MAX_TEXT_CHARS)",
-        )
-    return text
+        raise ValueError(f"instances[{index}] has an empty text")
+    return check_encodable(text, f"instances[{index}]")
 
 
 def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
@@ -108,8 +159,10 @@ def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(label, str) for label in raw):
         raise RequestError(422, f"'candidate_labels' must be a list of strings, got {raw!r:.80}")
     try:
+        for label in raw:
+            check_encodable(label, "a candidate label")
         return check_labels(raw, max_labels=settings.model_max_labels)
-    except ParameterError as error:
+    except (ParameterError, ValueError) as error:
         raise RequestError(422, f"'candidate_labels': {error}") from error
 
 
@@ -120,6 +173,6 @@ def parse_template(raw: Any) -> str | None:
     if not isinstance(raw, str):
         raise RequestError(422, f"'hypothesis_template' must be a string, got {raw!r:.80}")
     try:
-        return check_hypothesis_template(raw)
-    except ParameterError as error:
+        return check_hypothesis_template(check_encodable(raw, "the hypothesis template"))
+    except (ParameterError, ValueError) as error:
         raise RequestError(422, f"'hypothesis_template': {error}") from error

@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from batchinfer_protocol.zero_shot import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     DEFAULT_LABELS,
+    DEFAULT_MAX_INSTANCES,
     DEFAULT_MAX_LABELS,
+    DEFAULT_MAX_REQUEST_BYTES,
 )
 
 
@@ -27,7 +29,9 @@ class ServerSettings(BaseSettings):
     aip_predict_route: str = "/predict"
     aip_health_route: str = "/health"
     aip_storage_uri: str | None = None
-    model_host: str = "0.0.0.0"
+    # Loopback by default: an unauthenticated server must not face the local network of a laptop.
+    # Containers (Cloud Run, Vertex AI) set MODEL_HOST=0.0.0.0 in their Dockerfile.
+    model_host: str = "127.0.0.1"
 
     model_backend: Literal["embedding", "nli"] = "embedding"
     model_name_or_path: str | None = None
@@ -38,9 +42,8 @@ class ServerSettings(BaseSettings):
     model_max_batch_size: int = Field(32, ge=1)
     model_batch_pool_rows: int = Field(1024, ge=1)
     model_batch_wait_ms: float = Field(2.0, ge=0)
-    model_max_instances: int = Field(1000, ge=1)
-    model_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    model_max_text_chars: int = Field(100_000, ge=1)
+    model_max_instances: int = Field(DEFAULT_MAX_INSTANCES, ge=1)
+    model_max_body_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
     model_max_labels: int = Field(DEFAULT_MAX_LABELS, ge=1)
 
     model_default_labels: str = ",".join(DEFAULT_LABELS)

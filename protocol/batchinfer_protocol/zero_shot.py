@@ -23,6 +23,7 @@ those and resend the rest: one bad text never costs the other texts of its reque
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,10 @@ DEFAULT_LABELS: tuple[str, ...] = ("mobile", "website", "billing", "account acce
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
 # Candidate labels per request the server accepts by default (MODEL_MAX_LABELS).
 DEFAULT_MAX_LABELS = 64
+# Instances per request the server accepts by default (MODEL_MAX_INSTANCES).
+DEFAULT_MAX_INSTANCES = 1000
+# Bytes of a request body the server accepts by default (MODEL_MAX_BODY_BYTES).
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 
 class ParameterError(ValueError):
@@ -93,16 +98,26 @@ def check_labels(labels: Sequence[str], *, max_labels: int = DEFAULT_MAX_LABELS)
 def check_hypothesis_template(template: str) -> str:
     """``template`` when it has one slot for the label, or a :class:`ParameterError`.
 
-    The pipeline fills the template with ``template.format(label)``.
+    The pipeline fills the template with ``template.format(label)``. Only plain ``{}`` fields
+    are accepted: a format spec such as ``{:>999999999}`` would make every label a gigabyte.
     """
     try:
-        formatted = template.format("label")
-    except (IndexError, KeyError, ValueError) as error:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as error:
         raise ParameterError(
-            f"hypothesis template {template!r} cannot be formatted with one label: {error}"
+            f"hypothesis template {template!r:.200} cannot be formatted with one label: {error}"
         ) from error
-    if "{}" not in template or formatted == template:
-        raise ParameterError(f"hypothesis template {template!r} has no '{{}}' for the label")
+    if not fields:
+        raise ParameterError(f"hypothesis template {template!r:.200} has no '{{}}' for the label")
+    if fields != [("", "", None)]:
+        raise ParameterError(
+            f"hypothesis template {template!r:.200} must hold exactly one plain '{{}}' for the "
+            "label (no second field, name, index, conversion or format spec)"
+        )
     return template
 
 

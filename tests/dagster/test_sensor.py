@@ -177,23 +177,54 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
     assert rows(settings, db.predictions) == []
 
 
-def test_model_server_4xx_dead_letters_without_retry(
+def test_a_record_the_server_refuses_is_dead_lettered_alone(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
+    """The server refuses one instance (422, instance_errors); the batch's others are predicted."""
     store = local_feature_store(pipeline_settings)
-    store.upsert([(1, "")])  # the server answers 422 for an empty text
-    publish_json(pipeline_settings, [{"id": 1}])
+    store.upsert([(1, "my invoice is wrong"), (2, "   "), (3, "the app crashes")])
+    publish_json(pipeline_settings, [{"id": 1}, {"id": 2}, {"id": 3}])
 
     report = run_daemon_loop(instance, pipeline_settings)
+
+    assert [run.success for run in report.runs] == [True]
+    assert sorted(row.record_id for row in rows(pipeline_settings, db.predictions)) == [1, 3]
+    (letter,) = rows(pipeline_settings, db.dead_letters)
+    assert (letter.source, letter.record_id) == (ledger.DeadLetterSource.MODEL, 2)
+    assert "the model server refused record 2" in letter.reason
+    assert "has an empty text" in letter.reason  # the server's own reason
+    statuses = {
+        row.record_id: row.status for row in rows(pipeline_settings, db.prediction_requests)
+    }
+    assert statuses == {
+        1: ledger.RequestStatus.DONE,
+        2: ledger.RequestStatus.DEAD_LETTERED,
+        3: ledger.RequestStatus.DONE,
+    }
+    (batch,) = rows(pipeline_settings, db.prediction_batches)
+    assert batch.status == ledger.BatchStatus.SUCCEEDED
+
+
+def test_model_server_4xx_for_the_whole_request_dead_letters_without_retry(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    """A 4xx naming no instance (here 404: a wrong route) refuses the batch as a whole."""
+    settings = pipeline_settings.model_copy(
+        update={"model_url": f"{pipeline_settings.model_url}/no-such-route"}
+    )
+    local_feature_store(settings).upsert([(1, "my invoice is wrong")])
+    publish_json(settings, [{"id": 1}])
+
+    report = run_daemon_loop(instance, settings)
 
     assert len(report.runs) == 1
     assert not report.runs[0].success
     step_events = report.runs[0].all_node_events
     assert not any(event.event_type_value == "STEP_UP_FOR_RETRY" for event in step_events)
-    (letter,) = rows(pipeline_settings, db.dead_letters)
+    (letter,) = rows(settings, db.dead_letters)
     assert "model server refused the batch" in letter.reason
-    assert "422" in letter.reason
-    (batch,) = rows(pipeline_settings, db.prediction_batches)
+    assert "404" in letter.reason
+    (batch,) = rows(settings, db.prediction_batches)
     assert batch.status == ledger.BatchStatus.DEAD_LETTERED
 
 

@@ -8,7 +8,11 @@ import pytest
 from batchinfer_dagster.clients.model_client import (
     ModelRequestError,
     PredictParameters,
+    RefusedInstancesError,
+    RefusedText,
     TransientModelError,
+    refusal_error,
+    requests_within,
 )
 from batchinfer_dagster.clients.vertex_model_client import (
     INSTANCE_OVERHEAD_BYTES,
@@ -16,7 +20,7 @@ from batchinfer_dagster.clients.vertex_model_client import (
     VertexModelClient,
     default_retry,
     parse_endpoint_url,
-    split_by_request_size,
+    refusal_of,
 )
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.resources.model_server import VertexModelEndpoint
@@ -132,16 +136,39 @@ def test_large_chunks_are_split_under_the_request_limit(
     assert sum(fake_vertex.predict_sizes) > 4_000_000
 
 
-def test_a_text_over_the_limit_is_refused_with_its_index() -> None:
-    with pytest.raises(ModelRequestError, match="text #1 is 2000 bytes"):
-        split_by_request_size(["ok", "x" * 2000], base_bytes=100, limit=1000)
+def test_a_text_over_the_limit_is_refused_alone_and_never_sent(
+    vertex_settings: Settings, fake_vertex: FakeVertex
+) -> None:
+    """Issue example 2 on Vertex: the 1.5 MB check refuses one text, not its chunk."""
+    client = make_client(vertex_settings)
+    base = client.request_overhead_bytes(PARAMETERS)
+    fits = "f" * (MAX_REQUEST_BYTES - base - INSTANCE_OVERHEAD_BYTES)  # exactly at the limit
+    over = fits + "o"  # one byte past it
+    texts = ["short one", over, fits, "short two"]
+
+    answers = client.predict(texts, PARAMETERS).answers
+
+    assert isinstance(answers[1], RefusedText)
+    assert f"at most {MAX_REQUEST_BYTES} bytes" in answers[1].reason
+    assert [a.sequence for i, a in enumerate(answers) if i != 1] == [texts[0], fits, texts[3]]
+    # The text at the limit was sent (framing is at most INSTANCE_OVERHEAD_BYTES of the bound).
+    assert max(fake_vertex.predict_sizes) > MAX_REQUEST_BYTES - INSTANCE_OVERHEAD_BYTES
+    assert max(fake_vertex.predict_sizes) <= MAX_REQUEST_BYTES
+    assert len(fake_vertex.predict_sizes) == 3  # [short one] [fits] [short two]: never `over`
 
 
 def test_split_keeps_order_and_fills_requests() -> None:
-    texts = ["a" * 88] * 10  # 100 bytes each with framing
-    pieces = split_by_request_size(texts, base_bytes=0, limit=300)
-    assert [len(p) for p in pieces] == [3, 3, 3, 1]
+    sizes = [100] * 10
+    groups, too_large = requests_within(sizes, base_bytes=0, limit=300)
+    assert [len(g) for g in groups] == [3, 3, 3, 1]
+    assert [i for g in groups for i in g] == list(range(10))
+    assert too_large == []
     assert INSTANCE_OVERHEAD_BYTES == 12
+
+
+def test_split_sets_apart_only_the_texts_too_large_alone() -> None:
+    groups, too_large = requests_within([10, 91, 90, 10], base_bytes=10, limit=100)
+    assert (groups, too_large) == ([[0], [2], [3]], [1])
 
 
 @pytest.mark.parametrize(
@@ -151,3 +178,18 @@ def test_split_keeps_order_and_fills_requests() -> None:
 def test_bad_endpoint_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="vertex://projects/PROJECT/locations/REGION/endpoints/"):
         parse_endpoint_url(url)
+
+
+def test_a_refusal_body_in_googles_error_message_refuses_single_instances() -> None:
+    """Vertex AI passes a container's 4xx body on in its error message."""
+    message = (
+        'Prediction failed with status 422: {"error": "1 of 2 instances refused", '
+        '"instance_errors": [{"index": 1, "reason": "instances[1] has an empty text"}]}'
+    )
+    error = refusal_error("refused", refusal_of(message))
+    assert isinstance(error, RefusedInstancesError)
+    assert [(e.index, e.reason) for e in error.instance_errors] == [
+        (1, "instances[1] has an empty text")
+    ]
+    plain = refusal_error("refused", refusal_of("Permission denied on endpoint"))
+    assert type(plain) is ModelRequestError
