@@ -23,10 +23,12 @@ $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 
 install: $(STAMP)
 
-# The model server in the background, `dagster dev` (UI on :3000, sensor running) in front.
+# The schema migrated (the one step that changes it), the model server in the background,
+# `dagster dev` (UI on :3000, sensor running) in front.
 run: install
 	@mkdir -p $(DAGSTER_HOME)
 	@cp -n dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	@$(BIN)/batchinfer db upgrade
 	@$(BIN)/python -m model_server & model_pid=$$!; \
 	trap 'kill $$model_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml
@@ -34,7 +36,8 @@ run: install
 model-server: install
 	$(BIN)/python -m model_server
 
-# The seed's walkthrough end to end, on its own model server and sensor loop.
+# The walkthrough end to end (add, import, publish, prediction) on its own database, model
+# server and Dagster daemon; it migrates its scratch database first.
 demo: install
 	$(BIN)/python -m batchinfer_dagster.demo
 

@@ -14,7 +14,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec
 from sqlalchemy import Engine
 
 from batchinfer_dagster import ledger
-from batchinfer_dagster.resources.model_client import Prediction
+from batchinfer_protocol.zero_shot import Prediction
 
 PREDICTIONS_ASSET = "predictions"
 SCORE_TOLERANCE = 1e-4
@@ -96,13 +96,13 @@ def prediction_check_results(
     engine: Engine,
     batch_key: str,
     *,
-    model_name: str,
+    model: str,
     labels: Sequence[str],
     multi_label: bool,
 ) -> list[AssetCheckResult]:
-    """The three checks of one batch, read back from the ``predictions`` table."""
+    """The three checks of one batch, read back from the rows of ``model`` (the served model)."""
     record_ids = ledger.batch_record_ids(engine, batch_key)
-    stored = ledger.read_predictions(engine, record_ids, model_name=model_name)
+    stored = ledger.read_predictions(engine, record_ids, model_name=model)
     return [
         _one_per_record(record_ids, stored),
         _scores_sum_to_one(stored, multi_label),

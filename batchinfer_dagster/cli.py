@@ -1,13 +1,13 @@
-"""The ``batchinfer`` command: the seed's three scripts and the operator's everyday tools.
+"""The ``batchinfer`` command: add, load, import, publish, inspect — and the operator's tools.
 
-Every command reads the one ``Settings`` object, so the same commands drive the embedded defaults
-and production. Failures a user can cause or fix (bad input, a server that is down) end as one line
-on stderr and a non-zero exit, never as a traceback.
+Every command reads the one ``Settings`` object and builds its clients through the same resources
+as the code location (``batchinfer_dagster.deployments``), so the same commands drive the
+embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
+down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -21,15 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
+from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
 from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.queue import (
-    InvalidMessageError,
-    QueueUnavailableError,
-    build_queue,
-)
 from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 
+# Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
 LIST_LIMIT = 20
 
@@ -46,6 +44,7 @@ USER_ERRORS = (
     InvalidMessageError,
     QueueUnavailableError,
     db.DatabaseUnavailableError,
+    db.SchemaOutOfDateError,
 )
 
 
@@ -78,6 +77,28 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.find_root().obj
 
 
+def _resources(ctx: click.Context) -> Resources:
+    return resources_for(_settings(ctx))
+
+
+def _engine(ctx: click.Context) -> sa.Engine:
+    """The app database; the embedded SQLite one is migrated on first use.
+
+    On a laptop the CLI is the first thing a user runs, so it creates its own database. Any
+    other database is migrated only by ``batchinfer db upgrade`` (the deploy run does it).
+    """
+    database = _resources(ctx).database
+    url = database.url()
+    if db.is_sqlite(url):
+        engine = db.create_app_engine(url)
+        try:
+            if db.current_revision(engine) != db.head_revision():
+                db.upgrade(engine)
+        finally:
+            engine.dispose()
+    return database.get_engine()
+
+
 def _echo_json(value: object) -> None:
     click.echo(json.dumps(value, ensure_ascii=False))
 
@@ -93,7 +114,7 @@ def add_data_point(ctx: click.Context, text: str) -> None:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
-    [record_id] = add_records(db.get_engine(_settings(ctx)), [text])
+    [record_id] = add_records(_engine(ctx), [text])
     _echo_json({"id": record_id, "text": text})
 
 
@@ -111,7 +132,7 @@ def load(ctx: click.Context, file: Path) -> None:
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
     """
     total = count_texts(file)
-    engine = db.get_engine(_settings(ctx))
+    engine = _engine(ctx)
     with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
         first_last = load_file(engine, file, on_chunk=bar.update)
     first, last = (first_last + [None, None])[:2] if first_last else (None, None)
@@ -130,16 +151,17 @@ def import_data(ctx: click.Context) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
-    store = build_feature_store(_settings(ctx))
-    result = store.import_records()
-    _echo_json(
-        {
-            "imported": result.rows_imported,
-            "records_in_feature_store": result.total_records,
-            **result.details,
-        }
-    )
-    shown, total = store.list_records(LIST_LIMIT)
+    _engine(ctx)
+    with _resources(ctx).feature_store.open() as store:
+        result = store.import_records()
+        _echo_json(
+            {
+                "imported": result.rows_imported,
+                "records_in_feature_store": result.total_records,
+                **result.details,
+            }
+        )
+        shown, total = store.list_records(LIST_LIMIT)
     for record_id, text in shown:
         _echo_json({"id": record_id, "text": text})
     if total > len(shown):
@@ -174,7 +196,7 @@ def parse_ids(values: Sequence[str]) -> list[int]:
 
 def id_payloads(ids: Iterable[int]) -> Iterator[bytes]:
     """Request payloads, made one at a time: a range of ten billion ids costs no memory."""
-    return (json.dumps({"id": str(i)}).encode() for i in ids)
+    return (ledger.request_payload(i) for i in ids)
 
 
 @dataclass
@@ -193,22 +215,20 @@ class PublishReport:
             self.last_id = message_ids[-1]
 
 
-def publish_payloads(settings: Settings, payloads: Iterable[bytes], total: int) -> PublishReport:
+def publish_payloads(resources: Resources, payloads: Iterable[bytes], total: int) -> PublishReport:
     """Publish in chunks of ``PUBLISH_CHUNK`` with a progress bar on stderr.
 
     ``payloads`` is consumed chunk by chunk, so memory stays bounded by one chunk whatever the
     number of messages.
     """
-    queue = build_queue(settings)
     report = PublishReport()
-    iterator = iter(payloads)
-    try:
-        with click.progressbar(length=total, label="publishing", file=sys.stderr) as bar:
-            while chunk := list(itertools.islice(iterator, PUBLISH_CHUNK)):
-                report.add(queue.publish(chunk))
-                bar.update(len(chunk))
-    finally:
-        queue.close()
+    with (
+        resources.request_queue.open() as queue,
+        click.progressbar(length=total, label="publishing", file=sys.stderr) as bar,
+    ):
+        for chunk in chunked(payloads, PUBLISH_CHUNK):
+            report.add(queue.publish(chunk))
+            bar.update(len(chunk))
     return report
 
 
@@ -242,7 +262,7 @@ def publish(
 ) -> None:
     """Publish prediction requests to the request queue.
 
-    With one argument, publishes that message exactly as given (the seed's format).
+    With one argument, publishes that message exactly as given, e.g. '{"id": "1"}'.
 
     \b
     Examples:
@@ -250,18 +270,19 @@ def publish(
       batchinfer publish --ids 1 2 3
       batchinfer publish --range 1-10000
     """
+    _engine(ctx)
     if id_range is not None:
         if values or as_ids:
             raise click.UsageError("--range takes no other arguments")
         ids: Sequence[int] = parse_range(id_range)
-        report = publish_payloads(_settings(ctx), id_payloads(ids), len(ids))
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
     elif as_ids:
         if not values:
             raise click.UsageError("--ids needs at least one record id")
         ids = parse_ids(values)
-        report = publish_payloads(_settings(ctx), id_payloads(ids), len(ids))
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
     elif len(values) == 1:
-        report = publish_payloads(_settings(ctx), [message_argument(values[0])], 1)
+        report = publish_payloads(_resources(ctx), [message_argument(values[0])], 1)
     else:
         raise click.UsageError("give one message, or --ids ID..., or --range FIRST-LAST")
     _report_published(report)
@@ -278,18 +299,27 @@ def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
       batchinfer predict 1 2 3
     """
     record_ids = parse_ids(ids)
-    _report_published(publish_payloads(_settings(ctx), id_payloads(record_ids), len(record_ids)))
+    _engine(ctx)
+    _report_published(publish_payloads(_resources(ctx), id_payloads(record_ids), len(record_ids)))
 
 
-def prediction_document(settings: Settings, record_id: int) -> dict[str, Any] | None:
-    """The stored prediction in the seed's format, or None when there is none yet."""
+def prediction_document(
+    engine: sa.Engine, record_id: int, model: str | None = None
+) -> dict[str, Any] | None:
+    """The record's newest prediction (of ``model`` when given) as
+    ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
     table, records = db.predictions, db.data_points
-    with db.get_engine(settings).connect() as connection:
-        row = connection.execute(
-            sa.select(table.c.sequence, table.c.labels, table.c.scores, records.c.text)
-            .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
-            .where(table.c.record_id == record_id, table.c.model == settings.model_name)
-        ).one_or_none()
+    query = (
+        sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
+        .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
+        .where(table.c.record_id == record_id)
+        .order_by(table.c.updated_at.desc())
+        .limit(1)
+    )
+    if model is not None:
+        query = query.where(table.c.model == model)
+    with engine.connect() as connection:
+        row = connection.execute(query).one_or_none()
     if row is None:
         return None
     return {
@@ -300,8 +330,9 @@ def prediction_document(settings: Settings, record_id: int) -> dict[str, Any] | 
 
 @cli.command("prediction")
 @click.argument("record_id_text", metavar="RECORD_ID")
+@click.option("--model", help="Only predictions of this model id (default: the newest of any).")
 @click.pass_context
-def prediction(ctx: click.Context, record_id_text: str) -> None:
+def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> None:
     """Print the stored prediction of a record as JSON; exit 1 when there is none yet.
 
     \b
@@ -310,7 +341,7 @@ def prediction(ctx: click.Context, record_id_text: str) -> None:
       {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
     """
     record_id = record_id_argument(record_id_text)
-    document = prediction_document(_settings(ctx), record_id)
+    document = prediction_document(_engine(ctx), record_id, model)
     if document is None:
         click.echo(f"no prediction for record {record_id} yet", err=True)
         ctx.exit(1)
@@ -333,7 +364,8 @@ def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
 
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
-    with db.get_engine(settings).connect() as connection:
+    resources = resources_for(settings)
+    with resources.database.get_engine().connect() as connection:
         counts: dict[str, Any] = {
             "records": _count(connection, db.data_points),
             "requests": _count_by(connection, db.prediction_requests.c.status),
@@ -349,7 +381,8 @@ def status_counts(settings: Settings) -> dict[str, Any]:
         }
         if settings.queue == "local":
             counts["queue_unacked"] = _count(connection, db.queue_messages)
-    counts["features"] = build_feature_store(settings).list_records(0)[1]
+    with resources.feature_store.open() as store:
+        counts["features"] = store.list_records(0)[1]
     return counts
 
 
@@ -363,6 +396,7 @@ def status(ctx: click.Context) -> None:
       batchinfer status
       {"records": 2, "requests": {"done": 1}, "predictions": 1, "dead_letters": 0, ...}
     """
+    _engine(ctx)
     _echo_json(status_counts(_settings(ctx)))
 
 
@@ -404,7 +438,7 @@ def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None
     query = sa.select(table).order_by(table.c.id).limit(limit)
     if not include_resolved:
         query = query.where(table.c.resolved_at.is_(None))
-    with db.get_engine(_settings(ctx)).connect() as connection:
+    with _engine(ctx).connect() as connection:
         for row in connection.execute(query):
             _echo_json(dead_letter_document(row))
 
@@ -424,13 +458,10 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
       batchinfer dead-letters replay --reason "unknown record id"
       batchinfer dead-letters replay --id 12 --id 13
     """
-    settings = _settings(ctx)
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
-    queue = build_queue(settings)
-    try:
-        report = ledger.replay_dead_letters(db.get_engine(settings), queue, which, now=db.utcnow())
-    finally:
-        queue.close()
+    engine = _engine(ctx)
+    with _resources(ctx).request_queue.open() as queue:
+        report = ledger.replay_dead_letters(engine, queue, which, now=db.utcnow())
     _echo_json(
         {
             "replayed": report.replayed,
@@ -448,18 +479,20 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
-    """Run the database migrations up to the newest schema (also done on first use).
+    """Run the database migrations up to the newest schema.
+
+    The one step that changes the schema: `make run`, `make demo` and the deploy run call it,
+    and the CLI does on its first use of the embedded SQLite database. Sensor ticks and runs
+    only check the schema revision and fail with a message naming this command.
 
     \b
     Example:
       BATCHINFER_DATABASE_URL=postgresql+psycopg://user:pw@host/db batchinfer db upgrade
     """
-    settings = _settings(ctx)
-    engine = db.create_app_engine(settings.resolved_database_url)
-    db.upgrade(engine)
-    click.echo(
-        f"database {engine.url.render_as_string(hide_password=True)} is at the newest schema"
-    )
+    database = _resources(ctx).database
+    database.upgrade()
+    where = sa.make_url(database.url()).render_as_string(hide_password=True)
+    click.echo(f"database {where} is at the newest schema ({db.head_revision()})")
 
 
 @cli.group("pubsub")
@@ -476,9 +509,9 @@ def pubsub_create(ctx: click.Context) -> None:
     Example:
       PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
     """
-    from batchinfer_dagster.resources.pubsub_queue import create_topology
+    from batchinfer_dagster.clients.pubsub_queue import create_topology
 
-    _echo_json(create_topology(_settings(ctx)))
+    _echo_json(create_topology(pubsub_queue_for(_settings(ctx)).topology()))
 
 
 @cli.command("serve-model")

@@ -1,8 +1,10 @@
-"""The app database: tables of design §5, the engine, and portable upserts.
+"""The app database: its tables, the engine, the schema version, and portable upserts.
 
 One schema serves SQLite (embedded default) and PostgreSQL (production). Migrations are Alembic's
-(``batchinfer_dagster/migrations``) and run on first use of an engine in a process, so a new user
-never runs a separate setup step; ``batchinfer db upgrade`` runs them explicitly.
+(``batchinfer_dagster/migrations``) and run as an explicit step: ``batchinfer db upgrade``, which
+``make run``, ``make demo``, the CLI's first use of the embedded SQLite database and the deploy
+run call. Sensor ticks and runs only check that the schema is the one this code expects and
+fail with a clear message otherwise, so no two processes ever race to migrate.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.chunks import chunked
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; BIGINT stays BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
+# Values per IN (...) list and rows per statement: far under SQLite's (32766) and PostgreSQL's
+# (65535) bound-parameter limits, whatever the number of columns.
+IN_CHUNK = 1000
 
 
 def utcnow() -> datetime:
@@ -187,8 +193,13 @@ class DatabaseUnavailableError(RuntimeError):
     """The app database cannot be reached; the message names the URL without its password."""
 
 
+class SchemaOutOfDateError(RuntimeError):
+    """The app database's schema is not the one this code expects; the message says what to run."""
+
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -203,9 +214,13 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
 def create_app_engine(url: str) -> Engine:
-    """A new engine for ``url`` (no migrations); SQLite files get their folder created."""
-    if url.startswith("sqlite"):
+    """A new engine for ``url`` (no schema check); SQLite files get their folder created."""
+    if is_sqlite(url):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -215,14 +230,13 @@ def create_app_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def get_engine(settings: Settings) -> Engine:
-    """The process-wide engine for the settings' database, migrated to the newest schema."""
-    url = settings.resolved_database_url
+def engine_for(url: str) -> Engine:
+    """The process-wide engine for ``url``, its schema checked once (``SchemaOutOfDateError``)."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
             engine = create_app_engine(url)
-            upgrade(engine)
+            check_schema(engine)
             _engines[url] = engine
     return engine
 
@@ -235,25 +249,87 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def upgrade(engine: Engine) -> None:
-    """Run Alembic migrations up to head on ``engine``."""
-    from alembic import command
+def _alembic_config() -> Any:
     from alembic.config import Config
-    from sqlalchemy.exc import OperationalError
 
     config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations under {MIGRATIONS}: the package is incomplete")
+    return head
+
+
+def _unavailable(engine: Engine, exc: Exception) -> DatabaseUnavailableError:
+    where = engine.url.render_as_string(hide_password=True)
+    reason = " ".join(str(getattr(exc, "orig", exc)).split())
+    return DatabaseUnavailableError(
+        f"cannot reach the app database {where}: {reason}. "
+        "Check BATCHINFER_DATABASE_URL and that the server is running."
+    )
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at; None for a database never migrated."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise _unavailable(engine, exc) from exc
+
+
+def check_schema(engine: Engine) -> None:
+    """Fail unless the database is at this code's newest schema revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SchemaOutOfDateError(
+            f"the app database {where} is at schema revision {current or 'none (empty)'}, "
+            f"this code needs {head}: run `batchinfer db upgrade` with the same "
+            "BATCHINFER_DATABASE_URL (`make run`, `make demo` and the deploy run do it)"
+        )
+
+
+def upgrade(engine: Engine) -> None:
+    """Run Alembic migrations up to head on ``engine`` (the explicit migration step)."""
+    from alembic import command
+    from sqlalchemy.exc import OperationalError
+
+    config = _alembic_config()
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        reason = " ".join(str(exc.orig).split())
-        raise DatabaseUnavailableError(
-            f"cannot reach the app database {where}: {reason}. "
-            "Check BATCHINFER_DATABASE_URL and that the server is running."
-        ) from exc
+        raise _unavailable(engine, exc) from exc
+
+
+def existing_values(connection: Connection, column: Column, values: Sequence[Any]) -> set[Any]:
+    """Those of ``values`` that ``column`` holds, in IN lists of ``IN_CHUNK``."""
+    found: set[Any] = set()
+    for chunk in chunked(values, IN_CHUNK):
+        found.update(connection.execute(select(column).where(column.in_(chunk))).scalars())
+    return found
+
+
+def insert_ignoring_conflicts(
+    connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    connection.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
 
 
 def upsert(

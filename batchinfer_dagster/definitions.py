@@ -1,25 +1,34 @@
-"""The code location: one ``Definitions`` with assets, checks, sensor, jobs, schedule, resource."""
+"""The code location: assets, checks, sensor, jobs, schedule, and the deployment's resources.
+
+Which implementation serves each system (local or Google) comes from the ``BATCHINFER_*``
+settings, chosen once in ``batchinfer_dagster.deployments``; tests pass their own resources.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from dagster import Definitions
 
-from batchinfer_dagster.assets import BatchinferResource, data_points, feature_store, predictions
-from batchinfer_dagster.jobs import predict_records_job, predictions_job
+from batchinfer_dagster.assets import data_points, features, predictions
+from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.jobs import predictions_job, request_predictions_job
 from batchinfer_dagster.retention import retention_job, retention_schedule
 from batchinfer_dagster.sensors import prediction_requests_sensor
+from batchinfer_dagster.settings import load_settings
 
 
-def build_definitions(batchinfer: BatchinferResource) -> Definitions:
-    """The code location around ``batchinfer``; tests and benchmarks pass explicit settings."""
+def build_definitions(resources: Mapping[str, Any]) -> Definitions:
+    """The code location around ``resources`` (keys: database, ledger, request_queue,
+    feature_store, model_server)."""
     return Definitions(
-        assets=[data_points, feature_store, predictions],
-        jobs=[predictions_job, predict_records_job, retention_job],
+        assets=[data_points, features, predictions],
+        jobs=[predictions_job, request_predictions_job, retention_job],
         schedules=[retention_schedule],
         sensors=[prediction_requests_sensor],
-        resources={"batchinfer": batchinfer},
+        resources=dict(resources),
     )
 
 
-# Production and `dagster dev`: settings come from the BATCHINFER_* environment.
-defs = build_definitions(BatchinferResource())
+defs = build_definitions(resources_for(load_settings(), secrets_from_env=True).as_dict())

@@ -1,6 +1,7 @@
-"""``make demo``: the seed's walkthrough end to end, on real processes, in a scratch directory.
+"""``make demo``: the walkthrough end to end, on real processes, in a scratch directory.
 
-It starts the model server and the Dagster daemon (which runs the sensor and launches the
+It migrates a scratch database (``batchinfer db upgrade``: sensor ticks only check the schema),
+starts the model server and the Dagster daemon (which runs the sensor and launches the
 partitioned runs), then does what a user does by hand: add a data point, import the data, publish
 ``{"id": "1"}``, and wait for ``batchinfer prediction 1``. Everything runs on embedded defaults
 under a temporary ``BATCHINFER_HOME``, so it never touches the user's own ``.batchinfer``.
@@ -66,6 +67,7 @@ def main() -> None:
     for name in ("BATCHINFER_DATABASE_URL", "BATCHINFER_QUEUE", "BATCHINFER_FEATURE_STORE"):
         env.pop(name, None)
     print(f"demo in {scratch}", flush=True)
+    print(_batchinfer(env, "db", "upgrade").stdout, end="")
     model_log, daemon_log = scratch / "model_server.log", scratch / "daemon.log"
     with (
         _process([str(BIN / "python"), "-m", "model_server"], env, model_log) as model,

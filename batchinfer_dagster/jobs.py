@@ -1,7 +1,6 @@
-"""Jobs: the partitioned job the sensor launches, and a manual job for chosen record ids."""
+"""Jobs: the partitioned job the sensor launches, and the launchpad's way to request records."""
 
 from dagster import (
-    AssetMaterialization,
     AssetSelection,
     Config,
     OpExecutionContext,
@@ -11,62 +10,54 @@ from dagster import (
 )
 from pydantic import Field
 
-from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import (
-    BatchinferResource,
-    outcome_metadata,
-    predict_with_settings,
-    predictions,
-)
+from batchinfer_dagster import db
+from batchinfer_dagster.assets import predictions
+from batchinfer_dagster.ledger import create_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.resources.ledger import LedgerResource
 
 predictions_job = define_asset_job(
     "predictions_job",
     selection=AssetSelection.assets(predictions),
-    description="Predict one request batch (a partition of `predictions`).",
+    description="Predict one ledger batch (a partition of `predictions`).",
 )
 
 
-class PredictRecordsConfig(Config):
-    """Launchpad config of ``predict_records_job``."""
+class RequestPredictionsConfig(Config):
+    """Launchpad config of ``request_predictions_job``."""
 
     record_ids: list[int] = Field(description="Record ids to predict, e.g. [1, 2, 3].")
 
 
-@op(pool="model_server")
-def predict_records(
-    context: OpExecutionContext, config: PredictRecordsConfig, batchinfer: BatchinferResource
+@op
+def request_predictions(
+    context: OpExecutionContext, config: RequestPredictionsConfig, ledger: LedgerResource
 ) -> None:
-    """Write requests for the chosen ids into the ledger as new batches and predict them now.
+    """Write requests for the chosen ids into the ledger as new batches (partitions).
 
-    The batches are ordinary ``predictions`` partitions afterwards, so their lineage, checks and
-    re-materialization work as for batches that came through the queue. No retry policy: a retry
-    would write the requests again; a failed batch is retried by the sensor's reconcile instead.
+    The sensor's next tick launches a ``predictions_job`` run per batch, so the launchpad path
+    ends in ordinary ``predictions`` materializations with their checks, like the queue's path.
+    No retry policy: a retry would write the requests again.
     """
     if not config.record_ids:
         raise ValueError("record_ids is empty: give at least one record id, e.g. [1, 2, 3]")
-    settings = batchinfer.get_settings()
-    engine = db.get_engine(settings)
-    batch_keys = ledger.create_batches(
-        engine,
+    batch_keys = create_batches(
+        ledger.get_engine(),
         config.record_ids,
         source="manual",
-        batch_size=settings.batch_size,
+        batch_size=ledger.batch_size,
         now=db.utcnow(),
     )
     context.instance.add_dynamic_partitions(PREDICTION_BATCHES, batch_keys)
-    for batch_key in batch_keys:
-        outcome = predict_with_settings(settings, batch_key, context.run_id)
-        context.log_event(
-            AssetMaterialization(
-                asset_key="predictions",
-                partition=batch_key,
-                metadata=outcome_metadata(outcome),
-                description=f"predicted by predict_records_job run {context.run_id}",
-            )
-        )
+    context.log.info(
+        "requested %d records in batches %s; the sensor launches their runs",
+        len(config.record_ids),
+        batch_keys,
+    )
 
 
-@job(description="Predict chosen record ids from the launchpad (config: record_ids).")
-def predict_records_job() -> None:
-    predict_records()
+@job(
+    description="Request predictions of chosen record ids from the launchpad (config: record_ids)."
+)
+def request_predictions_job() -> None:
+    request_predictions()

@@ -1,4 +1,4 @@
-"""The dynamic partitions of ``predictions``: one partition per request batch (design §2).
+"""The dynamic partitions of ``predictions``: one partition per ledger batch (docs/architecture.md).
 
 A partition per record would pass Dagster's comfortable limit (~100k keys) within days; a batch of
 up to ``BATCHINFER_BATCH_SIZE`` requests keeps the key count small. Keys sort by creation time.

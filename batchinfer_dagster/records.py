@@ -1,4 +1,9 @@
-"""Records (``data_points``): adding one, bulk loading files, reading them back."""
+"""Records (``data_points``): adding one, bulk loading CSV, JSONL or Parquet files, reading back.
+
+CSV and JSONL are read with the standard library, line by line: every error names its file and
+line, and hostile files (not UTF-8, NUL bytes, huge fields, deep nesting) are refused precisely.
+Parquet, a columnar binary format, is read with pandas (pyarrow) in row groups.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
 
+# Rows per insert: bounded memory for files of any size.
 LOAD_CHUNK = 5000
 # UTF-8, with the byte-order mark that Excel and Notepad write skipped when present.
 FILE_ENCODING = "utf-8-sig"
@@ -68,7 +76,7 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
 
 
 def read_texts(path: Path) -> Iterator[str]:
-    """Texts of a CSV (a ``text`` column) or JSONL (a ``text`` field) file, checked line by line.
+    """Texts of a CSV or Parquet (a ``text`` column) or JSONL (a ``text`` field) file, checked.
 
     Files are read as UTF-8 with an optional byte-order mark (``utf-8-sig``): Excel's "CSV UTF-8"
     starts with one. A file that is not UTF-8 is refused with the byte offset of the first bad
@@ -81,8 +89,10 @@ def read_texts(path: Path) -> Iterator[str]:
         reader = _read_csv
     elif suffix in {".jsonl", ".ndjson", ".json"}:
         reader = _read_jsonl
+    elif suffix == ".parquet":
+        reader = _read_parquet
     else:
-        raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv or .jsonl")
+        raise InvalidRecordError(f"{path}: unknown format {suffix!r}; use .csv, .jsonl or .parquet")
     try:
         yield from reader(path)
     except UnicodeDecodeError as error:
@@ -140,6 +150,29 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             yield check_text(item["text"], f"{path}:{line}")
 
 
+def _read_parquet(path: Path) -> Iterator[str]:
+    """The ``text`` column, a row group at a time; errors name the row (from 1)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as error:
+        raise InvalidRecordError(f"{path}: not Parquet ({error})") from None
+    if "text" not in parquet.schema_arrow.names:
+        raise InvalidRecordError(
+            f"{path}: no 'text' column (columns: {parquet.schema_arrow.names!r:.300})"
+        )
+    row = 0
+    for group in range(parquet.num_row_groups):
+        texts: pd.Series = parquet.read_row_group(group, columns=["text"]).to_pandas()["text"]
+        for text in texts:
+            row += 1
+            where = f"{path}: row {row}"
+            if not isinstance(text, str):
+                raise InvalidRecordError(f"{where}: 'text' is {text!r:.100}, not a string")
+            yield check_text(text, where)
+
+
 def count_texts(path: Path) -> int:
     """Check the whole file before anything is written, so a bad line loads nothing."""
     return sum(1 for _ in read_texts(path))
@@ -149,25 +182,15 @@ def load_file(
     engine: Engine, path: Path, on_chunk: Callable[[int], None] | None = None
 ) -> list[int]:
     """Bulk-load a file in chunks; returns the first and last id of what was loaded."""
-    first_last: list[int] = []
-    chunk: list[str] = []
-
-    def flush() -> None:
+    first: int | None = None
+    last = 0
+    for chunk in chunked(read_texts(path), LOAD_CHUNK):
         ids = add_records(engine, chunk)
-        if not first_last:
-            first_last.append(ids[0])
-        first_last[1:] = [ids[-1]]
+        first = ids[0] if first is None else first
+        last = ids[-1]
         if on_chunk is not None:
             on_chunk(len(chunk))
-        chunk.clear()
-
-    for text in read_texts(path):
-        chunk.append(text)
-        if len(chunk) >= LOAD_CHUNK:
-            flush()
-    if chunk:
-        flush()
-    return first_last
+    return [] if first is None else [first, last]
 
 
 def get_text(engine: Engine, record_id: int) -> str | None:

@@ -1,4 +1,4 @@
-"""Retention: prune old batch partitions and finished ledger rows (design §2).
+"""Retention: prune old batch partitions and finished ledger rows (docs/architecture.md).
 
 Partitions go so the Dagster UI stays fast; finished ledger rows go so the request tables stay
 small. Predictions are never touched: each keeps its batch key and run id, the per-record lineage
@@ -19,9 +19,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import BatchinferResource
+from batchinfer_dagster import db
+from batchinfer_dagster.ledger import old_settled_batches, prune_settled, settled_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES, new_batch_key
+from batchinfer_dagster.resources.ledger import LedgerResource
 
 
 class RetentionConfig(Config):
@@ -36,7 +37,7 @@ class RetentionConfig(Config):
 
 @op
 def prune_batch_partitions(
-    context: OpExecutionContext, config: RetentionConfig, batchinfer: BatchinferResource
+    context: OpExecutionContext, config: RetentionConfig, ledger: LedgerResource
 ) -> None:
     """Delete settled batch partitions older than the cutoff; keys sort by creation time."""
     before = db.utcnow() - timedelta(days=config.older_than_days)
@@ -44,16 +45,16 @@ def prune_batch_partitions(
     old = [
         key for key in context.instance.get_dynamic_partitions(PREDICTION_BATCHES) if key < cutoff
     ]
-    prunable = ledger.settled_batches(batchinfer.get_engine(), sorted(old))[: config.max_partitions]
+    engine = ledger.get_engine()
+    prunable = settled_batches(engine, sorted(old))[: config.max_partitions]
     for key in prunable:
         context.instance.delete_dynamic_partition(PREDICTION_BATCHES, key)
     context.log.info(
         "pruned %d of %d batch partitions older than %s", len(prunable), len(old), cutoff[:16]
     )
     if config.prune_ledger:
-        engine = batchinfer.get_engine()
-        batches = ledger.old_settled_batches(engine, before=before, limit=config.max_partitions)
-        requests, deleted = ledger.prune_settled(engine, batches)
+        batches = old_settled_batches(engine, before=before, limit=config.max_partitions)
+        requests, deleted = prune_settled(engine, batches)
         context.log.info("deleted %d finished requests and %d settled batches", requests, deleted)
 
 

@@ -1,16 +1,17 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (design §3): check the database answers (or pull nothing) → pull → validate each
-message on its own → one ledger transaction
-→ register the batch partitions → ack → read back what the queue service dead-lettered itself
-(Pub/Sub's dead-letter subscription) → run requests. A message that fails validation in any way
-is a dead letter of its own; it never fails the tick, so the rest of its pull is acked.
-From the pull to the ack the messages' ack deadline is extended in the background, so a slow
-tick keeps them. Partitions are registered by the tick itself, before the ack,
-rather than through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after
-the function returns): when the ack happens, everything a redelivery could not recreate exists.
-Each tick then re-batches requests whose feature backoff passed and reconciles a bounded number
-of batches whose runs never started or failed.
+Order of a tick (docs/architecture.md, "Delivery guarantees"): check the database answers (or
+pull nothing) → pull → validate each message on its own → one ledger transaction → register the
+batch partitions → ack → read back what the queue service dead-lettered itself (Pub/Sub's
+dead-letter subscription) → run requests. A message that fails validation in any way is a dead
+letter of its own; it never fails the tick, so the rest of its pull is acked. From the pull to
+the ack the messages' ack deadline is extended in the background, so a slow tick keeps them.
+Partitions are registered by the tick itself, before the ack, rather than through
+``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after the function
+returns): when the ack happens, everything a redelivery could not recreate exists. Each tick then
+requests runs for batches written straight to the ledger (``request_predictions_job``),
+re-batches requests whose feature backoff passed and reconciles a bounded number of batches
+whose runs never started or failed.
 """
 
 from collections.abc import Callable, Sequence
@@ -32,23 +33,16 @@ from dagster import (
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import BatchinferResource
+from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
+from batchinfer_dagster.ledger.reconcile import RECONCILE_LIMIT, STALE_AFTER
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.queue import (
-    DeadlineExtender,
-    QueueUnavailableError,
-    RequestQueue,
-)
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.resources.ledger import LedgerResource
+from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
-# Batches looked at per tick by the reconcile step: bounds the tick at any backlog.
-RECONCILE_LIMIT = 200
-# A queued or running batch is looked at only after this long without news: its run is then
-# either finished, in Dagster's run queue, or was never created (the daemon died mid-tick).
-STALE_AFTER = timedelta(minutes=2)
+
 # Longest wait for the dead-letter subscription, which is empty almost always.
 DEAD_LETTER_PULL_SECONDS = 1.0
 
@@ -90,13 +84,13 @@ def run_key(batch_key: str, attempt: int) -> str:
     return batch_key if attempt <= 1 else f"{batch_key}#{attempt}"
 
 
-def _batches_in_flight(
+def batches_in_flight(
     instance: DagsterInstance, candidates: Sequence[ledger.BatchState]
 ) -> set[str]:
     """Batch keys with an unfinished Dagster run (queued for the pool, starting or running).
 
     Runs are found by partition tag (sensor runs, UI re-materializations) and by the run id the
-    ledger stored (``predict_records_job``, which has no partition tag): two indexed queries.
+    ledger stored (a run launched some other way has no partition tag): two indexed queries.
     """
     keys = [c.batch_key for c in candidates]
     records = list(
@@ -118,51 +112,16 @@ def _batches_in_flight(
     return in_flight
 
 
-def reconcile_batches(
-    instance: DagsterInstance,
-    engine: Engine,
-    *,
-    max_attempts: int,
-    now: datetime,
-    stale_after: timedelta = STALE_AFTER,
-    limit: int = RECONCILE_LIMIT,
-) -> tuple[dict[str, int], list[str]]:
-    """Give failed or lost batches another run, or dead-letter them after ``max_attempts``.
-
-    Returns the retried batches with their new attempt number, and the dead-lettered batch keys.
-    """
-    candidates = ledger.batches_to_reconcile(engine, now=now, stale_after=stale_after, limit=limit)
-    if not candidates:
-        return {}, []
-    in_flight = _batches_in_flight(instance, candidates)
-    ledger.touch_batches(engine, sorted(in_flight), now=now)
-    settled = [c for c in candidates if c.batch_key not in in_flight]
-    retried = ledger.retry_batches(
-        engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now
-    )
-    exhausted = [c for c in settled if c.attempts >= max_attempts]
-    for batch in exhausted:
-        error = ledger.last_error(engine, batch.batch_key) or "its runs never finished it"
-        reason = f"batch {batch.batch_key} failed after {batch.attempts} attempts: {error}"
-        ledger.dead_letter_batch(engine, batch.batch_key, reason=reason, now=now)
-    if retried:
-        # A tick that died after its commit may have left a batch without its partition.
-        instance.add_dynamic_partitions(PREDICTION_BATCHES, sorted(retried))
-    return retried, [batch.batch_key for batch in exhausted]
-
-
 def read_back_dead_letters(
-    engine: Engine, settings: Settings, queue: RequestQueue, *, now: datetime
+    engine: Engine, policy: LedgerResource, queue: RequestQueue, *, now: datetime
 ) -> int:
     """Move what the queue service dead-lettered into ``dead_letters``; ack after the commit."""
     messages = queue.pull_dead_letters(
-        settings.max_pull, min(settings.pull_timeout_seconds, DEAD_LETTER_PULL_SECONDS)
+        policy.max_pull, min(policy.pull_timeout_seconds, DEAD_LETTER_PULL_SECONDS)
     )
     if not messages:
         return 0
-    written = ledger.record_queue_dead_letters(
-        engine, messages, queue=settings.queue, model_name=settings.model_name, now=now
-    )
+    written = ledger.record_queue_dead_letters(engine, messages, queue=queue.kind, now=now)
     queue.ack_dead_letters([message.ack_id for message in messages])
     return written
 
@@ -189,22 +148,21 @@ def require_database(engine: Engine) -> None:
 
 def process_tick(
     instance: DagsterInstance,
-    settings: Settings,
+    policy: LedgerResource,
     queue: RequestQueue,
     *,
     clock: Callable[[], datetime] = db.utcnow,
     stale_after: timedelta = STALE_AFTER,
+    lease_seconds: int = 60,
 ) -> TickOutcome:
     """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
-    engine = db.get_engine(settings)
+    engine = policy.get_engine()
     require_database(engine)
-    messages = queue.pull(settings.max_pull, settings.pull_timeout_seconds)
+    messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
     # Until the ack, the messages stay ours however long the ledger transaction takes.
-    with DeadlineExtender(
-        queue, [m.ack_id for m in messages], settings.ack_deadline_seconds
-    ) as extender:
+    with DeadlineExtender(queue, [m.ack_id for m in messages], lease_seconds) as extender:
         ingest = ledger.ingest_messages(
-            engine, messages, queue=settings.queue, batch_size=settings.batch_size, now=clock()
+            engine, messages, queue=queue.kind, batch_size=policy.batch_size, now=clock()
         )
         if ingest.batch_keys or ingest.resumed:
             instance.add_dynamic_partitions(
@@ -213,23 +171,32 @@ def process_tick(
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
     try:
-        queue_dead, dead_letter_error = (
-            read_back_dead_letters(engine, settings, queue, now=clock()),
-            None,
-        )
+        queue_dead = read_back_dead_letters(engine, policy, queue, now=clock())
+        dead_letter_error = None
     except QueueUnavailableError as exc:
         # Reported on every tick (sensor log and skip reason) without stopping the intake,
         # re-batching and reconcile that do not depend on the dead-letter subscription.
-        queue_dead, dead_letter_error = 0, f"reading the dead-letter subscription failed: {exc}"
+        queue_dead = 0
+        dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
+    requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
     rebatched = ledger.rebatch_waiting(
-        engine, now=clock(), batch_size=settings.batch_size, limit=settings.max_pull
+        engine, now=clock(), batch_size=policy.batch_size, limit=policy.max_pull
     )
-    if rebatched:
-        instance.add_dynamic_partitions(PREDICTION_BATCHES, rebatched)
-    retried, dead = reconcile_batches(
-        instance, engine, max_attempts=settings.max_attempts, now=clock(), stale_after=stale_after
+    if rebatched or requested:
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
+    reconciled = ledger.reconcile(
+        engine,
+        lambda candidates: batches_in_flight(instance, candidates),
+        max_attempts=policy.max_attempts,
+        now=clock(),
+        stale_after=stale_after,
     )
+    retried = reconciled.retried
+    if retried:
+        # A tick that died after its commit may have left a batch without its partition.
+        instance.add_dynamic_partitions(PREDICTION_BATCHES, sorted(retried))
     attempts = dict.fromkeys([*ingest.batch_keys, *rebatched], 1)
+    attempts.update(requested)
     attempts.update(ingest.resumed)
     attempts.update(retried)
     run_requests = [
@@ -247,7 +214,7 @@ def process_tick(
         lease_error=extender.error,
         rebatched=rebatched,
         retried=retried,
-        dead_lettered=dead,
+        dead_lettered=reconciled.dead_lettered,
     )
 
 
@@ -259,15 +226,15 @@ def process_tick(
     description="Pull prediction requests into the ledger; one predictions run per batch.",
 )
 def prediction_requests_sensor(
-    context: SensorEvaluationContext, batchinfer: BatchinferResource
+    context: SensorEvaluationContext,
+    ledger: LedgerResource,
+    request_queue: RequestQueueResource,
 ) -> SensorResult:
     """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
-    settings = batchinfer.get_settings()
-    queue = batchinfer.get_queue()
-    try:
-        outcome = process_tick(context.instance, settings, queue)
-    finally:
-        queue.close()
+    with request_queue.open() as queue:
+        outcome = process_tick(
+            context.instance, ledger, queue, lease_seconds=request_queue.ack_deadline_seconds
+        )
     for problem in (outcome.dead_letter_error, outcome.lease_error):
         if problem:
             context.log.warning(problem)

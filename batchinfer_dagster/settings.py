@@ -1,8 +1,9 @@
 """The one place batchinfer reads its configuration from.
 
-Every ``BATCHINFER_*`` variable of the design's configuration table is a typed field here with its
-embedded default, so a laptop needs no environment at all and production only overrides. Nothing
-else in the package reads ``os.environ``: resources and commands receive a ``Settings``.
+Every ``BATCHINFER_*`` variable of docs/architecture.md's configuration table is a typed field here
+with its embedded default, so a laptop needs no environment at all and production only overrides.
+Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.deployments`` turns a
+``Settings`` into the Dagster resources, and the CLI builds its clients through the same resources.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class Settings(BaseSettings):
     model_url: str = "http://127.0.0.1:8080"
     # "google-id-token": a Cloud Run model server that only its invokers may call.
     model_auth: Literal["none", "google-id-token"] = "none"
-    model_name: str = "zero-shot"
     model_timeout_seconds: float = Field(default=120.0, gt=0)
     # Texts per request; the server refuses more than MODEL_MAX_INSTANCES (default 1000).
     model_chunk_size: int = Field(default=256, ge=1, le=DEFAULT_MAX_INSTANCES)
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         """A URL httpx cannot send to fails every batch only after its retries: refuse it now."""
         if url.startswith("vertex://"):
             # Imported here: the Vertex client pulls in the Google libraries.
-            from batchinfer_dagster.resources.vertex_model_client import parse_endpoint_url
+            from batchinfer_dagster.clients.vertex_model_client import parse_endpoint_url
 
             parse_endpoint_url(url)
         elif not url.startswith(("http://", "https://")) or len(url) <= len("https://"):

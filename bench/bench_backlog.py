@@ -6,7 +6,7 @@ Records are loaded with ``batchinfer load`` and published with ``batchinfer publ
 sensor, execute its new run keys in-process, until every request is settled. The run workers are
 in-process too, so their peak memory is this process's; the model server is a real process.
 
-    python bench/bench_backlog.py --requests 100000
+    python -m bench.bench_backlog --requests 100000
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from dagster import DagsterInstance
 
-from dagster import DagsterInstance  # noqa: E402
-
-from batchinfer_dagster import db  # noqa: E402
-from batchinfer_dagster.partitions import PREDICTION_BATCHES  # noqa: E402
-from batchinfer_dagster.settings import Settings  # noqa: E402
-from bench.report import write_section  # noqa: E402
-from tests.reliability.invariants import Published, assert_invariants  # noqa: E402
-from tests.reliability.pipeline import TEXTS, run_daemon_loop  # noqa: E402
-from tests.reliability.processes import rss_kib, running_model_server  # noqa: E402
+from batchinfer_dagster import db
+from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import TEXTS
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.model_server import REPO_ROOT, rss_kib, running_model_server
+from bench.report import write_section
 
 SECTION = "## Backlog"
 
@@ -93,7 +91,7 @@ def main() -> None:
         "drain_s": round(drain_s, 1),
         "requests_per_s": round(args.requests / drain_s, 1),
         "ticks": report.ticks,
-        "runs": report.runs,
+        "runs": len(report.runs),
         "failed_runs": report.failed_runs,
         "longest_tick_s": round(report.longest_tick_s, 2),
         "partitions": partitions,
@@ -132,7 +130,7 @@ def backlog_section(result: dict[str, object]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python bench/bench_backlog.py --requests {result['requests']}` on "
+        f"`python -m bench.bench_backlog --requests {result['requests']}` on "
         f"{os.cpu_count()} cores; the model server is a real `python -m model_server` process "
         "(embedding backend, CPU). The daemon's loop runs in the benchmark process and executes "
         "each run request in-process, one batch after another.",

@@ -13,7 +13,7 @@ bench/data/support_messages.jsonl, four labels):
 The NLI model is "a small cross-encoder": the real MiniLM-L6 encoder with a random 3-way head
 (no Hub here), which has the size and speed of a real small NLI model.
 
-    HF_HUB_OFFLINE=1 python bench/bench_model_server.py [--quick] [--litserve]
+    HF_HUB_OFFLINE=1 python -m bench.bench_model_server [--quick] [--litserve]
 
 `--litserve` also serves the same backend with LitServe, which is no project dependency:
 `pip install --target /tmp/litpkgs litserve==0.2.19 pyzmq` and run with PYTHONPATH=/tmp/litpkgs.
@@ -31,7 +31,6 @@ import random
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,9 +51,8 @@ from transformers import (  # noqa: E402
     pipeline,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
+from batchinfer_dagster.processes import free_port  # noqa: E402
+from batchinfer_testing.model_server import REPO_ROOT, running_model_server  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance, length_sorted_chunks  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
@@ -170,12 +168,6 @@ def raw_embedding_runner(texts: list[str], batch_size: int) -> Callable[[], obje
     return lambda: backend.encode(texts)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -187,31 +179,8 @@ def peak_rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def model_server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_server"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "AIP_HTTP_PORT": str(port), "MODEL_HOST": "127.0.0.1", **env},
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"model server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url}/health never became 200")
-            time.sleep(0.2)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_model_server(**env) as server:
+        yield server.url, server.pid
 
 
 def post_all(url: str, texts: list[str], request_size: int, clients: int) -> list[dict]:
@@ -369,7 +338,7 @@ def markdown_section(results: dict[str, float | int | str]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python bench/bench_model_server.py{' --quick' if r['quick'] else ''}` on "
+        f"`python -m bench.bench_model_server{' --quick' if r['quick'] else ''}` on "
         f"{r['machine']}; {r['texts']} texts × {len(LABELS)} labels, grown from "
         "bench/data/support_messages.jsonl. NLI model: MiniLM-L6 encoder with a random 3-way "
         f"head (a small cross-encoder). HTTP: real `python -m model_server` process, "

@@ -9,7 +9,7 @@ Measures, in one run on one machine:
   publish → prediction row latency of single requests through ``dagster dev`` on defaults
       (real daemon, 5 s sensor interval, runs launched as subprocesses).
 
-    python bench/bench_pipeline.py [--quick] [--write-docs]
+    python -m bench.bench_pipeline [--quick] [--write-docs]
 """
 
 import argparse
@@ -27,11 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-import sqlalchemy as sa  # noqa: E402
-from dagster import (  # noqa: E402
+import sqlalchemy as sa
+from dagster import (
     Config,
     DagsterInstance,
     OpExecutionContext,
@@ -41,34 +38,31 @@ from dagster import (  # noqa: E402
     reconstructable,
 )
 
-from batchinfer_dagster import db, ledger  # noqa: E402
-from batchinfer_dagster.assets import BatchinferResource  # noqa: E402
-from batchinfer_dagster.processes import stop_process_group  # noqa: E402
-from batchinfer_dagster.resources.feature_store import build_feature_store  # noqa: E402
-from batchinfer_dagster.resources.model_client import (  # noqa: E402
-    HttpModelClient,
-    PredictParameters,
-    build_model_client,
-    parameters_of,
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.clients.model_client import HttpModelClient
+from batchinfer_dagster.processes import free_port, stop_process_group
+from batchinfer_dagster.resources.database import SqliteDatabase
+from batchinfer_dagster.resources.model_server import HttpModelServer
+from batchinfer_dagster.settings import Settings
+from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_testing.daemon import run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import (
+    TEXTS,
+    engine_of,
+    id_payloads,
+    local_feature_store,
+    migrate,
+    open_queue,
 )
-from batchinfer_dagster.resources.queue import build_queue  # noqa: E402
-from batchinfer_dagster.settings import Settings  # noqa: E402
-from bench.report import write_section  # noqa: E402
-from tests.dagster.harness import (  # noqa: E402
-    execute_runs,
-    model_server_process,
-    sensor_tick,
-)
-from tests.services import free_port  # noqa: E402
+from batchinfer_testing.model_server import REPO_ROOT, running_model_server
+from bench.report import write_section
 
 # Runs log at DEBUG to the console by default: thousands of lines that would bury the figures.
 NAIVE_MESSAGES = 100
 NAIVE_LAUNCHED = 10
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-TEXTS = [
-    json.loads(line)["text"]
-    for line in (REPO_ROOT / "bench" / "data" / "support_messages.jsonl").read_text().splitlines()
-]
 
 
 def record_texts(count: int) -> list[tuple[int, str]]:
@@ -78,9 +72,11 @@ def record_texts(count: int) -> list[tuple[int, str]]:
 def bench_settings(home: Path, model_url: str) -> Settings:
     """Defaults everywhere (batch size 512, max pull 5000), on a fresh SQLite file."""
     home.mkdir(parents=True, exist_ok=True)
-    return Settings(
+    settings = Settings(
         home=home, database_url=f"sqlite:///{home / 'batchinfer.db'}", model_url=model_url
     )
+    migrate(settings)
+    return settings
 
 
 def server_throughput(url: str, batch_sizes: list[int], texts_per_size: int) -> dict[int, float]:
@@ -121,34 +117,28 @@ def persistent_instance(home: Path) -> DagsterInstance:
 
 
 def prediction_count(settings: Settings) -> int:
-    with db.get_engine(settings).connect() as connection:
+    with engine_of(settings).connect() as connection:
         return connection.execute(sa.select(sa.func.count()).select_from(db.predictions)).scalar()
 
 
 def drain_backlog(home: Path, model_url: str, requests: int) -> DrainResult:
     """The real sensor and predictions runs drain a backlog of ``requests`` messages."""
     settings = bench_settings(home, model_url)
-    build_feature_store(settings).upsert(record_texts(requests))
-    queue = build_queue(settings)
-    queue.publish([json.dumps({"id": str(i)}).encode() for i in range(1, requests + 1)])
+    local_feature_store(settings).upsert(record_texts(requests))
+    queue = open_queue(settings)
+    queue.publish(id_payloads(range(1, requests + 1)))
     queue.close()
-    ticks = runs = 0
-    max_tick = 0.0
     with persistent_instance(home) as instance:
         started = time.perf_counter()
-        while prediction_count(settings) < requests:
-            tick_started = time.perf_counter()
-            result = sensor_tick(instance, settings)
-            max_tick = max(max_tick, time.perf_counter() - tick_started)
-            ticks += 1
-            results = execute_runs(instance, settings, result.run_requests, QUIET)
-            runs += len(results)
-            if not all(run.success for run in results):
-                raise RuntimeError("a predictions run failed during the drain")
-            if ticks > 1000:
-                raise RuntimeError(f"backlog not drained after {ticks} ticks")
+        report = run_daemon_loop(
+            instance, settings, expect=requests, max_seconds=3600, run_config=QUIET
+        )
         seconds = time.perf_counter() - started
-    return DrainResult(requests, seconds, ticks, runs, max_tick)
+    if report.failed_runs:
+        raise RuntimeError(f"{report.failed_runs} predictions runs failed during the drain")
+    if prediction_count(settings) < requests:
+        raise RuntimeError(f"backlog not drained after {report.ticks} ticks")
+    return DrainResult(requests, seconds, report.ticks, len(report.runs), report.longest_tick_s)
 
 
 class NaiveMessage(Config):
@@ -157,38 +147,47 @@ class NaiveMessage(Config):
 
 @op
 def predict_one_message(
-    context: OpExecutionContext, config: NaiveMessage, batchinfer: BatchinferResource
+    context: OpExecutionContext,
+    config: NaiveMessage,
+    database: SqliteDatabase,
+    model_server: HttpModelServer,
 ) -> None:
     """The replaced design: one record, one feature read, one model call, one insert."""
-    settings = batchinfer.get_settings()
     record_id = ledger.parse_record_id(config.payload.encode())
-    text = build_feature_store(settings).fetch([record_id])[record_id]
-    client = build_model_client(settings)
-    try:
-        (prediction,) = client.predict([text], parameters_of(settings))
-    finally:
-        client.close()
-    with db.get_engine(settings).begin() as connection:
+    engine = database.get_engine()
+    text = LocalFeatureStore(engine).fetch([record_id])[record_id]
+    with model_server.open() as client:
+        answer = client.predict([text], model_server.parameters())
+    with engine.begin() as connection:
         ledger.write_predictions(
             connection,
-            {record_id: prediction},
-            model_name=settings.model_name,
+            {record_id: answer.predictions[0]},
+            model_name=answer.model,
             batch_key="naive",
             run_id=context.run_id,
             now=db.utcnow(),
         )
 
 
-@job(resource_defs={"batchinfer": BatchinferResource.configure_at_launch()})
+@job(
+    resource_defs={
+        "database": SqliteDatabase.configure_at_launch(),
+        "model_server": HttpModelServer.configure_at_launch(),
+    }
+)
 def naive_job() -> None:
     predict_one_message()
 
 
 def naive_run_config(settings: Settings, payload: bytes) -> dict:
+    database = settings.resolved_database_url.split(":///", 1)[-1]
     return {
         **QUIET,
         "ops": {"predict_one_message": {"config": {"payload": payload.decode()}}},
-        "resources": {"batchinfer": {"config": {"settings_json": settings.model_dump_json()}}},
+        "resources": {
+            "database": {"config": {"path": database}},
+            "model_server": {"config": {"url": settings.model_url}},
+        },
     }
 
 
@@ -199,9 +198,9 @@ def naive_rate(home: Path, model_url: str, messages: int, *, launched: bool) -> 
     each as Dagster launches runs, with its step in a process of its own (``execute_job``).
     """
     settings = bench_settings(home, model_url)
-    build_feature_store(settings).upsert(record_texts(messages))
-    queue = build_queue(settings)
-    queue.publish([json.dumps({"id": str(i)}).encode() for i in range(1, messages + 1)])
+    local_feature_store(settings).upsert(record_texts(messages))
+    queue = open_queue(settings)
+    queue.publish(id_payloads(range(1, messages + 1)))
     with persistent_instance(home) as instance:
         started = time.perf_counter()
         for _ in range(messages):
@@ -224,10 +223,9 @@ def naive_rate(home: Path, model_url: str, messages: int, *, launched: bool) -> 
 def tick_at_backlog(home: Path, model_url: str, backlog: int) -> float:
     """Seconds of one sensor tick (pull 5,000, write the ledger, ack) with ``backlog`` queued."""
     settings = bench_settings(home, model_url)
-    queue = build_queue(settings)
-    payloads = [json.dumps({"id": str(i)}).encode() for i in range(1, backlog + 1)]
-    for start in range(0, backlog, 10_000):
-        queue.publish(payloads[start : start + 10_000])
+    queue = open_queue(settings)
+    for chunk in chunked(range(1, backlog + 1), 10_000):
+        queue.publish(id_payloads(chunk))
     queue.close()
     with DagsterInstance.ephemeral() as instance:
         started = time.perf_counter()
@@ -277,7 +275,7 @@ def dagster_dev(home: Path, model_url: str) -> Iterator[Settings]:
 
 
 def wait_for_prediction(settings: Settings, record_id: int, timeout: float) -> None:
-    engine = db.get_engine(settings)
+    engine = engine_of(settings)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with engine.connect() as connection:
@@ -294,8 +292,8 @@ def single_request_latency(home: Path, model_url: str, samples: int) -> list[flo
     """Publish one message at a random moment, time until its prediction row exists."""
     rng = random.Random(7)
     with dagster_dev(home, model_url) as settings:
-        build_feature_store(settings).upsert(record_texts(samples + 1))
-        queue = build_queue(settings)
+        local_feature_store(settings).upsert(record_texts(samples + 1))
+        queue = open_queue(settings)
         queue.publish([b'{"id": "1"}'])  # warm-up: daemon, code server, first run
         wait_for_prediction(settings, 1, timeout=240)
         latencies = []
@@ -388,7 +386,8 @@ def main() -> None:
     samples = 3 if args.quick else 10
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        with model_server_process() as url:
+        with running_model_server() as server:
+            url = server.url
             print("(a) model server alone")
             server = server_throughput(url, [16, 64, 256], 512 if args.quick else 2048)
             print(f"drain of {requests} requests")
@@ -405,7 +404,7 @@ def main() -> None:
             print("single-request latency through dagster dev")
             latencies = single_request_latency(work / "latency", url, samples)
         results = Results(machine(), server, drain, naive, naive_launched, tick, latencies)
-        command = "python bench/bench_pipeline.py" + (" --quick" if args.quick else "")
+        command = "python -m bench.bench_pipeline" + (" --quick" if args.quick else "")
         markdown = results.markdown(command)
         print(markdown)
         if args.write_docs:

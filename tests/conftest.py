@@ -15,7 +15,10 @@ import pytest
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db
+from batchinfer_dagster.clients.pubsub_queue import create_topology
+from batchinfer_dagster.deployments import pubsub_queue_for
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import migrate
 from tests.services import PostgresServer, PubSubEmulator, postgres_server, pubsub_emulator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,15 +71,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def app_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings on a fresh app database (SQLite and PostgreSQL), local queue and feature store."""
-    yield Settings(home=tmp_path, database_url=database_url)
+    """Settings on a fresh, migrated app database (SQLite and PostgreSQL), local queue and
+    feature store."""
+    settings = Settings(home=tmp_path, database_url=database_url)
+    migrate(settings)
+    yield settings
     db.dispose_engines()
 
 
 def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: object) -> Settings:
     """``base`` switched to the emulator with a topology of its own, created now."""
-    from batchinfer_dagster.resources.pubsub_queue import create_topology
-
     name = unique_name("q")
     settings = base.model_copy(
         update={
@@ -89,7 +93,7 @@ def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: objec
             **overrides,
         }
     )
-    create_topology(settings)
+    create_topology(pubsub_queue_for(settings).topology())
     return settings
 
 

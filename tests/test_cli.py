@@ -11,9 +11,9 @@ from click.testing import CliRunner, Result
 
 from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
-from batchinfer_dagster.resources.queue import build_queue
 from batchinfer_dagster.settings import Settings
-from tests.test_queue import drain
+from batchinfer_testing.deployment import engine_of, open_queue
+from tests.clients.test_queue import drain
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -37,7 +37,7 @@ def lines(result: Result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def test_seed_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:
+def test_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:
     added = run(queue_settings, "add-data-point", "test input data 1")
     assert added.exit_code == 0, added.output
     assert lines(added) == [{"id": 1, "text": "test input data 1"}]
@@ -61,7 +61,7 @@ def test_seed_walkthrough_round_trips_through_database_and_queue(queue_settings:
     if queue_settings.queue == "local":
         assert counts["queue_unacked"] == 1
 
-    [delivery] = drain(build_queue(queue_settings), 1)
+    [delivery] = drain(open_queue(queue_settings), 1)
     assert delivery.data == b'{"id": "1"}'  # exactly as given
     assert delivery.message_id == message["message_id"]
 
@@ -73,7 +73,7 @@ def test_publish_many_ids_and_ranges(queue_settings: Settings) -> None:
     by_range = run(queue_settings, "publish", "--range", "10-2509")
     assert by_range.exit_code == 0, by_range.output
     assert lines(by_range)[0]["published"] == 2500
-    got = drain(build_queue(queue_settings), 2503, timeout=60)
+    got = drain(open_queue(queue_settings), 2503, timeout=60)
     ids = sorted(int(json.loads(m.data)["id"]) for m in got)
     assert ids == [1, 2, 3, *range(10, 2510)]
 
@@ -90,7 +90,7 @@ def test_load_csv_and_jsonl_in_chunks(app_settings: Settings, tmp_path: Path) ->
     assert lines(run(app_settings, "load", str(jsonl))) == [
         {"loaded": 2, "first_id": 7001, "last_id": 7002}
     ]
-    with db.get_engine(app_settings).connect() as connection:
+    with engine_of(app_settings).connect() as connection:
         text = connection.execute(
             sa.select(db.data_points.c.text).where(db.data_points.c.id == 6001)
         ).scalar_one()
@@ -107,7 +107,7 @@ def test_a_bad_line_loads_nothing(app_settings: Settings, tmp_path: Path) -> Non
     assert json.loads(run(app_settings, "status").stdout)["records"] == 0
 
 
-def test_prediction_in_the_seed_format(app_settings: Settings) -> None:
+def test_prediction_in_the_replaced_systems_format(app_settings: Settings) -> None:
     missing = run(app_settings, "prediction", "1")
     assert missing.exit_code == 1
     assert missing.stdout == ""
@@ -115,11 +115,11 @@ def test_prediction_in_the_seed_format(app_settings: Settings) -> None:
 
     run(app_settings, "add-data-point", "test input data 1")
     now = db.utcnow()
-    with db.get_engine(app_settings).begin() as connection:
+    with engine_of(app_settings).begin() as connection:
         connection.execute(
             db.predictions.insert().values(
                 record_id=1,
-                model=app_settings.model_name,
+                model="zero-shot",
                 sequence="test input data 1",
                 labels=["mobile", "website", "account access", "billing"],
                 scores=[0.3479, 0.3264, 0.1976, 0.1282],
@@ -186,10 +186,10 @@ def test_an_empty_message_is_refused_by_pubsub_and_kept_by_the_local_queue(
     if queue_settings.queue == "pubsub":
         assert result.exit_code == 1
         assert "Pub/Sub refuses empty messages" in result.stderr
-        assert build_queue(queue_settings).pull(max_messages=1, timeout=2) == []
+        assert open_queue(queue_settings).pull(max_messages=1, timeout=2) == []
     else:
         assert result.exit_code == 0, result.output
-        [delivery] = drain(build_queue(queue_settings), 1)
+        [delivery] = drain(open_queue(queue_settings), 1)
         assert delivery.data == b""  # the sensor dead-letters it with its reason
 
 
@@ -213,3 +213,28 @@ def test_every_command_has_help_with_an_example() -> None:
         result = runner.invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, command
         assert "Example" in result.output, command
+
+
+def test_first_use_on_a_laptop_creates_the_embedded_database(tmp_path: Path) -> None:
+    """No setup step: the CLI migrates the embedded SQLite database it is the first to touch."""
+    fresh = Settings(home=tmp_path / "home")
+    added = run(fresh, "add-data-point", "first words")
+    assert added.exit_code == 0, added.output
+    assert lines(added) == [{"id": 1, "text": "first words"}]
+    db.dispose_engines()
+
+
+def test_an_unmigrated_server_database_is_refused_with_the_command_to_run(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Only `batchinfer db upgrade` (the deploy run) migrates a server database."""
+    settings = Settings(home=tmp_path, database_url=postgres_url)
+    refused = CliRunner().invoke(cli, ["status"], env=settings_env(settings))
+    assert refused.exit_code == 1
+    assert "batchinfer db upgrade" in refused.stderr
+    assert "Traceback" not in refused.output
+    upgraded = run(settings, "db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "newest schema" in upgraded.stdout
+    assert run(settings, "status").exit_code == 0
+    db.dispose_engines()

@@ -5,15 +5,17 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from batchinfer_dagster import db
+from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.records import add_records
-from batchinfer_dagster.resources.feature_store import LocalFeatureStore
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of
 
 TABLES = {
     "data_points",
@@ -27,7 +29,7 @@ TABLES = {
 
 
 def test_migrations_create_the_schema_and_rerun_as_no_op(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     assert set(sa.inspect(engine).get_table_names()) >= TABLES
     db.upgrade(engine)  # a second run changes nothing and does not fail
     with engine.connect() as connection:
@@ -37,8 +39,29 @@ def test_migrations_create_the_schema_and_rerun_as_no_op(app_settings: Settings)
     assert {"record_id", "model", "sequence", "labels", "scores", "batch_key", "run_id"} <= columns
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_unmigrated_database_is_refused_with_the_command_to_run(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Sensors and runs never migrate: a database behind the code fails with what to run."""
+    url = (
+        f"sqlite:///{tmp_path / 'fresh.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    try:
+        with pytest.raises(db.SchemaOutOfDateError, match=r"none \(empty\).*batchinfer db upgrade"):
+            db.engine_for(url)
+        engine = db.create_app_engine(url)
+        db.upgrade(engine)
+        engine.dispose()
+        assert db.current_revision(db.engine_for(url)) == db.head_revision()
+    finally:
+        db.dispose_engines()
+
+
 def test_ids_come_from_the_database_under_concurrent_writers(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     with ThreadPoolExecutor(max_workers=4) as pool:
         batches = list(
             pool.map(lambda n: add_records(engine, [f"t{n}-{i}" for i in range(25)]), range(8))
@@ -55,7 +78,7 @@ def test_ids_come_from_the_database_under_concurrent_writers(app_settings: Setti
 
 
 def test_times_round_trip_as_aware_utc(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     add_records(engine, ["x"])
     with engine.connect() as connection:
         created = connection.execute(sa.select(db.data_points.c.created_at)).scalar_one()
@@ -64,7 +87,7 @@ def test_times_round_trip_as_aware_utc(app_settings: Settings) -> None:
 
 
 def test_local_feature_store_imports_upserts_and_fetches_many(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     ids = add_records(engine, [f"message {i}" for i in range(1, 31)])
     store = LocalFeatureStore(engine)
 

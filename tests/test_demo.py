@@ -1,4 +1,4 @@
-"""`make demo`: the seed walkthrough on a real model server and a real Dagster daemon."""
+"""`make demo`: the walkthrough on a real model server and a real Dagster daemon."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_prints_the_prediction_in_the_seed_format() -> None:
+def test_demo_prints_the_prediction_document() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "batchinfer_dagster.demo"],
         cwd=REPO,

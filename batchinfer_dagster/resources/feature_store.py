@@ -1,135 +1,90 @@
-"""The feature store: where a run reads the text of each record it predicts.
-
-``local`` is the ``features`` table in the app database. ``vertex`` is the Vertex AI Feature
-Store (BigQuery source table + online store FeatureView), in ``vertex_feature_store.py``. A record
-the store does not have is *missing*, not an error: the ledger waits for the next sync (design §3).
-"""
+"""The feature store: the ``features`` table, or a Vertex AI Feature Store FeatureView."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy import Engine
+from dagster import ConfigurableResource
+from dagster_gcp import BigQueryResource
+from pydantic import Field
 
-from batchinfer_dagster import db
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.clients.feature_store import FeatureStore, LocalFeatureStore
+from batchinfer_dagster.resources.database import DatabaseResource
 
-IMPORT_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    """What an import did, shown as asset metadata and by ``batchinfer import-data``."""
-
-    rows_imported: int
-    total_records: int
-    details: dict[str, Any] = field(default_factory=dict)
+if TYPE_CHECKING:
+    from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
 
 
-class FeatureStore(ABC):
-    """Import records from the app database; fetch the text of many records at once."""
+class FeatureStoreResource(ConfigurableResource, ABC):
+    """Where runs read each record's text; ``open`` yields a client and closes it afterwards."""
+
+    database: DatabaseResource
 
     @abstractmethod
-    def import_records(self) -> ImportResult:
-        """Bring every record of ``data_points`` into the store (idempotent)."""
-
-    @abstractmethod
-    def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
-        """Text by record id for the ids the store has; missing ids are simply absent."""
-
-    @abstractmethod
-    def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
-        """The first ``limit`` records by id, and how many the store holds."""
+    def open(self) -> AbstractContextManager[FeatureStore]:
+        """A client for the duration of the ``with`` block."""
 
 
-def iter_data_points(engine: Engine, chunk: int = IMPORT_CHUNK) -> Iterable[list[sa.Row]]:
-    """All records in id order, ``chunk`` at a time (keyset pagination, bounded memory)."""
-    table = db.data_points
-    last_id = 0
-    while True:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(table.c.id, table.c.text, table.c.created_at)
-                .where(table.c.id > last_id)
-                .order_by(table.c.id)
-                .limit(chunk)
-            ).all()
-        if not rows:
-            return
-        yield rows
-        last_id = rows[-1].id
+class LocalFeatureStoreResource(FeatureStoreResource):
+    """The ``features`` table of the app database."""
+
+    @contextmanager
+    def open(self) -> Iterator[FeatureStore]:
+        store = LocalFeatureStore(self.database.get_engine())
+        try:
+            yield store
+        finally:
+            store.close()
 
 
-class LocalFeatureStore(FeatureStore):
-    """The ``features`` table: upsert by record id, many ids in one query."""
+class VertexFeatureStoreResource(FeatureStoreResource):
+    """A BigQuery source table synced into a Vertex AI online store's FeatureView.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    The BigQuery client comes from dagster-gcp's ``BigQueryResource`` (project, location and,
+    outside Google Cloud, base64 service-account credentials as an ``EnvVar``).
+    """
 
-    def import_records(self) -> ImportResult:
-        imported = 0
-        now = db.utcnow()
-        for rows in iter_data_points(self.engine):
-            with self.engine.begin() as connection:
-                db.upsert(
-                    connection,
-                    db.features,
-                    [{"record_id": r.id, "text": r.text, "feature_timestamp": now} for r in rows],
-                    key=["record_id"],
-                    update=["text", "feature_timestamp"],
-                )
-            imported += len(rows)
-        return ImportResult(rows_imported=imported, total_records=self._count())
+    bigquery: BigQueryResource
+    region: str = Field(default="us-central1", description="BATCHINFER_VERTEX_REGION")
+    online_store: str = Field(default="batchinfer", description="BATCHINFER_VERTEX_ONLINE_STORE")
+    feature_view: str = Field(default="records", description="BATCHINFER_VERTEX_FEATURE_VIEW")
+    bigquery_table: str = Field(
+        description="project.dataset.table of the source (BATCHINFER_VERTEX_BIGQUERY_TABLE)."
+    )
+    admin_endpoint: str | None = Field(
+        default=None, description="host:port of the admin API (BATCHINFER_VERTEX_ADMIN_ENDPOINT)."
+    )
+    serving_endpoint: str | None = Field(
+        default=None,
+        description="host:port of the online store (BATCHINFER_VERTEX_SERVING_ENDPOINT; PSC).",
+    )
+    sync_timeout_seconds: float = Field(default=1800.0, gt=0)
 
-    def upsert(self, records: Sequence[tuple[int, str]]) -> None:
-        """Write features directly (a loader that skips ``data_points``, and tests)."""
-        now = db.utcnow()
-        with self.engine.begin() as connection:
-            db.upsert(
-                connection,
-                db.features,
-                [{"record_id": i, "text": t, "feature_timestamp": now} for i, t in records],
-                key=["record_id"],
-                update=["text", "feature_timestamp"],
-            )
+    def view(self) -> VertexFeatureView:
+        from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
 
-    def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
-        found: dict[int, str] = {}
-        ids = sorted(set(record_ids))
-        table = db.features
-        with self.engine.connect() as connection:
-            # Chunks keep the IN list under SQLite's and PostgreSQL's parameter limits.
-            for start in range(0, len(ids), IMPORT_CHUNK):
-                chunk = ids[start : start + IMPORT_CHUNK]
-                rows = connection.execute(
-                    sa.select(table.c.record_id, table.c.text).where(table.c.record_id.in_(chunk))
-                )
-                found.update({row.record_id: row.text for row in rows})
-        return found
+        return VertexFeatureView(
+            project=self.bigquery.project,
+            bigquery_table=self.bigquery_table,
+            region=self.region,
+            online_store=self.online_store,
+            feature_view=self.feature_view,
+            admin_endpoint=self.admin_endpoint,
+            serving_endpoint=self.serving_endpoint,
+            sync_timeout_seconds=self.sync_timeout_seconds,
+        )
 
-    def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
-        table = db.features
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(table.c.record_id, table.c.text).order_by(table.c.record_id).limit(limit)
-            ).all()
-        return [(row.record_id, row.text) for row in rows], self._count()
+    @contextmanager
+    def open(self) -> Iterator[FeatureStore]:
+        from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureStore
 
-    def _count(self) -> int:
-        with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(sa.func.count()).select_from(db.features)
-            ).scalar_one()
-
-
-def build_feature_store(settings: Settings) -> FeatureStore:
-    """The feature store that ``BATCHINFER_FEATURE_STORE`` names."""
-    if settings.feature_store == "vertex":
-        from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStore
-
-        return VertexFeatureStore(settings, db.get_engine(settings))
-    return LocalFeatureStore(db.get_engine(settings))
+        view = self.view()
+        with self.bigquery.get_client() as client:
+            store = VertexFeatureStore(view, self.database.get_engine(), bigquery_client=client)
+            try:
+                yield store
+            finally:
+                store.close()

@@ -221,6 +221,18 @@ def decode_predictions(body: object, expected: int) -> list[Prediction]:
     ]
 
 
+def decode_model(body: object) -> str:
+    """The ``model`` a 200 answer names: the id of the model that made its predictions.
+
+    It is the lineage key of stored predictions, so an answer without it is refused
+    (``ValueError``) rather than stored under a guessed name.
+    """
+    model = body.get("model") if isinstance(body, Mapping) else None
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f'answered without a model id ("model": {model!r})')
+    return model
+
+
 def decode_instance_errors(body: object) -> list[InstanceError]:
     """The ``instance_errors`` of a refusal; empty when the whole request was at fault."""
     items = body.get("instance_errors") if isinstance(body, Mapping) else None

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import pytest
 
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import model_server_process
+from batchinfer_testing.model_server import running_model_server
 
 
 @pytest.fixture(scope="session")
 def model_server_url() -> Iterator[str]:
     """Our model server as a real process with the packaged all-MiniLM embedding model."""
-    with model_server_process() as url:
-        yield url
+    with running_model_server() as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -12,12 +12,17 @@ import time
 from dagster import DagsterInstance, RunRequest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.queue import build_queue
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import (
+    local_feature_store,
+    open_queue,
+    publish_json,
+    resources_of,
+    rows,
+)
 from tests.conftest import pubsub_settings
-from tests.dagster.harness import drain, execute_runs, publish_json, rows, sensor_tick
 from tests.services import PubSubEmulator
 from tests.test_cli import lines, run
 
@@ -33,9 +38,9 @@ def test_a_dead_lettered_batch_re_materialized_later_resolves_its_dead_letters(
     refusing = pipeline_settings.model_copy(
         update={"model_url": f"{pipeline_settings.model_url}/no-such-route"}
     )
-    build_feature_store(refusing).upsert([(1, "refund please"), (2, "app crash")])
+    local_feature_store(refusing).upsert([(1, "refund please"), (2, "app crash")])
     publish_json(refusing, [{"id": 1}, {"id": 2}])
-    report = drain(instance, refusing)
+    report = run_daemon_loop(instance, refusing)
     assert [run.success for run in report.runs] == [False]  # 404: the whole batch refused
     assert status(refusing)["dead_letters"] == 2
     [batch] = rows(refusing, db.prediction_batches)
@@ -66,14 +71,14 @@ def test_replay_asks_again_once_and_the_prediction_resolves_it(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
     settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 0})
-    build_feature_store(settings).upsert([(1, "refund please")])
+    local_feature_store(settings).upsert([(1, "refund please")])
     publish_json(settings, [{"id": 1}, {"id": 7}, {"id": 8}, "not a request"])
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
     open_letters = {row.record_id: row for row in rows(settings, db.dead_letters)}
     assert set(open_letters) == {7, 8, None}  # 7 and 8 unknown, one malformed
     assert open_letters[7].reason == ledger.UNKNOWN_RECORD
 
-    build_feature_store(settings).upsert([(7, "my phone app freezes"), (8, "login fails")])
+    local_feature_store(settings).upsert([(7, "my phone app freezes"), (8, "login fails")])
     by_id = run(settings, "dead-letters", "replay", "--id", str(open_letters[7].id))
     assert lines(by_id) == [{"replayed": 1, "already_replayed": 0, "not_replayable": 0}]
     by_reason = run(settings, "dead-letters", "replay", "--reason", "unknown record")
@@ -81,7 +86,7 @@ def test_replay_asks_again_once_and_the_prediction_resolves_it(
     again = run(settings, "dead-letters", "replay")
     assert lines(again) == [{"replayed": 0, "already_replayed": 2, "not_replayable": 1}]
 
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     assert sorted(row.record_id for row in rows(settings, db.predictions)) == [1, 7, 8]
     letters = {row.record_id: row for row in rows(settings, db.dead_letters)}
@@ -93,7 +98,7 @@ def test_replay_asks_again_once_and_the_prediction_resolves_it(
 
 def nack_until_dead_lettered(settings: Settings, deliveries: int, timeout: float = 60) -> int:
     """Deliver and refuse the request queue's messages until Pub/Sub moves them aside."""
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     seen = 0
     deadline = time.monotonic() + timeout
     try:
@@ -124,7 +129,7 @@ def test_pubsub_dead_letter_topic_is_read_back_into_dead_letters(
         ack_deadline_seconds=10,
         max_delivery_attempts=5,
     )
-    build_feature_store(settings).upsert([(5, "my invoice is wrong")])
+    local_feature_store(settings).upsert([(5, "my invoice is wrong")])
     publish_json(settings, [{"id": 5}])
     # Every delivery refused (a sensor that crashes before its ack, five times over).
     assert nack_until_dead_lettered(settings, deliveries=5) == 5
@@ -135,7 +140,7 @@ def test_pubsub_dead_letter_topic_is_read_back_into_dead_letters(
         assert sensor_tick(instance, settings).run_requests == []
 
     [letter] = rows(settings, db.dead_letters)
-    assert letter.source == ledger.PUBSUB_DEAD_LETTER_SOURCE
+    assert letter.source == ledger.DeadLetterSource.PUBSUB_DEAD_LETTER
     assert (letter.payload, letter.record_id) == ('{"id": 5}', 5)
     assert letter.delivery_attempts == 5
     assert "Pub/Sub dead-lettered the message after 5 delivery attempts" in letter.reason
@@ -145,7 +150,7 @@ def test_pubsub_dead_letter_topic_is_read_back_into_dead_letters(
     assert lines(run(settings, "dead-letters", "replay")) == [
         {"replayed": 1, "already_replayed": 0, "not_replayable": 0}
     ]
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     assert [row.record_id for row in rows(settings, db.predictions)] == [5]
     [letter] = rows(settings, db.dead_letters)
@@ -159,9 +164,9 @@ def test_a_missing_dead_letter_subscription_is_reported_and_intake_goes_on(
         app_settings, emulator, pull_timeout_seconds=0.5, batch_size=4
     ).model_copy(update={"pubsub_dead_letter_subscription": "no-such-subscription"})
     publish_json(settings, [{"id": 1}, "malformed"])
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
-        outcome = process_tick(instance, settings, queue)
+        outcome = process_tick(instance, resources_of(settings)["ledger"], queue)
     finally:
         queue.close()
 

@@ -8,13 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DefaultSensorStatus, Definitions
+from dagster import AssetKey, DefaultSensorStatus, Definitions, EnvVar
 
-from batchinfer_dagster.assets import BatchinferResource
 from batchinfer_dagster.definitions import defs
+from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.resources.database import PostgresDatabase, SqliteDatabase
+from batchinfer_dagster.resources.feature_store import (
+    LocalFeatureStoreResource,
+    VertexFeatureStoreResource,
+)
+from batchinfer_dagster.resources.model_server import HttpModelServer, VertexModelEndpoint
+from batchinfer_dagster.resources.request_queue import LocalRequestQueue, PubSubRequestQueue
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import REPO_ROOT
+from batchinfer_testing.model_server import REPO_ROOT
 
 
 def test_definitions_load_with_lineage_checks_and_sensor() -> None:
@@ -22,11 +29,13 @@ def test_definitions_load_with_lineage_checks_and_sensor() -> None:
     graph = defs.resolve_asset_graph()
     assert set(graph.get_all_asset_keys()) == {
         AssetKey("data_points"),
-        AssetKey("feature_store"),
+        AssetKey("features"),
         AssetKey("predictions"),
     }
-    assert graph.get(AssetKey("feature_store")).parent_keys == {AssetKey("data_points")}
-    assert graph.get(AssetKey("predictions")).parent_keys == {AssetKey("feature_store")}
+    assert graph.get(AssetKey("data_points")).is_observable
+    assert not graph.get(AssetKey("data_points")).is_materializable
+    assert graph.get(AssetKey("features")).parent_keys == {AssetKey("data_points")}
+    assert graph.get(AssetKey("predictions")).parent_keys == {AssetKey("features")}
     predictions = defs.resolve_assets_def("predictions")
     assert predictions.partitions_def.name == PREDICTION_BATCHES
     assert {key.name for key in predictions.check_keys} == {
@@ -38,7 +47,14 @@ def test_definitions_load_with_lineage_checks_and_sensor() -> None:
     sensor = defs.resolve_sensor_def("prediction_requests_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert sensor.job_name == "predictions_job"
-    assert defs.resolve_job_def("predict_records_job").name == "predict_records_job"
+    assert defs.resolve_job_def("request_predictions_job").name == "request_predictions_job"
+    assert set(defs.resources) == {
+        "database",
+        "ledger",
+        "request_queue",
+        "feature_store",
+        "model_server",
+    }
 
 
 def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
@@ -62,20 +78,52 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
     assert "Validation successful" in completed.stdout + completed.stderr
 
 
-def test_resource_gives_back_exactly_the_settings_it_was_built_from(tmp_path: Path) -> None:
+def test_settings_pick_the_local_implementation_of_every_system(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path,
-        database_url="sqlite:///x.db",
-        pubsub_emulator_host="127.0.0.1:8681",
         labels=("a", "b c"),
         batch_size=7,
         feature_wait_seconds=1.5,
+        model_url="http://127.0.0.1:9",
     )
-    resource = BatchinferResource.for_settings(settings)
-    assert resource.get_settings() == settings
-    assert BatchinferResource(settings_json='{"batch_size": 3}').get_settings().batch_size == 3
+    resources = resources_for(settings)
+    assert isinstance(resources.database, SqliteDatabase)
+    assert resources.database.url() == settings.resolved_database_url
+    assert isinstance(resources.request_queue, LocalRequestQueue)
+    assert isinstance(resources.feature_store, LocalFeatureStoreResource)
+    assert isinstance(resources.model_server, HttpModelServer)
+    assert resources.model_server.parameters().candidate_labels == ("a", "b c")
+    assert (resources.ledger.batch_size, resources.ledger.feature_wait_seconds) == (7, 1.5)
 
 
-def test_resource_refuses_settings_json_that_is_not_an_object() -> None:
-    with pytest.raises(ValueError, match=r"must be a JSON object of Settings fields, got '\[1\]'"):
-        BatchinferResource(settings_json="[1]").get_settings()
+def test_settings_pick_the_google_implementation_of_every_system(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        database_url="postgresql+psycopg://u:secret@db/app",
+        queue="pubsub",
+        pubsub_project="p",
+        feature_store="vertex",
+        vertex_project="p",
+        vertex_bigquery_table="p.d.records",
+        model_url="vertex://projects/p/locations/europe-west4/endpoints/1",
+    )
+    resources = resources_for(settings)
+    assert isinstance(resources.database, PostgresDatabase)
+    assert isinstance(resources.request_queue, PubSubRequestQueue)
+    assert resources.request_queue.topology().project == "p"
+    assert isinstance(resources.feature_store, VertexFeatureStoreResource)
+    assert resources.feature_store.bigquery.project == "p"
+    assert isinstance(resources.model_server, VertexModelEndpoint)
+
+
+def test_the_code_location_shows_the_database_url_as_an_env_var(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI shows resource config: a URL with a password must be a variable's name there."""
+    monkeypatch.setenv("BATCHINFER_DATABASE_URL", "postgresql+psycopg://u:secret@db/app")
+    settings = Settings(home=tmp_path)
+    shown = resources_for(settings, secrets_from_env=True).database
+    assert isinstance(shown, PostgresDatabase)
+    assert "secret" not in repr(shown.database_url)
+    assert shown.database_url == EnvVar("BATCHINFER_DATABASE_URL")
+    assert "secret" in resources_for(settings).database.url()  # the CLI resolves it itself

@@ -18,38 +18,33 @@ import yaml
 from dagster import AssetKey, DagsterInstance, RunRequest, materialize
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import BatchinferResource, data_points, feature_store
+from batchinfer_dagster.assets import data_points, features
 from batchinfer_dagster.definitions import build_definitions
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.queue import build_queue
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import execute_runs, run_daemon_loop
+from batchinfer_testing.deployment import TEXTS, engine_of, open_queue, resources_of, rows
+from batchinfer_testing.model_server import EMBEDDING_MODEL, REPO_ROOT
 from tests.conftest import pubsub_settings, unique_name
-from tests.dagster.harness import REPO_ROOT, drain, execute_runs, rows
 from tests.services import PostgresServer, PubSubEmulator
 
-TEXTS = [
-    json.loads(line)["text"]
-    for line in (REPO_ROOT / "bench" / "data" / "support_messages.jsonl").read_text().splitlines()
-]
 MALFORMED = [b"{not json", b'{"id": "twelve"}', b'{"record": 4}', b'["1"]', b'{"id": -5}']
 
 
 def load_records(instance: DagsterInstance, settings: Settings, count: int) -> dict[int, str]:
     """Write ``count`` records and import them by materializing the two upstream assets."""
     texts = [f"{TEXTS[i % len(TEXTS)]} (ticket {i})" for i in range(count)]
-    with db.get_engine(settings).begin() as connection:
+    with engine_of(settings).begin() as connection:
         ids = connection.execute(
             db.data_points.insert().returning(db.data_points.c.id),
             [{"text": text, "created_at": db.utcnow()} for text in texts],
         ).scalars()
         records = dict(zip(ids, texts, strict=True))
     result = materialize(
-        [data_points, feature_store],
-        instance=instance,
-        resources={"batchinfer": BatchinferResource.for_settings(settings)},
+        [data_points, features], instance=instance, resources=resources_of(settings)
     )
     assert result.success
-    imported = result.asset_materializations_for_node("feature_store")[0].metadata
+    imported = result.asset_materializations_for_node("features")[0].metadata
     assert imported["rows_imported"].value == count
     return records
 
@@ -64,7 +59,7 @@ def publish_mixed_backlog(
     bodies += [json.dumps({"id": str(10_000_000 + i)}).encode() for i in range(unknown)]
     bodies += [MALFORMED[i % len(MALFORMED)] for i in range(malformed)]
     rng.shuffle(bodies)
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         queue.publish(bodies)
     finally:
@@ -72,8 +67,9 @@ def publish_mixed_backlog(
     return len(bodies)
 
 
-def seed_document(record_id: int, row: sa.Row) -> dict:
-    """The seed's BigQuery row: ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
+def replaced_system_document(record_id: int, row: sa.Row) -> dict:
+    """The BigQuery row of the system this one replaces:
+    ``{"data", "prediction": {"sequence", "labels", "scores"}}``."""
     return {
         "data": {"id": str(record_id), "text": row.sequence},
         "prediction": {"sequence": row.sequence, "labels": row.labels, "scores": row.scores},
@@ -84,13 +80,13 @@ def assert_one_prediction_per_known_record(settings: Settings, records: dict[int
     predictions = rows(settings, db.predictions)
     assert sorted(p.record_id for p in predictions) == sorted(records)
     for row in predictions:
-        document = json.loads(json.dumps(seed_document(row.record_id, row)))
+        document = json.loads(json.dumps(replaced_system_document(row.record_id, row)))
         prediction = document["prediction"]
         assert prediction["sequence"] == records[row.record_id]
         assert sorted(prediction["labels"]) == sorted(settings.labels)
         assert prediction["scores"] == sorted(prediction["scores"], reverse=True)
         assert abs(sum(prediction["scores"]) - 1) < 1e-4
-        assert row.model == settings.model_name
+        assert row.model == EMBEDDING_MODEL  # the lineage key is the model the server reports
 
 
 def run_backlog(
@@ -108,7 +104,7 @@ def run_backlog(
     )
     assert published == records + duplicates + unknown + malformed
 
-    report = drain(instance, settings)
+    report = run_daemon_loop(instance, settings)
 
     assert report.runs
     assert all(run.success for run in report.runs)
@@ -125,8 +121,8 @@ def run_backlog(
     requests = rows(settings, db.prediction_requests)
     assert len(requests) == records + duplicates + unknown
     assert Counter(r.status for r in requests) == {
-        ledger.DONE: records + duplicates,
-        ledger.DEAD_LETTERED: unknown,
+        ledger.RequestStatus.DONE: records + duplicates,
+        ledger.RequestStatus.DEAD_LETTERED: unknown,
     }
     partitions = set(instance.get_dynamic_partitions(PREDICTION_BATCHES))
     assert {p.batch_key for p in rows(settings, db.predictions)} <= partitions
@@ -217,21 +213,30 @@ def test_backlog_on_dagster_postgres_storage(
         db.dispose_engines()
 
 
-def test_predict_records_job_and_rematerialization(
+def test_request_predictions_job_and_rematerialization(
     instance: DagsterInstance, app_settings: Settings, model_server_url: str
 ) -> None:
     pipeline_settings = app_settings.model_copy(update={"model_url": model_server_url})
     known = load_records(instance, pipeline_settings, 5)
     ids = sorted(known)
-    defs = build_definitions(BatchinferResource.for_settings(pipeline_settings))
+    defs = build_definitions(resources_of(pipeline_settings))
 
-    result = defs.resolve_job_def("predict_records_job").execute_in_process(
-        run_config={"ops": {"predict_records": {"config": {"record_ids": [*ids[:3], ids[0]]}}}},
+    result = defs.resolve_job_def("request_predictions_job").execute_in_process(
+        run_config={"ops": {"request_predictions": {"config": {"record_ids": [*ids[:3], ids[0]]}}}},
         instance=instance,
     )
 
     assert result.success
     (batch_key,) = instance.get_dynamic_partitions(PREDICTION_BATCHES)
+    # The sensor launches the batch's run: a real materialization of the partition, with checks.
+    report = run_daemon_loop(instance, pipeline_settings)
+    (run,) = report.runs
+    assert run.success
+    assert {e.check_name for e in run.get_asset_check_evaluations() if e.passed} == {
+        "one_prediction_per_record",
+        "scores_sum_to_one",
+        "labels_are_the_configured_labels",
+    }
     materialized = instance.get_latest_materialization_event(AssetKey("predictions"))
     assert materialized is not None
     assert materialized.asset_materialization.partition == batch_key

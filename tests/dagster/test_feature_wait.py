@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.model_client import HttpModelClient, parameters_of
-from batchinfer_dagster.resources.queue import ReceivedMessage
+from batchinfer_dagster.clients.model_client import HttpModelClient
+from batchinfer_dagster.clients.queue import ReceivedMessage
+from batchinfer_dagster.prediction import Predictor
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import rows
+from batchinfer_testing.deployment import engine_of, local_feature_store, resources_of, rows
 
 RECEIVED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 WAIT = timedelta(seconds=600)
@@ -26,38 +26,36 @@ TICK = timedelta(microseconds=1)
 @pytest.mark.parametrize(
     ("now", "status"),
     [
-        (RECEIVED + WAIT - TICK, ledger.WAITING_FEATURES),
-        (RECEIVED + WAIT, ledger.DEAD_LETTERED),
-        (RECEIVED + WAIT + TICK, ledger.DEAD_LETTERED),
+        (RECEIVED + WAIT - TICK, ledger.RequestStatus.WAITING_FEATURES),
+        (RECEIVED + WAIT, ledger.RequestStatus.DEAD_LETTERED),
+        (RECEIVED + WAIT + TICK, ledger.RequestStatus.DEAD_LETTERED),
     ],
     ids=["just-before", "at-the-deadline", "just-after"],
 )
 def test_feature_wait_expires_at_its_deadline(
     app_settings: Settings, now: datetime, status: str
 ) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     message = ReceivedMessage("1", "ack-1", b'{"id": 42}', 1, RECEIVED)
     [batch_key] = ledger.ingest_messages(
         engine, [message], queue="local", batch_size=8, now=RECEIVED
     ).batch_keys
     client = HttpModelClient("http://127.0.0.1:9")  # never called: record 42 has no features
 
-    outcome = ledger.predict_batch(
-        engine,
-        build_feature_store(app_settings),
-        client,
-        parameters_of(app_settings),
-        model_name=app_settings.model_name,
-        batch_key=batch_key,
-        run_id="run-1",
+    predictor = Predictor(
+        engine=engine,
+        feature_store=local_feature_store(app_settings),
+        model=client,
+        parameters=resources_of(app_settings)["model_server"].parameters(),
         feature_wait=WAIT,
         clock=lambda: now,
     )
+    outcome = predictor.predict(batch_key, run_id="run-1")
 
     [request] = rows(app_settings, db.prediction_requests)
     assert request.status == status
     letters = rows(app_settings, db.dead_letters)
-    if status == ledger.DEAD_LETTERED:
+    if status == ledger.RequestStatus.DEAD_LETTERED:
         assert (outcome.waiting, outcome.dead_lettered) == (0, 1)
         assert [(d.reason, d.record_id) for d in letters] == [(ledger.UNKNOWN_RECORD, 42)]
     else:

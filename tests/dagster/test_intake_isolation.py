@@ -14,9 +14,14 @@ import sqlalchemy as sa
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.queue import ReceivedMessage
+from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import drain, execute_runs, publish_json, rows, sensor_tick
+from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import (
+    engine_of,
+    publish_json,
+    rows,
+)
 from tests.dagster.test_sensor import add_features, queue_is_empty
 
 POISON_ID = "9" * 5000  # int() refuses strings over 4,300 digits with a ValueError
@@ -43,12 +48,12 @@ def test_a_poison_id_between_two_good_requests_costs_only_itself(
     first = sensor_tick(instance, pipeline_settings)
     assert len(first.run_requests) == 1  # the tick did not raise, and made one batch
     assert all(run.success for run in execute_runs(instance, pipeline_settings, first.run_requests))
-    drain(instance, pipeline_settings)
+    run_daemon_loop(instance, pipeline_settings)
 
     predicted = {row.record_id for row in rows(pipeline_settings, db.predictions)}
     assert predicted == {1, 2}
     [dead] = rows(pipeline_settings, db.dead_letters)
-    assert dead.source == ledger.SENSOR_SOURCE
+    assert dead.source == ledger.DeadLetterSource.SENSOR
     assert "not a positive integer" in dead.reason
     assert dead.payload == json.dumps({"id": POISON_ID})
     assert queue_is_empty(pipeline_settings)  # all three acked: nothing comes back
@@ -73,7 +78,7 @@ def test_a_poison_id_between_two_good_requests_costs_only_itself(
 def test_each_hostile_payload_is_dead_lettered_and_the_pull_goes_on(
     app_settings: Settings, payload: bytes, reason: str
 ) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     pull = [message(1, b'{"id": "1"}'), message(2, payload), message(3, b'{"id": 2}')]
 
     result = ledger.ingest_messages(engine, pull, queue="local", batch_size=10, now=NOW)
@@ -93,7 +98,7 @@ def test_an_unexpected_error_in_one_message_is_its_dead_letter_reason(
     app_settings: Settings,
 ) -> None:
     """Not a parse error: a message the queue handed over without a publish time."""
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     broken = ReceivedMessage("7", "ack-7", b'{"id": 7}', 1, None)  # type: ignore[arg-type]
     pull = [message(1, b'{"id": 1}'), broken, message(3, b'{"id": 3}')]
 
@@ -167,7 +172,7 @@ def test_record_id_bounds_at_their_value_and_one_past(
 
 def test_reingesting_2001_messages_accepts_none_and_makes_no_batch(app_settings: Settings) -> None:
     """The redelivery check crosses its 1,000-row chunks (1,000 + 1,000 + 1) without a gap."""
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     pull = [message(i, json.dumps({"id": i}).encode()) for i in range(1, 2002)]
     first = ledger.ingest_messages(engine, pull, queue="local", batch_size=512, now=NOW)
     assert (first.accepted, len(first.batch_keys)) == (2001, 4)

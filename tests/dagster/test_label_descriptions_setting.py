@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer_dagster.resources.model_client import build_model_client, parameters_of
+from batchinfer_dagster.deployments import model_server_for
 from batchinfer_dagster.settings import Settings, SettingsError
 
 # Names that mean nothing to the model: only the file's descriptions can tell them apart.
@@ -28,7 +28,7 @@ def test_the_file_becomes_the_request_parameter(tmp_path: Path) -> None:
     settings = settings_with_file(
         tmp_path, json.dumps(DESCRIPTIONS), labels=("kind A", "kind B", "plain")
     )
-    assert parameters_of(settings).as_json() == {
+    assert model_server_for(settings).parameters().as_json() == {
         "candidate_labels": ["kind A", "kind B", "plain"],
         "multi_label": False,
         "label_descriptions": {"kind A": DESCRIPTIONS["kind A"], "kind B": DESCRIPTIONS["kind B"]},
@@ -36,7 +36,7 @@ def test_the_file_becomes_the_request_parameter(tmp_path: Path) -> None:
 
 
 def test_without_a_file_no_descriptions_and_no_template_are_sent(tmp_path: Path) -> None:
-    body = parameters_of(Settings(home=tmp_path)).as_json()
+    body = model_server_for(Settings(home=tmp_path)).parameters().as_json()
     assert set(body) == {"candidate_labels", "multi_label"}
 
 
@@ -76,12 +76,10 @@ def test_the_model_server_classifies_by_the_files_descriptions(
         labels=("kind A", "kind B"),
         model_url=model_server_url,
     )
-    client = build_model_client(settings)
-    try:
-        answers = client.predict(
+    model_server = model_server_for(settings)
+    with model_server.open() as client:
+        answer = client.predict(
             ["I was billed twice for one order.", "The app closes itself when I open it."],
-            parameters_of(settings),
+            model_server.parameters(),
         )
-    finally:
-        client.close()
-    assert [answer.labels[0] for answer in answers] == ["kind A", "kind B"]
+    assert [prediction.labels[0] for prediction in answer.predictions] == ["kind A", "kind B"]

@@ -8,17 +8,16 @@ import sqlalchemy as sa
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import BatchinferResource
 from batchinfer_dagster.definitions import build_definitions
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import rows
+from batchinfer_testing.deployment import engine_of, resources_of, rows
 
 
 def test_retention_prunes_only_old_settled_partitions(
     instance: DagsterInstance, app_settings: Settings
 ) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     now = db.utcnow()
     old = ledger.create_batches(
         engine, [1, 2, 3, 5], source="test", batch_size=1, now=now - timedelta(days=40)
@@ -27,11 +26,11 @@ def test_retention_prunes_only_old_settled_partitions(
     old_done, old_dead, old_queued, old_waiting = old
     table, requests = db.prediction_batches, db.prediction_requests
     settle = {
-        old_done: (ledger.SUCCEEDED, ledger.DONE),
-        recent: (ledger.SUCCEEDED, ledger.DONE),
-        old_dead: (ledger.DEAD_LETTERED, ledger.DEAD_LETTERED),
+        old_done: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.DONE),
+        recent: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.DONE),
+        old_dead: (ledger.RequestStatus.DEAD_LETTERED, ledger.RequestStatus.DEAD_LETTERED),
         # A succeeded batch one of whose requests still waits for features keeps that request.
-        old_waiting: (ledger.SUCCEEDED, ledger.WAITING_FEATURES),
+        old_waiting: (ledger.BatchStatus.SUCCEEDED, ledger.RequestStatus.WAITING_FEATURES),
     }
     with engine.begin() as connection:
         for key, (batch_status, request_status) in settle.items():
@@ -56,7 +55,7 @@ def test_retention_prunes_only_old_settled_partitions(
         )
     instance.add_dynamic_partitions(PREDICTION_BATCHES, [*old, recent])
 
-    defs = build_definitions(BatchinferResource.for_settings(app_settings))
+    defs = build_definitions(resources_of(app_settings))
     result = defs.resolve_job_def("retention_job").execute_in_process(
         run_config={"ops": {"prune_batch_partitions": {"config": {"older_than_days": 30}}}},
         instance=instance,

@@ -14,15 +14,19 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.model_client import (
+from batchinfer_dagster.clients.model_client import (
     HttpModelClient,
     PredictParameters,
     RefusedText,
     json_bytes,
 )
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import drain, publish_json, rows
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import (
+    local_feature_store,
+    publish_json,
+    rows,
+)
 
 LONG_TEXT = ("my invoice shows a double charge " * 3100)[:100_002]
 
@@ -31,12 +35,12 @@ def test_a_100002_character_record_is_predicted_with_its_batch(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
     """Issue example 2: it used to answer 422 and dead-letter all three records."""
-    build_feature_store(pipeline_settings).upsert(
+    local_feature_store(pipeline_settings).upsert(
         [(1, "the app crashes on my phone"), (2, LONG_TEXT), (3, "I cannot log in")]
     )
     publish_json(pipeline_settings, [{"id": 1}, {"id": 2}, {"id": 3}])
 
-    report = drain(instance, pipeline_settings)
+    report = run_daemon_loop(instance, pipeline_settings)
 
     assert [run.success for run in report.runs] == [True]
     predictions = {row.record_id: row for row in rows(pipeline_settings, db.predictions)}
@@ -59,15 +63,15 @@ def test_a_record_too_large_to_send_is_dead_lettered_alone_without_sending_it(
     assert client.instance_bytes(fits) == room
     assert len(json_bytes({"instances": [fits], "parameters": parameters.as_json()})) == 4096
     client.close()
-    build_feature_store(settings).upsert([(1, "refund please"), (2, over), (3, fits)])
+    local_feature_store(settings).upsert([(1, "refund please"), (2, over), (3, fits)])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
 
-    report = drain(instance, settings)
+    report = run_daemon_loop(instance, settings)
 
     assert [run.success for run in report.runs] == [True]
     assert sorted(row.record_id for row in rows(settings, db.predictions)) == [1, 3]
     (letter,) = rows(settings, db.dead_letters)
-    assert (letter.source, letter.record_id) == (ledger.MODEL_SOURCE, 2)
+    assert (letter.source, letter.record_id) == (ledger.DeadLetterSource.MODEL, 2)
     assert "holds at most 4096 bytes, so it cannot be sent" in letter.reason
 
 
@@ -77,7 +81,7 @@ def test_the_client_resends_exactly_the_instances_the_server_did_not_refuse(
     client = HttpModelClient(model_server_url)
     texts = ["refund my order", "", "app crash", "  \n ", "password reset", "\ud800 lone"]
     try:
-        answers = client.predict(texts, PredictParameters(("billing", "mobile", "account")))
+        answers = client.predict(texts, PredictParameters(("billing", "mobile", "account"))).answers
     finally:
         client.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -10,27 +9,29 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.feature_store import build_feature_store
-from batchinfer_dagster.resources.queue import build_queue
+from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import (
-    AckCrashQueue,
-    drain,
-    execute_runs,
+from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import (
+    engine_of,
+    local_feature_store,
+    model_server_of,
+    open_queue,
     publish_json,
+    resources_of,
     rows,
-    sensor_tick,
 )
+from batchinfer_testing.queues import FaultInjectingQueue
 
 
 def add_features(settings: Settings, record_ids: range | list[int]) -> None:
-    store = build_feature_store(settings)
+    store = local_feature_store(settings)
     store.upsert([(i, f"I was charged twice for order {i}, please refund") for i in record_ids])
 
 
 def queue_is_empty(settings: Settings) -> bool:
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         return queue.pull(10, 1.0) == []
     finally:
@@ -62,9 +63,9 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
 ) -> None:
     add_features(pipeline_settings, range(1, 7))
     publish_json(pipeline_settings, [{"id": i} for i in range(1, 7)])
-    crashing = AckCrashQueue(build_queue(pipeline_settings))
+    crashing = FaultInjectingQueue(open_queue(pipeline_settings), "crash-at-ack")
     try:
-        process_tick(instance, pipeline_settings, crashing)
+        process_tick(instance, resources_of(pipeline_settings)["ledger"], crashing)
         raise AssertionError("the ack should have crashed the tick")
     except ConnectionAbortedError:
         pass
@@ -75,20 +76,20 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
     assert len(committed) == 6
 
     # The messages come back; the next ticks see them as redeliveries and ack them.
-    drain(instance, pipeline_settings)
+    run_daemon_loop(instance, pipeline_settings)
 
     requests = rows(pipeline_settings, db.prediction_requests)
     assert sorted(r.message_id for r in requests) == sorted(r.message_id for r in committed)
     predictions = rows(pipeline_settings, db.predictions)
     assert sorted(p.record_id for p in predictions) == [1, 2, 3, 4, 5, 6]
-    assert {r.status for r in requests} == {ledger.DONE}
+    assert {r.status for r in requests} == {ledger.RequestStatus.DONE}
     assert queue_is_empty(pipeline_settings)
 
 
 def test_malformed_messages_become_dead_letters_with_reasons(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    queue = build_queue(pipeline_settings)
+    queue = open_queue(pipeline_settings)
     queue.publish(
         [b"{oops", b'{"id": "x1"}', b'{"name": 3}', b"[1]", b'{"id": "9"' + b" " * 10_300 + b"}"]
     )
@@ -115,16 +116,16 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     settings = pipeline_settings.model_copy(update={"feature_wait_seconds": wait.seconds})
     add_features(settings, [1])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     waiting = rows(settings, db.prediction_requests, db.prediction_requests.c.record_id != 1)
-    assert {r.status for r in waiting} == {ledger.WAITING_FEATURES}
+    assert {r.status for r in waiting} == {ledger.RequestStatus.WAITING_FEATURES}
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
     # The wait passes: the ledger's times move back by it instead of the test sleeping.
     table = db.prediction_requests
-    with db.get_engine(settings).begin() as connection:
+    with engine_of(settings).begin() as connection:
         for row in connection.execute(sa.select(table)).all():
             connection.execute(
                 sa.update(table)
@@ -134,11 +135,11 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
                     not_before=row.not_before - wait if row.not_before else None,
                 )
             )
-    drain(instance, settings)
+    run_daemon_loop(instance, settings)
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
-    assert by_record[2].status == ledger.DONE
-    assert by_record[3].status == ledger.DEAD_LETTERED
+    assert by_record[2].status == ledger.RequestStatus.DONE
+    assert by_record[3].status == ledger.RequestStatus.DEAD_LETTERED
     assert sorted(p.record_id for p in rows(settings, db.predictions)) == [1, 2]
     letters = rows(settings, db.dead_letters)
     assert [(letter.reason, letter.payload) for letter in letters] == [
@@ -146,18 +147,12 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     ]
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
     instance: DagsterInstance, queue_settings: Settings
 ) -> None:
     settings = queue_settings.model_copy(
         update={
-            "model_url": f"http://127.0.0.1:{unused_port()}",
+            "model_url": f"http://127.0.0.1:{free_port()}",
             "max_attempts": 3,
             "pull_timeout_seconds": 1.0,
         }
@@ -171,7 +166,10 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
         assert len(result.run_requests) == 1
         run_keys.append(result.run_requests[0].run_key)
         (run,) = execute_runs(
-            instance, settings, result.run_requests, model_retries=1, model_retry_delay_seconds=0
+            instance,
+            settings,
+            result.run_requests,
+            model_server=model_server_of(settings, retries=1, retry_delay_seconds=0),
         )
         assert not run.success
         retries = [e for e in run.all_node_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
@@ -184,7 +182,7 @@ def test_failed_batches_retried_with_new_run_keys_then_dead_lettered(
     failed_runs = instance.get_run_records()
     assert {record.dagster_run.status for record in failed_runs} == {DagsterRunStatus.FAILURE}
     (batch_row,) = rows(settings, db.prediction_batches)
-    assert (batch_row.status, batch_row.attempts) == (ledger.DEAD_LETTERED, 3)
+    assert (batch_row.status, batch_row.attempts) == (ledger.BatchStatus.DEAD_LETTERED, 3)
     letters = rows(settings, db.dead_letters)
     assert len(letters) == 2
     assert all("failed after 3 attempts" in letter.reason for letter in letters)
@@ -196,24 +194,28 @@ def test_a_record_the_server_refuses_is_dead_lettered_alone(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
     """The server refuses one instance (422, instance_errors); the batch's others are predicted."""
-    store = build_feature_store(pipeline_settings)
+    store = local_feature_store(pipeline_settings)
     store.upsert([(1, "my invoice is wrong"), (2, "   "), (3, "the app crashes")])
     publish_json(pipeline_settings, [{"id": 1}, {"id": 2}, {"id": 3}])
 
-    report = drain(instance, pipeline_settings)
+    report = run_daemon_loop(instance, pipeline_settings)
 
     assert [run.success for run in report.runs] == [True]
     assert sorted(row.record_id for row in rows(pipeline_settings, db.predictions)) == [1, 3]
     (letter,) = rows(pipeline_settings, db.dead_letters)
-    assert (letter.source, letter.record_id) == (ledger.MODEL_SOURCE, 2)
+    assert (letter.source, letter.record_id) == (ledger.DeadLetterSource.MODEL, 2)
     assert "the model server refused record 2" in letter.reason
     assert "has an empty text" in letter.reason  # the server's own reason
     statuses = {
         row.record_id: row.status for row in rows(pipeline_settings, db.prediction_requests)
     }
-    assert statuses == {1: ledger.DONE, 2: ledger.DEAD_LETTERED, 3: ledger.DONE}
+    assert statuses == {
+        1: ledger.RequestStatus.DONE,
+        2: ledger.RequestStatus.DEAD_LETTERED,
+        3: ledger.RequestStatus.DONE,
+    }
     (batch,) = rows(pipeline_settings, db.prediction_batches)
-    assert batch.status == ledger.SUCCEEDED
+    assert batch.status == ledger.BatchStatus.SUCCEEDED
 
 
 def test_model_server_4xx_for_the_whole_request_dead_letters_without_retry(
@@ -223,10 +225,10 @@ def test_model_server_4xx_for_the_whole_request_dead_letters_without_retry(
     settings = pipeline_settings.model_copy(
         update={"model_url": f"{pipeline_settings.model_url}/no-such-route"}
     )
-    build_feature_store(settings).upsert([(1, "my invoice is wrong")])
+    local_feature_store(settings).upsert([(1, "my invoice is wrong")])
     publish_json(settings, [{"id": 1}])
 
-    report = drain(instance, settings)
+    report = run_daemon_loop(instance, settings)
 
     assert len(report.runs) == 1
     assert not report.runs[0].success
@@ -236,7 +238,7 @@ def test_model_server_4xx_for_the_whole_request_dead_letters_without_retry(
     assert "model server refused the batch" in letter.reason
     assert "404" in letter.reason
     (batch,) = rows(settings, db.prediction_batches)
-    assert batch.status == ledger.DEAD_LETTERED
+    assert batch.status == ledger.BatchStatus.DEAD_LETTERED
 
 
 def test_stale_batch_without_run_gets_a_new_run_request(
@@ -248,9 +250,11 @@ def test_stale_batch_without_run_gets_a_new_run_request(
     (lost,) = first.run_requests
     # The daemon died: no run was ever created. The partition is also missing.
     instance.delete_dynamic_partition(PREDICTION_BATCHES, lost.partition_key)
-    queue = build_queue(pipeline_settings)
+    queue = open_queue(pipeline_settings)
     try:
-        outcome = process_tick(instance, pipeline_settings, queue, stale_after=timedelta(0))
+        outcome = process_tick(
+            instance, resources_of(pipeline_settings)["ledger"], queue, stale_after=timedelta(0)
+        )
     finally:
         queue.close()
     assert [(r.partition_key, r.run_key) for r in outcome.run_requests] == [

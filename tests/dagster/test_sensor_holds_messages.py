@@ -13,9 +13,10 @@ import pytest
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.queue import DeadlineExtender, build_queue
+from batchinfer_dagster.clients.queue import DeadlineExtender
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import open_queue, resources_of
 from tests.conftest import pubsub_settings
 from tests.services import PostgresServer, PubSubEmulator
 
@@ -38,7 +39,7 @@ def test_held_messages_outlive_their_ack_deadline_and_come_back_when_released(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     settings = settings_for(kind, tmp_path, request)
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         queue.publish([b'{"id": "1"}'])
         (message,) = queue.pull(10, 5.0)
@@ -72,15 +73,16 @@ def test_a_tick_pulls_nothing_while_the_database_is_down(
         Settings(home=tmp_path, database_url=postgres_url, ack_deadline_seconds=DEADLINE),
         emulator,
     )
-    queue = build_queue(settings)
+    queue = open_queue(settings)
+    policy = resources_of(settings)["ledger"]
     try:
-        process_tick(instance, settings, queue)  # the engine exists, the schema is there
+        process_tick(instance, policy, queue)  # the engine exists, the schema is there
         postgres.stop("fast")
         try:
             queue.publish([b'{"id": "1"}'])
             for _ in range(3):
                 with pytest.raises(db.DatabaseUnavailableError, match="nothing was pulled"):
-                    process_tick(instance, settings, queue)
+                    process_tick(instance, policy, queue)
         finally:
             postgres.start()
 

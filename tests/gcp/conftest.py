@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of
 from tests.gcp.fakes import (
     FakeBigQuery,
     FakeTokenEndpoint,
@@ -93,7 +94,7 @@ def vertex_settings(tmp_path: Path, _vertex_service: tuple[FakeVertex, str]) -> 
 
 @pytest.fixture
 def engine(vertex_settings: Settings) -> Engine:
-    return db.get_engine(vertex_settings)
+    return engine_of(vertex_settings)
 
 
 def service_account_info(token_uri: str) -> dict[str, str]:

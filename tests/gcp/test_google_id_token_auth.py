@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batchinfer_dagster.resources.model_client import HttpModelClient, ModelRequestError
-from batchinfer_dagster.resources.vertex_model_client import GoogleIdTokenAuth
+from batchinfer_dagster.clients.google_id_token import GoogleIdTokenAuth
+from batchinfer_dagster.clients.model_client import HttpModelClient, ModelRequestError
 from tests.gcp.fakes import FakeTokenEndpoint
 
 AUDIENCE = "https://model-server-abc123-ew.a.run.app"
@@ -27,7 +27,8 @@ def echo_authorization(seen: list[str]) -> httpx.MockTransport:
         return httpx.Response(
             200,
             json={
-                "predictions": [{"sequence": t, "labels": ["a"], "scores": [1.0]} for t in texts]
+                "predictions": [{"sequence": t, "labels": ["a"], "scores": [1.0]} for t in texts],
+                "model": "m",
             },
         )
 
@@ -65,14 +66,14 @@ def test_an_expired_token_is_fetched_again(token_endpoint: tuple[FakeTokenEndpoi
 
 @pytest.mark.usefixtures("adc_key_file")
 def test_http_model_client_sends_the_token(token_endpoint: tuple[FakeTokenEndpoint, str]) -> None:
-    from batchinfer_dagster.resources.model_client import PredictParameters
+    from batchinfer_dagster.clients.model_client import PredictParameters
 
     fake, _ = token_endpoint
     seen: list[str] = []
     client = HttpModelClient(AUDIENCE, auth=GoogleIdTokenAuth(AUDIENCE))
     client.client = httpx.Client(transport=echo_authorization(seen), auth=client.client.auth)
 
-    predictions = client.predict(["a", "b"], PredictParameters(("a",)))
+    predictions = client.predict(["a", "b"], PredictParameters(("a",))).predictions
 
     assert [p.sequence for p in predictions] == ["a", "b"]
     assert seen == [f"Bearer {fake.issued[0]}"]

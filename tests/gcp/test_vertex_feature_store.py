@@ -14,13 +14,16 @@ from google.cloud import bigquery
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.vertex_feature_store import (
+from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
+from batchinfer_dagster.clients.vertex_feature_store import (
     FeatureOnlineStoreAdminServiceClient,
     VertexFeatureStore,
     VertexFeatureStoreError,
+    VertexFeatureView,
     serving_endpoint,
 )
-from batchinfer_dagster.resources.vertex_model_client import grpc_client_kwargs
+from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.resources.feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
@@ -35,11 +38,17 @@ def add_records(engine: Engine, *texts: str) -> None:
         )
 
 
+def feature_view_of(settings: Settings) -> VertexFeatureView:
+    resource = resources_for(settings).feature_store
+    assert isinstance(resource, VertexFeatureStoreResource)
+    return resource.view()
+
+
 def make_store(
     settings: Settings, engine: Engine, client: bigquery.Client, **overrides: object
 ) -> VertexFeatureStore:
     return VertexFeatureStore(
-        settings,
+        feature_view_of(settings),
         engine,
         bigquery_client=client,
         poll_seconds=0.01,
@@ -248,7 +257,7 @@ def test_fetch_many_ids_concurrently(
 def test_missing_settings_are_named(tmp_path, engine: Engine) -> None:
     settings = Settings(home=tmp_path, feature_store="vertex", vertex_project="p")
     with pytest.raises(VertexFeatureStoreError, match="BATCHINFER_VERTEX_BIGQUERY_TABLE"):
-        VertexFeatureStore(settings, engine)
+        VertexFeatureStore(feature_view_of(settings), engine)
 
 
 def test_optimized_store_is_served_from_its_public_endpoint(

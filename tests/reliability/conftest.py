@@ -9,7 +9,7 @@ import pytest
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
-from tests.reliability.processes import ModelServer, running_model_server
+from batchinfer_testing.model_server import ModelServer, running_model_server
 
 
 @pytest.fixture(scope="session")

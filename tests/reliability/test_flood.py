@@ -11,10 +11,12 @@ import random
 
 from dagster import DagsterInstance
 
+from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import id_payloads, load_records, publish
+from batchinfer_testing.invariants import Published, assert_invariants
 from tests.conftest import pubsub_settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, run_daemon_loop
 from tests.services import PubSubEmulator
 
 NOT_INT = "not a positive integer"
@@ -68,8 +70,8 @@ def flood(
     )
     payloads = id_payloads(records + published.unknown) + [p for p, _ in published.invalid]
     random.Random(6).shuffle(payloads)
-    for start in range(0, len(payloads), 500):
-        publish(settings, payloads[start : start + 500])
+    for chunk in chunked(payloads, 500):
+        publish(settings, chunk)
     # A loaded machine takes minutes per batch of 256: the bound only stops a loop that hangs.
     run_daemon_loop(
         instance, settings, expect=len(records) + len(published.unknown), max_seconds=900

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import engine_of, id_payloads, load_records, publish
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.model_server import ModelServer
 from tests.conftest import pubsub_settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, run_daemon_loop
-from tests.reliability.processes import ModelServer
 from tests.services import PubSubEmulator
 
 RECORDS = 6
@@ -124,9 +125,9 @@ def settle_dead_letters(instance: DagsterInstance, settings_: Settings, bad: int
     table = db.dead_letters
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with db.get_engine(settings_).connect() as connection:
+        with engine_of(settings_).connect() as connection:
             found = connection.execute(
-                sa.select(sa.func.count()).where(table.c.source == ledger.SENSOR_SOURCE)
+                sa.select(sa.func.count()).where(table.c.source == ledger.DeadLetterSource.SENSOR)
             ).scalar_one()
         if found >= bad:
             return

@@ -14,15 +14,23 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, run_daemon_loop
-from tests.reliability.processes import FaultProxy, ModelServer
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import (
+    engine_of,
+    id_payloads,
+    load_records,
+    model_server_of,
+    publish,
+)
+from batchinfer_testing.fault_proxy import FaultProxy
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.model_server import ModelServer
 
 INVALID = [(b'{"id": -3}', "not a positive integer")]
 
 
 def _predictions(settings: Settings) -> int:
-    with db.get_engine(settings).connect() as connection:
+    with engine_of(settings).connect() as connection:
         return connection.execute(
             sa.select(sa.func.count()).select_from(db.predictions)
         ).scalar_one()
@@ -51,7 +59,10 @@ def test_model_server_down_during_runs_then_back(
     killer.start()
     try:
         report = run_daemon_loop(
-            instance, settings, expect=len(records) + 1, model_retry_delay_seconds=1.0
+            instance,
+            settings,
+            expect=len(records) + 1,
+            model_server=model_server_of(settings, retry_delay_seconds=1.0),
         )
     finally:
         killer.join()
@@ -60,7 +71,7 @@ def test_model_server_down_during_runs_then_back(
     assert (
         report.step_retries > 0
         or report.failed_runs > 0
-        or report.runs > len(records) // settings.batch_size + 1
+        or len(report.runs) > len(records) // settings.batch_size + 1
     ), f"no run saw the outage: {report}"
     counts = assert_invariants(settings, published, "model server SIGKILLed, back after ~20 s")
     print(counts, report, outage)
@@ -93,7 +104,10 @@ def test_model_server_errors_and_timeouts_behind_proxy(
         published = Published(valid=records, invalid=INVALID)
         publish(settings, id_payloads(records) + [INVALID[0][0]])
         report = run_daemon_loop(
-            instance, settings, expect=len(records), model_retry_delay_seconds=0.2
+            instance,
+            settings,
+            expect=len(records),
+            model_server=model_server_of(settings, retry_delay_seconds=0.2),
         )
     assert proxy.faults["500"] > 0, proxy.faults
     assert proxy.faults["slow"] > 0, proxy.faults

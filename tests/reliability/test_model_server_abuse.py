@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.reliability.pipeline import TEXTS
-from tests.reliability.processes import ModelServer, rss_kib
+from batchinfer_testing.deployment import TEXTS
+from batchinfer_testing.model_server import ModelServer, rss_kib
 
 LABELS = ["mobile", "website", "billing", "account access"]
 # Generous: the embedding server idles near 700 MiB; abuse must not grow it by a GiB.

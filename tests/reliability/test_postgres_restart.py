@@ -9,9 +9,11 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.settings import Settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, run_daemon_loop
-from tests.reliability.processes import FaultProxy, ModelServer
+from batchinfer_testing.daemon import run_daemon_loop
+from batchinfer_testing.deployment import id_payloads, load_records, model_server_of, publish
+from batchinfer_testing.fault_proxy import FaultProxy
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.model_server import ModelServer
 from tests.services import PostgresServer
 
 
@@ -49,7 +51,10 @@ def test_postgres_restart_in_the_middle_of_a_run(
             published = Published(valid=records, unknown=[10**9 + 3])
             publish(settings, id_payloads(records + published.unknown))
             report = run_daemon_loop(
-                instance, settings, expect=published.messages, model_retry_delay_seconds=0.2
+                instance,
+                settings,
+                expect=published.messages,
+                model_server=model_server_of(settings, retry_delay_seconds=0.2),
             )
             assert len(restarts) >= 2, "the restart never happened"
             counts = assert_invariants(settings, published, "PostgreSQL restart mid-run")

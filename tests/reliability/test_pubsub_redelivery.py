@@ -8,58 +8,18 @@ row (its key is message id + publish time) and each record one prediction.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Sequence
 
-from dagster import DagsterInstance, SensorResult, build_sensor_context
+from dagster import DagsterInstance, SensorResult
 
-from batchinfer_dagster.assets import BatchinferResource
-from batchinfer_dagster.resources.queue import ReceivedMessage, RequestQueue
-from batchinfer_dagster.sensors import prediction_requests_sensor
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.daemon import run_daemon_loop, sensor_tick
+from batchinfer_testing.deployment import id_payloads, load_records, publish, resources_of
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.queues import FaultInjectingQueueResource, observations
 from tests.conftest import pubsub_settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, run_daemon_loop
 from tests.services import PubSubEmulator
 
 STALL_SECONDS = 13.0
-
-
-class StallingQueue(RequestQueue):
-    """The real queue; a pull stalls ``STALL_SECONDS`` after receiving, past the ack deadline."""
-
-    def __init__(self, queue: RequestQueue, pulled: list[str], stalled: threading.Event) -> None:
-        self.queue = queue
-        self.pulled = pulled
-        self.stalled = stalled
-
-    def publish(self, payloads: Sequence[bytes]) -> list[str]:
-        return self.queue.publish(payloads)
-
-    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
-        messages = self.queue.pull(max_messages, timeout)
-        self.pulled += [m.message_id for m in messages]
-        self.stalled.set()
-        time.sleep(STALL_SECONDS)
-        return messages
-
-    def ack(self, ack_ids: Sequence[str]) -> None:
-        self.queue.ack(ack_ids)
-
-    def nack(self, ack_ids: Sequence[str]) -> None:
-        self.queue.nack(ack_ids)
-
-    def close(self) -> None:
-        self.queue.close()
-
-
-class StallingResource(BatchinferResource):
-    def get_queue(self) -> RequestQueue:
-        return StallingQueue(super().get_queue(), STALLED_PULLS, STALLED)
-
-
-STALLED_PULLS: list[str] = []
-STALLED = threading.Event()
 
 
 def test_redelivery_during_a_slow_tick_and_a_double_publish(
@@ -76,23 +36,29 @@ def test_redelivery_during_a_slow_tick_and_a_double_publish(
 
     slow_result: list[SensorResult] = []
 
-    def slow_tick() -> None:
-        resource = StallingResource(settings_json=settings.model_dump_json())
-        context = build_sensor_context(instance=instance, resources={"batchinfer": resource})
-        slow_result.append(prediction_requests_sensor(context))
+    stalling = FaultInjectingQueueResource(
+        inner=resources_of(settings)["request_queue"],
+        fault="stall-after-pull",
+        stall_seconds=STALL_SECONDS,
+        name="slow tick",
+    )
+    seen = observations("slow tick")
+    seen.pulled.clear()
+    seen.stalled.clear()
 
-    STALLED_PULLS.clear()
-    STALLED.clear()
+    def slow_tick() -> None:
+        slow_result.append(sensor_tick(instance, settings, request_queue=stalling))
+
     slow = threading.Thread(target=slow_tick)
     slow.start()
-    assert STALLED.wait(60), "the slow tick never pulled"
+    assert seen.stalled.wait(60), "the slow tick never pulled"
     try:
         report = run_daemon_loop(instance, settings, expect=len(published.valid))
     finally:
         slow.join()
     report_after = run_daemon_loop(instance, settings, expect=len(published.valid))
-    assert len(STALLED_PULLS) == len(published.valid), "the slow tick did not pull everything"
-    assert report.runs > 0, "the other ticks got no redelivered message"
+    assert len(seen.pulled) == len(published.valid), "the slow tick did not pull everything"
+    assert len(report.runs) > 0, "the other ticks got no redelivered message"
     assert slow_result
     assert isinstance(slow_result[0], SensorResult)
     counts = assert_invariants(settings, published, "Pub/Sub redelivery + double publish")

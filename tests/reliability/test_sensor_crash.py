@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.queue import LocalQueue
+from batchinfer_dagster.clients.queue import LocalQueue
 from batchinfer_dagster.settings import Settings
-from tests.reliability.invariants import Published, assert_invariants
-from tests.reliability.pipeline import id_payloads, load_records, publish, sensor_loop_process
+from batchinfer_testing.deployment import engine_of, id_payloads, load_records, publish
+from batchinfer_testing.invariants import Published, assert_invariants
+from batchinfer_testing.sensor_loop import sensor_loop_process
 
 INVALID = [
     (b"{not json", "not JSON"),
@@ -27,7 +28,7 @@ INVALID = [
 
 
 def _count(settings: Settings, table: sa.Table) -> int:
-    with db.get_engine(settings).connect() as connection:
+    with engine_of(settings).connect() as connection:
         return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
@@ -49,7 +50,7 @@ def test_sensor_killed_mid_tick_recovers_on_restart(
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr[-3000:]
     assert marker.exists()
-    assert LocalQueue(db.get_engine(settings)).depth() == published.messages, "acked anyway"
+    assert LocalQueue(engine_of(settings)).depth() == published.messages, "acked anyway"
     in_ledger = _count(settings, db.prediction_requests)
     assert in_ledger == (len(payloads) if fault == "kill-after-commit" else 0)
     assert _count(settings, db.predictions) == 0

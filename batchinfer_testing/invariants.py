@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.resources.queue import LocalQueue, build_queue
+from batchinfer_dagster.clients.queue import LocalQueue
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of, open_queue
+from batchinfer_testing.model_server import EMBEDDING_MODEL
 
-FINAL_REQUEST_STATUSES = {ledger.DONE, ledger.DEAD_LETTERED}
-FINAL_BATCH_STATUSES = {ledger.SUCCEEDED, ledger.DEAD_LETTERED}
+FINAL_REQUEST_STATUSES = {ledger.RequestStatus.DONE, ledger.RequestStatus.DEAD_LETTERED}
+FINAL_BATCH_STATUSES = {ledger.BatchStatus.SUCCEEDED, ledger.BatchStatus.DEAD_LETTERED}
 
 
 @dataclass
@@ -56,7 +58,7 @@ def _decoded(payload: bytes) -> str:
 
 def _queue_depth(settings: Settings) -> int:
     """Messages still on the queue (a Pub/Sub pull leases what it finds: call this last)."""
-    queue = build_queue(settings)
+    queue = open_queue(settings)
     try:
         if isinstance(queue, LocalQueue):
             return queue.depth()
@@ -65,7 +67,7 @@ def _queue_depth(settings: Settings) -> int:
         queue.close()
 
 
-def _check_predictions(connection: sa.Connection, settings: Settings, published: Published) -> int:
+def _check_predictions(connection: sa.Connection, published: Published) -> int:
     table = db.predictions
     duplicates = connection.execute(
         sa.select(sa.func.count()).select_from(
@@ -81,7 +83,7 @@ def _check_predictions(connection: sa.Connection, settings: Settings, published:
             db.features, db.features.c.record_id == table.c.record_id, isouter=True
         )
     ).all()
-    assert {row.model for row in rows} <= {settings.model_name}, "predictions of another model"
+    assert {row.model for row in rows} <= {EMBEDDING_MODEL}, "predictions of another model"
     predicted = Counter(row.record_id for row in rows)
     expected = set(published.valid)
     lost = sorted(expected - set(predicted))
@@ -97,10 +99,11 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
     table = db.dead_letters
     rows = connection.execute(sa.select(table.c.source, table.c.payload, table.c.reason)).all()
     by_source = Counter(row.source for row in rows)
-    processed = {ledger.SENSOR_SOURCE, ledger.LEDGER_SOURCE, ledger.MODEL_SOURCE}
+    source = ledger.DeadLetterSource
+    processed = {source.SENSOR, source.LEDGER, source.MODEL}
     queue_dead = [row for row in rows if row.source not in processed]
     assert not queue_dead, f"messages dead-lettered unprocessed by the queue: {queue_dead[:3]}"
-    sensor = Counter(row.payload for row in rows if row.source == ledger.SENSOR_SOURCE)
+    sensor = Counter(row.payload for row in rows if row.source == ledger.DeadLetterSource.SENSOR)
     expected = Counter(_decoded(payload) for payload, _ in published.invalid)
     assert sensor == expected, (
         f"sensor dead letters differ: missing {list((expected - sensor).keys())[:5]!r:.500}, "
@@ -113,15 +116,17 @@ def _check_dead_letters(connection: sa.Connection, published: Published) -> int:
         got = reasons[_decoded(payload)]
         assert any(reason in r for r in got), f"{payload[:80]!r}: reason {got}, want {reason!r}"
     ledger_dead = Counter(
-        int(json.loads(row.payload)["id"]) for row in rows if row.source == ledger.LEDGER_SOURCE
+        int(json.loads(row.payload)["id"])
+        for row in rows
+        if row.source == ledger.DeadLetterSource.LEDGER
     )
     assert ledger_dead == Counter(published.unknown), (
         f"ledger dead letters {sorted(ledger_dead)[:10]} != unknown ids "
         f"{sorted(published.unknown)[:10]} (a known record dead-lettered is a lost request)"
     )
-    assert all(r.reason == ledger.UNKNOWN_RECORD for r in rows if r.source == ledger.LEDGER_SOURCE)
+    assert all(r.reason == ledger.UNKNOWN_RECORD for r in rows if r.source == source.LEDGER)
     model_dead = Counter(
-        int(json.loads(row.payload)["id"]) for row in rows if row.source == ledger.MODEL_SOURCE
+        int(json.loads(row.payload)["id"]) for row in rows if row.source == source.MODEL
     )
     assert model_dead == Counter(published.refused), (
         f"model dead letters {sorted(model_dead)[:10]} != refused records "
@@ -138,7 +143,7 @@ def _check_ledger(connection: sa.Connection, published: Published) -> tuple[int,
     assert not stuck, f"requests stuck in a non-final status: {stuck}"
     valid_rows = Counter(
         connection.execute(
-            sa.select(requests.c.record_id).where(requests.c.status == ledger.DONE)
+            sa.select(requests.c.record_id).where(requests.c.status == ledger.RequestStatus.DONE)
         ).scalars()
     )
     assert valid_rows == Counter(published.valid), (
@@ -154,10 +159,10 @@ def _check_ledger(connection: sa.Connection, published: Published) -> tuple[int,
 
 
 def assert_invariants(settings: Settings, published: Published, fault: str) -> Counts:
-    """Assert the delivery guarantees of design §3 after ``fault``; returns the counts."""
-    engine = db.get_engine(settings)
+    """Assert the delivery guarantees (docs/architecture.md) after ``fault``; returns the counts."""
+    engine = engine_of(settings)
     with engine.connect() as connection:
-        predicted = _check_predictions(connection, settings, published)
+        predicted = _check_predictions(connection, published)
         dead = _check_dead_letters(connection, published)
         request_rows, batches = _check_ledger(connection, published)
     depth = _queue_depth(settings)

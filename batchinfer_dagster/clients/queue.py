@@ -1,8 +1,8 @@
 """The request queue: one interface, a SQL-table implementation and a Pub/Sub one.
 
-The queue is only transport (design §3): the sensor pulls, writes the ledger, and acks only after
-the commit. Both implementations give at-least-once delivery with a lease (ack deadline), a
-delivery-attempt count, and dead letters for messages that are never acknowledged.
+The queue is only transport (docs/architecture.md): the sensor pulls, writes the ledger, and acks
+only after the commit. Both implementations give at-least-once delivery with a lease (ack
+deadline), a delivery-attempt count, and dead letters for messages that are never acknowledged.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.chunks import chunked
 
+# Ack ids per statement or call: Pub/Sub's acknowledge takes at most a few thousand at once.
 ACK_CHUNK = 1000
 
 
@@ -46,7 +47,13 @@ class ReceivedMessage:
 
 
 class RequestQueue(ABC):
-    """Publish, pull with a short timeout, ack, nack."""
+    """Publish, pull with a short timeout, ack, nack.
+
+    ``kind`` keeps message ids of different queues apart in the ledger (one database may have
+    seen both the local queue and Pub/Sub).
+    """
+
+    kind: str = "queue"
 
     @abstractmethod
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
@@ -92,6 +99,8 @@ class LocalQueue(RequestQueue):
     PostgreSQL), bumps their delivery count and hides them for the lease. A message still
     unacknowledged after ``max_delivery_attempts`` deliveries moves to ``dead_letters``.
     """
+
+    kind = "local"
 
     def __init__(
         self, engine: Engine, *, lease_seconds: float = 60, max_delivery_attempts: int = 5
@@ -199,16 +208,14 @@ class LocalQueue(RequestQueue):
     def ack(self, ack_ids: Sequence[str]) -> None:
         table = db.queue_messages
         with self.engine.begin() as connection:
-            for start in range(0, len(ack_ids), ACK_CHUNK):
-                chunk = list(ack_ids[start : start + ACK_CHUNK])
+            for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(table.delete().where(table.c.ack_id.in_(chunk)))
 
     def nack(self, ack_ids: Sequence[str]) -> None:
         table = db.queue_messages
         now = db.utcnow()
         with self.engine.begin() as connection:
-            for start in range(0, len(ack_ids), ACK_CHUNK):
-                chunk = list(ack_ids[start : start + ACK_CHUNK])
+            for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
                     sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=now)
                 )
@@ -217,8 +224,7 @@ class LocalQueue(RequestQueue):
         table = db.queue_messages
         visible_at = db.utcnow() + timedelta(seconds=seconds)
         with self.engine.begin() as connection:
-            for start in range(0, len(ack_ids), ACK_CHUNK):
-                chunk = list(ack_ids[start : start + ACK_CHUNK])
+            for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
                     sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=visible_at)
                 )
@@ -229,19 +235,6 @@ class LocalQueue(RequestQueue):
             return connection.execute(
                 sa.select(sa.func.count()).select_from(db.queue_messages)
             ).scalar_one()
-
-
-def build_queue(settings: Settings) -> RequestQueue:
-    """The queue that ``BATCHINFER_QUEUE`` names."""
-    if settings.queue == "pubsub":
-        from batchinfer_dagster.resources.pubsub_queue import PubSubQueue
-
-        return PubSubQueue(settings)
-    return LocalQueue(
-        db.get_engine(settings),
-        lease_seconds=settings.ack_deadline_seconds,
-        max_delivery_attempts=settings.max_delivery_attempts,
-    )
 
 
 class DeadlineExtender:

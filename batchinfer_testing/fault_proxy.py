@@ -1,101 +1,15 @@
-"""Real processes for the fault tests: the model server that can be killed and restarted, a
-fault-injecting HTTP proxy in front of it, and process-group helpers so nothing outlives a test.
-"""
+"""An HTTP proxy in front of the model server that fails chosen requests (fault tests)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import http.client
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal a child started with ``start_new_session=True`` and all of its children."""
-    stop_process_group(process, sig, timeout=15)
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of a live process, in KiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise LookupError(f"no VmRSS in /proc/{pid}/status")
-
-
-class ModelServer:
-    """``python -m model_server`` (embedding backend, CPU) on a fixed port, killable at will."""
-
-    def __init__(self, port: int | None = None, **env: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"model-server-{self.port}.log"
-
-    def start(self, *, wait: bool = True) -> None:
-        environment = {
-            **os.environ,
-            "AIP_HTTP_PORT": str(self.port),
-            "MODEL_BACKEND": "embedding",
-            "MODEL_DEVICE": "cpu",
-            "MODEL_LOG_LEVEL": "warning",
-            "HF_HUB_OFFLINE": "1",
-            **self.env,
-        }
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "model_server"],
-                cwd=REPO_ROOT,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if wait:
-            self.wait_healthy()
-
-    def wait_healthy(self, timeout: float = 240) -> None:
-        if self.process is None:
-            raise RuntimeError("the model server was never started")
-        wait_until_healthy(
-            f"{self.url}/health", self.process, timeout=timeout, output=self.log.read_text
-        )
-
-    def kill(self) -> None:
-        """SIGKILL, like an OOM kill or a lost machine: no graceful shutdown."""
-        if self.process is not None:
-            kill_group(self.process, signal.SIGKILL)
-            self.process = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "model server not started"
-        return self.process.pid
-
-
-@contextlib.contextmanager
-def running_model_server(**env: str) -> Iterator[ModelServer]:
-    server = ModelServer(**env)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
-
 
 FaultRule = Callable[[bytes, int], str | None]
 

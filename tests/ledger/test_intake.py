@@ -1,16 +1,14 @@
-"""The ledger's transactions on both app databases, without Dagster."""
+"""Intake: batches, redeliveries, dead letters and re-batching, on both app databases."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.partitions import BATCH_KEY_PATTERN
-from batchinfer_dagster.resources.queue import ReceivedMessage
 from batchinfer_dagster.settings import Settings
-from tests.dagster.harness import rows
+from batchinfer_testing.deployment import engine_of, rows
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -19,36 +17,8 @@ def message(message_id: str, data: bytes) -> ReceivedMessage:
     return ReceivedMessage(message_id, f"ack-{message_id}", data, 1, NOW)
 
 
-@pytest.mark.parametrize(
-    ("data", "record_id"),
-    [(b'{"id": "1"}', 1), (b'{"id": 42}', 42), (b'{"id": "007", "extra": true}', 7)],
-)
-def test_parse_record_id_accepts_ints_and_digit_strings(data: bytes, record_id: int) -> None:
-    assert ledger.parse_record_id(data) == record_id
-
-
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        (b"not json", "not JSON"),
-        (b"[1, 2]", "not a JSON object"),
-        (b'{"record": 1}', "no 'id' field"),
-        (b'{"id": 0}', "not a positive integer"),
-        (b'{"id": "-3"}', "not a positive integer"),
-        (b'{"id": 1.5}', "not a positive integer"),
-        (b'{"id": true}', "not a positive integer"),
-        (b'{"id": "\xd9\xa3"}', "not a positive integer"),
-        (b'{"id": 1, "pad": "' + b"x" * 10_240 + b'"}', "over the 10240-byte limit"),
-        (b"\xff\xfe", "not JSON"),
-    ],
-)
-def test_parse_record_id_refuses_with_a_reason(data: bytes, reason: str) -> None:
-    with pytest.raises(ledger.InvalidRequestError, match=reason):
-        ledger.parse_record_id(data)
-
-
 def test_ingest_splits_batches_and_ignores_redeliveries(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     messages = [message(str(i), f'{{"id": {i}}}'.encode()) for i in range(1, 11)]
     first = ledger.ingest_messages(engine, messages, queue="local", batch_size=4, now=NOW)
     assert first.accepted == 10
@@ -71,7 +41,7 @@ def test_ingest_splits_batches_and_ignores_redeliveries(app_settings: Settings) 
 
 def test_same_id_with_another_publish_time_is_a_new_message(app_settings: Settings) -> None:
     """SQLite reuses a drained queue's rowids: a new message must not pass for a redelivery."""
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     first = message("1", b'{"id": 1}')
     reused = ReceivedMessage("1", "ack-2", b'{"id": 2}', 1, NOW + timedelta(seconds=3))
     ledger.ingest_messages(engine, [first], queue="local", batch_size=4, now=NOW)
@@ -81,7 +51,7 @@ def test_same_id_with_another_publish_time_is_a_new_message(app_settings: Settin
 
 
 def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     bad = message("5", b'{"id": "abc"}')
     for _ in range(2):
         ledger.ingest_messages(engine, [bad], queue="local", batch_size=4, now=NOW)
@@ -92,7 +62,7 @@ def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: 
 
 
 def test_rebatch_waiting_only_after_backoff(app_settings: Settings) -> None:
-    engine = db.get_engine(app_settings)
+    engine = engine_of(app_settings)
     result = ledger.ingest_messages(
         engine, [message("1", b'{"id": 1}')], queue="local", batch_size=4, now=NOW
     )
@@ -100,7 +70,7 @@ def test_rebatch_waiting_only_after_backoff(app_settings: Settings) -> None:
     with engine.begin() as connection:
         connection.execute(
             table.update().values(
-                status=ledger.WAITING_FEATURES, not_before=NOW + timedelta(seconds=10)
+                status=ledger.RequestStatus.WAITING_FEATURES, not_before=NOW + timedelta(seconds=10)
             )
         )
     assert ledger.rebatch_waiting(engine, now=NOW, batch_size=4, limit=100) == []
@@ -108,11 +78,4 @@ def test_rebatch_waiting_only_after_backoff(app_settings: Settings) -> None:
     assert len(keys) == 1
     assert keys != result.batch_keys
     (request,) = rows(app_settings, table)
-    assert (request.batch_key, request.status) == (keys[0], ledger.QUEUED)
-
-
-def test_feature_backoff_grows_and_is_capped() -> None:
-    waits = [ledger.feature_backoff(attempt) for attempt in range(6)]
-    assert waits == sorted(waits)
-    assert waits[0] == ledger.FEATURE_BACKOFF_BASE
-    assert waits[-1] == ledger.FEATURE_BACKOFF_MAX
+    assert (request.batch_key, request.status) == (keys[0], ledger.RequestStatus.QUEUED)

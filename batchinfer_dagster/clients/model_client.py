@@ -1,4 +1,10 @@
-"""Clients of the model server: our HTTP server (or Cloud Run), or a Vertex AI endpoint.
+"""Clients of the model server: our HTTP server (locally or on Cloud Run), or a Vertex endpoint.
+
+A client splits a ledger batch into *client chunks* (``chunk_size`` texts, a few in flight at
+once), each sent in requests within ``max_request_bytes``; the server merges chunks of all
+clients into its own dynamic batches (docs/architecture.md, "Glossary"). Every answer names the
+model that made it: that id is the lineage key of the stored predictions, so a changed model
+never overwrites another's rows.
 
 Errors are split by what a caller should do: ``TransientModelError`` (connection refused, 5xx,
 timeout) is worth a retry with backoff; ``ModelRequestError`` (4xx) never gets better by retrying.
@@ -14,13 +20,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.chunks import chunk_list
 from batchinfer_protocol.zero_shot import (
     DEFAULT_MAX_REQUEST_BYTES,
     InstanceError,
     Prediction,
     PredictParameters,
     decode_instance_errors,
+    decode_model,
     decode_predictions,
     encode_request,
 )
@@ -66,13 +73,37 @@ class RefusedText:
 Answer = Prediction | RefusedText
 
 
-def parameters_of(settings: Settings) -> PredictParameters:
-    """The request parameters the settings name (labels, multi-label, template, descriptions)."""
-    return PredictParameters(
-        settings.labels,
-        settings.multi_label,
-        settings.hypothesis_template,
-        settings.label_descriptions,
+@dataclass(frozen=True)
+class ModelAnswer:
+    """Answers in the order of the texts, and the id of the model that made the predictions.
+
+    ``model`` is empty when no text reached the model (every one refused or too large).
+    """
+
+    model: str
+    answers: list[Answer]
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The answers that are predictions (in order), refusals left out."""
+        return [answer for answer in self.answers if isinstance(answer, Prediction)]
+
+
+def joined(parts: Sequence[ModelAnswer], source: str) -> ModelAnswer:
+    """The answers of consecutive requests or chunks as one; they must come from one model.
+
+    Two models in one batch happen only while the server rolls out a new model: the batch is
+    retried (``TransientModelError``) rather than stored under two lineage keys.
+    """
+    models = sorted({part.model for part in parts if part.model})
+    if len(models) > 1:
+        raise TransientModelError(
+            f"{source} answered one batch with {len(models)} models {models}: a new model is "
+            "rolling out; the batch is predicted again once one model serves"
+        )
+    return ModelAnswer(
+        model=models[0] if models else "",
+        answers=[answer for part in parts for answer in part.answers],
     )
 
 
@@ -113,18 +144,22 @@ class ModelClient(ABC):
     chunk_size: int = 256
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
-    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> list[Answer]:
-        """Split ``texts`` into chunks, send them concurrently, and join the answers in order."""
-        chunks = [
-            list(texts[i : i + self.chunk_size]) for i in range(0, len(texts), self.chunk_size)
-        ]
+    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> ModelAnswer:
+        """Split ``texts`` into client chunks, send them concurrently, join the answers in order."""
+        chunks = chunk_list(texts, self.chunk_size)
         if len(chunks) <= 1:
-            return [p for chunk in chunks for p in self.predict_chunk(chunk, parameters)]
-        with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(chunks))) as pool:
-            answers = pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks)
-            return [p for answer in answers for p in answer]
+            parts = [self.predict_chunk(chunk, parameters) for chunk in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(chunks))) as pool:
+                parts = list(pool.map(lambda chunk: self.predict_chunk(chunk, parameters), chunks))
+        return joined(parts, self.source)
 
-    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> list[Answer]:
+    @property
+    def source(self) -> str:
+        """The server, as error messages name it."""
+        return type(self).__name__
+
+    def predict_chunk(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """One chunk, in requests within ``max_request_bytes``; refused texts answered alone.
 
         A text that cannot be sent (over the request bound even alone, or not encodable as
@@ -151,24 +186,28 @@ class ModelClient(ABC):
                 f"the text is {sizes[index]} bytes in a request; a request to the model server "
                 f"holds at most {self.max_request_bytes} bytes, so it cannot be sent"
             )
+        parts: list[ModelAnswer] = []
         for group in groups:
             indices = [sendable[position] for position in group]
-            group_answers = self.send_dropping_refused([texts[i] for i in indices], parameters)
-            answers.update(zip(indices, group_answers, strict=True))
-        return [answers[index] for index in range(len(texts))]
+            part = self.send_dropping_refused([texts[i] for i in indices], parameters)
+            answers.update(zip(indices, part.answers, strict=True))
+            parts.append(part)
+        return ModelAnswer(
+            model=joined(parts, self.source).model,
+            answers=[answers[index] for index in range(len(texts))],
+        )
 
-    def send_dropping_refused(
-        self, texts: list[str], parameters: PredictParameters
-    ) -> list[Answer]:
+    def send_dropping_refused(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """Send ``texts``; when the server refuses some instances, resend the others.
 
         Each round removes at least one text, so this ends after at most ``len(texts)`` requests.
         """
         answers: dict[int, Answer] = {}
         pending = list(range(len(texts)))
+        model = ""
         while pending:
             try:
-                predictions = self.send([texts[i] for i in pending], parameters)
+                sent = self.send([texts[i] for i in pending], parameters)
             except RefusedInstancesError as refusal:
                 refused = {error.index: error.reason for error in refusal.instance_errors}
                 if not refused or not all(0 <= i < len(pending) for i in refused):
@@ -181,12 +220,13 @@ class ModelClient(ABC):
                     index for position, index in enumerate(pending) if position not in refused
                 ]
                 continue
-            answers.update(zip(pending, predictions, strict=True))
+            answers.update(zip(pending, sent.answers, strict=True))
+            model = sent.model
             break
-        return [answers[index] for index in range(len(texts))]
+        return ModelAnswer(model=model, answers=[answers[index] for index in range(len(texts))])
 
     @abstractmethod
-    def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """One request; ``RefusedInstancesError`` when the server refuses single instances."""
 
     @abstractmethod
@@ -207,6 +247,15 @@ def parse_predictions(body: object, expected: int, source: str) -> list[Predicti
         return decode_predictions(body, expected)
     except (ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{source} {error}") from error
+
+
+def parse_answer(body: object, expected: int, source: str) -> ModelAnswer:
+    """A 200 answer of our model server: its predictions and the model id it reports."""
+    try:
+        model = decode_model(body)
+    except ValueError as error:
+        raise ModelError(f"{source} {error}; is it our model server?") from error
+    return ModelAnswer(model=model, answers=list(parse_predictions(body, expected, source)))
 
 
 def refusal_error(message: str, body: object) -> ModelRequestError:
@@ -243,6 +292,10 @@ class HttpModelClient(ModelClient):
         self.max_request_bytes = max_request_bytes
         self.client = httpx.Client(timeout=timeout, auth=auth)
 
+    @property
+    def source(self) -> str:
+        return f"model server {self.url}"
+
     def instance_bytes(self, text: str) -> int:
         # The text as a JSON string, and the comma before it.
         return len(json_bytes(text)) + 1
@@ -251,7 +304,7 @@ class HttpModelClient(ModelClient):
         # Less the comma that the first text does not need: sizes add up to the exact body.
         return len(json_bytes(encode_request([], parameters))) - 1
 
-    def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         content = json_bytes(encode_request(texts, parameters))
         try:
             response = self.client.post(
@@ -279,27 +332,7 @@ class HttpModelClient(ModelClient):
             body = response.json()
         except ValueError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
-        return parse_predictions(body, len(texts), self.url)
+        return parse_answer(body, len(texts), self.url)
 
     def close(self) -> None:
         self.client.close()
-
-
-def build_model_client(settings: Settings) -> ModelClient:
-    """The client that ``BATCHINFER_MODEL_URL`` names (``vertex://…`` or ``http(s)://…``)."""
-    if settings.model_url.startswith("vertex://"):
-        from batchinfer_dagster.resources.vertex_model_client import VertexModelClient
-
-        return VertexModelClient(settings)
-    auth = None
-    if settings.model_auth == "google-id-token":
-        from batchinfer_dagster.resources.vertex_model_client import GoogleIdTokenAuth
-
-        auth = GoogleIdTokenAuth(settings.model_url)
-    return HttpModelClient(
-        settings.model_url,
-        timeout=settings.model_timeout_seconds,
-        chunk_size=settings.model_chunk_size,
-        auth=auth,
-        max_request_bytes=settings.model_max_request_bytes,
-    )

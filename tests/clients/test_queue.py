@@ -8,8 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.queue import RequestQueue, build_queue
+from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of, open_queue
 
 
 def drain(queue: RequestQueue, expected: int, timeout: float = 30) -> list:
@@ -22,7 +23,7 @@ def drain(queue: RequestQueue, expected: int, timeout: float = 30) -> list:
 
 
 def test_publish_pull_ack_roundtrip(queue_settings: Settings) -> None:
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     payloads = [b'{"id": "1"}', b'{"id": 2}', b"not json at all", "é ✓".encode()]
     ids = queue.publish(payloads)
     assert len(set(ids)) == 4
@@ -37,7 +38,7 @@ def test_publish_pull_ack_roundtrip(queue_settings: Settings) -> None:
 
 
 def test_pull_returns_at_most_max_messages(queue_settings: Settings) -> None:
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     queue.publish([f'{{"id": {i}}}'.encode() for i in range(1, 31)])
     first = queue.pull(max_messages=10, timeout=5)
     assert 1 <= len(first) <= 10
@@ -47,7 +48,7 @@ def test_pull_returns_at_most_max_messages(queue_settings: Settings) -> None:
 
 def test_unacked_message_is_redelivered_after_the_deadline(queue_settings: Settings) -> None:
     assert queue_settings.ack_deadline_seconds == 10  # Pub/Sub's shortest; the fixture sets it
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     [message_id] = queue.publish([b'{"id": "7"}'])
     [first] = drain(queue, 1)
     assert first.message_id == message_id
@@ -61,7 +62,7 @@ def test_unacked_message_is_redelivered_after_the_deadline(queue_settings: Setti
 
 
 def test_nacked_message_becomes_dead_letter_after_max_attempts(queue_settings: Settings) -> None:
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     queue.publish([b'{"id": "poison"}'])
     attempts = []
     for _ in range(queue_settings.max_delivery_attempts):
@@ -72,12 +73,12 @@ def test_nacked_message_becomes_dead_letter_after_max_attempts(queue_settings: S
 
     assert drain(queue, 1, timeout=8) == []
     if queue_settings.queue == "local":
-        with db.get_engine(queue_settings).connect() as connection:
+        with engine_of(queue_settings).connect() as connection:
             rows = connection.execute(sa.select(db.dead_letters)).all()
         assert [(r.source, r.payload) for r in rows] == [("queue", '{"id": "poison"}')]
         assert "5 deliveries" in rows[0].reason
     else:
-        dlq = build_queue(
+        dlq = open_queue(
             queue_settings.model_copy(
                 update={"pubsub_subscription": queue_settings.pubsub_dead_letter_subscription}
             )
@@ -88,7 +89,7 @@ def test_nacked_message_becomes_dead_letter_after_max_attempts(queue_settings: S
 
 @pytest.mark.parametrize("count", [2500])
 def test_large_publish_and_ack_in_chunks(queue_settings: Settings, count: int) -> None:
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     ids = queue.publish([f'{{"id": {i}}}'.encode() for i in range(count)])
     assert len(ids) == count
     got = drain(queue, count, timeout=60)
@@ -98,7 +99,7 @@ def test_large_publish_and_ack_in_chunks(queue_settings: Settings, count: int) -
 
 
 def test_message_ids_are_never_reused(queue_settings: Settings) -> None:
-    queue = build_queue(queue_settings)
+    queue = open_queue(queue_settings)
     first = queue.publish([b'{"id": 1}'])
     queue.ack([m.ack_id for m in drain(queue, 1)])
     second = queue.publish([b'{"id": 1}'])

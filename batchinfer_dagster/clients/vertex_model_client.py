@@ -1,4 +1,4 @@
-"""The model server behind Google auth: a Vertex AI endpoint, or Cloud Run with ID tokens.
+"""The model server on a Vertex AI endpoint (``vertex://projects/…/endpoints/…``).
 
 A Vertex endpoint serving our model-server image speaks the same body as our HTTP server
 (``{"instances": [...], "parameters": {...}}`` → ``{"predictions": [...]}``), so the answers go
@@ -11,70 +11,38 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Generator
-from typing import Any
+from dataclasses import dataclass
 
-import grpc
-import httpx
 from google.api_core import exceptions as gexc
 from google.api_core import retry as api_retry
-from google.api_core.client_options import ClientOptions
-from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import Credentials
-from google.auth.transport import requests as google_requests
 from google.cloud.aiplatform_v1 import PredictionServiceClient, PredictRequest
 from google.cloud.aiplatform_v1.services.prediction_service.transports import (
     PredictionServiceGrpcTransport,
 )
-from google.oauth2 import id_token
 from google.protobuf import json_format, struct_pb2
 
-from batchinfer_dagster.resources.model_client import (
+from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
+from batchinfer_dagster.clients.model_client import (
+    ModelAnswer,
     ModelClient,
     ModelRequestError,
-    Prediction,
     PredictParameters,
     RefusedInstancesError,
     TransientModelError,
     parse_predictions,
     refusal_error,
 )
-from batchinfer_dagster.settings import Settings
 
 # Vertex AI refuses online prediction requests over 1.5 MB; stay a little under it.
 MAX_REQUEST_BYTES = 1_500_000
 # Upper bound of the protobuf framing around one string instance (tags and two length varints).
 INSTANCE_OVERHEAD_BYTES = 12
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 ENDPOINT_URL = re.compile(
     r"^vertex://(?P<name>projects/[^/]+/locations/(?P<region>[^/]+)/endpoints/[^/]+)/?$"
 )
 # Codes that mean "the service is there but could not answer now": worth another attempt.
 RETRYABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
 TRANSIENT = (*RETRYABLE, gexc.ResourceExhausted, gexc.InternalServerError, gexc.Aborted)
-
-
-def is_local_endpoint(endpoint: str) -> bool:
-    """True for ``localhost:PORT`` and loopback addresses: the fakes and emulators of tests."""
-    host = endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint
-    return host.strip("[]") in LOCAL_HOSTS
-
-
-def grpc_client_kwargs(transport_class: type, endpoint: str) -> dict[str, Any]:
-    """Keyword arguments that point a generated ``*ServiceClient`` at ``endpoint``.
-
-    A loopback endpoint gets a plaintext channel and no credentials (the local fakes speak no
-    TLS and know no Google account); any other endpoint keeps TLS and Application Default
-    Credentials and only overrides the host.
-    """
-    if is_local_endpoint(endpoint):
-        channel = grpc.insecure_channel(
-            endpoint,
-            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
-        )
-        return {"transport": transport_class(channel=channel)}
-    return {"client_options": ClientOptions(api_endpoint=endpoint)}
 
 
 def parse_endpoint_url(url: str) -> tuple[str, str]:
@@ -121,29 +89,57 @@ def refusal_of(message: str) -> object:
         return None
 
 
+@dataclass(frozen=True)
+class VertexEndpoint:
+    """Where and how to call a Vertex AI endpoint (``BATCHINFER_MODEL_URL=vertex://…``)."""
+
+    url: str
+    # The prediction API's "host:port" (BATCHINFER_VERTEX_PREDICTION_ENDPOINT); None: regional.
+    api_endpoint: str | None = None
+    timeout_seconds: float = 120.0
+    chunk_size: int = 256
+    # BATCHINFER_MODEL_MAX_REQUEST_BYTES; the client keeps under Vertex AI's own limit too.
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+
+def model_id(response_body: dict[str, object], endpoint: str) -> str:
+    """The lineage key of a Vertex answer: the Model resource (and version) that served it.
+
+    Vertex passes only ``predictions`` of the container's body through; it names the model in
+    its own fields ``model`` / ``modelVersionId``, or at least ``deployedModelId``.
+    """
+    model = response_body.get("model")
+    if isinstance(model, str) and model:
+        version = response_body.get("modelVersionId")
+        return f"{model}@{version}" if version else model
+    return f"{endpoint}/deployedModels/{response_body.get('deployedModelId', 'unknown')}"
+
+
 class VertexModelClient(ModelClient):
     """``PredictionService.Predict`` on a Vertex AI endpoint serving our model-server image."""
 
     def __init__(
         self,
-        settings: Settings,
+        endpoint: VertexEndpoint,
         *,
         retry: api_retry.Retry | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
-        self.endpoint, region = parse_endpoint_url(settings.model_url)
-        self.chunk_size = settings.model_chunk_size
-        self.timeout = settings.model_timeout_seconds
-        self.retry = retry or default_retry(4 * settings.model_timeout_seconds)
+        self.endpoint, region = parse_endpoint_url(endpoint.url)
+        self.chunk_size = endpoint.chunk_size
+        self.timeout = endpoint.timeout_seconds
+        self.retry = retry or default_retry(4 * endpoint.timeout_seconds)
         # Vertex AI's own limit, or the configured one when smaller; a text too large for it
         # alone is answered with a RefusedText and never sent.
-        self.max_request_bytes = min(max_request_bytes, settings.model_max_request_bytes)
-        self.api_endpoint = (
-            settings.vertex_prediction_endpoint or f"{region}-aiplatform.googleapis.com"
-        )
+        self.max_request_bytes = min(max_request_bytes, endpoint.max_request_bytes)
+        self.api_endpoint = endpoint.api_endpoint or f"{region}-aiplatform.googleapis.com"
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)
         )
+
+    @property
+    def source(self) -> str:
+        return f"Vertex AI endpoint {self.endpoint} (via {self.api_endpoint})"
 
     def instance_bytes(self, text: str) -> int:
         return len(text.encode("utf-8")) + INSTANCE_OVERHEAD_BYTES
@@ -151,7 +147,7 @@ class VertexModelClient(ModelClient):
     def request_overhead_bytes(self, parameters: PredictParameters) -> int:
         return PredictRequest.pb(self._request([], parameters)).ByteSize()
 
-    def send(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         return self._predict(texts, parameters)
 
     def _request(self, texts: list[str], parameters: PredictParameters) -> PredictRequest:
@@ -161,9 +157,9 @@ class VertexModelClient(ModelClient):
         json_format.ParseDict(parameters.as_json(), request.parameters)
         return PredictRequest.wrap(request)
 
-    def _predict(self, texts: list[str], parameters: PredictParameters) -> list[Prediction]:
+    def _predict(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         request = self._request(texts, parameters)
-        where = f"Vertex AI endpoint {self.endpoint} (via {self.api_endpoint})"
+        where = self.source
         try:
             response = self.client.predict(request=request, retry=self.retry, timeout=self.timeout)
         except gexc.RetryError as exc:
@@ -185,47 +181,11 @@ class VertexModelClient(ModelClient):
                 "roles/aiplatform.user."
             ) from exc
         body = json_format.MessageToDict(type(response).pb(response))
-        return parse_predictions({"predictions": body.get("predictions", [])}, len(texts), where)
+        predictions = body.get("predictions", [])
+        return ModelAnswer(
+            model=model_id(body, self.endpoint),
+            answers=list(parse_predictions({"predictions": predictions}, len(texts), where)),
+        )
 
     def close(self) -> None:
         self.client.transport.close()
-
-
-class GoogleIdTokenAuth(httpx.Auth):
-    """Bearer Google ID token for a private Cloud Run service (audience = its URL).
-
-    The credentials come from Application Default Credentials (the metadata server on Cloud
-    Run, a service-account key file locally); the token is reused until it is about to expire.
-    """
-
-    def __init__(self, audience: str, credentials: Credentials | None = None) -> None:
-        self.audience = audience
-        self._credentials = credentials
-        self._request = google_requests.Request()
-        self._lock = threading.Lock()
-
-    def token(self) -> str:
-        """A valid ID token for the audience, fetched again only when the cached one expired."""
-        with self._lock:
-            try:
-                if self._credentials is None:
-                    self._credentials = id_token.fetch_id_token_credentials(
-                        self.audience, request=self._request
-                    )
-                if not self._credentials.valid:
-                    self._credentials.refresh(self._request)
-            except auth_exceptions.DefaultCredentialsError as exc:
-                raise ModelRequestError(
-                    f"no Google credentials to sign an ID token for {self.audience}: {exc}. "
-                    "Run on Google Cloud with a service account, or set "
-                    "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file."
-                ) from exc
-            except auth_exceptions.RefreshError as exc:
-                raise TransientModelError(
-                    f"fetching an ID token for {self.audience} failed: {exc}"
-                ) from exc
-            return str(self._credentials.token)
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token()}"
-        yield request

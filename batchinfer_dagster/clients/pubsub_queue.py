@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from google.api_core import exceptions as gexc
@@ -18,14 +19,14 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 from google.pubsub_v1.types import DeadLetterPolicy, RetryPolicy
 
-from batchinfer_dagster.resources.queue import (
+from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.clients.queue import (
     ACK_CHUNK,
     InvalidMessageError,
     QueueUnavailableError,
     ReceivedMessage,
     RequestQueue,
 )
-from batchinfer_dagster.settings import Settings
 
 # The emulator channel the client library opens keeps gRPC's 4 MiB receive limit, so a single
 # valid message over 4 MiB (Pub/Sub allows 10 MB) failed every pull: lift it as the library's
@@ -39,53 +40,70 @@ PULL_CHUNK = 1000
 PUBLISH_TIMEOUT_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class PubSubTopology:
+    """The topic, subscription and dead-letter pair of the request queue, and their policies."""
+
+    project: str = "local-project"
+    topic: str = "prediction-requests"
+    subscription: str = "prediction-requests-sub"
+    dead_letter_topic: str = "prediction-requests-dead-letter"
+    dead_letter_subscription: str = "prediction-requests-dead-letter-sub"
+    # The emulator's host:port (PUBSUB_EMULATOR_HOST); None for the real service.
+    emulator_host: str | None = None
+    ack_deadline_seconds: int = 60
+    max_delivery_attempts: int = 5
+
+
 def _unavailable(
-    settings: Settings, exc: Exception, subscription: str | None = None
+    topology: PubSubTopology, exc: Exception, subscription: str | None = None
 ) -> QueueUnavailableError:
     where = (
-        f"emulator at {settings.pubsub_emulator_host}"
-        if settings.pubsub_emulator_host
-        else f"project {settings.pubsub_project}"
+        f"emulator at {topology.emulator_host}"
+        if topology.emulator_host
+        else f"project {topology.project}"
     )
     return QueueUnavailableError(
         f"Pub/Sub ({where}) failed: {str(exc) or type(exc).__name__}. Is it running, and do "
-        f"the topic {settings.pubsub_topic!r} and subscription "
-        f"{(subscription or settings.pubsub_subscription).rsplit('/', 1)[-1]!r} exist "
+        f"the topic {topology.topic!r} and subscription "
+        f"{(subscription or topology.subscription).rsplit('/', 1)[-1]!r} exist "
         "(`batchinfer pubsub create`)?"
     )
 
 
-def check_emulator(settings: Settings) -> None:
+def check_emulator(topology: PubSubTopology) -> None:
     """Fail in seconds, not after the publish timeout, when the emulator is not listening."""
-    host, _, port = (settings.pubsub_emulator_host or "").rpartition(":")
+    host, _, port = (topology.emulator_host or "").rpartition(":")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
     except (OSError, ValueError) as exc:
-        raise _unavailable(settings, exc) from exc
+        raise _unavailable(topology, exc) from exc
 
 
-def _subscriber_client(settings: Settings) -> pubsub_v1.SubscriberClient:
-    if not settings.pubsub_emulator_host:
+def _subscriber_client(topology: PubSubTopology) -> pubsub_v1.SubscriberClient:
+    if not topology.emulator_host:
         return pubsub_v1.SubscriberClient()
-    channel = grpc.insecure_channel(settings.pubsub_emulator_host, options=EMULATOR_CHANNEL_OPTIONS)
+    channel = grpc.insecure_channel(topology.emulator_host, options=EMULATOR_CHANNEL_OPTIONS)
     return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 class PubSubQueue(RequestQueue):
     """Publisher and synchronous-pull subscriber on one topic/subscription pair."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        if settings.pubsub_emulator_host:
-            check_emulator(settings)
+    kind = "pubsub"
+
+    def __init__(self, topology: PubSubTopology) -> None:
+        self.topology = topology
+        if topology.emulator_host:
+            check_emulator(topology)
         self.publisher = pubsub_v1.PublisherClient()
-        self.subscriber = _subscriber_client(settings)
-        self.topic_path = self.publisher.topic_path(settings.pubsub_project, settings.pubsub_topic)
+        self.subscriber = _subscriber_client(topology)
+        self.topic_path = self.publisher.topic_path(topology.project, topology.topic)
         self.subscription_path = self.subscriber.subscription_path(
-            settings.pubsub_project, settings.pubsub_subscription
+            topology.project, topology.subscription
         )
         self.dead_letter_subscription_path = self.subscriber.subscription_path(
-            settings.pubsub_project, settings.pubsub_dead_letter_subscription
+            topology.project, topology.dead_letter_subscription
         )
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
@@ -99,7 +117,7 @@ class PubSubQueue(RequestQueue):
         try:
             return [f.result(timeout=PUBLISH_TIMEOUT_SECONDS) for f in pending]
         except (gexc.GoogleAPICallError, futures.TimeoutError) as exc:
-            raise _unavailable(self.settings, exc) from exc
+            raise _unavailable(self.topology, exc) from exc
 
     def pull(
         self, max_messages: int, timeout: float, *, subscription: str | None = None
@@ -145,7 +163,7 @@ class PubSubQueue(RequestQueue):
         except (gexc.DeadlineExceeded, gexc.RetryError):
             return []
         except gexc.GoogleAPICallError as exc:
-            raise _unavailable(self.settings, exc, subscription) from exc
+            raise _unavailable(self.topology, exc, subscription) from exc
         return [
             ReceivedMessage(
                 message_id=received.message.message_id,
@@ -159,12 +177,9 @@ class PubSubQueue(RequestQueue):
             for received in response.received_messages
         ]
 
-    def _each_chunk(self, ack_ids: Sequence[str]) -> list[list[str]]:
-        return [list(ack_ids[i : i + ACK_CHUNK]) for i in range(0, len(ack_ids), ACK_CHUNK)]
-
     def ack(self, ack_ids: Sequence[str], *, subscription: str | None = None) -> None:
         try:
-            for chunk in self._each_chunk(ack_ids):
+            for chunk in chunked(ack_ids, ACK_CHUNK):
                 self.subscriber.acknowledge(
                     request={
                         "subscription": subscription or self.subscription_path,
@@ -172,7 +187,7 @@ class PubSubQueue(RequestQueue):
                     }
                 )
         except gexc.GoogleAPICallError as exc:
-            raise _unavailable(self.settings, exc) from exc
+            raise _unavailable(self.topology, exc) from exc
 
     def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
         self._modify_ack_deadline(ack_ids, seconds)
@@ -182,7 +197,7 @@ class PubSubQueue(RequestQueue):
 
     def _modify_ack_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
         try:
-            for chunk in self._each_chunk(ack_ids):
+            for chunk in chunked(ack_ids, ACK_CHUNK):
                 self.subscriber.modify_ack_deadline(
                     request={
                         "subscription": self.subscription_path,
@@ -191,14 +206,14 @@ class PubSubQueue(RequestQueue):
                     }
                 )
         except gexc.GoogleAPICallError as exc:
-            raise _unavailable(self.settings, exc) from exc
+            raise _unavailable(self.topology, exc) from exc
 
     def close(self) -> None:
         self.subscriber.close()
         self.publisher.stop()
 
 
-def create_topology(settings: Settings) -> dict[str, str]:
+def create_topology(topology: PubSubTopology) -> dict[str, str]:
     """Create topic, dead-letter topic and both subscriptions if missing; returns their paths.
 
     Idempotent, for the emulator or a real project. In production Terraform owns these and also
@@ -206,13 +221,11 @@ def create_topology(settings: Settings) -> dict[str, str]:
     """
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
-    project = settings.pubsub_project
-    topic = publisher.topic_path(project, settings.pubsub_topic)
-    dlq_topic = publisher.topic_path(project, settings.pubsub_dead_letter_topic)
-    subscription = subscriber.subscription_path(project, settings.pubsub_subscription)
-    dlq_subscription = subscriber.subscription_path(
-        project, settings.pubsub_dead_letter_subscription
-    )
+    project = topology.project
+    topic = publisher.topic_path(project, topology.topic)
+    dlq_topic = publisher.topic_path(project, topology.dead_letter_topic)
+    subscription = subscriber.subscription_path(project, topology.subscription)
+    dlq_subscription = subscriber.subscription_path(project, topology.dead_letter_subscription)
     try:
         for path in (topic, dlq_topic):
             with contextlib.suppress(gexc.AlreadyExists):
@@ -222,10 +235,10 @@ def create_topology(settings: Settings) -> dict[str, str]:
             {
                 "name": subscription,
                 "topic": topic,
-                "ack_deadline_seconds": settings.ack_deadline_seconds,
+                "ack_deadline_seconds": topology.ack_deadline_seconds,
                 "dead_letter_policy": DeadLetterPolicy(
                     dead_letter_topic=dlq_topic,
-                    max_delivery_attempts=settings.max_delivery_attempts,
+                    max_delivery_attempts=topology.max_delivery_attempts,
                 ),
                 "retry_policy": RetryPolicy(
                     minimum_backoff={"seconds": 1}, maximum_backoff={"seconds": 60}
@@ -236,7 +249,7 @@ def create_topology(settings: Settings) -> dict[str, str]:
             with contextlib.suppress(gexc.AlreadyExists):
                 subscriber.create_subscription(request=request, timeout=30)
     except gexc.GoogleAPICallError as exc:
-        raise _unavailable(settings, exc) from exc
+        raise _unavailable(topology, exc) from exc
     finally:
         subscriber.close()
     return {

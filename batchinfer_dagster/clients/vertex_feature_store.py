@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import IO
 
 from google.api_core import exceptions as gexc
@@ -45,13 +46,12 @@ from google.cloud.aiplatform_v1.services.feature_online_store_service.transports
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.feature_store import (
+from batchinfer_dagster.clients.feature_store import (
     FeatureStore,
     ImportResult,
     iter_data_points,
 )
-from batchinfer_dagster.resources.vertex_model_client import grpc_client_kwargs
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 
 TEXT_FEATURE = "text"
 SOURCE_SCHEMA = (
@@ -63,6 +63,22 @@ SOURCE_SCHEMA = (
 # concurrency, bounded to stay inside the per-project QPS quota.
 MAX_FETCH_CONCURRENCY = 16
 SYNC_POLL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class VertexFeatureView:
+    """The Vertex AI Feature Store parts the import and the fetches use (Terraform makes them)."""
+
+    project: str | None
+    bigquery_table: str | None
+    region: str = "us-central1"
+    online_store: str = "batchinfer"
+    feature_view: str = "records"
+    # Endpoint overrides ("host:port"; None: the service's own): the regional admin API, and
+    # the online store's serving endpoint (an Optimized store serves from its own domain).
+    admin_endpoint: str | None = None
+    serving_endpoint: str | None = None
+    sync_timeout_seconds: float = 1800.0
 
 
 class VertexFeatureStoreError(RuntimeError):
@@ -115,7 +131,7 @@ class VertexFeatureStore(FeatureStore):
 
     def __init__(
         self,
-        settings: Settings,
+        view: VertexFeatureView,
         engine: Engine,
         *,
         bigquery_client: bigquery.Client | None = None,
@@ -124,24 +140,21 @@ class VertexFeatureStore(FeatureStore):
         max_fetch_concurrency: int = MAX_FETCH_CONCURRENCY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        project = _require(settings.vertex_project, "BATCHINFER_VERTEX_PROJECT", "my-project")
+        project = _require(view.project, "BATCHINFER_VERTEX_PROJECT", "my-project")
         table = _require(
-            settings.vertex_bigquery_table,
+            view.bigquery_table,
             "BATCHINFER_VERTEX_BIGQUERY_TABLE",
             "my-project.batchinfer.records",
         )
-        self.settings = settings
+        self.view = view
         self.engine = engine
         self.table = bigquery.TableReference.from_string(table, default_project=project)
         self.store_name = (
-            f"projects/{project}/locations/{settings.vertex_region}"
-            f"/featureOnlineStores/{settings.vertex_online_store}"
+            f"projects/{project}/locations/{view.region}/featureOnlineStores/{view.online_store}"
         )
-        self.view_name = f"{self.store_name}/featureViews/{settings.vertex_feature_view}"
+        self.view_name = f"{self.store_name}/featureViews/{view.feature_view}"
         self.bigquery = bigquery_client or bigquery.Client(project=project)
-        admin_endpoint = (
-            settings.vertex_admin_endpoint or f"{settings.vertex_region}-aiplatform.googleapis.com"
-        )
+        admin_endpoint = view.admin_endpoint or f"{view.region}-aiplatform.googleapis.com"
         self.admin = FeatureOnlineStoreAdminServiceClient(
             **grpc_client_kwargs(FeatureOnlineStoreAdminServiceGrpcTransport, admin_endpoint)
         )
@@ -162,9 +175,7 @@ class VertexFeatureStore(FeatureStore):
         after checking that the FeatureView exists."""
         if self._serving is None:
             self.check_feature_view()
-            endpoint = self.settings.vertex_serving_endpoint or serving_endpoint(
-                self.admin, self.store_name
-            )
+            endpoint = self.view.serving_endpoint or serving_endpoint(self.admin, self.store_name)
             self._serving = FeatureOnlineStoreServiceClient(
                 **grpc_client_kwargs(FeatureOnlineStoreServiceGrpcTransport, endpoint)
             )
@@ -230,7 +241,7 @@ class VertexFeatureStore(FeatureStore):
             job = self.bigquery.load_table_from_file(
                 spool, self.table, job_config=config, size=size
             )
-            job.result(timeout=self.settings.vertex_sync_timeout_seconds)
+            job.result(timeout=self.view.sync_timeout_seconds)
         except gexc.GoogleAPICallError as exc:
             raise VertexFeatureStoreError(
                 f"loading {size} bytes into BigQuery table {self.table} failed: {exc}. Check "
@@ -245,7 +256,7 @@ class VertexFeatureStore(FeatureStore):
             raise VertexFeatureStoreError(
                 f"starting a sync of FeatureView {self.view_name} failed: {exc}"
             ) from exc
-        timeout = self.settings.vertex_sync_timeout_seconds
+        timeout = self.view.sync_timeout_seconds
         deadline = self.clock() + timeout
         while True:
             sync = self.admin.get_feature_view_sync(name=name)

@@ -1,0 +1,128 @@
+"""The feature store: where a run reads the text of each record it predicts.
+
+``local`` is the ``features`` table in the app database. ``vertex`` is the Vertex AI Feature
+Store (BigQuery source table + online store FeatureView), in ``vertex_feature_store.py``. A record
+the store does not have is *missing*, not an error: the ledger waits for the next sync
+(docs/architecture.md, "Delivery guarantees").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
+
+IMPORT_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did, shown as asset metadata and by ``batchinfer import-data``."""
+
+    rows_imported: int
+    total_records: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class FeatureStore(ABC):
+    """Import records from the app database; fetch the text of many records at once."""
+
+    @abstractmethod
+    def import_records(self) -> ImportResult:
+        """Bring every record of ``data_points`` into the store (idempotent)."""
+
+    @abstractmethod
+    def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
+        """Text by record id for the ids the store has; missing ids are simply absent."""
+
+    @abstractmethod
+    def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
+        """The first ``limit`` records by id, and how many the store holds."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def iter_data_points(engine: Engine, chunk: int = IMPORT_CHUNK) -> Iterable[list[sa.Row]]:
+    """All records in id order, ``chunk`` at a time (keyset pagination, bounded memory)."""
+    table = db.data_points
+    last_id = 0
+    while True:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.id, table.c.text, table.c.created_at)
+                .where(table.c.id > last_id)
+                .order_by(table.c.id)
+                .limit(chunk)
+            ).all()
+        if not rows:
+            return
+        yield rows
+        last_id = rows[-1].id
+
+
+class LocalFeatureStore(FeatureStore):
+    """The ``features`` table: upsert by record id, many ids in one query."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def import_records(self) -> ImportResult:
+        imported = 0
+        now = db.utcnow()
+        for rows in iter_data_points(self.engine):
+            with self.engine.begin() as connection:
+                db.upsert(
+                    connection,
+                    db.features,
+                    [{"record_id": r.id, "text": r.text, "feature_timestamp": now} for r in rows],
+                    key=["record_id"],
+                    update=["text", "feature_timestamp"],
+                )
+            imported += len(rows)
+        return ImportResult(rows_imported=imported, total_records=self._count())
+
+    def upsert(self, records: Sequence[tuple[int, str]]) -> None:
+        """Write features directly (a loader that skips ``data_points``, and tests)."""
+        now = db.utcnow()
+        with self.engine.begin() as connection:
+            db.upsert(
+                connection,
+                db.features,
+                [{"record_id": i, "text": t, "feature_timestamp": now} for i, t in records],
+                key=["record_id"],
+                update=["text", "feature_timestamp"],
+            )
+
+    def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        ids = sorted(set(record_ids))
+        table = db.features
+        with self.engine.connect() as connection:
+            for chunk in chunked(ids, db.IN_CHUNK):
+                rows = connection.execute(
+                    sa.select(table.c.record_id, table.c.text).where(table.c.record_id.in_(chunk))
+                )
+                found.update({row.record_id: row.text for row in rows})
+        return found
+
+    def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
+        table = db.features
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.record_id, table.c.text).order_by(table.c.record_id).limit(limit)
+            ).all()
+        return [(row.record_id, row.text) for row in rows], self._count()
+
+    def _count(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(sa.func.count()).select_from(db.features)
+            ).scalar_one()

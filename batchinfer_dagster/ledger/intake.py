@@ -1,0 +1,260 @@
+"""Intake: requests into the ledger, grouped into ledger batches, in one transaction each.
+
+The sensor's pull (``ingest_messages``), requests for chosen records from the launchpad
+(``create_batches``), the first run request of such batches (``request_new_batches``), and the
+re-batching of requests whose feature backoff passed (``rebatch_waiting``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunk_list, chunked
+from batchinfer_dagster.clients.queue import ReceivedMessage
+from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS, invalid_message_rows
+from batchinfer_dagster.ledger.messages import (
+    MAX_RECORD_ID,
+    InvalidRequestError,
+    parse_record_id,
+    request_key,
+)
+from batchinfer_dagster.ledger.states import BatchStatus, RequestStatus, may_leave_for
+from batchinfer_dagster.partitions import new_batch_key
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one intake transaction did; ``ack_ids`` may be acked once it returned."""
+
+    batch_keys: list[str]
+    accepted: int
+    redelivered: int
+    dead_lettered: int
+    ack_ids: list[str]
+    # Queued batches of redelivered requests, with their attempt: the tick that wrote them may
+    # have died before its run requests reached Dagster, so they are requested again (same key).
+    resumed: dict[str, int] = field(default_factory=dict)
+
+
+def _queued_batches_of(connection: Connection, message_keys: Sequence[str]) -> dict[str, int]:
+    requests = db.prediction_requests
+    batches = db.prediction_batches
+    found: dict[str, int] = {}
+    for chunk in chunked(message_keys, db.IN_CHUNK):
+        rows = connection.execute(
+            sa.select(batches.c.batch_key, batches.c.attempts)
+            .join(requests, requests.c.batch_key == batches.c.batch_key)
+            .where(requests.c.message_id.in_(chunk), batches.c.status == BatchStatus.QUEUED)
+            .distinct()
+        )
+        found.update({row.batch_key: row.attempts for row in rows})
+    return found
+
+
+def new_batches(
+    connection: Connection, count: int, now: datetime, *, attempts: int = 1
+) -> list[str]:
+    """Insert ``count`` queued batch rows; ``attempts`` 1: their first run is being requested,
+    0: no run yet (``request_new_batches`` asks for it)."""
+    keys = [new_batch_key(now) for _ in range(count)]
+    if keys:
+        connection.execute(
+            db.prediction_batches.insert(),
+            [
+                {
+                    "batch_key": key,
+                    "created_at": now,
+                    "updated_at": now,
+                    "status": BatchStatus.QUEUED,
+                    "attempts": attempts,
+                    "run_id": None,
+                }
+                for key in keys
+            ],
+        )
+    return keys
+
+
+def queued_request_rows(
+    batch_keys: Sequence[str], groups: Sequence[Sequence[tuple[str, int]]], now: datetime
+) -> list[dict[str, Any]]:
+    """Ledger rows for ``(message key, record id)`` groups, one group per new batch."""
+    return [
+        {
+            "message_id": message_id,
+            "record_id": record_id,
+            "batch_key": batch_key,
+            "status": RequestStatus.QUEUED,
+            "attempts": 0,
+            "received_at": now,
+            "updated_at": now,
+        }
+        for batch_key, group in zip(batch_keys, groups, strict=True)
+        for message_id, record_id in group
+    ]
+
+
+def message_error(error: Exception) -> str:
+    """The dead-letter reason of a message whose handling raised ``error``."""
+    if isinstance(error, InvalidRequestError):
+        return str(error)
+    return f"could not read the message: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+def classify_messages(
+    messages: Sequence[ReceivedMessage], *, queue: str
+) -> tuple[dict[str, int], dict[str, tuple[ReceivedMessage, str]]]:
+    """Split a pull into valid requests (request key → record id) and dead letters (→ reason).
+
+    Every step of one message runs under its own ``except Exception``: whatever a message holds
+    (or whatever a bug makes of it), it costs only itself, never the rest of the pull. A message
+    delivered twice in one pull counts once.
+    """
+    valid: dict[str, int] = {}
+    invalid: dict[str, tuple[ReceivedMessage, str]] = {}
+    for position, message in enumerate(messages):
+        try:
+            key = request_key(queue, message)
+        except Exception as exc:  # charged to this message alone
+            key = f"{queue}:unreadable:{position}:{message.ack_id}"[:128]
+            invalid[key] = (message, message_error(exc))
+            continue
+        if key in valid or key in invalid:
+            continue
+        try:
+            valid[key] = parse_record_id(message.data)
+        except Exception as exc:  # charged to this message alone
+            invalid[key] = (message, message_error(exc))
+    return valid, invalid
+
+
+def ingest_messages(
+    engine: Engine,
+    messages: Sequence[ReceivedMessage],
+    *,
+    queue: str,
+    batch_size: int,
+    now: datetime,
+) -> IngestResult:
+    """Write a pull into the ledger in one transaction: requests, their batches, dead letters.
+
+    A message the ledger already holds (a redelivery after a crash before the ack) is skipped, so
+    acking everything afterwards is safe. Malformed messages become dead letters once.
+    """
+    valid, invalid = classify_messages(messages, queue=queue)
+    with engine.begin() as connection:
+        known = db.existing_values(connection, db.prediction_requests.c.message_id, list(valid))
+        resumed = _queued_batches_of(connection, sorted(known))
+        new = [(key, record_id) for key, record_id in valid.items() if key not in known]
+        groups = chunk_list(new, batch_size)
+        batch_keys = new_batches(connection, len(groups), now)
+        rows = queued_request_rows(batch_keys, groups, now)
+        db.insert_ignoring_conflicts(connection, db.prediction_requests, rows)
+        dead_rows = invalid_message_rows(connection, invalid, now)
+        if dead_rows:
+            connection.execute(db.dead_letters.insert(), dead_rows)
+    return IngestResult(
+        batch_keys=batch_keys,
+        accepted=len(new),
+        redelivered=len(valid) - len(new),
+        dead_lettered=len(dead_rows),
+        ack_ids=[message.ack_id for message in messages],
+        resumed=resumed,
+    )
+
+
+def create_batches(
+    engine: Engine, record_ids: Sequence[int], *, source: str, batch_size: int, now: datetime
+) -> list[str]:
+    """Requests for chosen record ids, written straight to the ledger (no queue).
+
+    The batches have no run yet: the sensor's next tick requests one per batch
+    (``request_new_batches``), exactly as for batches that came through the queue.
+    """
+    for record_id in record_ids:
+        if not 0 < record_id <= MAX_RECORD_ID:
+            raise InvalidRequestError(f"record id {record_id!r} is not a positive integer")
+    prefix = f"{source}:{uuid.uuid4().hex}"
+    groups = [
+        [(f"{prefix}:{index}:{position}", record_id) for position, record_id in enumerate(group)]
+        for index, group in enumerate(chunked(record_ids, batch_size))
+    ]
+    with engine.begin() as connection:
+        batch_keys = new_batches(connection, len(groups), now, attempts=0)
+        rows = queued_request_rows(batch_keys, groups, now)
+        if rows:
+            connection.execute(db.prediction_requests.insert(), rows)
+    return batch_keys
+
+
+def count_attempt(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -> dict[str, int]:
+    """Queue batches for one more run attempt; returns the new attempt number by batch key."""
+    table = db.prediction_batches
+    attempts: dict[str, int] = {}
+    with engine.begin() as connection:
+        for chunk in chunked(batch_keys, db.IN_CHUNK):
+            connection.execute(
+                sa.update(table)
+                .where(
+                    table.c.batch_key.in_(chunk),
+                    may_leave_for(table.c.status, BatchStatus.QUEUED),
+                )
+                .values(status=BatchStatus.QUEUED, attempts=table.c.attempts + 1, updated_at=now)
+            )
+            rows = connection.execute(
+                sa.select(table.c.batch_key, table.c.attempts).where(table.c.batch_key.in_(chunk))
+            )
+            attempts.update({row.batch_key: row.attempts for row in rows})
+    return attempts
+
+
+def request_new_batches(engine: Engine, *, now: datetime, limit: int) -> dict[str, int]:
+    """Queued batches that never had a run requested, now counted as attempt 1.
+
+    Returns their keys with the attempt, oldest first, at most ``limit``.
+    """
+    table = db.prediction_batches
+    with engine.connect() as connection:
+        keys = list(
+            connection.execute(
+                sa.select(table.c.batch_key)
+                .where(table.c.status == BatchStatus.QUEUED, table.c.attempts == 0)
+                .order_by(table.c.batch_key)
+                .limit(limit)
+            ).scalars()
+        )
+    return count_attempt(engine, keys, now=now) if keys else {}
+
+
+def rebatch_waiting(engine: Engine, *, now: datetime, batch_size: int, limit: int) -> list[str]:
+    """Put requests whose feature backoff has passed into new batches; returns the batch keys."""
+    table = db.prediction_requests
+    with engine.begin() as connection:
+        keys = list(
+            connection.execute(
+                sa.select(table.c.message_id)
+                .where(table.c.status == RequestStatus.WAITING_FEATURES, table.c.not_before <= now)
+                .order_by(table.c.not_before)
+                .limit(limit)
+            ).scalars()
+        )
+        groups = chunk_list(keys, batch_size)
+        batch_keys = new_batches(connection, len(groups), now)
+        for batch_key, group in zip(batch_keys, groups, strict=True):
+            connection.execute(
+                sa.update(table)
+                .where(
+                    table.c.message_id.in_(group),
+                    may_leave_for(table.c.status, RequestStatus.QUEUED),
+                )
+                .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
+            )
+    return batch_keys

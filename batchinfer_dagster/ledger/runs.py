@@ -1,0 +1,260 @@
+"""A run's ledger batch: start it, settle it in one transaction, or record that it failed.
+
+``prediction.Predictor`` calls these around the feature fetch and the model call; nothing here
+calls the feature store or the model server, so a failed call leaves the ledger as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.ledger.dead_letters import (
+    MAX_ERROR_CHARS,
+    UNKNOWN_RECORD,
+    dead_letter_requests,
+    resolve_dead_letters,
+)
+from batchinfer_dagster.ledger.states import (
+    BatchStatus,
+    DeadLetterSource,
+    RequestStatus,
+    may_leave_for,
+)
+from batchinfer_protocol.zero_shot import Prediction
+
+# A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
+FEATURE_BACKOFF_BASE = timedelta(seconds=5)
+FEATURE_BACKOFF_MAX = timedelta(seconds=60)
+
+
+class UnknownBatchError(LookupError):
+    """A batch key that the ledger does not hold."""
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One request of a batch, as a run reads it."""
+
+    message_id: str
+    record_id: int
+    status: str
+    attempts: int
+    received_at: datetime
+
+
+def start_batch(
+    engine: Engine, batch_key: str, *, run_id: str, now: datetime
+) -> list[BatchRequest]:
+    """Mark the batch running under ``run_id`` and read its requests.
+
+    Requests that moved on to wait for features belong to a later batch and are left out; done
+    and dead-lettered ones are read too, so a re-materialization recomputes the whole batch.
+    """
+    batches = db.prediction_batches
+    requests = db.prediction_requests
+    with engine.begin() as connection:
+        updated = connection.execute(
+            sa.update(batches)
+            .where(batches.c.batch_key == batch_key)
+            .values(status=BatchStatus.RUNNING, run_id=run_id, updated_at=now)
+        )
+        if updated.rowcount == 0:
+            raise UnknownBatchError(
+                f"batch {batch_key!r} is not in prediction_batches: partitions are created by "
+                "the sensor or request_predictions_job, not by hand"
+            )
+        rows = connection.execute(
+            sa.select(
+                requests.c.message_id,
+                requests.c.record_id,
+                requests.c.status,
+                requests.c.attempts,
+                requests.c.received_at,
+            )
+            .where(
+                requests.c.batch_key == batch_key,
+                requests.c.status != RequestStatus.WAITING_FEATURES,
+            )
+            .order_by(requests.c.message_id)
+        ).all()
+    return [BatchRequest(*row) for row in rows]
+
+
+def fail_batch(engine: Engine, batch_key: str, *, error: str, now: datetime) -> None:
+    """Record a failed run; the sensor's reconcile decides whether it runs again."""
+    batches = db.prediction_batches
+    requests = db.prediction_requests
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(batches)
+            .where(
+                batches.c.batch_key == batch_key,
+                may_leave_for(batches.c.status, BatchStatus.FAILED),
+            )
+            .values(status=BatchStatus.FAILED, updated_at=now)
+        )
+        connection.execute(
+            sa.update(requests)
+            .where(requests.c.batch_key == batch_key, requests.c.status == RequestStatus.QUEUED)
+            .values(error=error[:MAX_ERROR_CHARS], updated_at=now)
+        )
+
+
+def feature_backoff(attempts: int) -> timedelta:
+    """How long a request waits before its record is looked up again."""
+    return min(FEATURE_BACKOFF_MAX, FEATURE_BACKOFF_BASE * 2 ** min(attempts, 16))
+
+
+def write_predictions(
+    connection: Connection,
+    answers: Mapping[int, Prediction],
+    *,
+    model_name: str,
+    batch_key: str,
+    run_id: str,
+    now: datetime,
+) -> None:
+    """Upsert on (record_id, model): a redelivered or re-run record never gets a second row."""
+    db.upsert(
+        connection,
+        db.predictions,
+        [
+            {
+                "record_id": record_id,
+                "model": model_name,
+                # A text with NUL (a Vertex feature store can hold one) fits PostgreSQL escaped.
+                "sequence": db.storable_text(answer.sequence),
+                "labels": answer.labels,
+                "scores": answer.scores,
+                "batch_key": batch_key,
+                "run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for record_id, answer in answers.items()
+        ],
+        key=["record_id", "model"],
+        update=["sequence", "labels", "scores", "batch_key", "run_id", "updated_at"],
+    )
+
+
+def _settle_missing(
+    connection: Connection,
+    missing: Sequence[BatchRequest],
+    *,
+    feature_wait: timedelta,
+    now: datetime,
+) -> tuple[int, int]:
+    """Requests whose record is not in the feature store: wait with backoff, or dead-letter."""
+    expired = [r for r in missing if now - r.received_at >= feature_wait]
+    waiting = [r for r in missing if now - r.received_at < feature_wait]
+    dead_letter_requests(connection, expired, UNKNOWN_RECORD, now)
+    if waiting:
+        table = db.prediction_requests
+        connection.execute(
+            sa.update(table)
+            .where(
+                table.c.message_id == sa.bindparam("key"),
+                may_leave_for(table.c.status, RequestStatus.WAITING_FEATURES),
+            )
+            .values(
+                status=RequestStatus.WAITING_FEATURES,
+                attempts=table.c.attempts + 1,
+                not_before=sa.bindparam("retry_at"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "key": r.message_id,
+                    "retry_at": min(
+                        now + feature_backoff(r.attempts), r.received_at + feature_wait
+                    ),
+                }
+                for r in waiting
+            ],
+        )
+    return len(waiting), len(expired)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a run learned about its batch, settled in one transaction by ``settle_batch``.
+
+    ``answers`` holds a prediction by record id for the records the model predicted, ``refused``
+    the server's reason by record id for those it refused on their own (or that were too large
+    to send); ``model`` is the id the model server reported, the predictions' lineage key.
+    """
+
+    batch_key: str
+    run_id: str
+    requests: Sequence[BatchRequest]
+    model: str
+    answers: Mapping[int, Prediction]
+    feature_wait: timedelta
+    now: datetime
+    refused: Mapping[int, str] = field(default_factory=dict)
+
+
+def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
+    """One transaction: predictions, request statuses, dead letters and the batch's success.
+
+    A record the server refused is dead-lettered alone with the server's reason; dead letters of
+    the records predicted now are resolved by this run in the same transaction. Returns how many
+    requests now wait for features and how many became dead letters.
+    """
+    answers, refusals, now = settlement.answers, settlement.refused, settlement.now
+    open_requests = [r for r in settlement.requests if r.status != RequestStatus.DEAD_LETTERED]
+    done = [r.message_id for r in settlement.requests if r.record_id in answers]
+    refused = [r for r in open_requests if r.record_id in refusals]
+    missing = [
+        r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
+    ]
+    table = db.prediction_requests
+    with engine.begin() as connection:
+        write_predictions(
+            connection,
+            answers,
+            model_name=settlement.model,
+            batch_key=settlement.batch_key,
+            run_id=settlement.run_id,
+            now=now,
+        )
+        for chunk in chunked(done, db.IN_CHUNK):
+            connection.execute(
+                sa.update(table)
+                .where(
+                    table.c.message_id.in_(chunk),
+                    may_leave_for(table.c.status, RequestStatus.DONE),
+                )
+                .values(status=RequestStatus.DONE, error=None, updated_at=now)
+            )
+        resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
+        dead_letter_requests(
+            connection,
+            refused,
+            "the model server refused the record",
+            now,
+            source=DeadLetterSource.MODEL,
+            reasons={r.message_id: refusals[r.record_id] for r in refused},
+        )
+        waiting, dead = _settle_missing(
+            connection, missing, feature_wait=settlement.feature_wait, now=now
+        )
+        dead += len(refused)
+        batches = db.prediction_batches
+        connection.execute(
+            sa.update(batches)
+            .where(
+                batches.c.batch_key == settlement.batch_key,
+                may_leave_for(batches.c.status, BatchStatus.SUCCEEDED),
+            )
+            .values(status=BatchStatus.SUCCEEDED, updated_at=now)
+        )
+    return waiting, dead

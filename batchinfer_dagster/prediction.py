@@ -1,0 +1,123 @@
+"""Predicting one ledger batch: features → model → settle. Dagster-free.
+
+A run reads its batch's requests (marking the batch running), fetches the texts of all their
+records in one call, sends them to the model server in client chunks, and settles the batch in
+one transaction: predictions upserted on (record id, model id the server reported), requests
+done, missing records waiting for features or dead-lettered. Model errors propagate before
+anything is written, so a failed run leaves the batch as it was and a retry is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.clients.feature_store import FeatureStore
+from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError, RefusedText
+from batchinfer_protocol.zero_shot import Prediction, PredictParameters
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a run did with its batch; becomes the materialization's metadata."""
+
+    batch_key: str
+    requests: int
+    records: int
+    predicted: list[int]
+    waiting: int
+    dead_lettered: int
+    model_seconds: float
+    # The model id the server reported ("" when no record reached the model).
+    model: str = ""
+    label_counts: dict[str, int] = field(default_factory=dict)
+    # Records the model server refused on their own: dead letters of source "model".
+    refused: int = 0
+
+
+class BatchRefusedError(RuntimeError):
+    """The model server refused the batch (4xx): its requests are now dead letters."""
+
+    def __init__(self, batch_key: str, reason: str, dead_lettered: int) -> None:
+        super().__init__(f"batch {batch_key}: {reason}")
+        self.batch_key = batch_key
+        self.dead_lettered = dead_lettered
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """The collaborators of a prediction run, which travel together to every batch it predicts."""
+
+    engine: Engine
+    feature_store: FeatureStore
+    model: ModelClient
+    parameters: PredictParameters
+    feature_wait: timedelta
+    clock: Callable[[], datetime] = db.utcnow
+
+    def predict(self, batch_key: str, run_id: str) -> BatchOutcome:
+        """Predict every record of a batch once and settle its requests.
+
+        A record requested twice is predicted once. Errors leave the batch as it was, except
+        that the ledger records them: a refusal (``ModelRequestError``) dead-letters the batch's
+        requests and raises ``BatchRefusedError``; anything else marks the batch failed (the
+        sensor's reconcile retries it) and propagates, a ``TransientModelError`` included.
+        """
+        try:
+            return self._predict(batch_key, run_id)
+        except ModelRequestError as exc:
+            reason = f"model server refused the batch: {exc}"
+            dead = ledger.dead_letter_batch(self.engine, batch_key, reason=reason, now=self.clock())
+            raise BatchRefusedError(batch_key, reason, dead) from exc
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            ledger.fail_batch(self.engine, batch_key, error=error, now=self.clock())
+            raise
+
+    def _predict(self, batch_key: str, run_id: str) -> BatchOutcome:
+        requests = ledger.start_batch(self.engine, batch_key, run_id=run_id, now=self.clock())
+        record_ids = sorted({r.record_id for r in requests})
+        texts = self.feature_store.fetch(record_ids) if record_ids else {}
+        found = [record_id for record_id in record_ids if record_id in texts]
+        started = time.perf_counter()
+        answer = self.model.predict([texts[i] for i in found], self.parameters) if found else None
+        model_seconds = time.perf_counter() - started
+        predictions: dict[int, Prediction] = {}
+        refused: dict[int, str] = {}
+        for record_id, result in zip(found, answer.answers if answer else [], strict=True):
+            if isinstance(result, RefusedText):
+                refused[record_id] = f"the model server refused record {record_id}: {result.reason}"
+            else:
+                predictions[record_id] = result
+        model = answer.model if answer is not None else ""
+        waiting, dead = ledger.settle_batch(
+            self.engine,
+            ledger.Settlement(
+                batch_key=batch_key,
+                run_id=run_id,
+                requests=requests,
+                model=model,
+                answers=predictions,
+                refused=refused,
+                feature_wait=self.feature_wait,
+                now=self.clock(),
+            ),
+        )
+        return BatchOutcome(
+            batch_key=batch_key,
+            requests=len(requests),
+            records=len(record_ids),
+            predicted=sorted(predictions),
+            waiting=waiting,
+            dead_lettered=dead,
+            model_seconds=model_seconds,
+            model=model,
+            label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
+            refused=len(refused),
+        )

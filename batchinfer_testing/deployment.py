@@ -1,0 +1,104 @@
+"""A deployment for a test or a benchmark: its resources, a migrated database, publishing, rows.
+
+Everything goes through ``batchinfer_dagster.deployments.resources_for``, the code location's
+own choice of implementations; a test swaps one system by passing an override
+(``request_queue=…``, ``model_server=…``), as Dagster's ``resources=`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from dagster import ConfigurableResource
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.clients.queue import RequestQueue
+from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.ledger import request_payload
+from batchinfer_dagster.records import LOAD_CHUNK, add_records
+from batchinfer_dagster.resources.model_server import ModelServerResource
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing.model_server import REPO_ROOT
+
+TEXTS = [
+    json.loads(line)["text"]
+    for line in (REPO_ROOT / "bench" / "data" / "support_messages.jsonl").read_text().splitlines()
+]
+
+
+def migrate(settings: Settings) -> None:
+    """The deploy run's step: the settings' database at the newest schema (idempotent)."""
+    engine = db.create_app_engine(settings.resolved_database_url)
+    try:
+        if db.current_revision(engine) != db.head_revision():
+            db.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def resources_of(settings: Settings, **overrides: ConfigurableResource) -> dict[str, Any]:
+    """The resources of ``settings`` on a migrated database, with ``overrides`` swapped in."""
+    migrate(settings)
+    return {**resources_for(settings).as_dict(), **overrides}
+
+
+def engine_of(settings: Settings) -> Engine:
+    """The engine of the settings' database, migrated first."""
+    return resources_of(settings)["database"].get_engine()
+
+
+def model_server_of(settings: Settings, **fields: Any) -> ModelServerResource:
+    """The settings' model server resource with some fields changed (retries, delays)."""
+    resource = resources_for(settings).model_server
+    return type(resource)(**{**resource._get_non_default_public_field_values(), **fields})  # noqa: SLF001
+
+
+def open_queue(settings: Settings) -> RequestQueue:
+    """A client of the settings' request queue; the caller closes it."""
+    return resources_of(settings)["request_queue"].client()
+
+
+def publish(settings: Settings, payloads: Sequence[bytes]) -> list[str]:
+    queue = open_queue(settings)
+    try:
+        return queue.publish(list(payloads))
+    finally:
+        queue.close()
+
+
+def publish_json(settings: Settings, bodies: Iterable[object]) -> list[str]:
+    return publish(settings, [json.dumps(body).encode() for body in bodies])
+
+
+def id_payloads(record_ids: Sequence[int]) -> list[bytes]:
+    return [request_payload(i) for i in record_ids]
+
+
+def rows(settings: Settings, table: sa.Table, *where: sa.ColumnElement) -> list[sa.Row]:
+    with engine_of(settings).connect() as connection:
+        return connection.execute(sa.select(table).where(*where)).all()
+
+
+def load_records(settings: Settings, count: int, *, words: int = 8) -> list[int]:
+    """``count`` short, distinct records, imported into the settings' feature store."""
+    texts = [" ".join(TEXTS[i % len(TEXTS)].split()[:words]) + f" #{i}" for i in range(count)]
+    engine = engine_of(settings)
+    ids: list[int] = []
+    for chunk in chunked(texts, LOAD_CHUNK):
+        ids += add_records(engine, chunk)
+    with resources_of(settings)["feature_store"].open() as store:
+        imported = store.import_records()
+    if imported.total_records < count:
+        raise AssertionError(f"imported {imported.total_records} records, want {count}")
+    return ids
+
+
+def local_feature_store(settings: Settings) -> LocalFeatureStore:
+    """The ``features`` table of the settings' database, which tests also write directly."""
+    return LocalFeatureStore(engine_of(settings))
