@@ -16,7 +16,7 @@ the backend of the work tree. Ablations show what each choice adds. One-label sc
 as a detector per label (score > 0.5 means "this text is about the label"). Speed: texts/s of
 `predict` for both backends on the same texts, taking turns, best of the rounds.
 
-    HF_HUB_OFFLINE=1 python bench/bench_zero_shot.py [--rounds 2] [--texts 1000]
+    HF_HUB_OFFLINE=1 python -m bench.bench_zero_shot [--rounds 2] [--texts 1000]
 
 Writes the "## Zero-shot quality" section of docs/benchmarks.md.
 """
@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
