@@ -455,7 +455,7 @@ def render(
     lines = [
         SECTION,
         "",
-        f"`python bench/bench_zero_shot.py` on {os.cpu_count()} CPU cores ({platform.machine()}), "
+        f"`python -m bench.bench_zero_shot` on {os.cpu_count()} CPU cores ({platform.machine()}), "
         f'torch {torch.__version__}, embedding backend (packaged all-MiniLM-L6-v2). "before" is '
         f"the backend of commit {BASELINE_COMMIT}, loaded from git into the same process.",
         "",
