@@ -173,7 +173,7 @@ def postgres_instance(
     """
     name = unique_name("dagster")
     postgres.create_database(name)
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
     config.pop("compute_logs")
     config["storage"]["postgres"]["postgres_db"].pop("params")
     home = tmp_path / "dagster_home"

@@ -30,7 +30,7 @@ def pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def production_config() -> dict:
-    return yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    return yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
 
 
 @pytest.mark.usefixtures("pg_env")

@@ -261,7 +261,7 @@ def test_dagster_runs_in_the_vpc_with_its_secrets() -> None:
 
 
 def test_dagster_yaml_variables_are_all_set() -> None:
-    dagster_yaml = yaml.safe_load((TERRAFORM.parent / "dagster.yaml").read_text())
+    dagster_yaml = yaml.safe_load((TERRAFORM.parent / "deploy" / "dagster.yaml").read_text())
     needed = {node["env"] for node in walk_dicts(dagster_yaml) if isinstance(node.get("env"), str)}
     provided = set(local_values()["dagster_pg_env"]) | set(local_values()["dagster_secret_env"])
     assert needed
