@@ -22,7 +22,7 @@ from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
 from batchinfer_dagster.ledger.intake import new_batches
 from batchinfer_dagster.ledger.runs import settle_missing
-from batchinfer_dagster.ledger.states import RequestStatus, may_become
+from batchinfer_dagster.ledger.states import RequestStatus, may_leave_for
 
 # Record ids -> those of them the feature store holds (``FeatureStore.fetch``'s keys).
 FeatureLookup = Callable[[Sequence[int]], Collection[int]]
@@ -84,7 +84,7 @@ def recheck_waiting(
                     sa.update(table)
                     .where(
                         table.c.message_id.in_(chunk),
-                        table.c.status.in_(may_become(RequestStatus.QUEUED)),
+                        may_leave_for(table.c.status, RequestStatus.QUEUED),
                     )
                     .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
                 )
