@@ -139,8 +139,10 @@ def reconcile(
             return False
         return batch.updated_at > now - stale_after  # no run yet: the daemon may still make it
 
-    waiting = [c.batch_key for c in candidates if waits(c)]
-    touch_batches(engine, waiting, now=now)
+    # Only batches with a run in flight are touched: a batch still without a run keeps its
+    # time, so it goes stale ``stale_after`` after it was written, however often it is looked at.
+    in_flight = [c.batch_key for c in candidates if runs.get(c.batch_key) is RunState.IN_FLIGHT]
+    touch_batches(engine, in_flight, now=now)
     settled = [c for c in candidates if not waits(c)]
     retried = count_attempt(
         engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now

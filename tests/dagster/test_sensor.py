@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
 from dagster import DagsterInstance, DagsterRunStatus, materialize
@@ -121,7 +120,8 @@ def test_malformed_messages_become_dead_letters_with_reasons(
 def test_unknown_ids_wait_for_features_then_dead_letter(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 3.0})
+    # A wait no loaded machine outlasts in the first loop; its end comes from an injected clock.
+    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 60.0})
     add_features(settings, [1])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
     run_daemon_loop(instance, settings)
@@ -131,8 +131,21 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
-    time.sleep(3.2)
-    run_daemon_loop(instance, settings)
+    wait_over = max(r.received_at for r in waiting) + timedelta(seconds=60)
+    queue = open_queue(settings)
+    try:
+        outcome = process_tick(
+            instance,
+            resources_of(settings)["ledger"],
+            queue,
+            feature_store=local_feature_store(settings),
+            clock=lambda: wait_over,
+        )
+    finally:
+        queue.close()
+    assert outcome.waited_out == 1  # record 3: dead-lettered by the look-up, without a run
+    assert len(outcome.run_requests) == 1  # record 2's new batch
+    assert all(run.success for run in execute_runs(instance, settings, outcome.run_requests))
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}
     assert by_record[2].status == ledger.RequestStatus.DONE
@@ -255,6 +268,7 @@ def test_stale_batch_without_run_gets_a_new_run_request(
             queue,
             feature_store=local_feature_store(pipeline_settings),
             stale_after=timedelta(0),
+            recheck_after=timedelta(0),
         )
     finally:
         queue.close()

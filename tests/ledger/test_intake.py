@@ -103,7 +103,7 @@ def test_recheck_waiting_batches_only_records_that_arrived_after_backoff(
     assert looked_up == [[1, 2]]
     assert (len(outcome.batch_keys), outcome.still_waiting, outcome.dead_lettered) == (1, 1, 0)
     assert outcome.batch_keys != result.batch_keys
-    first, second = rows(app_settings, db.prediction_requests)
+    first, second = sorted(rows(app_settings, db.prediction_requests), key=lambda r: r.record_id)
     assert (first.batch_key, first.status) == (outcome.batch_keys[0], ledger.RequestStatus.QUEUED)
     # Still missing: no batch, its backoff moved on (attempt 2: 10 s).
     assert second.batch_key == result.batch_keys[0]
