@@ -39,7 +39,7 @@ def production_config() -> dict:
 
 @pytest.mark.usefixtures("pg_env")
 def test_dagster_yaml_passes_the_instance_schema() -> None:
-    config, custom_class = dagster_instance_config(str(ROOT))
+    config, custom_class = dagster_instance_config(str(ROOT / "deploy"))
     assert custom_class is None
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["run_launcher"]["class"] == "CloudRunRunLauncher"
