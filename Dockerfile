@@ -31,7 +31,7 @@ RUN pip install ./protocol . \
     && mkdir -p "${DAGSTER_HOME}" \
     && chown -R dagster /opt/dagster
 
-COPY dagster.yaml workspace.yaml ${DAGSTER_HOME}/
+COPY deploy/dagster.yaml workspace.yaml ${DAGSTER_HOME}/
 
 USER dagster
 EXPOSE 3000

@@ -4,13 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export BATCHINFER_HOME ?= $(CURDIR)/.batchinfer
-export DAGSTER_HOME ?= $(BATCHINFER_HOME)/dagster
+# State lives where `batchinfer where` says (BATCHINFER_HOME, by default the user data
+# directory, e.g. ~/.local/share/batchinfer), so `make run` and the CLI in any shell agree.
 export HF_HUB_OFFLINE ?= 1
 export AIP_HTTP_PORT ?= 8080
 export BATCHINFER_MODEL_URL ?= http://127.0.0.1:$(AIP_HTTP_PORT)
 
-.PHONY: install run test lint format demo model-server clean
+.PHONY: install run stack test lint format demo model-server clean
 
 $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,23 @@ $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 install: $(STAMP)
 
 # The schema migrated (the one step that changes it), the model server in the background,
-# `dagster dev` (UI on :3000, sensor running) in front.
+# `dg dev` (UI on :3000, sensor running; Dagster 1.13's successor of `dagster dev`) in front.
+# Ctrl-C stops both; the state stays where `batchinfer where` says.
 run: install
-	@mkdir -p $(DAGSTER_HOME)
-	@cp -n dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	@$(BIN)/batchinfer db upgrade
-	@$(BIN)/python -m model_server & model_pid=$$!; \
+	@export DAGSTER_HOME="$$($(BIN)/batchinfer where dagster_home)" && \
+	mkdir -p "$$DAGSTER_HOME" && \
+	{ cp -n dagster.local.yaml "$$DAGSTER_HOME/dagster.yaml" 2>/dev/null || true; } && \
+	$(BIN)/batchinfer db upgrade && \
+	$(BIN)/batchinfer where && \
+	{ $(BIN)/python -m model_server & model_pid=$$!; \
 	trap 'kill $$model_pid 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dg dev -w workspace.yaml; }
+
+# The production-like stack on a laptop: PostgreSQL (app database and Dagster's storage) and the
+# Pub/Sub emulator started as the tests start them, databases and topology created, then `make
+# run` against them. Needs the PostgreSQL server binaries and the gcloud emulator on PATH.
+stack: install
+	$(BIN)/python -m batchinfer_testing.stack
 
 model-server: install
 	$(BIN)/python -m model_server

@@ -3,14 +3,13 @@ ledger batch). Each has one producer, so every materialization of ``predictions`
 checks. See docs/architecture.md for the data flow around them.
 """
 
-import json
 import random
 import time
+import warnings
 
-import sqlalchemy as sa
 from dagster import (
     AssetExecutionContext,
-    DataVersion,
+    BetaWarning,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -19,9 +18,8 @@ from dagster import (
     asset,
     observable_source_asset,
 )
-from sqlalchemy import Engine
 
-from batchinfer_dagster import db
+from batchinfer_dagster.asset_events import import_metadata, observe_records
 from batchinfer_dagster.checks import PREDICTION_CHECK_SPECS, prediction_check_results
 from batchinfer_dagster.clients.model_client import TransientModelError
 from batchinfer_dagster.partitions import prediction_batches
@@ -32,7 +30,6 @@ from batchinfer_dagster.resources.ledger import LedgerResource
 from batchinfer_dagster.resources.model_server import ModelServerResource
 
 GROUP = "batchinfer"
-SAMPLE_ROWS = 5
 
 
 def retry_delay(first_delay: float, retry_number: int) -> float:
@@ -40,41 +37,25 @@ def retry_delay(first_delay: float, retry_number: int) -> float:
     return first_delay * 2**retry_number * random.uniform(0.5, 1.5)
 
 
-def _records_summary(engine: Engine) -> tuple[int, int | None, list[tuple[int, str]]]:
-    table = db.data_points
-    with engine.connect() as connection:
-        count, newest = connection.execute(
-            sa.select(sa.func.count(), sa.func.max(table.c.id))
-        ).one()
-        sample = connection.execute(
-            sa.select(table.c.id, table.c.text).order_by(table.c.id.desc()).limit(SAMPLE_ROWS)
-        ).all()
-    return count, newest, [(row.id, row.text) for row in sample]
+# Observable source assets are beta in Dagster 1.13; they are the idiom for a table Dagster only
+# watches, chosen knowingly, so the BetaWarning would only repeat on every load of the code
+# location (and on every `make run`). Ignored for this one definition, nothing else.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=BetaWarning)
 
+    @observable_source_asset(group_name=GROUP)
+    def data_points(context: AssetExecutionContext, database: DatabaseResource) -> ObserveResult:
+        """The records table, written by ``batchinfer add-data-point``, ``load`` or a loader.
 
-def _markdown_table(rows: list[tuple[int, str]]) -> str:
-    lines = ["| id | text |", "|---|---|"]
-    lines += [f"| {record_id} | {text[:200].replace('|', '/')} |" for record_id, text in rows]
-    return "\n".join(lines)
-
-
-@observable_source_asset(group_name=GROUP)
-def data_points(context: AssetExecutionContext, database: DatabaseResource) -> ObserveResult:
-    """The records table, written by ``batchinfer add-data-point``, ``batchinfer load`` or a loader.
-
-    Dagster does not produce it, it only watches it: an observation records the count, the
-    newest id and the newest rows, and its data version changes when records are added.
-    """
-    count, newest, sample = _records_summary(database.get_engine())
-    context.log.info("data_points holds %d records, newest id %s", count, newest)
-    return ObserveResult(
-        metadata={
-            "records": count,
-            "newest_id": MetadataValue.int(newest or 0),
-            "sample": MetadataValue.md(_markdown_table(sample)),
-        },
-        data_version=DataVersion(f"{count}:{newest}"),
-    )
+        Dagster does not produce it, it only watches it: an observation records the count, the
+        newest id and the newest rows, and its data version changes when records are added. The
+        CLI records the same observation after it adds records (``asset_events``).
+        """
+        observation = observe_records(database.get_engine())
+        context.log.info(
+            "data_points holds %d records, newest id %s", observation.count, observation.newest_id
+        )
+        return ObserveResult(metadata=observation.metadata, data_version=observation.data_version)
 
 
 @asset(group_name=GROUP, deps=[data_points])
@@ -92,16 +73,7 @@ def features(
         duration,
         result.total_records,
     )
-    metadata: dict[str, object] = {
-        "rows_imported": result.rows_imported,
-        "total_records": result.total_records,
-        "duration_s": MetadataValue.float(round(duration, 3)),
-    }
-    if result.details:
-        metadata["details"] = MetadataValue.json(
-            json.loads(json.dumps(result.details, default=str))
-        )
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(metadata=import_metadata(result, duration))
 
 
 def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:

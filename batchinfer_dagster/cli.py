@@ -8,19 +8,23 @@ down, a schema to migrate) end as one line on stderr and a non-zero exit, never 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 import sqlalchemy as sa
+from dagster import DagsterInstance
 from sqlalchemy.exc import OperationalError
 
-from batchinfer_dagster import db, ledger
+from batchinfer_dagster import asset_events, db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
 from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
@@ -30,6 +34,8 @@ from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
 LIST_LIMIT = 20
+WAITING_SHOWN = 5
+STATE_KEYS = ("home", "dagster_home", "database", "queue", "feature_store", "model_url")
 
 
 class InvalidRecordIdError(ValueError):
@@ -62,13 +68,16 @@ class BatchinferGroup(click.Group):
             ) from exc
 
 
-@click.group(cls=BatchinferGroup)
+@click.group(cls=BatchinferGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchinfer", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """batchinfer: offline zero-shot classification of records, orchestrated by Dagster.
 
     Configuration comes from BATCHINFER_* environment variables; with none set, everything runs
-    on embedded defaults under ./.batchinfer (SQLite, a local queue, a local feature store).
+    on embedded defaults in the user data directory (SQLite, a local queue, a local feature
+    store), whatever the current directory. `batchinfer where` says which database, queue,
+    feature store and Dagster instance the commands use.
     """
     ctx.obj = load_settings()
 
@@ -99,6 +108,26 @@ def _engine(ctx: click.Context) -> sa.Engine:
     return database.get_engine()
 
 
+def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], object]) -> None:
+    """Record an asset event in the Dagster instance of ``DAGSTER_HOME`` (``batchinfer where``).
+
+    The data is already written when this runs, so a failure here does not fail the command: it
+    is one line on stderr naming the instance, and the UI shows the event after the next
+    observation or materialization.
+    """
+    home = _settings(ctx).resolved_dagster_home
+    try:
+        with asset_events.open_instance(home) as instance:
+            report(instance)
+    except Exception as error:  # noqa: BLE001 - any failure of the instance is reported alike
+        click.echo(
+            f"warning: the Dagster instance in {home} did not record this "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "observe data_points or materialize features in the UI to update it",
+            err=True,
+        )
+
+
 def _echo_json(value: object) -> None:
     click.echo(json.dumps(value, ensure_ascii=False))
 
@@ -109,13 +138,17 @@ def _echo_json(value: object) -> None:
 def add_data_point(ctx: click.Context, text: str) -> None:
     """Add one record and print it with the id the database gave it.
 
+    Dagster's UI shows it as an observation of `data_points` (count, newest id, newest rows).
+
     \b
     Example:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
-    [record_id] = add_records(_engine(ctx), [text])
+    engine = _engine(ctx)
+    [record_id] = add_records(engine, [text])
     _echo_json({"id": record_id, "text": text})
+    _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
 
 
 @cli.command("load")
@@ -137,12 +170,15 @@ def load(ctx: click.Context, file: Path) -> None:
         first_last = load_file(engine, file, on_chunk=bar.update)
     first, last = (first_last + [None, None])[:2] if first_last else (None, None)
     _echo_json({"loaded": total, "first_id": first, "last_id": last})
+    _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
 
 
 @cli.command("import-data")
 @click.pass_context
 def import_data(ctx: click.Context) -> None:
     """Import all records into the feature store and list what it now holds.
+
+    Dagster's UI shows it as a materialization of `features`, the same as materializing it there.
 
     \b
     Example:
@@ -153,7 +189,13 @@ def import_data(ctx: click.Context) -> None:
     """
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
+        started = time.perf_counter()
         result = store.import_records()
+        duration = time.perf_counter() - started
+        _record_in_dagster(
+            ctx,
+            lambda instance: asset_events.report_features_materialized(instance, result, duration),
+        )
         _echo_json(
             {
                 "imported": result.rows_imported,
@@ -201,30 +243,67 @@ def id_payloads(ids: Iterable[int]) -> Iterator[bytes]:
 
 @dataclass
 class PublishReport:
-    """Message ids of a publish, kept bounded: the first few, the last, and the count."""
+    """What a publish sent, kept bounded: the first few and the last message ids, and the count.
 
+    ``record_ids`` are the ids the messages ask for, in publish order, when the command made the
+    messages (``--ids``, ``--range``, ``predict``); None for a message published as given.
+    """
+
+    record_ids: Sequence[int] | None = None
     count: int = 0
-    first_ids: list[str] = field(default_factory=list)
-    last_id: str | None = None
+    first_message_ids: list[str] = field(default_factory=list)
+    last_message_id: str | None = None
 
     def add(self, message_ids: Sequence[str]) -> None:
-        room = LIST_LIMIT + 1 - len(self.first_ids)
-        self.first_ids += message_ids[:room]
+        room = LIST_LIMIT + 1 - len(self.first_message_ids)
+        self.first_message_ids += message_ids[:room]
         self.count += len(message_ids)
         if message_ids:
-            self.last_id = message_ids[-1]
+            self.last_message_id = message_ids[-1]
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The lines ``publish`` prints: one per message up to ``LIST_LIMIT``, else a summary.
+
+        Record ids and queue message ids are named apart: the queue numbers its messages on its
+        own (the local queue counts every message ever published), so a message id is no record
+        id.
+        """
+        ids = self.record_ids
+        if self.count <= LIST_LIMIT:
+            if ids is None:
+                return [{"message_id": message_id} for message_id in self.first_message_ids]
+            return [
+                {"record_id": record_id, "message_id": message_id}
+                for record_id, message_id in zip(ids, self.first_message_ids, strict=True)
+            ]
+        summary: dict[str, Any] = {"published": self.count}
+        if ids is not None:
+            summary |= {"first_record_id": ids[0], "last_record_id": ids[self.count - 1]}
+        return [
+            summary
+            | {
+                "first_message_id": self.first_message_ids[0],
+                "last_message_id": self.last_message_id,
+            }
+        ]
 
 
-def publish_payloads(resources: Resources, payloads: Iterable[bytes], total: int) -> PublishReport:
-    """Publish in chunks of ``PUBLISH_CHUNK`` with a progress bar on stderr.
+def publish_payloads(
+    resources: Resources,
+    payloads: Iterable[bytes],
+    total: int,
+    record_ids: Sequence[int] | None = None,
+) -> PublishReport:
+    """Publish in chunks of ``PUBLISH_CHUNK``; a progress bar on stderr when there are several.
 
     ``payloads`` is consumed chunk by chunk, so memory stays bounded by one chunk whatever the
-    number of messages.
+    number of messages. The bar only moves between chunks, so a publish of one chunk shows none.
     """
-    report = PublishReport()
+    report = PublishReport(record_ids=record_ids)
+    bar_file = sys.stderr if total > PUBLISH_CHUNK else io.StringIO()
     with (
         resources.request_queue.open() as queue,
-        click.progressbar(length=total, label="publishing", file=sys.stderr) as bar,
+        click.progressbar(length=total, label="publishing", file=bar_file) as bar,
     ):
         for chunk in chunked(payloads, PUBLISH_CHUNK):
             report.add(queue.publish(chunk))
@@ -233,13 +312,8 @@ def publish_payloads(resources: Resources, payloads: Iterable[bytes], total: int
 
 
 def _report_published(report: PublishReport) -> None:
-    if report.count <= LIST_LIMIT:
-        for message_id in report.first_ids:
-            _echo_json({"message_id": message_id})
-    else:
-        _echo_json(
-            {"published": report.count, "first": report.first_ids[0], "last": report.last_id}
-        )
+    for document in report.documents():
+        _echo_json(document)
 
 
 def message_argument(value: str) -> bytes:
@@ -262,25 +336,31 @@ def publish(
 ) -> None:
     """Publish prediction requests to the request queue.
 
-    With one argument, publishes that message exactly as given, e.g. '{"id": "1"}'.
+    With one argument, publishes that message exactly as given, e.g. '{"id": "1"}', and prints
+    the queue's message id. With --ids or --range, prints each record id with its message id,
+    or for more than 20 a summary of both.
 
     \b
     Examples:
       batchinfer publish '{"id": "1"}'
-      batchinfer publish --ids 1 2 3
+      {"message_id": "1"}
+      batchinfer publish --ids 1 2
+      {"record_id": 1, "message_id": "2"}
+      {"record_id": 2, "message_id": "3"}
       batchinfer publish --range 1-10000
+      {"published": 10000, "first_record_id": 1, "last_record_id": 10000, ...}
     """
     _engine(ctx)
     if id_range is not None:
         if values or as_ids:
             raise click.UsageError("--range takes no other arguments")
         ids: Sequence[int] = parse_range(id_range)
-        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids), ids)
     elif as_ids:
         if not values:
             raise click.UsageError("--ids needs at least one record id")
         ids = parse_ids(values)
-        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids))
+        report = publish_payloads(_resources(ctx), id_payloads(ids), len(ids), ids)
     elif len(values) == 1:
         report = publish_payloads(_resources(ctx), [message_argument(values[0])], 1)
     else:
@@ -300,7 +380,9 @@ def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """
     record_ids = parse_ids(ids)
     _engine(ctx)
-    _report_published(publish_payloads(_resources(ctx), id_payloads(record_ids), len(record_ids)))
+    resources = _resources(ctx)
+    payloads = id_payloads(record_ids)
+    _report_published(publish_payloads(resources, payloads, len(record_ids), record_ids))
 
 
 def prediction_document(
@@ -381,6 +463,13 @@ def status_counts(settings: Settings) -> dict[str, Any]:
         }
         if settings.queue == "local":
             counts["queue_unacked"] = _count(connection, db.queue_messages)
+    shown, _ = ledger.waiting_requests(
+        resources.database.get_engine(),
+        feature_wait=timedelta(seconds=settings.feature_wait_seconds),
+        limit=WAITING_SHOWN,
+    )
+    # The requests by status count them all; these are the ones nearest their deadline.
+    counts["waiting_for_features"] = [waiting.document() for waiting in shown]
     with resources.feature_store.open() as store:
         counts["features"] = store.list_records(0)[1]
     return counts
@@ -389,15 +478,40 @@ def status_counts(settings: Settings) -> dict[str, Any]:
 @cli.command("status")
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Print counts of records, features, requests by status, predictions and dead letters.
+    """Print counts of records, features, requests by status, predictions and dead letters,
+    and under "using" where they are kept (as `batchinfer where`).
 
     \b
     Example:
       batchinfer status
-      {"records": 2, "requests": {"done": 1}, "predictions": 1, "dead_letters": 0, ...}
+      {"records": 2, "requests": {"done": 1}, "predictions": 1, "dead_letters": 0, ...,
+       "using": {"database": "sqlite:///...", "queue": "local (...)", ...}}
     """
     _engine(ctx)
-    _echo_json(status_counts(_settings(ctx)))
+    settings = _settings(ctx)
+    _echo_json({**status_counts(settings), "using": settings.state_locations()})
+
+
+@cli.command("where")
+@click.argument("key", required=False, type=click.Choice(list(STATE_KEYS)))
+@click.pass_context
+def where(ctx: click.Context, key: str | None) -> None:
+    """Print where the commands keep their state: database, queue, feature store, Dagster home.
+
+    Resolved once from the settings, the same from any directory. With KEY, prints that value
+    alone (for scripts: `make run` finds its Dagster home this way).
+
+    \b
+    Examples:
+      batchinfer where
+      {"home": "/home/me/.local/share/batchinfer", "database": "sqlite:///...", ...}
+      batchinfer where dagster_home
+    """
+    locations = _settings(ctx).state_locations()
+    if key is not None:
+        click.echo(locations[key])
+    else:
+        _echo_json(locations)
 
 
 def dead_letter_document(row: sa.Row) -> dict[str, Any]:
@@ -422,15 +536,20 @@ def dead_letter_document(row: sa.Row) -> dict[str, Any]:
 @click.option("--all", "include_resolved", is_flag=True, help="Include resolved dead letters.")
 @click.pass_context
 def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None:
-    """Print open dead letters as JSON lines (oldest first): payload, reason, source, record.
+    """Print open dead letters as JSON lines (oldest first): payload, reason, source, record;
+    then the requests that may still become one, waiting for their record's features.
 
     A dead letter is open until its record is predicted (then resolved, with the run that did
-    it). `batchinfer dead-letters replay` asks for their records again.
+    it). `batchinfer dead-letters replay` asks for their records again. A waiting request is
+    looked up again at "next_lookup_at" (at once after an import) and becomes a dead letter at
+    "dead_letter_at" if its record is still missing (BATCHINFER_FEATURE_WAIT_SECONDS).
 
     \b
     Example:
       batchinfer dead-letters
       {"id": 1, "payload": "not json", "reason": "not JSON: ...", "source": "sensor", ...}
+      {"waiting": {"record_id": 99999, "reason": "record not in the feature store yet",
+                   "next_lookup_at": "...", "dead_letter_at": "...", ...}}
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -438,9 +557,14 @@ def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None
     query = sa.select(table).order_by(table.c.id).limit(limit)
     if not include_resolved:
         query = query.where(table.c.resolved_at.is_(None))
-    with _engine(ctx).connect() as connection:
+    engine = _engine(ctx)
+    with engine.connect() as connection:
         for row in connection.execute(query):
             _echo_json(dead_letter_document(row))
+    feature_wait = timedelta(seconds=_settings(ctx).feature_wait_seconds)
+    waiting, _ = ledger.waiting_requests(engine, feature_wait=feature_wait, limit=limit)
+    for request in waiting:
+        _echo_json({"waiting": request.document()})
 
 
 @dead_letters.command("replay")

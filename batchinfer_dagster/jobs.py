@@ -1,5 +1,6 @@
 """Jobs: the partitioned job the sensor launches, and the launchpad's way to request records."""
 
+import yaml
 from dagster import (
     AssetSelection,
     Config,
@@ -16,10 +17,26 @@ from batchinfer_dagster.ledger import create_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.resources.ledger import LedgerResource
 
+
+def launchpad_description(summary: str, op_name: str, example: Config) -> str:
+    """A job's description with the launchpad config to paste, as YAML (Markdown in the UI).
+
+    The YAML is made from ``example``, an instance of the op's own ``Config`` class, so it always
+    has the fields the job takes; a test validates it against the job's config schema.
+    """
+    config = {"ops": {op_name: {"config": example.model_dump(mode="json")}}}
+    snippet = yaml.safe_dump(config, sort_keys=False, default_flow_style=None).strip()
+    return f"{summary}\n\nLaunchpad config:\n\n```yaml\n{snippet}\n```"
+
+
 predictions_job = define_asset_job(
     "predictions_job",
     selection=AssetSelection.assets(predictions),
-    description="Predict one ledger batch (a partition of `predictions`).",
+    description=(
+        "Predict one ledger batch (a partition of `predictions`); the sensor launches one run "
+        "per batch.\n\nLaunchpad config: none. Pick the partition (the batch key) to run "
+        "again; its requests are predicted again in place."
+    ),
 )
 
 
@@ -57,7 +74,11 @@ def request_predictions(
 
 
 @job(
-    description="Request predictions of chosen record ids from the launchpad (config: record_ids)."
+    description=launchpad_description(
+        "Request predictions of chosen record ids; the sensor launches their `predictions` runs.",
+        "request_predictions",
+        RequestPredictionsConfig(record_ids=[1, 2, 3]),
+    )
 )
 def request_predictions_job() -> None:
     request_predictions()

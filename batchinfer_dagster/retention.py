@@ -20,6 +20,7 @@ from dagster import (
 from pydantic import Field
 
 from batchinfer_dagster import db
+from batchinfer_dagster.jobs import launchpad_description
 from batchinfer_dagster.ledger import old_settled_batches, prune_settled, settled_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES, new_batch_key
 from batchinfer_dagster.resources.ledger import LedgerResource
@@ -58,7 +59,13 @@ def prune_batch_partitions(
         context.log.info("deleted %d finished requests and %d settled batches", requests, deleted)
 
 
-@job(description="Prune old settled batch partitions and ledger rows; predictions are kept.")
+@job(
+    description=launchpad_description(
+        "Prune old settled batch partitions and ledger rows; predictions are kept.",
+        "prune_batch_partitions",
+        RetentionConfig(),
+    )
+)
 def retention_job() -> None:
     prune_batch_partitions()
 

@@ -9,9 +9,10 @@ the ack the messages' ack deadline is extended in the background, so a slow tick
 Partitions are registered by the tick itself, before the ack, rather than through
 ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after the function
 returns): when the ack happens, everything a redelivery could not recreate exists. Each tick then
-requests runs for batches written straight to the ledger (``request_predictions_job``),
-re-batches requests whose feature backoff passed and reconciles a bounded number of batches
-whose runs never started or failed.
+requests runs for batches written straight to the ledger (``request_predictions_job``), looks up
+requests waiting for features in the feature store (a run only for records that arrived;
+``ledger.feature_wait``) and reconciles a bounded number of batches whose runs never started or
+failed, or ended without settling them.
 """
 
 from collections.abc import Callable, Sequence
@@ -33,15 +34,19 @@ from dagster import (
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.asset_events import FEATURES
+from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
-from batchinfer_dagster.ledger.reconcile import RECONCILE_LIMIT, STALE_AFTER
+from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, RECONCILE_LIMIT, STALE_AFTER
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.resources.feature_store import FeatureStoreResource
 from batchinfer_dagster.resources.ledger import LedgerResource
 from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
+RUN_KEY_TAG = "dagster/run_key"
 
 # Longest wait for the dead-letter subscription, which is empty almost always.
 DEAD_LETTER_PULL_SECONDS = 1.0
@@ -65,6 +70,10 @@ class TickOutcome:
     # A failed ack-deadline extension: the tick's messages may be redelivered (not lost).
     lease_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
+    # Waiting requests looked up and still missing from the feature store (no batch, no run),
+    # and those whose feature wait ended with that look-up (dead letters).
+    still_waiting: int = 0
+    waited_out: int = 0
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
 
@@ -73,10 +82,18 @@ class TickOutcome:
             f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
             f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
             f"re-batched {len(self.rebatched)} batches, "
+            f"still waiting for features {self.still_waiting}, "
+            f"waited out {self.waited_out}, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
         problems = [p for p in (self.dead_letter_error, self.lease_error) if p]
         return "; ".join([summary, *problems])
+
+
+def newest_features_materialization(instance: DagsterInstance) -> str | None:
+    """The storage id of the newest ``features`` materialization, as the sensor's cursor."""
+    records = instance.fetch_materializations(FEATURES, limit=1).records
+    return str(records[0].storage_id) if records else None
 
 
 def run_key(batch_key: str, attempt: int) -> str:
@@ -84,32 +101,41 @@ def run_key(batch_key: str, attempt: int) -> str:
     return batch_key if attempt <= 1 else f"{batch_key}#{attempt}"
 
 
-def batches_in_flight(
+def current_runs(
     instance: DagsterInstance, candidates: Sequence[ledger.BatchState]
-) -> set[str]:
-    """Batch keys with an unfinished Dagster run (queued for the pool, starting or running).
+) -> dict[str, ledger.RunState]:
+    """What Dagster knows of each candidate batch's current run (``ledger.CurrentRuns``).
 
-    Runs are found by partition tag (sensor runs, UI re-materializations) and by the run id the
-    ledger stored (a run launched some other way has no partition tag): two indexed queries.
+    A batch is in flight when any run of its partition is unfinished (a sensor run queued for its
+    pool, a re-materialization from the UI). Its current run is the run of its current attempt
+    (run key ``run_key(batch, attempts)``) or, while it is running, the run that started it (the
+    ledger stores its id; a run launched another way has no partition tag): when that run is
+    finished and the batch is not settled, the run ended without settling it. Two indexed
+    queries: runs by partition tag, runs by id.
     """
     keys = [c.batch_key for c in candidates]
-    records = list(
-        instance.get_run_records(RunsFilter(tags={PARTITION_TAG: keys}, statuses=NOT_FINISHED))
-    )
-    keys_by_run: dict[str, list[str]] = {}
-    for candidate in candidates:
-        if candidate.run_id:
-            keys_by_run.setdefault(candidate.run_id, []).append(candidate.batch_key)
-    if keys_by_run:
-        records += instance.get_run_records(
-            RunsFilter(run_ids=list(keys_by_run), statuses=NOT_FINISHED)
-        )
-    in_flight: set[str] = set()
+    records = list(instance.get_run_records(RunsFilter(tags={PARTITION_TAG: keys})))
+    started_by = {
+        c.run_id: c for c in candidates if c.run_id and c.status == ledger.BatchStatus.RUNNING
+    }
+    if started_by:
+        records += instance.get_run_records(RunsFilter(run_ids=list(started_by)))
+    by_key = {c.batch_key: c for c in candidates}
+    states: dict[str, ledger.RunState] = {}
     for record in records:
         run = record.dagster_run
-        partition = run.tags.get(PARTITION_TAG)
-        in_flight.update([partition] if partition else keys_by_run[run.run_id])
-    return in_flight
+        started = started_by.get(run.run_id)
+        batch = started or by_key.get(run.tags.get(PARTITION_TAG, ""))
+        if batch is None:
+            continue
+        if run.status not in _FINISHED:
+            states[batch.batch_key] = ledger.RunState.IN_FLIGHT
+        elif states.get(batch.batch_key) is not ledger.RunState.IN_FLIGHT and (
+            started is not None
+            or run.tags.get(RUN_KEY_TAG) == run_key(batch.batch_key, batch.attempts)
+        ):
+            states[batch.batch_key] = ledger.RunState.FINISHED
+    return states
 
 
 def read_back_dead_letters(
@@ -151,11 +177,18 @@ def process_tick(
     policy: LedgerResource,
     queue: RequestQueue,
     *,
+    feature_store: FeatureStore,
+    features_changed: bool = False,
     clock: Callable[[], datetime] = db.utcnow,
     stale_after: timedelta = STALE_AFTER,
+    recheck_after: timedelta = RECHECK_AFTER,
     lease_seconds: int = 60,
 ) -> TickOutcome:
-    """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
+    """One sensor tick with explicit collaborators, so tests can inject a queue that fails.
+
+    ``features_changed``: the feature store was imported into since the last tick, so every
+    request waiting for features is looked up now rather than at its backoff.
+    """
     engine = policy.get_engine()
     require_database(engine)
     messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
@@ -179,17 +212,25 @@ def process_tick(
         queue_dead = 0
         dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
     requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
-    rebatched = ledger.rebatch_waiting(
-        engine, now=clock(), batch_size=policy.batch_size, limit=policy.max_pull
+    rechecked = ledger.recheck_waiting(
+        engine,
+        lambda record_ids: feature_store.fetch(record_ids).keys(),
+        now=clock(),
+        feature_wait=policy.feature_wait(),
+        batch_size=policy.batch_size,
+        limit=policy.max_pull,
+        wake=features_changed,
     )
+    rebatched = rechecked.batch_keys
     if rebatched or requested:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
     reconciled = ledger.reconcile(
         engine,
-        lambda candidates: batches_in_flight(instance, candidates),
+        lambda candidates: current_runs(instance, candidates),
         max_attempts=policy.max_attempts,
         now=clock(),
         stale_after=stale_after,
+        recheck_after=recheck_after,
     )
     retried = reconciled.retried
     if retried:
@@ -213,6 +254,8 @@ def process_tick(
         dead_letter_error=dead_letter_error,
         lease_error=extender.error,
         rebatched=rebatched,
+        still_waiting=rechecked.still_waiting,
+        waited_out=rechecked.dead_lettered,
         retried=retried,
         dead_lettered=reconciled.dead_lettered,
     )
@@ -229,16 +272,29 @@ def prediction_requests_sensor(
     context: SensorEvaluationContext,
     ledger: LedgerResource,
     request_queue: RequestQueueResource,
+    feature_store: FeatureStoreResource,
 ) -> SensorResult:
-    """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
-    with request_queue.open() as queue:
+    """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog.
+
+    The cursor is the storage id of the newest ``features`` materialization seen (from a run or
+    reported by ``batchinfer import-data``): a newer one wakes the requests waiting for features.
+    """
+    newest_import = newest_features_materialization(context.instance)
+    with request_queue.open() as queue, feature_store.open() as store:
         outcome = process_tick(
-            context.instance, ledger, queue, lease_seconds=request_queue.ack_deadline_seconds
+            context.instance,
+            ledger,
+            queue,
+            feature_store=store,
+            features_changed=newest_import is not None and newest_import != context.cursor,
+            lease_seconds=request_queue.ack_deadline_seconds,
         )
     for problem in (outcome.dead_letter_error, outcome.lease_error):
         if problem:
             context.log.warning(problem)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
-        return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))
-    return SensorResult(run_requests=outcome.run_requests)
+        return SensorResult(
+            skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"), cursor=newest_import
+        )
+    return SensorResult(run_requests=outcome.run_requests, cursor=newest_import)

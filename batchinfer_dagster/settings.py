@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import platformdirs
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -32,6 +33,19 @@ from batchinfer_protocol.zero_shot import (
 PUBSUB_ACK_DEADLINE_SECONDS = (10, 600)
 PUBSUB_DELIVERY_ATTEMPTS = (5, 100)
 ENV_PREFIX = "BATCHINFER_"
+
+
+def default_home() -> Path:
+    """Where batchinfer keeps its state when ``BATCHINFER_HOME`` is unset: the user data directory.
+
+    The platform's own place for an application's data (``$XDG_DATA_HOME/batchinfer``, by default
+    ``~/.local/share/batchinfer`` on Linux; ``~/Library/Application Support/batchinfer`` on
+    macOS), as ``platformdirs`` resolves it. Not the current directory: ``batchinfer status`` run
+    from any folder reads the same database, and a venv installed without the repository (a
+    wheel, an image) has a home too. Not the repository: the package does not know where a clone
+    is once installed.
+    """
+    return platformdirs.user_data_path("batchinfer")
 
 
 class SettingsError(ValueError):
@@ -73,8 +87,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BATCHINFER_", frozen=True, extra="ignore")
 
-    home: Path = Path(".batchinfer")
+    # Absolute once loaded: a relative BATCHINFER_HOME is resolved against the directory it was
+    # given in, so the commands of one shell agree wherever they run.
+    home: Path = Field(default_factory=default_home)
     database_url: str | None = None
+    # Dagster's instance directory; the CLI records its asset events there, so the UI that
+    # `make run` serves shows what the CLI did. Unset: $BATCHINFER_HOME/dagster.
+    dagster_home: Path | None = Field(
+        default=None, validation_alias=AliasChoices("DAGSTER_HOME", "dagster_home")
+    )
 
     queue: Literal["local", "pubsub"] = "local"
     pubsub_project: str = "local-project"
@@ -134,6 +155,11 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as error:
             raise SettingsError(settings_error_line(error)) from None
+
+    @field_validator("home", "dagster_home")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -208,6 +234,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def resolved_dagster_home(self) -> Path:
+        """Dagster's instance directory: ``DAGSTER_HOME`` or ``$BATCHINFER_HOME/dagster``."""
+        return self.dagster_home or self.home / "dagster"
+
     @cached_property
     def label_descriptions(self) -> LabelDescriptions:
         """The descriptions file's ``{label: (description, ...)}``; empty when none is set.
@@ -233,6 +264,40 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'batchinfer.db').resolve()}"
+
+    def state_locations(self) -> dict[str, str]:
+        """Where this configuration keeps its state, for ``batchinfer status`` and ``where``.
+
+        Shape: ``{"home", "dagster_home", "database", "queue", "feature_store", "model_url"}``,
+        each a path, a URL with its password hidden, or ``local (...)`` naming the table.
+        """
+        import sqlalchemy as sa  # only here: settings stay importable without the database stack
+
+        database = sa.make_url(self.resolved_database_url).render_as_string(hide_password=True)
+        if self.queue == "pubsub":
+            where = f"emulator {self.pubsub_emulator_host}" if self.pubsub_emulator_host else "GCP"
+            queue = (
+                f"pubsub projects/{self.pubsub_project}/topics/{self.pubsub_topic} "
+                f"(subscription {self.pubsub_subscription}, {where})"
+            )
+        else:
+            queue = "local (table queue_messages in the database)"
+        if self.feature_store == "vertex":
+            feature_store = (
+                f"vertex projects/{self.vertex_project}/locations/{self.vertex_region}/"
+                f"featureOnlineStores/{self.vertex_online_store}/featureViews/"
+                f"{self.vertex_feature_view}"
+            )
+        else:
+            feature_store = "local (table features in the database)"
+        return {
+            "home": str(self.home),
+            "dagster_home": str(self.resolved_dagster_home),
+            "database": database,
+            "queue": queue,
+            "feature_store": feature_store,
+            "model_url": self.model_url,
+        }
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -90,7 +90,7 @@ locals {
 
   # The image's dagster.yaml names the run-worker job literally (CloudRunRunLauncher takes no
   # environment variable there): the job Terraform creates must be that one.
-  dagster_yaml_run_worker_job = yamldecode(file("${path.module}/../dagster.yaml")).run_launcher.config.job_name_by_code_location.batchinfer_dagster
+  dagster_yaml_run_worker_job = yamldecode(file("${path.module}/../deploy/dagster.yaml")).run_launcher.config.job_name_by_code_location.batchinfer_dagster
 
   # Secret environment: variable name -> Secret Manager secret id.
   dagster_secret_env = {

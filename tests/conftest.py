@@ -45,6 +45,25 @@ def emulator() -> Iterator[PubSubEmulator]:
         os.environ["PUBSUB_EMULATOR_HOST"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scratch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A ``BATCHINFER_HOME`` for the session: no test writes to the user's own data directory.
+
+    ``DAGSTER_HOME`` is unset for the same reason (the CLI records asset events there); tests
+    that need a Dagster instance make their own.
+    """
+    saved = {name: os.environ.get(name) for name in ("BATCHINFER_HOME", "DAGSTER_HOME")}
+    home = tmp_path_factory.mktemp("batchinfer-home")
+    os.environ["BATCHINFER_HOME"] = str(home)
+    os.environ.pop("DAGSTER_HOME", None)
+    yield home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_names)}"
 

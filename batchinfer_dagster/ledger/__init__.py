@@ -25,13 +25,20 @@ from batchinfer_dagster.ledger.dead_letters import (
     record_queue_dead_letters,
     resolve_dead_letters,
 )
+from batchinfer_dagster.ledger.feature_wait import (
+    WAITING_REASON,
+    FeatureLookup,
+    RecheckOutcome,
+    WaitingRequest,
+    recheck_waiting,
+    waiting_requests,
+)
 from batchinfer_dagster.ledger.intake import (
     IngestResult,
     classify_messages,
     count_attempt,
     create_batches,
     ingest_messages,
-    rebatch_waiting,
     request_new_batches,
 )
 from batchinfer_dagster.ledger.messages import (
@@ -49,7 +56,9 @@ from batchinfer_dagster.ledger.messages import (
 from batchinfer_dagster.ledger.readback import batch_record_ids, read_predictions
 from batchinfer_dagster.ledger.reconcile import (
     BatchState,
+    CurrentRuns,
     ReconcileOutcome,
+    RunState,
     batches_to_reconcile,
     reconcile,
     touch_batches,
@@ -97,7 +106,11 @@ __all__ = [
     "DeadLetterSource",
     "IngestResult",
     "InvalidRequestError",
+    "FeatureLookup",
+    "RecheckOutcome",
     "ReconcileOutcome",
+    "CurrentRuns",
+    "RunState",
     "RequestStatus",
     "Settlement",
     "UnknownBatchError",
@@ -114,7 +127,10 @@ __all__ = [
     "parse_record_id",
     "prune_settled",
     "read_predictions",
-    "rebatch_waiting",
+    "recheck_waiting",
+    "waiting_requests",
+    "WAITING_REASON",
+    "WaitingRequest",
     "reconcile",
     "request_key",
     "request_new_batches",

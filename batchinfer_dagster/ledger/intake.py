@@ -1,8 +1,8 @@
 """Intake: requests into the ledger, grouped into ledger batches, in one transaction each.
 
 The sensor's pull (``ingest_messages``), requests for chosen records from the launchpad
-(``create_batches``), the first run request of such batches (``request_new_batches``), and the
-re-batching of requests whose feature backoff passed (``rebatch_waiting``).
+(``create_batches``), the first run request of such batches (``request_new_batches``).
+Requests waiting for features join new batches through ``feature_wait.recheck_waiting``.
 """
 
 from __future__ import annotations
@@ -232,29 +232,3 @@ def request_new_batches(engine: Engine, *, now: datetime, limit: int) -> dict[st
             ).scalars()
         )
     return count_attempt(engine, keys, now=now) if keys else {}
-
-
-def rebatch_waiting(engine: Engine, *, now: datetime, batch_size: int, limit: int) -> list[str]:
-    """Put requests whose feature backoff has passed into new batches; returns the batch keys."""
-    table = db.prediction_requests
-    with engine.begin() as connection:
-        keys = list(
-            connection.execute(
-                sa.select(table.c.message_id)
-                .where(table.c.status == RequestStatus.WAITING_FEATURES, table.c.not_before <= now)
-                .order_by(table.c.not_before)
-                .limit(limit)
-            ).scalars()
-        )
-        groups = chunk_list(keys, batch_size)
-        batch_keys = new_batches(connection, len(groups), now)
-        for batch_key, group in zip(batch_keys, groups, strict=True):
-            connection.execute(
-                sa.update(table)
-                .where(
-                    table.c.message_id.in_(group),
-                    may_leave_for(table.c.status, RequestStatus.QUEUED),
-                )
-                .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
-            )
-    return batch_keys

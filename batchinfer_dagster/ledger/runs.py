@@ -145,7 +145,7 @@ def write_predictions(
     )
 
 
-def _settle_missing(
+def settle_missing(
     connection: Connection,
     missing: Sequence[BatchRequest],
     *,
@@ -244,7 +244,7 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             source=DeadLetterSource.MODEL,
             reasons={r.message_id: refusals[r.record_id] for r in refused},
         )
-        waiting, dead = _settle_missing(
+        waiting, dead = settle_missing(
             connection, missing, feature_wait=settlement.feature_wait, now=now
         )
         dead += len(refused)

@@ -48,8 +48,9 @@ _B = BatchStatus
 REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     # Re-batched after its feature backoff.
     _R.QUEUED: frozenset({_R.WAITING_FEATURES}),
-    # Its record is missing from the feature store (again, on a re-materialization).
-    _R.WAITING_FEATURES: frozenset({_R.QUEUED, _R.DONE}),
+    # Its record is missing from the feature store (again, on a re-materialization), or is
+    # still missing when the sensor looks it up again (``feature_wait.recheck_waiting``).
+    _R.WAITING_FEATURES: frozenset({_R.QUEUED, _R.DONE, _R.WAITING_FEATURES}),
     # Predicted; a re-materialization recomputes done and dead-lettered requests in place.
     _R.DONE: frozenset({_R.QUEUED, _R.DONE, _R.DEAD_LETTERED}),
     _R.DEAD_LETTERED: frozenset({_R.QUEUED, _R.WAITING_FEATURES, _R.DONE}),

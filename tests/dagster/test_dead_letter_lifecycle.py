@@ -166,7 +166,12 @@ def test_a_missing_dead_letter_subscription_is_reported_and_intake_goes_on(
     publish_json(settings, [{"id": 1}, "malformed"])
     queue = open_queue(settings)
     try:
-        outcome = process_tick(instance, resources_of(settings)["ledger"], queue)
+        outcome = process_tick(
+            instance,
+            resources_of(settings)["ledger"],
+            queue,
+            feature_store=local_feature_store(settings),
+        )
     finally:
         queue.close()
 

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DefaultSensorStatus, Definitions, EnvVar
+import yaml
+from dagster import (
+    AssetKey,
+    DefaultSensorStatus,
+    Definitions,
+    EnvVar,
+    validate_run_config,
+)
 
 from batchinfer_dagster.definitions import defs
 from batchinfer_dagster.deployments import resources_for
@@ -127,3 +134,19 @@ def test_the_code_location_shows_the_database_url_as_an_env_var(
     assert "secret" not in repr(shown.database_url)
     assert shown.database_url == EnvVar("BATCHINFER_DATABASE_URL")
     assert "secret" in resources_for(settings).database.url()  # the CLI resolves it itself
+
+
+def test_every_job_shows_its_launchpad_config_and_it_is_valid() -> None:
+    """The YAML in each job's description is what the launchpad accepts for that job."""
+    for job in defs.resolve_all_job_defs():
+        if job.name.startswith("__"):  # Dagster's implicit asset job
+            continue
+        assert "Launchpad config" in (job.description or ""), job.name
+        if "```yaml" not in job.description:
+            validate_run_config(job, {})  # needs none: raises if it did
+            continue
+        snippet = job.description.split("```yaml\n", 1)[1].split("```", 1)[0]
+        run_config = yaml.safe_load(snippet)
+        assert validate_run_config(job, run_config), job.name
+    request = defs.resolve_job_def("request_predictions_job").description
+    assert "record_ids: [1, 2, 3]" in request

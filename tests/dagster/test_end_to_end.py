@@ -174,7 +174,7 @@ def postgres_instance(
     """
     name = unique_name("dagster")
     postgres.create_database(name)
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
     config.pop("compute_logs")
     config.pop("run_launcher")
     config["storage"]["postgres"]["postgres_db"].pop("params")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import sqlalchemy as sa
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, materialize
 
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.assets import data_points, features
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.processes import free_port
-from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.records import add_records
+from batchinfer_dagster.sensors import TickOutcome, newest_features_materialization, process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
@@ -23,6 +26,7 @@ from batchinfer_testing.deployment import (
     rows,
 )
 from batchinfer_testing.queues import FaultInjectingQueue
+from tests.test_cli import run as run_cli
 
 
 def add_features(settings: Settings, record_ids: range | list[int]) -> None:
@@ -65,7 +69,12 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
     publish_json(pipeline_settings, [{"id": i} for i in range(1, 7)])
     crashing = FaultInjectingQueue(open_queue(pipeline_settings), "crash-at-ack")
     try:
-        process_tick(instance, resources_of(pipeline_settings)["ledger"], crashing)
+        process_tick(
+            instance,
+            resources_of(pipeline_settings)["ledger"],
+            crashing,
+            feature_store=local_feature_store(pipeline_settings),
+        )
         raise AssertionError("the ack should have crashed the tick")
     except ConnectionAbortedError:
         pass
@@ -253,7 +262,12 @@ def test_stale_batch_without_run_gets_a_new_run_request(
     queue = open_queue(pipeline_settings)
     try:
         outcome = process_tick(
-            instance, resources_of(pipeline_settings)["ledger"], queue, stale_after=timedelta(0)
+            instance,
+            resources_of(pipeline_settings)["ledger"],
+            queue,
+            feature_store=local_feature_store(pipeline_settings),
+            stale_after=timedelta(0),
+            recheck_after=timedelta(0),
         )
     finally:
         queue.close()
@@ -261,3 +275,60 @@ def test_stale_batch_without_run_gets_a_new_run_request(
         (lost.partition_key, f"{lost.partition_key}#2")
     ]
     assert instance.has_dynamic_partition(PREDICTION_BATCHES, lost.partition_key)
+
+
+def test_an_unknown_id_waits_without_partitions_or_runs_and_is_predicted_after_an_import(
+    instance: DagsterInstance, pipeline_settings: Settings
+) -> None:
+    """`publish '{"id": "1"}'` before record 1 exists: one run finds no features; while it waits
+    the sensor looks it up without a partition or a run; an import wakes it at once."""
+    settings = pipeline_settings
+    publish_json(settings, [{"id": "1"}])
+    first = sensor_tick(instance, settings)
+    [result] = execute_runs(instance, settings, first.run_requests)
+    assert result.success
+    [request] = rows(settings, db.prediction_requests)
+    assert request.status == ledger.RequestStatus.WAITING_FEATURES
+    partitions = set(instance.get_dynamic_partitions(PREDICTION_BATCHES))
+    runs = instance.get_runs_count()
+
+    def tick(at: timedelta, *, features_changed: bool) -> TickOutcome:
+        queue = open_queue(settings)
+        try:
+            return process_tick(
+                instance,
+                resources_of(settings)["ledger"],
+                queue,
+                feature_store=local_feature_store(settings),
+                features_changed=features_changed,
+                clock=lambda: request.received_at + at,
+            )
+        finally:
+            queue.close()
+
+    # Backoff passed, still missing: looked up, but no batch, partition or run.
+    for at in (timedelta(seconds=61), timedelta(seconds=300)):
+        waiting = tick(at, features_changed=False)
+        assert (waiting.run_requests, waiting.still_waiting) == ([], 1)
+    assert set(instance.get_dynamic_partitions(PREDICTION_BATCHES)) == partitions
+    assert instance.get_runs_count() == runs
+    assert rows(settings, db.prediction_batches).__len__() == 1
+    status = json.loads(run_cli(settings, "status").stdout)
+    [shown] = status["waiting_for_features"]
+    assert (shown["record_id"], shown["reason"]) == (1, ledger.WAITING_REASON)
+    assert shown["dead_letter_at"] == (request.received_at + timedelta(seconds=600)).isoformat()
+    letters = [json.loads(line) for line in run_cli(settings, "dead-letters").stdout.splitlines()]
+    assert [letter["waiting"]["record_id"] for letter in letters] == [1]
+
+    # The record is added and imported (from Dagster here; the CLI reports the same event).
+    add_records(engine_of(settings), ["I was charged twice, please refund"])
+    resources = resources_of(settings)
+    assert materialize([features, data_points], instance=instance, resources=resources).success
+    newest = newest_features_materialization(instance)
+    woken = tick(timedelta(seconds=301), features_changed=newest is not None)
+    assert len(woken.run_requests) == 1  # before its backoff (301 s < 300 s + 10 s)
+    [predicted] = execute_runs(instance, settings, woken.run_requests)
+    assert predicted.success
+    [done] = rows(settings, db.prediction_requests)
+    assert done.status == ledger.RequestStatus.DONE
+    assert len(rows(settings, db.predictions)) == 1

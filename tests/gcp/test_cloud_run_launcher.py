@@ -51,7 +51,7 @@ def instance(
     clients pointed at the fake."""
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
     monkeypatch.setenv("GOOGLE_CLOUD_REGION", "europe-west4")
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
     config["compute_logs"] = {
         "module": "dagster._core.storage.local_compute_log_manager",

@@ -34,12 +34,12 @@ def pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def production_config() -> dict:
-    return yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    return yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
 
 
 @pytest.mark.usefixtures("pg_env")
 def test_dagster_yaml_passes_the_instance_schema() -> None:
-    config, custom_class = dagster_instance_config(str(ROOT))
+    config, custom_class = dagster_instance_config(str(ROOT / "deploy"))
     assert custom_class is None
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["run_launcher"]["class"] == "CloudRunRunLauncher"

@@ -278,7 +278,7 @@ def test_dagster_runs_in_the_vpc_with_its_secrets_each_as_its_own_account() -> N
 
 
 def test_dagster_yaml_variables_are_all_set() -> None:
-    dagster_yaml = yaml.safe_load((TERRAFORM.parent / "dagster.yaml").read_text())
+    dagster_yaml = yaml.safe_load((TERRAFORM.parent / "deploy" / "dagster.yaml").read_text())
     needed = {node["env"] for node in walk_dicts(dagster_yaml) if isinstance(node.get("env"), str)}
     needed -= {"PATH"}  # the image's own
     provided = set(local_values()["dagster_pg_env"]) | set(local_values()["dagster_secret_env"])
@@ -505,7 +505,7 @@ def test_database_connections_verify_the_server() -> None:
         "${local.cloudsql_ca_dir}", local_values()["cloudsql_ca_dir"]
     )
     assert options.endswith(f"sslrootcert={ca_file}".replace(ca_file, "${local.cloudsql_ca_file}"))
-    dagster_yaml = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    dagster_yaml = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     params = dagster_yaml["storage"]["postgres"]["postgres_db"]["params"]
     assert params == {"sslmode": "verify-ca", "sslrootcert": ca_file}
     for key, template in cloud_run_workloads().items():

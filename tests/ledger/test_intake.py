@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.queue import ReceivedMessage
@@ -61,21 +64,78 @@ def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: 
     ]
 
 
-def test_rebatch_waiting_only_after_backoff(app_settings: Settings) -> None:
-    engine = engine_of(app_settings)
-    result = ledger.ingest_messages(
-        engine, [message("1", b'{"id": 1}')], queue="local", batch_size=4, now=NOW
-    )
+def wait_for_features(engine: sa.Engine, not_before: datetime) -> None:
     table = db.prediction_requests
     with engine.begin() as connection:
         connection.execute(
             table.update().values(
-                status=ledger.RequestStatus.WAITING_FEATURES, not_before=NOW + timedelta(seconds=10)
+                status=ledger.RequestStatus.WAITING_FEATURES, not_before=not_before, attempts=1
             )
         )
-    assert ledger.rebatch_waiting(engine, now=NOW, batch_size=4, limit=100) == []
-    keys = ledger.rebatch_waiting(engine, now=NOW + timedelta(seconds=10), batch_size=4, limit=100)
-    assert len(keys) == 1
-    assert keys != result.batch_keys
-    (request,) = rows(app_settings, table)
-    assert (request.batch_key, request.status) == (keys[0], ledger.RequestStatus.QUEUED)
+
+
+def test_recheck_waiting_batches_only_records_that_arrived_after_backoff(
+    app_settings: Settings,
+) -> None:
+    engine = engine_of(app_settings)
+    messages = [message("1", b'{"id": 1}'), message("2", b'{"id": 2}')]
+    result = ledger.ingest_messages(engine, messages, queue="local", batch_size=4, now=NOW)
+    wait_for_features(engine, NOW + timedelta(seconds=10))
+    looked_up: list[list[int]] = []
+
+    def lookup(record_ids: list[int]) -> set[int]:
+        looked_up.append(list(record_ids))
+        return {1}  # record 1 arrived in the feature store, record 2 did not
+
+    recheck = functools.partial(
+        ledger.recheck_waiting,
+        engine,
+        lookup,
+        feature_wait=timedelta(seconds=600),
+        batch_size=4,
+        limit=100,
+    )
+    assert recheck(now=NOW + timedelta(seconds=9)) == ledger.RecheckOutcome()
+    assert looked_up == []  # not due: not even looked up
+
+    due = NOW + timedelta(seconds=10)
+    outcome = recheck(now=due)
+    assert looked_up == [[1, 2]]
+    assert (len(outcome.batch_keys), outcome.still_waiting, outcome.dead_lettered) == (1, 1, 0)
+    assert outcome.batch_keys != result.batch_keys
+    first, second = sorted(rows(app_settings, db.prediction_requests), key=lambda r: r.record_id)
+    assert (first.batch_key, first.status) == (outcome.batch_keys[0], ledger.RequestStatus.QUEUED)
+    # Still missing: no batch, its backoff moved on (attempt 2: 10 s).
+    assert second.batch_key == result.batch_keys[0]
+    assert (second.status, second.attempts) == (ledger.RequestStatus.WAITING_FEATURES, 2)
+    assert second.not_before == due + ledger.feature_backoff(1)
+    assert len(rows(app_settings, db.prediction_batches)) == 2  # the first and the one re-batch
+
+
+def test_recheck_waiting_wakes_on_an_import_and_dead_letters_after_the_wait(
+    app_settings: Settings,
+) -> None:
+    engine = engine_of(app_settings)
+    ledger.ingest_messages(
+        engine, [message("1", b'{"id": 1}')], queue="local", batch_size=4, now=NOW
+    )
+    wait_for_features(engine, NOW + timedelta(seconds=60))
+
+    def recheck(now: datetime, *, wake: bool) -> ledger.RecheckOutcome:
+        return ledger.recheck_waiting(
+            engine,
+            lambda ids: set(),
+            now=now,
+            feature_wait=timedelta(seconds=600),
+            batch_size=4,
+            limit=100,
+            wake=wake,
+        )
+
+    assert recheck(NOW + timedelta(seconds=1), wake=False).still_waiting == 0  # not due
+    assert recheck(NOW + timedelta(seconds=1), wake=True).still_waiting == 1  # an import woke it
+    wait_for_features(engine, NOW)
+    late = recheck(NOW + timedelta(seconds=600), wake=False)
+    assert (late.batch_keys, late.still_waiting, late.dead_lettered) == ([], 0, 1)
+    [letter] = rows(app_settings, db.dead_letters)
+    assert (letter.reason, letter.record_id) == (ledger.UNKNOWN_RECORD, 1)

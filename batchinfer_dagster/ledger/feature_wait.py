@@ -1,0 +1,153 @@
+"""The feature wait: requests whose record is not in the feature store yet, looked up again.
+
+A run that finds no features for a record leaves its request ``waiting_features`` with a
+``not_before`` (``runs.settle_missing``: 5 s doubling to 60 s, never past the wait's end). The
+sensor looks such requests up here, in the feature store itself, before it spends a partition and
+a run on them: a record that arrived goes into a new ledger batch; one still missing only moves
+its ``not_before`` on (no batch, no partition, no run) or, once ``BATCHINFER_FEATURE_WAIT_SECONDS``
+passed since it was received, becomes a dead letter ``unknown record id``. An import into the
+feature store wakes every waiting request at once (``wake``), whatever its backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from batchinfer_dagster import db
+from batchinfer_dagster.chunks import chunk_list, chunked
+from batchinfer_dagster.ledger.intake import new_batches
+from batchinfer_dagster.ledger.runs import settle_missing
+from batchinfer_dagster.ledger.states import RequestStatus, may_leave_for
+
+# Record ids -> those of them the feature store holds (``FeatureStore.fetch``'s keys).
+FeatureLookup = Callable[[Sequence[int]], Collection[int]]
+
+
+@dataclass(frozen=True)
+class RecheckOutcome:
+    """What one look-up of waiting requests did."""
+
+    batch_keys: list[str] = field(default_factory=list)
+    still_waiting: int = 0
+    dead_lettered: int = 0
+
+
+def recheck_waiting(
+    engine: Engine,
+    lookup: FeatureLookup,
+    *,
+    now: datetime,
+    feature_wait: timedelta,
+    batch_size: int,
+    limit: int,
+    wake: bool = False,
+) -> RecheckOutcome:
+    """Look up waiting requests that are due (all of them with ``wake``), at most ``limit``.
+
+    Returns the new batch keys (one run each), how many still wait and how many became dead
+    letters. The feature store is asked once for the distinct record ids, outside the ledger
+    transaction; every status change keeps to the request state machine, so a request that moved
+    on meanwhile is left alone.
+    """
+    table = db.prediction_requests
+    query = (
+        sa.select(
+            table.c.message_id,
+            table.c.record_id,
+            table.c.received_at,
+            table.c.attempts,
+        )
+        .where(table.c.status == RequestStatus.WAITING_FEATURES)
+        .order_by(table.c.not_before)
+        .limit(limit)
+    )
+    if not wake:
+        query = query.where(table.c.not_before <= now)
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    if not rows:
+        return RecheckOutcome()
+    present = set(lookup(sorted({row.record_id for row in rows})))
+    ready = [row.message_id for row in rows if row.record_id in present]
+    missing = [row for row in rows if row.record_id not in present]
+    with engine.begin() as connection:
+        groups = chunk_list(ready, batch_size)
+        batch_keys = new_batches(connection, len(groups), now)
+        for batch_key, group in zip(batch_keys, groups, strict=True):
+            for chunk in chunked(group, db.IN_CHUNK):
+                connection.execute(
+                    sa.update(table)
+                    .where(
+                        table.c.message_id.in_(chunk),
+                        may_leave_for(table.c.status, RequestStatus.QUEUED),
+                    )
+                    .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
+                )
+        waiting, dead = settle_missing(connection, missing, feature_wait=feature_wait, now=now)
+    return RecheckOutcome(batch_keys, waiting, dead)
+
+
+WAITING_REASON = "record not in the feature store yet"
+
+
+@dataclass(frozen=True)
+class WaitingRequest:
+    """A request waiting for its record's features, as ``status`` and ``dead-letters`` show it.
+
+    ``next_lookup_at``: when the sensor looks it up again (sooner after an import);
+    ``dead_letter_at``: when it becomes a dead letter ``unknown record id`` if still missing.
+    """
+
+    message_id: str
+    record_id: int
+    reason: str
+    received_at: datetime
+    next_lookup_at: datetime | None
+    dead_letter_at: datetime
+
+    def document(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "record_id": self.record_id,
+            "reason": self.reason,
+            "received_at": self.received_at.isoformat(),
+            "next_lookup_at": self.next_lookup_at.isoformat() if self.next_lookup_at else None,
+            "dead_letter_at": self.dead_letter_at.isoformat(),
+        }
+
+
+def waiting_requests(
+    engine: Engine, *, feature_wait: timedelta, limit: int
+) -> tuple[list[WaitingRequest], int]:
+    """The ``limit`` waiting requests nearest their deadline, and how many wait in all."""
+    table = db.prediction_requests
+    waiting = table.c.status == RequestStatus.WAITING_FEATURES
+    with engine.connect() as connection:
+        total = connection.execute(
+            sa.select(sa.func.count()).select_from(table).where(waiting)
+        ).scalar_one()
+        rows = connection.execute(
+            sa.select(
+                table.c.message_id, table.c.record_id, table.c.received_at, table.c.not_before
+            )
+            .where(waiting)
+            .order_by(table.c.received_at, table.c.message_id)
+            .limit(limit)
+        ).all()
+    shown = [
+        WaitingRequest(
+            message_id=row.message_id,
+            record_id=row.record_id,
+            reason=WAITING_REASON,
+            received_at=row.received_at,
+            next_lookup_at=row.not_before,
+            dead_letter_at=row.received_at + feature_wait,
+        )
+        for row in rows
+    ]
+    return shown, total
