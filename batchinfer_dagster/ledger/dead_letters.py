@@ -24,7 +24,7 @@ from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
-    may_become,
+    may_leave_for,
 )
 
 UNKNOWN_RECORD = "unknown record id"
@@ -55,7 +55,7 @@ def dead_letter_requests(
         sa.update(table)
         .where(
             table.c.message_id == sa.bindparam("key"),
-            table.c.status.in_(may_become(RequestStatus.DEAD_LETTERED)),
+            may_leave_for(table.c.status, RequestStatus.DEAD_LETTERED),
         )
         .values(status=RequestStatus.DEAD_LETTERED, error=sa.bindparam("why"), updated_at=now),
         [
@@ -94,7 +94,7 @@ def dead_letter_batch(engine: Engine, batch_key: str, *, reason: str, now: datet
             sa.update(batches)
             .where(
                 batches.c.batch_key == batch_key,
-                batches.c.status.in_(may_become(BatchStatus.DEAD_LETTERED)),
+                may_leave_for(batches.c.status, BatchStatus.DEAD_LETTERED),
             )
             .values(status=BatchStatus.DEAD_LETTERED, updated_at=now)
         )

@@ -26,7 +26,7 @@ from batchinfer_dagster.ledger.messages import (
     parse_record_id,
     request_key,
 )
-from batchinfer_dagster.ledger.states import BatchStatus, RequestStatus, may_become
+from batchinfer_dagster.ledger.states import BatchStatus, RequestStatus, may_leave_for
 from batchinfer_dagster.partitions import new_batch_key
 
 
@@ -205,7 +205,7 @@ def count_attempt(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -
                 sa.update(table)
                 .where(
                     table.c.batch_key.in_(chunk),
-                    table.c.status.in_(may_become(BatchStatus.QUEUED)),
+                    may_leave_for(table.c.status, BatchStatus.QUEUED),
                 )
                 .values(status=BatchStatus.QUEUED, attempts=table.c.attempts + 1, updated_at=now)
             )
@@ -253,7 +253,7 @@ def rebatch_waiting(engine: Engine, *, now: datetime, batch_size: int, limit: in
                 sa.update(table)
                 .where(
                     table.c.message_id.in_(group),
-                    table.c.status.in_(may_become(RequestStatus.QUEUED)),
+                    may_leave_for(table.c.status, RequestStatus.QUEUED),
                 )
                 .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
             )

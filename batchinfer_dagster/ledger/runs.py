@@ -25,7 +25,7 @@ from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
-    may_become,
+    may_leave_for,
 )
 from batchinfer_protocol.zero_shot import Prediction
 
@@ -96,7 +96,7 @@ def fail_batch(engine: Engine, batch_key: str, *, error: str, now: datetime) -> 
             sa.update(batches)
             .where(
                 batches.c.batch_key == batch_key,
-                batches.c.status.in_(may_become(BatchStatus.FAILED)),
+                may_leave_for(batches.c.status, BatchStatus.FAILED),
             )
             .values(status=BatchStatus.FAILED, updated_at=now)
         )
@@ -162,7 +162,7 @@ def _settle_missing(
             sa.update(table)
             .where(
                 table.c.message_id == sa.bindparam("key"),
-                table.c.status.in_(may_become(RequestStatus.WAITING_FEATURES)),
+                may_leave_for(table.c.status, RequestStatus.WAITING_FEATURES),
             )
             .values(
                 status=RequestStatus.WAITING_FEATURES,
@@ -231,7 +231,7 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 sa.update(table)
                 .where(
                     table.c.message_id.in_(chunk),
-                    table.c.status.in_(may_become(RequestStatus.DONE)),
+                    may_leave_for(table.c.status, RequestStatus.DONE),
                 )
                 .values(status=RequestStatus.DONE, error=None, updated_at=now)
             )
@@ -253,7 +253,7 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             sa.update(batches)
             .where(
                 batches.c.batch_key == settlement.batch_key,
-                batches.c.status.in_(may_become(BatchStatus.SUCCEEDED)),
+                may_leave_for(batches.c.status, BatchStatus.SUCCEEDED),
             )
             .values(status=BatchStatus.SUCCEEDED, updated_at=now)
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import sqlalchemy as sa
+
 
 class RequestStatus(StrEnum):
     """``prediction_requests.status``."""
@@ -71,3 +73,12 @@ def may_become(target: RequestStatus | BatchStatus) -> list[str]:
     if isinstance(target, RequestStatus):
         return sorted(REQUEST_TRANSITIONS[target])
     return sorted(BATCH_TRANSITIONS[target])
+
+
+def may_leave_for(column: sa.Column, target: RequestStatus | BatchStatus) -> sa.ColumnElement[bool]:
+    """WHERE ``column`` holds a status that may become ``target``.
+
+    Written as ORed equalities rather than ``IN``: an expanding ``IN`` cannot be used in the
+    executemany updates that settle many requests with their own values.
+    """
+    return sa.or_(*(column == status for status in may_become(target)))
