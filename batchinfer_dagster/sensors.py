@@ -54,6 +54,9 @@ class TickOutcome:
     run_requests: list[RunRequest] = field(default_factory=list)
     pulled: int = 0
     accepted: int = 0
+    # Accepted requests waiting for their batch to close (ledger/closing.py).
+    pending: int = 0
+    batches: int = 0
     redelivered: int = 0
     malformed: int = 0
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
@@ -65,7 +68,8 @@ class TickOutcome:
 
     def summary(self) -> str:
         summary = (
-            f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
+            f"pulled {self.pulled}, accepted {self.accepted}, closed {self.batches} batches, "
+            f"pending {self.pending}, redelivered {self.redelivered}, "
             f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
             f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
@@ -131,8 +135,14 @@ def process_tick(
     """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
     engine = policy.get_engine()
     messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
+    closing = policy.batch_closing()
     ingest = ledger.ingest_messages(
-        engine, messages, queue=queue.kind, batch_size=policy.batch_size, now=clock()
+        engine,
+        messages,
+        queue=queue.kind,
+        batch_size=closing.max_size,
+        max_wait=closing.max_wait,
+        now=clock(),
     )
     if ingest.batch_keys or ingest.resumed:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
@@ -175,6 +185,8 @@ def process_tick(
         run_requests=run_requests,
         pulled=len(messages),
         accepted=ingest.accepted,
+        pending=ingest.pending,
+        batches=len(ingest.batch_keys),
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,

@@ -109,7 +109,11 @@ class Settings(BaseSettings):
     multi_label: bool = False
     hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
 
-    batch_size: int = Field(default=512, ge=1)
+    # A ledger batch closes at batch_size requests or when its oldest request has waited
+    # batch_max_wait_seconds (ledger/closing.py): large runs in a backlog, quick answers to a
+    # trickle. docs/capacity.md derives both from the measured run start-up and model speed.
+    batch_size: int = Field(default=4096, ge=1)
+    batch_max_wait_seconds: float = Field(default=15.0, ge=0)
     max_pull: int = Field(default=5000, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     feature_wait_seconds: float = Field(default=600.0, ge=0)
