@@ -104,7 +104,8 @@ def feature_store_for(settings: Settings, database: DatabaseResource) -> Feature
             online_store=settings.vertex_online_store,
             feature_view=settings.vertex_feature_view,
             bigquery_table=settings.vertex_bigquery_table or "",
-            api_endpoint=settings.vertex_api_endpoint,
+            admin_endpoint=settings.vertex_admin_endpoint,
+            serving_endpoint=settings.vertex_serving_endpoint,
             sync_timeout_seconds=settings.vertex_sync_timeout_seconds,
         )
     return LocalFeatureStoreResource(database=database)
@@ -120,7 +121,10 @@ def model_server_for(settings: Settings) -> ModelServerResource:
     }
     if settings.model_url.startswith("vertex://"):
         return VertexModelEndpoint(
-            url=settings.model_url, api_endpoint=settings.vertex_api_endpoint, **request
+            url=settings.model_url,
+            api_endpoint=settings.vertex_prediction_endpoint,
+            max_request_bytes=settings.model_max_request_bytes,
+            **request,
         )
     return HttpModelServer(
         url=settings.model_url,

@@ -1,21 +1,24 @@
 """``prediction_requests_sensor``: moves queue messages into the ledger and launches batch runs.
 
-Order of a tick (docs/architecture.md, "Delivery guarantees"): pull → validate each message on
-its own → one ledger transaction → register the batch partitions → ack → read back what the queue
-service dead-lettered itself (Pub/Sub's dead-letter subscription) → run requests. A message that
-fails validation in any way is a dead letter of its own; it never fails the tick, so the rest of
-its pull is acked. Partitions are registered by the tick itself, before the ack, rather than
-through ``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after the
-function returns): when the ack happens, everything a redelivery could not recreate exists. Each
-tick then requests runs for batches written straight to the ledger (``request_predictions_job``),
-re-batches requests whose feature backoff passed and reconciles a bounded number of batches whose
-runs never started or failed.
+Order of a tick (docs/architecture.md, "Delivery guarantees"): check the database answers (or
+pull nothing) → pull → validate each message on its own → one ledger transaction → register the
+batch partitions → ack → read back what the queue service dead-lettered itself (Pub/Sub's
+dead-letter subscription) → run requests. A message that fails validation in any way is a dead
+letter of its own; it never fails the tick, so the rest of its pull is acked. From the pull to
+the ack the messages' ack deadline is extended in the background, so a slow tick keeps them.
+Partitions are registered by the tick itself, before the ack, rather than through
+``SensorResult.dynamic_partitions_requests`` (which Dagster applies only after the function
+returns): when the ack happens, everything a redelivery could not recreate exists. Each tick then
+requests runs for batches written straight to the ledger (``request_predictions_job``),
+re-batches requests whose feature backoff passed and reconciles a bounded number of batches
+whose runs never started or failed.
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -30,7 +33,7 @@ from dagster import (
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.queue import QueueUnavailableError, RequestQueue
+from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.ledger.reconcile import RECONCILE_LIMIT, STALE_AFTER
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
@@ -62,6 +65,8 @@ class TickOutcome:
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
     queue_dead_letters: int = 0
     dead_letter_error: str | None = None
+    # A failed ack-deadline extension: the tick's messages may be redelivered (not lost).
+    lease_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
     retried: dict[str, int] = field(default_factory=dict)
     dead_lettered: list[str] = field(default_factory=list)
@@ -74,7 +79,8 @@ class TickOutcome:
             f"re-batched {len(self.rebatched)} batches, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
-        return f"{summary}; {self.dead_letter_error}" if self.dead_letter_error else summary
+        problems = [p for p in (self.dead_letter_error, self.lease_error) if p]
+        return "; ".join([summary, *problems])
 
 
 def run_key(batch_key: str, attempt: int) -> str:
@@ -124,6 +130,26 @@ def read_back_dead_letters(
     return written
 
 
+def require_database(engine: Engine) -> None:
+    """Raise unless the app database answers, before any message is pulled.
+
+    A tick that pulled while the database was down would fail after the pull, and each such
+    delivery counts towards the subscription's dead-letter policy: after five, valid requests
+    would be dead-lettered because of an outage. Not pulling keeps them in the queue untouched.
+    """
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        cause = " ".join(str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).split())
+        raise db.DatabaseUnavailableError(
+            f"the app database {where} does not answer ({cause}); nothing was pulled, so no "
+            "delivery attempt was spent. Check the database (Cloud SQL) and "
+            "BATCHINFER_DATABASE_URL; the next tick tries again."
+        ) from exc
+
+
 def process_tick(
     instance: DagsterInstance,
     policy: LedgerResource,
@@ -131,21 +157,27 @@ def process_tick(
     *,
     clock: Callable[[], datetime] = db.utcnow,
     stale_after: timedelta = STALE_AFTER,
+    lease_seconds: int = 60,
 ) -> TickOutcome:
     """One sensor tick with explicit collaborators, so tests can inject a queue that fails."""
     engine = policy.get_engine()
+    require_database(engine)
     messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
     closing = policy.batch_closing()
-    ingest = ledger.ingest_messages(
-        engine,
-        messages,
-        queue=queue.kind,
-        batch_size=closing.max_size,
-        max_wait=closing.max_wait,
-        now=clock(),
-    )
-    if ingest.batch_keys or ingest.resumed:
-        instance.add_dynamic_partitions(PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed])
+    # Until the ack, the messages stay ours however long the ledger transaction takes.
+    with DeadlineExtender(queue, [m.ack_id for m in messages], lease_seconds) as extender:
+        ingest = ledger.ingest_messages(
+            engine,
+            messages,
+            queue=queue.kind,
+            batch_size=closing.max_size,
+            max_wait=closing.max_wait,
+            now=clock(),
+        )
+        if ingest.batch_keys or ingest.resumed:
+            instance.add_dynamic_partitions(
+                PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed]
+            )
     if ingest.ack_ids:
         queue.ack(ingest.ack_ids)
     try:
@@ -191,6 +223,7 @@ def process_tick(
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,
         dead_letter_error=dead_letter_error,
+        lease_error=extender.error,
         rebatched=rebatched,
         retried=retried,
         dead_lettered=reconciled.dead_lettered,
@@ -211,9 +244,12 @@ def prediction_requests_sensor(
 ) -> SensorResult:
     """A tick moves at most ``BATCHINFER_MAX_PULL`` messages: short at any backlog."""
     with request_queue.open() as queue:
-        outcome = process_tick(context.instance, ledger, queue)
-    if outcome.dead_letter_error:
-        context.log.warning(outcome.dead_letter_error)
+        outcome = process_tick(
+            context.instance, ledger, queue, lease_seconds=request_queue.ack_deadline_seconds
+        )
+    for problem in (outcome.dead_letter_error, outcome.lease_error):
+        if problem:
+            context.log.warning(problem)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(skip_reason=SkipReason(f"nothing to run: {outcome.summary()}"))

@@ -40,15 +40,17 @@ def settings_error_line(error: ValidationError) -> str:
     """Pydantic's multi-line report as one line: ``BATCHINFER_X=value: what is wrong; ...``."""
     parts = []
     for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else ""
-        variable = f"{ENV_PREFIX}{name.upper()}" if name else "settings"
-        if name == "pubsub_emulator_host":
-            variable = "PUBSUB_EMULATOR_HOST"
         message = str(item["msg"]).removeprefix("Value error, ")
-        value = item.get("input")
-        if not name:
+        if not item["loc"]:  # a check across fields names its variables itself
             parts.append(message)
             continue
+        name = str(item["loc"][0])
+        variable = (
+            "PUBSUB_EMULATOR_HOST"
+            if name == "pubsub_emulator_host"
+            else f"{ENV_PREFIX}{name.upper()}"
+        )
+        value = item.get("input")
         shown = "" if isinstance(value, dict) else f"={value!r:.120}"
         parts.append(f"{variable}{shown}: {message}")
     return "; ".join(parts)
@@ -93,7 +95,12 @@ class Settings(BaseSettings):
     vertex_online_store: str = "batchinfer"
     vertex_feature_view: str = "records"
     vertex_bigquery_table: str | None = None
-    vertex_api_endpoint: str | None = None
+    # Endpoint overrides, one per Vertex AI service ("host:port"; None: the service's own):
+    # the admin API is regional, an Optimized store serves from its own domain, and a Vertex
+    # endpoint predicts from the regional API, so one override for all three cannot be right.
+    vertex_admin_endpoint: str | None = None
+    vertex_serving_endpoint: str | None = None
+    vertex_prediction_endpoint: str | None = None
     vertex_sync_timeout_seconds: float = 1800.0
 
     model_url: str = "http://127.0.0.1:8080"

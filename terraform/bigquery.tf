@@ -14,7 +14,7 @@ resource "google_bigquery_table" "records" {
   #checkov:skip=CKV_GCP_80:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
   dataset_id          = google_bigquery_dataset.features.dataset_id
   table_id            = "records"
-  deletion_protection = var.bigquery_deletion_protection
+  deletion_protection = var.deletion_protection
   description         = "One row per data point: entity_id (the record id), text, feature_timestamp."
 
   clustering = ["entity_id"]
@@ -26,18 +26,15 @@ resource "google_bigquery_table" "records" {
   ])
 }
 
-# Dagster loads the table (load jobs) and reads it (list_records).
-resource "google_bigquery_table_iam_member" "dagster_editor" {
+# The import (run workers' feature_store asset, the CLI's import-data) loads the table (load
+# jobs, roles/bigquery.jobUser in iam.tf) and reads it back.
+resource "google_bigquery_table_iam_member" "editors" {
+  for_each = toset(["run_worker", "cli"])
+
   dataset_id = google_bigquery_dataset.features.dataset_id
   table_id   = google_bigquery_table.records.table_id
   role       = "roles/bigquery.dataEditor"
-  member     = local.dagster_member
-}
-
-resource "google_project_iam_member" "dagster_bigquery_jobs" {
-  project = var.project_id
-  role    = "roles/bigquery.jobUser"
-  member  = local.dagster_member
+  member     = local.members[each.key]
 }
 
 # The FeatureView sync reads the table as the Vertex AI service agent.

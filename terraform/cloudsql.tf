@@ -1,5 +1,6 @@
 # PostgreSQL 16 for the app tables and Dagster's storage: private IP only, encrypted
-# connections only, daily backups with point-in-time recovery.
+# connections only (clients verify the server against its per-instance CA: secrets.tf), daily
+# backups with point-in-time recovery.
 
 resource "google_sql_database_instance" "main" {
   #checkov:skip=CKV_GCP_6:ssl_mode ENCRYPTED_ONLY refuses every unencrypted connection; client certificates would have to be issued to every container, and only the private VPC can reach the instance at all
@@ -8,7 +9,7 @@ resource "google_sql_database_instance" "main" {
   name                = "${local.name}-pg"
   database_version    = "POSTGRES_16"
   region              = var.region
-  deletion_protection = var.db_deletion_protection
+  deletion_protection = var.deletion_protection
 
   settings {
     tier                        = var.db_tier
@@ -16,13 +17,15 @@ resource "google_sql_database_instance" "main" {
     availability_type           = var.db_availability_type
     disk_size                   = var.db_disk_size_gb
     disk_autoresize             = true
-    deletion_protection_enabled = var.db_deletion_protection
+    deletion_protection_enabled = var.deletion_protection
     user_labels                 = var.labels
 
     ip_configuration {
       ipv4_enabled    = false
       private_network = google_compute_network.main.id
       ssl_mode        = "ENCRYPTED_ONLY"
+      # One CA per instance: verify-ca then proves the server is this instance.
+      server_ca_mode = "GOOGLE_MANAGED_INTERNAL_CA"
       # BigQuery federated queries and other Google services may still reach the private IP.
       enable_private_path_for_google_cloud_services = true
     }
@@ -53,6 +56,11 @@ resource "google_sql_database_instance" "main" {
 
     # Connection, lock and schema-change logging for audits and incident analysis; other
     # statements are not logged (they carry the records' text).
+    # Sized from the number of model replicas (terraform/dagster.tf, local.dagster_limits).
+    database_flags {
+      name  = "max_connections"
+      value = tostring(local.dagster_limits.db_max_connections)
+    }
     database_flags {
       name  = "log_checkpoints"
       value = "on"
@@ -106,14 +114,18 @@ resource "google_sql_database_instance" "main" {
   depends_on = [google_service_networking_connection.private_services]
 }
 
+# ABANDON: on destroy, PostgreSQL refuses to drop a database with open connections or a role
+# that owns objects; deleting the instance removes both anyway.
 resource "google_sql_database" "app" {
-  name     = var.app_database_name
-  instance = google_sql_database_instance.main.name
+  name            = var.app_database_name
+  instance        = google_sql_database_instance.main.name
+  deletion_policy = "ABANDON"
 }
 
 resource "google_sql_database" "dagster" {
-  name     = var.dagster_database_name
-  instance = google_sql_database_instance.main.name
+  name            = var.dagster_database_name
+  instance        = google_sql_database_instance.main.name
+  deletion_policy = "ABANDON"
 }
 
 # Letters and digits only: dagster-postgres puts the password into a URL without escaping "/".
@@ -123,7 +135,8 @@ resource "random_password" "db" {
 }
 
 resource "google_sql_user" "app" {
-  name     = var.db_user
-  instance = google_sql_database_instance.main.name
-  password = random_password.db.result
+  name            = var.db_user
+  instance        = google_sql_database_instance.main.name
+  password        = random_password.db.result
+  deletion_policy = "ABANDON"
 }

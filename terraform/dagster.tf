@@ -1,19 +1,21 @@
-# Dagster (design §8): the webserver (Cloud Run service, internal ingress), the daemon (a Cloud
-# Run worker pool with exactly one instance: it runs the sensor and, with DefaultRunLauncher, the
-# runs), and a Cloud Run job for the `batchinfer` CLI, which must run inside the VPC because
-# the database has no public IP. All three use the Dagster image and the dagster account.
-#
-# The daemon is a worker pool, not a service or a VM: it serves no HTTP, must never scale to
-# zero nor to two (two daemons would evaluate every sensor twice), and a worker pool gives that
-# with the same image, secrets and VPC egress as the webserver, with no OS to patch.
+# Dagster (design §8), all from the Dagster image, each with its own service account (iam.tf):
+#   webserver   Cloud Run service behind the HTTPS load balancer with IAP (ui.tf);
+#   daemon      Cloud Run worker pool with exactly one instance: sensors, run queue, run
+#               monitoring. It serves no HTTP and must never scale to zero nor to two (two
+#               daemons would evaluate every sensor twice);
+#   run worker  Cloud Run job: CloudRunRunLauncher (dagster.yaml) starts one execution per run,
+#               overriding its arguments with `dagster api execute_run ...`;
+#   cli         Cloud Run job for `batchinfer` and `dagster` commands inside the VPC (the
+#               database has no public IP): `--args` replaces the whole command.
 
 resource "google_storage_bucket" "dagster_logs" {
   #checkov:skip=CKV_GCP_62:usage logs would need a second bucket for a bucket that holds only logs; Cloud Audit Logs record access
-  name                        = "${var.project_id}-${local.name}-dagster-logs"
+  name                        = local.bucket_names.dagster_logs
   location                    = var.region
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
-  force_destroy               = false
+  # Versioned: destroy must delete every version too, or it stops at a non-empty bucket.
+  force_destroy = !var.deletion_protection
 
   versioning {
     enabled = true
@@ -40,24 +42,51 @@ resource "google_storage_bucket" "dagster_logs" {
   depends_on = [google_project_service.enabled]
 }
 
+# Run workers and the daemon write run and step logs; the webserver shows them.
 resource "google_storage_bucket_iam_member" "dagster_logs" {
+  for_each = {
+    webserver  = "roles/storage.objectViewer"
+    daemon     = "roles/storage.objectUser"
+    run_worker = "roles/storage.objectUser"
+  }
+
   bucket = google_storage_bucket.dagster_logs.name
-  role   = "roles/storage.objectUser"
-  member = local.dagster_member
+  role   = each.value
+  member = local.members[each.key]
 }
 
 locals {
   dagster_plain_env = merge(local.batchinfer_env, local.dagster_pg_env)
+
+  # dagster.yaml's limits by formula (tests/gcp/test_dagster_instance.py checks the file holds
+  # these values for the defaults; other sizes: `dagster instance concurrency set` through the
+  # CLI job, and a new image with dagster.yaml's max_concurrent_runs):
+  #   model_server pool   = model_server_max_instances x 2 runs per GPU (one run's request is
+  #                         computed while the next run's is fetched and sent);
+  #   max_concurrent_runs = model_server pool + 3 other runs (import, reconcile, retention).
+  # Memory bounds neither: each run has its own container (run_worker_memory), and the daemon
+  # holds only the daemon and one code server.
+  #   Cloud SQL max_connections = processes x 13 + 20 reserved (Cloud SQL's own, superuser),
+  #     13 per process: the app's pool (pool_size 5 + max_overflow 5, batchinfer_dagster/db.py)
+  #     and Dagster's run, event log and schedule storage (one connection each, NullPool);
+  #     processes: 2 per run (run worker + its step process), 2 for the daemon (daemon + code
+  #     server), 2 per webserver instance (at most 2), 1 CLI execution.
+  dagster_limits = {
+    model_server_pool   = var.model_server_max_instances * 2
+    max_concurrent_runs = var.model_server_max_instances * 2 + 3
+    db_max_connections  = ((var.model_server_max_instances * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
+  }
 }
 
 resource "google_cloud_run_v2_service" "dagster_webserver" {
-  name                = "${local.name}-dagster-webserver"
-  location            = var.region
-  ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  name     = local.cloud_run_names.webserver
+  location = var.region
+  # Only the load balancer (ui.tf), where Identity-Aware Proxy signs users in.
+  ingress             = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
   deletion_protection = false
 
   template {
-    service_account = google_service_account.dagster.email
+    service_account = google_service_account.workload["webserver"].email
 
     scaling {
       min_instance_count = 0
@@ -70,6 +99,17 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
         subnetwork = google_compute_subnetwork.main.id
       }
       egress = "ALL_TRAFFIC"
+    }
+
+    volumes {
+      name = "cloudsql-ca"
+      secret {
+        secret = google_secret_manager_secret.cloudsql_ca.secret_id
+        items {
+          version = "latest"
+          path    = basename(local.cloudsql_ca_file)
+        }
+      }
     }
 
     containers {
@@ -87,6 +127,11 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
         }
       }
 
+      volume_mounts {
+        name       = "cloudsql-ca"
+        mount_path = local.cloudsql_ca_dir
+      }
+
       dynamic "env" {
         for_each = local.dagster_plain_env
         content {
@@ -108,6 +153,7 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
         }
       }
 
+      # 5 s x 24 = 120 s, within Cloud Run's 240 s for a startup probe.
       startup_probe {
         period_seconds    = 5
         failure_threshold = 24
@@ -123,21 +169,12 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
     google_secret_manager_secret_iam_member.dagster,
     google_secret_manager_secret_version.db_password,
     google_secret_manager_secret_version.database_url,
-    google_artifact_registry_repository_iam_member.readers,
+    google_secret_manager_secret_version.cloudsql_ca,
   ]
 }
 
-resource "google_cloud_run_v2_service_iam_member" "dagster_ui" {
-  for_each = toset(var.dagster_ui_members)
-
-  name     = google_cloud_run_v2_service.dagster_webserver.name
-  location = google_cloud_run_v2_service.dagster_webserver.location
-  role     = "roles/run.invoker"
-  member   = each.value
-}
-
 resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
-  name                = "${local.name}-dagster-daemon"
+  name                = local.cloud_run_names.daemon
   location            = var.region
   deletion_protection = false
 
@@ -147,7 +184,7 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
   }
 
   template {
-    service_account = google_service_account.dagster.email
+    service_account = google_service_account.workload["daemon"].email
 
     vpc_access {
       network_interfaces {
@@ -155,6 +192,17 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
         subnetwork = google_compute_subnetwork.main.id
       }
       egress = "ALL_TRAFFIC"
+    }
+
+    volumes {
+      name = "cloudsql-ca"
+      secret {
+        secret = google_secret_manager_secret.cloudsql_ca.secret_id
+        items {
+          version = "latest"
+          path    = basename(local.cloudsql_ca_file)
+        }
+      }
     }
 
     containers {
@@ -167,6 +215,11 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
           cpu    = var.dagster_daemon_cpu
           memory = var.dagster_daemon_memory
         }
+      }
+
+      volume_mounts {
+        name       = "cloudsql-ca"
+        mount_path = local.cloudsql_ca_dir
       }
 
       dynamic "env" {
@@ -196,23 +249,36 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
     google_secret_manager_secret_iam_member.dagster,
     google_secret_manager_secret_version.db_password,
     google_secret_manager_secret_version.database_url,
-    google_artifact_registry_repository_iam_member.readers,
+    google_secret_manager_secret_version.cloudsql_ca,
+    google_service_account_iam_member.daemon_acts_as_run_worker,
+    google_cloud_run_v2_job_iam_member.daemon_runs_workers,
   ]
 }
 
-# `gcloud run jobs execute <job> --args=db,upgrade --wait` runs one CLI command in the VPC.
-resource "google_cloud_run_v2_job" "cli" {
-  name                = "${local.name}-cli"
+# One execution per Dagster run (CloudRunRunLauncher). The launcher overrides the arguments
+# with `<the daemon's python> -m dagster api execute_run <run>` (so the worker must run the
+# daemon's image) and the timeout with run_max_runtime_seconds; a task
+# that dies is not retried by Cloud Run (max_retries 0): run monitoring sees the failed
+# execution, fails the run, frees its pool slot, and Dagster's run retries start it again.
+resource "google_cloud_run_v2_job" "run_worker" {
+  name                = local.cloud_run_names.run_worker
   location            = var.region
   deletion_protection = false
+
+  lifecycle {
+    precondition {
+      condition     = local.cloud_run_names.run_worker == local.dagster_yaml_run_worker_job
+      error_message = "dagster.yaml's run_launcher names the run-worker job ${local.dagster_yaml_run_worker_job}, but this deployment's is ${local.cloud_run_names.run_worker}: set job_name_by_code_location.batchinfer_dagster in dagster.yaml to it and rebuild the Dagster image."
+    }
+  }
 
   template {
     task_count = 1
 
     template {
-      service_account = google_service_account.dagster.email
+      service_account = google_service_account.workload["run_worker"].email
       max_retries     = 0
-      timeout         = "3600s"
+      timeout         = "${var.run_max_runtime_seconds}s"
 
       vpc_access {
         network_interfaces {
@@ -222,16 +288,31 @@ resource "google_cloud_run_v2_job" "cli" {
         egress = "ALL_TRAFFIC"
       }
 
+      volumes {
+        name = "cloudsql-ca"
+        secret {
+          secret = google_secret_manager_secret.cloudsql_ca.secret_id
+          items {
+            version = "latest"
+            path    = basename(local.cloudsql_ca_file)
+          }
+        }
+      }
+
       containers {
-        image   = var.dagster_image
-        command = ["batchinfer"]
-        args    = ["status"]
+        image = var.dagster_image
+        args  = ["dagster", "api", "execute_run"]
 
         resources {
           limits = {
-            cpu    = "1"
-            memory = "2Gi"
+            cpu    = var.run_worker_cpu
+            memory = var.run_worker_memory
           }
+        }
+
+        volume_mounts {
+          name       = "cloudsql-ca"
+          mount_path = local.cloudsql_ca_dir
         }
 
         dynamic "env" {
@@ -262,6 +343,103 @@ resource "google_cloud_run_v2_job" "cli" {
     google_secret_manager_secret_iam_member.dagster,
     google_secret_manager_secret_version.db_password,
     google_secret_manager_secret_version.database_url,
-    google_artifact_registry_repository_iam_member.readers,
+    google_secret_manager_secret_version.cloudsql_ca,
+  ]
+}
+
+# The daemon runs the job with overrides (arguments, timeout) and reads its executions (run
+# monitoring); the webserver cancels executions when a run is terminated from the UI.
+resource "google_cloud_run_v2_job_iam_member" "daemon_runs_workers" {
+  for_each = {
+    daemon_executor  = ["daemon", "roles/run.jobsExecutorWithOverrides"]
+    daemon_viewer    = ["daemon", "roles/run.viewer"]
+    webserver_cancel = ["webserver", "roles/run.jobsExecutorWithOverrides"]
+  }
+
+  name     = google_cloud_run_v2_job.run_worker.name
+  location = google_cloud_run_v2_job.run_worker.location
+  role     = each.value[1]
+  member   = local.members[each.value[0]]
+}
+
+# `gcloud run jobs execute <job> --args=batchinfer,db,upgrade --wait`: the container has no
+# command, so --args is the whole command line, `batchinfer ...` or `dagster ...` alike.
+resource "google_cloud_run_v2_job" "cli" {
+  name                = local.cloud_run_names.cli
+  location            = var.region
+  deletion_protection = false
+
+  template {
+    task_count = 1
+
+    template {
+      service_account = google_service_account.workload["cli"].email
+      max_retries     = 0
+      timeout         = "3600s"
+
+      vpc_access {
+        network_interfaces {
+          network    = google_compute_network.main.id
+          subnetwork = google_compute_subnetwork.main.id
+        }
+        egress = "ALL_TRAFFIC"
+      }
+
+      volumes {
+        name = "cloudsql-ca"
+        secret {
+          secret = google_secret_manager_secret.cloudsql_ca.secret_id
+          items {
+            version = "latest"
+            path    = basename(local.cloudsql_ca_file)
+          }
+        }
+      }
+
+      containers {
+        image = var.dagster_image
+        args  = ["batchinfer", "status"]
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "2Gi"
+          }
+        }
+
+        volume_mounts {
+          name       = "cloudsql-ca"
+          mount_path = local.cloudsql_ca_dir
+        }
+
+        dynamic "env" {
+          for_each = local.dagster_plain_env
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        dynamic "env" {
+          for_each = local.dagster_secret_env
+          content {
+            name = env.key
+            value_source {
+              secret_key_ref {
+                secret  = env.value
+                version = "latest"
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.dagster,
+    google_secret_manager_secret_version.db_password,
+    google_secret_manager_secret_version.database_url,
+    google_secret_manager_secret_version.cloudsql_ca,
   ]
 }

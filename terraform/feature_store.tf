@@ -4,6 +4,8 @@
 resource "google_vertex_ai_feature_online_store" "records" {
   name   = replace("${local.name}_records", "-", "_")
   region = var.region
+  # Destroying the store also deletes what is left in it (teardown must complete).
+  force_destroy = !var.deletion_protection
 
   optimized {}
 
@@ -32,10 +34,4 @@ resource "google_vertex_ai_feature_online_store_featureview" "records" {
   depends_on = [google_bigquery_table_iam_member.vertex_viewer]
 }
 
-# FetchFeatureValues, SyncFeatureView / GetFeatureViewSync, GetFeatureOnlineStore: the smallest
-# predefined role with all of them is Vertex AI User.
-resource "google_project_iam_member" "dagster_vertex" {
-  project = var.project_id
-  role    = "roles/aiplatform.user"
-  member  = local.dagster_member
-}
+# Who may fetch and sync: the custom role feature_store_user in iam.tf.

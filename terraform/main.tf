@@ -14,14 +14,50 @@ locals {
   name           = var.name_prefix
   project_number = data.google_project.this.number
 
+  # Every name derived from name_prefix and project_id, in one place, so that
+  # tests/gcp/test_terraform.py can check each against the provider's limit with the longest
+  # values the variables' validations accept (a service account id is at most 30 characters,
+  # a bucket name at most 63, a Cloud Run service name at most 49).
+  service_account_ids = {
+    webserver    = "${local.name}-webserver"
+    daemon       = "${local.name}-daemon"
+    run_worker   = "${local.name}-run-worker"
+    cli          = "${local.name}-cli"
+    model_server = "${local.name}-model-server"
+    build        = "${local.name}-build"
+  }
+  bucket_names = {
+    dagster_logs = "${var.project_id}-${local.name}-dagster-logs"
+    models       = "${var.project_id}-${local.name}-models"
+    build_source = "${var.project_id}-${local.name}-build-source"
+  }
+  cloud_run_names = {
+    webserver    = "${local.name}-dagster-webserver"
+    daemon       = "${local.name}-dagster-daemon"
+    run_worker   = "${local.name}-run-worker"
+    cli          = "${local.name}-cli"
+    model_server = "${local.name}-model-server"
+  }
+
   # Google-managed service agents that act on our resources.
   pubsub_service_agent     = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
   aiplatform_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
+  iap_service_agent        = "serviceAccount:service-${local.project_number}@gcp-sa-iap.iam.gserviceaccount.com"
 
   bigquery_table_id = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
   registry_url      = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 
-  # What every Dagster container (webserver, daemon, CLI job) is told; secrets come separately.
+  # Where the Cloud SQL server CA certificate is mounted in every Dagster container; the
+  # database URL and dagster.yaml (sslrootcert) name this path.
+  cloudsql_ca_dir  = "/etc/batchinfer/cloudsql"
+  cloudsql_ca_file = "${local.cloudsql_ca_dir}/server-ca.pem"
+  # verify-ca: Cloud SQL's per-instance CA (GOOGLE_MANAGED_INTERNAL_CA) signs only this
+  # instance's certificate, so checking the chain authenticates the server; its certificate
+  # names the instance, not the private IP, so verify-full would always fail here.
+  database_url_options = "sslmode=verify-ca&sslrootcert=${local.cloudsql_ca_file}"
+
+  # What every Dagster container (webserver, daemon, run workers, CLI job) is told; secrets
+  # come separately.
   batchinfer_env = {
     BATCHINFER_QUEUE                           = "pubsub"
     BATCHINFER_PUBSUB_PROJECT                  = var.project_id
@@ -29,6 +65,7 @@ locals {
     BATCHINFER_PUBSUB_SUBSCRIPTION             = google_pubsub_subscription.requests.name
     BATCHINFER_PUBSUB_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
     BATCHINFER_PUBSUB_DEAD_LETTER_SUBSCRIPTION = google_pubsub_subscription.dead_letter.name
+    BATCHINFER_ACK_DEADLINE_SECONDS            = tostring(var.pubsub_ack_deadline_seconds)
     BATCHINFER_FEATURE_STORE                   = "vertex"
     BATCHINFER_VERTEX_PROJECT                  = var.project_id
     BATCHINFER_VERTEX_REGION                   = var.region
@@ -50,6 +87,10 @@ locals {
     GOOGLE_CLOUD_PROJECT        = var.project_id
     GOOGLE_CLOUD_REGION         = var.region
   }
+
+  # The image's dagster.yaml names the run-worker job literally (CloudRunRunLauncher takes no
+  # environment variable there): the job Terraform creates must be that one.
+  dagster_yaml_run_worker_job = yamldecode(file("${path.module}/../dagster.yaml")).run_launcher.config.job_name_by_code_location.batchinfer_dagster
 
   # Secret environment: variable name -> Secret Manager secret id.
   dagster_secret_env = {

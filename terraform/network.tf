@@ -31,14 +31,18 @@ resource "google_compute_global_address" "private_services" {
   network       = google_compute_network.main.id
 }
 
+# ABANDON: deleting the peering fails while the service producer (Cloud SQL) still holds
+# addresses in it, which it does for a while after the instance is deleted; abandoning it lets
+# `terraform destroy` finish, and deleting the network removes the peering.
 resource "google_service_networking_connection" "private_services" {
   network                 = google_compute_network.main.id
   service                 = "servicenetworking.googleapis.com"
   reserved_peering_ranges = [google_compute_global_address.private_services.name]
+  deletion_policy         = "ABANDON"
 }
 
-# Outbound internet for the containers (Hugging Face Hub downloads, Vertex AI's optimized
-# online-store endpoint domain) without giving any of them a public IP.
+# Outbound internet for the containers (Vertex AI's optimized online-store endpoint domain)
+# without giving any of them a public IP.
 resource "google_compute_router" "main" {
   name    = "${local.name}-router"
   region  = var.region

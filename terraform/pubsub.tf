@@ -67,21 +67,22 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   member       = local.pubsub_service_agent
 }
 
-# Dagster publishes (`batchinfer publish`), pulls and acks requests, and reads dead letters.
-resource "google_pubsub_topic_iam_member" "dagster_publisher" {
+# The daemon's sensor pulls, acks and extends the deadline of requests; the CLI publishes
+# (`batchinfer publish`) and reads dead letters (`batchinfer dead-letters`).
+resource "google_pubsub_topic_iam_member" "cli_publisher" {
   topic  = google_pubsub_topic.requests.id
   role   = "roles/pubsub.publisher"
-  member = local.dagster_member
+  member = local.members.cli
 }
 
-resource "google_pubsub_subscription_iam_member" "dagster_subscriber" {
+resource "google_pubsub_subscription_iam_member" "daemon_subscriber" {
   subscription = google_pubsub_subscription.requests.id
   role         = "roles/pubsub.subscriber"
-  member       = local.dagster_member
+  member       = local.members.daemon
 }
 
-resource "google_pubsub_subscription_iam_member" "dagster_dead_letter_subscriber" {
+resource "google_pubsub_subscription_iam_member" "cli_dead_letter_subscriber" {
   subscription = google_pubsub_subscription.dead_letter.id
   role         = "roles/pubsub.subscriber"
-  member       = local.dagster_member
+  member       = local.members.cli
 }

@@ -1,11 +1,23 @@
 variable "project_id" {
   type        = string
   description = "Google Cloud project that holds every resource (e.g. my-batchinfer-prod)."
+
+  # Google's rule for project ids: 6-30 characters, lower-case letters, digits and dashes,
+  # starting with a letter and not ending with a dash.
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be 6-30 characters: lower-case letters, digits and dashes, starting with a letter, not ending with a dash."
+  }
 }
 
 variable "region" {
   type        = string
   description = "Region of every regional resource. It must offer Cloud Run NVIDIA L4 GPUs (e.g. us-central1, europe-west4)."
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region name such as europe-west4."
+  }
 }
 
 variable "name_prefix" {
@@ -13,9 +25,12 @@ variable "name_prefix" {
   description = "Prefix of every resource name, so two deployments can share a project."
   default     = "batchinfer"
 
+  # 17 at most: the longest service account id built from it, "<prefix>-model-server", must
+  # stay within the provider's 30 characters (6-30, RFC 1035); the longest bucket name,
+  # "<project_id>-<prefix>-build-source", then takes 61 of Cloud Storage's 63.
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,18}[a-z0-9]$", var.name_prefix))
-    error_message = "name_prefix must be 3-20 characters: lower-case letters, digits and dashes, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{1,15}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 3-17 characters: lower-case letters, digits and dashes, starting with a letter, not ending with a dash."
   }
 }
 
@@ -59,21 +74,16 @@ variable "model_url" {
   }
 }
 
-variable "model_backend" {
+variable "model_gcs_path" {
   type        = string
-  description = "MODEL_BACKEND of the model server: nli (a Hugging Face NLI model) or embedding (the packaged small model)."
-  default     = "nli"
+  description = "Folder of the NLI model inside the models bucket (a save_pretrained / Hub snapshot: config.json, tokenizer, weights), mounted read-only into the model server; null serves the embedding model baked into the image."
+  default     = "bart-large-mnli"
+  nullable    = true
 
   validation {
-    condition     = contains(["nli", "embedding"], var.model_backend)
-    error_message = "model_backend must be nli or embedding."
+    condition     = var.model_gcs_path == null || can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", var.model_gcs_path))
+    error_message = "model_gcs_path must be a relative folder path such as bart-large-mnli (no leading slash, no gs://)."
   }
-}
-
-variable "model_name_or_path" {
-  type        = string
-  description = "MODEL_NAME_OR_PATH of the model server (a Hugging Face model name, or a path inside the image)."
-  default     = "facebook/bart-large-mnli"
 }
 
 variable "model_server_gpu" {
@@ -96,14 +106,25 @@ variable "model_server_memory" {
 
 variable "model_server_max_instances" {
   type        = number
-  description = "Most model-server instances (GPUs) at once; size the Dagster pool model_server to match. Check the project's GPU quota."
+  description = "Most model-server instances (GPUs) at once; the Dagster pool model_server is sized from it (output dagster_pool_limits). Check the project's GPU quota."
   default     = 3
+
+  validation {
+    condition     = var.model_server_max_instances >= 1 && var.model_server_max_instances <= 100 && floor(var.model_server_max_instances) == var.model_server_max_instances
+    error_message = "model_server_max_instances must be a whole number from 1 to 100."
+  }
 }
 
 variable "model_server_concurrency" {
   type        = number
   description = "Requests one model-server instance takes at once (its dynamic batcher merges them)."
   default     = 8
+
+  # Cloud Run: max_instance_request_concurrency is 1-1000.
+  validation {
+    condition     = var.model_server_concurrency >= 1 && var.model_server_concurrency <= 1000
+    error_message = "model_server_concurrency must be 1-1000 (Cloud Run's limit)."
+  }
 }
 
 variable "labels_to_predict" {
@@ -145,17 +166,28 @@ variable "db_backup_retention_count" {
   type        = number
   description = "Daily backups Cloud SQL keeps."
   default     = 14
+
+  validation {
+    condition     = var.db_backup_retention_count >= 1 && var.db_backup_retention_count <= 365
+    error_message = "db_backup_retention_count must be 1-365 (Cloud SQL's limit)."
+  }
 }
 
 variable "db_log_retention_days" {
   type        = number
   description = "Days of write-ahead log kept for point-in-time recovery (1-7)."
   default     = 7
+
+  # Cloud SQL Enterprise edition: transaction_log_retention_days is 1-7.
+  validation {
+    condition     = var.db_log_retention_days >= 1 && var.db_log_retention_days <= 7
+    error_message = "db_log_retention_days must be 1-7 (Cloud SQL Enterprise edition)."
+  }
 }
 
-variable "db_deletion_protection" {
+variable "deletion_protection" {
   type        = bool
-  description = "Refuse to delete the Cloud SQL instance (set false only to tear a test deployment down)."
+  description = "Protect the stateful parts: refuse to delete the Cloud SQL instance and the BigQuery table, and keep the buckets unless empty. Set false (and apply) only to tear a deployment down."
   default     = true
 }
 
@@ -183,12 +215,6 @@ variable "bigquery_location" {
   default     = "US"
 }
 
-variable "bigquery_deletion_protection" {
-  type        = bool
-  description = "Refuse to delete the BigQuery feature source table."
-  default     = true
-}
-
 variable "feature_view_sync_cron" {
   type        = string
   description = "Extra scheduled FeatureView sync (cron, e.g. \"TZ=UTC 0 * * * *\"); null syncs only when `batchinfer import-data` asks."
@@ -198,8 +224,15 @@ variable "feature_view_sync_cron" {
 
 variable "pubsub_ack_deadline_seconds" {
   type        = number
-  description = "Ack deadline of the request subscription (BATCHINFER_ACK_DEADLINE_SECONDS)."
-  default     = 60
+  description = "Ack deadline of the request subscription (BATCHINFER_ACK_DEADLINE_SECONDS). It must outlast a sensor tick: longer than Dagster's sensor timeout (60 s), and the sensor extends it while a tick works."
+  default     = 180
+
+  # Pub/Sub allows 10-600 s; below 61 a tick that runs to Dagster's 60 s sensor timeout would
+  # see its messages redelivered while it still holds them.
+  validation {
+    condition     = var.pubsub_ack_deadline_seconds > 60 && var.pubsub_ack_deadline_seconds <= 600
+    error_message = "pubsub_ack_deadline_seconds must be 61-600: Pub/Sub's maximum is 600, and it must exceed the 60 s sensor timeout."
+  }
 }
 
 variable "pubsub_max_delivery_attempts" {
@@ -215,42 +248,120 @@ variable "pubsub_max_delivery_attempts" {
 
 variable "pubsub_min_backoff" {
   type        = string
-  description = "Shortest redelivery delay after a nack or an expired ack deadline."
+  description = "Shortest redelivery delay after a nack or an expired ack deadline (0s-600s)."
   default     = "10s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.pubsub_min_backoff)) && try(tonumber(trimsuffix(var.pubsub_min_backoff, "s")) <= 600, false)
+    error_message = "pubsub_min_backoff must be seconds such as \"10s\", at most 600s (Pub/Sub's limit)."
+  }
 }
 
 variable "pubsub_max_backoff" {
   type        = string
-  description = "Longest redelivery delay."
+  description = "Longest redelivery delay (0s-600s)."
   default     = "600s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.pubsub_max_backoff)) && try(tonumber(trimsuffix(var.pubsub_max_backoff, "s")) <= 600, false)
+    error_message = "pubsub_max_backoff must be seconds such as \"600s\", at most 600s (Pub/Sub's limit)."
+  }
 }
 
 variable "pubsub_message_retention" {
   type        = string
-  description = "How long unacknowledged messages are kept (at most 7 days)."
+  description = "How long unacknowledged messages are kept (10 minutes to 7 days)."
   default     = "604800s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.pubsub_message_retention)) && try(tonumber(trimsuffix(var.pubsub_message_retention, "s")) >= 600 && tonumber(trimsuffix(var.pubsub_message_retention, "s")) <= 604800, false)
+    error_message = "pubsub_message_retention must be seconds from \"600s\" to \"604800s\" (Pub/Sub's limits for a subscription)."
+  }
 }
 
 variable "dagster_ui_members" {
   type        = list(string)
-  description = "IAM members allowed to open the Dagster UI (e.g. group:ml-ops@example.com); they reach it from inside the VPC."
+  description = "IAM members allowed through Identity-Aware Proxy to the Dagster UI (e.g. group:ml-ops@example.com, user:me@example.com)."
   default     = []
+
+  validation {
+    condition     = alltrue([for member in var.dagster_ui_members : can(regex("^(user|group|serviceAccount|domain):", member))])
+    error_message = "Each dagster_ui_members entry must start with user:, group:, serviceAccount: or domain:."
+  }
+}
+
+variable "dagster_ui_domain" {
+  type        = string
+  description = "Domain name of the Dagster UI's HTTPS load balancer (its Google-managed certificate needs the name to resolve to the load balancer's address, output dagster_ui_ip). null uses <ip>.nip.io, a public wildcard DNS service, which needs no DNS record of yours."
+  default     = null
+  nullable    = true
 }
 
 variable "dagster_daemon_cpu" {
   type        = string
-  description = "CPU of the Dagster daemon, which also executes the runs (DefaultRunLauncher)."
-  default     = "2"
+  description = "CPU of the Dagster daemon (sensors, run queue, run monitoring; the runs themselves are Cloud Run job executions)."
+  default     = "1"
 }
 
 variable "dagster_daemon_memory" {
   type        = string
-  description = "Memory of the Dagster daemon."
-  default     = "4Gi"
+  description = "Memory of the Dagster daemon: it holds the daemon processes and one code server (about 265 MB for this code location)."
+  default     = "2Gi"
+}
+
+variable "run_worker_cpu" {
+  type        = string
+  description = "CPU of one run worker (one Cloud Run job execution per Dagster run)."
+  default     = "1"
+}
+
+variable "run_worker_memory" {
+  type        = string
+  description = "Memory of one run worker: the code location (about 265 MB) plus one batch of texts, features and predictions in flight."
+  default     = "2Gi"
+}
+
+variable "run_max_runtime_seconds" {
+  type        = number
+  description = "Longest a Dagster run may take before Cloud Run ends its execution and run monitoring fails it (so its pool slot is freed and run retries start it again)."
+  default     = 3600
+
+  # Cloud Run jobs: a task timeout is at most 168 hours.
+  validation {
+    condition     = var.run_max_runtime_seconds >= 60 && var.run_max_runtime_seconds <= 604800
+    error_message = "run_max_runtime_seconds must be 60-604800 (Cloud Run's task timeout limit is 168 hours)."
+  }
 }
 
 variable "compute_log_retention_days" {
   type        = number
   description = "Days Dagster run logs are kept in their bucket."
   default     = 30
+
+  validation {
+    condition     = var.compute_log_retention_days >= 1
+    error_message = "compute_log_retention_days must be at least 1."
+  }
+}
+
+variable "image_retention_days" {
+  type        = number
+  description = "Image versions older than this are deleted from Artifact Registry, except the image_keep_count most recent."
+  default     = 30
+
+  validation {
+    condition     = var.image_retention_days >= 1
+    error_message = "image_retention_days must be at least 1."
+  }
+}
+
+variable "image_keep_count" {
+  type        = number
+  description = "Most recent versions of each image kept whatever their age (rollback targets)."
+  default     = 10
+
+  validation {
+    condition     = var.image_keep_count >= 1
+    error_message = "image_keep_count must be at least 1."
+  }
 }

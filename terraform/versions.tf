@@ -4,9 +4,10 @@ terraform {
   required_providers {
     google = {
       source = "hashicorp/google"
-      # 6.45 is the first release with every resource used here (Cloud Run v2 worker pools, GPU
-      # Cloud Run services, Vertex AI Feature Online Store FeatureViews); 8.x may break them.
-      version = ">= 6.45, < 8.0"
+      # 6.37.0 is the first release with every resource used here (6.36.1 has no
+      # google_cloud_run_v2_worker_pool); tools/check-terraform validates this configuration
+      # against the schemas of 6.37.0 and of the newest 7.x, so both ends of the range are checked.
+      version = ">= 6.37, < 8.0"
     }
     random = {
       source  = "hashicorp/random"

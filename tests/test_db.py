@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from batchinfer_dagster import db
@@ -132,3 +134,43 @@ def test_local_feature_store_imports_upserts_and_fetches_many(app_settings: Sett
         [(ids[0], "edited"), (ids[1], "message 2"), (ids[2], "message 3")],
         30,
     )
+
+
+def test_migration_0002_names_the_record_of_existing_ledger_dead_letters(
+    app_settings: Settings,
+) -> None:
+    engine = db.create_app_engine(app_settings.resolved_database_url)
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        letters = sa.table(
+            "dead_letters",
+            sa.column("source"),
+            sa.column("payload"),
+            sa.column("reason"),
+            sa.column("received_at"),
+        )
+        connection.execute(
+            letters.insert(),
+            [
+                {"source": source, "payload": payload, "reason": "r", "received_at": db.utcnow()}
+                for source, payload in [
+                    ("ledger", '{"id": "42"}'),
+                    ("sensor", '{"id": "42"}'),  # a malformed message names no record
+                    ("ledger", '{"id": "x"}'),
+                ]
+            ],
+        )
+
+    db.upgrade(engine)
+
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(db.dead_letters.c.source, db.dead_letters.c.record_id).order_by(
+                db.dead_letters.c.id
+            )
+        ).all()
+    assert [tuple(row) for row in found] == [("ledger", 42), ("sensor", None), ("ledger", None)]
+    engine.dispose()

@@ -189,14 +189,20 @@ class PubSubQueue(RequestQueue):
         except gexc.GoogleAPICallError as exc:
             raise _unavailable(self.topology, exc) from exc
 
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        self._modify_ack_deadline(ack_ids, seconds)
+
     def nack(self, ack_ids: Sequence[str]) -> None:
+        self._modify_ack_deadline(ack_ids, 0)
+
+    def _modify_ack_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
         try:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 self.subscriber.modify_ack_deadline(
                     request={
                         "subscription": self.subscription_path,
                         "ack_ids": chunk,
-                        "ack_deadline_seconds": 0,
+                        "ack_deadline_seconds": seconds,
                     }
                 )
         except gexc.GoogleAPICallError as exc:

@@ -7,6 +7,7 @@ deadline), a delivery-attempt count, and dead letters for messages that are neve
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -69,6 +70,13 @@ class RequestQueue(ABC):
     @abstractmethod
     def nack(self, ack_ids: Sequence[str]) -> None:
         """Make delivered messages visible again at once."""
+
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        """Push the ack deadline of delivered messages ``seconds`` from now (Pub/Sub's
+        ModifyAckDeadline, the local queue's lease), so a consumer still working keeps them.
+
+        Nothing here: a queue without a deadline never takes a message back.
+        """
 
     def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
         """Messages the queue service itself gave up on, waiting to be read into the ledger.
@@ -212,9 +220,72 @@ class LocalQueue(RequestQueue):
                     sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=now)
                 )
 
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        table = db.queue_messages
+        visible_at = db.utcnow() + timedelta(seconds=seconds)
+        with self.engine.begin() as connection:
+            for chunk in chunked(ack_ids, ACK_CHUNK):
+                connection.execute(
+                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=visible_at)
+                )
+
     def depth(self) -> int:
         """Messages not yet acknowledged (visible or leased)."""
         with self.engine.connect() as connection:
             return connection.execute(
                 sa.select(sa.func.count()).select_from(db.queue_messages)
             ).scalar_one()
+
+
+class DeadlineExtender:
+    """Keeps delivered messages from being redelivered while their consumer still works on them.
+
+    On entry it pushes their ack deadline ``deadline_seconds`` from now, then again every third
+    of it from a background thread until exit: the lease management Pub/Sub's streaming-pull
+    clients do, for a synchronous pull. Without it, a tick that holds thousands of messages
+    longer than the deadline sees them redelivered under it, and every such delivery counts
+    towards the dead-letter policy. A failed extension is kept in ``error`` (the tick reports
+    it), not raised: it only means the messages may come again, which the ledger recognises.
+    """
+
+    def __init__(
+        self,
+        queue: RequestQueue,
+        ack_ids: Sequence[str],
+        deadline_seconds: int,
+        *,
+        interval: float | None = None,
+    ) -> None:
+        self.queue = queue
+        self.ack_ids = list(ack_ids)
+        self.deadline_seconds = deadline_seconds
+        self.interval = interval if interval is not None else max(1.0, deadline_seconds / 3)
+        self.extensions = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _extend(self) -> bool:
+        try:
+            self.queue.extend(self.ack_ids, self.deadline_seconds)
+        except (QueueUnavailableError, sa.exc.SQLAlchemyError) as exc:
+            self.error = f"extending the ack deadline of {len(self.ack_ids)} messages failed: {exc}"
+            return False
+        self.extensions += 1
+        return True
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self._extend():
+                return
+
+    def __enter__(self) -> DeadlineExtender:
+        if self.ack_ids and self._extend():
+            self._thread = threading.Thread(target=self._keep, name="ack-deadline", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -8,10 +8,16 @@ Store documentation), so an appended change supersedes the older row, and a row 
 (an import retried after a failed sync) is the same value twice. An append rather than a
 ``MERGE``: load jobs cost no query bytes or DML quota, and a MERGE would scan the whole table on
 every import, which is the cost this import exists to avoid. A full import
-(``import-data --full``) replaces the table with a snapshot (``WRITE_TRUNCATE``), which also
-drops the superseded rows. Then the FeatureView is synced and the import waits for that sync,
-because a record is only fetchable online once its sync has finished; an import with nothing
-new neither loads nor syncs.
+(``import-data --full``) replaces the table's rows with a snapshot (``WRITE_TRUNCATE_DATA``: the
+rows are replaced, the table's schema, which Terraform owns with its column descriptions, is
+kept; ``WRITE_TRUNCATE`` would replace the schema with the load's), which also drops the
+superseded rows. Then the FeatureView is synced and the import waits for that sync, because a
+record is only fetchable online once its sync has finished; an import with nothing new neither
+loads nor syncs.
+
+Fetching tells a missing FeatureView from a missing record: FetchFeatureValues answers NOT_FOUND
+for both, so the view is looked up once before the first fetch, and a NOT_FOUND after that means
+the record is not synced yet.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ class VertexFeatureView:
     region: str = "us-central1"
     online_store: str = "batchinfer"
     feature_view: str = "records"
-    # Overrides the regional API host (Private Service Connect, or the local fakes of tests).
-    api_endpoint: str | None = None
+    # Endpoint overrides ("host:port"; None: the service's own): the regional admin API, and
+    # the online store's serving endpoint (an Optimized store serves from its own domain).
+    admin_endpoint: str | None = None
+    serving_endpoint: str | None = None
     sync_timeout_seconds: float = 1800.0
 
 
@@ -104,7 +112,7 @@ def serving_endpoint(admin: FeatureOnlineStoreAdminServiceClient, store_name: st
     if endpoint.private_service_connect_config.enable_private_service_connect:
         raise VertexFeatureStoreError(
             f"online store {store_name} serves only through Private Service Connect: set "
-            "BATCHINFER_VERTEX_API_ENDPOINT to the PSC endpoint address"
+            "BATCHINFER_VERTEX_SERVING_ENDPOINT to the PSC endpoint address"
         )
     if not endpoint.public_endpoint_domain_name:
         raise VertexFeatureStoreError(
@@ -150,7 +158,7 @@ class VertexFeatureStore(FeatureStore):
         )
         self.view_name = f"{self.store_name}/featureViews/{view.feature_view}"
         self.bigquery = bigquery_client or bigquery.Client(project=project)
-        admin_endpoint = view.api_endpoint or f"{view.region}-aiplatform.googleapis.com"
+        admin_endpoint = view.admin_endpoint or f"{view.region}-aiplatform.googleapis.com"
         self.admin = FeatureOnlineStoreAdminServiceClient(
             **grpc_client_kwargs(FeatureOnlineStoreAdminServiceGrpcTransport, admin_endpoint)
         )
@@ -170,13 +178,35 @@ class VertexFeatureStore(FeatureStore):
 
     @property
     def serving(self) -> FeatureOnlineStoreServiceClient:
-        """The online-serving client, made on first fetch (its endpoint may not exist earlier)."""
+        """The online-serving client, made on first fetch (its endpoint may not exist earlier),
+        after checking that the FeatureView exists."""
         if self._serving is None:
-            endpoint = self.view.api_endpoint or serving_endpoint(self.admin, self.store_name)
+            self.check_feature_view()
+            endpoint = self.view.serving_endpoint or serving_endpoint(self.admin, self.store_name)
             self._serving = FeatureOnlineStoreServiceClient(
                 **grpc_client_kwargs(FeatureOnlineStoreServiceGrpcTransport, endpoint)
             )
         return self._serving
+
+    def check_feature_view(self) -> None:
+        """Raise unless the FeatureView exists.
+
+        Without this, a wrong or deleted view would answer NOT_FOUND for every record, exactly
+        like records that are not synced yet: every request would wait in ``waiting_features``
+        and then be dead-lettered, none with the real cause.
+        """
+        try:
+            self.admin.get_feature_view(name=self.view_name)
+        except gexc.NotFound as exc:
+            raise VertexFeatureStoreError(
+                f"FeatureView {self.view_name} does not exist: check BATCHINFER_VERTEX_PROJECT, "
+                "_REGION, _ONLINE_STORE and _FEATURE_VIEW against `terraform output "
+                "batchinfer_env` (Terraform creates the view)"
+            ) from exc
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"looking up FeatureView {self.view_name} failed: {exc}"
+            ) from exc
 
     def import_records(self, *, full: bool = False) -> ImportResult:
         window = feature_import.open_window(
@@ -221,7 +251,7 @@ class VertexFeatureStore(FeatureStore):
             schema=list(SOURCE_SCHEMA),
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
             write_disposition=(
-                bigquery.WriteDisposition.WRITE_TRUNCATE
+                bigquery.WriteDisposition.WRITE_TRUNCATE_DATA
                 if full
                 else bigquery.WriteDisposition.WRITE_APPEND
             ),

@@ -94,9 +94,12 @@ class VertexEndpoint:
     """Where and how to call a Vertex AI endpoint (``BATCHINFER_MODEL_URL=vertex://…``)."""
 
     url: str
+    # The prediction API's "host:port" (BATCHINFER_VERTEX_PREDICTION_ENDPOINT); None: regional.
     api_endpoint: str | None = None
     timeout_seconds: float = 120.0
     chunk_size: int = 256
+    # BATCHINFER_MODEL_MAX_REQUEST_BYTES; the client keeps under Vertex AI's own limit too.
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 def model_id(response_body: dict[str, object], endpoint: str) -> str:
@@ -126,7 +129,9 @@ class VertexModelClient(ModelClient):
         self.chunk_size = endpoint.chunk_size
         self.timeout = endpoint.timeout_seconds
         self.retry = retry or default_retry(4 * endpoint.timeout_seconds)
-        self.max_request_bytes = max_request_bytes
+        # Vertex AI's own limit, or the configured one when smaller; a text too large for it
+        # alone is answered with a RefusedText and never sent.
+        self.max_request_bytes = min(max_request_bytes, endpoint.max_request_bytes)
         self.api_endpoint = endpoint.api_endpoint or f"{region}-aiplatform.googleapis.com"
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)

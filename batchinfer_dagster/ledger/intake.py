@@ -105,7 +105,7 @@ def queued_request_rows(
     ]
 
 
-def message_error(message: ReceivedMessage, error: Exception) -> str:
+def message_error(error: Exception) -> str:
     """The dead-letter reason of a message whose handling raised ``error``."""
     if isinstance(error, InvalidRequestError):
         return str(error)
@@ -128,14 +128,14 @@ def classify_messages(
             key = request_key(queue, message)
         except Exception as exc:  # charged to this message alone
             key = f"{queue}:unreadable:{position}:{message.ack_id}"[:128]
-            invalid[key] = (message, message_error(message, exc))
+            invalid[key] = (message, message_error(exc))
             continue
         if key in valid or key in invalid:
             continue
         try:
             valid[key] = parse_record_id(message.data)
         except Exception as exc:  # charged to this message alone
-            invalid[key] = (message, message_error(message, exc))
+            invalid[key] = (message, message_error(exc))
     return valid, invalid
 
 

@@ -7,7 +7,7 @@ new message id, and is resolved like any other when its record is predicted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -39,10 +39,9 @@ class DeadLetterFilter:
 
 @dataclass
 class ReplayReport:
-    """What ``replay_dead_letters`` did: re-published dead letters and the message ids they got."""
+    """What ``replay_dead_letters`` did; each dead letter keeps the new message id it got."""
 
     replayed: int = 0
-    message_ids: list[str] = field(default_factory=list)
     # Open dead letters that name no record (malformed messages): nothing to ask for again.
     not_replayable: int = 0
     # Open dead letters matching the filter that were replayed before (never replayed twice).
@@ -126,8 +125,6 @@ def replay_dead_letters(
                 ],
             )
         report.replayed += len(claimed)
-        if len(report.message_ids) < 2 * chunk:
-            report.message_ids += message_ids
     report.not_replayable = _count_dead_letters(
         engine, *which.clauses(), table.c.record_id.is_(None)
     )

@@ -54,9 +54,12 @@ class VertexFeatureStoreResource(FeatureStoreResource):
     bigquery_table: str = Field(
         description="project.dataset.table of the source (BATCHINFER_VERTEX_BIGQUERY_TABLE)."
     )
-    api_endpoint: str | None = Field(
+    admin_endpoint: str | None = Field(
+        default=None, description="host:port of the admin API (BATCHINFER_VERTEX_ADMIN_ENDPOINT)."
+    )
+    serving_endpoint: str | None = Field(
         default=None,
-        description="Overrides the regional Vertex API host (Private Service Connect).",
+        description="host:port of the online store (BATCHINFER_VERTEX_SERVING_ENDPOINT; PSC).",
     )
     sync_timeout_seconds: float = Field(default=1800.0, gt=0)
 
@@ -69,7 +72,8 @@ class VertexFeatureStoreResource(FeatureStoreResource):
             region=self.region,
             online_store=self.online_store,
             feature_view=self.feature_view,
-            api_endpoint=self.api_endpoint,
+            admin_endpoint=self.admin_endpoint,
+            serving_endpoint=self.serving_endpoint,
             sync_timeout_seconds=self.sync_timeout_seconds,
         )
 

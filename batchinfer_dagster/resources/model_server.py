@@ -95,7 +95,11 @@ class VertexModelEndpoint(ModelServerResource):
         description="vertex://projects/P/locations/L/endpoints/E (BATCHINFER_MODEL_URL)."
     )
     api_endpoint: str | None = Field(
-        default=None, description="Overrides the regional Vertex API host."
+        default=None,
+        description="host:port of the prediction API (BATCHINFER_VERTEX_PREDICTION_ENDPOINT).",
+    )
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, description="BATCHINFER_MODEL_MAX_REQUEST_BYTES"
     )
 
     def endpoint(self) -> VertexEndpoint:
@@ -106,6 +110,7 @@ class VertexModelEndpoint(ModelServerResource):
             api_endpoint=self.api_endpoint,
             timeout_seconds=self.timeout_seconds,
             chunk_size=self.chunk_size,
+            max_request_bytes=self.max_request_bytes,
         )
 
     def client(self) -> ModelClient:

@@ -7,6 +7,7 @@ a clear 4xx and never joins (or breaks) a batch shared with other requests.
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,16 @@ from model_server.backends.base import Instance
 from model_server.settings import ServerSettings
 
 KNOWN_PARAMETERS = frozenset({"candidate_labels", "multi_label", "hypothesis_template"})
+
+# A value shown in an error message: bounded in depth and length (a client's value can be
+# nested hundreds of levels deep, and ``repr`` recurses as deep as the value).
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 3, 80, 80, 40
+
+
+def brief(value: Any) -> str:
+    """A short repr of a client's value for an error message."""
+    return _BRIEF.repr(value)
 
 
 class RequestError(Exception):
@@ -124,7 +135,7 @@ def instance_text(instance: Any, index: int) -> str:
     text = instance.get("text") if isinstance(instance, dict) else instance
     if not isinstance(text, str):
         raise ValueError(
-            f"instances[{index}] must be a string or {{'text': string}}, got {instance!r:.80}"
+            f"instances[{index}] must be a string or {{'text': string}}, got {brief(instance)}"
         )
     if not text.strip():
         raise ValueError(f"instances[{index}] has an empty text")
@@ -136,7 +147,7 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RequestError(422, f"'parameters' must be an object, got {raw!r:.80}")
+        raise RequestError(422, f"'parameters' must be an object, got {brief(raw)}")
     unknown = sorted(set(raw) - KNOWN_PARAMETERS)
     if unknown:
         raise RequestError(
@@ -144,7 +155,7 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
         )
     multi_label = raw.get("multi_label", False)
     if not isinstance(multi_label, bool):
-        raise RequestError(422, f"'multi_label' must be true or false, got {multi_label!r}")
+        raise RequestError(422, f"'multi_label' must be true or false, got {brief(multi_label)}")
     return Parameters(
         labels=parse_labels(raw.get("candidate_labels", settings.default_labels), settings),
         multi_label=multi_label,
@@ -157,7 +168,7 @@ def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
     if isinstance(raw, str):
         raw = [label.strip() for label in raw.split(",") if label.strip()]
     if not isinstance(raw, list) or not all(isinstance(label, str) for label in raw):
-        raise RequestError(422, f"'candidate_labels' must be a list of strings, got {raw!r:.80}")
+        raise RequestError(422, f"'candidate_labels' must be a list of strings, got {brief(raw)}")
     try:
         for label in raw:
             check_encodable(label, "a candidate label")
@@ -171,7 +182,7 @@ def parse_template(raw: Any) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise RequestError(422, f"'hypothesis_template' must be a string, got {raw!r:.80}")
+        raise RequestError(422, f"'hypothesis_template' must be a string, got {brief(raw)}")
     try:
         return check_hypothesis_template(check_encodable(raw, "the hypothesis template"))
     except (ParameterError, ValueError) as error:

@@ -167,14 +167,16 @@ def postgres_instance(
 ) -> Iterator[DagsterInstance]:
     """A Dagster instance from the production dagster.yaml, on the test PostgreSQL server.
 
-    Only what needs Google Cloud or TLS is taken out: the GCS compute-log bucket and
-    ``sslmode=require`` (the test server has no certificate). Storage, run queue, pool limits,
-    retries and sensor settings are the production file's own.
+    Only what needs Google Cloud or TLS is taken out: the GCS compute-log bucket, the Cloud Run
+    run launcher (the test executes the runs itself; tests/gcp/test_cloud_run_launcher.py covers
+    it) and ``sslmode=verify-ca`` (the test server has no certificate). Storage, run queue, pool
+    limits, retries and sensor settings are the production file's own.
     """
     name = unique_name("dagster")
     postgres.create_database(name)
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     config.pop("compute_logs")
+    config.pop("run_launcher")
     config["storage"]["postgres"]["postgres_db"].pop("params")
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -7,6 +7,10 @@ dead-lettered alone (source ``model``) with the reason, and the batch's other re
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
@@ -88,3 +92,21 @@ def test_the_client_resends_exactly_the_instances_the_server_did_not_refuse(
     assert "not valid Unicode" in refused[5]
     predicted = [a.sequence for a in answers if not isinstance(a, RefusedText)]
     assert predicted == ["refund my order", "app crash", "password reset"]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on ``port``, from the kernel's table (Linux)."""
+    addresses = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:  # 0A: TCP_LISTEN
+            addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return addresses
+
+
+def test_the_model_server_listens_on_loopback_by_default(model_server_url: str) -> None:
+    """The session's server is started without MODEL_HOST, as `make run` starts it."""
+    assert "MODEL_HOST" not in os.environ
+    port = int(model_server_url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
+import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus
 
 from batchinfer_dagster import db, ledger
@@ -14,6 +14,7 @@ from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
+    engine_of,
     local_feature_store,
     model_server_of,
     open_queue,
@@ -111,7 +112,8 @@ def test_malformed_messages_become_dead_letters_with_reasons(
 def test_unknown_ids_wait_for_features_then_dead_letter(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
-    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": 3.0})
+    wait = timedelta(seconds=60)  # far longer than a drain on a loaded machine
+    settings = pipeline_settings.model_copy(update={"feature_wait_seconds": wait.seconds})
     add_features(settings, [1])
     publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
     run_daemon_loop(instance, settings)
@@ -121,7 +123,18 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
-    time.sleep(3.2)
+    # The wait passes: the ledger's times move back by it instead of the test sleeping.
+    table = db.prediction_requests
+    with engine_of(settings).begin() as connection:
+        for row in connection.execute(sa.select(table)).all():
+            connection.execute(
+                sa.update(table)
+                .where(table.c.message_id == row.message_id)
+                .values(
+                    received_at=row.received_at - wait,
+                    not_before=row.not_before - wait if row.not_before else None,
+                )
+            )
     run_daemon_loop(instance, settings)
 
     by_record = {r.record_id: r for r in rows(settings, db.prediction_requests)}

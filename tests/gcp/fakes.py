@@ -3,7 +3,8 @@
 ``FakeVertex`` is a gRPC server with the real ``google.cloud.aiplatform.v1`` method names and
 proto messages (the generated clients cannot tell it from Vertex AI); ``FakeBigQuery`` answers
 the REST calls google-cloud-bigquery makes for a multipart load job, ``jobs.query`` and
-``tables.get``. Each keeps just enough state to behave like the service for our calls: a sync
+``tables.get``; ``FakeCloudRun`` serves the Cloud Run Admin v2 calls of Dagster's Cloud Run run
+launcher. Each keeps just enough state to behave like the service for our calls: a sync
 copies the BigQuery table into the online store, as Vertex does.
 """
 
@@ -25,19 +26,23 @@ from typing import Any
 from urllib.parse import urlparse
 
 import grpc
+from google.cloud import run_v2
 from google.cloud.aiplatform_v1 import (
     FeatureOnlineStore,
+    FeatureView,
     FeatureViewSync,
     FetchFeatureValuesRequest,
     FetchFeatureValuesResponse,
     GetFeatureOnlineStoreRequest,
+    GetFeatureViewRequest,
     GetFeatureViewSyncRequest,
     PredictRequest,
     PredictResponse,
     SyncFeatureViewRequest,
     SyncFeatureViewResponse,
 )
-from google.protobuf import json_format
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, json_format
 
 PACKAGE = "google.cloud.aiplatform.v1"
 
@@ -69,10 +74,14 @@ class FakeVertex:
     predict_errors: list[grpc.StatusCode] = field(default_factory=list)
     predict_sizes: list[int] = field(default_factory=list)
     public_endpoint: str = ""
+    feature_view_exists: bool = True
+    feature_view_lookups: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self.lock:
+            self.feature_view_exists = True
+            self.feature_view_lookups = 0
             self.online.clear()
             self.syncs.clear()
             self.fetch_errors.clear()
@@ -138,6 +147,16 @@ class FakeVertex:
         sync.sync_summary = {"row_synced": len(rows)}
         return sync
 
+    def get_feature_view(
+        self, request: GetFeatureViewRequest, context: grpc.ServicerContext
+    ) -> FeatureView:
+        with self.lock:
+            self.feature_view_lookups += 1
+            exists = self.feature_view_exists
+        if not exists:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"FeatureView {request.name} not found")
+        return FeatureView(name=request.name)
+
     def get_feature_online_store(
         self, request: GetFeatureOnlineStoreRequest, context: grpc.ServicerContext
     ) -> FeatureOnlineStore:
@@ -177,6 +196,7 @@ class FakeVertex:
                 "GetFeatureViewSync": _unary(
                     self.get_feature_view_sync, GetFeatureViewSyncRequest, FeatureViewSync
                 ),
+                "GetFeatureView": _unary(self.get_feature_view, GetFeatureViewRequest, FeatureView),
                 "GetFeatureOnlineStore": _unary(
                     self.get_feature_online_store, GetFeatureOnlineStoreRequest, FeatureOnlineStore
                 ),
@@ -209,9 +229,15 @@ def vertex_server(fake: FakeVertex) -> Iterator[str]:
 
 @dataclass
 class FakeBigQuery:
-    """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values."""
+    """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values.
+
+    Load write dispositions as BigQuery applies them: WRITE_APPEND adds rows, WRITE_TRUNCATE
+    replaces the rows and the table's schema with the load's, WRITE_TRUNCATE_DATA replaces the
+    rows and keeps the existing table's schema (descriptions included).
+    """
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    schemas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     load_dispositions: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -219,8 +245,19 @@ class FakeBigQuery:
     def reset(self) -> None:
         with self.lock:
             self.tables.clear()
+            self.schemas.clear()
             self.jobs.clear()
             self.load_dispositions.clear()
+
+    def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
+        """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
+        with self.lock:
+            self.tables[table] = []
+            self.schemas[table] = fields
+
+    def schema(self, table: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.schemas.get(table, []))
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -245,8 +282,11 @@ class FakeBigQuery:
             done["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
         else:
             with self.lock:
-                self.load_dispositions.append(load.get("writeDisposition", "WRITE_APPEND"))
-                if load.get("writeDisposition") == "WRITE_TRUNCATE":
+                disposition = load.get("writeDisposition", "WRITE_APPEND")
+                self.load_dispositions.append(disposition)
+                if disposition == "WRITE_TRUNCATE" or table not in self.schemas:
+                    self.schemas[table] = load["schema"]["fields"]
+                if disposition in {"WRITE_TRUNCATE", "WRITE_TRUNCATE_DATA"}:
                     self.tables[table] = rows
                 else:
                     self.tables.setdefault(table, []).extend(rows)
@@ -313,12 +353,13 @@ class FakeBigQuery:
             if key not in self.tables:
                 return None
             count = len(self.tables[key])
+            fields = list(self.schemas.get(key, []))
         return {
             "kind": "bigquery#table",
             "id": f"{project}:{dataset}.{table}",
             "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
             "numRows": str(count),
-            "schema": {"fields": []},
+            "schema": {"fields": fields},
         }
 
 
@@ -456,3 +497,96 @@ def token_server(fake: FakeTokenEndpoint) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class FakeCloudRun:
+    """Cloud Run Admin API v2, the calls CloudRunRunLauncher makes: Jobs.RunJob,
+    Executions.GetExecution and Executions.CancelExecution, on one gRPC port.
+
+    ``runs`` keeps each RunJob request; ``states`` maps an execution name to "running",
+    "succeeded", "failed" or "cancelled" (as its counters and ``reconciling`` report it);
+    ``refuse`` makes RunJob abort with that status code.
+    """
+
+    runs: list[run_v2.RunJobRequest] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+    refuse: grpc.StatusCode | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_job(
+        self, request: run_v2.RunJobRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        if self.refuse is not None:
+            context.abort(self.refuse, f"injected {self.refuse.name} for {request.name}")
+        job = request.name.rsplit("/", 1)[-1]
+        execution = run_v2.Execution(
+            name=f"{request.name}/executions/{job}-{uuid.uuid4().hex[:5]}", job=job
+        )
+        with self.lock:
+            self.runs.append(request)
+            self.states[execution.name] = "running"
+        metadata = any_pb2.Any()
+        metadata.Pack(run_v2.Execution.pb(execution))
+        return operations_pb2.Operation(name=f"{execution.name}/operation", metadata=metadata)
+
+    def get_execution(
+        self, request: run_v2.GetExecutionRequest, context: grpc.ServicerContext
+    ) -> run_v2.Execution:
+        with self.lock:
+            state = self.states.get(request.name)
+        if state is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.name} not found")
+        return run_v2.Execution(
+            name=request.name,
+            reconciling=state == "running",
+            succeeded_count=int(state == "succeeded"),
+            failed_count=int(state == "failed"),
+            cancelled_count=int(state == "cancelled"),
+        )
+
+    def cancel_execution(
+        self, request: run_v2.CancelExecutionRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        with self.lock:
+            self.states[request.name] = "cancelled"
+        return operations_pb2.Operation(name=f"{request.name}/cancel", done=True)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def operation(handler: Callable, request_type: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                handler,
+                request_deserializer=request_type.deserialize,
+                response_serializer=operations_pb2.Operation.SerializeToString,
+            )
+
+        return [
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Jobs",
+                {"RunJob": operation(self.run_job, run_v2.RunJobRequest)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "google.cloud.run.v2.Executions",
+                {
+                    "GetExecution": _unary(
+                        self.get_execution, run_v2.GetExecutionRequest, run_v2.Execution
+                    ),
+                    "CancelExecution": operation(
+                        self.cancel_execution, run_v2.CancelExecutionRequest
+                    ),
+                },
+            ),
+        ]
+
+
+@contextmanager
+def cloud_run_server(fake: FakeCloudRun) -> Iterator[str]:
+    """Serve ``fake`` on a free loopback port; yields ``127.0.0.1:PORT``."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(fake.handlers())
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

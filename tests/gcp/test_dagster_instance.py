@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import hcl2
 import pytest
 import yaml
 from dagster import DagsterInstance
@@ -20,6 +22,8 @@ PG_ENV = {
     "DAGSTER_PG_PASSWORD": "p@ss:word",
     "DAGSTER_PG_DB": "dagster",
     "DAGSTER_COMPUTE_LOGS_BUCKET": "p-dagster-logs",
+    "GOOGLE_CLOUD_PROJECT": "p",
+    "GOOGLE_CLOUD_REGION": "europe-west4",
 }
 
 
@@ -38,7 +42,7 @@ def test_dagster_yaml_passes_the_instance_schema() -> None:
     config, custom_class = dagster_instance_config(str(ROOT))
     assert custom_class is None
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert config["run_launcher"]["class"] == "DefaultRunLauncher"
+    assert config["run_launcher"]["class"] == "CloudRunRunLauncher"
 
 
 @pytest.mark.usefixtures("pg_env")
@@ -47,7 +51,8 @@ def test_postgres_storage_comes_from_the_environment() -> None:
     resolved = process_config(pg_config(), storage)
     assert resolved.success, resolved.errors
     assert pg_url_from_config(resolved.value) == (
-        "postgresql+psycopg2://batchinfer:p%40ss%3Aword@10.20.0.3:5432/dagster?sslmode=require"
+        "postgresql+psycopg2://batchinfer:p%40ss%3Aword@10.20.0.3:5432/dagster"
+        "?sslmode=verify-ca&sslrootcert=%2Fetc%2Fbatchinfer%2Fcloudsql%2Fserver-ca.pem"
     )
 
 
@@ -60,7 +65,32 @@ def test_missing_postgres_password_is_an_error(monkeypatch: pytest.MonkeyPatch) 
     assert "DAGSTER_PG_PASSWORD" in str(resolved.errors)
 
 
-def test_queue_retries_and_pool_limits_take_effect(tmp_path: Path) -> None:
+def terraform_defaults() -> dict[str, object]:
+    options = hcl2.SerializationOptions(
+        with_comments=False, explicit_blocks=False, strip_string_quotes=True
+    )
+    variables = hcl2.load(
+        (ROOT / "terraform" / "variables.tf").open(), serialization_options=options
+    )
+    return {
+        name: body.get("default") for block in variables["variable"] for name, body in block.items()
+    }
+
+
+def limits_by_formula(model_server_max_instances: int) -> tuple[int, int]:
+    """(model_server pool, max_concurrent_runs): the formula of dagster.yaml and dagster.tf."""
+    pool = model_server_max_instances * 2
+    return pool, pool + 3
+
+
+def test_terraform_computes_the_limits_by_the_same_formula() -> None:
+    text = (ROOT / "terraform" / "dagster.tf").read_text()
+    assert re.search(r"model_server_pool\s*=\s*var\.model_server_max_instances \* 2\n", text)
+    assert re.search(r"max_concurrent_runs\s*=\s*var\.model_server_max_instances \* 2 \+ 3\n", text)
+
+
+@pytest.mark.usefixtures("adc_key_file", "pg_env")
+def test_queue_retries_monitoring_and_limits_take_effect(tmp_path: Path) -> None:
     """The real file with only the outside services (Postgres, GCS) swapped for local ones."""
     config = production_config()
     config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
@@ -77,8 +107,24 @@ def test_queue_retries_and_pool_limits_take_effect(tmp_path: Path) -> None:
         assert instance.run_retries_max_retries == 2
         assert not instance.run_retries_retry_on_asset_or_op_failure  # reconcile retries
         concurrency = instance.get_concurrency_config()
-        assert concurrency.pool_config.default_pool_limit == 4
+        pool, max_runs = limits_by_formula(terraform_defaults()["model_server_max_instances"])
+        assert concurrency.pool_config.default_pool_limit == pool
         assert concurrency.pool_config.pool_granularity.value == "run"
-        assert concurrency.run_queue_config.max_concurrent_runs == 20
+        assert concurrency.run_queue_config.max_concurrent_runs == max_runs
         assert instance.get_settings("sensors")["use_threads"] is True
-        assert type(instance.run_launcher).__name__ == "DefaultRunLauncher"
+
+        # Orphans fail: the launcher reports its workers' health to run monitoring, and every
+        # run is bounded in time, by Dagster and by Cloud Run alike.
+        launcher = instance.run_launcher
+        assert type(launcher).__name__ == "CloudRunRunLauncher"
+        assert launcher.supports_check_run_worker_health
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["max_runtime_seconds"] == launcher.run_timeout
+        assert terraform_defaults()["run_max_runtime_seconds"] == launcher.run_timeout
+        assert launcher.fully_qualified_job_name("batchinfer_dagster") == (
+            "projects/p/locations/europe-west4/jobs/batchinfer-run-worker"
+        )
+        assert (
+            terraform_defaults()["name_prefix"] + "-run-worker"
+            == (launcher.job_name_by_code_location["batchinfer_dagster"])
+        )

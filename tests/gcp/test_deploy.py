@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from pathlib import Path
+
 import pytest
+import yaml
 
 from batchinfer_dagster.deploy import (
     DeployedModel,
@@ -112,3 +118,90 @@ def test_an_artifact_keeps_the_hub_offline() -> None:
     ]
     assert "HF_HUB_OFFLINE" not in env
     assert "MODEL_NAME_OR_PATH" not in env
+
+
+# The guide (docs/deploy.md) and its scripts (deploy/): what can be checked without a project.
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+GUIDE = (ROOT / "docs" / "deploy.md").read_text()
+
+
+def scripts() -> list[Path]:
+    found = sorted(DEPLOY.glob("*.sh"))
+    assert found
+    return found
+
+
+def terraform_names(kind: str) -> set[str]:
+    text = "\n".join(path.read_text() for path in (ROOT / "terraform").glob("*.tf"))
+    if kind == "output":
+        return set(re.findall(r'^output "(\w+)"', text, re.MULTILINE))
+    return {
+        f"{type_}.{name}"
+        for type_, name in re.findall(r'^resource "(\w+)" "(\w+)"', text, re.MULTILINE)
+    }
+
+
+@pytest.mark.parametrize("script", scripts(), ids=lambda path: path.name)
+def test_every_script_parses(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_script_the_guide_runs_exists_and_is_executable() -> None:
+    named = set(re.findall(r"\bdeploy/([\w-]+\.sh)\b", GUIDE))
+    assert {"00-configure.sh", "05-apply.sh", "run.sh", "99-teardown.sh"} <= named
+    for name in named:
+        path = DEPLOY / name
+        assert path.is_file(), f"docs/deploy.md runs deploy/{name}, which does not exist"
+        assert os.access(path, os.X_OK), f"deploy/{name} is not executable"
+
+
+def test_scripts_read_only_outputs_that_exist() -> None:
+    outputs = terraform_names("output")
+    for script in scripts():
+        for name in re.findall(r"tf_output (\w+)|tf output -json (\w+)", script.read_text()):
+            output = name[0] or name[1]
+            assert output in outputs, f"{script.name} reads the undeclared output {output}"
+
+
+def test_targeted_apply_names_declared_resources() -> None:
+    declared = terraform_names("resource")
+    text = (DEPLOY / "02-foundation.sh").read_text()
+    targets = re.findall(r"-target='?([\w.]+)", text)
+    assert targets
+    for target in targets:
+        assert target in declared, f"02-foundation.sh targets the undeclared {target}"
+
+
+def test_waits_poll_instead_of_sleeping() -> None:
+    for path in [*scripts(), ROOT / "docs" / "deploy.md"]:
+        for line in path.read_text().splitlines():
+            if re.search(r"\bsleep\b", line):
+                assert path.name == "lib.sh", f"{path.name}: {line}"
+                assert '"${interval}"' in line, f"{path.name}: {line}"
+
+
+def test_no_step_depends_on_an_earlier_shells_variable() -> None:
+    """Each script sources deploy/lib.sh (settings from deploy.env), except the one writing it."""
+    for script in scripts():
+        if script.name in {"00-configure.sh", "lib.sh"}:
+            continue
+        assert 'source "$(dirname "$0")/lib.sh"' in script.read_text(), script.name
+    blocks = re.findall(r"```bash\n(.*?)```", GUIDE, re.DOTALL)
+    for block in blocks:
+        assert "export " not in block, f"the guide sets a shell variable: {block}"
+
+
+def test_the_guide_never_asks_for_editor() -> None:
+    assert "roles/editor" not in GUIDE
+    assert "roles/owner" not in GUIDE
+
+
+def test_cloud_build_pushes_the_images_terraform_runs() -> None:
+    config = yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())
+    assert config["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # a user-specified account
+    assert config["images"] == ["${_REGISTRY}/dagster:${_TAG}", "${_REGISTRY}/model-server:${_TAG}"]
+    configure = (DEPLOY / "00-configure.sh").read_text()
+    assert 'dagster_image      = "${registry}/dagster:${tag}"' in configure
+    assert 'model_server_image = "${registry}/model-server:${tag}"' in configure

@@ -1,12 +1,15 @@
-"""Static checks of terraform/: what `terraform validate` cannot check here (no provider
-download), and the properties the design requires of the deployment."""
+"""Static checks of terraform/: what `terraform validate` against the provider's schema
+(tools/check-terraform) cannot see (the provider's own value limits, which names our variables
+can produce), and the properties the design requires of the deployment."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -18,7 +21,8 @@ import yaml
 
 from batchinfer_dagster.settings import Settings
 
-TERRAFORM = Path(__file__).resolve().parents[2] / "terraform"
+ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM = ROOT / "terraform"
 OPTIONS = hcl2.SerializationOptions(
     with_comments=False, explicit_blocks=False, strip_string_quotes=True
 )
@@ -112,7 +116,7 @@ def walk_dicts(value: object) -> Iterator[dict[str, Any]]:
 
 
 def test_providers_are_pinned_to_ranges() -> None:
-    (terraform,) = blocks("terraform")
+    (terraform,) = [block for block in blocks("terraform") if "required_providers" in block]
     (providers,) = terraform["required_providers"]
     for name in ("google", "random"):
         version = providers[name]["version"]
@@ -184,8 +188,8 @@ def test_pubsub_service_agent_may_dead_letter() -> None:
 def test_cloud_sql_is_private_encrypted_and_recoverable() -> None:
     instance = resource("google_sql_database_instance", "main")
     assert instance["database_version"] == "POSTGRES_16"
-    assert instance["deletion_protection"] == "${var.db_deletion_protection}"
-    assert variables()["db_deletion_protection"]["default"] is True
+    assert instance["deletion_protection"] == "${var.deletion_protection}"
+    assert variables()["deletion_protection"]["default"] is True
     settings = single(instance, "settings")
     ip = single(settings, "ip_configuration")
     assert ip["ipv4_enabled"] is False
@@ -239,30 +243,44 @@ def test_model_server_has_a_gpu_and_only_dagster_may_invoke_it() -> None:
         and body["name"] == "${google_cloud_run_v2_service.model_server.name}"
     ]
     assert [(i["role"], i["member"]) for i in invokers] == [
-        ("roles/run.invoker", "${local.dagster_member}")
+        ("roles/run.invoker", "${local.members.run_worker}")
     ]
 
 
-def test_dagster_runs_in_the_vpc_with_its_secrets() -> None:
-    for kind, name in [
-        ("google_cloud_run_v2_service", "dagster_webserver"),
-        ("google_cloud_run_v2_worker_pool", "dagster_daemon"),
-    ]:
-        template = single(resource(kind, name), "template")
-        assert template["service_account"] == "${google_service_account.dagster.email}"
-        assert single(template, "vpc_access")["network_interfaces"]
+def cloud_run_workloads() -> dict[str, dict[str, Any]]:
+    """Each Dagster Cloud Run resource's revision template (services, worker pool, jobs)."""
+    return {
+        "webserver": single(
+            resource("google_cloud_run_v2_service", "dagster_webserver"), "template"
+        ),
+        "daemon": single(resource("google_cloud_run_v2_worker_pool", "dagster_daemon"), "template"),
+        "run_worker": single(
+            single(resource("google_cloud_run_v2_job", "run_worker"), "template"), "template"
+        ),
+        "cli": single(single(resource("google_cloud_run_v2_job", "cli"), "template"), "template"),
+    }
+
+
+def test_dagster_runs_in_the_vpc_with_its_secrets_each_as_its_own_account() -> None:
+    for key, template in cloud_run_workloads().items():
+        assert template["service_account"] == (
+            f'${{google_service_account.workload["{key}"].email}}'
+        ), key
+        assert single(template, "vpc_access")["network_interfaces"], key
     daemon = resource("google_cloud_run_v2_worker_pool", "dagster_daemon")
     assert single(daemon, "scaling")["manual_instance_count"] == 1  # one daemon, never two
     secret_env = local_values()["dagster_secret_env"]
     assert set(secret_env) == {"BATCHINFER_DATABASE_URL", "DAGSTER_PG_PASSWORD"}
+    # Only the load balancer (with IAP) reaches the UI.
     assert resource("google_cloud_run_v2_service", "dagster_webserver")["ingress"] == (
-        "INGRESS_TRAFFIC_INTERNAL_ONLY"
+        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
     )
 
 
 def test_dagster_yaml_variables_are_all_set() -> None:
     dagster_yaml = yaml.safe_load((TERRAFORM.parent / "dagster.yaml").read_text())
     needed = {node["env"] for node in walk_dicts(dagster_yaml) if isinstance(node.get("env"), str)}
+    needed -= {"PATH"}  # the image's own
     provided = set(local_values()["dagster_pg_env"]) | set(local_values()["dagster_secret_env"])
     assert needed
     assert needed <= provided
@@ -309,3 +327,223 @@ def test_terraform_fmt_is_clean() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def validation_regex(variable: str) -> re.Pattern[str]:
+    """The regex of a variable's `can(regex(...))` validation, as Python compiles it (RE2 and
+    Python agree on these character classes and counted repetitions)."""
+    (validation,) = variables()[variable]["validation"]
+    found = re.search(r'regex\("(.+?)", var\.', validation["condition"])
+    assert found, f"variable {variable} has no regex validation"
+    return re.compile(found.group(1).replace("\\\\", "\\"))
+
+
+def longest_accepted(pattern: re.Pattern[str], alphabet: str = "abcdefghij") -> str:
+    """The longest value of letters the pattern accepts (it must accept some up to 64)."""
+    accepted = [n for n in range(1, 65) if pattern.fullmatch(alphabet[0] + "a" * (n - 1))]
+    assert accepted, f"{pattern.pattern} accepts no value"
+    return "a" * max(accepted)
+
+
+def render(template: str, prefix: str, project: str) -> str:
+    return template.replace("${local.name}", prefix).replace("${var.project_id}", project)
+
+
+# The provider's own limits (its ValidateFuncs, which a schema-only validation does not run):
+# service account ids 6-30 (RFC 1035), bucket names 3-63, Cloud Run service and job names 49
+# (services) / 63 (jobs): 49 for all of ours.
+NAME_LIMITS = {
+    "service_account_ids": (re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])"), 30),
+    "bucket_names": (re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]"), 63),
+    "cloud_run_names": (re.compile(r"[a-z](?:[-a-z0-9]{0,47}[a-z0-9])"), 49),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NAME_LIMITS))
+def test_every_derived_name_fits_the_providers_limit_at_the_longest_inputs(kind: str) -> None:
+    prefix = longest_accepted(validation_regex("name_prefix"))
+    project = longest_accepted(validation_regex("project_id"))
+    assert (len(prefix), len(project)) == (17, 30)
+    pattern, limit = NAME_LIMITS[kind]
+    for key, template in local_values()[kind].items():
+        name = render(template, prefix, project)
+        assert len(name) <= limit, f"{kind}.{key} = {name} ({len(name)} > {limit})"
+        assert pattern.fullmatch(name), f"{kind}.{key} = {name} breaks {pattern.pattern}"
+    # One character more than the validation allows would break the longest id.
+    longest = max(local_values()["service_account_ids"].values(), key=len)
+    assert len(render(longest, prefix + "a", project)) > 30
+
+
+def test_names_are_only_built_in_the_names_maps() -> None:
+    """A resource that builds its own name from name_prefix escapes the length test above."""
+    for (kind, name), body in resources().items():
+        if kind == "google_service_account":
+            assert body["account_id"] == "${each.value}", name
+        if kind == "google_storage_bucket":
+            assert body["name"].startswith("${local.bucket_names."), name
+
+
+def test_versions_lower_bound_is_the_oldest_validated_release() -> None:
+    sys.path.insert(0, str(ROOT / "tools" / "terraform_schema"))
+    try:
+        validate = importlib.import_module("validate")
+    finally:
+        sys.path.pop(0)
+    (terraform,) = [block for block in blocks("terraform") if "required_providers" in block]
+    (providers,) = terraform["required_providers"]
+    constraint = providers["google"]["version"]
+    lower = re.search(r">=\s*([\d.]+)", constraint).group(1)
+    upper = re.search(r"<\s*([\d.]+)", constraint).group(1)
+    releases = [release.provider_version for release in validate.GOOGLE_RELEASES]
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("."))
+
+    assert version(releases[0])[:2] == version(lower)[:2], (constraint, releases)
+    assert all(version(release) < version(upper) for release in releases)
+    assert version(releases[-1])[0] == version(upper)[0] - 1, "validate the newest major allowed"
+
+
+def test_image_cleanup_deletes_old_versions_and_keeps_recent_ones() -> None:
+    repository = resource("google_artifact_registry_repository", "images")
+    policies = {policy["action"]: policy for policy in repository["cleanup_policies"]}
+    assert set(policies) == {"DELETE", "KEEP"}  # KEEP alone deletes nothing
+    assert single(policies["DELETE"], "condition")["older_than"]
+    assert repository["cleanup_policy_dry_run"] is False
+
+
+def test_apis_include_what_plan_needs() -> None:
+    services = local_values()["services"]
+    for api in ("cloudresourcemanager.googleapis.com", "iap.googleapis.com"):
+        assert api in services
+
+
+def test_model_server_starts_within_cloud_runs_probe_limit_from_local_weights() -> None:
+    probe = local_values()["model_startup_probe"]
+    total = probe["initial_delay_seconds"] + probe["period_seconds"] * probe["failure_threshold"]
+    assert total <= 240, f"startup probe allows {total} s; Cloud Run allows 240"
+    env = local_values()["model_env"]
+    assert env["HF_HUB_OFFLINE"] == "1"  # never the Hub at start-up
+    template = single(resource("google_cloud_run_v2_service", "model_server"), "template")
+    volume = single(template, "volumes")
+    assert single(volume, "gcs")["bucket"] == "${google_storage_bucket.models.name}"
+    assert single(volume, "gcs")["read_only"] is True
+    assert "${local.models_mount}/" in env["MODEL_NAME_OR_PATH"]
+
+
+def test_webserver_probe_fits_cloud_runs_limit() -> None:
+    template = single(resource("google_cloud_run_v2_service", "dagster_webserver"), "template")
+    probe = single(single(template, "containers"), "startup_probe")
+    assert (
+        probe.get("initial_delay_seconds", 0)
+        + (probe["period_seconds"] * probe["failure_threshold"])
+        <= 240
+    )
+
+
+def test_cli_job_runs_any_command() -> None:
+    """No fixed command: `--args=dagster,instance,migrate` is as runnable as batchinfer."""
+    container = single(cloud_run_workloads()["cli"], "containers")
+    assert "command" not in container
+    assert container["args"][0] == "batchinfer"
+
+
+def test_run_worker_job_bounds_each_run() -> None:
+    job = cloud_run_workloads()["run_worker"]
+    assert job["timeout"] == "${var.run_max_runtime_seconds}s"
+    assert job["max_retries"] == 0  # Dagster's run retries decide, not Cloud Run
+    grants = {
+        tuple(value)
+        for value in resource("google_cloud_run_v2_job_iam_member", "daemon_runs_workers")[
+            "for_each"
+        ].values()
+    }
+    assert ("daemon", "roles/run.jobsExecutorWithOverrides") in grants
+
+
+ALLOWED_PROJECT_ROLES = {
+    "roles/logging.logWriter",
+    "roles/monitoring.metricWriter",
+    "roles/bigquery.jobUser",
+    "${google_project_iam_custom_role.feature_store_user.id}",
+}
+
+
+def test_project_level_roles_are_only_those_with_no_resource_to_hold_them() -> None:
+    text = all_text()
+    for role in ("roles/editor", "roles/owner", "roles/aiplatform.user", "roles/run.admin"):
+        assert role not in text, role
+    roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"\]', text)) | set(
+        re.findall(r"(\$\{google_project_iam_custom_role\.\w+\.id\})", text)
+    )
+    iam = (TERRAFORM / "iam.tf").read_text()
+    project_roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"', iam.split("resource ")[1]))
+    assert project_roles <= ALLOWED_PROJECT_ROLES
+    assert roles
+
+
+def test_teardown_completes() -> None:
+    assert (
+        resource("google_service_networking_connection", "private_services")["deletion_policy"]
+        == "ABANDON"
+    )
+    for name in ("app", "dagster"):
+        assert resource("google_sql_database", name)["deletion_policy"] == "ABANDON"
+    assert resource("google_sql_user", "app")["deletion_policy"] == "ABANDON"
+    for (kind, name), body in resources().items():
+        if kind == "google_storage_bucket":
+            assert body["force_destroy"] == "${!var.deletion_protection}", name
+    assert resource("google_bigquery_table", "records")["deletion_protection"] == (
+        "${var.deletion_protection}"
+    )
+
+
+def test_database_connections_verify_the_server() -> None:
+    options = local_values()["database_url_options"]
+    assert "sslmode=verify-ca" in options
+    ca_file = local_values()["cloudsql_ca_file"].replace(
+        "${local.cloudsql_ca_dir}", local_values()["cloudsql_ca_dir"]
+    )
+    assert options.endswith(f"sslrootcert={ca_file}".replace(ca_file, "${local.cloudsql_ca_file}"))
+    dagster_yaml = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    params = dagster_yaml["storage"]["postgres"]["postgres_db"]["params"]
+    assert params == {"sslmode": "verify-ca", "sslrootcert": ca_file}
+    for key, template in cloud_run_workloads().items():
+        mount = single(single(template, "containers"), "volume_mounts")
+        assert mount["mount_path"] == "${local.cloudsql_ca_dir}", key
+    ip = single(
+        single(resource("google_sql_database_instance", "main"), "settings"), "ip_configuration"
+    )
+    assert ip["server_ca_mode"] == "GOOGLE_MANAGED_INTERNAL_CA"  # one CA per instance
+
+
+def test_ack_deadline_outlasts_the_sensor_timeout() -> None:
+    variable = variables()["pubsub_ack_deadline_seconds"]
+    assert variable["default"] > 60  # Dagster's default sensor timeout
+    assert local_values()["batchinfer_env"]["BATCHINFER_ACK_DEADLINE_SECONDS"] == (
+        "${tostring(var.pubsub_ack_deadline_seconds)}"
+    )
+
+
+def test_state_is_remote() -> None:
+    (terraform,) = [block for block in blocks("terraform") if "backend" in block]
+    assert "gcs" in terraform["backend"][0]
+
+
+def test_database_connections_are_sized_from_the_pools_they_serve() -> None:
+    """max_connections follows the formula in dagster.tf, whose per-process figure is the app's
+    own pool (db.py) plus Dagster's three storages."""
+    db_source = (ROOT / "batchinfer_dagster" / "db.py").read_text()
+    pool = re.search(r"pool_size=(\d+), max_overflow=(\d+)", db_source)
+    assert pool, "batchinfer_dagster/db.py no longer sets pool_size and max_overflow"
+    per_process = int(pool.group(1)) + int(pool.group(2)) + 3
+    limits = local_values()["dagster_limits"]
+    formula = limits["db_max_connections"]
+    assert f"* {per_process} + 20" in formula, (formula, per_process)
+    flags = {
+        flag["name"]: flag["value"]
+        for flag in single(resource("google_sql_database_instance", "main"), "settings")[
+            "database_flags"
+        ]
+    }
+    assert flags["max_connections"] == "${tostring(local.dagster_limits.db_max_connections)}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -81,6 +84,14 @@ def test_import_loads_bigquery_syncs_and_fetches(
     assert store.fetch([3, 1, 99, 1]) == {1: "my phone app crashes", 3: 'ünïcode "quoted"\nline'}
     assert sorted(fake_vertex.fetch_keys) == ["1", "3", "99"]
     store.close()
+
+
+def terraform_table_schema() -> list[dict[str, str]]:
+    """The source table's schema as terraform/bigquery.tf creates it (with descriptions)."""
+    text = (Path(__file__).resolve().parents[2] / "terraform" / "bigquery.tf").read_text()
+    body = re.search(r"schema = jsonencode\((\[.*?\])\)", text, re.DOTALL)
+    assert body, "no schema = jsonencode([...]) in terraform/bigquery.tf"
+    return json.loads(re.sub(r"(\w+)\s*=", r'"\1":', body.group(1)).replace("},\n  ]", "}]"))
 
 
 class WallClock:
@@ -184,7 +195,11 @@ def test_full_import_replaces_the_table_and_drops_superseded_rows(
     result = store.import_records(full=True)
 
     assert result.rows_imported == 2
-    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_APPEND", "WRITE_TRUNCATE"]
+    assert fake_bigquery.load_dispositions == [
+        "WRITE_APPEND",
+        "WRITE_APPEND",
+        "WRITE_TRUNCATE_DATA",
+    ]
     assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
         ("1", "a"),
         ("2", "b2"),
@@ -217,6 +232,71 @@ def test_failed_sync_keeps_the_watermark_and_the_retry_appends_the_same_rows(
     ]
     assert store.list_records(10) == ([(1, "a")], 1)
     assert store.fetch([1]) == {1: "a"}
+
+
+def test_loads_keep_terraforms_schema(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    schema = terraform_table_schema()
+    assert all(field["description"] for field in schema)
+    fake_bigquery.create_table(TABLE, schema)
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    store.import_records()
+    clock.now = T0 + timedelta(minutes=2)
+
+    store.import_records(full=True)
+
+    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_TRUNCATE_DATA"]
+    # The table is Terraform's: a load that replaced its schema (WRITE_TRUNCATE) would drop the
+    # descriptions and make the next `terraform plan` want to change the table back.
+    assert fake_bigquery.schema(TABLE) == schema
+    assert store.list_records(2) == ([(1, "a"), (2, "b")], 2)
+
+
+def test_a_missing_feature_view_is_not_a_missing_record(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    """A wrong view answers NOT_FOUND for every key, like unsynced records: it must fail the
+    fetch with the view's name instead of parking every request in waiting_features."""
+    fake_vertex.feature_view_exists = False
+    store = make_store(vertex_settings, engine, bigquery_client)
+
+    with pytest.raises(VertexFeatureStoreError, match=r"FeatureView .*/featureViews/records"):
+        store.fetch([1, 2])
+    assert fake_vertex.fetch_keys == []  # no record was asked for
+
+    fake_vertex.feature_view_exists = True
+    fake_vertex.online = {"1": "a"}
+    assert store.fetch([1, 2]) == {1: "a"}  # 2: a missing record, waits for its sync
+    assert store.fetch([2, 1]) == {1: "a"}
+    assert fake_vertex.feature_view_lookups == 2  # the failed check, then once for good
+    store.close()
+
+
+def test_each_vertex_service_has_its_own_endpoint(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_vertex: FakeVertex,
+) -> None:
+    """The admin calls reach the admin endpoint while fetches go to the serving one."""
+    settings = vertex_settings.model_copy(update={"vertex_serving_endpoint": "127.0.0.1:9"})
+    store = make_store(settings, engine, bigquery_client)
+
+    with pytest.raises(VertexFeatureStoreError, match="fetching record 1"):
+        store.fetch([1])  # nothing listens on port 9
+    assert fake_vertex.feature_view_lookups == 1  # the view check went to the admin endpoint
+    assert fake_vertex.fetch_keys == []
+    store.close()
 
 
 def test_list_records_orders_ids_numerically(
@@ -330,7 +410,7 @@ def test_optimized_store_is_served_from_its_public_endpoint(
 
     admin = FeatureOnlineStoreAdminServiceClient(
         **grpc_client_kwargs(
-            FeatureOnlineStoreAdminServiceGrpcTransport, vertex_settings.vertex_api_endpoint
+            FeatureOnlineStoreAdminServiceGrpcTransport, vertex_settings.vertex_admin_endpoint
         )
     )
     name = "projects/p/locations/europe-west4/featureOnlineStores/s"

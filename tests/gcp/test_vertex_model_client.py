@@ -54,7 +54,7 @@ def test_the_model_server_resource_picks_vertex_for_vertex_urls(
 
 @pytest.mark.usefixtures("adc_key_file")
 def test_regional_endpoint_by_default(vertex_settings: Settings) -> None:
-    settings = vertex_settings.model_copy(update={"vertex_api_endpoint": None})
+    settings = vertex_settings.model_copy(update={"vertex_prediction_endpoint": None})
     client = endpoint_resource(settings).client()
     assert isinstance(client, VertexModelClient)
     assert client.api_endpoint == "europe-west4-aiplatform.googleapis.com"

@@ -101,6 +101,17 @@ def test_malformed_bodies_are_4xx_with_a_json_error(
     assert (code, fragment in answer["error"]) == (status, True), answer
 
 
+@pytest.mark.parametrize("depth", [500, 955, 960, 990])
+def test_a_deep_instance_is_4xx_on_either_side_of_the_parse_limit(
+    client: TestClient, depth: int
+) -> None:
+    """Near 957 levels ``json.loads`` starts to raise RecursionError: 422 below, 400 above."""
+    body = b'{"instances": [' + b"[" * depth + b"]" * depth + b"]}"
+    code, answer = post(client, body)
+    assert code in {400, 422}, answer
+    assert isinstance(answer["error"], str)
+
+
 def test_a_content_length_of_5000_digits_is_413_not_500(client: TestClient) -> None:
     response = client.post(
         "/predict", content=b'{"instances": ["x"]}', headers={"content-length": "9" * 5000}

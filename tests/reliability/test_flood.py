@@ -72,7 +72,10 @@ def flood(
     random.Random(6).shuffle(payloads)
     for chunk in chunked(payloads, 500):
         publish(settings, chunk)
-    run_daemon_loop(instance, settings, expect=len(records) + len(published.unknown))
+    # A loaded machine takes minutes per batch of 256: the bound only stops a loop that hangs.
+    run_daemon_loop(
+        instance, settings, expect=len(records) + len(published.unknown), max_seconds=900
+    )
     return published
 
 

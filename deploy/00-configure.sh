@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Step 0: write deploy/deploy.env and terraform/prod.tfvars for one deployment.
+#   deploy/00-configure.sh PROJECT_ID REGION [IMAGE_TAG]
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 PROJECT_ID REGION [IMAGE_TAG]   (e.g. my-batchinfer-prod europe-west4 v1)" >&2
+  exit 2
+fi
+deploy_dir="$(cd "$(dirname "$0")" && pwd)"
+project_id="$1" region="$2" tag="${3:-v1}"
+name_prefix="batchinfer"  # dagster.yaml names the run-worker job batchinfer-run-worker
+registry="${region}-docker.pkg.dev/${project_id}/${name_prefix}"
+
+cat >"${deploy_dir}/deploy.env" <<ENV
+PROJECT_ID=${project_id}
+REGION=${region}
+NAME_PREFIX=${name_prefix}
+IMAGE_TAG=${tag}
+REGISTRY=${registry}
+STATE_BUCKET=${project_id}-tfstate
+ENV
+
+tfvars="$(dirname "${deploy_dir}")/terraform/prod.tfvars"
+if [ ! -f "${tfvars}" ]; then
+  cat >"${tfvars}" <<TFVARS
+project_id         = "${project_id}"
+region             = "${region}"
+dagster_image      = "${registry}/dagster:${tag}"
+model_server_image = "${registry}/model-server:${tag}"
+# Often changed (every variable is described in terraform/variables.tf):
+# dagster_ui_members         = ["user:you@example.com"]   # who may open the UI
+# dagster_ui_domain          = "dagster.example.com"      # default: <ip>.nip.io
+# model_server_max_instances = 3                          # GPUs at once
+# model_gcs_path             = "bart-large-mnli"          # null: the embedding model
+# db_availability_type       = "ZONAL"                    # cheaper, no standby
+# bigquery_location          = "EU"
+TFVARS
+fi
+echo "wrote ${deploy_dir}/deploy.env and ${tfvars} (edit the latter, then run 01-bootstrap.sh)"
