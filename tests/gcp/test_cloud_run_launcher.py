@@ -25,7 +25,7 @@ from google.cloud import run_v2
 from google.cloud.run_v2.services.executions.transports import ExecutionsGrpcTransport
 from google.cloud.run_v2.services.jobs.transports import JobsGrpcTransport
 
-from batchinfer_dagster.resources.vertex_model_client import grpc_client_kwargs
+from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 from tests.gcp.fakes import FakeCloudRun, cloud_run_server
 
 ROOT = Path(__file__).resolve().parents[2]
