@@ -62,7 +62,11 @@ with warnings.catch_warnings():
 def features(
     context: AssetExecutionContext, feature_store: FeatureStoreResource
 ) -> MaterializeResult:
-    """Every record's text in the feature store, where prediction runs read it."""
+    """Every record's text in the feature store, where prediction runs read it.
+
+    Each materialization moves the records added or changed since the last import (a
+    watermark in the app database); ``batchinfer import-data --full`` rebuilds.
+    """
     started = time.perf_counter()
     with feature_store.open() as store:
         result = store.import_records()

@@ -174,9 +174,14 @@ def load(ctx: click.Context, file: Path) -> None:
 
 
 @cli.command("import-data")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Move every record (a rebuild) instead of those added or changed since the last import.",
+)
 @click.pass_context
-def import_data(ctx: click.Context) -> None:
-    """Import all records into the feature store and list what it now holds.
+def import_data(ctx: click.Context, full: bool) -> None:
+    """Import records added or changed since the last import; list what the store now holds.
 
     Dagster's UI shows it as a materialization of `features`, the same as materializing it there.
 
@@ -190,7 +195,7 @@ def import_data(ctx: click.Context) -> None:
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
         started = time.perf_counter()
-        result = store.import_records()
+        result = store.import_records(full=full)
         duration = time.perf_counter() - started
         _record_in_dagster(
             ctx,

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -94,8 +95,23 @@ data_points = Table(
     Column("id", BigId, Identity(), primary_key=True),
     Column("text", Text, nullable=False),
     _ts("created_at", nullable=False, default=utcnow),
+    # When the record was added or last changed: the feature import moves rows changed since
+    # its watermark (``feature_import.py``). A writer that changes ``text`` must set it.
+    _ts("updated_at", nullable=False, default=utcnow, onupdate=utcnow),
+    Index("ix_data_points_updated_at_id", "updated_at", "id"),
     # Never reuse an id on SQLite (a deleted newest row would give its id away again).
     sqlite_autoincrement=True,
+)
+
+# One row per feature store target: the watermark of its last successful import.
+feature_imports = Table(
+    "feature_imports",
+    metadata,
+    Column("target", String(300), primary_key=True),
+    _ts("watermark", nullable=False),
+    _ts("imported_at", nullable=False),
+    Column("rows_imported", BigInteger, nullable=False),
+    Column("full_import", Boolean, nullable=False),
 )
 
 features = Table(

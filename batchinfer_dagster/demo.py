@@ -63,6 +63,8 @@ def main() -> None:
         "AIP_HTTP_PORT": str(port),
         "BATCHINFER_MODEL_URL": f"http://127.0.0.1:{port}",
         "HF_HUB_OFFLINE": "1",
+        # The demo's one request is a trickle: close its batch on the tick that accepts it.
+        "BATCHINFER_BATCH_MAX_WAIT_SECONDS": "0",
     }
     for name in ("BATCHINFER_DATABASE_URL", "BATCHINFER_QUEUE", "BATCHINFER_FEATURE_STORE"):
         env.pop(name, None)

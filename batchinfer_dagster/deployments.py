@@ -145,6 +145,7 @@ def resources_for(settings: Settings, *, secrets_from_env: bool = False) -> Reso
         ledger=LedgerResource(
             database=database,
             batch_size=settings.batch_size,
+            batch_max_wait_seconds=settings.batch_max_wait_seconds,
             max_pull=settings.max_pull,
             pull_timeout_seconds=settings.pull_timeout_seconds,
             max_attempts=settings.max_attempts,

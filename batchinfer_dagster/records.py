@@ -70,7 +70,7 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
     with engine.begin() as connection:
         result = connection.execute(
             table.insert().returning(table.c.id, sort_by_parameter_order=True),
-            [{"text": text, "created_at": now} for text in texts],
+            [{"text": text, "created_at": now, "updated_at": now} for text in texts],
         )
         return list(result.scalars())
 

@@ -62,6 +62,9 @@ class TickOutcome:
     run_requests: list[RunRequest] = field(default_factory=list)
     pulled: int = 0
     accepted: int = 0
+    # Accepted requests waiting for their batch to close (ledger/closing.py).
+    pending: int = 0
+    batches: int = 0
     redelivered: int = 0
     malformed: int = 0
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
@@ -79,7 +82,8 @@ class TickOutcome:
 
     def summary(self) -> str:
         summary = (
-            f"pulled {self.pulled}, accepted {self.accepted}, redelivered {self.redelivered}, "
+            f"pulled {self.pulled}, accepted {self.accepted}, closed {self.batches} batches, "
+            f"pending {self.pending}, redelivered {self.redelivered}, "
             f"malformed {self.malformed}, queue dead letters {self.queue_dead_letters}, "
             f"re-batched {len(self.rebatched)} batches, "
             f"still waiting for features {self.still_waiting}, "
@@ -192,10 +196,16 @@ def process_tick(
     engine = policy.get_engine()
     require_database(engine)
     messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
+    closing = policy.batch_closing()
     # Until the ack, the messages stay ours however long the ledger transaction takes.
     with DeadlineExtender(queue, [m.ack_id for m in messages], lease_seconds) as extender:
         ingest = ledger.ingest_messages(
-            engine, messages, queue=queue.kind, batch_size=policy.batch_size, now=clock()
+            engine,
+            messages,
+            queue=queue.kind,
+            batch_size=closing.max_size,
+            max_wait=closing.max_wait,
+            now=clock(),
         )
         if ingest.batch_keys or ingest.resumed:
             instance.add_dynamic_partitions(
@@ -248,6 +258,8 @@ def process_tick(
         run_requests=run_requests,
         pulled=len(messages),
         accepted=ingest.accepted,
+        pending=ingest.pending,
+        batches=len(ingest.batch_keys),
         redelivered=ingest.redelivered,
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,

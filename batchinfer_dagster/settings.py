@@ -143,7 +143,11 @@ class Settings(BaseSettings):
     # A JSON file {label: [description, ...]} sent as the label_descriptions request parameter.
     label_descriptions_file: Path | None = None
 
-    batch_size: int = Field(default=512, ge=1)
+    # A ledger batch closes at batch_size requests or when its oldest request has waited
+    # batch_max_wait_seconds (ledger/closing.py): large runs in a backlog, quick answers to a
+    # trickle. docs/capacity.md derives both from the measured run start-up and model speed.
+    batch_size: int = Field(default=4096, ge=1)
+    batch_max_wait_seconds: float = Field(default=15.0, ge=0)
     max_pull: int = Field(default=5000, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     feature_wait_seconds: float = Field(default=600.0, ge=0)

@@ -59,7 +59,12 @@ def main() -> None:
             text = " ".join(TEXTS[i % len(TEXTS)].split()[:8]) + f" #{i}"
             handle.write(json.dumps({"text": text}) + "\n")
     with running_model_server() as server:
-        overrides = {"home": str(home), "model_url": server.url, "feature_wait_seconds": 0}
+        overrides = {
+            "home": str(home),
+            "model_url": server.url,
+            "feature_wait_seconds": 0,
+            "batch_max_wait_seconds": 0,
+        }
         if args.postgres:
             overrides["database_url"] = args.postgres
         if args.pubsub:

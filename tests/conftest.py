@@ -92,7 +92,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def app_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a fresh, migrated app database (SQLite and PostgreSQL), local queue and
     feature store."""
-    settings = Settings(home=tmp_path, database_url=database_url)
+    # Every pull closes its batches at once (closing max wait 0) unless a test sets the wait.
+    settings = Settings(home=tmp_path, database_url=database_url, batch_max_wait_seconds=0)
     migrate(settings)
     yield settings
     db.dispose_engines()

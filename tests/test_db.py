@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,35 @@ def test_migrations_create_the_schema_and_rerun_as_no_op(app_settings: Settings)
     db.upgrade(engine)  # a second run changes nothing and does not fail
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
-    assert current == "0002"
+    assert current == "0003"
     columns = {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
     assert {"record_id", "model", "sequence", "labels", "scores", "batch_key", "run_id"} <= columns
+
+
+def test_0003_gives_existing_records_updated_at_from_created_at(
+    database_url: str,
+) -> None:
+    """Records stored before the watermark existed count as changed when they were created."""
+    from alembic import command
+
+    engine = db.create_app_engine(database_url)
+    try:
+        config = db._alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+        created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO data_points (text, created_at) VALUES ('old', :created)"),
+                {"created": created},
+            )
+        db.upgrade(engine)
+        with engine.connect() as connection:
+            row = connection.execute(sa.select(db.data_points.c.updated_at)).one()
+        assert row.updated_at == created
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

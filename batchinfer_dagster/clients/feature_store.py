@@ -9,17 +9,17 @@ the store does not have is *missing*, not an error: the ledger waits for the nex
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from batchinfer_dagster import db
+from batchinfer_dagster import db, feature_import
 from batchinfer_dagster.chunks import chunked
-
-IMPORT_CHUNK = 10_000
+from batchinfer_dagster.feature_import import ImportWindow
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,25 @@ class ImportResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def window_details(window: ImportWindow) -> dict[str, Any]:
+    """The window of an import as metadata: full or since when, and the next watermark."""
+    return {
+        "full_import": window.full,
+        "since": window.since.isoformat() if window.since else None,
+        "watermark": window.next_watermark.isoformat(),
+    }
+
+
 class FeatureStore(ABC):
     """Import records from the app database; fetch the text of many records at once."""
 
     @abstractmethod
-    def import_records(self) -> ImportResult:
-        """Bring every record of ``data_points`` into the store (idempotent)."""
+    def import_records(self, *, full: bool = False) -> ImportResult:
+        """Bring the records added or changed since the last import into the store.
+
+        ``full`` moves every record instead (a rebuild). Idempotent; the watermark advances
+        only when the import succeeded (``feature_import.py``).
+        """
 
     @abstractmethod
     def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
@@ -50,44 +63,35 @@ class FeatureStore(ABC):
         """Release connections."""
 
 
-def iter_data_points(engine: Engine, chunk: int = IMPORT_CHUNK) -> Iterable[list[sa.Row]]:
-    """All records in id order, ``chunk`` at a time (keyset pagination, bounded memory)."""
-    table = db.data_points
-    last_id = 0
-    while True:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(table.c.id, table.c.text, table.c.created_at)
-                .where(table.c.id > last_id)
-                .order_by(table.c.id)
-                .limit(chunk)
-            ).all()
-        if not rows:
-            return
-        yield rows
-        last_id = rows[-1].id
-
-
 class LocalFeatureStore(FeatureStore):
     """The ``features`` table: upsert by record id, many ids in one query."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    TARGET = "local:features"
 
-    def import_records(self) -> ImportResult:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = db.utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def import_records(self, *, full: bool = False) -> ImportResult:
+        window = feature_import.open_window(self.engine, self.TARGET, full=full, clock=self.clock)
         imported = 0
-        now = db.utcnow()
-        for rows in iter_data_points(self.engine):
+        for rows in feature_import.iter_changed(self.engine, window):
             with self.engine.begin() as connection:
                 db.upsert(
                     connection,
                     db.features,
-                    [{"record_id": r.id, "text": r.text, "feature_timestamp": now} for r in rows],
+                    [
+                        {"record_id": r.id, "text": r.text, "feature_timestamp": r.updated_at}
+                        for r in rows
+                    ],
                     key=["record_id"],
                     update=["text", "feature_timestamp"],
                 )
             imported += len(rows)
-        return ImportResult(rows_imported=imported, total_records=self._count())
+        feature_import.commit_watermark(self.engine, window, imported)
+        return ImportResult(
+            rows_imported=imported, total_records=self._count(), details=window_details(window)
+        )
 
     def upsert(self, records: Sequence[tuple[int, str]]) -> None:
         """Write features directly (a loader that skips ``data_points``, and tests)."""

@@ -1,14 +1,19 @@
 """The Vertex AI Feature Store backend: a BigQuery source table and an online-store FeatureView.
 
-An import replaces the rows of the BigQuery table with a snapshot of ``data_points`` in one load
-job (``WRITE_TRUNCATE_DATA``: the rows are replaced, the table's schema, which Terraform owns
-with its column descriptions, is kept; ``WRITE_TRUNCATE`` would replace the schema with the
-load's) rather than a ``MERGE``: the app database is the source of truth and the
-import is a full copy of it, the load replaces the table atomically when it succeeds (a reader
-sees the old or the new snapshot, never half of one), running it twice gives the same table,
-load jobs cost no query bytes or DML quota, and it needs no staging table. The FeatureView sync
-reads the whole table anyway. Then the FeatureView is synced and the import waits for that sync,
-because a record is only fetchable online once its sync has finished.
+An import *appends* the records changed since its watermark (``feature_import.py``) to the
+BigQuery source table in one load job (``WRITE_APPEND``), each row stamped with the record's
+``updated_at`` as its ``feature_timestamp``. Vertex AI Feature Store serves only the latest
+feature values of each entity id by that timestamp ("Prepare data source", Vertex AI Feature
+Store documentation), so an appended change supersedes the older row, and a row appended twice
+(an import retried after a failed sync) is the same value twice. An append rather than a
+``MERGE``: load jobs cost no query bytes or DML quota, and a MERGE would scan the whole table on
+every import, which is the cost this import exists to avoid. A full import
+(``import-data --full``) replaces the table's rows with a snapshot (``WRITE_TRUNCATE_DATA``: the
+rows are replaced, the table's schema, which Terraform owns with its column descriptions, is
+kept; ``WRITE_TRUNCATE`` would replace the schema with the load's), which also drops the
+superseded rows. Then the FeatureView is synced and the import waits for that sync, because a
+record is only fetchable online once its sync has finished; an import with nothing new neither
+loads nor syncs.
 
 Fetching tells a missing FeatureView from a missing record: FetchFeatureValues answers NOT_FOUND
 for both, so the view is looked up once before the first fetch, and a NOT_FOUND after that means
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 
 from google.api_core import exceptions as gexc
@@ -45,13 +51,10 @@ from google.cloud.aiplatform_v1.services.feature_online_store_service.transports
 )
 from sqlalchemy import Engine
 
-from batchinfer_dagster import db
-from batchinfer_dagster.clients.feature_store import (
-    FeatureStore,
-    ImportResult,
-    iter_data_points,
-)
+from batchinfer_dagster import db, feature_import
+from batchinfer_dagster.clients.feature_store import FeatureStore, ImportResult, window_details
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
+from batchinfer_dagster.feature_import import ImportWindow
 
 TEXT_FEATURE = "text"
 SOURCE_SCHEMA = (
@@ -139,6 +142,7 @@ class VertexFeatureStore(FeatureStore):
         fetch_retry: api_retry.Retry | None = None,
         max_fetch_concurrency: int = MAX_FETCH_CONCURRENCY,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = db.utcnow,
     ) -> None:
         project = _require(view.project, "BATCHINFER_VERTEX_PROJECT", "my-project")
         table = _require(
@@ -168,6 +172,9 @@ class VertexFeatureStore(FeatureStore):
         )
         self.max_fetch_concurrency = max_fetch_concurrency
         self.clock = clock
+        self.wall_clock = wall_clock
+        # The watermark belongs to the BigQuery table the import writes.
+        self.target = f"vertex:{self.table}"
 
     @property
     def serving(self) -> FeatureOnlineStoreServiceClient:
@@ -201,41 +208,53 @@ class VertexFeatureStore(FeatureStore):
                 f"looking up FeatureView {self.view_name} failed: {exc}"
             ) from exc
 
-    def import_records(self) -> ImportResult:
+    def import_records(self, *, full: bool = False) -> ImportResult:
+        window = feature_import.open_window(
+            self.engine, self.target, full=full, clock=self.wall_clock
+        )
+        details: dict[str, object] = {
+            "bigquery_table": str(self.table),
+            "feature_view": self.view_name,
+            **window_details(window),
+        }
         with tempfile.TemporaryFile() as spool:
-            rows = self._write_snapshot(spool)
-            self._load(spool)
-        sync = self._sync_and_wait()
-        synced = FeatureViewSync.pb(sync).sync_summary.row_synced
+            rows = self._write_rows(spool, window)
+            if rows or full:
+                self._load(spool, full=full)
+        if rows or full:
+            sync = self._sync_and_wait()
+            details["feature_view_sync"] = sync.name
+            details["rows_synced"] = FeatureViewSync.pb(sync).sync_summary.row_synced
+        feature_import.commit_watermark(self.engine, window, rows)
         return ImportResult(
-            rows_imported=rows,
-            total_records=rows,
-            details={
-                "bigquery_table": str(self.table),
-                "feature_view": self.view_name,
-                "feature_view_sync": sync.name,
-                "rows_synced": synced,
-            },
+            rows_imported=rows, total_records=self._count_records(), details=details
         )
 
-    def _write_snapshot(self, spool: IO[bytes]) -> int:
-        """Newline-delimited JSON of every record, on disk so memory stays bounded."""
-        now = db.utcnow().isoformat()
+    def _write_rows(self, spool: IO[bytes], window: ImportWindow) -> int:
+        """Newline-delimited JSON of the window's records, on disk so memory stays bounded."""
         rows = 0
-        for chunk in iter_data_points(self.engine):
+        for chunk in feature_import.iter_changed(self.engine, window):
             for record in chunk:
-                line = {"entity_id": str(record.id), "text": record.text, "feature_timestamp": now}
+                line = {
+                    "entity_id": str(record.id),
+                    "text": record.text,
+                    "feature_timestamp": record.updated_at.isoformat(),
+                }
                 spool.write(json.dumps(line).encode("utf-8") + b"\n")
             rows += len(chunk)
         return rows
 
-    def _load(self, spool: IO[bytes]) -> None:
+    def _load(self, spool: IO[bytes], *, full: bool) -> None:
         size = spool.tell()
         spool.seek(0)
         config = bigquery.LoadJobConfig(
             schema=list(SOURCE_SCHEMA),
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE_DATA,
+            write_disposition=(
+                bigquery.WriteDisposition.WRITE_TRUNCATE_DATA
+                if full
+                else bigquery.WriteDisposition.WRITE_APPEND
+            ),
         )
         try:
             job = self.bigquery.load_table_from_file(
@@ -314,8 +333,11 @@ class VertexFeatureStore(FeatureStore):
         )
 
     def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
+        # The table holds every appended version; the latest per entity id is the record.
         query = (
             f"SELECT entity_id, text FROM `{self.table}` "
+            "QUALIFY ROW_NUMBER() OVER "
+            "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1 "
             "ORDER BY SAFE_CAST(entity_id AS INT64) LIMIT @limit"
         )
         config = bigquery.QueryJobConfig(
@@ -323,12 +345,25 @@ class VertexFeatureStore(FeatureStore):
         )
         try:
             rows = self.bigquery.query_and_wait(query, job_config=config)
-            total = self.bigquery.get_table(self.table).num_rows or 0
+            records = [(int(row["entity_id"]), row["text"]) for row in rows]
         except gexc.GoogleAPICallError as exc:
             raise VertexFeatureStoreError(
                 f"reading BigQuery table {self.table} failed: {exc}"
             ) from exc
-        return [(int(row["entity_id"]), row["text"]) for row in rows], total
+        return records, self._count_records()
+
+    def _count_records(self) -> int:
+        """Distinct entity ids in the source table (appended versions counted once)."""
+        query = f"SELECT COUNT(DISTINCT entity_id) AS records FROM `{self.table}`"
+        try:
+            rows = list(self.bigquery.query_and_wait(query))
+        except gexc.NotFound:
+            return 0
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"counting the records of BigQuery table {self.table} failed: {exc}"
+            ) from exc
+        return int(rows[0]["records"]) if rows else 0
 
     def close(self) -> None:
         """Release the gRPC channels and the BigQuery HTTP session."""

@@ -5,6 +5,7 @@ lost or repeated is one transaction here. One module per use case:
 
 - ``states``: request and batch states with their transitions;
 - ``messages``: the request message, encoded and parsed in one place;
+- ``closing``: when a ledger batch closes (its size, or its oldest request's wait);
 - ``intake``: a pull into the ledger, launchpad requests, re-batching after a feature wait;
 - ``runs``: a run's batch: start, settle, fail;
 - ``reconcile``: another attempt for failed or lost batches (the Dagster query passed in);
@@ -17,6 +18,7 @@ docs/architecture.md draws the state machines and lists the guarantees. The name
 the package's public API, re-exported so callers write ``ledger.ingest_messages``.
 """
 
+from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.dead_letters import (
     DEAD_LETTER_DELIVERIES_ATTRIBUTE,
     UNKNOWN_RECORD,
@@ -84,6 +86,7 @@ from batchinfer_dagster.ledger.states import (
 )
 
 __all__ = [
+    "BatchClosing",
     "DEAD_LETTER_DELIVERIES_ATTRIBUTE",
     "DeadLetterFilter",
     "ReplayReport",

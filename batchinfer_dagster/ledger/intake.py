@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
 from batchinfer_dagster.clients.queue import ReceivedMessage
+from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS, invalid_message_rows
 from batchinfer_dagster.ledger.messages import (
     MAX_RECORD_ID,
@@ -42,6 +43,8 @@ class IngestResult:
     # Queued batches of redelivered requests, with their attempt: the tick that wrote them may
     # have died before its run requests reached Dagster, so they are requested again (same key).
     resumed: dict[str, int] = field(default_factory=dict)
+    # Accepted requests left without a batch: the closing rule closes them on a later tick.
+    pending: int = 0
 
 
 def _queued_batches_of(connection: Connection, message_keys: Sequence[str]) -> dict[str, int]:
@@ -143,21 +146,61 @@ def ingest_messages(
     queue: str,
     batch_size: int,
     now: datetime,
+    max_wait: timedelta = timedelta(0),
 ) -> IngestResult:
-    """Write a pull into the ledger in one transaction: requests, their batches, dead letters.
+    """Write a pull into the ledger in one transaction: requests, the batches that close, dead
+    letters.
 
-    A message the ledger already holds (a redelivery after a crash before the ack) is skipped, so
-    acking everything afterwards is safe. Malformed messages become dead letters once.
+    New requests join the pending ones (accepted earlier, no batch yet); the batches that the
+    closing rule (``closing.py``: ``batch_size`` requests, or the oldest waited ``max_wait``)
+    closes are written with their requests, the rest stay pending for a later tick. An empty
+    pull still closes what is due. A message the ledger already holds (a redelivery after a
+    crash before the ack) is skipped, so acking everything afterwards is safe. Malformed
+    messages become dead letters once.
     """
     valid, invalid = classify_messages(messages, queue=queue)
+    closing = BatchClosing(max_size=batch_size, max_wait=max_wait)
     with engine.begin() as connection:
         known = db.existing_values(connection, db.prediction_requests.c.message_id, list(valid))
         resumed = _queued_batches_of(connection, sorted(known))
         new = [(key, record_id) for key, record_id in valid.items() if key not in known]
-        groups = chunk_list(new, batch_size)
-        batch_keys = new_batches(connection, len(groups), now)
-        rows = queued_request_rows(batch_keys, groups, now)
-        db.insert_ignoring_conflicts(connection, db.prediction_requests, rows)
+        pending = _pending_requests(connection)
+        received = [row.received_at for row in pending] + [now] * len(new)
+        sizes = closing.sizes(received, now)
+        batch_keys = new_batches(connection, len(sizes), now)
+        # The batch of each position in arrival order (pending first, then this pull).
+        key_of_position = [
+            key for key, size in zip(batch_keys, sizes, strict=True) for _ in range(size)
+        ]
+        for batch_key, group in _closing_pending(pending, key_of_position).items():
+            for chunk in chunked(group, db.IN_CHUNK):
+                connection.execute(
+                    sa.update(db.prediction_requests)
+                    .where(
+                        db.prediction_requests.c.message_id.in_(chunk),
+                        db.prediction_requests.c.batch_key.is_(None),
+                    )
+                    .values(batch_key=batch_key, updated_at=now)
+                )
+        offset = len(pending)
+        rows = [
+            {
+                "message_id": message_id,
+                "record_id": record_id,
+                "batch_key": (
+                    key_of_position[offset + index]
+                    if offset + index < len(key_of_position)
+                    else None
+                ),
+                "status": RequestStatus.QUEUED,
+                "attempts": 0,
+                "received_at": now,
+                "updated_at": now,
+            }
+            for index, (message_id, record_id) in enumerate(new)
+        ]
+        for chunk in chunked(rows, db.IN_CHUNK):
+            db.insert_ignoring_conflicts(connection, db.prediction_requests, chunk)
         dead_rows = invalid_message_rows(connection, invalid, now)
         if dead_rows:
             connection.execute(db.dead_letters.insert(), dead_rows)
@@ -168,7 +211,33 @@ def ingest_messages(
         dead_lettered=len(dead_rows),
         ack_ids=[message.ack_id for message in messages],
         resumed=resumed,
+        pending=len(received) - len(key_of_position),
     )
+
+
+# Pending requests one tick reads at most: far above a pull plus a batch, so a tick stays short.
+PENDING_LIMIT = 100_000
+
+
+def _pending_requests(connection: Connection) -> list[sa.Row]:
+    """Accepted requests not in a batch yet, oldest first."""
+    table = db.prediction_requests
+    return connection.execute(
+        sa.select(table.c.message_id, table.c.received_at)
+        .where(table.c.batch_key.is_(None), table.c.status == RequestStatus.QUEUED)
+        .order_by(table.c.received_at, table.c.message_id)
+        .limit(PENDING_LIMIT)
+    ).all()
+
+
+def _closing_pending(
+    pending: Sequence[sa.Row], key_of_position: Sequence[str]
+) -> dict[str, list[str]]:
+    """Message ids of the pending requests that close now, by their new batch key."""
+    groups: dict[str, list[str]] = {}
+    for row, batch_key in zip(pending, key_of_position, strict=False):
+        groups.setdefault(batch_key, []).append(row.message_id)
+    return groups
 
 
 def create_batches(

@@ -12,6 +12,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy import Engine
 
+from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.resources.database import DatabaseResource
 
 
@@ -19,7 +20,14 @@ class LedgerResource(ConfigurableResource):
     """What the sensor and the prediction runs need to move requests through the ledger."""
 
     database: DatabaseResource
-    batch_size: int = Field(default=512, ge=1, description="Requests per ledger batch (partition).")
+    batch_size: int = Field(
+        default=4096, ge=1, description="Requests per ledger batch (partition) at most."
+    )
+    batch_max_wait_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="A smaller batch closes when its oldest request has waited this long.",
+    )
     max_pull: int = Field(default=5000, ge=1, description="Messages one sensor tick pulls at most.")
     pull_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a tick waits for messages when none is ready."
@@ -35,6 +43,11 @@ class LedgerResource(ConfigurableResource):
 
     def get_engine(self) -> Engine:
         return self.database.get_engine()
+
+    def batch_closing(self) -> BatchClosing:
+        return BatchClosing(
+            max_size=self.batch_size, max_wait=timedelta(seconds=self.batch_max_wait_seconds)
+        )
 
     def feature_wait(self) -> timedelta:
         return timedelta(seconds=self.feature_wait_seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dagster import (
     validate_run_config,
 )
 
+from batchinfer_dagster import ledger
 from batchinfer_dagster.definitions import defs
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
@@ -90,6 +92,7 @@ def test_settings_pick_the_local_implementation_of_every_system(tmp_path: Path) 
         home=tmp_path,
         labels=("a", "b c"),
         batch_size=7,
+        batch_max_wait_seconds=2.5,
         feature_wait_seconds=1.5,
         model_url="http://127.0.0.1:9",
     )
@@ -101,6 +104,9 @@ def test_settings_pick_the_local_implementation_of_every_system(tmp_path: Path) 
     assert isinstance(resources.model_server, HttpModelServer)
     assert resources.model_server.parameters().candidate_labels == ("a", "b c")
     assert (resources.ledger.batch_size, resources.ledger.feature_wait_seconds) == (7, 1.5)
+    assert resources.ledger.batch_closing() == ledger.BatchClosing(
+        max_size=7, max_wait=timedelta(seconds=2.5)
+    )
 
 
 def test_settings_pick_the_google_implementation_of_every_system(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def _vertex_service(
     _bigquery_service: tuple[FakeBigQuery, str],
 ) -> Iterator[tuple[FakeVertex, str]]:
     fake_bigquery, _ = _bigquery_service
-    fake = FakeVertex(source=lambda: fake_bigquery.rows(TABLE))
+    fake = FakeVertex(source=lambda: fake_bigquery.latest(TABLE))
     with vertex_server(fake) as endpoint:
         yield fake, endpoint
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -293,17 +294,48 @@ class FakeBigQuery:
             self.jobs[job_id] = done
         return done
 
+    def latest(self, table: str) -> list[dict[str, Any]]:
+        """One row per entity id, the latest by ``feature_timestamp`` (Vertex's serving rule)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.rows(table):
+            kept = latest.get(row["entity_id"])
+            if kept is None or _instant(row["feature_timestamp"]) >= _instant(
+                kept["feature_timestamp"]
+            ):
+                latest[row["entity_id"]] = row
+        return list(latest.values())
+
     def query(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Answers ``SELECT entity_id, text FROM `t` ORDER BY … LIMIT @limit``, and only that."""
+        """Answers the two queries the store sends, and only those.
+
+        ``SELECT entity_id, text FROM `t` QUALIFY <latest per entity_id> ORDER BY … LIMIT
+        @limit`` and ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t```.
+        """
         match = re.search(r"FROM `([^`]+)`", body["query"])
-        if match is None or "LIMIT @limit" not in body["query"]:
+        if match is None:
+            raise ValueError(f"the fake cannot run {body['query']!r}")
+        reference = {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"}
+        if "COUNT(DISTINCT entity_id) AS records" in body["query"]:
+            with self.lock:
+                if match[1] not in self.tables:
+                    return {"error": {"code": 404, "message": f"Not found: Table {match[1]}"}}
+            count = len({row["entity_id"] for row in self.rows(match[1])})
+            return {
+                "kind": "bigquery#queryResponse",
+                "jobReference": reference,
+                "jobComplete": True,
+                "totalRows": "1",
+                "schema": {"fields": [{"name": "records", "type": "INTEGER", "mode": "NULLABLE"}]},
+                "rows": [{"f": [{"v": str(count)}]}],
+            }
+        if "LIMIT @limit" not in body["query"] or "QUALIFY ROW_NUMBER()" not in body["query"]:
             raise ValueError(f"the fake cannot run {body['query']!r}")
         params = {p["name"]: p["parameterValue"]["value"] for p in body["queryParameters"]}
-        rows = sorted(self.rows(match[1]), key=lambda row: int(row["entity_id"]))
+        rows = sorted(self.latest(match[1]), key=lambda row: int(row["entity_id"]))
         rows = rows[: int(params["limit"])]
         return {
             "kind": "bigquery#queryResponse",
-            "jobReference": {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"},
+            "jobReference": reference,
             "jobComplete": True,
             "totalRows": str(len(rows)),
             "schema": {
@@ -329,6 +361,11 @@ class FakeBigQuery:
             "numRows": str(count),
             "schema": {"fields": fields},
         }
+
+
+def _instant(timestamp: str) -> datetime:
+    """A BigQuery TIMESTAMP as the load gives it (ISO 8601 with offset) as an aware time."""
+    return datetime.fromisoformat(timestamp)
 
 
 UPLOAD_PATH = re.compile(r"^/upload/bigquery/v2/projects/([^/]+)/jobs$")
@@ -368,7 +405,8 @@ class BigQueryHandler(BaseHTTPRequestHandler):
             metadata, media = (part.get_payload(decode=True) for part in message.iter_parts())
             self._send(200, self.fake.load(match[1], json.loads(metadata), media))
         elif match := QUERY_PATH.match(path):
-            self._send(200, self.fake.query(match[1], json.loads(self._body())))
+            answer = self.fake.query(match[1], json.loads(self._body()))
+            self._send(answer["error"]["code"] if "error" in answer else 200, answer)
         else:
             self._not_found()
 

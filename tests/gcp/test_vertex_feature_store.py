@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
 
+T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 FAST_RETRY = api_retry.Retry(initial=0.01, maximum=0.02, timeout=0.5)
 
 
@@ -92,7 +94,147 @@ def terraform_table_schema() -> list[dict[str, str]]:
     return json.loads(re.sub(r"(\w+)\s*=", r'"\1":', body.group(1)).replace("},\n  ]", "}]"))
 
 
-def test_import_twice_replaces_the_rows_and_keeps_terraforms_schema(
+class WallClock:
+    """The import's clock, moved by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def add_at(engine: Engine, when: datetime, *texts: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(db.data_points),
+            [{"text": text, "created_at": when, "updated_at": when} for text in texts],
+        )
+
+
+def test_second_import_appends_only_the_delta_and_the_latest_version_is_served(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    store.import_records()
+    add_at(engine, T0 + timedelta(minutes=2), "c")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(db.data_points)
+            .where(db.data_points.c.id == 1)
+            .values(text="a, changed", updated_at=T0 + timedelta(minutes=2))
+        )
+    clock.now = T0 + timedelta(minutes=3)
+
+    result = store.import_records()
+
+    assert result.rows_imported == 2
+    assert result.total_records == 3
+    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_APPEND"]
+    rows = fake_bigquery.rows(TABLE)
+    assert [(r["entity_id"], r["text"]) for r in rows] == [
+        ("1", "a"),
+        ("2", "b"),
+        ("1", "a, changed"),
+        ("3", "c"),
+    ]
+    assert len(fake_vertex.syncs) == 2
+    assert store.fetch([1, 2, 3]) == {1: "a, changed", 2: "b", 3: "c"}
+    assert store.list_records(10) == ([(1, "a, changed"), (2, "b"), (3, "c")], 3)
+
+
+def test_import_with_nothing_new_neither_loads_nor_syncs(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    store.import_records()
+    clock.now = T0 + timedelta(minutes=2)
+
+    result = store.import_records()
+
+    assert result.rows_imported == 0
+    assert result.total_records == 2
+    assert "feature_view_sync" not in result.details
+    assert fake_bigquery.load_dispositions == ["WRITE_APPEND"]
+    assert len(fake_vertex.syncs) == 1
+
+
+def test_full_import_replaces_the_table_and_drops_superseded_rows(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    store.import_records()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(db.data_points)
+            .where(db.data_points.c.id == 2)
+            .values(text="b2", updated_at=T0 + timedelta(minutes=2))
+        )
+    clock.now = T0 + timedelta(minutes=3)
+    store.import_records()
+    assert len(fake_bigquery.rows(TABLE)) == 3
+
+    result = store.import_records(full=True)
+
+    assert result.rows_imported == 2
+    assert fake_bigquery.load_dispositions == [
+        "WRITE_APPEND",
+        "WRITE_APPEND",
+        "WRITE_TRUNCATE_DATA",
+    ]
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
+        ("1", "a"),
+        ("2", "b2"),
+    ]
+
+
+def test_failed_sync_keeps_the_watermark_and_the_retry_appends_the_same_rows(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    fake_vertex.sync_outcome = "fail"
+    with pytest.raises(VertexFeatureStoreError, match="failed"):
+        store.import_records()
+    fake_vertex.sync_outcome = "ok"
+    clock.now = T0 + timedelta(minutes=2)
+
+    result = store.import_records()
+
+    assert result.rows_imported == 1
+    # Appended twice, one version: the same entity id with the same feature timestamp.
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
+        ("1", "a"),
+        ("1", "a"),
+    ]
+    assert store.list_records(10) == ([(1, "a")], 1)
+    assert store.fetch([1]) == {1: "a"}
+
+
+def test_loads_keep_terraforms_schema(
     vertex_settings: Settings,
     engine: Engine,
     bigquery_client: bigquery.Client,
@@ -102,20 +244,19 @@ def test_import_twice_replaces_the_rows_and_keeps_terraforms_schema(
     schema = terraform_table_schema()
     assert all(field["description"] for field in schema)
     fake_bigquery.create_table(TABLE, schema)
-    add_records(engine, "a", "b")
-    store = make_store(vertex_settings, engine, bigquery_client)
+    clock = WallClock(T0 + timedelta(minutes=1))
+    add_at(engine, T0, "a", "b")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
     store.import_records()
-    add_records(engine, "c")
+    clock.now = T0 + timedelta(minutes=2)
 
-    result = store.import_records()
+    store.import_records(full=True)
 
-    assert result.rows_imported == 3
-    assert len(fake_bigquery.rows(TABLE)) == 3
-    assert fake_bigquery.load_dispositions == ["WRITE_TRUNCATE_DATA", "WRITE_TRUNCATE_DATA"]
+    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_TRUNCATE_DATA"]
     # The table is Terraform's: a load that replaced its schema (WRITE_TRUNCATE) would drop the
     # descriptions and make the next `terraform plan` want to change the table back.
     assert fake_bigquery.schema(TABLE) == schema
-    assert store.list_records(2) == ([(1, "a"), (2, "b")], 3)
+    assert store.list_records(2) == ([(1, "a"), (2, "b")], 2)
 
 
 def test_a_missing_feature_view_is_not_a_missing_record(

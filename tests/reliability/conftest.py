@@ -27,6 +27,7 @@ def sqlite_settings(tmp_path: Path, model_server: ModelServer) -> Iterator[Setti
         model_url=model_server.url,
         pull_timeout_seconds=0.3,
         batch_size=64,
+        batch_max_wait_seconds=0,
         feature_wait_seconds=0,
         ack_deadline_seconds=2,
     )
