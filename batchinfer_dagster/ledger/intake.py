@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db
-from batchinfer_dagster.chunks import chunk_list, chunked
+from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS, invalid_message_rows
