@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,13 +66,13 @@ def cache_key(model_path: str, input_names: Sequence[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def exported_model(model_path: str, input_names: Sequence[str], cache_dir: str) -> Path:
+def exported_model(model_path: str, sample: dict[str, np.ndarray], cache_dir: str) -> Path:
     """The cached ONNX file of this model, exported now if there is none yet.
 
     The export writes into a temporary directory beside the cache entry and renames it into
     place, so a crash mid-export or two servers exporting at once never leave a partial file.
     """
-    target = Path(cache_dir) / "onnx" / cache_key(model_path, input_names)
+    target = Path(cache_dir) / "onnx" / cache_key(model_path, list(sample))
     model_file = target / "model.onnx"
     if model_file.is_file():
         logger.info("using the cached ONNX export %s", model_file)
@@ -79,7 +80,7 @@ def exported_model(model_path: str, input_names: Sequence[str], cache_dir: str) 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
-        export(model_path, input_names, staging / "model.onnx")
+        export(model_path, sample, staging / "model.onnx")
         try:
             os.rename(staging, target)
         except OSError:
@@ -90,22 +91,30 @@ def exported_model(model_path: str, input_names: Sequence[str], cache_dir: str) 
     return model_file
 
 
-def export(model_path: str, input_names: Sequence[str], destination: Path) -> None:
-    """Export the float32 classifier with dynamic batch and sequence axes."""
+def export(model_path: str, sample: dict[str, np.ndarray], destination: Path) -> None:
+    """Export the float32 classifier with dynamic batch and sequence axes.
+
+    The export traces the model on `sample`, a real padded batch (a BART head needs its <eos>
+    tokens to trace); data-dependent checks of the model (BART's equal <eos> counts) are not
+    in the graph, so the backend makes them itself before a batch runs.
+    """
     from transformers import AutoModelForSequenceClassification
 
     logger.info("exporting %s to ONNX (once; cached afterwards)", model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path).float().eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-    sample = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
+    input_names = list(sample)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    with torch.inference_mode():
+    # The tracer warns where a shape becomes a constant (mask padding, the <eos> check): the
+    # graph is checked against the pipeline across lengths in the tests instead.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             LogitsOf(model, input_names),
-            sample,
+            tuple(torch.from_numpy(sample[name]) for name in input_names),
             str(destination),
-            input_names=list(input_names),
+            input_names=input_names,
             output_names=["logits"],
             dynamic_axes={**axes, "logits": {0: "batch"}},
             opset_version=OPSET,
@@ -113,11 +122,16 @@ def export(model_path: str, input_names: Sequence[str], destination: Path) -> No
         )
 
 
-def onnx_forward(model_path: str, input_names: Sequence[str], options: ForwardOptions) -> Forward:
-    """An ONNX Runtime CPU session over the cached export; returns float32 logits."""
+def onnx_forward(
+    model_path: str, sample: dict[str, np.ndarray], options: ForwardOptions
+) -> Forward:
+    """An ONNX Runtime CPU session over the cached export; returns float32 logits.
+
+    `sample` is one padded batch of the model's inputs, by name (see `export`).
+    """
     import onnxruntime
 
-    path = exported_model(model_path, input_names, options.cache_dir)
+    path = exported_model(model_path, sample, options.cache_dir)
     session_options = onnxruntime.SessionOptions()
     session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session_options.intra_op_num_threads = options.threads

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
 from model_server.backends.base import Backend, Instance, Prediction
+from model_server.model_source import local_model_directory
 from model_server.runtime import (
     BucketedForward,
     Forward,
@@ -32,7 +33,7 @@ from model_server.runtime import (
     resolve_dtype,
     torch_forward,
 )
-from model_server.shapes import ForwardBatch, PaddingTokens
+from model_server.shapes import ForwardBatch, PaddingTokens, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class NliBackend(Backend):
         self.tokenizer: Any = None
         self.runner: BucketedForward | None = None
         self.entail_id = -1
+        self.eos_token_id: int | None = None
         self.input_names: list[str] = []
 
     def load(self) -> None:
@@ -109,6 +111,9 @@ class NliBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         config = AutoConfig.from_pretrained(self.model_path)
         self.entail_id = entailment_id(config.label2id)
+        # BART-style heads read the last <eos> of each row and need every row of a batch to
+        # hold as many; the exported graph cannot check that, so the backend does.
+        self.eos_token_id = config.eos_token_id if config.is_encoder_decoder else None
         if self.entail_id == -1:
             logger.warning(
                 "no label starting with 'entail' in %s; using the last class like the pipeline",
@@ -138,7 +143,10 @@ class NliBackend(Backend):
         if self.options.runtime == "onnxruntime":
             from model_server.onnx_runtime import onnx_forward
 
-            return onnx_forward(self.model_path, self.input_names, self.options)
+            row = self.warm_up_row()
+            sample = ForwardBatch((0, 0), 2, len(row["input_ids"]))
+            inputs = pad_batch([row], sample, self.input_names, PaddingTokens(0))
+            return onnx_forward(local_model_directory(self.model_path), inputs, self.options)
         model = AutoModelForSequenceClassification.from_pretrained(self.model_path)
         model = model.to(device=self.device, dtype=self.dtype).eval()
         takes_cache = "use_cache" in inspect.signature(model.forward).parameters
@@ -196,23 +204,28 @@ class NliBackend(Backend):
         runner = self.loaded_runner()
         logits: np.ndarray | None = None
         for batch, inputs in prepared.batches:
-            try:
-                batch_logits = runner.run(batch, inputs)
-            except ValueError:
-                if len(batch.indices) == 1:
-                    raise
-                # BART-style heads refuse a batch whose rows hold different numbers of <eos>
-                # (a text that contains "</s>"); the pipeline runs such a pair alone, so do we.
-                logger.info("batch of %d refused by the model; running it row by row", batch.rows)
+            # BART-style heads refuse a batch whose rows hold different numbers of <eos>
+            # (a text that contains "</s>"); the pipeline runs such a pair alone, so do we.
+            if self.unequal_eos_counts(inputs, len(batch.indices)):
+                logger.info("rows with unequal <eos> counts: running %d alone", batch.rows)
                 batch_logits = np.concatenate(
                     [runner.run(*runner.one(prepared.encodings, i)) for i in batch.indices]
                 )
+            else:
+                batch_logits = runner.run(batch, inputs)
             if logits is None:
                 logits = np.empty((len(prepared.encodings), batch_logits.shape[1]), np.float32)
             logits[list(batch.indices)] = batch_logits
         if logits is None:
             raise ValueError("pair_logits needs at least one pair")
         return logits
+
+    def unequal_eos_counts(self, inputs: dict[str, np.ndarray], rows: int) -> bool:
+        """Whether the first `rows` rows hold different numbers of <eos> (BART-style only)."""
+        if self.eos_token_id is None or rows < 2:
+            return False
+        counts = (inputs["input_ids"][:rows] == self.eos_token_id).sum(axis=1)
+        return bool((counts != counts[0]).any())
 
     def tokenize(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
         """Token ids of each pair, exactly as the pipeline tokenizes them one at a time.
