@@ -34,6 +34,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Half precision on a GPU picks kernels per shape (~100 ms the first time), so GPU buckets are
 # coarse; on a CPU a new shape costs nothing and padding costs compute, so they are fine.
 PAD_TO_MULTIPLE_OF = {"cuda": 32, "cpu": 8}
+# A GPU needs large batches to fill; a CPU's matrix products are as efficient at a few
+# thousand tokens, and every token of the budget is paid again by each warm-up shape.
+MAX_BATCH_TOKENS = {"cuda": 32768, "cpu": 4096}
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class ForwardOptions:
     """How a backend runs its forward passes (the MODEL_* settings of that name).
 
     max_batch_size: rows per forward pass at most (MODEL_MAX_BATCH_SIZE).
-    max_batch_tokens: padded tokens per forward pass at most (MODEL_MAX_BATCH_TOKENS).
+    max_batch_tokens: padded tokens per forward pass at most; 0 picks by device (4,096 on CPU,
+        32,768 on CUDA) (MODEL_MAX_BATCH_TOKENS).
     pad_to_multiple_of: padding step of the length buckets; 0 picks by device (8 on CPU, 32 on
         CUDA) (MODEL_PAD_TO_MULTIPLE_OF).
     dtype: "auto" is bfloat16 on a CUDA device that supports it, else float16 there, and
@@ -54,7 +58,7 @@ class ForwardOptions:
     """
 
     max_batch_size: int = 32
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 0
     pad_to_multiple_of: int = 0
     dtype: DtypeSetting = "auto"
     runtime: Runtime = "torch"
@@ -68,7 +72,7 @@ class ForwardOptions:
         step = self.pad_to_multiple_of or PAD_TO_MULTIPLE_OF.get(device.type, 8)
         return ShapePlan(
             max_rows=self.max_batch_size,
-            max_tokens=self.max_batch_tokens,
+            max_tokens=self.max_batch_tokens or MAX_BATCH_TOKENS.get(device.type, 4096),
             lengths=length_buckets(step, max_length),
         )
 
