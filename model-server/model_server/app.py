@@ -39,9 +39,13 @@ class ModelService:
             max_batch_rows=settings.model_batch_pool_rows,
             max_wait_seconds=settings.model_batch_wait_ms / 1000,
             observer=BatchObserver(
-                on_batch=metrics.observe_batch, on_queue_depth=metrics.queue_depth.set
+                on_batch=metrics.observe_batch,
+                on_prepare=metrics.prepare_seconds.observe,
+                on_queue_depth=metrics.queue_depth.set,
             ),
         )
+        backend.shapes.on_unwarmed = lambda shape: metrics.unwarmed_shapes.inc()
+        backend.shapes.on_forward = metrics.observe_forward
 
     def load(self) -> None:
         """Load the model; blocking. A failure is kept for /health to report, and re-raised."""
@@ -52,13 +56,22 @@ class ModelService:
             self.load_error = f"{type(error).__name__}: {error}"
             logger.exception("loading the %s model failed", self.backend.backend_name)
             raise
+        shapes = self.backend.shapes
+        self.metrics.warmup_shapes.set(shapes.warmup_shapes)
+        self.metrics.warmup_seconds.set(shapes.warmup_seconds)
         logger.info(
-            "loaded %s model %s on %s in %.1f s",
+            "loaded %s model %s on %s in %.1f s (warm-up: %d shapes in %.1f s)",
             self.backend.backend_name,
             self.backend.model_name,
             self.backend.device,
             time.perf_counter() - started,
+            shapes.warmup_shapes,
+            shapes.warmup_seconds,
         )
+
+    def loading_state(self) -> str:
+        """What /health says while not ready: "loading" weights, or "warming_up" shapes."""
+        return "warming_up" if self.backend.warming_up else "loading"
 
     async def load_in_background(self) -> None:
         """Load in the model's worker thread, which no prediction can use before it is done."""
@@ -115,6 +128,7 @@ def create_app(
         service.batcher.start()
         loading = asyncio.create_task(service.load_in_background()) if load_on_startup else None
         yield
+        service.backend.stopping.set()
         if loading is not None:
             await loading
         await service.batcher.stop()
@@ -134,7 +148,7 @@ def create_app(
         if service.backend.loaded:
             response = JSONResponse({"status": "ready", **description})
         else:
-            state = "failed" if service.load_error else "loading"
+            state = "failed" if service.load_error else service.loading_state()
             response = JSONResponse(
                 {"status": state, "error": service.load_error, **description}, status_code=503
             )
@@ -154,7 +168,11 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
     """Validate the whole request first, then hand its instances to the batcher."""
     try:
         if not service.backend.loaded:
-            state = f"failed to load: {service.load_error}" if service.load_error else "loading"
+            state = (
+                f"failed to load: {service.load_error}"
+                if service.load_error
+                else service.loading_state()
+            )
             raise RequestError(503, f"the model is not ready ({state}); retry after /health is 200")
         body = await read_body(request, service.settings.model_max_body_bytes)
         instances = parse_predict_request(body, service.settings)

@@ -1,15 +1,19 @@
 """Dynamic batching: instances of concurrent requests share model batches.
 
 Each request puts its instances on one asyncio queue and awaits one future per instance. A
-single collector task takes instances off the queue until they fill MODEL_BATCH_POOL_ROWS model
-rows or MODEL_BATCH_WAIT_MS has passed since the first, and runs the backend on them in the one
-worker thread, so the event loop keeps accepting requests while the model computes. The backend
-sorts the pool by length and cuts it into forward passes of MODEL_MAX_BATCH_SIZE rows: a pool
-much larger than one forward batch is what keeps padding low when lengths vary. A large request
-is simply many instances: it is split across pools and can share them with others.
+collector task takes instances off the queue until they fill MODEL_BATCH_POOL_ROWS model rows
+or MODEL_BATCH_WAIT_MS has passed since the first, and has the backend *prepare* them
+(tokenize with the fast tokenizer's batch call, cut into padded forward batches) in a tokenizer
+thread. A compute task runs the prepared pools (forward passes, scores) in the one model worker
+thread. The two meet in a queue of one pool, so the next pool is tokenized while the model
+computes this one, and the event loop keeps accepting requests all the while. The backend
+cuts each pool into forward passes of at most MODEL_MAX_BATCH_SIZE rows and
+MODEL_MAX_BATCH_TOKENS padded tokens: a pool much larger than one forward batch is what keeps
+padding low when lengths vary. A large request is simply many instances: it is split across
+pools and can share them with others.
 
-A batch that fails is retried one instance at a time, so an instance the model cannot take
-fails only its own request and never the requests it shared a batch with.
+A pool that fails (in either stage) is retried one instance at a time, so an instance the
+model cannot take fails only its own request and never the requests it shared a pool with.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from model_server.backends.base import Backend, Instance, Prediction
 
@@ -46,11 +51,21 @@ class BatchObserver:
     """Hooks the app uses to feed its metrics; the batcher knows nothing about Prometheus."""
 
     on_batch: Callable[[int, int, float], None] = lambda instances, rows, seconds: None
+    on_prepare: Callable[[float], None] = lambda seconds: None
     on_queue_depth: Callable[[int], None] = lambda depth: None
 
 
+@dataclass
+class PreparedPool:
+    """A pool of instances and what the backend's `prepare` made of them (None: it failed)."""
+
+    batch: list[Pending]
+    prepared: Any
+
+
 class DynamicBatcher:
-    """Merges instances from many requests into backend calls, in one worker thread."""
+    """Merges instances from many requests into backend calls: a tokenizer thread prepares
+    pools while the model's one worker thread computes the previous pool."""
 
     def __init__(
         self,
@@ -64,25 +79,37 @@ class DynamicBatcher:
         self.max_wait_seconds = max_wait_seconds
         self.observer = observer or BatchObserver()
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        # One pool waits, prepared, while another computes: tokenizing further ahead would
+        # only make pools smaller than the backlog allows.
+        self.prepared: asyncio.Queue[PreparedPool] = asyncio.Queue(maxsize=1)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
-        self.task: asyncio.Task[None] | None = None
+        self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start the collector task on the running event loop."""
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self.collect_forever())
+        """Start the collector and compute tasks on the running event loop."""
+        if not self.tasks:
+            loop = asyncio.get_running_loop()
+            self.tasks = [
+                loop.create_task(self.collect_forever()),
+                loop.create_task(self.compute_forever()),
+            ]
 
     async def stop(self) -> None:
-        """Stop collecting and fail whatever is still queued, so no caller waits forever."""
-        if self.task is not None:
-            self.task.cancel()
+        """Stop both stages and fail whatever is still queued, so no caller waits forever."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+                await task
+        self.tasks = []
+        error = ShuttingDownError("the model server is shutting down")
+        while not self.prepared.empty():
+            for pending in self.prepared.get_nowait().batch:
+                settle(pending, error=error)
         while not self.queue.empty():
-            pending = self.queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(ShuttingDownError("the model server is shutting down"))
+            settle(self.queue.get_nowait(), error=error)
+        self.tokenizer_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
 
     async def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
@@ -101,11 +128,30 @@ class DynamicBatcher:
                 future.cancel()
 
     async def collect_forever(self) -> None:
+        """Stage one: gather a pool, prepare it in the tokenizer thread, hand it on."""
+        loop = asyncio.get_running_loop()
         while True:
             batch = await self.next_batch()
             self.observer.on_queue_depth(self.queue.qsize())
-            if batch:
-                await self.run_batch(batch)
+            if not batch:
+                continue
+            instances = [pending.instance for pending in batch]
+            started = time.perf_counter()
+            try:
+                prepared = await loop.run_in_executor(
+                    self.tokenizer_executor, self.backend.prepare, instances
+                )
+                self.observer.on_prepare(time.perf_counter() - started)
+            except Exception:
+                logger.warning("preparing a pool of %d failed", len(batch), exc_info=True)
+                prepared = None
+            await self.prepared.put(PreparedPool(batch, prepared))
+
+    async def compute_forever(self) -> None:
+        """Stage two: compute prepared pools in the model's worker thread, in order."""
+        while True:
+            pool = await self.prepared.get()
+            await self.run_pool(pool)
 
     async def next_batch(self) -> list[Pending]:
         """Instances for one backend call: wait for one, then gather more for a short while.
@@ -130,26 +176,42 @@ class DynamicBatcher:
             rows += pending.rows
         return [pending for pending in batch if not pending.future.done()]
 
-    async def run_batch(self, batch: list[Pending]) -> None:
+    async def run_pool(self, pool: PreparedPool) -> None:
         loop = asyncio.get_running_loop()
-        instances = [pending.instance for pending in batch]
+        batch = pool.batch
         started = time.perf_counter()
         try:
-            predictions = await loop.run_in_executor(self.executor, self.backend.predict, instances)
+            if pool.prepared is None:
+                raise RuntimeError("the pool could not be prepared")
+            predictions = await loop.run_in_executor(
+                self.executor, self.backend.compute, pool.prepared
+            )
         except Exception:
-            if len(batch) == 1:
-                logger.exception("prediction failed for one instance")
-                settle(batch[0], error=RuntimeError("the model failed on this instance"))
-                return
-            logger.warning("a batch of %d failed; retrying one by one", len(batch), exc_info=True)
+            if len(batch) > 1:
+                logger.warning("a pool of %d failed; retrying one by one", len(batch))
             for pending in batch:
-                await self.run_batch([pending])
+                await self.run_alone(pending)
             return
         self.observer.on_batch(
             len(batch), sum(pending.rows for pending in batch), time.perf_counter() - started
         )
         for pending, prediction in zip(batch, predictions, strict=True):
             settle(pending, result=prediction)
+
+    async def run_alone(self, pending: Pending) -> None:
+        """One instance through both stages in the model's thread; its failure is its own."""
+        if pending.future.done():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            [prediction] = await loop.run_in_executor(
+                self.executor, self.backend.predict, [pending.instance]
+            )
+        except Exception:
+            logger.exception("prediction failed for one instance")
+            settle(pending, error=RuntimeError("the model failed on this instance"))
+            return
+        settle(pending, result=prediction)
 
 
 def settle(

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
 class ServerMetrics:
@@ -34,6 +35,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.prepare_seconds = Histogram(
+            "model_server_prepare_seconds",
+            "Time tokenizing and padding one pool took (in the tokenizer thread, overlapped "
+            "with the model computing the previous pool).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_instances = Histogram(
             "model_server_batch_instances",
             "Instances per model batch.",
@@ -46,6 +54,37 @@ class ServerMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.unwarmed_shapes = Counter(
+            "model_server_unwarmed_shapes",
+            "Forward-pass tensor shapes (rows, padded length) first seen after the warm-up; each "
+            "costs first-use kernel selection on a GPU. Stays 0 when the warm-up covers every "
+            "shape the batch planner can make.",
+            registry=self.registry,
+        )
+        self.warmup_shapes = Gauge(
+            "model_server_warmup_shapes",
+            "Forward-pass shapes run by the warm-up at load.",
+            registry=self.registry,
+        )
+        self.warmup_seconds = Gauge(
+            "model_server_warmup_seconds",
+            "Time the warm-up took at load.",
+            registry=self.registry,
+        )
+        self.forward_tokens = Counter(
+            "model_server_forward_tokens",
+            "Tokens through forward passes: real ones, and padding (length buckets and rows "
+            "repeated to fill a row bucket).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.forward_batch_tokens = Histogram(
+            "model_server_forward_batch_tokens",
+            "Padded tokens (rows x padded length) per forward pass; at most "
+            "MODEL_MAX_BATCH_TOKENS unless one sequence is longer.",
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "model_server_queue_depth",
             "Instances waiting for a batch.",
@@ -56,3 +95,8 @@ class ServerMetrics:
         self.batch_instances.observe(instances)
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
+
+    def observe_forward(self, real_tokens: int, padded_tokens: int) -> None:
+        self.forward_tokens.labels("real").inc(real_tokens)
+        self.forward_tokens.labels("padding").inc(padded_tokens - real_tokens)
+        self.forward_batch_tokens.observe(padded_tokens)

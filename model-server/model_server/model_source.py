@@ -42,6 +42,19 @@ def resolve_model_name(settings: ServerSettings) -> str:
     return PACKAGED_MODEL_NAME
 
 
+def local_model_directory(name_or_path: str) -> str:
+    """A directory holding the model's files: the path itself, or the Hub snapshot of a name.
+
+    The ONNX export hashes and reads the model's files, so a Hub name is resolved to its
+    snapshot (downloaded unless HF_HUB_OFFLINE=1, then taken from the local cache only).
+    """
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path)
+
+
 def download_gcs_directory(uri: str, cache_dir: Path) -> Path:
     """Copy every object under a gs:// prefix into a local directory and return it."""
     from google.cloud import storage

@@ -18,6 +18,7 @@ from batchinfer_protocol.zero_shot import (
     DEFAULT_MAX_LABELS,
     DEFAULT_MAX_REQUEST_BYTES,
 )
+from model_server.runtime import ForwardOptions
 
 
 class ServerSettings(BaseSettings):
@@ -36,10 +37,17 @@ class ServerSettings(BaseSettings):
     model_backend: Literal["embedding", "nli"] = "embedding"
     model_name_or_path: str | None = None
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
-    model_fp16: bool = False
+    # auto: bfloat16 on a CUDA device that has it, else float16 there; float32 on CPU.
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    model_fp16: bool = False  # older spelling of MODEL_DTYPE=float16
+    model_runtime: Literal["torch", "onnxruntime"] = "torch"
+    model_compile: bool = False
+    model_warmup: bool = True
     model_cache_dir: str = "/tmp/model_server_cache"
 
-    model_max_batch_size: int = Field(32, ge=1)
+    model_max_batch_size: int = Field(64, ge=1)
+    model_max_batch_tokens: int = Field(0, ge=0)  # 0: by device, 4,096 on CPU, 32,768 on CUDA
+    model_pad_to_multiple_of: int = Field(0, ge=0)
     model_batch_pool_rows: int = Field(1024, ge=1)
     model_batch_wait_ms: float = Field(2.0, ge=0)
     model_max_instances: int = Field(DEFAULT_MAX_INSTANCES, ge=1)
@@ -67,6 +75,29 @@ class ServerSettings(BaseSettings):
                 f"MODEL_MAX_BATCH_SIZE={self.model_max_batch_size}; make it at least as large"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_dtype(self) -> ServerSettings:
+        if self.model_fp16 and self.model_dtype not in ("auto", "float16"):
+            raise ValueError(
+                f"MODEL_FP16=true contradicts MODEL_DTYPE={self.model_dtype}; unset MODEL_FP16"
+            )
+        return self
+
+    @property
+    def forward_options(self) -> ForwardOptions:
+        """How the backend runs its forward passes."""
+        return ForwardOptions(
+            max_batch_size=self.model_max_batch_size,
+            max_batch_tokens=self.model_max_batch_tokens,
+            pad_to_multiple_of=self.model_pad_to_multiple_of,
+            dtype="float16" if self.model_fp16 else self.model_dtype,
+            runtime=self.model_runtime,
+            compile=self.model_compile,
+            warm_up=self.model_warmup,
+            cache_dir=self.model_cache_dir,
+            threads=self.model_torch_threads,
+        )
 
     @property
     def default_labels(self) -> list[str]:

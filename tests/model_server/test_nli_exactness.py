@@ -12,6 +12,7 @@ from transformers import pipeline
 from model_server.app import create_app
 from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend, entailment_id
+from model_server.runtime import ForwardOptions
 from model_server.settings import ServerSettings
 
 # Very different lengths: a word, sentences, texts truncated at the model's max length, unicode,
@@ -113,3 +114,44 @@ def test_mixed_requests_in_one_batch_match_pipeline(bart_nli_dir: Path) -> None:
 )
 def test_entailment_id_follows_pipeline_rule(label2id: dict[str, int], expected: int) -> None:
     assert entailment_id(label2id) == expected
+
+
+def test_onnx_runtime_matches_pipeline_and_reuses_its_export(
+    nli_model_dir: Path, tmp_path: Path
+) -> None:
+    """MODEL_RUNTIME=onnxruntime: exported at first load, cached, within 1e-5 of the pipeline.
+
+    Single-label, multi-label and a custom template share the backend calls; for BART the
+    texts include "</s>", whose unequal <eos> counts the exported graph cannot refuse itself.
+    """
+    options = ForwardOptions(runtime="onnxruntime", cache_dir=str(tmp_path), max_batch_size=7)
+    first = NliBackend(str(nli_model_dir), torch.device("cpu"), forward=options)
+    first.load()
+    [exported] = list((tmp_path / "onnx").glob("*/model.onnx"))
+    exported_at = exported.stat().st_mtime_ns
+    second = NliBackend(str(nli_model_dir), torch.device("cpu"), forward=options)
+    second.load()
+    assert list((tmp_path / "onnx").glob("*/model.onnx")) == [exported]
+    assert exported.stat().st_mtime_ns == exported_at
+
+    template = "The customer writes about {}!"
+    expected = (
+        pipeline_answers(nli_model_dir, LABELS, False, None)
+        + pipeline_answers(nli_model_dir, LABELS, True, None)
+        + pipeline_answers(nli_model_dir, LABELS, False, template)
+    )
+    instances = (
+        [Instance(text, tuple(LABELS)) for text in EXACTNESS_TEXTS]
+        + [Instance(text, tuple(LABELS), True) for text in EXACTNESS_TEXTS]
+        + [Instance(text, tuple(LABELS), False, template) for text in EXACTNESS_TEXTS]
+    )
+    assert_same_answers(expected, second.predict(instances))
+
+
+def test_onnx_runtime_refuses_half_precision() -> None:
+    with pytest.raises(ValueError, match="float32 only|needs a CUDA device"):
+        NliBackend(
+            "unused",
+            torch.device("cpu"),
+            forward=ForwardOptions(runtime="onnxruntime", dtype="float16"),
+        )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+import torch
 
+from model_server.runtime import resolve_dtype
 from model_server.settings import ServerSettings
 
 
@@ -39,3 +41,39 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
     monkeypatch.setenv(name, value)
     with pytest.raises(pydantic.ValidationError, match=name.lower()):
         ServerSettings()
+
+
+def test_forward_settings_reach_the_backend_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_MAX_BATCH_TOKENS", "4096")
+    monkeypatch.setenv("MODEL_RUNTIME", "onnxruntime")
+    monkeypatch.setenv("MODEL_PAD_TO_MULTIPLE_OF", "16")
+    monkeypatch.setenv("MODEL_COMPILE", "true")
+    options = ServerSettings().forward_options
+    assert (options.max_batch_tokens, options.runtime) == (4096, "onnxruntime")
+    assert (options.pad_to_multiple_of, options.compile, options.dtype) == (16, True, "auto")
+
+
+def test_model_fp16_is_a_shorthand_for_float16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_FP16", "true")
+    assert ServerSettings().forward_options.dtype == "float16"
+    monkeypatch.setenv("MODEL_DTYPE", "bfloat16")
+    with pytest.raises(pydantic.ValidationError, match="contradicts MODEL_DTYPE"):
+        ServerSettings()
+
+
+@pytest.mark.parametrize(("bf16_supported", "expected"), [(True, "bfloat16"), (False, "float16")])
+def test_auto_dtype_on_cuda_is_bf16_where_supported(
+    monkeypatch: pytest.MonkeyPatch, bf16_supported: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    cuda = torch.device("cuda")
+    assert resolve_dtype("auto", cuda, "torch") == getattr(torch, expected)
+    assert resolve_dtype("float32", cuda, "torch") == torch.float32
+
+
+def test_auto_dtype_on_cpu_is_float32_and_half_precision_is_refused() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, "torch") == torch.float32
+    assert resolve_dtype("auto", cpu, "onnxruntime") == torch.float32
+    with pytest.raises(ValueError, match="MODEL_DTYPE=bfloat16 needs a CUDA device"):
+        resolve_dtype("bfloat16", cpu, "torch")

