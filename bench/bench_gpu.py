@@ -20,8 +20,8 @@ HTTP: 8 concurrent clients sending 64 texts per request. Every timed figure is t
 measured); `--render FILE` writes their table into the "## Model server on a GPU" section of
 docs/benchmarks.md. `--tiny` runs the same code on CPU with a tiny model (to test the script).
 
-    HF_HUB_OFFLINE=1 python bench/bench_gpu.py            # on the GPU machine, ~4 minutes
-    python bench/bench_gpu.py --render gpu_results.json   # here, to write the docs
+    HF_HUB_OFFLINE=1 python -m bench.bench_gpu             # on the GPU machine, ~4 minutes
+    python -m bench.bench_gpu --render gpu_results.json    # here, to write the docs
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +44,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 from bench.bench_model_server import (  # noqa: E402
     LABELS,
@@ -321,7 +319,7 @@ def markdown_section(r: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python bench/bench_gpu.py` on {r.get('gpu', 'CPU (--tiny)')}, torch {r.get('torch')}, "
+        f"`python -m bench.bench_gpu` on {r.get('gpu', 'CPU (--tiny)')}, torch {r.get('torch')}, "
         f"transformers {r.get('transformers')}; random-weight BART with bart-large-mnli's "
         f"dimensions, MiniLM WordPiece vocabulary; {r.get('texts')} support messages × 4 labels "
         f"({r.get('mean_tokens_per_pair', float('nan')):.0f} tokens per pair); HTTP: "
