@@ -43,7 +43,6 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from bench.bench_model_server import (  # noqa: E402
     LABELS,
