@@ -43,7 +43,6 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
 from bench.bench_model_server import (  # noqa: E402
     LABELS,
     compare,
