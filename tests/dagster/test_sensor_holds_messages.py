@@ -16,7 +16,7 @@ from batchinfer_dagster import db
 from batchinfer_dagster.clients.queue import DeadlineExtender
 from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import open_queue, resources_of
+from batchinfer_testing.deployment import local_feature_store, open_queue, resources_of
 from tests.conftest import pubsub_settings
 from tests.services import PostgresServer, PubSubEmulator
 
@@ -75,14 +75,15 @@ def test_a_tick_pulls_nothing_while_the_database_is_down(
     )
     queue = open_queue(settings)
     policy = resources_of(settings)["ledger"]
+    store = local_feature_store(settings)
     try:
-        process_tick(instance, policy, queue)  # the engine exists, the schema is there
+        process_tick(instance, policy, queue, feature_store=store)  # the schema is there
         postgres.stop("fast")
         try:
             queue.publish([b'{"id": "1"}'])
             for _ in range(3):
                 with pytest.raises(db.DatabaseUnavailableError, match="nothing was pulled"):
-                    process_tick(instance, policy, queue)
+                    process_tick(instance, policy, queue, feature_store=store)
         finally:
             postgres.start()
 
