@@ -144,7 +144,8 @@ def test_migration_0002_names_the_record_of_existing_ledger_dead_letters(
     config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
+        # The fixture's database may already be at head (first use migrates): go back to 0001.
+        command.downgrade(config, "0001")
         letters = sa.table(
             "dead_letters",
             sa.column("source"),
