@@ -116,8 +116,9 @@ def validate(google: SchemaSource, configuration: Path) -> bool:
                 configuration, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*")
             )
             # The configuration reads the image's dagster.yaml (the run-worker job's name).
-            for outside in ("dagster.yaml",):
+            for outside in ("deploy/dagster.yaml",):
                 if (configuration.parent / outside).is_file():
+                    (copy.parent / outside).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(configuration.parent / outside, copy.parent / outside)
             env = os.environ | {
                 "TF_REATTACH_PROVIDERS": reattach,
