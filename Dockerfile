@@ -28,7 +28,7 @@ COPY batchinfer_dagster ./batchinfer_dagster
 # uid 10001: above the range base images give their own users (Ubuntu's `ubuntu` is 1000).
 RUN pip install ./protocol . \
     && useradd --system --uid 10001 --home-dir /opt/dagster dagster \
-    && mkdir -p "${DAGSTER_HOME}" \
+    && mkdir -p "${DAGSTER_HOME}/storage" \
     && chown -R dagster /opt/dagster
 
 COPY deploy/dagster.yaml workspace.yaml ${DAGSTER_HOME}/
