@@ -5,6 +5,8 @@ started the way the tests start them (``batchinfer_testing.services``), the two 
 Pub/Sub topology are created, and then the same ``make run`` runs against them: the model server
 and ``dg dev``. A second shell gets the same settings with ``source <home>/env.sh`` (printed at
 start). Ctrl-C stops everything; the servers' data is temporary and removed with them.
+
+``running_stack`` is the setup alone (what tests/test_stack.py checks); ``main`` adds ``make run``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -23,6 +28,8 @@ from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_testing.services import ServiceUnavailableError, postgres_server, pubsub_emulator
 
 BIN = Path(sys.executable).parent
+APP_DATABASE = "batchinfer"
+DAGSTER_DATABASE = "dagster"
 
 
 def dagster_config(port: int, database: str) -> dict[str, object]:
@@ -44,17 +51,44 @@ def dagster_config(port: int, database: str) -> dict[str, object]:
     return config
 
 
-def main() -> int:
+@dataclass(frozen=True)
+class Stack:
+    """A running stack: where its state is and the settings that point the commands at it.
+
+    ``environment``: ``BATCHINFER_HOME``, ``DAGSTER_HOME``, ``BATCHINFER_DATABASE_URL``,
+    ``BATCHINFER_QUEUE`` and ``PUBSUB_EMULATOR_HOST``, as ``env.sh`` exports them.
+    """
+
+    home: Path
+    environment: dict[str, str]
+    env_file: Path
+    postgres_port: int
+    emulator_host: str
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(self.environment["DAGSTER_HOME"])
+
+
+@contextmanager
+def running_stack() -> Iterator[Stack]:
+    """Start PostgreSQL and the emulator, create the databases and topology; stop on exit.
+
+    Raises ``ServiceUnavailableError`` when a server's binaries are not on ``PATH``, and
+    ``subprocess.CalledProcessError`` when ``batchinfer pubsub create`` fails. On exit the
+    servers stop and the home (the Dagster instance, ``env.sh``) is removed.
+    """
     home = Path(tempfile.mkdtemp(prefix="batchinfer-stack-"))
     try:
         with postgres_server() as postgres, pubsub_emulator() as emulator:
-            app_url = postgres.create_database("batchinfer")
-            postgres.create_database("dagster")
+            app_url = postgres.create_database(APP_DATABASE)
+            postgres.create_database(DAGSTER_DATABASE)
             dagster_home = home / "dagster"
             dagster_home.mkdir()
-            config = dagster_config(postgres.port, "dagster")
+            config = dagster_config(postgres.port, DAGSTER_DATABASE)
+            # Written before `make run` starts: its `cp -n dagster.local.yaml` keeps this one.
             (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            settings = {
+            environment = {
                 "BATCHINFER_HOME": str(home),
                 "DAGSTER_HOME": str(dagster_home),
                 "BATCHINFER_DATABASE_URL": app_url,
@@ -63,26 +97,46 @@ def main() -> int:
             }
             env_file = home / "env.sh"
             env_file.write_text(
-                "".join(f"export {name}={shlex.quote(value)}\n" for name, value in settings.items())
+                "".join(
+                    f"export {name}={shlex.quote(value)}\n" for name, value in environment.items()
+                )
             )
-            env = {**os.environ, **settings}
-            subprocess.run([str(BIN / "batchinfer"), "pubsub", "create"], env=env, check=True)
+            subprocess.run(
+                [str(BIN / "batchinfer"), "pubsub", "create"],
+                env={**os.environ, **environment},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            yield Stack(
+                home=home,
+                environment=environment,
+                env_file=env_file,
+                postgres_port=postgres.port,
+                emulator_host=emulator.host,
+            )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> int:
+    try:
+        with running_stack() as stack:
             print(
-                f"PostgreSQL on 127.0.0.1:{postgres.port} (databases batchinfer, dagster), "
-                f"Pub/Sub emulator on {emulator.host}.\n"
-                f"In another shell: source .venv/bin/activate && source {env_file}",
+                f"PostgreSQL on 127.0.0.1:{stack.postgres_port} (databases {APP_DATABASE}, "
+                f"{DAGSTER_DATABASE}), Pub/Sub emulator on {stack.emulator_host}.\n"
+                f"In another shell: source .venv/bin/activate && source {stack.env_file}",
                 flush=True,
             )
             try:
-                return subprocess.run(["make", "run"], cwd=REPO_ROOT, env=env).returncode
+                return subprocess.run(
+                    ["make", "run"], cwd=REPO_ROOT, env={**os.environ, **stack.environment}
+                ).returncode
             except KeyboardInterrupt:
                 # `make run` got the same Ctrl-C and stops by itself; the servers stop next.
                 return 130
     except ServiceUnavailableError as error:
         print(f"cannot start the stack: {error}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""``make stack``'s setup, as ``make stack`` runs it, and what it hands to ``make run``.
+
+``batchinfer_testing.stack.running_stack`` is everything ``make stack`` does before ``make run``:
+PostgreSQL and the Pub/Sub emulator started, the two databases and the topology created, a
+Dagster instance config on PostgreSQL and the settings (``env.sh``) written. The test then does
+what ``make run`` does with them first (``batchinfer where``, ``batchinfer db upgrade``, the
+Dagster instance from ``DAGSTER_HOME``) and checks that the stack is gone after it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from dagster import DagsterInstance
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from google.cloud import pubsub_v1
+
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing import services
+from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.stack import Stack, running_stack
+from tests.services import unavailable
+
+BATCHINFER = str(Path(sys.executable).parent / "batchinfer")
+pytestmark = [pytest.mark.postgres, pytest.mark.pubsub]
+
+
+def batchinfer(stack: Stack, *args: str) -> str:
+    """A CLI command in a shell that sourced the stack's env.sh, as the README says."""
+    script = f"source {shlex.quote(str(stack.env_file))} && exec {BATCHINFER} {shlex.join(args)}"
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=False, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_make_stack_setup_hands_make_run_a_postgres_and_pubsub_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    try:
+        context = running_stack()
+        stack = context.__enter__()
+    except services.ServiceUnavailableError as error:
+        unavailable(str(error))
+    try:
+        emulator_port = int(stack.emulator_host.rpartition(":")[2])
+        # env.sh exports exactly the stack's settings, and they load.
+        sourced = subprocess.run(
+            ["bash", "-c", f"source {shlex.quote(str(stack.env_file))} && env -0"],
+            capture_output=True,
+            check=True,
+            env={"PATH": os.environ["PATH"]},
+        ).stdout.decode()
+        exported = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
+        assert {name: exported[name] for name in stack.environment} == stack.environment
+        for name, value in stack.environment.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        assert settings.queue == "pubsub"
+        assert sa.make_url(settings.resolved_database_url).database == "batchinfer"
+
+        # `make run`'s first steps: where the state is, then the schema.
+        where = batchinfer(stack, "where")
+        assert f"127.0.0.1:{stack.postgres_port}/batchinfer" in where
+        assert f"emulator {stack.emulator_host}" in where
+        assert str(stack.dagster_home) in where
+        assert "newest schema" in batchinfer(stack, "db", "upgrade")
+        engine = sa.create_engine(settings.resolved_database_url)
+        try:
+            with engine.connect() as connection:
+                tables = set(sa.inspect(connection).get_table_names())
+        finally:
+            engine.dispose()
+        assert {"data_points", "features", "alembic_version"} <= tables
+
+        # The topology `batchinfer pubsub create` made: a subscription with dead-lettering.
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            subscription = subscriber.get_subscription(
+                subscription=subscriber.subscription_path(
+                    settings.pubsub_project, settings.pubsub_subscription
+                )
+            )
+        finally:
+            subscriber.close()
+        assert subscription.topic.endswith(f"/topics/{settings.pubsub_topic}")
+        assert subscription.dead_letter_policy.dead_letter_topic.endswith(
+            f"/topics/{settings.pubsub_dead_letter_topic}"
+        )
+
+        # Dagster's instance, as `dg dev` opens it from DAGSTER_HOME: storage on PostgreSQL,
+        # the local config's queue and pool limit kept.
+        local = yaml.safe_load((REPO_ROOT / "dagster.local.yaml").read_text())
+        with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+            assert instance.get_runs() == []
+            pools = instance.get_concurrency_config().pool_config
+            assert pools.default_pool_limit == local["concurrency"]["pools"]["default_limit"]
+        assert answers(stack.postgres_port)
+        assert answers(emulator_port)
+    finally:
+        context.__exit__(None, None, None)
+    # Stopped: both servers gone, the temporary home removed.
+    assert not answers(stack.postgres_port)
+    assert not answers(emulator_port)
+    assert not stack.home.exists()
