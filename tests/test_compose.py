@@ -20,7 +20,6 @@ import shlex
 import shutil
 import tomllib
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
@@ -37,6 +36,7 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_postgres.utils import pg_url_from_config
 
 from batchinfer_dagster.settings import Settings
+from tests.command_lines import parse_command_line
 from tests.services import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,32 +136,6 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 
 # -- commands -------------------------------------------------------------------------------
-
-
-def click_command(program: str) -> click.Command:
-    """The click command behind a console script (the function wrapping it, unwrapped)."""
-    (entry_point,) = entry_points(group="console_scripts", name=program)
-    loaded = entry_point.load()
-    if isinstance(loaded, click.Command):
-        return loaded
-    return importlib.import_module(entry_point.module).cli
-
-
-def parse_command_line(argv: list[str]) -> click.Context:
-    """Parse ``argv`` with its program's own click interface, down to the leaf command.
-
-    Raises click's ``UsageError`` (an unknown command or option, a bad value, a missing
-    argument) exactly as running it would, without running it.
-    """
-    program, *args = argv
-    command = click_command(program)
-    context = command.make_context(program, args)
-    while isinstance(command, click.Group):
-        # What a group leaves for its subcommand: the subcommand's name, then its arguments.
-        rest = [*context._protected_args, *context.args]
-        name, command, rest = command.resolve_command(context, rest)
-        context = command.make_context(name, rest, parent=context)
-    return context
 
 
 def command_lines(service: dict) -> list[list[str]]:
