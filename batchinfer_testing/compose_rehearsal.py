@@ -21,6 +21,7 @@ exercised.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -66,8 +67,6 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 def image_cmd(path: Path) -> list[str]:
     """A Dockerfile's ``CMD [...]`` (exec form), the command of a service that names none."""
-    import json
-
     text = path.read_text().replace("\\\n", " ")
     match = re.search(r"^CMD (\[.*\])$", text, flags=re.M)
     if match is None:
@@ -168,6 +167,8 @@ class Rehearsal:
         return service
 
     def wait_healthy(self, name: str) -> None:
+        """Run the service's healthcheck until it passes: ``retries`` tries after its
+        ``start_period``, ``interval`` apart, as Docker counts them."""
         service_config = self.compose["services"][name]
         check = service_config["healthcheck"]
         argv = healthcheck_argv(check["test"])
@@ -190,6 +191,7 @@ class Rehearsal:
         raise RehearsalError(f"{name} never healthy ({shlex.join(argv)}):\n{service.output()}")
 
     def wait_completed(self, name: str) -> None:
+        """A one-shot service (``service_completed_successfully``) until it exits 0."""
         service = self.running[name]
         if service.process.wait() != 0:
             raise RehearsalError(f"{name} exited {service.process.returncode}:\n{service.output()}")

@@ -36,6 +36,7 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_postgres.utils import pg_url_from_config
 
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.compose_rehearsal import dockerfile_env
 from tests.command_lines import parse_command_line
 from tests.services import PostgresServer
 
@@ -121,18 +122,6 @@ def test_one_tag_is_built_from_one_dockerfile() -> None:
         if "build" in service:
             builds.setdefault(service["image"], set()).add(service["build"]["dockerfile"])
     assert all(len(dockerfiles) == 1 for dockerfiles in builds.values()), builds
-
-
-def dockerfile_env(path: Path) -> dict[str, str]:
-    """The ``ENV`` values a Dockerfile sets (``ENV A=1 \\ B=2`` form, as ours use)."""
-    text = path.read_text().replace("\\\n", " ")
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("ENV "):
-            for item in shlex.split(line[len("ENV ") :]):
-                name, _, value = item.partition("=")
-                values[name] = value
-    return values
 
 
 # -- commands -------------------------------------------------------------------------------
