@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import pipeline
@@ -14,11 +15,14 @@ from model_server.backends.base import Instance
 from model_server.backends.embedding import EmbeddingBackend
 from model_server.backends.label_descriptions import (
     BARE_LABEL_TEMPLATES,
+    PHRASE_TEMPLATE,
     LabelPrototypes,
+    description_phrases,
     label_prototypes,
     packaged_label_descriptions,
     read_label_descriptions_file,
 )
+from model_server.backends.label_fit import LabelVector, exclusive_scores, unit
 from model_server.backends.nli import NliBackend
 
 BILLING_TEXTS = [
@@ -46,14 +50,105 @@ def test_a_descriptions_file_is_read_in_the_request_form(tmp_path: Path) -> None
         read_label_descriptions_file(path)
 
 
-def test_prototypes_are_the_name_in_templates_and_the_descriptions() -> None:
+def test_prototypes_are_the_name_in_templates_the_descriptions_and_their_phrases() -> None:
     shipped = packaged_label_descriptions()["billing"]
     bare_names = tuple(template.format("refund") for template in BARE_LABEL_TEMPLATES)
-    assert label_prototypes("Billing ", ("Own words.",), None).descriptions == ("Own words.",)
+    own = label_prototypes("Billing ", ("Own words, and more.",), None)
+    assert own.descriptions == ("Own words, and more.",)
+    assert own.phrases == (PHRASE_TEMPLATE.format("Own words"), PHRASE_TEMPLATE.format("more"))
     assert label_prototypes("Billing ", (), "About {}.") == LabelPrototypes(
-        names=("About Billing .",), descriptions=shipped
+        names=("About Billing .",), descriptions=shipped, phrases=description_phrases(shipped)
     )
-    assert label_prototypes("refund", (), None) == LabelPrototypes(bare_names, ())
+    assert label_prototypes("refund", (), None) == LabelPrototypes(bare_names, (), ())
+
+
+def test_a_description_is_cut_into_its_phrases_at_list_boundaries() -> None:
+    def cut(*descriptions: str) -> list[str]:
+        return [
+            phrase.removeprefix("This message is about ").removesuffix(".")
+            for phrase in description_phrases(descriptions)
+        ]
+
+    assert cut("Renting a car: pickup, return, the vehicle, drivers and rental charges.") == [
+        "Renting a car",
+        "pickup",
+        "return",
+        "the vehicle",
+        "drivers",
+        "rental charges",
+    ]
+    assert cut("Refund or exchange; store credit") == ["Refund", "exchange", "store credit"]
+    # Words that merely contain "and"/"or" are not boundaries; repeats and empty pieces go.
+    assert cut("Brand stores", "Brand stores, , .") == ["Brand stores"]
+    assert cut("..., ;") == []
+
+
+def test_a_label_vector_weighs_its_parts_equally_and_skips_empty_ones() -> None:
+    east, north = np.eye(2, dtype=np.float32)
+    reference = unit(np.array([[1.0, 1.0], [1.0, -1.0], [0.0, 1.0]], dtype=np.float32))
+    label = LabelVector.of(
+        [np.stack([east, east, east]), np.empty((0, 2), np.float32), north[None]], reference
+    )
+    assert label.vector == pytest.approx(unit(east + north))
+    similarities = reference @ label.vector
+    assert label.prior == pytest.approx(float(similarities.mean()))
+    assert label.none_threshold == pytest.approx(
+        float(similarities.mean() + 3 * similarities.std())
+    )
+    with pytest.raises(ValueError, match="at least one embedded name"):
+        LabelVector.of([np.empty((0, 2), np.float32), north[None]], reference)
+
+
+def test_competing_labels_are_compared_after_their_priors() -> None:
+    """Equal similarities: the label that every everyday text is close to loses."""
+    scores = exclusive_scores(np.array([0.5, 0.5]), np.array([0.3, 0.1]), temperature=0.05)
+    assert scores.sum() == pytest.approx(1.0)
+    assert scores[1] > 0.95
+    # A prior shifts the label's similarity, nothing else: equal priors are a plain softmax.
+    assert exclusive_scores(np.array([0.5, 0.4]), np.array([0.2, 0.2]), 0.05) == pytest.approx(
+        exclusive_scores(np.array([0.3, 0.2]), np.zeros(2), 0.05)
+    )
+
+
+def test_the_backend_scores_competing_labels_by_similarity_less_prior(
+    embedding_backend: EmbeddingBackend,
+) -> None:
+    text = "My suitcase never arrived in Lisbon."
+    labels = ("flight", "baggage", "hotel")
+    [answer] = embedding_backend.predict([Instance(text, labels)])
+    vector = embedding_backend.encode([text])[0]
+    built = [embedding_backend.label_vector(label, (), None) for label in labels]
+    assert len({round(label.prior, 6) for label in built}) == len(labels)
+    expected = exclusive_scores(
+        np.array([float(label.vector @ vector) for label in built]),
+        np.array([label.prior for label in built]),
+        embedding_backend.temperature,
+    )
+    got = dict(zip(answer["labels"], answer["scores"], strict=True))
+    assert [got[label] for label in labels] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_a_texts_answer_never_depends_on_the_rest_of_its_request(
+    embedding_backend: EmbeddingBackend,
+) -> None:
+    """Calibration is the label's own: the same text and labels answer the same alone, among
+    other texts, and among instances with other labels and descriptions."""
+    labels = ("flight", "baggage", "hotel")
+    mine = Instance("Our bags were left behind in Frankfurt.", labels)
+    others = [
+        Instance("Cancel my room for Friday.", labels),
+        Instance(
+            "Cancel my room for Friday.", ("printer", "email"), label_descriptions=(("Toner.",), ())
+        ),
+        Instance("The weather is sunny today.", ("baggage",)),
+        Instance("Lost luggage.", labels, multi_label=True),
+    ]
+    [alone] = embedding_backend.predict([mine])
+    crowded = embedding_backend.predict([*others[:2], mine, *others[2:]])[2]
+    reordered = embedding_backend.predict([Instance(mine.text, tuple(reversed(labels)))])[0]
+    for answer in (crowded, reordered):
+        assert answer["labels"] == alone["labels"]
+        assert answer["scores"] == pytest.approx(alone["scores"], abs=1e-5)
 
 
 @pytest.mark.parametrize("text", BILLING_TEXTS)

@@ -2,10 +2,12 @@
 
 A bi-encoder embeds each text once, whatever the number of labels, so it is several times
 cheaper than an NLI cross-encoder that reads every (text, label) pair. Labels are embedded once
-and cached: a label is its name in several templates and its descriptions, averaged in equal
-parts (see label_descriptions and label_fit). Scores are softmax(similarity / temperature), so they
-sum to 1 like the pipeline's single-label scores; with one label or multi_label each label gets
-its fit against a "none of these" reference (see label_fit).
+and cached: a label is its name in several templates, its descriptions and their phrases,
+averaged in equal parts (see label_descriptions and label_fit). Scores are
+softmax((similarity - prior) / temperature), the prior being the label's mean similarity to a
+fixed reference of everyday texts, so they sum to 1 like the pipeline's single-label scores;
+with one label or multi_label each label gets its fit against that "none of these" reference
+(see label_fit).
 """
 
 from __future__ import annotations
@@ -163,11 +165,10 @@ class EmbeddingBackend(Backend):
             if self.none_of_these is None:
                 raise RuntimeError("the embedding backend is not loaded; call load() first")
             prototypes = label_prototypes(label, descriptions, template)
-            cached = LabelVector.of(
-                self.encode(prototypes.names),
-                self.encode_all(prototypes.descriptions),
-                self.none_of_these,
-            )
+            parts = (prototypes.names, prototypes.descriptions, prototypes.phrases)
+            vectors = self.encode([sentence for part in parts for sentence in part])
+            ends = np.cumsum([len(part) for part in parts])[:-1]
+            cached = LabelVector.of(np.split(vectors, ends), self.none_of_these)
             if len(self.label_cache) >= LABEL_CACHE_SIZE:
                 self.label_cache.clear()
             self.label_cache[key] = cached
@@ -183,7 +184,8 @@ class EmbeddingBackend(Backend):
         if instance.multi_label or len(labels) == 1:
             thresholds = np.array([label.none_threshold for label in labels])
             return fit_scores(similarities, thresholds)
-        return exclusive_scores(similarities, self.temperature)
+        priors = np.array([label.prior for label in labels])
+        return exclusive_scores(similarities, priors, self.temperature)
 
     def prepare(self, instances: Sequence[Instance]) -> PreparedTexts:
         texts = list(dict.fromkeys(instance.text for instance in instances))

@@ -3,7 +3,14 @@
 The NLI pipeline scores labels in two ways, and so do we:
 
 * one label among several, not multi_label: the labels compete; scores are a softmax across
-  labels and sum to 1 (the pipeline: softmax of the entailment logits across labels);
+  labels of the *calibrated* similarities and sum to 1 (the pipeline: softmax of the entailment
+  logits across labels). Calibrated: each label's similarity less its prior, the mean
+  similarity of the "none of these" reference to it (contextual calibration, Zhao et al. 2021,
+  "Calibrate Before Use: Improving Few-Shot Performance of Language Models", with everyday
+  texts in place of content-free ones, which measured worse). Some labels sit closer to every
+  text than others (a broad name, a long description); without the prior they win texts that
+  are about none of them in particular. The prior is the label's own, fixed when the label is
+  embedded: a text's answer never depends on the other texts of its request;
 * one candidate label, or multi_label: each label alone says how well the text fits it (the
   pipeline: softmax of entailment against contradiction). A cosine similarity has no
   contradiction side, so each label gets one from a fixed reference of texts about nothing in
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -44,27 +52,34 @@ def none_of_these_texts() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LabelVector:
-    """A label as the model sees it: a unit vector (dim,) and its "none of these" threshold."""
+    """A label as the model sees it: a unit vector (dim,), its prior (the mean cosine
+    similarity of the "none of these" reference to it) and its "none of these" threshold."""
 
     vector: np.ndarray
+    prior: float
     none_threshold: float
 
     @classmethod
-    def of(cls, names: np.ndarray, descriptions: np.ndarray, reference: np.ndarray) -> LabelVector:
-        """From unit embeddings (n, dim) of its name in templates, of its descriptions (maybe
-        (0, dim)), and of the "none of these" reference (m, dim).
+    def of(cls, parts: Sequence[np.ndarray], reference: np.ndarray) -> LabelVector:
+        """From the unit embeddings (n, dim) of each part of the label (its name in templates,
+        its descriptions, their phrases; an empty (0, dim) part is left out, the first must not
+        be empty) and of the "none of these" reference (m, dim).
 
-        The label is the mean of the names' centroid and the descriptions' centroid, in equal
-        parts: the templates average out one wording's bias, the descriptions add what the name
-        does not say, and neither outweighs the other however many there are of each.
+        The label is the mean of the parts' centroids, in equal parts: the templates average out
+        one wording's bias, the descriptions add what the name does not say, and no part
+        outweighs another however many sentences it has.
         """
-        parts = [unit(names.mean(axis=0))]
-        if len(descriptions):
-            parts.append(unit(descriptions.mean(axis=0)))
-        vector = unit(np.mean(parts, axis=0)).astype(np.float32)
+        centroids = [unit(part.mean(axis=0)) for part in parts if len(part)]
+        if not centroids or not len(parts[0]):
+            raise ValueError("a label needs at least one embedded name (parts[0] is empty)")
+        vector = unit(np.mean(centroids, axis=0)).astype(np.float32)
         unrelated = reference @ vector
-        threshold = float(unrelated.mean() + NONE_SPREAD * unrelated.std())
-        return cls(vector=vector, none_threshold=threshold)
+        prior = float(unrelated.mean())
+        return cls(
+            vector=vector,
+            prior=prior,
+            none_threshold=prior + NONE_SPREAD * float(unrelated.std()),
+        )
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -80,9 +95,12 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values))
 
 
-def exclusive_scores(similarities: np.ndarray, temperature: float) -> np.ndarray:
-    """Scores of labels that compete for one text (labels,), summing to 1."""
-    return softmax(similarities / temperature)
+def exclusive_scores(
+    similarities: np.ndarray, priors: np.ndarray, temperature: float
+) -> np.ndarray:
+    """Scores of labels that compete for one text (labels,), summing to 1: a softmax of the
+    similarities less each label's prior (all (labels,))."""
+    return softmax((similarities - priors) / temperature)
 
 
 def fit_scores(similarities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
