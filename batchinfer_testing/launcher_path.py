@@ -55,6 +55,8 @@ class LauncherPath:
     settings: Settings
     env: dict[str, str]
     dagster_home: Path
+    # The checkout whose workspace.yaml (and so whose code) the daemon loads.
+    code_dir: Path = REPO_ROOT
 
     def cli(self, *args: str) -> str:
         """``batchinfer ARGS`` in this deployment; its stdout. Raises with stderr on failure."""
@@ -80,12 +82,16 @@ def launcher_path(
     home: Path,
     *,
     name: str = "batchinfer",
+    code_dir: Path | None = None,
     **overrides: object,
 ) -> LauncherPath:
     """Databases ``{name}`` (app) and ``{name}_dagster`` created, the instance's ``dagster.yaml``
     written under ``home``; then ``batchinfer db upgrade`` and ``batchinfer pubsub create`` (topics
     named after ``name``), as a deployment does.
 
+    ``code_dir``: the CLI, the daemon and its runs import ``batchinfer_dagster`` from there (a
+    checkout of another commit with its ``workspace.yaml``, for a before/after comparison)
+    rather than from this one.
     ``overrides`` are ``Settings`` fields (``model_url``, ``batch_size``, …); they reach every
     process as ``BATCHINFER_*`` variables, so the daemon's runs see what the caller sees.
     """
@@ -111,11 +117,14 @@ def launcher_path(
         "DAGSTER_HOME": str(dagster_home),
         "PUBSUB_EMULATOR_HOST": emulator_host,
         "HF_HUB_OFFLINE": "1",
+        **({"PYTHONPATH": str(code_dir)} if code_dir else {}),
     }
     settings = Settings(**fields).model_copy(
         update={"dagster_home": dagster_home, "pubsub_emulator_host": emulator_host}
     )
-    path = LauncherPath(settings=settings, env=env, dagster_home=dagster_home)
+    path = LauncherPath(
+        settings=settings, env=env, dagster_home=dagster_home, code_dir=code_dir or REPO_ROOT
+    )
     path.cli("db", "upgrade")
     path.cli("pubsub", "create")
     return path
@@ -158,8 +167,8 @@ def running_daemon(path: LauncherPath, log: Path) -> Iterator[subprocess.Popen]:
     """``dagster-daemon run`` on the deployment's instance, stopped (whole group) at the end."""
     with log.open("wb") as out:
         daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-            cwd=REPO_ROOT,
+            [str(BIN / "dagster-daemon"), "run", "-w", str(path.code_dir / "workspace.yaml")],
+            cwd=path.code_dir,
             env=path.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -218,6 +227,7 @@ class RunTimes:
     created: float
     launched: float | None
     started: float | None
+    step_started: float | None
     model_started: float | None
     finished: float | None
     # The process that reported RUN_START: the run worker.
@@ -266,6 +276,7 @@ class DrainRecord:
 _RUN_EVENTS = {
     DagsterEventType.RUN_STARTING,
     DagsterEventType.RUN_START,
+    DagsterEventType.STEP_START,
     DagsterEventType.ASSET_MATERIALIZATION,
     DagsterEventType.RUN_SUCCESS,
     DagsterEventType.RUN_FAILURE,
@@ -294,6 +305,7 @@ def run_times(instance: DagsterInstance, run_id: str, status: DagsterRunStatus, 
         created=created,
         launched=events.get(DagsterEventType.RUN_STARTING),
         started=events.get(DagsterEventType.RUN_START),
+        step_started=events.get(DagsterEventType.STEP_START),
         model_started=model_started,
         finished=finished,
         worker_pid=worker_pid,

@@ -39,6 +39,8 @@ SECTION = "## Backlog through the daemon's launcher"
 # The `model_server` pool limit of dagster.local.yaml: runs that send to the model at once.
 POOL_LIMIT = 2
 GOAL = 0.80
+# Texts of one standalone round: each client sends several whole chunks, 4 in flight at once.
+PEAK_TEXTS = 4096
 
 
 def record_text(i: int) -> str:
@@ -73,6 +75,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, help="BATCHINFER_BATCH_SIZE (default: embedded)")
     parser.add_argument("--timeout", type=float, default=3600, help="longest drain, seconds")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        help="the daemon and its runs import batchinfer_dagster from this checkout (before/after)",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only (development)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-launcher-"))
@@ -90,7 +97,9 @@ def main() -> None:
     ):
         # The Google client library finds the emulator here (the invariants' last pull).
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
-        path = launcher_path(postgres, emulator.host, home, model_url=server.url, **overrides)
+        path = launcher_path(
+            postgres, emulator.host, home, model_url=server.url, code_dir=args.code, **overrides
+        )
         settings = path.settings
         steps = {}
         for name, command in (
@@ -102,7 +111,7 @@ def main() -> None:
             path.cli(*command)
             steps[name] = round(time.perf_counter() - started, 1)
             print(name, steps[name], "s", flush=True)
-        peak_texts = texts[: min(len(texts), POOL_LIMIT * settings.batch_size)]
+        peak_texts = texts[: min(len(texts), PEAK_TEXTS)]
         peaks = [standalone_peak(settings, peak_texts)]
         print("standalone peak before", round(peaks[0], 1), flush=True)
         watch = drain(path, args.requests, home / "daemon.log", timeout=args.timeout)
@@ -169,9 +178,10 @@ def summary(
         "queued_s_median": round(record.median("queued"), 2),
         "launch_to_started_s_median": round(record.median("started"), 2),
         "launch_to_started_s_max": round(record.longest("started"), 2),
+        "launch_to_step_s_median": round(record.median("step_started"), 2),
         "launch_to_model_s_median": round(record.median("start_up_s"), 2),
         "launch_to_model_s_max": round(record.longest("start_up_s"), 2),
-        "model_to_run_end_s_median": round(statistics.median(model_busy), 2),
+        "model_to_run_end_s_median": round(statistics.median(model_busy or [float("nan")]), 2),
     }
 
 
@@ -209,6 +219,7 @@ def launcher_section(result: dict[str, object]) -> str:
             "run start-up: launched → `RUN_START`, median / max",
             f"{result['launch_to_started_s_median']} s / {result['launch_to_started_s_max']} s",
         ),
+        ("run start-up: launched → `STEP_START`, median", f"{result['launch_to_step_s_median']} s"),
         (
             "run start-up: launched → first text sent to the model, median / max",
             f"{result['launch_to_model_s_median']} s / {result['launch_to_model_s_max']} s",
