@@ -90,8 +90,8 @@ def launcher_path(
     named after ``name``), as a deployment does.
 
     ``code_dir``: the CLI, the daemon and its runs import ``batchinfer_dagster`` from there (a
-    checkout of another commit with its ``workspace.yaml``, for a before/after comparison)
-    rather than from this one.
+    checkout of another commit with its ``workspace.yaml`` and ``dagster.local.yaml``, for a
+    before/after comparison) rather than from this one.
     ``overrides`` are ``Settings`` fields (``model_url``, ``batch_size``, …); they reach every
     process as ``BATCHINFER_*`` variables, so the daemon's runs see what the caller sees.
     """
@@ -99,7 +99,8 @@ def launcher_path(
     postgres.create_database(f"{name}_dagster")
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_config(postgres.port, f"{name}_dagster")
+    code = code_dir or REPO_ROOT
+    config = dagster_config(postgres.port, f"{name}_dagster", code / "dagster.local.yaml")
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     fields: dict[str, object] = {
         "home": home,
@@ -122,9 +123,7 @@ def launcher_path(
     settings = Settings(**fields).model_copy(
         update={"dagster_home": dagster_home, "pubsub_emulator_host": emulator_host}
     )
-    path = LauncherPath(
-        settings=settings, env=env, dagster_home=dagster_home, code_dir=code_dir or REPO_ROOT
-    )
+    path = LauncherPath(settings=settings, env=env, dagster_home=dagster_home, code_dir=code)
     path.cli("db", "upgrade")
     path.cli("pubsub", "create")
     return path
