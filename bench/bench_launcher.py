@@ -211,7 +211,7 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         ),
         (
             "**drain vs the model server's peak**",
-            f"**{result['drain_vs_peak']:.0%}** (goal ≥ {GOAL:.0%})",
+            f"**{result['drain_vs_peak']:.1%}** (goal ≥ {GOAL:.0%})",
         ),
         ("first run launched → last run ended", f"{result['first_launch_to_last_run_end_s']} s"),
         (
