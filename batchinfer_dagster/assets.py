@@ -93,6 +93,11 @@ def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:
         "model": outcome.model,
         "model_latency_s": MetadataValue.float(round(outcome.model_seconds, 3)),
         "texts_per_second": MetadataValue.float(round(rate, 1)),
+        **(
+            {"model_started_at": MetadataValue.timestamp(outcome.model_started_at)}
+            if outcome.model_started_at is not None
+            else {}
+        ),
         "label_distribution": MetadataValue.json(outcome.label_counts),
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dagster import ConfigurableResource, EnvVar
-from dagster_gcp import BigQueryResource
 
 from batchinfer_dagster import db
 from batchinfer_dagster.resources.database import (
@@ -24,7 +23,6 @@ from batchinfer_dagster.resources.database import (
 from batchinfer_dagster.resources.feature_store import (
     FeatureStoreResource,
     LocalFeatureStoreResource,
-    VertexFeatureStoreResource,
 )
 from batchinfer_dagster.resources.ledger import LedgerResource
 from batchinfer_dagster.resources.model_server import (
@@ -97,6 +95,11 @@ def request_queue_for(settings: Settings, database: DatabaseResource) -> Request
 
 def feature_store_for(settings: Settings, database: DatabaseResource) -> FeatureStoreResource:
     if settings.feature_store == "vertex":
+        # Imported here: dagster-gcp (BigQuery, pandas) is for Vertex deployments only.
+        from dagster_gcp import BigQueryResource
+
+        from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
+
         return VertexFeatureStoreResource(
             database=database,
             bigquery=BigQueryResource(project=settings.vertex_project),

@@ -6,6 +6,7 @@ from dagster import (
     Config,
     OpExecutionContext,
     define_asset_job,
+    in_process_executor,
     job,
     op,
 )
@@ -29,9 +30,14 @@ def launchpad_description(summary: str, op_name: str, example: Config) -> str:
     return f"{summary}\n\nLaunchpad config:\n\n```yaml\n{snippet}\n```"
 
 
+# One step (the asset and its checks): the in-process executor runs it in the run worker itself.
+# The default multiprocess executor would start a second Python process per run, importing the
+# code location again, for no parallelism (docs/benchmarks.md, "Backlog through the daemon's
+# launcher").
 predictions_job = define_asset_job(
     "predictions_job",
     selection=AssetSelection.assets(predictions),
+    executor_def=in_process_executor,
     description=(
         "Predict one ledger batch (a partition of `predictions`); the sensor launches one run "
         "per batch.\n\nLaunchpad config: none. Pick the partition (the batch key) to run "

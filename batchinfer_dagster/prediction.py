@@ -39,6 +39,9 @@ class BatchOutcome:
     label_counts: dict[str, int] = field(default_factory=dict)
     # Records the model server refused on their own: dead letters of source "model".
     refused: int = 0
+    # When the first text went to the model (None: no record reached it). Against the run's
+    # launch and start events it splits a run's start-up from its work (bench/bench_launcher.py).
+    model_started_at: datetime | None = None
 
 
 class BatchRefusedError(RuntimeError):
@@ -85,6 +88,7 @@ class Predictor:
         record_ids = sorted({r.record_id for r in requests})
         texts = self.feature_store.fetch(record_ids) if record_ids else {}
         found = [record_id for record_id in record_ids if record_id in texts]
+        model_started_at = self.clock() if found else None
         started = time.perf_counter()
         answer = self.model.predict([texts[i] for i in found], self.parameters) if found else None
         model_seconds = time.perf_counter() - started
@@ -120,4 +124,5 @@ class Predictor:
             model=model,
             label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
             refused=len(refused),
+            model_started_at=model_started_at,
         )

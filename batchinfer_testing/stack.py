@@ -32,9 +32,11 @@ APP_DATABASE = "batchinfer"
 DAGSTER_DATABASE = "dagster"
 
 
-def dagster_config(port: int, database: str) -> dict[str, object]:
+def dagster_config(
+    port: int, database: str, local_config: Path = REPO_ROOT / "dagster.local.yaml"
+) -> dict[str, object]:
     """``dagster.local.yaml`` with Dagster's storage on PostgreSQL, as in production."""
-    config = yaml.safe_load((REPO_ROOT / "dagster.local.yaml").read_text())
+    config = yaml.safe_load(local_config.read_text())
     config["storage"] = {
         "postgres": {
             "postgres_db": {

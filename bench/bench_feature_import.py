@@ -13,11 +13,16 @@ well before an import are in production, so the incremental import moves only wh
 
     python -m bench.bench_feature_import --records 1000000
     python -m bench.bench_feature_import --records 1000000 --postgres postgresql+psycopg://…
+    python -m bench.bench_feature_import --records 1000000 --postgres   # a throwaway server
+
+``--postgres`` without a URL starts a throwaway PostgreSQL server the way the tests do
+(``batchinfer_testing.services``) and writes its own section, "Feature import (PostgreSQL)".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -29,9 +34,13 @@ from pathlib import Path
 from batchinfer_dagster import feature_import
 from batchinfer_testing.deployment import TEXTS
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.services import postgres_server
 from bench.report import write_section
 
 SECTION = "## Feature import"
+POSTGRES_SECTION = "## Feature import (PostgreSQL)"
+# --postgres without a URL: start a throwaway server.
+START_SERVER = "start"
 NEW_RECORDS = 1000
 
 
@@ -73,12 +82,25 @@ def import_once(full: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--postgres", help="app database URL (default: SQLite)")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=START_SERVER,
+        help="app database URL, or none to start a throwaway server (default: SQLite)",
+    )
     parser.add_argument("--import-once", choices=["incremental", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.import_once:
         import_once(full=args.import_once == "full")
         return
+    with contextlib.ExitStack() as stack:
+        if args.postgres == START_SERVER:
+            args.postgres = stack.enter_context(postgres_server()).create_database("bench")
+        run_steps(args)
+
+
+def run_steps(args: argparse.Namespace) -> None:
+    """Load, import (full, incremental, nothing new, full again), publish; then the report."""
     home = Path(tempfile.mkdtemp(prefix="bench-feature-import-"))
     env = {**os.environ, "BATCHINFER_HOME": str(home)}
     if args.postgres:
@@ -120,6 +142,22 @@ def main() -> None:
     write_report(args, steps, home)
 
 
+def database_bytes(postgres_url: str | None, home: Path) -> int:
+    """Size of the app database: the SQLite file, or PostgreSQL's ``pg_database_size``."""
+    if not postgres_url:
+        return (home / "batchinfer.db").stat().st_size
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.text("SELECT pg_database_size(current_database())")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def write_report(
     args: argparse.Namespace, steps: dict[str, tuple[float, float, int]], home: Path
 ) -> None:
@@ -131,18 +169,19 @@ def write_report(
         for name, (seconds, rss, rows) in steps.items()
     )
     database = "PostgreSQL" if args.postgres else "SQLite"
+    section = POSTGRES_SECTION if args.postgres else SECTION
+    command = "python -m bench.bench_feature_import --records " + str(args.records)
+    if args.postgres:
+        command += " --postgres"
     idle_rss = steps["incremental import (nothing new)"][1]
     full_rss = steps["full import (N + 1,000), baseline"][1]
-    sqlite_file = home / "batchinfer.db"
     size_line = (
-        f"- SQLite file after the run (records, features, {args.records:,} queued messages, "
-        f"indexes): {sqlite_file.stat().st_size / 1e6:,.0f} MB."
-        if not args.postgres
-        else ""
+        f"- {database} database after the run (records, features, {args.records:,} queued "
+        f"messages, indexes): {database_bytes(args.postgres, home) / 1e6:,.0f} MB."
     )
-    markdown = f"""{SECTION}
+    markdown = f"""{section}
 
-`python -m bench.bench_feature_import --records {args.records}` on 2 shared cores (1-minute
+`{command}` on {os.cpu_count()} shared cores (1-minute
 load average {load_avg:.1f} at the end), {database}, local feature store. N = {args.records:,}
 records. Each step is its own process: load and publish through the `batchinfer` CLI (times
 include its start-up), imports timed around `import_records` alone; peak RSS of each process.
@@ -162,10 +201,10 @@ include its start-up), imports timed around `import_records` alone; peak RSS of 
   (chunks of 10,000 rows: memory does not grow with N). The CLI steps include the CLI's start-up
   (the 1,000-record load is almost all start-up on this loaded machine).
 {size_line}
-- Not measured here: the same on PostgreSQL, and the Vertex path at scale (BigQuery load job and
-  FeatureView sync times are Google's; the append moves only the delta's bytes).
+- Not measured here: the Vertex path at scale (BigQuery load job and FeatureView sync times are
+  Google's; the append moves only the delta's bytes).
 """
-    write_section(SECTION, markdown)
+    write_section(section, markdown)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,18 @@
-"""The feature store: the ``features`` table, or a Vertex AI Feature Store FeatureView."""
+"""The feature store resource: the ``features`` table here, a Vertex AI FeatureView in
+``resources.vertex_feature_store`` (imported only when configured: dagster-gcp's BigQuery
+resource pulls in BigQuery and pandas, about half of a run worker's import time on the local
+path, bench/bench_launcher.py)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
-from dagster_gcp import BigQueryResource
-from pydantic import Field
 
 from batchinfer_dagster.clients.feature_store import FeatureStore, LocalFeatureStore
 from batchinfer_dagster.resources.database import DatabaseResource
-
-if TYPE_CHECKING:
-    from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
 
 
 class FeatureStoreResource(ConfigurableResource, ABC):
@@ -38,53 +35,3 @@ class LocalFeatureStoreResource(FeatureStoreResource):
             yield store
         finally:
             store.close()
-
-
-class VertexFeatureStoreResource(FeatureStoreResource):
-    """A BigQuery source table synced into a Vertex AI online store's FeatureView.
-
-    The BigQuery client comes from dagster-gcp's ``BigQueryResource`` (project, location and,
-    outside Google Cloud, base64 service-account credentials as an ``EnvVar``).
-    """
-
-    bigquery: BigQueryResource
-    region: str = Field(default="us-central1", description="BATCHINFER_VERTEX_REGION")
-    online_store: str = Field(default="batchinfer", description="BATCHINFER_VERTEX_ONLINE_STORE")
-    feature_view: str = Field(default="records", description="BATCHINFER_VERTEX_FEATURE_VIEW")
-    bigquery_table: str = Field(
-        description="project.dataset.table of the source (BATCHINFER_VERTEX_BIGQUERY_TABLE)."
-    )
-    admin_endpoint: str | None = Field(
-        default=None, description="host:port of the admin API (BATCHINFER_VERTEX_ADMIN_ENDPOINT)."
-    )
-    serving_endpoint: str | None = Field(
-        default=None,
-        description="host:port of the online store (BATCHINFER_VERTEX_SERVING_ENDPOINT; PSC).",
-    )
-    sync_timeout_seconds: float = Field(default=1800.0, gt=0)
-
-    def view(self) -> VertexFeatureView:
-        from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
-
-        return VertexFeatureView(
-            project=self.bigquery.project,
-            bigquery_table=self.bigquery_table,
-            region=self.region,
-            online_store=self.online_store,
-            feature_view=self.feature_view,
-            admin_endpoint=self.admin_endpoint,
-            serving_endpoint=self.serving_endpoint,
-            sync_timeout_seconds=self.sync_timeout_seconds,
-        )
-
-    @contextmanager
-    def open(self) -> Iterator[FeatureStore]:
-        from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureStore
-
-        view = self.view()
-        with self.bigquery.get_client() as client:
-            store = VertexFeatureStore(view, self.database.get_engine(), bigquery_client=client)
-            try:
-                yield store
-            finally:
-                store.close()

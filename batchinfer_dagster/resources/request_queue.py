@@ -1,17 +1,24 @@
-"""The request queue: a table in the app database, or a Google Pub/Sub subscription."""
+"""The request queue: a table in the app database, or a Google Pub/Sub subscription.
+
+The Pub/Sub client library is imported when a client is made, not with the code location: a
+prediction run never opens the queue, and its worker starts faster without it.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batchinfer_dagster.clients.pubsub_queue import PubSubQueue, PubSubTopology
 from batchinfer_dagster.clients.queue import LocalQueue, RequestQueue
 from batchinfer_dagster.resources.database import DatabaseResource
+
+if TYPE_CHECKING:
+    from batchinfer_dagster.clients.pubsub_queue import PubSubTopology
 
 
 class RequestQueueResource(ConfigurableResource, ABC):
@@ -63,6 +70,8 @@ class PubSubRequestQueue(RequestQueueResource):
     )
 
     def topology(self) -> PubSubTopology:
+        from batchinfer_dagster.clients.pubsub_queue import PubSubTopology
+
         return PubSubTopology(
             project=self.project,
             topic=self.topic,
@@ -75,4 +84,6 @@ class PubSubRequestQueue(RequestQueueResource):
         )
 
     def client(self) -> RequestQueue:
+        from batchinfer_dagster.clients.pubsub_queue import PubSubQueue
+
         return PubSubQueue(self.topology())

@@ -23,12 +23,10 @@ from batchinfer_dagster.definitions import defs
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.resources.database import PostgresDatabase, SqliteDatabase
-from batchinfer_dagster.resources.feature_store import (
-    LocalFeatureStoreResource,
-    VertexFeatureStoreResource,
-)
+from batchinfer_dagster.resources.feature_store import LocalFeatureStoreResource
 from batchinfer_dagster.resources.model_server import HttpModelServer, VertexModelEndpoint
 from batchinfer_dagster.resources.request_queue import LocalRequestQueue, PubSubRequestQueue
+from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
 

@@ -24,7 +24,7 @@ from batchinfer_dagster.clients.vertex_feature_store import (
     serving_endpoint,
 )
 from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.resources.feature_store import VertexFeatureStoreResource
+from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
