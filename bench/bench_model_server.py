@@ -344,8 +344,9 @@ def markdown_section(results: dict[str, Any]) -> str:
         )
 
     plan = (
-        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}, MODEL_MAX_BATCH_TOKENS={r['batch_tokens']}, "
-        f"lengths padded to buckets of 8"
+        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}, MODEL_MAX_BATCH_TOKENS={r['plan_tokens']}, "
+        f"lengths padded to buckets of {r['plan_step']} (the server's CPU defaults unless "
+        f"given); {r['padded_share']:.1%} of the NLI forward tokens are padding"
     )
     lines = [
         SECTION,
@@ -364,6 +365,13 @@ def markdown_section(results: dict[str, Any]) -> str:
         "| contender | texts/s | vs pipeline | notes |",
         "|---|---:|---:|---|",
         row("HF `pipeline` (default batch size 1)", "pipeline_tps"),
+        row(
+            "ceiling: the real tokens' FLOPs at the measured fp32 matrix-product rate",
+            "ceiling_tps",
+            f"{r['gflop_per_text']:.2f} GFLOP per text (4 pairs), {r['gemm_gflops']:.0f} "
+            "GFLOP/s for a 1,024 × 384 × 1,536 product on all cores; no padding, no "
+            "attention softmax, LayerNorm or GELU: no fp32 forward beats it",
+        ),
         row("raw ONNX Runtime forward, server's batches", "raw_ort_tps", "tokenize, pad, forward"),
         row(
             "`nli` backend through HTTP, MODEL_RUNTIME=onnxruntime",
@@ -493,6 +501,45 @@ def warmup_note(url: str) -> str:
     return f"{float(shapes.group(1)):.0f} shapes in {float(seconds.group(1)):.1f} s"
 
 
+def nli_flop_per_text(model_dir: Path, mean_pair_tokens: float) -> float:
+    """FLOPs of one text's forward passes (one pair per label) on its real tokens only.
+
+    Per token and layer: the Q, K, V and output projections (4 h²) and the feed-forward
+    (2 h i) multiply-adds, and attention's scores and weighted sum (2 L h for L tokens); 2
+    FLOPs a multiply-add. Embedding look-ups, the pooler and the head are left out (< 1 %).
+    """
+    config = AutoModelForSequenceClassification.from_pretrained(model_dir).config
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * layers * (4 * h * h + 2 * h * i + 2 * mean_pair_tokens * h)
+    return len(LABELS) * mean_pair_tokens * per_token
+
+
+def matmul_gflops(repeats: int = 20) -> float:
+    """The best fp32 rate of a forward-batch-sized product (1,024 tokens, hidden 384 to 1,536),
+    in GFLOP/s on torch's default threads: what the model's matrix products can reach here."""
+    tokens = torch.randn(1024, 384)
+    weight = torch.randn(1536, 384)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(tokens, weight)
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * 1024 * 384 * 1536 / best / 1e9
+
+
+def padded_share(model_dir: Path, texts: list[str], options: ForwardOptions) -> float:
+    """Share of the NLI forward tokens that are padding under the server's shape plan."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
+    lengths = [len(ids) for ids in tokenizer(pairs, truncation="only_first")["input_ids"]]
+    plan = options.shape_plan(
+        torch.device("cpu"), model_max_length(tokenizer.model_max_length, 512)
+    )
+    padded = sum(batch.rows * batch.length for batch in plan.plan(lengths))
+    return 1 - sum(lengths) / padded
+
+
 def run_nli_contenders(
     model_dir: Path, texts: list[str], args: argparse.Namespace, results: dict
 ) -> None:
@@ -610,7 +657,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 texts instead of 400")
     parser.add_argument("--batch-size", type=int, default=64, help="MODEL_MAX_BATCH_SIZE")
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="MODEL_MAX_BATCH_TOKENS")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=0, help="MODEL_MAX_BATCH_TOKENS (0: by device)"
+    )
     parser.add_argument("--request-size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="rounds per contender; best kept")
@@ -654,7 +703,14 @@ def main() -> None:
             ]
         ]
         results["mean_pair_tokens"] = sum(pair_tokens) / len(pair_tokens)
+        options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+        plan = options.shape_plan(torch.device("cpu"), 512)
+        results["plan_tokens"], results["plan_step"] = plan.max_tokens, plan.lengths[0]
+        results["padded_share"] = padded_share(model_dir, texts, options)
+        results["gflop_per_text"] = nli_flop_per_text(model_dir, results["mean_pair_tokens"]) / 1e9
         run_nli_contenders(model_dir, texts, args, results)
+        results["gemm_gflops"] = matmul_gflops()
+        results["ceiling_tps"] = results["gemm_gflops"] / results["gflop_per_text"]
     run_embedding_contenders(texts, args, results)
     results["accuracy"] = embedding_accuracy(messages)
     results["eval_count"] = len(messages)
