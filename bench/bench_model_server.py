@@ -327,6 +327,38 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     return hits / len(messages)
 
 
+# The previous recording of this section (commit 7a1e27c, --quick): CPU batches of 4,096 tokens
+# in length steps of 8, a plain ONNX export, OpenMP and ONNX Runtime threads spinning when idle.
+# Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
+PREVIOUS = {
+    "raw_ort_tps": 2.17,
+    "http_ort_tps": 2.17,
+    "raw_torch_tps": 2.60,
+    "http_torch_tps": 2.41,
+    "emb_http_of_raw": 0.850,
+}
+
+
+def changes_note(r: dict[str, Any]) -> str:
+    """What this recording's changes bought against PREVIOUS, in ratios to the pipeline."""
+    names = {
+        "raw_ort_tps": "raw ONNX Runtime",
+        "http_ort_tps": "HTTP ONNX Runtime",
+        "raw_torch_tps": "raw PyTorch",
+        "http_torch_tps": "HTTP PyTorch",
+    }
+    ratios = ", ".join(
+        f"{name} {PREVIOUS[key]:.2f}× → {r[key] / r['pipeline_tps']:.2f}×"
+        for key, name in names.items()
+    )
+    return (
+        "- Against the previous recording (commit 7a1e27c: batches of 4,096 tokens in length "
+        "steps of 8, a plain ONNX export, runtime threads spinning when idle), as multiples of "
+        f"each run's pipeline: {ratios}; embedding through HTTP {PREVIOUS['emb_http_of_raw']:.1%}"
+        f" → {r['emb_http_tps'] / r['emb_raw_tps']:.1%} of raw encode."
+    )
+
+
 def markdown_section(results: dict[str, Any]) -> str:
     r = results
     base = r["pipeline_tps"]
@@ -396,6 +428,7 @@ def markdown_section(results: dict[str, Any]) -> str:
         f"{1 - r['http_ort_tps'] / r['raw_ort_tps']:.1%} by wall clock, "
         f"{r['http_ort_run']['server_cpu_per_text'] / r['raw_ort_tps_cpu_per_text'] - 1:.1%} "
         "by the server's own CPU time per text (the clients' share of the CPU excluded).",
+        changes_note(r),
         f"- Shapes first seen after the warm-up, over every HTTP run: "
         f"{r['unwarmed_shapes']:.0f} (model_server_unwarmed_shapes_total); warm-up at load: "
         f"{r['warmup']}.",
