@@ -328,7 +328,8 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
 
 
 # The previous recording of this section (commit 7a1e27c, --quick): CPU batches of 4,096 tokens
-# in length steps of 8, a plain ONNX export, OpenMP and ONNX Runtime threads spinning when idle.
+# in length steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools
+# gathered for 2 ms.
 # Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
 PREVIOUS = {
     "raw_ort_tps": 2.17,
@@ -353,7 +354,8 @@ def changes_note(r: dict[str, Any]) -> str:
     )
     return (
         "- Against the previous recording (commit 7a1e27c: batches of 4,096 tokens in length "
-        "steps of 8, a plain ONNX export, runtime threads spinning when idle), as multiples of "
+        "steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools "
+        "gathered for 2 ms), as multiples of "
         f"each run's pipeline: {ratios}; embedding through HTTP {PREVIOUS['emb_http_of_raw']:.1%}"
         f" → {r['emb_http_tps'] / r['emb_raw_tps']:.1%} of raw encode."
     )
