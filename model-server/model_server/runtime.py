@@ -33,10 +33,12 @@ DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Half precision on a GPU picks kernels per shape (~100 ms the first time), so GPU buckets are
 # coarse; on a CPU a new shape costs nothing and padding costs compute, so they are fine.
-PAD_TO_MULTIPLE_OF = {"cuda": 32, "cpu": 8}
-# A GPU needs large batches to fill; a CPU's matrix products are as efficient at a few
-# thousand tokens, and every token of the budget is paid again by each warm-up shape.
-MAX_BATCH_TOKENS = {"cuda": 32768, "cpu": 4096}
+PAD_TO_MULTIPLE_OF = {"cuda": 32, "cpu": 4}
+# A GPU needs large batches to fill. A CPU's matrix products are as efficient at a thousand
+# tokens as at four, while a small budget keeps a batch to rows of close lengths: on 400
+# support-message pairs, 1,024 tokens and steps of 4 pad 13 % of the tokens where 4,096 and
+# steps of 8 padded 22 % (a batch of 64 rows spanned several length buckets).
+MAX_BATCH_TOKENS = {"cuda": 32768, "cpu": 1024}
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ class ForwardOptions:
     """How a backend runs its forward passes (the MODEL_* settings of that name).
 
     max_batch_size: rows per forward pass at most (MODEL_MAX_BATCH_SIZE).
-    max_batch_tokens: padded tokens per forward pass at most; 0 picks by device (4,096 on CPU,
+    max_batch_tokens: padded tokens per forward pass at most; 0 picks by device (1,024 on CPU,
         32,768 on CUDA) (MODEL_MAX_BATCH_TOKENS).
-    pad_to_multiple_of: padding step of the length buckets; 0 picks by device (8 on CPU, 32 on
+    pad_to_multiple_of: padding step of the length buckets; 0 picks by device (4 on CPU, 32 on
         CUDA) (MODEL_PAD_TO_MULTIPLE_OF).
     dtype: "auto" is bfloat16 on a CUDA device that supports it, else float16 there, and
         float32 on CPU (MODEL_DTYPE).
@@ -69,10 +71,10 @@ class ForwardOptions:
 
     def shape_plan(self, device: torch.device, max_length: int) -> ShapePlan:
         """The buckets of a model whose sequences hold at most `max_length` tokens."""
-        step = self.pad_to_multiple_of or PAD_TO_MULTIPLE_OF.get(device.type, 8)
+        step = self.pad_to_multiple_of or PAD_TO_MULTIPLE_OF.get(device.type, 4)
         return ShapePlan(
             max_rows=self.max_batch_size,
-            max_tokens=self.max_batch_tokens or MAX_BATCH_TOKENS.get(device.type, 4096),
+            max_tokens=self.max_batch_tokens or MAX_BATCH_TOKENS.get(device.type, 1024),
             lengths=length_buckets(step, max_length),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,24 @@ def test_onnx_runtime_matches_pipeline_and_reuses_its_export(
         + [Instance(text, tuple(LABELS), False, template) for text in EXACTNESS_TEXTS]
     )
     assert_same_answers(expected, second.predict(instances))
+
+
+def test_onnx_export_of_a_bert_runs_fused_exact_kernels(bert_nli_dir: Path, tmp_path: Path) -> None:
+    """The cached export holds ONNX Runtime's fused kernels (what makes it as fast as PyTorch),
+    with erf GELU only: the tanh approximations (FastGelu) would leave the 1e-5 bound."""
+    import onnx
+
+    options = ForwardOptions(runtime="onnxruntime", cache_dir=str(tmp_path), warm_up=False)
+    NliBackend(str(bert_nli_dir), torch.device("cpu"), forward=options).load()
+    [exported] = list((tmp_path / "onnx").glob("*/model.onnx"))
+    operators = Counter(node.op_type for node in onnx.load(exported).graph.node)
+    layers = 2  # the tiny BERT's
+    assert operators["Attention"] == layers
+    assert operators["BiasGelu"] == layers
+    assert operators["SkipLayerNormalization"] == 2 * layers
+    assert operators["EmbedLayerNormalization"] == 1
+    assert not {"FastGelu", "GemmFastGelu", "Softmax"} & operators.keys()
+    assert not list((tmp_path / "onnx").glob("*/plain.onnx"))
 
 
 def test_onnx_runtime_refuses_half_precision() -> None:

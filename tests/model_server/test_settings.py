@@ -6,7 +6,7 @@ import pydantic
 import pytest
 import torch
 
-from model_server.runtime import resolve_dtype
+from model_server.runtime import ForwardOptions, resolve_dtype
 from model_server.settings import ServerSettings
 
 
@@ -77,3 +77,14 @@ def test_auto_dtype_on_cpu_is_float32_and_half_precision_is_refused() -> None:
     assert resolve_dtype("auto", cpu, "onnxruntime") == torch.float32
     with pytest.raises(ValueError, match="MODEL_DTYPE=bfloat16 needs a CUDA device"):
         resolve_dtype("bfloat16", cpu, "torch")
+
+
+def test_shape_plan_defaults_follow_the_device() -> None:
+    """CPU: small batches of close lengths (little padding); CUDA: big batches, coarse buckets."""
+    cpu = ForwardOptions().shape_plan(torch.device("cpu"), 512)
+    assert (cpu.max_tokens, cpu.lengths[:3], cpu.lengths[-1]) == (1024, (4, 8, 12), 512)
+    cuda = ForwardOptions().shape_plan(torch.device("cuda"), 512)
+    assert (cuda.max_tokens, cuda.lengths[:2]) == (32768, (32, 64))
+    given = ForwardOptions(max_batch_tokens=4096, pad_to_multiple_of=8)
+    plan = given.shape_plan(torch.device("cpu"), 512)
+    assert (plan.max_tokens, plan.lengths[:2]) == (4096, (8, 16))

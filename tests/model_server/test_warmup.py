@@ -57,6 +57,7 @@ def served_metrics(model_dir: Path, warm_up: bool) -> str:
         model_name_or_path=str(model_dir),
         model_max_batch_size=16,
         model_max_batch_tokens=256,
+        model_pad_to_multiple_of=8,
         model_warmup=warm_up,
     )
     app = create_app(settings, load_on_startup=False)
