@@ -22,6 +22,7 @@ from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownErr
 from model_server.metrics import ServerMetrics
 from model_server.predict_request import RequestError, parse_predict_request
 from model_server.settings import ServerSettings
+from model_server.shapes import WarmUpStoppedError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ class ModelService:
         started = time.perf_counter()
         try:
             self.backend.load()
+        except WarmUpStoppedError:
+            # Told to stop while warming up (Ctrl-C during start-up): a shutdown, not a failure.
+            self.load_error = "stopped during the warm-up"
+            logger.info("stopped during the warm-up: the server is shutting down")
+            raise
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             logger.exception("loading the %s model failed", self.backend.backend_name)

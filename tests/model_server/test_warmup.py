@@ -126,6 +126,38 @@ def test_health_is_503_warming_up_until_every_shape_ran(bert_nli_dir: Path) -> N
     assert backend.shapes.warmup_shapes == len(backend.runner.plan.shapes())
 
 
+def test_a_stop_during_the_warm_up_is_a_shutdown_not_an_error(
+    bert_nli_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ctrl-C on `make run` while the model server warms up: it logs that it stopped, no
+    # traceback at ERROR, and /health keeps saying it is not ready.
+    backend = GatedNliBackend(
+        str(bert_nli_dir), torch.device("cpu"), forward=ForwardOptions(max_batch_size=4)
+    )
+    app = create_app(ServerSettings(model_backend="nli"), backend=backend, load_on_startup=False)
+    service = app.state.service
+    failures: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            service.load()
+        except BaseException as error:  # noqa: BLE001 - the test inspects it below
+            failures.append(error)
+
+    loading = threading.Thread(target=load)
+    with caplog.at_level("INFO", logger="model_server"), TestClient(app) as client:
+        loading.start()
+        assert backend.in_warm_up.wait(timeout=60)
+        backend.stopping.set()
+        backend.gate.set()
+        loading.join(timeout=60)
+        health = client.get("/health")
+    assert [type(error).__name__ for error in failures] == ["WarmUpStoppedError"]
+    assert health.status_code == 503
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text
+    assert "stopped during the warm-up" in caplog.text
+
+
 @pytest.mark.parametrize("warm_up", [True, False])
 def test_answers_do_not_depend_on_the_warm_up(bert_nli_dir: Path, warm_up: bool) -> None:
     """Bucket padding and repeated filler rows change nothing but float rounding."""
