@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from batchinfer_dagster.processes import stop_process_group
 from batchinfer_testing.model_server import REPO_ROOT
 
 UI = "http://127.0.0.1:3000"
@@ -125,12 +126,7 @@ def make_run(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
         try:
             yield process
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process_group(process, signal.SIGINT, timeout=60)
 
 
 def run_walkthrough(commands: list[list[str]], env: dict[str, str], timeout: float) -> None:

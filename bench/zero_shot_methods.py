@@ -26,36 +26,21 @@ and compares ways to combine a label's sentences after calibrating each one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from model_server.backends.label_descriptions import BARE_LABEL_TEMPLATES, description_phrases
 
 Messages = list[dict[str, str]]
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "one": ("This message is about {}.",),
-    "five": (
-        "{}",
-        "This message is about {}.",
-        "A question about {}.",
-        "I have a problem with {}.",
-        "Topic: {}.",
-    ),
-    "ten": (
-        "{}",
-        "This message is about {}.",
-        "A question about {}.",
-        "I have a problem with {}.",
-        "Topic: {}.",
-        "I need help with {}.",
-        "This is a request about {}.",
-        "Something is wrong with my {}.",
-        "Category: {}.",
-        "A customer writes about {}.",
-    ),
+    # The previous choice: the first five of the shipped templates.
+    "five": BARE_LABEL_TEMPLATES[:5],
+    "ten": BARE_LABEL_TEMPLATES,
     "bare": ("{}",),
 }
 CONTENT_FREE = (
@@ -96,9 +81,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def phrases(descriptions: Sequence[str]) -> list[str]:
-    """The descriptions cut as label_descriptions.description_phrases cuts them."""
-    cut = (p.strip() for d in descriptions for p in re.split(r"[,:;.]| and | or ", f" {d} "))
-    return list(dict.fromkeys(f"This message is about {p}." for p in cut if p))
+    """The descriptions' phrases, as the embedding backend embeds them."""
+    return list(description_phrases(tuple(descriptions)))
 
 
 class Grid:

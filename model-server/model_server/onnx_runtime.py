@@ -187,7 +187,7 @@ def onnx_forward(
     session_options.intra_op_num_threads = options.threads
     session_options.inter_op_num_threads = 1
     # Idle intra-op threads sleep instead of spinning: in a server they share the cores with
-    # the tokenizer thread and the event loop (see OMP_WAIT_POLICY in __main__).
+    # the tokenizer thread and the event loop (docs/model-server.md, "Threads on a small CPU").
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(
         str(path), session_options, providers=["CPUExecutionProvider"]
