@@ -209,17 +209,29 @@ def model_server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
         server.stop()
 
 
-def post_all(url: str, texts: list[str], request_size: int, clients: int) -> list[dict]:
+@contextlib.contextmanager
+def http_client(url: str) -> Iterator[httpx.Client]:
+    """One client per server for the whole benchmark, as a real caller keeps one.
+
+    Made outside the timed runs: building an httpx.Client costs ~23 ms of CPU here (its SSL
+    context, even for plain HTTP), which a timed run of half a second would charge to the
+    server, and a one-text latency of ~20 ms twice over. Its connections stay open between runs.
+    """
+    with httpx.Client(base_url=url, timeout=600) as client:
+        yield client
+
+
+def post_all(client: httpx.Client, texts: list[str], request_size: int, clients: int) -> list[dict]:
     """All texts through /predict, in requests of `request_size` from `clients` threads."""
     chunks = [texts[i : i + request_size] for i in range(0, len(texts), request_size)]
     body = {"parameters": {"candidate_labels": LABELS}}
 
     def send(chunk: Sequence[str]) -> list[dict]:
-        response = client.post(f"{url}/predict", json={"instances": list(chunk), **body})
+        response = client.post("/predict", json={"instances": list(chunk), **body})
         response.raise_for_status()
         return response.json()["predictions"]
 
-    with httpx.Client(timeout=600) as client, ThreadPoolExecutor(clients) as pool:
+    with ThreadPoolExecutor(clients) as pool:
         return [answer for answers in pool.map(send, chunks) for answer in answers]
 
 
@@ -327,16 +339,16 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     return hits / len(messages)
 
 
-# The previous recording of this section (commit 7a1e27c, --quick): CPU batches of 4,096 tokens
-# in length steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools
-# gathered for 2 ms.
+# The previous recording of this section (commit 3a87911, --quick --repeats 4): a pool closed
+# when its wait timed out even if a request had been queued meanwhile, the clients built a new
+# httpx.Client inside every timed run, one pass of the texts per embedding run.
 # Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
 PREVIOUS = {
-    "raw_ort_tps": 2.17,
-    "http_ort_tps": 2.17,
-    "raw_torch_tps": 2.60,
-    "http_torch_tps": 2.41,
-    "emb_http_of_raw": 0.850,
+    "raw_ort_tps": 2.57,
+    "http_ort_tps": 2.57,
+    "raw_torch_tps": 2.59,
+    "http_torch_tps": 2.50,
+    "emb_http_of_raw": 0.877,
 }
 
 
@@ -353,9 +365,11 @@ def changes_note(r: dict[str, Any]) -> str:
         for key, name in names.items()
     )
     return (
-        "- Against the previous recording (commit 7a1e27c: batches of 4,096 tokens in length "
-        "steps of 8, a plain ONNX export, ONNX Runtime threads spinning when idle, pools "
-        "gathered for 2 ms), as multiples of "
+        "- Against the previous recording (commit 3a87911: a pool closed when its wait timed out "
+        "even if a request had been queued meanwhile, so the benchmark's requests of 64 and 36 "
+        "texts sometimes ran as two pools with 25 % more padded tokens; the clients built a new "
+        "httpx.Client, ~23 ms of CPU, inside every timed run; one pass of the texts per "
+        "embedding run), as multiples of "
         f"each run's pipeline: {ratios}; embedding through HTTP {PREVIOUS['emb_http_of_raw']:.1%}"
         f" → {r['emb_http_tps'] / r['emb_raw_tps']:.1%} of raw encode."
     )
@@ -419,7 +433,11 @@ def markdown_section(results: dict[str, Any]) -> str:
             "http_torch_tps",
             f"max abs Δscore {r['torch_delta']:.1e}; " + http_notes("http_torch", "raw_torch_tps"),
         ),
-        row("raw embedding encode, same batches", "emb_raw_tps"),
+        row(
+            "raw embedding encode, same batches",
+            "emb_raw_tps",
+            f"{r['embedding_passes']} passes of the texts per timed run, as for HTTP",
+        ),
         row(
             "`embedding` backend through HTTP",
             "emb_http_tps",
@@ -596,10 +614,12 @@ def run_nli_contenders(
             model_server(nli_server_env(model_dir, "torch", args))
         )
         results["warmup"] = warmup_note(ort_url)
+        ort_client = stack.enter_context(http_client(ort_url))
+        torch_client = stack.enter_context(http_client(torch_url))
 
-        def http(url: str, key: str) -> Callable[[], object]:
+        def http(client: httpx.Client, key: str) -> Callable[[], object]:
             return lambda: answers.update(
-                {key: post_all(url, texts, args.request_size, args.clients)}
+                {key: post_all(client, texts, args.request_size, args.clients)}
             )
 
         best = interleaved(
@@ -608,9 +628,9 @@ def run_nli_contenders(
                     lambda: answers.update(pipeline=classifier(texts, candidate_labels=LABELS))
                 ),
                 "raw onnxruntime": Contender(raw_ort),
-                "nli http onnxruntime": Contender(http(ort_url, "ort"), ort_pid),
+                "nli http onnxruntime": Contender(http(ort_client, "ort"), ort_pid),
                 "raw torch": Contender(raw_torch),
-                "nli http torch": Contender(http(torch_url, "torch"), torch_pid),
+                "nli http torch": Contender(http(torch_client, "torch"), torch_pid),
             },
             args.repeats,
         )
@@ -649,10 +669,13 @@ def compare_with_litserve(
         for name, start in servers.items():
             with start() as started:
                 url = started[0] if isinstance(started, tuple) else started
-                post_all(url, texts[:64], args.request_size, args.clients)  # warm-up
-                predictions, seconds = timed(
-                    lambda url=url: post_all(url, texts, args.request_size, args.clients)
-                )
+                with http_client(url) as client:
+                    post_all(client, texts[:64], args.request_size, args.clients)  # warm-up
+                    predictions, seconds = timed(
+                        lambda client=client: post_all(
+                            client, texts, args.request_size, args.clients
+                        )
+                    )
             answers[name] = predictions  # type: ignore[assignment]
             best[name] = min(seconds, best.get(name, seconds))
             print(f"  {name}: {seconds:.1f} s", flush=True)
@@ -662,30 +685,38 @@ def compare_with_litserve(
 
 
 def run_embedding_contenders(texts: list[str], args: argparse.Namespace, results: dict) -> None:
+    """Raw encode and the embedding server, each timed over `args.embedding_passes` passes of
+    the texts (one pass of 100 texts lasts half a second: too short to time on shared cores)."""
     options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
-    raw = raw_embedding_runner(texts, options)
-    raw()  # warm-up
+    passes = args.embedding_passes
+    encode = raw_embedding_runner(texts, options)
+    encode()  # warm-up
+
+    def raw() -> None:
+        for _ in range(passes):
+            encode()
+
     env = {
         "MODEL_BACKEND": "embedding",
         "MODEL_MAX_BATCH_SIZE": str(args.batch_size),
         "MODEL_MAX_BATCH_TOKENS": str(args.batch_tokens),
         "MODEL_LOG_LEVEL": "warning",
     }
-    with model_server(env) as (url, pid):
-        post_all(url, texts[:64], args.request_size, args.clients)  # warm-up
+    with model_server(env) as (url, pid), http_client(url) as client:
+        post_all(client, texts[:64], args.request_size, args.clients)  # warm-up
+
+        def http() -> None:
+            for _ in range(passes):
+                post_all(client, texts, args.request_size, args.clients)
+
         best = interleaved(
-            {
-                "raw encode": Contender(raw),
-                "embedding http": Contender(
-                    lambda: post_all(url, texts, args.request_size, args.clients), pid
-                ),
-            },
+            {"raw encode": Contender(raw), "embedding http": Contender(http, pid)},
             args.repeats,
         )
         results["unwarmed_shapes"] += unwarmed_shapes(url)
         results["emb_rss"] = peak_rss_mib(pid)
-    raw_figures(results, "emb_raw", best["raw encode"], len(texts))
-    http_figures(results, "emb_http", best["embedding http"], len(texts))
+    raw_figures(results, "emb_raw", best["raw encode"], len(texts) * passes)
+    http_figures(results, "emb_http", best["embedding http"], len(texts) * passes)
 
 
 def main() -> None:
@@ -698,6 +729,12 @@ def main() -> None:
     parser.add_argument("--request-size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="rounds per contender; best kept")
+    parser.add_argument(
+        "--embedding-passes",
+        type=int,
+        default=5,
+        help="passes over the texts in each timed embedding run (raw and HTTP alike)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
         "--litserve", action="store_true", help="also time the nli backend behind LitServe"
@@ -723,6 +760,7 @@ def main() -> None:
         "request_size": args.request_size,
         "clients": args.clients,
         "repeats": args.repeats,
+        "embedding_passes": args.embedding_passes,
         "machine": machine,
     }
     with tempfile.TemporaryDirectory() as tmp:
