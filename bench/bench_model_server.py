@@ -67,6 +67,7 @@ from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # 
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
+from model_server.first_token_layer import last_layer_for_first_token  # noqa: E402
 from model_server.runtime import ForwardOptions, model_max_length  # noqa: E402
 from model_server.shapes import PaddingTokens, pad_batch  # noqa: E402
 
@@ -140,10 +141,14 @@ def timed(function: Callable[[], object]) -> tuple[object, float]:
 
 
 def raw_nli_runner(
-    model_dir: Path, texts: list[str], options: ForwardOptions
+    model_dir: Path, texts: list[str], options: ForwardOptions, *, first_token_only: bool = True
 ) -> Callable[[], None]:
     """The bare work on one runtime, loaded once: tokenize all pairs (one batch call), cut
-    them with the server's shape plan, pad, forward. No HTTP, batcher or scoring."""
+    them with the server's shape plan, pad, forward. No HTTP, batcher or scoring.
+
+    `first_token_only=False` keeps every token in PyTorch's last layer (the server computes
+    only the first token's there), to measure what that saves.
+    """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     names = list(tokenizer.model_input_names)
     token_names = [name for name in names if name != "attention_mask"]
@@ -162,6 +167,8 @@ def raw_nli_runner(
         from model_server.runtime import torch_forward
 
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        if first_token_only:
+            last_layer_for_first_token(model)
         forward = torch_forward(model, torch.device("cpu"), options, lambda out, _: out.logits)
     pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
 
@@ -339,9 +346,10 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     return hits / len(messages)
 
 
-# The previous recording of this section (commit 3a87911, --quick --repeats 4): a pool closed
-# when its wait timed out even if a request had been queued meanwhile, the clients built a new
-# httpx.Client inside every timed run, the embedding contenders took 4 turns.
+# The previous recording of this section (commit 3a87911, --quick --repeats 4): the last BERT
+# layer computed every token, a pool closed when its wait timed out even if a request had been
+# queued meanwhile, the clients built a new httpx.Client inside every timed run, the embedding
+# contenders took 4 turns.
 # Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
 PREVIOUS = {
     "raw_ort_tps": 2.57,
@@ -365,7 +373,8 @@ def changes_note(r: dict[str, Any]) -> str:
         for key, name in names.items()
     )
     return (
-        "- Against the previous recording (commit 3a87911: a pool closed when its wait timed out "
+        "- Against the previous recording (commit 3a87911: the last BERT layer computed every "
+        "token; a pool closed when its wait timed out "
         "even if a request had been queued meanwhile, so the benchmark's requests of 64 and 36 "
         "texts sometimes ran as two pools with 25 % more padded tokens; the clients built a new "
         "httpx.Client, ~23 ms of CPU, inside every timed run; the embedding contenders took 4 "
@@ -416,7 +425,8 @@ def markdown_section(results: dict[str, Any]) -> str:
         row(
             "ceiling: the real tokens' FLOPs at the measured fp32 matrix-product rate",
             "ceiling_tps",
-            f"{r['gflop_per_text']:.2f} GFLOP per text (4 pairs), {r['gemm_gflops']:.0f} "
+            f"{r['gflop_per_text']:.2f} GFLOP per text (4 pairs, the last layer on the first "
+            f"token only), {r['gemm_gflops']:.0f} "
             "GFLOP/s for a 1,024 × 384 × 1,536 product on all cores; no padding, no "
             "attention softmax, LayerNorm or GELU: no fp32 forward beats it",
         ),
@@ -427,7 +437,17 @@ def markdown_section(results: dict[str, Any]) -> str:
             f"max abs Δscore {r['ort_delta']:.1e}, label-order mismatches "
             f"{r['ort_mismatches']}; " + http_notes("http_ort", "raw_ort_tps"),
         ),
-        row("raw PyTorch forward, server's batches", "raw_torch_tps"),
+        row(
+            "raw PyTorch forward, server's batches",
+            "raw_torch_tps",
+            f"{r['raw_torch_tps'] / r['raw_torch_every_token_tps']:.2f}× the same forward with "
+            "every token through the last layer (next row); the server computes only the first "
+            "token's row there, the one the head reads",
+        ),
+        row(
+            "raw PyTorch forward, every token through the last layer",
+            "raw_torch_every_token_tps",
+        ),
         row(
             "`nli` backend through HTTP, MODEL_RUNTIME=torch",
             "http_torch_tps",
@@ -561,16 +581,21 @@ def warmup_note(url: str) -> str:
 
 
 def nli_flop_per_text(model_dir: Path, mean_pair_tokens: float) -> float:
-    """FLOPs of one text's forward passes (one pair per label) on its real tokens only.
+    """FLOPs of one text's forward passes (one pair per label) on its real tokens only, as the
+    server computes them: the last layer for the first token only.
 
     Per token and layer: the Q, K, V and output projections (4 h²) and the feed-forward
-    (2 h i) multiply-adds, and attention's scores and weighted sum (2 L h for L tokens); 2
-    FLOPs a multiply-add. Embedding look-ups, the pooler and the head are left out (< 1 %).
+    (2 h i) multiply-adds, and attention's scores and weighted sum (2 L h for L tokens); in
+    the last layer every token's K and V (2 h²) and the first token's rest (2 h² + 2 h i +
+    2 L h); 2 FLOPs a multiply-add. Embedding look-ups, the pooler and the head are left out
+    (< 1 %).
     """
     config = AutoModelForSequenceClassification.from_pretrained(model_dir).config
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    per_token = 2 * layers * (4 * h * h + 2 * h * i + 2 * mean_pair_tokens * h)
-    return len(LABELS) * mean_pair_tokens * per_token
+    tokens = mean_pair_tokens
+    full_layer = tokens * (4 * h * h + 2 * h * i + 2 * tokens * h)
+    last_layer = tokens * 2 * h * h + (2 * h * h + 2 * h * i + 2 * tokens * h)
+    return len(LABELS) * 2 * ((layers - 1) * full_layer + last_layer)
 
 
 def matmul_gflops(repeats: int = 20) -> float:
@@ -610,7 +635,8 @@ def run_nli_contenders(
     )
     raw_ort = raw_nli_runner(model_dir, texts, onnx_options)
     raw_torch = raw_nli_runner(model_dir, texts, options)
-    raw_ort(), raw_torch()  # warm-up: every shape these texts use
+    raw_torch_every_token = raw_nli_runner(model_dir, texts, options, first_token_only=False)
+    raw_ort(), raw_torch(), raw_torch_every_token()  # warm-up: every shape these texts use
     answers: dict[str, list[dict]] = {}
     with contextlib.ExitStack() as stack:
         ort_url, ort_pid = stack.enter_context(
@@ -636,6 +662,7 @@ def run_nli_contenders(
                 "raw onnxruntime": Contender(raw_ort),
                 "nli http onnxruntime": Contender(http(ort_client, "ort"), ort_pid),
                 "raw torch": Contender(raw_torch),
+                "raw torch, every token in the last layer": Contender(raw_torch_every_token),
                 "nli http torch": Contender(http(torch_client, "torch"), torch_pid),
             },
             args.repeats,
@@ -646,6 +673,9 @@ def run_nli_contenders(
     results["pipeline_tps"] = count / best["pipeline"]["seconds"]
     raw_figures(results, "raw_ort", best["raw onnxruntime"], count)
     raw_figures(results, "raw_torch", best["raw torch"], count)
+    raw_figures(
+        results, "raw_torch_every_token", best["raw torch, every token in the last layer"], count
+    )
     http_figures(results, "http_ort", best["nli http onnxruntime"], count)
     http_figures(results, "http_torch", best["nli http torch"], count)
     expected = answers["pipeline"]
