@@ -347,9 +347,9 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
 
 
 # The previous recording of this section (commit 3a87911, --quick --repeats 4): the last BERT
-# layer computed every token, a pool closed when its wait timed out even if a request had been
-# queued meanwhile, the clients built a new httpx.Client inside every timed run, the embedding
-# contenders took 4 turns.
+# layer computed every token, glibc unmapped the servers' freed activations, a pool closed when
+# its wait timed out even if a request had been queued meanwhile, the clients built a new
+# httpx.Client inside every timed run, the embedding contenders took 4 turns.
 # Ratios to the pipeline of its own run, so that runs on differently loaded machines compare.
 PREVIOUS = {
     "raw_ort_tps": 2.57,
@@ -374,7 +374,8 @@ def changes_note(r: dict[str, Any]) -> str:
     )
     return (
         "- Against the previous recording (commit 3a87911: the last BERT layer computed every "
-        "token; a pool closed when its wait timed out "
+        "token; glibc unmapped the servers' freed activations, so each pass of the embedding "
+        "server page-faulted ~50,000 times; a pool closed when its wait timed out "
         "even if a request had been queued meanwhile, so the benchmark's requests of 64 and 36 "
         "texts sometimes ran as two pools with 25 % more padded tokens; the clients built a new "
         "httpx.Client, ~23 ms of CPU, inside every timed run; the embedding contenders took 4 "
