@@ -47,6 +47,7 @@ from bench.bench_model_server import (  # noqa: E402
     LABELS,
     compare,
     grow_texts,
+    http_client,
     load_messages,
     model_server,
     post_all,
@@ -182,18 +183,21 @@ def measure_server(
     """Row server_<dtype>: throughput, one text alone, exactness, warm-up, unwarmed shapes."""
     key = "server_fp32" if dtype == "float32" else "server_half"
     started = time.perf_counter()
-    with model_server(server_env(model_dir, run, dtype)) as (url, _pid):
+    with (
+        model_server(server_env(model_dir, run, dtype)) as (url, _pid),
+        http_client(url) as client,
+    ):
         ready = time.perf_counter() - started
-        post_all(url, texts[:REQUEST_SIZE], REQUEST_SIZE, 1)
+        post_all(client, texts[:REQUEST_SIZE], REQUEST_SIZE, 1)
         rate, _ = run.texts_per_second(
-            len(texts), lambda: post_all(url, texts, REQUEST_SIZE, CLIENTS)
+            len(texts), lambda: post_all(client, texts, REQUEST_SIZE, CLIENTS)
         )
         latencies = []
         for text in exact[:50]:
             begin = time.perf_counter()
-            post_all(url, [text], 1, 1)
+            post_all(client, [text], 1, 1)
             latencies.append(time.perf_counter() - begin)
-        answers = post_all(url, exact, REQUEST_SIZE, CLIENTS)
+        answers = post_all(client, exact, REQUEST_SIZE, CLIENTS)
         delta, order_mismatches = compare(reference, answers)
         top_same = sum(a["labels"][0] == r["labels"][0] for a, r in zip(answers, reference))
         run.save(

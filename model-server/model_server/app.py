@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
 from model_server.predict_request import RequestError, parse_predict_request
 from model_server.settings import ServerSettings
@@ -200,6 +201,8 @@ def serve(settings: ServerSettings) -> None:
         level=settings.model_log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.model_keep_freed_memory:
+        keep_freed_memory()
     if settings.model_torch_threads:
         import torch
 

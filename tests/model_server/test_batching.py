@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -132,5 +133,64 @@ def test_the_next_pool_is_tokenized_while_the_model_computes() -> None:
 
     answers = asyncio.run(scenario())
     assert backend.overlapped is True
+    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert backend.batches == [["first"], ["second"]]
+
+
+def test_instances_queued_when_the_wait_ends_join_the_pool() -> None:
+    """A request queued after the pool's wait timed out, but before the collector resumed,
+    joins that pool rather than starting a pool of its own (a second, smaller forward pass).
+
+    The server met this race under load: the timer that ends the wait fires, and a request
+    parsed in the same event-loop turn is queued before the collector runs again. Here a
+    callback blocks the loop past the 10 ms wait and schedules the second request so that it
+    runs after the timer's callback and before the collector.
+    """
+    backend = RecordingBackend()
+
+    async def scenario() -> list[list[Prediction]]:
+        loop = asyncio.get_running_loop()
+        batcher = DynamicBatcher(backend, max_batch_rows=8, max_wait_seconds=0.01)
+        batcher.start()
+        later: list[asyncio.Future[list[Prediction]]] = []
+
+        def queue_second() -> None:
+            later.append(asyncio.ensure_future(batcher.predict([Instance("second", ("a",))])))
+
+        def block_then_queue_second() -> None:
+            time.sleep(0.03)  # the wait is over when the loop next looks at its timers
+            loop.call_soon(queue_second)
+
+        try:
+            first = asyncio.ensure_future(batcher.predict([Instance("first", ("a",))]))
+            await asyncio.sleep(0.001)  # the collector holds "first" and waits for more
+            loop.call_soon(block_then_queue_second)
+            await asyncio.sleep(0.05)
+            return list(await asyncio.gather(first, *later))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(scenario())
+    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert backend.batches == [["first", "second"]]
+
+
+def test_an_instance_queued_after_the_wait_starts_the_next_pool() -> None:
+    """The other side of the boundary: once the pool has gone, a later request waits for the
+    next one."""
+    backend = RecordingBackend()
+
+    async def scenario() -> list[list[Prediction]]:
+        batcher = DynamicBatcher(backend, max_batch_rows=8, max_wait_seconds=0.01)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.predict([Instance("first", ("a", "b"))]))
+            await asyncio.sleep(0.05)  # the pool of "first" closed at 10 ms
+            second = asyncio.ensure_future(batcher.predict([Instance("second", ("a", "b"))]))
+            return list(await asyncio.gather(first, second))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(scenario())
     assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
     assert backend.batches == [["first"], ["second"]]

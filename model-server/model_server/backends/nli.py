@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
 from model_server.backends.base import Backend, Instance, Prediction
+from model_server.first_token_layer import last_layer_for_first_token
 from model_server.model_source import local_model_directory
 from model_server.runtime import (
     BucketedForward,
@@ -175,6 +176,7 @@ class NliBackend(Backend):
             return onnx_forward(local_model_directory(self.model_path), inputs, self.options)
         model = AutoModelForSequenceClassification.from_pretrained(self.model_path)
         model = model.to(device=self.device, dtype=self.dtype).eval()
+        last_layer_for_first_token(model)
         takes_cache = "use_cache" in inspect.signature(model.forward).parameters
         extra = {"use_cache": False} if takes_cache else {}
         return torch_forward(model, self.device, self.options, lambda out, _: out.logits, extra)
