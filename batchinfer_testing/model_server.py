@@ -33,8 +33,13 @@ class ModelServer:
     the output goes to ``log`` so a failed start shows why.
     """
 
-    def __init__(self, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, port: int | None = None, *, cpus: frozenset[int] | None = None, **env: str
+    ) -> None:
         self.port = port or free_port()
+        # CPUs the server may run on (``os.sched_setaffinity``, inherited by all its threads);
+        # None: wherever the caller may.
+        self.cpus = cpus
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.process: subprocess.Popen | None = None
@@ -58,9 +63,13 @@ class ModelServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if self.cpus is None else self._pin,
             )
         if wait:
             self.wait_healthy()
+
+    def _pin(self) -> None:
+        os.sched_setaffinity(0, self.cpus)
 
     def wait_healthy(self, timeout: float = 240) -> None:
         if self.process is None:
@@ -87,9 +96,11 @@ class ModelServer:
 
 
 @contextlib.contextmanager
-def running_model_server(port: int | None = None, **env: str) -> Iterator[ModelServer]:
-    """A started, healthy model server, stopped when the block ends."""
-    server = ModelServer(port, **env)
+def running_model_server(
+    port: int | None = None, *, cpus: frozenset[int] | None = None, **env: str
+) -> Iterator[ModelServer]:
+    """A started, healthy model server, stopped when the block ends (``cpus``: its CPUs)."""
+    server = ModelServer(port, cpus=cpus, **env)
     try:
         server.start()
         yield server

@@ -44,6 +44,11 @@ GOAL = 0.80
 PEAK_TEXTS = 4096
 
 
+def cpu_list(text: str) -> frozenset[int]:
+    """'0' or '0,1' → the CPU numbers, for ``os.sched_setaffinity``."""
+    return frozenset(int(part) for part in text.split(","))
+
+
 def record_text(i: int) -> str:
     """The i-th record's text: short support messages, distinct (as bench_backlog's)."""
     return " ".join(TEXTS[i % len(TEXTS)].split()[:8]) + f" #{i}"
@@ -85,8 +90,22 @@ def main() -> None:
         "--label",
         help="a variant's name (e.g. 'before: main at 7a1e27c'): its own section in the report",
     )
+    parser.add_argument(
+        "--model-cpus",
+        type=cpu_list,
+        help="CPUs of the model server, e.g. '0' (its own hardware, as in production)",
+    )
+    parser.add_argument(
+        "--pipeline-cpus",
+        type=cpu_list,
+        help="CPUs of everything else (databases, emulator, daemon, runs, this benchmark)",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only (development)")
     args = parser.parse_args()
+    if args.pipeline_cpus:
+        # Inherited by every process started from here on except the model server.
+        os.sched_setaffinity(0, args.pipeline_cpus)
+    server_env = {"MODEL_TORCH_THREADS": str(len(args.model_cpus))} if args.model_cpus else {}
     home = Path(tempfile.mkdtemp(prefix="bench-launcher-"))
     records = home / "records.jsonl"
     texts = [record_text(i) for i in range(args.requests)]
@@ -98,7 +117,7 @@ def main() -> None:
     with (
         postgres_server() as postgres,
         pubsub_emulator() as emulator,
-        running_model_server() as server,
+        running_model_server(cpus=args.model_cpus, **server_env) as server,
     ):
         # The Google client library finds the emulator here (the invariants' last pull).
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
@@ -119,7 +138,13 @@ def main() -> None:
         peak_texts = texts[: min(len(texts), PEAK_TEXTS)]
         peaks = [standalone_peak(settings, peak_texts)]
         print("standalone peak before", round(peaks[0], 1), flush=True)
-        watch = drain(path, args.requests, home / "daemon.log", timeout=args.timeout)
+        watch = drain(
+            path,
+            args.requests,
+            home / "daemon.log",
+            timeout=args.timeout,
+            cpu_roots=(postgres.postmaster_pid,),
+        )
         print("drained in", round(watch.seconds, 1), "s", flush=True)
         peaks.append(standalone_peak(settings, peak_texts))
         print("standalone peak after", round(peaks[1], 1), flush=True)
@@ -136,11 +161,15 @@ def main() -> None:
             "daemon_tree_peak_rss_mib": watch.peak_tree_rss_kib // 1024,
             "largest_process_peak_rss_mib": watch.peak_process_rss_kib // 1024,
             "daemon_tree_peak_processes": watch.peak_processes,
+            "cpu_s_by_component": {name: round(s, 1) for name, s in watch.cpu_s.items()},
+            "cpu_s_top_processes": watch.top_processes,
             "model_server_rss_mib_at_end": model_rss // 1024,
             "predicted": counts.predicted,
             "lost": counts.lost,
             "duplicates": counts.duplicates,
             "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
+            "model_cpus": sorted(args.model_cpus or ()),
+            "pipeline_cpus": sorted(args.pipeline_cpus or ()),
         }
     )
     print(json.dumps(result, indent=2))
@@ -190,6 +219,14 @@ def summary(
         "launch_to_model_s_median": round(record.median("start_up_s"), 2),
         "launch_to_model_s_max": round(record.longest("start_up_s"), 2),
         "model_to_run_end_s_median": round(statistics.median(model_busy or [float("nan")]), 2),
+        "model_phase_s_median": round(
+            statistics.median(
+                [r.model_seconds for r in record.runs if r.model_seconds is not None]
+                or [float("nan")]
+            ),
+            2,
+        ),
+        "no_run_sending_s": round(drain_s - record.sending_seconds(), 1),
     }
 
 
