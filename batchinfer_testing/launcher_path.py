@@ -232,8 +232,10 @@ class CpuLedger:
 
     def sample(self) -> None:
         for pid, s in process_samples(self.roots).items():
-            self.last[pid] = (component(s.command), s.cpu_s)
-            self.commands[pid] = s.command
+            # An exited process not yet reaped (a zombie) has no command line: keep the last.
+            command = s.command or self.commands.get(pid, "")
+            self.commands[pid] = command
+            self.last[pid] = (component(command), s.cpu_s)
 
     def top(self, n: int = 8) -> list[tuple[float, str]]:
         """The ``n`` processes that used the most CPU seconds, with their command lines."""
