@@ -271,6 +271,18 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         ),
         ("first text sent → run ended, median", f"{result['model_to_run_end_s_median']} s"),
         (
+            "a run's batch at the model (`model_latency_s`), median",
+            f"{result['model_phase_s_median']} s",
+        ),
+        (
+            "no run sending to the model (drain less the union of the runs' model phases)",
+            f"{result['no_run_sending_s']} s",
+        ),
+        (
+            "CPU seconds over the drain, by component",
+            ", ".join(f"{name} {cpu}" for name, cpu in result["cpu_s_by_component"].items()),
+        ),
+        (
             "peak RSS: daemon's process tree (daemon, code server, run workers) / largest process",
             f"{result['daemon_tree_peak_rss_mib']} MiB / "
             f"{result['largest_process_peak_rss_mib']} MiB",
@@ -283,6 +295,19 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         ),
     ]
     load = result["load_average"]
+    if result["model_cpus"]:
+        placement = (
+            f"The model server is a real `python -m model_server` process (embedding backend) "
+            f"alone on CPU {','.join(map(str, result['model_cpus']))} "
+            f"(`MODEL_TORCH_THREADS={len(result['model_cpus'])}`), everything else on CPU "
+            f"{','.join(map(str, result['pipeline_cpus']))} (`os.sched_setaffinity`), as "
+            "production gives the model server a machine of its own. "
+        )
+    else:
+        placement = (
+            "The model server is a real `python -m model_server` process "
+            "(embedding backend, CPU) on the same cores. "
+        )
     lines = [
         section,
         "",
@@ -291,8 +316,7 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         f"{load[1]} at the end). PostgreSQL (app database and Dagster's storage), the Pub/Sub "
         "emulator, a real `dagster-daemon run` process: the sensor launches each `predictions` "
         "run as a subprocess (DefaultRunLauncher, QueuedRunCoordinator, `model_server` pool "
-        f"limit {POOL_LIMIT}). The model server is a real `python -m model_server` process "
-        "(embedding backend, CPU) on the same cores. Its peak is measured in the same run on "
+        f"limit {POOL_LIMIT}). " + placement + "Its peak is measured in the same run on "
         f"the same texts, sent as {POOL_LIMIT} runs send them ({POOL_LIMIT} concurrent clients, "
         "each predicting whole batches with the product's client); the better round counts.",
         "",
@@ -304,9 +328,14 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         "tick and the last, smaller batch's closing wait. A run's start-up is read from its "
         "event log: launch (`RUN_STARTING`), `RUN_START` in the worker, `STEP_START`, and the "
         "`model_started_at` the `predictions` materialization records; where runs wait at the "
-        "pool inside the worker (a run buffer), that wait is part of launch → first text. The "
-        "model server shares the cores with everything else, other developers' jobs included: "
-        "the two standalone rounds show how much the machine's load moved during the run.",
+        "pool inside the worker (a run buffer), that wait is part of launch → first text. "
+        + (
+            "Other developers' jobs were not pinned and ran on both cores: "
+            if result["model_cpus"]
+            else "The model server shares the cores with everything else, other developers' "
+            "jobs included: "
+        )
+        + "the two standalone rounds show how much the machine's load moved during the run.",
         "",
     ]
     return "\n".join(lines)
