@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +96,18 @@ class ModelServer:
         if self.process is None:
             raise RuntimeError("the model server is not running")
         return self.process.pid
+
+
+def scrape(url: str, name: str) -> float:
+    """The sum of ``name``'s samples on the server's ``/metrics`` (e.g.
+    ``model_server_batch_seconds_sum``: seconds the model spent on batches since it started)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import TEXTS
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import DrainRecord, drain, launcher_path, read_drain
-from batchinfer_testing.model_server import rss_kib, running_model_server
+from batchinfer_testing.model_server import rss_kib, running_model_server, scrape
 from batchinfer_testing.services import postgres_server, pubsub_emulator
 from bench.report import write_section
 
@@ -138,6 +138,7 @@ def main() -> None:
         peak_texts = texts[: min(len(texts), PEAK_TEXTS)]
         peaks = [standalone_peak(settings, peak_texts)]
         print("standalone peak before", round(peaks[0], 1), flush=True)
+        busy_before = scrape(server.url, "model_server_batch_seconds_sum")
         watch = drain(
             path,
             args.requests,
@@ -145,8 +146,15 @@ def main() -> None:
             timeout=args.timeout,
             cpu_roots=(postgres.postmaster_pid,),
         )
+        busy = scrape(server.url, "model_server_batch_seconds_sum") - busy_before
         print("drained in", round(watch.seconds, 1), "s", flush=True)
+        # The same share while the server runs at its peak, for comparison.
+        peak_busy = scrape(server.url, "model_server_batch_seconds_sum")
+        peak_started = time.perf_counter()
         peaks.append(standalone_peak(settings, peak_texts))
+        peak_busy = (scrape(server.url, "model_server_batch_seconds_sum") - peak_busy) / (
+            time.perf_counter() - peak_started
+        )
         print("standalone peak after", round(peaks[1], 1), flush=True)
         model_rss = rss_kib(server.pid)
         with path.instance() as instance:
@@ -161,6 +169,9 @@ def main() -> None:
             "daemon_tree_peak_rss_mib": watch.peak_tree_rss_kib // 1024,
             "largest_process_peak_rss_mib": watch.peak_process_rss_kib // 1024,
             "daemon_tree_peak_processes": watch.peak_processes,
+            "model_busy_s": round(busy, 1),
+            "model_busy_share": round(busy / watch.seconds, 3),
+            "model_busy_share_at_peak": round(peak_busy, 3),
             "cpu_s_by_component": {name: round(s, 1) for name, s in watch.cpu_s.items()},
             "cpu_s_top_processes": watch.top_processes,
             "model_server_rss_mib_at_end": model_rss // 1024,
@@ -277,6 +288,11 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         (
             "no run sending to the model (drain less the union of the runs' model phases)",
             f"{result['no_run_sending_s']} s",
+        ),
+        (
+            "the model computing batches (`model_server_batch_seconds`), share of the drain",
+            f"{result['model_busy_s']} s, {result['model_busy_share']:.1%} "
+            f"(while alone at its peak: {result['model_busy_share_at_peak']:.1%})",
         ),
         (
             "CPU seconds over the drain, by component",
