@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -185,7 +186,7 @@ def main() -> None:
     )
     print(json.dumps(result, indent=2))
     result["label"] = args.label
-    result["command"] = " ".join(["python -m bench.bench_launcher", *sys.argv[1:]])
+    result["command"] = shlex.join(["python", "-m", "bench.bench_launcher", *sys.argv[1:]])
     if not args.no_report:
         section = f"{SECTION}: {args.label}" if args.label else SECTION
         write_section(section, launcher_section(section, result))
