@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,26 +129,127 @@ def launcher_path(
     return path
 
 
-def process_tree_rss_kib(root: int) -> dict[int, int]:
-    """VmRSS in KiB of ``root`` and every descendant alive now, by pid (from /proc)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process as /proc shows it now."""
+
+    parent: int
+    rss_kib: int
+    # User + system CPU time so far, seconds.
+    cpu_s: float
+    command: str
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_samples(within: Iterable[int] = ()) -> dict[int, ProcessSample]:
+    """Processes alive now, by pid (from /proc): ``within``'s trees, or every process when
+    ``within`` is empty. Processes that vanish while being read are left out."""
+    stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
             stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            for line in (entry / "status").read_text().splitlines():
+            fields = stat[stat.rindex(")") + 2 :].split()
+            stats[int(entry.name)] = (
+                int(fields[1]),
+                (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+            )
+    pids = set(stats)
+    if within:
+        parents = {pid: parent for pid, (parent, _) in stats.items()}
+        pids = set().union(*(descendants(parents, root) for root in within))
+    samples: dict[int, ProcessSample] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rss = 0
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    rss[int(entry.name)] = int(line.split()[1])
+                    rss = int(line.split()[1])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            samples[pid] = ProcessSample(
+                parent=stats[pid][0],
+                rss_kib=rss,
+                cpu_s=stats[pid][1],
+                command=command.decode(errors="replace"),
+            )
+    return samples
+
+
+def descendants(parents: dict[int, int], root: int) -> set[int]:
+    """``root`` and every descendant of it, from each process's parent pid."""
     tree = {root}
     grew = True
     while grew:
         children = {pid for pid, parent in parents.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
-    return {pid: rss[pid] for pid in tree if pid in rss}
+    return tree & set(parents)
+
+
+def process_tree_rss_kib(root: int) -> dict[int, int]:
+    """VmRSS in KiB of ``root`` and every descendant alive now, by pid (from /proc)."""
+    return {pid: sample.rss_kib for pid, sample in process_samples([root]).items()}
+
+
+# What a process of the launcher path is, from its command line; the first match names it.
+COMPONENTS = (
+    ("model server", "model_server"),
+    # The code server starts each run in a spawned ``multiprocessing`` process.
+    ("run workers", "spawn_main"),
+    ("code server", " api grpc"),
+    ("daemon", "dagster-daemon"),
+    ("PostgreSQL", "postgres"),
+    ("Pub/Sub emulator", "pubsub"),
+)
+
+
+def component(command: str) -> str:
+    """The launcher path's component a command line belongs to ("other" if none)."""
+    for name, needle in COMPONENTS:
+        if needle in command:
+            return name
+    return "other"
+
+
+@dataclass
+class CpuLedger:
+    """CPU seconds the processes of some trees used from ``start()`` on, by component.
+
+    Sampled: a process that ends between two samples loses what it used since the last one
+    (at most one sampling interval of it).
+    """
+
+    roots: tuple[int, ...]
+    before: dict[int, float] = field(default_factory=dict)
+    last: dict[int, tuple[str, float]] = field(default_factory=dict)
+    commands: dict[int, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.before = {pid: s.cpu_s for pid, s in process_samples(self.roots).items()}
+
+    def sample(self) -> None:
+        for pid, s in process_samples(self.roots).items():
+            # An exited process not yet reaped (a zombie) has no command line: keep the last.
+            command = s.command or self.commands.get(pid, "")
+            self.commands[pid] = command
+            self.last[pid] = (component(command), s.cpu_s)
+
+    def top(self, n: int = 8) -> list[tuple[float, str]]:
+        """The ``n`` processes that used the most CPU seconds, with their command lines."""
+        used = [
+            (round(cpu - self.before.get(pid, 0.0), 1), self.commands[pid][:120])
+            for pid, (_, cpu) in self.last.items()
+        ]
+        return sorted(used, reverse=True)[:n]
+
+    def by_component(self) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for pid, (name, cpu) in self.last.items():
+            used[name] = used.get(name, 0.0) + cpu - self.before.get(pid, 0.0)
+        return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
 @dataclass
@@ -159,6 +260,9 @@ class DaemonWatch:
     peak_tree_rss_kib: int = 0
     peak_process_rss_kib: int = 0
     peak_processes: int = 0
+    # CPU seconds by component over the drain, the caller's whole process tree.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    top_processes: list[tuple[float, str]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -186,14 +290,19 @@ def drain(
     *,
     timeout: float,
     poll_seconds: float = 1.0,
+    cpu_roots: tuple[int, ...] = (),
 ) -> DaemonWatch:
     """Start the daemon, wait until ``expect`` requests are settled (ledger) and every run has
     ended (a run reports its end after it settled its batch), then stop the daemon.
 
+    CPU is counted for the caller's process tree and the trees of ``cpu_roots`` (servers that
+    left it, such as a daemonized PostgreSQL).
     Raises ``TimeoutError`` (naming the daemon's log) when they are not settled in ``timeout``
     seconds, and ``RuntimeError`` when the daemon exits on its own.
     """
     watch = DaemonWatch()
+    cpu = CpuLedger((os.getpid(), *cpu_roots))
+    cpu.start()
     started = time.perf_counter()
     with running_daemon(path, log) as daemon, path.instance() as instance:
         while not (ledger_settled(path.settings, expect) and not unfinished_runs(instance)):
@@ -205,8 +314,12 @@ def drain(
             watch.peak_tree_rss_kib = max(watch.peak_tree_rss_kib, sum(tree.values()))
             watch.peak_process_rss_kib = max(watch.peak_process_rss_kib, *tree.values(), 0)
             watch.peak_processes = max(watch.peak_processes, len(tree))
+            cpu.sample()
             time.sleep(poll_seconds)
         watch.seconds = time.perf_counter() - started
+        cpu.sample()
+    watch.cpu_s = cpu.by_component()
+    watch.top_processes = cpu.top()
     return watch
 
 
@@ -231,6 +344,14 @@ class RunTimes:
     finished: float | None
     # The process that reported RUN_START: the run worker.
     worker_pid: int | None = None
+    # How long the run's batch took at the model (``model_latency_s``), seconds.
+    model_seconds: float | None = None
+
+    @property
+    def model_ended(self) -> float | None:
+        if self.model_started is None or self.model_seconds is None:
+            return None
+        return self.model_started + self.model_seconds
 
     @property
     def start_up_s(self) -> float | None:
@@ -248,6 +369,21 @@ class DrainRecord:
     longest_tick_s: float = 0.0
     runs: list[RunTimes] = field(default_factory=list)
     partitions: int = 0
+
+    def sending_seconds(self) -> float:
+        """Seconds in which at least one run was sending its batch to the model (the union of
+        the runs' model phases); the rest of a drain the model server had nothing to do."""
+        spans = sorted(
+            (run.model_started, run.model_ended)
+            for run in self.runs
+            if run.model_started is not None and run.model_ended is not None
+        )
+        total, end = 0.0, float("-inf")
+        for start, stop in spans:
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
 
     @property
     def failed_runs(self) -> int:
@@ -285,6 +421,7 @@ _RUN_EVENTS = {
 def run_times(instance: DagsterInstance, run_id: str, status: DagsterRunStatus, created: float):
     events: dict[DagsterEventType, float] = {}
     model_started = None
+    model_seconds = None
     worker_pid = None
     for entry in instance.all_logs(run_id, of_type=_RUN_EVENTS):
         event = entry.dagster_event
@@ -297,6 +434,8 @@ def run_times(instance: DagsterInstance, run_id: str, status: DagsterRunStatus, 
             metadata = event.step_materialization_data.materialization.metadata
             if "model_started_at" in metadata:
                 model_started = float(metadata["model_started_at"].value)
+            if "model_latency_s" in metadata:
+                model_seconds = float(metadata["model_latency_s"].value)
     finished = events.get(DagsterEventType.RUN_SUCCESS, events.get(DagsterEventType.RUN_FAILURE))
     return RunTimes(
         run_id=run_id,
@@ -308,6 +447,7 @@ def run_times(instance: DagsterInstance, run_id: str, status: DagsterRunStatus, 
         model_started=model_started,
         finished=finished,
         worker_pid=worker_pid,
+        model_seconds=model_seconds,
     )
 
 

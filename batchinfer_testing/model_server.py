@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +36,13 @@ class ModelServer:
     the output goes to ``log`` so a failed start shows why.
     """
 
-    def __init__(self, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, port: int | None = None, *, cpus: frozenset[int] | None = None, **env: str
+    ) -> None:
         self.port = port or free_port()
+        # CPUs the server may run on (``os.sched_setaffinity``, inherited by all its threads);
+        # None: wherever the caller may.
+        self.cpus = cpus
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.process: subprocess.Popen | None = None
@@ -58,9 +66,13 @@ class ModelServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if self.cpus is None else self._pin,
             )
         if wait:
             self.wait_healthy()
+
+    def _pin(self) -> None:
+        os.sched_setaffinity(0, self.cpus)
 
     def wait_healthy(self, timeout: float = 240) -> None:
         if self.process is None:
@@ -86,10 +98,24 @@ class ModelServer:
         return self.process.pid
 
 
+def scrape(url: str, name: str) -> float:
+    """The sum of ``name``'s samples on the server's ``/metrics`` (e.g.
+    ``model_server_batch_seconds_sum``: seconds the model spent on batches since it started)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 @contextlib.contextmanager
-def running_model_server(port: int | None = None, **env: str) -> Iterator[ModelServer]:
-    """A started, healthy model server, stopped when the block ends."""
-    server = ModelServer(port, **env)
+def running_model_server(
+    port: int | None = None, *, cpus: frozenset[int] | None = None, **env: str
+) -> Iterator[ModelServer]:
+    """A started, healthy model server, stopped when the block ends (``cpus``: its CPUs)."""
+    server = ModelServer(port, cpus=cpus, **env)
     try:
         server.start()
         yield server

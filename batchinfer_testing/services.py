@@ -60,6 +60,11 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
+    @property
+    def postmaster_pid(self) -> int:
+        """The server's main process (``postmaster.pid``'s first line); pg_ctl detaches it."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def create_database(self, name: str) -> str:
         import sqlalchemy as sa
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import TEXTS
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import DrainRecord, drain, launcher_path, read_drain
-from batchinfer_testing.model_server import rss_kib, running_model_server
+from batchinfer_testing.model_server import rss_kib, running_model_server, scrape
 from batchinfer_testing.services import postgres_server, pubsub_emulator
 from bench.report import write_section
 
@@ -42,6 +43,11 @@ POOL_LIMIT = 2
 GOAL = 0.80
 # Texts of one standalone round: each client sends several whole chunks, 4 in flight at once.
 PEAK_TEXTS = 4096
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """'0' or '0,1' → the CPU numbers, for ``os.sched_setaffinity``."""
+    return frozenset(int(part) for part in text.split(","))
 
 
 def record_text(i: int) -> str:
@@ -85,8 +91,22 @@ def main() -> None:
         "--label",
         help="a variant's name (e.g. 'before: main at 7a1e27c'): its own section in the report",
     )
+    parser.add_argument(
+        "--model-cpus",
+        type=cpu_list,
+        help="CPUs of the model server, e.g. '0' (its own hardware, as in production)",
+    )
+    parser.add_argument(
+        "--pipeline-cpus",
+        type=cpu_list,
+        help="CPUs of everything else (databases, emulator, daemon, runs, this benchmark)",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only (development)")
     args = parser.parse_args()
+    if args.pipeline_cpus:
+        # Inherited by every process started from here on except the model server.
+        os.sched_setaffinity(0, args.pipeline_cpus)
+    server_env = {"MODEL_TORCH_THREADS": str(len(args.model_cpus))} if args.model_cpus else {}
     home = Path(tempfile.mkdtemp(prefix="bench-launcher-"))
     records = home / "records.jsonl"
     texts = [record_text(i) for i in range(args.requests)]
@@ -98,7 +118,7 @@ def main() -> None:
     with (
         postgres_server() as postgres,
         pubsub_emulator() as emulator,
-        running_model_server() as server,
+        running_model_server(cpus=args.model_cpus, **server_env) as server,
     ):
         # The Google client library finds the emulator here (the invariants' last pull).
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
@@ -119,9 +139,23 @@ def main() -> None:
         peak_texts = texts[: min(len(texts), PEAK_TEXTS)]
         peaks = [standalone_peak(settings, peak_texts)]
         print("standalone peak before", round(peaks[0], 1), flush=True)
-        watch = drain(path, args.requests, home / "daemon.log", timeout=args.timeout)
+        busy_before = scrape(server.url, "model_server_batch_seconds_sum")
+        watch = drain(
+            path,
+            args.requests,
+            home / "daemon.log",
+            timeout=args.timeout,
+            cpu_roots=(postgres.postmaster_pid,),
+        )
+        busy = scrape(server.url, "model_server_batch_seconds_sum") - busy_before
         print("drained in", round(watch.seconds, 1), "s", flush=True)
+        # The same share while the server runs at its peak, for comparison.
+        peak_busy = scrape(server.url, "model_server_batch_seconds_sum")
+        peak_started = time.perf_counter()
         peaks.append(standalone_peak(settings, peak_texts))
+        peak_busy = (scrape(server.url, "model_server_batch_seconds_sum") - peak_busy) / (
+            time.perf_counter() - peak_started
+        )
         print("standalone peak after", round(peaks[1], 1), flush=True)
         model_rss = rss_kib(server.pid)
         with path.instance() as instance:
@@ -136,16 +170,23 @@ def main() -> None:
             "daemon_tree_peak_rss_mib": watch.peak_tree_rss_kib // 1024,
             "largest_process_peak_rss_mib": watch.peak_process_rss_kib // 1024,
             "daemon_tree_peak_processes": watch.peak_processes,
+            "model_busy_s": round(busy, 1),
+            "model_busy_share": round(busy / watch.seconds, 3),
+            "model_busy_share_at_peak": round(peak_busy, 3),
+            "cpu_s_by_component": {name: round(s, 1) for name, s in watch.cpu_s.items()},
+            "cpu_s_top_processes": watch.top_processes,
             "model_server_rss_mib_at_end": model_rss // 1024,
             "predicted": counts.predicted,
             "lost": counts.lost,
             "duplicates": counts.duplicates,
             "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
+            "model_cpus": sorted(args.model_cpus or ()),
+            "pipeline_cpus": sorted(args.pipeline_cpus or ()),
         }
     )
     print(json.dumps(result, indent=2))
     result["label"] = args.label
-    result["command"] = " ".join(["python -m bench.bench_launcher", *sys.argv[1:]])
+    result["command"] = shlex.join(["python", "-m", "bench.bench_launcher", *sys.argv[1:]])
     if not args.no_report:
         section = f"{SECTION}: {args.label}" if args.label else SECTION
         write_section(section, launcher_section(section, result))
@@ -190,6 +231,14 @@ def summary(
         "launch_to_model_s_median": round(record.median("start_up_s"), 2),
         "launch_to_model_s_max": round(record.longest("start_up_s"), 2),
         "model_to_run_end_s_median": round(statistics.median(model_busy or [float("nan")]), 2),
+        "model_phase_s_median": round(
+            statistics.median(
+                [r.model_seconds for r in record.runs if r.model_seconds is not None]
+                or [float("nan")]
+            ),
+            2,
+        ),
+        "no_run_sending_s": round(drain_s - record.sending_seconds(), 1),
     }
 
 
@@ -234,6 +283,23 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         ),
         ("first text sent → run ended, median", f"{result['model_to_run_end_s_median']} s"),
         (
+            "a run's batch at the model (`model_latency_s`), median",
+            f"{result['model_phase_s_median']} s",
+        ),
+        (
+            "no run sending to the model (drain less the union of the runs' model phases)",
+            f"{result['no_run_sending_s']} s",
+        ),
+        (
+            "the model computing batches (`model_server_batch_seconds`), share of the drain",
+            f"{result['model_busy_s']} s, {result['model_busy_share']:.1%} "
+            f"(while alone at its peak: {result['model_busy_share_at_peak']:.1%})",
+        ),
+        (
+            "CPU seconds over the drain, by component",
+            ", ".join(f"{name} {cpu}" for name, cpu in result["cpu_s_by_component"].items()),
+        ),
+        (
             "peak RSS: daemon's process tree (daemon, code server, run workers) / largest process",
             f"{result['daemon_tree_peak_rss_mib']} MiB / "
             f"{result['largest_process_peak_rss_mib']} MiB",
@@ -246,6 +312,19 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         ),
     ]
     load = result["load_average"]
+    if result["model_cpus"]:
+        placement = (
+            f"The model server is a real `python -m model_server` process (embedding backend) "
+            f"alone on CPU {','.join(map(str, result['model_cpus']))} "
+            f"(`MODEL_TORCH_THREADS={len(result['model_cpus'])}`), everything else on CPU "
+            f"{','.join(map(str, result['pipeline_cpus']))} (`os.sched_setaffinity`), as "
+            "production gives the model server a machine of its own. "
+        )
+    else:
+        placement = (
+            "The model server is a real `python -m model_server` process "
+            "(embedding backend, CPU) on the same cores. "
+        )
     lines = [
         section,
         "",
@@ -254,8 +333,7 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         f"{load[1]} at the end). PostgreSQL (app database and Dagster's storage), the Pub/Sub "
         "emulator, a real `dagster-daemon run` process: the sensor launches each `predictions` "
         "run as a subprocess (DefaultRunLauncher, QueuedRunCoordinator, `model_server` pool "
-        f"limit {POOL_LIMIT}). The model server is a real `python -m model_server` process "
-        "(embedding backend, CPU) on the same cores. Its peak is measured in the same run on "
+        f"limit {POOL_LIMIT}). " + placement + "Its peak is measured in the same run on "
         f"the same texts, sent as {POOL_LIMIT} runs send them ({POOL_LIMIT} concurrent clients, "
         "each predicting whole batches with the product's client); the better round counts.",
         "",
@@ -267,9 +345,14 @@ def launcher_section(section: str, result: dict[str, object]) -> str:
         "tick and the last, smaller batch's closing wait. A run's start-up is read from its "
         "event log: launch (`RUN_STARTING`), `RUN_START` in the worker, `STEP_START`, and the "
         "`model_started_at` the `predictions` materialization records; where runs wait at the "
-        "pool inside the worker (a run buffer), that wait is part of launch → first text. The "
-        "model server shares the cores with everything else, other developers' jobs included: "
-        "the two standalone rounds show how much the machine's load moved during the run.",
+        "pool inside the worker (a run buffer), that wait is part of launch → first text. "
+        + (
+            "Other developers' jobs were not pinned and ran on both cores: "
+            if result["model_cpus"]
+            else "The model server shares the cores with everything else, other developers' "
+            "jobs included: "
+        )
+        + "the two standalone rounds show how much the machine's load moved during the run.",
         "",
     ]
     return "\n".join(lines)

@@ -60,3 +60,9 @@ def test_the_daemon_drains_a_backlog_through_its_launcher(
     assert watch.peak_processes >= 3
     assert os.getpid() not in {run.worker_pid for run in record.runs}
     assert len({run.worker_pid for run in record.runs}) == len(record.runs)
+    # The benchmark's accounting: every run reports its model phase, which lies in the drain,
+    # and the CPU the run workers and the daemon used is found under their own names.
+    assert all(run.model_seconds is not None and run.model_seconds > 0 for run in record.runs)
+    assert 0 < record.sending_seconds() < watch.seconds
+    assert watch.cpu_s["run workers"] > 0
+    assert watch.cpu_s["daemon"] > 0
