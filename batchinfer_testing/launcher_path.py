@@ -143,9 +143,9 @@ class ProcessSample:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_samples(within: Iterable[int] = ()) -> dict[int, ProcessSample]:
-    """Processes alive now, by pid (from /proc): ``within``'s trees, or every process when
-    ``within`` is empty. Processes that vanish while being read are left out."""
+def process_samples(within: Iterable[int]) -> dict[int, ProcessSample]:
+    """The processes of ``within``'s trees alive now, by pid (from /proc); processes that
+    vanish while being read are left out."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -157,10 +157,8 @@ def process_samples(within: Iterable[int] = ()) -> dict[int, ProcessSample]:
                 int(fields[1]),
                 (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
             )
-    pids = set(stats)
-    if within:
-        parents = {pid: parent for pid, (parent, _) in stats.items()}
-        pids = set().union(*(descendants(parents, root) for root in within))
+    parents = {pid: parent for pid, (parent, _) in stats.items()}
+    pids = set().union(*(descendants(parents, root) for root in within))
     samples: dict[int, ProcessSample] = {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -187,11 +185,6 @@ def descendants(parents: dict[int, int], root: int) -> set[int]:
         tree |= children
         grew = bool(children)
     return tree & set(parents)
-
-
-def process_tree_rss_kib(root: int) -> dict[int, int]:
-    """VmRSS in KiB of ``root`` and every descendant alive now, by pid (from /proc)."""
-    return {pid: sample.rss_kib for pid, sample in process_samples([root]).items()}
 
 
 # What a process of the launcher path is, from its command line; the first match names it.
@@ -224,30 +217,34 @@ class CpuLedger:
 
     roots: tuple[int, ...]
     before: dict[int, float] = field(default_factory=dict)
-    last: dict[int, tuple[str, float]] = field(default_factory=dict)
+    # Each process's CPU seconds and command line at its last sample.
+    last: dict[int, float] = field(default_factory=dict)
     commands: dict[int, str] = field(default_factory=dict)
 
     def start(self) -> None:
         self.before = {pid: s.cpu_s for pid, s in process_samples(self.roots).items()}
 
-    def sample(self) -> None:
-        for pid, s in process_samples(self.roots).items():
+    def sample(self) -> dict[int, ProcessSample]:
+        """Sample the trees now; the samples, for the caller's other uses of the same read."""
+        samples = process_samples(self.roots)
+        for pid, s in samples.items():
             # An exited process not yet reaped (a zombie) has no command line: keep the last.
-            command = s.command or self.commands.get(pid, "")
-            self.commands[pid] = command
-            self.last[pid] = (component(command), s.cpu_s)
+            self.commands[pid] = s.command or self.commands.get(pid, "")
+            self.last[pid] = s.cpu_s
+        return samples
 
     def top(self, n: int = 8) -> list[tuple[float, str]]:
         """The ``n`` processes that used the most CPU seconds, with their command lines."""
         used = [
             (round(cpu - self.before.get(pid, 0.0), 1), self.commands[pid][:120])
-            for pid, (_, cpu) in self.last.items()
+            for pid, cpu in self.last.items()
         ]
         return sorted(used, reverse=True)[:n]
 
     def by_component(self) -> dict[str, float]:
         used: dict[str, float] = {}
-        for pid, (name, cpu) in self.last.items():
+        for pid, cpu in self.last.items():
+            name = component(self.commands[pid])
             used[name] = used.get(name, 0.0) + cpu - self.before.get(pid, 0.0)
         return dict(sorted(used.items(), key=lambda item: -item[1]))
 
@@ -310,11 +307,13 @@ def drain(
                 raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}; see {log}")
             if time.perf_counter() - started > timeout:
                 raise TimeoutError(f"{expect} requests not settled after {timeout} s; see {log}")
-            tree = process_tree_rss_kib(daemon.pid)
-            watch.peak_tree_rss_kib = max(watch.peak_tree_rss_kib, sum(tree.values()))
-            watch.peak_process_rss_kib = max(watch.peak_process_rss_kib, *tree.values(), 0)
+            # One read of /proc serves both: the daemon is a child of this process.
+            samples = cpu.sample()
+            parents = {pid: sample.parent for pid, sample in samples.items()}
+            tree = [samples[pid].rss_kib for pid in descendants(parents, daemon.pid)]
+            watch.peak_tree_rss_kib = max(watch.peak_tree_rss_kib, sum(tree))
+            watch.peak_process_rss_kib = max(watch.peak_process_rss_kib, *tree, 0)
             watch.peak_processes = max(watch.peak_processes, len(tree))
-            cpu.sample()
             time.sleep(poll_seconds)
         watch.seconds = time.perf_counter() - started
         cpu.sample()
