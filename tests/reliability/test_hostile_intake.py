@@ -31,7 +31,7 @@ from tests.conftest import pubsub_settings
 from tests.services import PubSubEmulator
 
 RECORDS = 6
-EXAMPLES = 6
+EXAMPLES = 20
 POISONS = [
     json.dumps({"id": "9" * 5000}).encode(),
     b'{"id": ' + b"9" * 5000 + b"}",
@@ -143,6 +143,7 @@ def check_mix(
             model_url=model_server.url,
             pull_timeout_seconds=0.3,
             batch_size=4,
+            batch_max_wait_seconds=0,  # a mix of under 4 requests need not wait 15 s for a batch
             feature_wait_seconds=0,
             ack_deadline_seconds=10,
         )
