@@ -117,21 +117,27 @@ class OverlapBackend(RecordingBackend):
         return super().compute(instances)
 
 
-def test_the_next_pool_is_tokenized_while_the_model_computes() -> None:
-    backend = OverlapBackend()
+def two_requests_apart(backend: RecordingBackend, max_batch_rows: int) -> list[list[Prediction]]:
+    """Requests "first" and "second" (two rows each), the second sent 50 ms after the first:
+    past the batcher's 10 ms wait, so the first's pool has gone (and is computing)."""
 
     async def scenario() -> list[list[Prediction]]:
-        batcher = DynamicBatcher(backend, max_batch_rows=2, max_wait_seconds=0.01)
+        batcher = DynamicBatcher(backend, max_batch_rows=max_batch_rows, max_wait_seconds=0.01)
         batcher.start()
         try:
             first = asyncio.ensure_future(batcher.predict([Instance("first", ("a", "b"))]))
-            await asyncio.sleep(0.05)  # the first pool is computing now
+            await asyncio.sleep(0.05)
             second = asyncio.ensure_future(batcher.predict([Instance("second", ("a", "b"))]))
             return list(await asyncio.gather(first, second))
         finally:
             await batcher.stop()
 
-    answers = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_the_next_pool_is_tokenized_while_the_model_computes() -> None:
+    backend = OverlapBackend()
+    answers = two_requests_apart(backend, max_batch_rows=2)
     assert backend.overlapped is True
     assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
     assert backend.batches == [["first"], ["second"]]
@@ -179,18 +185,6 @@ def test_an_instance_queued_after_the_wait_starts_the_next_pool() -> None:
     """The other side of the boundary: once the pool has gone, a later request waits for the
     next one."""
     backend = RecordingBackend()
-
-    async def scenario() -> list[list[Prediction]]:
-        batcher = DynamicBatcher(backend, max_batch_rows=8, max_wait_seconds=0.01)
-        batcher.start()
-        try:
-            first = asyncio.ensure_future(batcher.predict([Instance("first", ("a", "b"))]))
-            await asyncio.sleep(0.05)  # the pool of "first" closed at 10 ms
-            second = asyncio.ensure_future(batcher.predict([Instance("second", ("a", "b"))]))
-            return list(await asyncio.gather(first, second))
-        finally:
-            await batcher.stop()
-
-    answers = asyncio.run(scenario())
+    answers = two_requests_apart(backend, max_batch_rows=8)  # room for both: only time splits
     assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
     assert backend.batches == [["first"], ["second"]]
