@@ -233,20 +233,21 @@ class CpuLedger:
             self.last[pid] = s.cpu_s
         return samples
 
+    def used(self) -> dict[int, float]:
+        """CPU seconds each process used from ``start()`` to its last sample, by pid."""
+        return {pid: cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items()}
+
     def top(self, n: int = 8) -> list[tuple[float, str]]:
         """The ``n`` processes that used the most CPU seconds, with their command lines."""
-        used = [
-            (round(cpu - self.before.get(pid, 0.0), 1), self.commands[pid][:120])
-            for pid, cpu in self.last.items()
-        ]
+        used = [(round(cpu, 1), self.commands[pid][:120]) for pid, cpu in self.used().items()]
         return sorted(used, reverse=True)[:n]
 
     def by_component(self) -> dict[str, float]:
-        used: dict[str, float] = {}
-        for pid, cpu in self.last.items():
+        by_name: dict[str, float] = {}
+        for pid, cpu in self.used().items():
             name = component(self.commands[pid])
-            used[name] = used.get(name, 0.0) + cpu - self.before.get(pid, 0.0)
-        return dict(sorted(used.items(), key=lambda item: -item[1]))
+            by_name[name] = by_name.get(name, 0.0) + cpu
+        return dict(sorted(by_name.items(), key=lambda item: -item[1]))
 
 
 @dataclass
