@@ -1,7 +1,9 @@
-"""The one place batchinfer reads its configuration from.
+"""The one place batchinfer reads its configuration from, and the one place a default is written.
 
-Every ``BATCHINFER_*`` variable of docs/architecture.md's configuration table is a typed field here
-with its embedded default, so a laptop needs no environment at all and production only overrides.
+Every ``BATCHINFER_*`` variable is a typed field here with its embedded default, bounds and
+description, so a laptop needs no environment at all and production only overrides. Resources
+and client configs take required values; the configuration tables of docs/architecture.md and
+the README are rendered from these fields (``markdown_table``).
 Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.deployments`` turns a
 ``Settings`` into the Dagster resources, and the CLI builds its clients through the same resources.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import platformdirs
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -61,11 +63,7 @@ def settings_error_line(error: ValidationError) -> str:
             parts.append(message)
             continue
         name = str(item["loc"][0])
-        variable = (
-            "PUBSUB_EMULATOR_HOST"
-            if name == "pubsub_emulator_host"
-            else f"{ENV_PREFIX}{name.upper()}"
-        )
+        variable = variable_of(name) if name in Settings.model_fields else name
         value = item.get("input")
         shown = "" if isinstance(value, dict) else f"={value!r:.120}"
         parts.append(f"{variable}{shown}: {message}")
@@ -83,75 +81,194 @@ def _text_encodable(value: str, variable: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Typed settings read from ``BATCHINFER_*`` environment variables."""
+    """Typed settings read from ``BATCHINFER_*`` environment variables.
 
-    model_config = SettingsConfigDict(env_prefix="BATCHINFER_", frozen=True, extra="ignore")
+    Each field's default, bounds and description are written here and nowhere else: resource
+    fields borrow the description (``described``), and docs/architecture.md's and the README's
+    configuration tables are rendered from these fields (``markdown_table``; a test keeps them
+    equal).
+    """
 
-    # Absolute once loaded: a relative BATCHINFER_HOME is resolved against the directory it was
-    # given in, so the commands of one shell agree wherever they run.
-    home: Path = Field(default_factory=default_home)
-    database_url: str | None = None
-    # Dagster's instance directory; the CLI records its asset events there, so the UI that
-    # `make run` serves shows what the CLI did. Unset: $BATCHINFER_HOME/dagster.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Where the embedded database and Dagster's instance live (the user data "
+        "directory by default; `batchinfer where` prints it). Absolute once loaded: a relative "
+        "path is resolved against the directory it was given in, so the commands of one shell "
+        "agree wherever they run.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the app database, e.g. postgresql+psycopg://user:pw@host/db "
+        "(Cloud SQL); unset: SQLite in BATCHINFER_HOME.",
+    )
     dagster_home: Path | None = Field(
-        default=None, validation_alias=AliasChoices("DAGSTER_HOME", "dagster_home")
+        default=None,
+        validation_alias=AliasChoices("DAGSTER_HOME", "dagster_home"),
+        description="Dagster's instance directory; the CLI records its asset events there, so the "
+        "UI that `make run` serves shows what the CLI did. Unset: $BATCHINFER_HOME/dagster; the "
+        "image sets /opt/dagster/dagster_home.",
     )
 
-    queue: Literal["local", "pubsub"] = "local"
-    pubsub_project: str = "local-project"
-    pubsub_topic: str = "prediction-requests"
-    pubsub_subscription: str = "prediction-requests-sub"
-    pubsub_dead_letter_topic: str = "prediction-requests-dead-letter"
-    pubsub_dead_letter_subscription: str = "prediction-requests-dead-letter-sub"
+    queue: Literal["local", "pubsub"] = Field(
+        default="local",
+        description="Where requests arrive: local (a table with lease, redelivery, dead letters) "
+        "or pubsub.",
+    )
+    pubsub_project: str = Field(
+        default="local-project",
+        description="Pub/Sub's project (in production, like the names below, from `terraform "
+        "output batchinfer_env`).",
+    )
+    pubsub_topic: str = Field(
+        default="prediction-requests", description="Topic that requests are published to."
+    )
+    pubsub_subscription: str = Field(
+        default="prediction-requests-sub", description="Subscription the sensor pulls."
+    )
+    pubsub_dead_letter_topic: str = Field(
+        default="prediction-requests-dead-letter",
+        description="Where Pub/Sub moves a message after its delivery attempts.",
+    )
+    pubsub_dead_letter_subscription: str = Field(
+        default="prediction-requests-dead-letter-sub",
+        description="Subscription the sensor reads Pub/Sub's dead letters back from.",
+    )
     pubsub_emulator_host: str | None = Field(
-        default=None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST")
+        default=None,
+        validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST"),
+        description="host:port of the Pub/Sub emulator; unset: the real service.",
     )
-    # Seconds a pulled message stays invisible before it is delivered again (local queue and the
-    # ack deadline of the Pub/Sub subscription that `batchinfer pubsub create` makes).
-    ack_deadline_seconds: int = Field(default=60, ge=1)
-    # Deliveries before a never-acked message becomes a dead letter (Pub/Sub's minimum is 5).
-    max_delivery_attempts: int = Field(default=5, ge=1)
+    ack_deadline_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="Seconds a pulled message stays invisible before it is delivered again "
+        "(the local queue's lease; the ack deadline of the subscription `batchinfer pubsub "
+        "create` makes). Pub/Sub accepts {}..{}.".format(*PUBSUB_ACK_DEADLINE_SECONDS),
+    )
+    max_delivery_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Deliveries before a never-acked message becomes a dead letter (Pub/Sub "
+        "accepts {}..{}).".format(*PUBSUB_DELIVERY_ATTEMPTS),
+    )
 
-    feature_store: Literal["local", "vertex"] = "local"
-    vertex_project: str | None = None
-    vertex_region: str = "us-central1"
-    vertex_online_store: str = "batchinfer"
-    vertex_feature_view: str = "records"
-    vertex_bigquery_table: str | None = None
-    # Endpoint overrides, one per Vertex AI service ("host:port"; None: the service's own):
-    # the admin API is regional, an Optimized store serves from its own domain, and a Vertex
-    # endpoint predicts from the regional API, so one override for all three cannot be right.
-    vertex_admin_endpoint: str | None = None
-    vertex_serving_endpoint: str | None = None
-    vertex_prediction_endpoint: str | None = None
-    vertex_sync_timeout_seconds: float = 1800.0
+    feature_store: Literal["local", "vertex"] = Field(
+        default="local",
+        description="Where runs read texts: local (the features table) or vertex (a BigQuery "
+        "table synced into a Vertex AI FeatureView).",
+    )
+    vertex_project: str | None = Field(
+        default=None, description="Google Cloud project of the Vertex AI feature store."
+    )
+    vertex_region: str = Field(default="us-central1", description="Region of the online store.")
+    vertex_online_store: str = Field(default="batchinfer", description="Vertex AI online store.")
+    vertex_feature_view: str = Field(default="records", description="FeatureView in that store.")
+    vertex_bigquery_table: str | None = Field(
+        default=None, description="project.dataset.table that the FeatureView syncs from."
+    )
+    # One override per Vertex AI service: the admin API is regional, an Optimized store serves
+    # from its own domain, and an endpoint predicts from the regional API.
+    vertex_admin_endpoint: str | None = Field(
+        default=None, description="host:port of the Vertex AI admin API; unset: regional."
+    )
+    vertex_serving_endpoint: str | None = Field(
+        default=None,
+        description="host:port the online store serves from (a PSC address); unset: the "
+        "store's own.",
+    )
+    vertex_prediction_endpoint: str | None = Field(
+        default=None,
+        description="host:port of the Vertex AI prediction API; unset: regional.",
+    )
+    vertex_sync_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="How long an import waits for the FeatureView sync."
+    )
 
-    model_url: str = "http://127.0.0.1:8080"
-    # "google-id-token": a Cloud Run model server that only its invokers may call.
-    model_auth: Literal["none", "google-id-token"] = "none"
-    model_timeout_seconds: float = Field(default=120.0, gt=0)
-    # Texts per request; the server refuses more than MODEL_MAX_INSTANCES (default 1000).
-    model_chunk_size: int = Field(default=256, ge=1, le=DEFAULT_MAX_INSTANCES)
-    # Bytes per request body; the server refuses more than MODEL_MAX_BODY_BYTES (same default).
-    # A single text too large for it is dead-lettered alone, without sending it.
-    model_max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
-    labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
-    multi_label: bool = False
-    # None: the model server's default (the pipeline's "This example is {}." for nli; the
-    # labels' descriptions, or their names in several templates, for embedding).
-    hypothesis_template: str | None = None
-    # A JSON file {label: [description, ...]} sent as the label_descriptions request parameter.
-    label_descriptions_file: Path | None = None
+    model_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The model server: http(s)://HOST[:PORT] (locally or Cloud Run) or "
+        "vertex://projects/P/locations/L/endpoints/E.",
+    )
+    model_auth: Literal["none", "google-id-token"] = Field(
+        default="none",
+        description="google-id-token: a private Cloud Run model server that only its invokers "
+        "may call.",
+    )
+    model_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Seconds one request to the model server may take."
+    )
+    model_chunk_size: int = Field(
+        default=256,
+        ge=1,
+        le=DEFAULT_MAX_INSTANCES,
+        description="Texts per request (client chunk); the server refuses more than its "
+        "MODEL_MAX_INSTANCES.",
+    )
+    model_max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=1024,
+        description="Bytes per request body (the server's MODEL_MAX_BODY_BYTES, same default); "
+        "a text too large alone is dead-lettered without sending it.",
+    )
+    model_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Step retries of a predictions run after a transient model error (server "
+        "down, 5xx, 429, timeout); a 4xx is never retried.",
+    )
+    model_retry_delay_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Wait before the first step retry, in seconds; it doubles each retry "
+        "(with jitter).",
+    )
+    labels: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_LABELS,
+        description="Candidate labels, comma-separated.",
+    )
+    multi_label: bool = Field(
+        default=False, description="Score each label on its own instead of one softmax."
+    )
+    hypothesis_template: str | None = Field(
+        default=None,
+        description="A template with one {}, e.g. `This example is {}.`; unset: the model server's "
+        "default (the "
+        "pipeline's for nli; the labels' descriptions, or their names in several templates, "
+        "for embedding).",
+    )
+    label_descriptions_file: Path | None = Field(
+        default=None,
+        description='A JSON file {"label": ["description", ...]} sent as the '
+        "label_descriptions request parameter; unset: the model server's descriptions of the "
+        "default labels, or the label names.",
+    )
 
-    # A ledger batch closes at batch_size requests or when its oldest request has waited
-    # batch_max_wait_seconds (ledger/closing.py): large runs in a backlog, quick answers to a
-    # trickle. docs/capacity.md derives both from the measured run start-up and model speed.
-    batch_size: int = Field(default=4096, ge=1)
-    batch_max_wait_seconds: float = Field(default=15.0, ge=0)
-    max_pull: int = Field(default=5000, ge=1)
-    max_attempts: int = Field(default=3, ge=1)
-    feature_wait_seconds: float = Field(default=600.0, ge=0)
-    pull_timeout_seconds: float = Field(default=5.0, gt=0)
+    # docs/capacity.md derives the two closing bounds from the measured run start-up and model
+    # speed; ledger/closing.py holds the rule.
+    batch_size: int = Field(
+        default=4096,
+        ge=1,
+        description="Requests per ledger batch (partition) at most; tuned in docs/capacity.md.",
+    )
+    batch_max_wait_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="A smaller batch closes when its oldest request has waited this long.",
+    )
+    max_pull: int = Field(default=5000, ge=1, description="Messages one sensor tick pulls at most.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs of one batch before its requests are dead-lettered."
+    )
+    feature_wait_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a request waits for its record to reach the feature store.",
+    )
+    pull_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a tick waits for messages when none is ready."
+    )
 
     def __init__(self, **values: Any) -> None:
         """Read and check the settings; a value that cannot work is one ``SettingsError`` line."""
@@ -227,13 +344,13 @@ class Settings(BaseSettings):
         low, high = PUBSUB_ACK_DEADLINE_SECONDS
         if not low <= self.ack_deadline_seconds <= high:
             raise ValueError(
-                f"BATCHINFER_ACK_DEADLINE_SECONDS={self.ack_deadline_seconds}: Pub/Sub accepts "
-                f"{low}..{high} seconds"
+                f"{variable_of('ack_deadline_seconds')}={self.ack_deadline_seconds}: "
+                f"Pub/Sub accepts {low}..{high} seconds"
             )
         low, high = PUBSUB_DELIVERY_ATTEMPTS
         if not low <= self.max_delivery_attempts <= high:
             raise ValueError(
-                f"BATCHINFER_MAX_DELIVERY_ATTEMPTS={self.max_delivery_attempts}: Pub/Sub "
+                f"{variable_of('max_delivery_attempts')}={self.max_delivery_attempts}: Pub/Sub "
                 f"accepts {low}..{high} delivery attempts"
             )
         return self
@@ -258,8 +375,8 @@ class Settings(BaseSettings):
             return check_label_descriptions(raw)
         except (OSError, json.JSONDecodeError, ParameterError) as error:
             raise ValueError(
-                f"BATCHINFER_LABEL_DESCRIPTIONS_FILE={path}: {error}; it must be a JSON object "
-                '{"label": ["description", ...]}'
+                f"{variable_of('label_descriptions_file')}={path}: {error}; it must be a JSON "
+                'object {"label": ["description", ...]}'
             ) from error
 
     @cached_property
@@ -304,6 +421,103 @@ class Settings(BaseSettings):
         }
 
 
+def variable_of(name: str) -> str:
+    """The environment variable of ``Settings`` field ``name`` (its alias, or the prefixed name).
+
+    ``KeyError`` for a name that is not a field: a resource pointing at a setting that does not
+    exist fails when its module is imported.
+    """
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def described(name: str) -> str:
+    """A resource field's description: the setting's own, naming its variable.
+
+    Resource fields carry no default or bound of their own (``Settings`` checked the value
+    before ``deployments`` built the resource), but the Dagster UI should still explain them.
+    """
+    return f"{Settings.model_fields[name].description} ({variable_of(name)})"
+
+
+def shown_default(name: str) -> str:
+    """A field's default as the configuration tables show it (Markdown)."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return "computed (see meaning)"
+    default = field.default
+    if default is None:
+        return "unset"
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    if isinstance(default, bool):
+        default = str(default).lower()
+    return f"`{default}`"
+
+
+def shown_bounds(name: str) -> str:
+    """A field's choices or numeric bounds as the configuration tables show them (Markdown)."""
+    field = Settings.model_fields[name]
+    if get_origin(field.annotation) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(field.annotation))
+    bounds = []
+    for item in field.metadata:
+        for attribute, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(item, attribute, None)
+            if value is not None:
+                bounds.append(f"{sign} {value}")
+    return ", ".join(bounds)
+
+
+def markdown_table() -> str:
+    """The configuration table of docs/architecture.md and the README, one row per setting.
+
+    Shape: ``| variable | default | allowed | meaning |``, one row per field in field order,
+    rendered from the fields' defaults, bounds and descriptions. ``tests/test_settings_docs.py``
+    keeps both documents equal to it; ``python -m batchinfer_dagster.settings`` prints it.
+    """
+    lines = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join(str(field.description).split()).replace("|", "\\|")
+        lines.append(
+            f"| `{variable_of(name)}` | {shown_default(name)} | {shown_bounds(name)} | {meaning} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+TABLE_START = (
+    "<!-- settings table: rendered from batchinfer_dagster/settings.py by "
+    "`python -m batchinfer_dagster.settings --write FILE`; edit the fields, not this table -->"
+)
+TABLE_END = "<!-- end of settings table -->"
+
+
+def with_table(document: str) -> str:
+    """``document`` with the text between its table markers replaced by ``markdown_table()``.
+
+    ``ValueError`` when the markers are missing, so a document cannot silently stop carrying it.
+    """
+    start, end = document.find(TABLE_START), document.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {TABLE_START!r} ... {TABLE_END!r} block in the document")
+    head = document[: start + len(TABLE_START)]
+    return f"{head}\n{markdown_table()}{document[end:]}"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides winning (tests, CLI options)."""
     return Settings(**overrides)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        for name in sys.argv[2:]:
+            document = Path(name)
+            document.write_text(with_table(document.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(markdown_table(), end="")
