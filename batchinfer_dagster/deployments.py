@@ -124,20 +124,15 @@ def model_server_for(settings: Settings) -> ModelServerResource:
         },
         "timeout_seconds": settings.model_timeout_seconds,
         "chunk_size": settings.model_chunk_size,
+        "max_request_bytes": settings.model_max_request_bytes,
+        "retries": settings.model_retries,
+        "retry_delay_seconds": settings.model_retry_delay_seconds,
     }
     if settings.model_url.startswith("vertex://"):
         return VertexModelEndpoint(
-            url=settings.model_url,
-            api_endpoint=settings.vertex_prediction_endpoint,
-            max_request_bytes=settings.model_max_request_bytes,
-            **request,
+            url=settings.model_url, api_endpoint=settings.vertex_prediction_endpoint, **request
         )
-    return HttpModelServer(
-        url=settings.model_url,
-        auth=settings.model_auth,
-        max_request_bytes=settings.model_max_request_bytes,
-        **request,
-    )
+    return HttpModelServer(url=settings.model_url, auth=settings.model_auth, **request)
 
 
 def resources_for(settings: Settings, *, secrets_from_env: bool = False) -> Resources:

@@ -186,7 +186,7 @@ def process_tick(
     clock: Callable[[], datetime] = db.utcnow,
     stale_after: timedelta = STALE_AFTER,
     recheck_after: timedelta = RECHECK_AFTER,
-    lease_seconds: int = 60,
+    lease_seconds: int,
 ) -> TickOutcome:
     """One sensor tick with explicit collaborators, so tests can inject a queue that fails.
 

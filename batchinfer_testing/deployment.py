@@ -7,10 +7,12 @@ own choice of implementations; a test swaps one system by passing an override
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from dagster import ConfigurableResource
 from sqlalchemy import Engine
@@ -18,11 +20,12 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.clients.model_client import HttpModelClient
 from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.ledger import request_payload
 from batchinfer_dagster.records import LOAD_CHUNK, add_records
-from batchinfer_dagster.resources.model_server import ModelServerResource
+from batchinfer_dagster.resources.model_server import HttpModelServer, ModelServerResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
 
@@ -57,6 +60,20 @@ def model_server_of(settings: Settings, **fields: Any) -> ModelServerResource:
     """The settings' model server resource with some fields changed (retries, delays)."""
     resource = resources_for(settings).model_server
     return type(resource)(**{**resource._get_non_default_public_field_values(), **fields})  # noqa: SLF001
+
+
+def model_client_of(
+    settings: Settings, *, auth: httpx.Auth | None = None, **changes: Any
+) -> HttpModelClient:
+    """An HTTP client of the settings' model server, some config fields changed (``url``, …).
+
+    The config is the one ``HttpModelServer`` builds from ``settings``, so a test states only
+    what it changes and every other value is the configured one; the caller closes the client.
+    """
+    resource = resources_for(settings).model_server
+    if not isinstance(resource, HttpModelServer):
+        raise TypeError(f"BATCHINFER_MODEL_URL={settings.model_url} is not an HTTP model server")
+    return HttpModelClient(dataclasses.replace(resource.config(), **changes), auth=auth)
 
 
 def open_queue(settings: Settings) -> RequestQueue:

@@ -41,7 +41,6 @@ from dagster import (
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
-from batchinfer_dagster.clients.model_client import HttpModelClient
 from batchinfer_dagster.processes import free_port, stop_process_group
 from batchinfer_dagster.resources.database import SqliteDatabase
 from batchinfer_dagster.resources.model_server import HttpModelServer
@@ -54,6 +53,7 @@ from batchinfer_testing.deployment import (
     id_payloads,
     local_feature_store,
     migrate,
+    model_client_of,
     open_queue,
 )
 from batchinfer_testing.model_server import REPO_ROOT, running_model_server
@@ -90,7 +90,7 @@ def server_throughput(url: str, batch_sizes: list[int], texts_per_size: int) -> 
     texts = [text for _, text in record_texts(texts_per_size)]
     rates: dict[int, float] = {}
     for size in batch_sizes:
-        client = HttpModelClient(url, chunk_size=size)
+        client = model_client_of(Settings(), url=url, chunk_size=size)
         client.predict(texts[: size * 2], parameters)  # warm-up
         started = time.perf_counter()
         client.predict(texts, parameters)

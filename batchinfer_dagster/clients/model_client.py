@@ -22,7 +22,6 @@ import httpx
 
 from batchinfer_dagster.chunks import chunk_list
 from batchinfer_protocol.zero_shot import (
-    DEFAULT_MAX_REQUEST_BYTES,
     InstanceError,
     Prediction,
     PredictParameters,
@@ -34,6 +33,8 @@ from batchinfer_protocol.zero_shot import (
 
 # Chunks in flight at once: enough to keep the server's dynamic batcher full.
 MAX_IN_FLIGHT = 4
+# Our model server's prediction route (model-server/model_server/app.py).
+PREDICT_ROUTE = "/predict"
 
 
 class ModelError(RuntimeError):
@@ -141,8 +142,9 @@ class ModelClient(ABC):
     that is too large to send: one bad text never costs the others of its request.
     """
 
-    chunk_size: int = 256
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Set by each implementation from its config (BATCHINFER_MODEL_CHUNK_SIZE, _MAX_REQUEST_BYTES).
+    chunk_size: int
+    max_request_bytes: int
 
     def predict(self, texts: Sequence[str], parameters: PredictParameters) -> ModelAnswer:
         """Split ``texts`` into client chunks, send them concurrently, join the answers in order."""
@@ -274,23 +276,37 @@ def json_bytes(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class HttpModelClient(ModelClient):
-    """Our model server's ``POST /predict`` (locally or on Cloud Run)."""
+@dataclass(frozen=True)
+class HttpModelClientConfig:
+    """Where and how to call our model server: the ``BATCHINFER_MODEL_*`` settings, all required.
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = 120.0,
-        chunk_size: int = 256,
-        predict_route: str = "/predict",
-        auth: httpx.Auth | None = None,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    ) -> None:
-        self.url = base_url.rstrip("/") + predict_route
-        self.chunk_size = chunk_size
-        self.max_request_bytes = max_request_bytes
-        self.client = httpx.Client(timeout=timeout, auth=auth)
+    ``HttpModelServer`` builds it from its fields (``deployments.py`` from ``Settings``), tests
+    from ``batchinfer_testing.deployment.model_client_of``; no value here has a default of its
+    own, so a hand-built client cannot silently differ from the configured one.
+    """
+
+    # Base URL, e.g. http://127.0.0.1:8080; the client posts to {url}/predict.
+    url: str
+    # Seconds one request may take.
+    timeout_seconds: float
+    # Texts per request (client chunk).
+    chunk_size: int
+    # Bytes per request body at most; a text too large alone is answered with a RefusedText.
+    max_request_bytes: int
+
+
+class HttpModelClient(ModelClient):
+    """Our model server's ``POST /predict`` (locally or on Cloud Run).
+
+    ``auth`` signs each request (Cloud Run's ID tokens); it is a collaborator, not a setting.
+    """
+
+    def __init__(self, config: HttpModelClientConfig, *, auth: httpx.Auth | None = None) -> None:
+        self.config = config
+        self.url = config.url.rstrip("/") + PREDICT_ROUTE
+        self.chunk_size = config.chunk_size
+        self.max_request_bytes = config.max_request_bytes
+        self.client = httpx.Client(timeout=config.timeout_seconds, auth=auth)
 
     @property
     def source(self) -> str:

@@ -42,17 +42,21 @@ PUBLISH_TIMEOUT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class PubSubTopology:
-    """The topic, subscription and dead-letter pair of the request queue, and their policies."""
+    """The topic, subscription and dead-letter pair of the request queue, and their policies.
 
-    project: str = "local-project"
-    topic: str = "prediction-requests"
-    subscription: str = "prediction-requests-sub"
-    dead_letter_topic: str = "prediction-requests-dead-letter"
-    dead_letter_subscription: str = "prediction-requests-dead-letter-sub"
+    The config of ``PubSubQueue`` (and of ``create_topology``), built by ``PubSubRequestQueue``
+    from the ``BATCHINFER_PUBSUB_*`` settings; every field is required (defaults: ``Settings``).
+    """
+
+    project: str
+    topic: str
+    subscription: str
+    dead_letter_topic: str
+    dead_letter_subscription: str
     # The emulator's host:port (PUBSUB_EMULATOR_HOST); None for the real service.
-    emulator_host: str | None = None
-    ack_deadline_seconds: int = 60
-    max_delivery_attempts: int = 5
+    emulator_host: str | None
+    ack_deadline_seconds: int
+    max_delivery_attempts: int
 
 
 def _unavailable(

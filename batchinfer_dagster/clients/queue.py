@@ -92,6 +92,17 @@ class RequestQueue(ABC):
         """Release connections."""
 
 
+@dataclass(frozen=True)
+class LocalQueueConfig:
+    """The local queue's policy: ``BATCHINFER_ACK_DEADLINE_SECONDS`` and
+    ``BATCHINFER_MAX_DELIVERY_ATTEMPTS``, both required (the defaults live in ``Settings``)."""
+
+    # Seconds a pulled message stays invisible (Pub/Sub's ack deadline).
+    lease_seconds: float
+    # Deliveries before a never-acked message becomes a dead letter.
+    max_delivery_attempts: int
+
+
 class LocalQueue(RequestQueue):
     """A queue in the app database: rows with a visibility lease, like Pub/Sub's ack deadline.
 
@@ -102,12 +113,11 @@ class LocalQueue(RequestQueue):
 
     kind = "local"
 
-    def __init__(
-        self, engine: Engine, *, lease_seconds: float = 60, max_delivery_attempts: int = 5
-    ) -> None:
+    def __init__(self, engine: Engine, config: LocalQueueConfig) -> None:
         self.engine = engine
-        self.lease = timedelta(seconds=lease_seconds)
-        self.max_delivery_attempts = max_delivery_attempts
+        self.config = config
+        self.lease = timedelta(seconds=config.lease_seconds)
+        self.max_delivery_attempts = config.max_delivery_attempts
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
         if not payloads:

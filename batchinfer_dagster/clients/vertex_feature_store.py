@@ -70,18 +70,22 @@ SYNC_POLL_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class VertexFeatureView:
-    """The Vertex AI Feature Store parts the import and the fetches use (Terraform makes them)."""
+    """The Vertex AI Feature Store parts the import and the fetches use (Terraform makes them).
+
+    The config of ``VertexFeatureStore``, built by ``VertexFeatureStoreResource`` from the
+    ``BATCHINFER_VERTEX_*`` settings; every field is required (the defaults live in ``Settings``).
+    """
 
     project: str | None
     bigquery_table: str | None
-    region: str = "us-central1"
-    online_store: str = "batchinfer"
-    feature_view: str = "records"
+    region: str
+    online_store: str
+    feature_view: str
     # Endpoint overrides ("host:port"; None: the service's own): the regional admin API, and
     # the online store's serving endpoint (an Optimized store serves from its own domain).
-    admin_endpoint: str | None = None
-    serving_endpoint: str | None = None
-    sync_timeout_seconds: float = 1800.0
+    admin_endpoint: str | None
+    serving_endpoint: str | None
+    sync_timeout_seconds: float
 
 
 class VertexFeatureStoreError(RuntimeError):

@@ -91,15 +91,19 @@ def refusal_of(message: str) -> object:
 
 @dataclass(frozen=True)
 class VertexEndpoint:
-    """Where and how to call a Vertex AI endpoint (``BATCHINFER_MODEL_URL=vertex://…``)."""
+    """Where and how to call a Vertex AI endpoint (``BATCHINFER_MODEL_URL=vertex://…``).
+
+    The config of ``VertexModelClient``, built by ``VertexModelEndpoint`` from ``Settings``;
+    every field is required (the defaults live in ``Settings`` alone).
+    """
 
     url: str
     # The prediction API's "host:port" (BATCHINFER_VERTEX_PREDICTION_ENDPOINT); None: regional.
-    api_endpoint: str | None = None
-    timeout_seconds: float = 120.0
-    chunk_size: int = 256
+    api_endpoint: str | None
+    timeout_seconds: float
+    chunk_size: int
     # BATCHINFER_MODEL_MAX_REQUEST_BYTES; the client keeps under Vertex AI's own limit too.
-    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_request_bytes: int
 
 
 def model_id(response_body: dict[str, object], endpoint: str) -> str:
@@ -123,7 +127,6 @@ class VertexModelClient(ModelClient):
         endpoint: VertexEndpoint,
         *,
         retry: api_retry.Retry | None = None,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.endpoint, region = parse_endpoint_url(endpoint.url)
         self.chunk_size = endpoint.chunk_size
@@ -131,7 +134,7 @@ class VertexModelClient(ModelClient):
         self.retry = retry or default_retry(4 * endpoint.timeout_seconds)
         # Vertex AI's own limit, or the configured one when smaller; a text too large for it
         # alone is answered with a RefusedText and never sent.
-        self.max_request_bytes = min(max_request_bytes, endpoint.max_request_bytes)
+        self.max_request_bytes = min(MAX_REQUEST_BYTES, endpoint.max_request_bytes)
         self.api_endpoint = endpoint.api_endpoint or f"{region}-aiplatform.googleapis.com"
         self.client = PredictionServiceClient(
             **grpc_client_kwargs(PredictionServiceGrpcTransport, self.api_endpoint)

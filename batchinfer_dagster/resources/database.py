@@ -9,6 +9,7 @@ from pydantic import Field
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.settings import described
 
 
 class DatabaseResource(ConfigurableResource, ABC):
@@ -39,10 +40,7 @@ class SqliteDatabase(DatabaseResource):
 class PostgresDatabase(DatabaseResource):
     """PostgreSQL (Cloud SQL in production); the URL holds the password, so it is an EnvVar."""
 
-    database_url: str = Field(
-        description="SQLAlchemy URL, postgresql+psycopg://user:password@host/db "
-        "(BATCHINFER_DATABASE_URL)."
-    )
+    database_url: str = Field(description=described("database_url"))
 
     def url(self) -> str:
         return self.database_url

@@ -2,6 +2,8 @@
 
 The ledger lives in the app database (``DatabaseResource``); this resource adds the numbers that
 shape its batches and retries, so they show in the Dagster UI next to the systems they bound.
+Every field is required: ``deployments.py`` fills them from ``Settings``, which alone holds their
+defaults and bounds.
 """
 
 from __future__ import annotations
@@ -14,32 +16,19 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.resources.database import DatabaseResource
+from batchinfer_dagster.settings import described
 
 
 class LedgerResource(ConfigurableResource):
     """What the sensor and the prediction runs need to move requests through the ledger."""
 
     database: DatabaseResource
-    batch_size: int = Field(
-        default=4096, ge=1, description="Requests per ledger batch (partition) at most."
-    )
-    batch_max_wait_seconds: float = Field(
-        default=15.0,
-        ge=0,
-        description="A smaller batch closes when its oldest request has waited this long.",
-    )
-    max_pull: int = Field(default=5000, ge=1, description="Messages one sensor tick pulls at most.")
-    pull_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long a tick waits for messages when none is ready."
-    )
-    max_attempts: int = Field(
-        default=3, ge=1, description="Runs of one batch before its requests are dead-lettered."
-    )
-    feature_wait_seconds: float = Field(
-        default=600.0,
-        ge=0,
-        description="How long a request waits for its record to reach the feature store.",
-    )
+    batch_size: int = Field(description=described("batch_size"))
+    batch_max_wait_seconds: float = Field(description=described("batch_max_wait_seconds"))
+    max_pull: int = Field(description=described("max_pull"))
+    pull_timeout_seconds: float = Field(description=described("pull_timeout_seconds"))
+    max_attempts: int = Field(description=described("max_attempts"))
+    feature_wait_seconds: float = Field(description=described("feature_wait_seconds"))
 
     def get_engine(self) -> Engine:
         return self.database.get_engine()

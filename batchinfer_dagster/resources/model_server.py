@@ -10,45 +10,37 @@ from typing import TYPE_CHECKING, Literal
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batchinfer_dagster.clients.model_client import HttpModelClient, ModelClient
-from batchinfer_protocol.zero_shot import (
-    DEFAULT_LABELS,
-    DEFAULT_MAX_REQUEST_BYTES,
-    PredictParameters,
+from batchinfer_dagster.clients.model_client import (
+    HttpModelClient,
+    HttpModelClientConfig,
+    ModelClient,
 )
+from batchinfer_dagster.settings import described, variable_of
+from batchinfer_protocol.zero_shot import PredictParameters
 
 if TYPE_CHECKING:
     from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint
 
 
 class ModelServerResource(ConfigurableResource, ABC):
-    """Zero-shot predictions of texts; the parameters every request carries, and retry policy."""
+    """Zero-shot predictions of texts; the parameters every request carries, and retry policy.
 
-    labels: list[str] = Field(
-        default=list(DEFAULT_LABELS), min_length=1, description="Candidate labels."
-    )
-    multi_label: bool = Field(default=False)
-    hypothesis_template: str | None = Field(
-        default=None,
-        description="None: the model server's default (the pipeline's template for nli; the "
-        "labels' descriptions, or their names in several templates, for embedding).",
-    )
+    Every field is required: ``deployments.py`` fills them from ``Settings``, which alone holds
+    their defaults and bounds; the descriptions are the settings' own.
+    """
+
+    labels: list[str] = Field(description=described("labels"))
+    multi_label: bool = Field(description=described("multi_label"))
+    hypothesis_template: str | None = Field(description=described("hypothesis_template"))
     label_descriptions: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="{label: [description, ...]} sent as the label_descriptions parameter "
-        "(from BATCHINFER_LABEL_DESCRIPTIONS_FILE); empty: classify by the label names.",
+        description="{label: [description, ...]} read from "
+        f"{variable_of('label_descriptions_file')}; empty: classify by the label names."
     )
-    timeout_seconds: float = Field(default=120.0, gt=0, description="Per request.")
-    chunk_size: int = Field(default=256, ge=1, description="Texts per request (client chunk).")
-    retries: int = Field(
-        default=3,
-        ge=0,
-        description="Step retries of a predictions run after a transient model error "
-        "(server down, 5xx, timeout). A 4xx is never retried.",
-    )
-    retry_delay_seconds: float = Field(
-        default=5.0, ge=0, description="Wait before the first retry; doubles each retry."
-    )
+    timeout_seconds: float = Field(description=described("model_timeout_seconds"))
+    chunk_size: int = Field(description=described("model_chunk_size"))
+    max_request_bytes: int = Field(description=described("model_max_request_bytes"))
+    retries: int = Field(description=described("model_retries"))
+    retry_delay_seconds: float = Field(description=described("model_retry_delay_seconds"))
 
     def parameters(self) -> PredictParameters:
         return PredictParameters(
@@ -74,17 +66,17 @@ class ModelServerResource(ConfigurableResource, ABC):
 class HttpModelServer(ModelServerResource):
     """Our model server's ``POST /predict``: a local process, or a Cloud Run service."""
 
-    url: str = Field(description="Base URL (BATCHINFER_MODEL_URL), e.g. http://127.0.0.1:8080.")
-    auth: Literal["none", "google-id-token"] = Field(
-        default="none",
-        description="google-id-token: a private Cloud Run service that only its invokers call.",
-    )
-    max_request_bytes: int = Field(
-        default=DEFAULT_MAX_REQUEST_BYTES,
-        ge=1024,
-        description="Bytes per request body (the server's MODEL_MAX_BODY_BYTES); a text too "
-        "large alone is dead-lettered without sending it.",
-    )
+    url: str = Field(description=described("model_url"))
+    auth: Literal["none", "google-id-token"] = Field(description=described("model_auth"))
+
+    def config(self) -> HttpModelClientConfig:
+        """The client's config: this resource's fields, in the one object the client takes."""
+        return HttpModelClientConfig(
+            url=self.url,
+            timeout_seconds=self.timeout_seconds,
+            chunk_size=self.chunk_size,
+            max_request_bytes=self.max_request_bytes,
+        )
 
     def client(self) -> ModelClient:
         auth = None
@@ -92,30 +84,17 @@ class HttpModelServer(ModelServerResource):
             from batchinfer_dagster.clients.google_id_token import GoogleIdTokenAuth
 
             auth = GoogleIdTokenAuth(self.url)
-        return HttpModelClient(
-            self.url,
-            timeout=self.timeout_seconds,
-            chunk_size=self.chunk_size,
-            auth=auth,
-            max_request_bytes=self.max_request_bytes,
-        )
+        return HttpModelClient(self.config(), auth=auth)
 
 
 class VertexModelEndpoint(ModelServerResource):
     """A Vertex AI endpoint serving our model-server image (``vertex://projects/…``)."""
 
-    url: str = Field(
-        description="vertex://projects/P/locations/L/endpoints/E (BATCHINFER_MODEL_URL)."
-    )
-    api_endpoint: str | None = Field(
-        default=None,
-        description="host:port of the prediction API (BATCHINFER_VERTEX_PREDICTION_ENDPOINT).",
-    )
-    max_request_bytes: int = Field(
-        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, description="BATCHINFER_MODEL_MAX_REQUEST_BYTES"
-    )
+    url: str = Field(description=described("model_url"))
+    api_endpoint: str | None = Field(description=described("vertex_prediction_endpoint"))
 
     def endpoint(self) -> VertexEndpoint:
+        """The client's config: this resource's fields, in the one object the client takes."""
         from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint
 
         return VertexEndpoint(

@@ -14,22 +14,23 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batchinfer_dagster.clients.queue import LocalQueue, RequestQueue
+from batchinfer_dagster.clients.queue import LocalQueue, LocalQueueConfig, RequestQueue
 from batchinfer_dagster.resources.database import DatabaseResource
+from batchinfer_dagster.settings import described
 
 if TYPE_CHECKING:
     from batchinfer_dagster.clients.pubsub_queue import PubSubTopology
 
 
 class RequestQueueResource(ConfigurableResource, ABC):
-    """Where prediction requests arrive; ``open`` yields a client and closes it afterwards."""
+    """Where prediction requests arrive; ``open`` yields a client and closes it afterwards.
 
-    ack_deadline_seconds: int = Field(
-        default=60, ge=1, description="Seconds a pulled message stays invisible (lease)."
-    )
-    max_delivery_attempts: int = Field(
-        default=5, ge=1, description="Deliveries before a never-acked message is dead-lettered."
-    )
+    Every field is required: ``deployments.py`` fills them from ``Settings``, which alone holds
+    their defaults and bounds.
+    """
+
+    ack_deadline_seconds: int = Field(description=described("ack_deadline_seconds"))
+    max_delivery_attempts: int = Field(description=described("max_delivery_attempts"))
 
     @abstractmethod
     def client(self) -> RequestQueue:
@@ -49,27 +50,29 @@ class LocalRequestQueue(RequestQueueResource):
 
     database: DatabaseResource
 
-    def client(self) -> RequestQueue:
-        return LocalQueue(
-            self.database.get_engine(),
+    def config(self) -> LocalQueueConfig:
+        """The client's config: this resource's fields, in the one object the client takes."""
+        return LocalQueueConfig(
             lease_seconds=self.ack_deadline_seconds,
             max_delivery_attempts=self.max_delivery_attempts,
         )
+
+    def client(self) -> RequestQueue:
+        return LocalQueue(self.database.get_engine(), self.config())
 
 
 class PubSubRequestQueue(RequestQueueResource):
     """A Pub/Sub topic and subscription with a dead-letter topic (Terraform creates them)."""
 
-    project: str = Field(description="Google Cloud project (BATCHINFER_PUBSUB_PROJECT).")
-    topic: str = Field(default="prediction-requests")
-    subscription: str = Field(default="prediction-requests-sub")
-    dead_letter_topic: str = Field(default="prediction-requests-dead-letter")
-    dead_letter_subscription: str = Field(default="prediction-requests-dead-letter-sub")
-    emulator_host: str | None = Field(
-        default=None, description="host:port of the Pub/Sub emulator (PUBSUB_EMULATOR_HOST)."
-    )
+    project: str = Field(description=described("pubsub_project"))
+    topic: str = Field(description=described("pubsub_topic"))
+    subscription: str = Field(description=described("pubsub_subscription"))
+    dead_letter_topic: str = Field(description=described("pubsub_dead_letter_topic"))
+    dead_letter_subscription: str = Field(description=described("pubsub_dead_letter_subscription"))
+    emulator_host: str | None = Field(description=described("pubsub_emulator_host"))
 
     def topology(self) -> PubSubTopology:
+        """The client's config: this resource's fields, in the one object the client takes."""
         from batchinfer_dagster.clients.pubsub_queue import PubSubTopology
 
         return PubSubTopology(

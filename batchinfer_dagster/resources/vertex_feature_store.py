@@ -15,6 +15,7 @@ from pydantic import Field
 
 from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.settings import described
 
 if TYPE_CHECKING:
     from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
@@ -28,22 +29,16 @@ class VertexFeatureStoreResource(FeatureStoreResource):
     """
 
     bigquery: BigQueryResource
-    region: str = Field(default="us-central1", description="BATCHINFER_VERTEX_REGION")
-    online_store: str = Field(default="batchinfer", description="BATCHINFER_VERTEX_ONLINE_STORE")
-    feature_view: str = Field(default="records", description="BATCHINFER_VERTEX_FEATURE_VIEW")
-    bigquery_table: str = Field(
-        description="project.dataset.table of the source (BATCHINFER_VERTEX_BIGQUERY_TABLE)."
-    )
-    admin_endpoint: str | None = Field(
-        default=None, description="host:port of the admin API (BATCHINFER_VERTEX_ADMIN_ENDPOINT)."
-    )
-    serving_endpoint: str | None = Field(
-        default=None,
-        description="host:port of the online store (BATCHINFER_VERTEX_SERVING_ENDPOINT; PSC).",
-    )
-    sync_timeout_seconds: float = Field(default=1800.0, gt=0)
+    region: str = Field(description=described("vertex_region"))
+    online_store: str = Field(description=described("vertex_online_store"))
+    feature_view: str = Field(description=described("vertex_feature_view"))
+    bigquery_table: str = Field(description=described("vertex_bigquery_table"))
+    admin_endpoint: str | None = Field(description=described("vertex_admin_endpoint"))
+    serving_endpoint: str | None = Field(description=described("vertex_serving_endpoint"))
+    sync_timeout_seconds: float = Field(description=described("vertex_sync_timeout_seconds"))
 
     def view(self) -> VertexFeatureView:
+        """The client's config: this resource's fields, in the one object the client takes."""
         from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureView
 
         return VertexFeatureView(

@@ -19,7 +19,9 @@ from batchinfer_dagster.clients.model_client import (
     ModelRequestError,
     TransientModelError,
 )
+from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_testing.deployment import model_client_of
 
 PARAMETERS = PredictParameters(("a", "b"))
 Answer = Callable[[list[str], int], httpx.Response]
@@ -31,7 +33,7 @@ def client_answering(answer: Answer, chunk_size: int = 2) -> HttpModelClient:
     def handler(request: httpx.Request) -> httpx.Response:
         return answer(json.loads(request.content)["instances"], next(calls))
 
-    client = HttpModelClient("http://model.test", chunk_size=chunk_size)
+    client = model_client_of(Settings(), url="http://model.test", chunk_size=chunk_size)
     client.client = httpx.Client(transport=httpx.MockTransport(handler))
     return client
 

@@ -171,6 +171,7 @@ def test_a_missing_dead_letter_subscription_is_reported_and_intake_goes_on(
             resources_of(settings)["ledger"],
             queue,
             feature_store=local_feature_store(settings),
+            lease_seconds=settings.ack_deadline_seconds,
         )
     finally:
         queue.close()

@@ -12,11 +12,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.model_client import HttpModelClient
 from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.prediction import Predictor
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import engine_of, local_feature_store, resources_of, rows
+from batchinfer_testing.deployment import (
+    engine_of,
+    local_feature_store,
+    model_client_of,
+    resources_of,
+    rows,
+)
 
 RECEIVED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 WAIT = timedelta(seconds=600)
@@ -40,7 +45,8 @@ def test_feature_wait_expires_at_its_deadline(
     [batch_key] = ledger.ingest_messages(
         engine, [message], queue="local", batch_size=8, now=RECEIVED
     ).batch_keys
-    client = HttpModelClient("http://127.0.0.1:9")  # never called: record 42 has no features
+    # Never called: record 42 has no features.
+    client = model_client_of(app_settings, url="http://127.0.0.1:9")
 
     predictor = Predictor(
         engine=engine,

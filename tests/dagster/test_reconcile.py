@@ -40,6 +40,7 @@ def tick(instance: DagsterInstance, settings: Settings, now: datetime) -> TickOu
             resources_of(settings)["ledger"],
             queue,
             feature_store=local_feature_store(settings),
+            lease_seconds=settings.ack_deadline_seconds,
             clock=lambda: now,
         )
     finally:

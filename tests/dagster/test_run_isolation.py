@@ -15,7 +15,6 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.model_client import (
-    HttpModelClient,
     PredictParameters,
     RefusedText,
     json_bytes,
@@ -24,6 +23,7 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import (
     local_feature_store,
+    model_client_of,
     publish_json,
     rows,
 )
@@ -55,7 +55,8 @@ def test_a_record_too_large_to_send_is_dead_lettered_alone_without_sending_it(
     instance: DagsterInstance, pipeline_settings: Settings
 ) -> None:
     settings = pipeline_settings.model_copy(update={"model_max_request_bytes": 4096})
-    client = HttpModelClient(settings.model_url, max_request_bytes=4096)
+    client = model_client_of(settings)
+    assert client.max_request_bytes == 4096
     parameters = PredictParameters(settings.labels)
     room = 4096 - client.request_overhead_bytes(parameters)
     fits = "a" * (room - 3)  # quotes and separator: a body of exactly the request limit
@@ -78,7 +79,7 @@ def test_a_record_too_large_to_send_is_dead_lettered_alone_without_sending_it(
 def test_the_client_resends_exactly_the_instances_the_server_did_not_refuse(
     model_server_url: str,
 ) -> None:
-    client = HttpModelClient(model_server_url)
+    client = model_client_of(Settings(), url=model_server_url)
     texts = ["refund my order", "", "app crash", "  \n ", "password reset", "\ud800 lone"]
     try:
         answers = client.predict(texts, PredictParameters(("billing", "mobile", "account"))).answers

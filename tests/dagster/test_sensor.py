@@ -74,6 +74,7 @@ def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(
             resources_of(pipeline_settings)["ledger"],
             crashing,
             feature_store=local_feature_store(pipeline_settings),
+            lease_seconds=pipeline_settings.ack_deadline_seconds,
         )
         raise AssertionError("the ack should have crashed the tick")
     except ConnectionAbortedError:
@@ -266,6 +267,7 @@ def test_stale_batch_without_run_gets_a_new_run_request(
             resources_of(pipeline_settings)["ledger"],
             queue,
             feature_store=local_feature_store(pipeline_settings),
+            lease_seconds=pipeline_settings.ack_deadline_seconds,
             stale_after=timedelta(0),
             recheck_after=timedelta(0),
         )
@@ -300,6 +302,7 @@ def test_an_unknown_id_waits_without_partitions_or_runs_and_is_predicted_after_a
                 resources_of(settings)["ledger"],
                 queue,
                 feature_store=local_feature_store(settings),
+                lease_seconds=settings.ack_deadline_seconds,
                 features_changed=features_changed,
                 clock=lambda: request.received_at + at,
             )

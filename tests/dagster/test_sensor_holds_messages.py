@@ -77,13 +77,17 @@ def test_a_tick_pulls_nothing_while_the_database_is_down(
     policy = resources_of(settings)["ledger"]
     store = local_feature_store(settings)
     try:
-        process_tick(instance, policy, queue, feature_store=store)  # the schema is there
+        process_tick(
+            instance, policy, queue, feature_store=store, lease_seconds=DEADLINE
+        )  # the schema is there
         postgres.stop("fast")
         try:
             queue.publish([b'{"id": "1"}'])
             for _ in range(3):
                 with pytest.raises(db.DatabaseUnavailableError, match="nothing was pulled"):
-                    process_tick(instance, policy, queue, feature_store=store)
+                    process_tick(
+                        instance, policy, queue, feature_store=store, lease_seconds=DEADLINE
+                    )
         finally:
             postgres.start()
 

@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from batchinfer_dagster.clients.google_id_token import GoogleIdTokenAuth
-from batchinfer_dagster.clients.model_client import HttpModelClient, ModelRequestError
+from batchinfer_dagster.clients.model_client import ModelRequestError
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import model_client_of
 from tests.gcp.fakes import FakeTokenEndpoint
 
 AUDIENCE = "https://model-server-abc123-ew.a.run.app"
@@ -70,7 +72,7 @@ def test_http_model_client_sends_the_token(token_endpoint: tuple[FakeTokenEndpoi
 
     fake, _ = token_endpoint
     seen: list[str] = []
-    client = HttpModelClient(AUDIENCE, auth=GoogleIdTokenAuth(AUDIENCE))
+    client = model_client_of(Settings(), url=AUDIENCE, auth=GoogleIdTokenAuth(AUDIENCE))
     client.client = httpx.Client(transport=echo_authorization(seen), auth=client.client.auth)
 
     predictions = client.predict(["a", "b"], PredictParameters(("a",))).predictions

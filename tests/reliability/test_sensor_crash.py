@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from batchinfer_dagster import db
 from batchinfer_dagster.clients.queue import LocalQueue
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import engine_of, id_payloads, load_records, publish
+from batchinfer_testing.deployment import engine_of, id_payloads, load_records, open_queue, publish
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.sensor_loop import sensor_loop_process
 
@@ -50,7 +50,12 @@ def test_sensor_killed_mid_tick_recovers_on_restart(
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr[-3000:]
     assert marker.exists()
-    assert LocalQueue(engine_of(settings)).depth() == published.messages, "acked anyway"
+    queue = open_queue(settings)
+    try:
+        assert isinstance(queue, LocalQueue)
+        assert queue.depth() == published.messages, "acked anyway"
+    finally:
+        queue.close()
     in_ledger = _count(settings, db.prediction_requests)
     assert in_ledger == (len(payloads) if fault == "kill-after-commit" else 0)
     assert _count(settings, db.predictions) == 0
