@@ -285,7 +285,7 @@ class HttpModelClientConfig:
     own, so a hand-built client cannot silently differ from the configured one.
     """
 
-    # Base URL, e.g. http://127.0.0.1:8080; the client posts to {url}/predict.
+    # Base URL (http://HOST:PORT or https://HOST); the client posts to {url}/predict.
     url: str
     # Seconds one request may take.
     timeout_seconds: float
