@@ -590,7 +590,7 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
     engine = _engine(ctx)
     with _resources(ctx).request_queue.open() as queue:
-        report = ledger.replay_dead_letters(engine, queue, which, now=db.utcnow())
+        report = ledger.replay_dead_letters(engine, queue.publish, which, now=db.utcnow())
     _echo_json(
         {
             "replayed": report.replayed,

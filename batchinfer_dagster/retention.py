@@ -22,7 +22,8 @@ from pydantic import Field
 from batchinfer_dagster import db
 from batchinfer_dagster.jobs import launchpad_description
 from batchinfer_dagster.ledger import old_settled_batches, prune_settled, settled_batches
-from batchinfer_dagster.partitions import PREDICTION_BATCHES, new_batch_key
+from batchinfer_dagster.ledger.batch_keys import new_batch_key
+from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.resources.ledger import LedgerResource
 
 

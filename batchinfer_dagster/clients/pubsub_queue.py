@@ -7,6 +7,7 @@ dead-letter policy (created by ``batchinfer pubsub create`` here, by Terraform i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import Sequence
@@ -35,6 +36,9 @@ EMULATOR_CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
 ]
+# The attribute Pub/Sub sets on a dead-lettered message: deliveries to the source subscription
+# ("Forwarded messages", Pub/Sub's dead-letter topics documentation).
+DEAD_LETTER_DELIVERIES_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 # One synchronous pull returns at most this many messages (service limit).
 PULL_CHUNK = 1000
 PUBLISH_TIMEOUT_SECONDS = 60.0
@@ -73,6 +77,12 @@ def _unavailable(
         f"{(subscription or topology.subscription).rsplit('/', 1)[-1]!r} exist "
         "(`batchinfer pubsub create`)?"
     )
+
+
+def source_deliveries(message: ReceivedMessage) -> int:
+    """The deliveries a dead-lettered message had on its source subscription; 0: unknown."""
+    text = message.attributes.get(DEAD_LETTER_DELIVERIES_ATTRIBUTE, "")
+    return int(text) if text.isdigit() and len(text) < 9 else 0
 
 
 def check_emulator(topology: PubSubTopology) -> None:
@@ -148,9 +158,16 @@ class PubSubQueue(RequestQueue):
         """Messages Pub/Sub moved to the dead-letter topic (its ``max_delivery_attempts``).
 
         They are read from the dead-letter subscription, so ``dead_letters`` shows everything
-        that did not become a prediction, whatever moved it.
+        that did not become a prediction, whatever moved it. Each one's ``delivery_attempt`` is
+        the source subscription's count from Pub/Sub's attribute (0 when it is missing or not a
+        number), not the dead-letter subscription's own.
         """
-        return self.pull(max_messages, timeout, subscription=self.dead_letter_subscription_path)
+        return [
+            dataclasses.replace(message, delivery_attempt=source_deliveries(message))
+            for message in self.pull(
+                max_messages, timeout, subscription=self.dead_letter_subscription_path
+            )
+        ]
 
     def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
         self.ack(ack_ids, subscription=self.dead_letter_subscription_path)

@@ -79,9 +79,11 @@ class RequestQueue(ABC):
         """
 
     def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
-        """Messages the queue service itself gave up on, waiting to be read into the ledger.
+        """Messages the queue itself gave up on, waiting to be read into the ledger.
 
-        None here: the local queue writes its dead letters into ``dead_letters`` itself.
+        Their ``delivery_attempt`` is the number of deliveries before the queue gave up (0 when
+        the queue does not say); the ledger writes them to ``dead_letters``, then the caller
+        acks them (``ack_dead_letters``). None here: a queue without a dead-letter policy.
         """
         return []
 
@@ -108,7 +110,9 @@ class LocalQueue(RequestQueue):
 
     A pull claims visible rows in one UPDATE … RETURNING (atomic on SQLite, ``SKIP LOCKED`` on
     PostgreSQL), bumps their delivery count and hides them for the lease. A message still
-    unacknowledged after ``max_delivery_attempts`` deliveries moves to ``dead_letters``.
+    unacknowledged after ``max_delivery_attempts`` deliveries is no longer delivered: like
+    Pub/Sub's dead-letter topic, ``pull_dead_letters`` hands it back for the ledger, and
+    ``ack_dead_letters`` removes it once the ledger holds it.
     """
 
     kind = "local"
@@ -135,19 +139,33 @@ class LocalQueue(RequestQueue):
     def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
         deadline = time.monotonic() + timeout
         while True:
-            messages = self._claim(max_messages)
+            messages = self._claim(max_messages, exhausted=False)
             if messages or time.monotonic() >= deadline:
                 return messages
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def _claim(self, max_messages: int) -> list[ReceivedMessage]:
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        """Visible messages delivered ``max_delivery_attempts`` times without an ack.
+
+        Claimed under a lease like a pull, so a reader that dies before its ack leaves them for
+        the next; their delivery count is not bumped (it is the count the ledger records).
+        Returns at once: they are already here or not.
+        """
+        return self._claim(max_messages, exhausted=True)
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        self.ack(ack_ids)
+
+    def _claim(self, max_messages: int, *, exhausted: bool) -> list[ReceivedMessage]:
+        """Lease up to ``max_messages`` visible rows: deliverable ones, or ``exhausted`` ones."""
         table = db.queue_messages
         now = db.utcnow()
+        used_up = table.c.delivery_attempt >= self.max_delivery_attempts
+        which = [table.c.visible_at <= now, used_up if exhausted else sa.not_(used_up)]
         with self.engine.begin() as connection:
-            self._dead_letter_exhausted(connection, now)
             candidates = (
                 sa.select(table.c.id)
-                .where(table.c.visible_at <= now)
+                .where(*which)
                 .order_by(table.c.id)
                 .limit(max_messages)
                 .with_for_update(skip_locked=True)
@@ -156,10 +174,10 @@ class LocalQueue(RequestQueue):
             ack_prefix = uuid.uuid4().hex
             statement = (
                 sa.update(table)
-                .where(table.c.id.in_(candidates), table.c.visible_at <= now)
+                .where(table.c.id.in_(candidates), *which)
                 .values(
                     visible_at=now + self.lease,
-                    delivery_attempt=table.c.delivery_attempt + 1,
+                    delivery_attempt=table.c.delivery_attempt + (0 if exhausted else 1),
                     ack_id=sa.literal(ack_prefix + "-") + sa.cast(table.c.id, sa.String),
                 )
                 .returning(
@@ -182,38 +200,6 @@ class LocalQueue(RequestQueue):
             )
             for row in rows
         ]
-
-    def _dead_letter_exhausted(self, connection: sa.Connection, now: datetime) -> None:
-        table = db.queue_messages
-        exhausted = connection.execute(
-            sa.select(table.c.id, table.c.payload, table.c.delivery_attempt)
-            .where(
-                table.c.visible_at <= now,
-                table.c.delivery_attempt >= self.max_delivery_attempts,
-            )
-            .with_for_update(skip_locked=True)
-        ).all()
-        if not exhausted:
-            return
-        # Imported here: the ledger imports this module for ReceivedMessage.
-        from batchinfer_dagster.ledger import record_id_of_payload
-
-        connection.execute(
-            db.dead_letters.insert(),
-            [
-                {
-                    "source": "queue",
-                    "record_id": record_id_of_payload(bytes(row.payload)),
-                    "message_id": str(row.id),
-                    "payload": db.storable_text(bytes(row.payload)),
-                    "delivery_attempts": row.delivery_attempt,
-                    "reason": f"not acknowledged after {row.delivery_attempt} deliveries",
-                    "received_at": now,
-                }
-                for row in exhausted
-            ],
-        )
-        connection.execute(table.delete().where(table.c.id.in_([row.id for row in exhausted])))
 
     def ack(self, ack_ids: Sequence[str]) -> None:
         table = db.queue_messages

@@ -20,7 +20,6 @@ the package's public API, re-exported so callers write ``ledger.ingest_messages`
 
 from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.dead_letters import (
-    DEAD_LETTER_DELIVERIES_ATTRIBUTE,
     UNKNOWN_RECORD,
     dead_letter_batch,
     last_error,
@@ -48,6 +47,7 @@ from batchinfer_dagster.ledger.messages import (
     MAX_PAYLOAD_BYTES,
     MAX_RECORD_ID,
     InvalidRequestError,
+    ReceivedMessage,
     json_nesting_depth,
     parse_record_id,
     record_id_of_payload,
@@ -87,7 +87,6 @@ from batchinfer_dagster.ledger.states import (
 
 __all__ = [
     "BatchClosing",
-    "DEAD_LETTER_DELIVERIES_ATTRIBUTE",
     "DeadLetterFilter",
     "ReplayReport",
     "classify_messages",
@@ -109,6 +108,7 @@ __all__ = [
     "DeadLetterSource",
     "IngestResult",
     "InvalidRequestError",
+    "ReceivedMessage",
     "FeatureLookup",
     "RecheckOutcome",
     "ReconcileOutcome",

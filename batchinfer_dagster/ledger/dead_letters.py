@@ -18,8 +18,12 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.clients.queue import ReceivedMessage
-from batchinfer_dagster.ledger.messages import record_id_of_payload, request_key, request_payload
+from batchinfer_dagster.ledger.messages import (
+    ReceivedMessage,
+    record_id_of_payload,
+    request_key,
+    request_payload,
+)
 from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
@@ -29,8 +33,6 @@ from batchinfer_dagster.ledger.states import (
 
 UNKNOWN_RECORD = "unknown record id"
 MAX_ERROR_CHARS = 2000
-# The attribute Pub/Sub sets on a dead-lettered message: deliveries to the source subscription.
-DEAD_LETTER_DELIVERIES_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
 def dead_letter_requests(
@@ -152,28 +154,32 @@ def record_queue_dead_letters(
     queue: str,
     now: datetime,
 ) -> int:
-    """Write messages the queue service dead-lettered into ``dead_letters``; returns how many.
+    """Write the messages a queue gave up on into ``dead_letters``; returns how many.
 
-    Each keeps its payload, its delivery attempts (Pub/Sub's
-    ``CloudPubSubDeadLetterSourceDeliveryCount`` attribute) and the record it asks for. A message
-    read back twice (its ack was lost) is written once. A record that was predicted anyway (the
-    sensor wrote the ledger, but every ack of the message failed) is written as resolved.
+    The queue hands them back (``RequestQueue.pull_dead_letters``: Pub/Sub's dead-letter
+    subscription, the local queue's exhausted rows) and acks them after this commit, so the
+    ledger is the only writer of ``dead_letters``. Each keeps its payload, its delivery attempts
+    and the record it asks for; ``queue`` (the queue's kind) picks the source and reason. A
+    message read back twice (its ack was lost) is written once. A record that was predicted
+    anyway (the sensor wrote the ledger, but every ack of the message failed) is written as
+    resolved.
     """
     rows: dict[str, dict[str, Any]] = {}
     for message in messages:
         key = request_key(f"{queue}-dead-letter", message)
-        attempts_text = message.attributes.get(DEAD_LETTER_DELIVERIES_ATTRIBUTE, "")
-        attempts = (
-            int(attempts_text) if attempts_text.isdigit() and len(attempts_text) < 9 else None
-        )
+        attempts = message.delivery_attempt or None
         rows.setdefault(
             key,
             {
-                "source": DeadLetterSource.PUBSUB_DEAD_LETTER,
+                "source": DeadLetterSource.QUEUE
+                if queue == "local"
+                else DeadLetterSource.PUBSUB_DEAD_LETTER,
                 "message_id": key,
                 "payload": db.storable_text(message.data),
                 "reason": (
-                    f"Pub/Sub dead-lettered the message after {attempts or 'its maximum'} "
+                    f"not acknowledged after {attempts} deliveries"
+                    if queue == "local"
+                    else f"Pub/Sub dead-lettered the message after {attempts or 'its maximum'} "
                     "delivery attempts without an acknowledgement"
                 ),
                 "record_id": record_id_of_payload(message.data),

@@ -18,17 +18,17 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.clients.queue import ReceivedMessage
+from batchinfer_dagster.ledger.batch_keys import new_batch_key
 from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS, invalid_message_rows
 from batchinfer_dagster.ledger.messages import (
     MAX_RECORD_ID,
     InvalidRequestError,
+    ReceivedMessage,
     parse_record_id,
     request_key,
 )
 from batchinfer_dagster.ledger.states import BatchStatus, RequestStatus, may_leave_for
-from batchinfer_dagster.partitions import new_batch_key
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ A request is ``{"id": "<record id>"}`` (an integer id is accepted too), at most 
 from __future__ import annotations
 
 import json
-
-from batchinfer_dagster.clients.queue import ReceivedMessage
+from datetime import datetime
+from typing import Protocol
 
 MAX_PAYLOAD_BYTES = 10 * 1024
 # BIGINT's upper bound: the largest id the records table can hold.
@@ -17,6 +17,32 @@ MAX_RECORD_ID = 2**63 - 1
 MAX_RECORD_ID_DIGITS = len(str(MAX_RECORD_ID))
 # A request is {"id": ...}: one level; a little room for envelopes of other clients.
 MAX_NESTING = 32
+
+
+class ReceivedMessage(Protocol):
+    """One delivery of a request message, as the ledger reads it.
+
+    The ledger owns the shape of what it consumes: the queue clients' deliveries
+    (``clients/queue.py``) have these attributes and pass in as they are, and neither the ledger
+    nor a fake queue imports a client for it. For a dead letter handed back by the queue
+    (``RequestQueue.pull_dead_letters``), ``delivery_attempt`` counts the deliveries the queue
+    made before giving up, 0 when the queue does not say.
+    """
+
+    @property
+    def message_id(self) -> str: ...
+
+    @property
+    def ack_id(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def delivery_attempt(self) -> int: ...
+
+    @property
+    def publish_time(self) -> datetime: ...
 
 
 class InvalidRequestError(ValueError):

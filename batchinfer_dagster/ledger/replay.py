@@ -6,7 +6,7 @@ new message id, and is resolved like any other when its record is predicted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
-from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.ledger.messages import request_payload
 
 REPLAY_CHUNK = 1000
+
+# Publishes payloads in order and returns their message ids (``RequestQueue.publish``).
+Publish = Callable[[Sequence[bytes]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,16 @@ def _count_dead_letters(engine: Engine, *clauses: sa.ColumnElement[bool]) -> int
 
 def replay_dead_letters(
     engine: Engine,
-    queue: RequestQueue,
+    publish: Publish,
     which: DeadLetterFilter,
     *,
     now: datetime,
     chunk: int = REPLAY_CHUNK,
 ) -> ReplayReport:
     """Publish a request again for each open dead letter that names a record, once.
+
+    ``publish`` sends payloads (the CLI passes its queue's ``publish``; the ledger knows no
+    queue client).
 
     A replayed dead letter keeps ``replayed_at`` and the new message id, so running the command
     again publishes nothing new for it; when its record is predicted it is resolved as any other.
@@ -105,7 +110,7 @@ def replay_dead_letters(
             break
         payloads = [request_payload(record_id) for _, record_id in claimed]
         try:
-            message_ids = queue.publish(payloads)
+            message_ids = publish(payloads)
         except BaseException:
             with engine.begin() as connection:
                 connection.execute(

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.queue import ReceivedMessage
-from batchinfer_dagster.partitions import BATCH_KEY_PATTERN
+from batchinfer_dagster.ledger.batch_keys import BATCH_KEY_PATTERN
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, rows
 
