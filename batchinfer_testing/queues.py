@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from batchinfer_dagster.clients.queue import ReceivedMessage, RequestQueue
 from batchinfer_dagster.resources.request_queue import RequestQueueResource
@@ -120,6 +120,20 @@ class FaultInjectingQueueResource(RequestQueueResource):
     marker_path: str | None = None
     stall_seconds: float = 0.0
     name: str = "default"
+
+    @classmethod
+    def around(
+        cls, inner: RequestQueueResource, fault: Fault, **fields: Any
+    ) -> FaultInjectingQueueResource:
+        """``inner`` with ``fault``, keeping its lease and delivery policy (the sensor reads
+        them)."""
+        return cls(
+            inner=inner,
+            fault=fault,
+            ack_deadline_seconds=inner.ack_deadline_seconds,
+            max_delivery_attempts=inner.max_delivery_attempts,
+            **fields,
+        )
 
     def client(self) -> RequestQueue:
         return FaultInjectingQueue(

@@ -66,10 +66,8 @@ def main() -> int:
     fault = "none" if args.marker.exists() else args.fault
     sensor_overrides: dict[str, Any] = {}
     if fault == "kill-after-commit":
-        sensor_overrides["request_queue"] = FaultInjectingQueueResource(
-            inner=resources_of(settings)["request_queue"],
-            fault="kill-at-ack",
-            marker_path=str(args.marker),
+        sensor_overrides["request_queue"] = FaultInjectingQueueResource.around(
+            resources_of(settings)["request_queue"], "kill-at-ack", marker_path=str(args.marker)
         )
     elif fault == "kill-before-commit":
         kill_at_intake_commit(engine_of(settings), args.marker)

@@ -36,9 +36,9 @@ def test_redelivery_during_a_slow_tick_and_a_double_publish(
 
     slow_result: list[SensorResult] = []
 
-    stalling = FaultInjectingQueueResource(
-        inner=resources_of(settings)["request_queue"],
-        fault="stall-after-pull",
+    stalling = FaultInjectingQueueResource.around(
+        resources_of(settings)["request_queue"],
+        "stall-after-pull",
         stall_seconds=STALL_SECONDS,
         name="slow tick",
     )
