@@ -35,9 +35,9 @@ from batchinfer_dagster.resources.request_queue import (
     PubSubRequestQueue,
     RequestQueueResource,
 )
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.settings import Settings, variable_of
 
-DATABASE_URL_VARIABLE = "BATCHINFER_DATABASE_URL"
+DATABASE_URL_VARIABLE = variable_of("database_url")
 
 
 @dataclass(frozen=True)
