@@ -168,19 +168,18 @@ def record_queue_dead_letters(
     for message in messages:
         key = request_key(f"{queue}-dead-letter", message)
         attempts = message.delivery_attempt or None
+        pubsub = queue == "pubsub"
         rows.setdefault(
             key,
             {
-                "source": DeadLetterSource.QUEUE
-                if queue == "local"
-                else DeadLetterSource.PUBSUB_DEAD_LETTER,
+                "source": DeadLetterSource.PUBSUB_DEAD_LETTER if pubsub else DeadLetterSource.QUEUE,
                 "message_id": key,
                 "payload": db.storable_text(message.data),
                 "reason": (
-                    f"not acknowledged after {attempts} deliveries"
-                    if queue == "local"
-                    else f"Pub/Sub dead-lettered the message after {attempts or 'its maximum'} "
+                    f"Pub/Sub dead-lettered the message after {attempts or 'its maximum'} "
                     "delivery attempts without an acknowledgement"
+                    if pubsub
+                    else f"not acknowledged after {attempts} deliveries"
                 ),
                 "record_id": record_id_of_payload(message.data),
                 "delivery_attempts": attempts,
