@@ -173,3 +173,32 @@ def test_the_fast_resources_share_one_fake_per_name(fast_settings: Settings) -> 
     with resources["model_server"].open() as model:
         assert model.chunk_size == fast_settings.model_chunk_size
     assert resources["model_server"].retries == fast_settings.model_retries
+
+
+def test_a_record_missing_from_the_store_waits_and_is_rebatched_once_imported(
+    fast_settings: Settings,
+) -> None:
+    """Not in the store: the run leaves it waiting; still missing, a look-up makes no batch;
+    imported, the next look-up (woken by the import) puts it into a new batch, predicted then."""
+    clock = Clock()
+    store = InMemoryFeatureStore()
+    model = ScriptedModelClient(chunk_size=2, max_request_bytes=4096)
+    engine = engine_of(fast_settings)
+    (key,) = ledger.create_batches(engine, [7], source="test", batch_size=8, now=T0)
+    run = predictor(fast_settings, store, model, clock)
+
+    assert run.predict(key, run_id="r1").waiting == 1
+    assert model.requests == []  # nothing was sent for a missing record
+
+    def lookup(record_ids: list[int]) -> set[int]:
+        return set(store.fetch(record_ids))
+
+    recheck = {"feature_wait": timedelta(hours=1), "batch_size": 8, "limit": 100, "wake": True}
+    missing = ledger.recheck_waiting(engine, lookup, now=clock(), **recheck)
+    assert (missing.batch_keys, missing.still_waiting) == ([], 1)
+
+    store.add({7: "refund please"})
+    store.import_records()
+    found = ledger.recheck_waiting(engine, lookup, now=clock(), **recheck)
+    [new_key] = found.batch_keys
+    assert run.predict(new_key, run_id="r2").predicted == [7]
