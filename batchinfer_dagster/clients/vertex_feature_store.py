@@ -52,7 +52,12 @@ from google.cloud.aiplatform_v1.services.feature_online_store_service.transports
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, feature_import
-from batchinfer_dagster.clients.feature_store import FeatureStore, ImportResult, window_details
+from batchinfer_dagster.clients.feature_store import (
+    FeatureStore,
+    FeatureStoreUnavailableError,
+    ImportResult,
+    window_details,
+)
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 from batchinfer_dagster.feature_import import ImportWindow
 
@@ -84,7 +89,7 @@ class VertexFeatureView:
     sync_timeout_seconds: float = 1800.0
 
 
-class VertexFeatureStoreError(RuntimeError):
+class VertexFeatureStoreError(FeatureStoreUnavailableError):
     """A Vertex AI or BigQuery call failed; the message names the resource and what to check."""
 
 
@@ -104,7 +109,13 @@ def serving_endpoint(admin: FeatureOnlineStoreAdminServiceClient, store_name: st
     once the store has finished provisioning (after its first sync); a Bigtable store serves
     from the regional endpoint.
     """
-    store = admin.get_feature_online_store(name=store_name)
+    try:
+        store = admin.get_feature_online_store(name=store_name)
+    except gexc.GoogleAPICallError as exc:
+        raise VertexFeatureStoreError(
+            f"looking up online store {store_name} failed: {exc}; check that this service "
+            "account holds aiplatform.featureOnlineStores.get (terraform/iam.tf)"
+        ) from exc
     if "optimized" not in store:
         region = store_name.split("/")[3]
         return f"{region}-aiplatform.googleapis.com"
