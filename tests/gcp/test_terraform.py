@@ -463,9 +463,9 @@ def test_run_worker_job_bounds_each_run() -> None:
 
 ALLOWED_PROJECT_ROLES = {
     "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
     "roles/bigquery.jobUser",
-    "${google_project_iam_custom_role.feature_store_user.id}",
+    "feature_store_reader",
+    "feature_store_syncer",
 }
 
 
@@ -473,13 +473,12 @@ def test_project_level_roles_are_only_those_with_no_resource_to_hold_them() -> N
     text = all_text()
     for role in ("roles/editor", "roles/owner", "roles/aiplatform.user", "roles/run.admin"):
         assert role not in text, role
-    roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"\]', text)) | set(
-        re.findall(r"(\$\{google_project_iam_custom_role\.\w+\.id\})", text)
-    )
-    iam = (TERRAFORM / "iam.tf").read_text()
-    project_roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"', iam.split("resource ")[1]))
-    assert project_roles <= ALLOWED_PROJECT_ROLES
-    assert roles
+    project_roles = local_values()["project_roles"]
+    granted = {role for roles in project_roles.values() for role in roles}
+    assert granted <= ALLOWED_PROJECT_ROLES
+    assert set(local_values()["feature_store_roles"]) == {
+        role for role in ALLOWED_PROJECT_ROLES if not role.startswith("roles/")
+    }
 
 
 def test_teardown_completes() -> None:
