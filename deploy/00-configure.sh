@@ -38,7 +38,7 @@ model_server_image = "${registry}/model-server:${tag}"
 # model_server_max_instances = 3                          # GPUs at once
 # model_gcs_path             = "bart-large-mnli"          # null: the embedding model
 # db_availability_type       = "ZONAL"                    # cheaper, no standby
-# bigquery_location          = "EU"
+# bigquery_location          = "EU"                     # default: the region
 TFVARS
 fi
 echo "wrote ${deploy_dir}/deploy.env and ${tfvars} (edit the latter, then run 01-bootstrap.sh)"

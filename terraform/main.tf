@@ -44,6 +44,8 @@ locals {
   aiplatform_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
   iap_service_agent        = "serviceAccount:service-${local.project_number}@gcp-sa-iap.iam.gserviceaccount.com"
 
+  # BigQuery beside everything else unless bigquery_location says otherwise.
+  bigquery_location = coalesce(var.bigquery_location, var.region)
   bigquery_table_id = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
   registry_url      = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 

@@ -211,8 +211,9 @@ variable "db_user" {
 
 variable "bigquery_location" {
   type        = string
-  description = "Location of the BigQuery dataset; the feature view sync reads it, so keep it near the region (e.g. US, EU, or the region itself)."
-  default     = "US"
+  description = "Location of the BigQuery datasets (source and staging); null is the region itself, where the FeatureView sync reads it. A multi-region (US, EU) must contain the region."
+  default     = null
+  nullable    = true
 }
 
 variable "feature_view_sync_cron" {

@@ -55,6 +55,7 @@ REQUESTS_SUBSCRIPTION = "google_pubsub_subscription.requests"
 DEAD_LETTER_SUBSCRIPTION = "google_pubsub_subscription.dead_letter"
 REQUESTS_TOPIC = "google_pubsub_topic.requests"
 RECORDS_TABLE = "google_bigquery_table.records"
+STAGING_DATASET = "google_bigquery_dataset.staging"
 RUN_WORKER_JOB = "google_cloud_run_v2_job.run_worker"
 LOGS_BUCKET = "google_storage_bucket.dagster_logs"
 VERTEX = "batchinfer_dagster.clients.vertex_feature_store"
@@ -71,12 +72,27 @@ FETCH = (
     Call(f"{VERTEX}:VertexFeatureStore._fetch_one", "fetch_feature_values(",
          "aiplatform.featureViews.fetchFeatureValues", PROJECT),
 )  # fmt: skip
-# FeatureStore.import_records on Vertex AI: a load job, the count query, the sync and its wait.
+# FeatureStore.import_records on Vertex AI: a load job into the import's own staging table (a
+# full import: into the source table), the MERGE into the source table, the staging table
+# dropped, the sync and its wait.
 IMPORT = (
-    Call(f"{VERTEX}:VertexFeatureStore._load", "load_table_from_file(",
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
          "bigquery.jobs.create", PROJECT),
-    Call(f"{VERTEX}:VertexFeatureStore._load", "load_table_from_file(",
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
+         "bigquery.tables.create", STAGING_DATASET),
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
+         "bigquery.tables.updateData", STAGING_DATASET),
+    Call(f"{VERTEX}:VertexFeatureStore._load", "WRITE_TRUNCATE_DATA",
          "bigquery.tables.updateData", RECORDS_TABLE),
+    Call(f"{VERTEX}:VertexFeatureStore._merge", "MERGE", "bigquery.jobs.create", PROJECT),
+    Call(f"{VERTEX}:VertexFeatureStore._merge", "MERGE", "bigquery.tables.getData",
+         STAGING_DATASET),
+    Call(f"{VERTEX}:VertexFeatureStore._merge", "MERGE", "bigquery.tables.getData",
+         RECORDS_TABLE),
+    Call(f"{VERTEX}:VertexFeatureStore._merge", "MERGE", "bigquery.tables.updateData",
+         RECORDS_TABLE),
+    Call(f"{VERTEX}:VertexFeatureStore._load", "delete_table(", "bigquery.tables.delete",
+         STAGING_DATASET),
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "sync_feature_view(",
          "aiplatform.featureViews.sync", PROJECT),
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "get_feature_view_sync(",
@@ -197,7 +213,12 @@ CALLS: dict[str, tuple[Call, ...]] = {
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     "roles/logging.logWriter": {"logging.logEntries.create"},
     "roles/bigquery.jobUser": {"bigquery.jobs.create"},
-    "roles/bigquery.dataEditor": {"bigquery.tables.getData", "bigquery.tables.updateData"},
+    "roles/bigquery.dataEditor": {
+        "bigquery.tables.create",
+        "bigquery.tables.delete",
+        "bigquery.tables.getData",
+        "bigquery.tables.updateData",
+    },
     "roles/bigquery.dataViewer": {"bigquery.tables.getData"},
     "roles/pubsub.subscriber": {"pubsub.subscriptions.consume"},
     "roles/pubsub.publisher": {"pubsub.topics.publish"},
@@ -267,7 +288,7 @@ TARGET = re.compile(r"\$\{(google_[a-z0-9_]+\.[a-z0-9_]+(?:\[\"[a-z_]+\"\])?)[.\
 def target_of(kind: str, body: dict[str, Any]) -> str:
     if kind == "google_project_iam_member":
         return PROJECT
-    for field in ("subscription", "topic", "bucket", "table_id", "repository",
+    for field in ("subscription", "topic", "bucket", "table_id", "dataset_id", "repository",
                   "service_account_id", "name"):  # fmt: skip
         match = TARGET.match(str(body.get(field, "")))
         if match:

@@ -19,6 +19,7 @@ import hcl2
 import pytest
 import yaml
 
+from batchinfer_dagster.clients.vertex_feature_store import STAGING_DATASET_SUFFIX
 from batchinfer_dagster.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -546,3 +547,17 @@ def test_database_connections_are_sized_from_the_pools_they_serve() -> None:
         ]
     }
     assert flags["max_connections"] == "${tostring(local.dagster_limits.db_max_connections)}"
+
+
+def test_the_staging_dataset_is_where_imports_look_in_the_source_tables_location() -> None:
+    staging = resource("google_bigquery_dataset", "staging")
+    features = resource("google_bigquery_dataset", "features")
+    assert staging["dataset_id"] == (
+        "${google_bigquery_dataset.features.dataset_id}" + STAGING_DATASET_SUFFIX
+    )
+    assert staging["location"] == features["location"] == "${local.bigquery_location}"
+    # BigQuery follows the region unless told otherwise (an EU deployment's data stays there).
+    assert local_values()["bigquery_location"] == "${coalesce(var.bigquery_location, var.region)}"
+    assert variables()["bigquery_location"]["default"] is None
+    # What a crashed import leaves behind expires within a day.
+    assert int(staging["default_table_expiration_ms"]) == 24 * 3600 * 1000
