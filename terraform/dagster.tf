@@ -70,12 +70,17 @@ locals {
   #     13 per process: the app's pool (pool_size 5 + max_overflow 5, batchinfer_dagster/db.py)
   #     and Dagster's run, event log and schedule storage (one connection each, NullPool);
   #     processes: 2 per run (run worker + its step process), 2 for the daemon (daemon + code
-  #     server), 2 per webserver instance (at most 2), 1 CLI execution.
+  #     server), 2 per webserver instance (at most 2), 1 CLI execution. Sized for
+  #     model_server_max_instances_limit, not model_server_max_instances: the flag restarts
+  #     Cloud SQL when it changes, and scaling the model server must not.
   dagster_limits = {
     model_server_pool   = var.model_server_max_instances * 2
     max_concurrent_runs = var.model_server_max_instances * 2 + 3
-    db_max_connections  = ((var.model_server_max_instances * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
+    db_max_connections  = ((var.model_server_max_instances_limit * 2 + 3) * 2 + 2 + local.webserver_size.instances * 2 + 1) * 13 + 20
   }
+
+  webserver_size = { instances = 2, cpu = "1", memory = "2Gi" }
+  cli_size       = { instances = 1, cpu = "1", memory = "2Gi" }
 }
 
 resource "google_cloud_run_v2_service" "dagster_webserver" {
@@ -90,7 +95,7 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
 
     scaling {
       min_instance_count = 0
-      max_instance_count = 2
+      max_instance_count = local.webserver_size.instances
     }
 
     vpc_access {
@@ -122,8 +127,8 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
 
       resources {
         limits = {
-          cpu    = "1"
-          memory = "2Gi"
+          cpu    = local.webserver_size.cpu
+          memory = local.webserver_size.memory
         }
       }
 
@@ -402,8 +407,8 @@ resource "google_cloud_run_v2_job" "cli" {
 
         resources {
           limits = {
-            cpu    = "1"
-            memory = "2Gi"
+            cpu    = local.cli_size.cpu
+            memory = local.cli_size.memory
           }
         }
 

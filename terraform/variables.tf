@@ -96,22 +96,45 @@ variable "model_server_cpu" {
   type        = string
   description = "CPU limit of a model-server instance (Cloud Run needs at least 4 with a GPU)."
   default     = "4"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.model_server_cpu))
+    error_message = "model_server_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "model_server_memory" {
   type        = string
   description = "Memory limit of a model-server instance (Cloud Run needs at least 16Gi with a GPU)."
   default     = "16Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.model_server_memory))
+    error_message = "model_server_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "model_server_max_instances" {
   type        = number
-  description = "Most model-server instances (GPUs) at once; the Dagster pool model_server is sized from it (output dagster_pool_limits). Check the project's GPU quota."
-  default     = 3
+  description = "Most model-server instances (GPUs) at once; the Dagster pool model_server is sized from it (output dagster_pool_limits). At most model_server_max_instances_limit. 1 fits the regional Cloud Run quotas of a new project (output cloud_run_quota_needed); check the GPU quota too."
+  default     = 1
 
   validation {
     condition     = var.model_server_max_instances >= 1 && var.model_server_max_instances <= 100 && floor(var.model_server_max_instances) == var.model_server_max_instances
     error_message = "model_server_max_instances must be a whole number from 1 to 100."
+  }
+}
+
+variable "model_server_max_instances_limit" {
+  type        = number
+  description = "The largest model_server_max_instances this deployment is sized for: Cloud SQL's max_connections follows it, not model_server_max_instances, because changing that flag restarts the database. Raise it only with no runs in flight (docs/deploy.md, Scaling)."
+  default     = 4
+
+  validation {
+    condition     = var.model_server_max_instances_limit >= 1 && var.model_server_max_instances_limit <= 100 && floor(var.model_server_max_instances_limit) == var.model_server_max_instances_limit
+    error_message = "model_server_max_instances_limit must be a whole number from 1 to 100."
   }
 }
 
@@ -302,24 +325,48 @@ variable "dagster_daemon_cpu" {
   type        = string
   description = "CPU of the Dagster daemon (sensors, run queue, run monitoring; the runs themselves are Cloud Run job executions)."
   default     = "1"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.dagster_daemon_cpu))
+    error_message = "dagster_daemon_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "dagster_daemon_memory" {
   type        = string
   description = "Memory of the Dagster daemon: it holds the daemon processes and one code server (about 265 MB for this code location)."
   default     = "2Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.dagster_daemon_memory))
+    error_message = "dagster_daemon_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "run_worker_cpu" {
   type        = string
   description = "CPU of one run worker (one Cloud Run job execution per Dagster run)."
   default     = "1"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.run_worker_cpu))
+    error_message = "run_worker_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "run_worker_memory" {
   type        = string
   description = "Memory of one run worker: the code location (about 265 MB) plus one batch of texts, features and predictions in flight."
   default     = "2Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.run_worker_memory))
+    error_message = "run_worker_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "run_max_runtime_seconds" {

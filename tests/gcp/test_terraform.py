@@ -561,3 +561,59 @@ def test_the_staging_dataset_is_where_imports_look_in_the_source_tables_location
     assert variables()["bigquery_location"]["default"] is None
     # What a crashed import leaves behind expires within a day.
     assert int(staging["default_table_expiration_ms"]) == 24 * 3600 * 1000
+
+
+def evaluate_at_defaults(expression: object) -> object:
+    """A local's value at the variables' defaults: `var.x`, `local.a.b` and arithmetic only."""
+    if isinstance(expression, dict):
+        return {key: evaluate_at_defaults(value) for key, value in expression.items()}
+    text = str(expression)
+    if not text.startswith("${"):
+        return text
+    body = text[2:-1]
+    if re.fullmatch(r"local\.\w+", body):
+        return evaluate_at_defaults(local_values()[body.split(".")[1]])
+    defaults = {name: spec.get("default") for name, spec in variables().items()}
+    body = re.sub(r"var\.(\w+)", lambda m: str(defaults[m[1]]), body)
+    body = re.sub(
+        r"local\.(\w+)\.(\w+)",
+        lambda m: str(evaluate_at_defaults(local_values()[m[1]][m[2]])),
+        body,
+    )
+    if re.fullmatch(r"[0-9 +*()]+", body):
+        return eval(body)  # noqa: S307 - digits and + * ( ) only
+    return body
+
+
+# Regional Cloud Run quotas seen on new projects (#22): what the defaults must fit.
+NEW_PROJECT_QUOTA = {"cpu": 20, "memory_gib": 40}
+
+
+def test_the_defaults_fit_a_new_projects_regional_quotas() -> None:
+    sizes = evaluate_at_defaults(local_values()["cloud_run_sizes"])
+    assert isinstance(sizes, dict)
+    cpu = sum(int(size["instances"]) * int(size["cpu"]) for size in sizes.values())
+    memory = sum(
+        int(size["instances"]) * int(size["memory"].removesuffix("Gi")) for size in sizes.values()
+    )
+    assert (cpu, memory) == (13, 34)  # docs/capacity.md and docs/deploy.md quote these
+    assert cpu <= NEW_PROJECT_QUOTA["cpu"]
+    assert memory <= NEW_PROJECT_QUOTA["memory_gib"]
+    assert int(sizes["run_worker"]["instances"]) == 5  # max_concurrent_runs of deploy/dagster.yaml
+    needed = local_values()["cloud_run_quota_needed"]
+    assert needed["l4_gpus"] == "${var.model_server_max_instances}"
+    assert set(sizes) == {"model_server", "webserver", "daemon", "run_worker", "cli"}
+
+
+def test_max_connections_follow_the_limit_not_the_current_size() -> None:
+    """Scaling the model server within its limit must not change a flag that restarts Cloud SQL."""
+    formula = local_values()["dagster_limits"]["db_max_connections"]
+    assert "var.model_server_max_instances_limit" in formula
+    assert "var.model_server_max_instances " not in formula + " "
+    assert evaluate_at_defaults(formula) == ((4 * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
+    precondition = single(
+        resource("google_cloud_run_v2_service", "model_server")["lifecycle"][0], "precondition"
+    )
+    assert precondition["condition"] == (
+        "${var.model_server_max_instances <= var.model_server_max_instances_limit}"
+    )
