@@ -79,6 +79,11 @@ locals {
     db_max_connections  = ((var.model_server_max_instances_limit * 2 + 3) * 2 + 2 + local.webserver_size.instances * 2 + 1) * 13 + 20
   }
 
+  # Every Dagster container first waits for the database (Direct VPC egress may have no
+  # connectivity for a minute after an instance starts; batchinfer_dagster/wait_for_database.py),
+  # then becomes its args: the launcher and deploy/run.sh override only the args.
+  wait_for_database = ["python", "-m", "batchinfer_dagster.wait_for_database", "--timeout", tostring(var.database_wait_seconds), "--"]
+
   webserver_size = { instances = 2, cpu = "1", memory = "2Gi" }
   cli_size       = { instances = 1, cpu = "1", memory = "2Gi" }
 }
@@ -118,8 +123,10 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
     }
 
     containers {
-      image = var.dagster_image
-      # The image's default command is the webserver on port 3000.
+      image   = var.dagster_image
+      command = local.wait_for_database
+      # The image's default command: the webserver on port 3000.
+      args = ["dagster-webserver", "--host", "0.0.0.0", "--port", "3000", "--workspace", "/opt/dagster/dagster_home/workspace.yaml"]
 
       ports {
         container_port = 3000
@@ -158,9 +165,10 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
         }
       }
 
-      # 5 s x 24 = 120 s, within Cloud Run's 240 s for a startup probe.
+      # 10 s x 24 = 240 s, Cloud Run's most for a startup probe: the database wait and the
+      # code location's load.
       startup_probe {
-        period_seconds    = 5
+        period_seconds    = 10
         failure_threshold = 24
         http_get {
           path = "/server_info"
@@ -212,8 +220,8 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
 
     containers {
       image   = var.dagster_image
-      command = ["dagster-daemon"]
-      args    = ["run", "-w", "/opt/dagster/dagster_home/workspace.yaml"]
+      command = local.wait_for_database
+      args    = ["dagster-daemon", "run", "-w", "/opt/dagster/dagster_home/workspace.yaml"]
 
       resources {
         limits = {
@@ -305,8 +313,9 @@ resource "google_cloud_run_v2_job" "run_worker" {
       }
 
       containers {
-        image = var.dagster_image
-        args  = ["dagster", "api", "execute_run"]
+        image   = var.dagster_image
+        command = local.wait_for_database
+        args    = ["dagster", "api", "execute_run"]
 
         resources {
           limits = {
@@ -367,8 +376,9 @@ resource "google_cloud_run_v2_job_iam_member" "daemon_runs_workers" {
   member   = local.members[each.value[0]]
 }
 
-# `gcloud run jobs execute <job> --args=batchinfer,db,upgrade --wait`: the container has no
-# command, so --args is the whole command line, `batchinfer ...` or `dagster ...` alike.
+# `gcloud run jobs execute <job> --args=batchinfer,db,upgrade --wait`: the container's command
+# only waits for the database, so --args is the whole command line, `batchinfer ...` or
+# `dagster ...` alike.
 resource "google_cloud_run_v2_job" "cli" {
   name                = local.cloud_run_names.cli
   location            = var.region
@@ -402,8 +412,9 @@ resource "google_cloud_run_v2_job" "cli" {
       }
 
       containers {
-        image = var.dagster_image
-        args  = ["batchinfer", "status"]
+        image   = var.dagster_image
+        command = local.wait_for_database
+        args    = ["batchinfer", "status"]
 
         resources {
           limits = {

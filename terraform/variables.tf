@@ -381,6 +381,17 @@ variable "run_max_runtime_seconds" {
   }
 }
 
+variable "database_wait_seconds" {
+  type        = number
+  description = "How long each Dagster container waits at start for the database to answer before it gives up (Direct VPC egress may have no connectivity for over a minute after an instance starts; Cloud Run, Direct VPC egress limitations)."
+  default     = 180
+
+  validation {
+    condition     = var.database_wait_seconds >= 0 && var.database_wait_seconds <= 3600
+    error_message = "database_wait_seconds must be 0-3600."
+  }
+}
+
 variable "compute_log_retention_days" {
   type        = number
   description = "Days Dagster run logs are kept in their bucket."

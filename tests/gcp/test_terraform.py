@@ -443,23 +443,32 @@ def test_webserver_probe_fits_cloud_runs_limit() -> None:
 
 
 def test_cli_job_runs_any_command() -> None:
-    """No fixed command: `--args=dagster,instance,migrate` is as runnable as batchinfer."""
+    """The command only waits: `--args=dagster,instance,migrate` is as runnable as batchinfer."""
     container = single(cloud_run_workloads()["cli"], "containers")
-    assert "command" not in container
+    assert container["command"] == "${local.wait_for_database}"
     assert container["args"][0] == "batchinfer"
 
 
-def test_run_worker_job_bounds_each_run() -> None:
-    job = cloud_run_workloads()["run_worker"]
-    assert job["timeout"] == "${var.run_max_runtime_seconds}s"
-    assert job["max_retries"] == 0  # Dagster's run retries decide, not Cloud Run
-    grants = {
-        tuple(value)
-        for value in resource("google_cloud_run_v2_job_iam_member", "daemon_runs_workers")[
-            "for_each"
-        ].values()
-    }
-    assert ("daemon", "roles/run.jobsExecutorWithOverrides") in grants
+def test_every_dagster_container_waits_for_the_database_first() -> None:
+    """Direct VPC egress may have no connectivity for a minute at start: each Dagster
+    container's command is the bounded wait, and what it runs is its args (the only part the
+    run launcher and deploy/run.sh override)."""
+    wait = local_values()["wait_for_database"]
+    assert wait[:3] == ["python", "-m", "batchinfer_dagster.wait_for_database"]
+    assert wait[-1] == "--"
+    assert "${tostring(var.database_wait_seconds)}" in wait
+    assert variables()["database_wait_seconds"]["default"] >= 180
+    for name, workload in cloud_run_workloads().items():
+        if name == "model_server":
+            continue
+        container = single(workload, "containers")
+        assert container["command"] == "${local.wait_for_database}", name
+        assert container["args"], name
+    # The webserver's args are the image's own default command.
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert cmd
+    assert single(cloud_run_workloads()["webserver"], "containers")["args"] == json.loads(cmd[1])
 
 
 ALLOWED_PROJECT_ROLES = {
