@@ -56,7 +56,7 @@ resource "google_storage_bucket_iam_member" "dagster_logs" {
 }
 
 locals {
-  dagster_plain_env = merge(local.batchinfer_env, local.dagster_pg_env)
+  dagster_plain_env = merge(local.batchinfer_env, local.batchinfer_tuning_env, local.dagster_pg_env)
 
   # dagster.yaml's limits by formula (tests/gcp/test_dagster_instance.py checks the file holds
   # these values for the defaults; other sizes: `dagster instance concurrency set` through the
@@ -278,10 +278,20 @@ resource "google_cloud_run_v2_job" "run_worker" {
   location            = var.region
   deletion_protection = false
 
+  # dagster.yaml is in the image and Dagster reads no variable for these: what Terraform sizes
+  # and what the image does must be the same numbers, or plan stops here.
   lifecycle {
     precondition {
       condition     = local.cloud_run_names.run_worker == local.dagster_yaml_run_worker_job
       error_message = "dagster.yaml's run_launcher names the run-worker job ${local.dagster_yaml_run_worker_job}, but this deployment's is ${local.cloud_run_names.run_worker}: set job_name_by_code_location.batchinfer_dagster in dagster.yaml to it and rebuild the Dagster image."
+    }
+    precondition {
+      condition     = var.run_max_runtime_seconds == local.dagster_yaml.run_launcher.config.run_timeout && var.run_max_runtime_seconds == local.dagster_yaml.run_monitoring.max_runtime_seconds
+      error_message = "run_max_runtime_seconds is ${var.run_max_runtime_seconds}, but dagster.yaml's run_launcher.config.run_timeout and run_monitoring.max_runtime_seconds are ${local.dagster_yaml.run_launcher.config.run_timeout} and ${local.dagster_yaml.run_monitoring.max_runtime_seconds}: set both to it and rebuild the Dagster image."
+    }
+    precondition {
+      condition     = local.dagster_limits.max_concurrent_runs == local.dagster_yaml.concurrency.runs.max_concurrent_runs
+      error_message = "model_server_max_instances ${var.model_server_max_instances} needs max_concurrent_runs ${local.dagster_limits.max_concurrent_runs} (output dagster_pool_limits), but dagster.yaml's concurrency.runs.max_concurrent_runs is ${local.dagster_yaml.concurrency.runs.max_concurrent_runs}: set it and rebuild the Dagster image (docs/deploy.md, Scaling)."
     }
   }
 

@@ -79,6 +79,11 @@ locals {
     BATCHINFER_MODEL_AUTH = var.model_url == null ? "google-id-token" : "none"
     BATCHINFER_LABELS     = join(",", var.labels_to_predict)
   }
+  # Scale knobs, set only when given: left unset, the code's own default applies (one
+  # declaration of each default: batchinfer_dagster/settings.py).
+  batchinfer_tuning_env = var.sensor_max_pull == null ? {} : {
+    BATCHINFER_MAX_PULL = tostring(var.sensor_max_pull)
+  }
 
   dagster_pg_env = {
     DAGSTER_PG_HOST             = google_sql_database_instance.main.private_ip_address
@@ -92,7 +97,8 @@ locals {
 
   # The image's dagster.yaml names the run-worker job literally (CloudRunRunLauncher takes no
   # environment variable there): the job Terraform creates must be that one.
-  dagster_yaml_run_worker_job = yamldecode(file("${path.module}/../deploy/dagster.yaml")).run_launcher.config.job_name_by_code_location.batchinfer_dagster
+  dagster_yaml                = yamldecode(file("${path.module}/../deploy/dagster.yaml"))
+  dagster_yaml_run_worker_job = local.dagster_yaml.run_launcher.config.job_name_by_code_location.batchinfer_dagster
 
   # Secret environment: variable name -> Secret Manager secret id.
   dagster_secret_env = {

@@ -321,6 +321,18 @@ variable "dagster_ui_domain" {
   nullable    = true
 }
 
+variable "sensor_max_pull" {
+  type        = number
+  description = "BATCHINFER_MAX_PULL: most request messages one sensor tick (every 5 s) takes in; null keeps the code's default (batchinfer_dagster/settings.py). docs/capacity.md sizes it: the busiest hour's requests a second x 5, e.g. 15000 at 100 M requests a day."
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = var.sensor_max_pull == null || try(var.sensor_max_pull >= 1 && floor(var.sensor_max_pull) == var.sensor_max_pull, false)
+    error_message = "sensor_max_pull must be a whole number of at least 1, or null."
+  }
+}
+
 variable "dagster_daemon_cpu" {
   type        = string
   description = "CPU of the Dagster daemon (sensors, run queue, run monitoring; the runs themselves are Cloud Run job executions)."
@@ -371,7 +383,7 @@ variable "run_worker_memory" {
 
 variable "run_max_runtime_seconds" {
   type        = number
-  description = "Longest a Dagster run may take before Cloud Run ends its execution and run monitoring fails it (so its pool slot is freed and run retries start it again)."
+  description = "Longest a Dagster run may take before Cloud Run ends its execution and run monitoring fails it (so its pool slot is freed and run retries start it again). The image's deploy/dagster.yaml holds the same number (run_timeout, max_runtime_seconds; Dagster reads no variable there): plan refuses a value that differs from the image's."
   default     = 3600
 
   # Cloud Run jobs: a task timeout is at most 168 hours.

@@ -626,3 +626,24 @@ def test_max_connections_follow_the_limit_not_the_current_size() -> None:
     assert precondition["condition"] == (
         "${var.model_server_max_instances <= var.model_server_max_instances_limit}"
     )
+
+
+def test_scale_knobs_reach_the_containers_and_the_image_agrees() -> None:
+    """BATCHINFER_MAX_PULL from sensor_max_pull (unset: the code's default), and the numbers
+    the image's dagster.yaml holds (Dagster reads no variable there) checked at plan."""
+    tuning = local_values()["batchinfer_tuning_env"]
+    assert "BATCHINFER_MAX_PULL" in tuning
+    assert "max_pull" in Settings.model_fields
+    assert variables()["sensor_max_pull"]["default"] is None
+    assert "local.batchinfer_tuning_env" in local_values()["dagster_plain_env"]
+    job = resource("google_cloud_run_v2_job", "run_worker")
+    conditions = " ".join(p["condition"] for p in job["lifecycle"][0]["precondition"])
+    assert "local.dagster_yaml.run_launcher.config.run_timeout" in conditions
+    assert "local.dagster_yaml.run_monitoring.max_runtime_seconds" in conditions
+    assert "local.dagster_yaml.concurrency.runs.max_concurrent_runs" in conditions
+    dagster_yaml = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    runtime = variables()["run_max_runtime_seconds"]["default"]
+    assert dagster_yaml["run_launcher"]["config"]["run_timeout"] == runtime
+    assert dagster_yaml["run_monitoring"]["max_runtime_seconds"] == runtime
+    max_runs = evaluate_at_defaults(local_values()["dagster_limits"]["max_concurrent_runs"])
+    assert dagster_yaml["concurrency"]["runs"]["max_concurrent_runs"] == max_runs
