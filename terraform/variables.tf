@@ -314,6 +314,29 @@ variable "dagster_ui_members" {
   }
 }
 
+variable "iap_oauth_client_id" {
+  type        = string
+  description = "Client ID of your own OAuth client (type Web application) for IAP; null uses IAP's Google-managed client, which admits only accounts of the project's organisation. Needed for a project without an organisation (docs/deploy.md, step 8)."
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = var.iap_oauth_client_id == null || can(regex("^[0-9]+-[a-z0-9]+\\.apps\\.googleusercontent\\.com$", var.iap_oauth_client_id))
+    error_message = "iap_oauth_client_id must be an OAuth client ID such as 123456789012-abc123.apps.googleusercontent.com."
+  }
+}
+
+variable "iap_oauth_client_secret" {
+  type        = string
+  description = "Secret Manager secret (its id, in this project) holding the secret of iap_oauth_client_id; read only when iap_oauth_client_id is set."
+  default     = "batchinfer-iap-oauth-client-secret"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,255}$", var.iap_oauth_client_secret))
+    error_message = "iap_oauth_client_secret must be a secret id: 1-255 letters, digits, - or _."
+  }
+}
+
 variable "dagster_ui_domain" {
   type        = string
   description = "Domain name of the Dagster UI's HTTPS load balancer (its Google-managed certificate needs the name to resolve to the load balancer's address, output dagster_ui_ip). null uses <ip>.nip.io, a public wildcard DNS service, which needs no DNS record of yours."

@@ -647,3 +647,17 @@ def test_scale_knobs_reach_the_containers_and_the_image_agrees() -> None:
     assert dagster_yaml["run_monitoring"]["max_runtime_seconds"] == runtime
     max_runs = evaluate_at_defaults(local_values()["dagster_limits"]["max_concurrent_runs"])
     assert dagster_yaml["concurrency"]["runs"]["max_concurrent_runs"] == max_runs
+
+
+def test_iap_takes_a_custom_oauth_client_for_projects_without_an_organisation() -> None:
+    iap = single(resource("google_compute_backend_service", "dagster_ui"), "iap")
+    assert iap["enabled"] is True
+    assert iap["oauth2_client_id"] == "${var.iap_oauth_client_id}"
+    assert (
+        "data.google_secret_manager_secret_version.iap_oauth_client_secret"
+        in (iap["oauth2_client_secret"])
+    )
+    assert variables()["iap_oauth_client_id"]["default"] is None  # Google-managed by default
+    pattern = validation_regex("iap_oauth_client_id")
+    assert pattern.fullmatch("123456789012-abc123def.apps.googleusercontent.com")
+    assert not pattern.fullmatch("abc123def.apps.googleusercontent.com")
