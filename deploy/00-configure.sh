@@ -35,10 +35,12 @@ model_server_image = "${registry}/model-server:${tag}"
 # Often changed (every variable is described in terraform/variables.tf):
 # dagster_ui_members         = ["user:you@example.com"]   # who may open the UI
 # dagster_ui_domain          = "dagster.example.com"      # default: <ip>.nip.io
-# model_server_max_instances = 3                          # GPUs at once
+# model_server_max_instances = 1                          # GPUs at once (at most model_server_max_instances_limit, 4)
 # model_gcs_path             = "bart-large-mnli"          # null: the embedding model
 # db_availability_type       = "ZONAL"                    # cheaper, no standby
-# bigquery_location          = "EU"                     # default: the region
+# bigquery_location          = "EU"                       # default: the region
+# iap_oauth_client_id        = "…apps.googleusercontent.com"  # no organisation: docs/deploy.md, 8
+# sensor_max_pull            = 15000                      # BATCHINFER_MAX_PULL: docs/capacity.md
 TFVARS
 fi
 echo "wrote ${deploy_dir}/deploy.env and ${tfvars} (edit the latter, then run 01-bootstrap.sh)"
