@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.asset_events import FEATURES
-from batchinfer_dagster.clients.feature_store import FeatureStore
+from batchinfer_dagster.clients.feature_store import FeatureStore, FeatureStoreUnavailableError
 from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, RECONCILE_LIMIT, STALE_AFTER
@@ -70,6 +70,8 @@ class TickOutcome:
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
     queue_dead_letters: int = 0
     dead_letter_error: str | None = None
+    # A failed look-up of the requests waiting for features (they wait on; the tick goes on).
+    feature_lookup_error: str | None = None
     # A failed ack-deadline extension: the tick's messages may be redelivered (not lost).
     lease_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
@@ -90,7 +92,9 @@ class TickOutcome:
             f"waited out {self.waited_out}, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
-        problems = [p for p in (self.dead_letter_error, self.lease_error) if p]
+        problems = [
+            p for p in (self.dead_letter_error, self.feature_lookup_error, self.lease_error) if p
+        ]
         return "; ".join([summary, *problems])
 
 
@@ -222,15 +226,22 @@ def process_tick(
         queue_dead = 0
         dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
     requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
-    rechecked = ledger.recheck_waiting(
-        engine,
-        lambda record_ids: feature_store.fetch(record_ids).keys(),
-        now=clock(),
-        feature_wait=policy.feature_wait(),
-        batch_size=policy.batch_size,
-        limit=policy.max_pull,
-        wake=features_changed,
-    )
+    try:
+        rechecked = ledger.recheck_waiting(
+            engine,
+            lambda record_ids: feature_store.fetch(record_ids).keys(),
+            now=clock(),
+            feature_wait=policy.feature_wait(),
+            batch_size=policy.batch_size,
+            limit=policy.max_pull,
+            wake=features_changed,
+        )
+        feature_lookup_error = None
+    except FeatureStoreUnavailableError as exc:
+        # The waiting requests stay as they were (looked up again next tick); reconcile and the
+        # run requests of this tick do not depend on the feature store.
+        rechecked = ledger.RecheckOutcome()
+        feature_lookup_error = f"looking up the requests waiting for features failed: {exc}"
     rebatched = rechecked.batch_keys
     if rebatched or requested:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
@@ -264,6 +275,7 @@ def process_tick(
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,
         dead_letter_error=dead_letter_error,
+        feature_lookup_error=feature_lookup_error,
         lease_error=extender.error,
         rebatched=rebatched,
         still_waiting=rechecked.still_waiting,
@@ -301,7 +313,7 @@ def prediction_requests_sensor(
             features_changed=newest_import is not None and newest_import != context.cursor,
             lease_seconds=request_queue.ack_deadline_seconds,
         )
-    for problem in (outcome.dead_letter_error, outcome.lease_error):
+    for problem in (outcome.dead_letter_error, outcome.feature_lookup_error, outcome.lease_error):
         if problem:
             context.log.warning(problem)
     context.log.info(outcome.summary())

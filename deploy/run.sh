@@ -29,7 +29,12 @@ if [ -z "${execution}" ]; then
 fi
 
 filter="resource.type=\"cloud_run_job\" AND resource.labels.job_name=\"${job}\" AND labels.\"run.googleapis.com/execution_name\"=\"${execution}\""
-logs() { gcloud logging read "${filter}" --order=asc --limit=1000 --format='value(textPayload)'; }
+# The CLI's answers are JSON lines, which Cloud Logging keeps as jsonPayload; other output as
+# textPayload: log_payloads.py prints either, one line per entry.
+logs() {
+  gcloud logging read "${filter}" --order=asc --limit=1000 --format=json \
+    | python3 "${DEPLOY_DIR}/log_payloads.py"
+}
 # Logs reach Cloud Logging a few seconds after the execution ends: poll for them.
 have_logs() { [ -n "$(logs)" ]; }
 poll 120 5 have_logs || true

@@ -56,7 +56,8 @@ resource "google_sql_database_instance" "main" {
 
     # Connection, lock and schema-change logging for audits and incident analysis; other
     # statements are not logged (they carry the records' text).
-    # Sized from the number of model replicas (terraform/dagster.tf, local.dagster_limits).
+    # Sized for the most model replicas this deployment allows, model_server_max_instances_limit
+    # (terraform/dagster.tf, local.dagster_limits): changing this flag restarts the instance.
     database_flags {
       name  = "max_connections"
       value = tostring(local.dagster_limits.db_max_connections)

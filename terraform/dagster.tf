@@ -56,7 +56,7 @@ resource "google_storage_bucket_iam_member" "dagster_logs" {
 }
 
 locals {
-  dagster_plain_env = merge(local.batchinfer_env, local.dagster_pg_env)
+  dagster_plain_env = merge(local.batchinfer_env, local.batchinfer_tuning_env, local.dagster_pg_env)
 
   # dagster.yaml's limits by formula (tests/gcp/test_dagster_instance.py checks the file holds
   # these values for the defaults; other sizes: `dagster instance concurrency set` through the
@@ -70,12 +70,22 @@ locals {
   #     13 per process: the app's pool (pool_size 5 + max_overflow 5, batchinfer_dagster/db.py)
   #     and Dagster's run, event log and schedule storage (one connection each, NullPool);
   #     processes: 2 per run (run worker + its step process), 2 for the daemon (daemon + code
-  #     server), 2 per webserver instance (at most 2), 1 CLI execution.
+  #     server), 2 per webserver instance (at most 2), 1 CLI execution. Sized for
+  #     model_server_max_instances_limit, not model_server_max_instances: the flag restarts
+  #     Cloud SQL when it changes, and scaling the model server must not.
   dagster_limits = {
     model_server_pool   = var.model_server_max_instances * 2
     max_concurrent_runs = var.model_server_max_instances * 2 + 3
-    db_max_connections  = ((var.model_server_max_instances * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
+    db_max_connections  = ((var.model_server_max_instances_limit * 2 + 3) * 2 + 2 + local.webserver_size.instances * 2 + 1) * 13 + 20
   }
+
+  # Every Dagster container first waits for the database (Direct VPC egress may have no
+  # connectivity for a minute after an instance starts; batchinfer_dagster/wait_for_database.py),
+  # then becomes its args: the launcher and deploy/run.sh override only the args.
+  wait_for_database = ["python", "-m", "batchinfer_dagster.wait_for_database", "--timeout", tostring(var.database_wait_seconds), "--"]
+
+  webserver_size = { instances = 2, cpu = "1", memory = "2Gi" }
+  cli_size       = { instances = 1, cpu = "1", memory = "2Gi" }
 }
 
 resource "google_cloud_run_v2_service" "dagster_webserver" {
@@ -90,7 +100,7 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
 
     scaling {
       min_instance_count = 0
-      max_instance_count = 2
+      max_instance_count = local.webserver_size.instances
     }
 
     vpc_access {
@@ -113,8 +123,10 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
     }
 
     containers {
-      image = var.dagster_image
-      # The image's default command is the webserver on port 3000.
+      image   = var.dagster_image
+      command = local.wait_for_database
+      # The image's default command: the webserver on port 3000.
+      args = ["dagster-webserver", "--host", "0.0.0.0", "--port", "3000", "--workspace", "/opt/dagster/dagster_home/workspace.yaml"]
 
       ports {
         container_port = 3000
@@ -122,8 +134,8 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
 
       resources {
         limits = {
-          cpu    = "1"
-          memory = "2Gi"
+          cpu    = local.webserver_size.cpu
+          memory = local.webserver_size.memory
         }
       }
 
@@ -153,9 +165,10 @@ resource "google_cloud_run_v2_service" "dagster_webserver" {
         }
       }
 
-      # 5 s x 24 = 120 s, within Cloud Run's 240 s for a startup probe.
+      # 10 s x 24 = 240 s, Cloud Run's most for a startup probe: the database wait and the
+      # code location's load.
       startup_probe {
-        period_seconds    = 5
+        period_seconds    = 10
         failure_threshold = 24
         http_get {
           path = "/server_info"
@@ -207,8 +220,8 @@ resource "google_cloud_run_v2_worker_pool" "dagster_daemon" {
 
     containers {
       image   = var.dagster_image
-      command = ["dagster-daemon"]
-      args    = ["run", "-w", "/opt/dagster/dagster_home/workspace.yaml"]
+      command = local.wait_for_database
+      args    = ["dagster-daemon", "run", "-w", "/opt/dagster/dagster_home/workspace.yaml"]
 
       resources {
         limits = {
@@ -265,10 +278,20 @@ resource "google_cloud_run_v2_job" "run_worker" {
   location            = var.region
   deletion_protection = false
 
+  # dagster.yaml is in the image and Dagster reads no variable for these: what Terraform sizes
+  # and what the image does must be the same numbers, or plan stops here.
   lifecycle {
     precondition {
       condition     = local.cloud_run_names.run_worker == local.dagster_yaml_run_worker_job
       error_message = "dagster.yaml's run_launcher names the run-worker job ${local.dagster_yaml_run_worker_job}, but this deployment's is ${local.cloud_run_names.run_worker}: set job_name_by_code_location.batchinfer_dagster in dagster.yaml to it and rebuild the Dagster image."
+    }
+    precondition {
+      condition     = var.run_max_runtime_seconds == local.dagster_yaml.run_launcher.config.run_timeout && var.run_max_runtime_seconds == local.dagster_yaml.run_monitoring.max_runtime_seconds
+      error_message = "run_max_runtime_seconds is ${var.run_max_runtime_seconds}, but dagster.yaml's run_launcher.config.run_timeout and run_monitoring.max_runtime_seconds are ${local.dagster_yaml.run_launcher.config.run_timeout} and ${local.dagster_yaml.run_monitoring.max_runtime_seconds}: set both to it and rebuild the Dagster image."
+    }
+    precondition {
+      condition     = local.dagster_limits.max_concurrent_runs == local.dagster_yaml.concurrency.runs.max_concurrent_runs
+      error_message = "model_server_max_instances ${var.model_server_max_instances} needs max_concurrent_runs ${local.dagster_limits.max_concurrent_runs} (output dagster_pool_limits), but dagster.yaml's concurrency.runs.max_concurrent_runs is ${local.dagster_yaml.concurrency.runs.max_concurrent_runs}: set it and rebuild the Dagster image (docs/deploy.md, Scaling)."
     }
   }
 
@@ -300,8 +323,9 @@ resource "google_cloud_run_v2_job" "run_worker" {
       }
 
       containers {
-        image = var.dagster_image
-        args  = ["dagster", "api", "execute_run"]
+        image   = var.dagster_image
+        command = local.wait_for_database
+        args    = ["dagster", "api", "execute_run"]
 
         resources {
           limits = {
@@ -362,8 +386,9 @@ resource "google_cloud_run_v2_job_iam_member" "daemon_runs_workers" {
   member   = local.members[each.value[0]]
 }
 
-# `gcloud run jobs execute <job> --args=batchinfer,db,upgrade --wait`: the container has no
-# command, so --args is the whole command line, `batchinfer ...` or `dagster ...` alike.
+# `gcloud run jobs execute <job> --args=batchinfer,db,upgrade --wait`: the container's command
+# only waits for the database, so --args is the whole command line, `batchinfer ...` or
+# `dagster ...` alike.
 resource "google_cloud_run_v2_job" "cli" {
   name                = local.cloud_run_names.cli
   location            = var.region
@@ -397,13 +422,14 @@ resource "google_cloud_run_v2_job" "cli" {
       }
 
       containers {
-        image = var.dagster_image
-        args  = ["batchinfer", "status"]
+        image   = var.dagster_image
+        command = local.wait_for_database
+        args    = ["batchinfer", "status"]
 
         resources {
           limits = {
-            cpu    = "1"
-            memory = "2Gi"
+            cpu    = local.cli_size.cpu
+            memory = local.cli_size.memory
           }
         }
 

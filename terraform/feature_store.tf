@@ -34,4 +34,4 @@ resource "google_vertex_ai_feature_online_store_featureview" "records" {
   depends_on = [google_bigquery_table_iam_member.vertex_viewer]
 }
 
-# Who may fetch and sync: the custom role feature_store_user in iam.tf.
+# Who may fetch and sync: the custom roles feature_store_reader and _syncer in iam.tf.

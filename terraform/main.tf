@@ -44,6 +44,8 @@ locals {
   aiplatform_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
   iap_service_agent        = "serviceAccount:service-${local.project_number}@gcp-sa-iap.iam.gserviceaccount.com"
 
+  # BigQuery beside everything else unless bigquery_location says otherwise.
+  bigquery_location = coalesce(var.bigquery_location, var.region)
   bigquery_table_id = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
   registry_url      = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 
@@ -77,6 +79,11 @@ locals {
     BATCHINFER_MODEL_AUTH = var.model_url == null ? "google-id-token" : "none"
     BATCHINFER_LABELS     = join(",", var.labels_to_predict)
   }
+  # Scale knobs, set only when given: left unset, the code's own default applies (one
+  # declaration of each default: batchinfer_dagster/settings.py).
+  batchinfer_tuning_env = var.sensor_max_pull == null ? {} : {
+    BATCHINFER_MAX_PULL = tostring(var.sensor_max_pull)
+  }
 
   dagster_pg_env = {
     DAGSTER_PG_HOST             = google_sql_database_instance.main.private_ip_address
@@ -90,7 +97,8 @@ locals {
 
   # The image's dagster.yaml names the run-worker job literally (CloudRunRunLauncher takes no
   # environment variable there): the job Terraform creates must be that one.
-  dagster_yaml_run_worker_job = yamldecode(file("${path.module}/../deploy/dagster.yaml")).run_launcher.config.job_name_by_code_location.batchinfer_dagster
+  dagster_yaml                = yamldecode(file("${path.module}/../deploy/dagster.yaml"))
+  dagster_yaml_run_worker_job = local.dagster_yaml.run_launcher.config.job_name_by_code_location.batchinfer_dagster
 
   # Secret environment: variable name -> Secret Manager secret id.
   dagster_secret_env = {

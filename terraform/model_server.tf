@@ -48,6 +48,13 @@ resource "google_cloud_run_v2_service" "model_server" {
   ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
   deletion_protection = false
 
+  lifecycle {
+    precondition {
+      condition     = var.model_server_max_instances <= var.model_server_max_instances_limit
+      error_message = "model_server_max_instances (${var.model_server_max_instances}) is above model_server_max_instances_limit (${var.model_server_max_instances_limit}), which Cloud SQL's max_connections is sized for: raise the limit too, with no runs in flight (changing it restarts Cloud SQL; docs/deploy.md, Scaling)."
+    }
+  }
+
   template {
     service_account                  = google_service_account.workload["model_server"].email
     max_instance_request_concurrency = var.model_server_concurrency

@@ -1,6 +1,6 @@
 output "batchinfer_env" {
   description = "Every BATCHINFER_* value of this deployment (the database URL without its password: the full URL is in the secret database_url_secret_id)."
-  value = merge(local.batchinfer_env, {
+  value = merge(local.batchinfer_env, local.batchinfer_tuning_env, {
     BATCHINFER_DATABASE_URL = "postgresql+psycopg://${google_sql_user.app.name}@${google_sql_database_instance.main.private_ip_address}:5432/${google_sql_database.app.name}?${local.database_url_options}"
   })
 }

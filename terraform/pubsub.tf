@@ -67,8 +67,10 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   member       = local.pubsub_service_agent
 }
 
-# The daemon's sensor pulls, acks and extends the deadline of requests; the CLI publishes
-# (`batchinfer publish`) and reads dead letters (`batchinfer dead-letters`).
+# The daemon's sensor pulls, acks and extends the deadline of requests, and reads back what
+# Pub/Sub dead-lettered (sensors.read_back_dead_letters) into the dead_letters table; the CLI
+# publishes (`batchinfer publish`, `predict`, `dead-letters replay`) and reads dead letters
+# from that table, not from the subscription.
 resource "google_pubsub_topic_iam_member" "cli_publisher" {
   topic  = google_pubsub_topic.requests.id
   role   = "roles/pubsub.publisher"
@@ -81,8 +83,8 @@ resource "google_pubsub_subscription_iam_member" "daemon_subscriber" {
   member       = local.members.daemon
 }
 
-resource "google_pubsub_subscription_iam_member" "cli_dead_letter_subscriber" {
+resource "google_pubsub_subscription_iam_member" "daemon_dead_letter_subscriber" {
   subscription = google_pubsub_subscription.dead_letter.id
   role         = "roles/pubsub.subscriber"
-  member       = local.members.cli
+  member       = local.members.daemon
 }

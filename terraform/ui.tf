@@ -1,7 +1,18 @@
 # The Dagster UI through a global external Application Load Balancer with Identity-Aware Proxy:
 # a browser signs in with its Google account and IAP lets through only dagster_ui_members. The
 # webserver's ingress accepts load-balancer traffic only, and only IAP's service agent may
-# invoke it. IAP uses a Google-managed OAuth client (no OAuth consent screen to configure).
+# invoke it. By default IAP uses a Google-managed OAuth client, which admits only accounts of the
+# project's organisation ("Customize an OAuth configuration to enable IAP"); a project without
+# an organisation (a personal account) sets iap_oauth_client_id and keeps the client's secret in
+# Secret Manager (iap_oauth_client_secret): docs/deploy.md, step 8, creates both.
+
+# The custom client's secret, read by the deployer's Terraform (it lands in the remote state,
+# like the database password); no workload reads it.
+data "google_secret_manager_secret_version" "iap_oauth_client_secret" {
+  count = var.iap_oauth_client_id == null ? 0 : 1
+
+  secret = var.iap_oauth_client_secret
+}
 
 resource "google_compute_global_address" "dagster_ui" {
   name = "${local.name}-dagster-ui"
@@ -49,7 +60,9 @@ resource "google_compute_backend_service" "dagster_ui" {
   }
 
   iap {
-    enabled = true
+    enabled              = true
+    oauth2_client_id     = var.iap_oauth_client_id
+    oauth2_client_secret = one(data.google_secret_manager_secret_version.iap_oauth_client_secret[*].secret_data)
   }
 
   log_config {

@@ -96,22 +96,45 @@ variable "model_server_cpu" {
   type        = string
   description = "CPU limit of a model-server instance (Cloud Run needs at least 4 with a GPU)."
   default     = "4"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.model_server_cpu))
+    error_message = "model_server_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "model_server_memory" {
   type        = string
   description = "Memory limit of a model-server instance (Cloud Run needs at least 16Gi with a GPU)."
   default     = "16Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.model_server_memory))
+    error_message = "model_server_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "model_server_max_instances" {
   type        = number
-  description = "Most model-server instances (GPUs) at once; the Dagster pool model_server is sized from it (output dagster_pool_limits). Check the project's GPU quota."
-  default     = 3
+  description = "Most model-server instances (GPUs) at once; the Dagster pool model_server is sized from it (output dagster_pool_limits). At most model_server_max_instances_limit. 1 fits the regional Cloud Run quotas of a new project (output cloud_run_quota_needed); check the GPU quota too."
+  default     = 1
 
   validation {
     condition     = var.model_server_max_instances >= 1 && var.model_server_max_instances <= 100 && floor(var.model_server_max_instances) == var.model_server_max_instances
     error_message = "model_server_max_instances must be a whole number from 1 to 100."
+  }
+}
+
+variable "model_server_max_instances_limit" {
+  type        = number
+  description = "The largest model_server_max_instances this deployment is sized for: Cloud SQL's max_connections follows it, not model_server_max_instances, because changing that flag restarts the database. Raise it only with no runs in flight (docs/deploy.md, Scaling)."
+  default     = 4
+
+  validation {
+    condition     = var.model_server_max_instances_limit >= 1 && var.model_server_max_instances_limit <= 100 && floor(var.model_server_max_instances_limit) == var.model_server_max_instances_limit
+    error_message = "model_server_max_instances_limit must be a whole number from 1 to 100."
   }
 }
 
@@ -211,8 +234,9 @@ variable "db_user" {
 
 variable "bigquery_location" {
   type        = string
-  description = "Location of the BigQuery dataset; the feature view sync reads it, so keep it near the region (e.g. US, EU, or the region itself)."
-  default     = "US"
+  description = "Location of the BigQuery datasets (source and staging); null is the region itself, where the FeatureView sync reads it. A multi-region (US, EU) must contain the region."
+  default     = null
+  nullable    = true
 }
 
 variable "feature_view_sync_cron" {
@@ -290,6 +314,29 @@ variable "dagster_ui_members" {
   }
 }
 
+variable "iap_oauth_client_id" {
+  type        = string
+  description = "Client ID of your own OAuth client (type Web application) for IAP; null uses IAP's Google-managed client, which admits only accounts of the project's organisation. Needed for a project without an organisation (docs/deploy.md, step 8)."
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = var.iap_oauth_client_id == null || can(regex("^[0-9]+-[a-z0-9]+\\.apps\\.googleusercontent\\.com$", var.iap_oauth_client_id))
+    error_message = "iap_oauth_client_id must be an OAuth client ID such as 123456789012-abc123.apps.googleusercontent.com."
+  }
+}
+
+variable "iap_oauth_client_secret" {
+  type        = string
+  description = "Secret Manager secret (its id, in this project) holding the secret of iap_oauth_client_id; read only when iap_oauth_client_id is set."
+  default     = "batchinfer-iap-oauth-client-secret"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,255}$", var.iap_oauth_client_secret))
+    error_message = "iap_oauth_client_secret must be a secret id: 1-255 letters, digits, - or _."
+  }
+}
+
 variable "dagster_ui_domain" {
   type        = string
   description = "Domain name of the Dagster UI's HTTPS load balancer (its Google-managed certificate needs the name to resolve to the load balancer's address, output dagster_ui_ip). null uses <ip>.nip.io, a public wildcard DNS service, which needs no DNS record of yours."
@@ -297,39 +344,86 @@ variable "dagster_ui_domain" {
   nullable    = true
 }
 
+variable "sensor_max_pull" {
+  type        = number
+  description = "BATCHINFER_MAX_PULL: most request messages one sensor tick (every 5 s) takes in; null keeps the code's default (batchinfer_dagster/settings.py). docs/capacity.md sizes it: the busiest hour's requests a second x 5, e.g. 15000 at 100 M requests a day."
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = var.sensor_max_pull == null || try(var.sensor_max_pull >= 1 && floor(var.sensor_max_pull) == var.sensor_max_pull, false)
+    error_message = "sensor_max_pull must be a whole number of at least 1, or null."
+  }
+}
+
 variable "dagster_daemon_cpu" {
   type        = string
   description = "CPU of the Dagster daemon (sensors, run queue, run monitoring; the runs themselves are Cloud Run job executions)."
   default     = "1"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.dagster_daemon_cpu))
+    error_message = "dagster_daemon_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "dagster_daemon_memory" {
   type        = string
   description = "Memory of the Dagster daemon: it holds the daemon processes and one code server (about 265 MB for this code location)."
   default     = "2Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.dagster_daemon_memory))
+    error_message = "dagster_daemon_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "run_worker_cpu" {
   type        = string
   description = "CPU of one run worker (one Cloud Run job execution per Dagster run)."
   default     = "1"
+
+  # Whole vCPUs: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.run_worker_cpu))
+    error_message = "run_worker_cpu must be a whole number of vCPUs such as \"1\"."
+  }
 }
 
 variable "run_worker_memory" {
   type        = string
   description = "Memory of one run worker: the code location (about 265 MB) plus one batch of texts, features and predictions in flight."
   default     = "2Gi"
+
+  # Whole GiB: the quota output (quota.tf) adds them up.
+  validation {
+    condition     = can(regex("^[1-9][0-9]*Gi$", var.run_worker_memory))
+    error_message = "run_worker_memory must be whole GiB such as \"2Gi\"."
+  }
 }
 
 variable "run_max_runtime_seconds" {
   type        = number
-  description = "Longest a Dagster run may take before Cloud Run ends its execution and run monitoring fails it (so its pool slot is freed and run retries start it again)."
+  description = "Longest a Dagster run may take before Cloud Run ends its execution and run monitoring fails it (so its pool slot is freed and run retries start it again). The image's deploy/dagster.yaml holds the same number (run_timeout, max_runtime_seconds; Dagster reads no variable there): plan refuses a value that differs from the image's."
   default     = 3600
 
   # Cloud Run jobs: a task timeout is at most 168 hours.
   validation {
     condition     = var.run_max_runtime_seconds >= 60 && var.run_max_runtime_seconds <= 604800
     error_message = "run_max_runtime_seconds must be 60-604800 (Cloud Run's task timeout limit is 168 hours)."
+  }
+}
+
+variable "database_wait_seconds" {
+  type        = number
+  description = "How long each Dagster container waits at start for the database to answer before it gives up (Direct VPC egress may have no connectivity for over a minute after an instance starts; Cloud Run, Direct VPC egress limitations)."
+  default     = 180
+
+  validation {
+    condition     = var.database_wait_seconds >= 0 && var.database_wait_seconds <= 3600
+    error_message = "database_wait_seconds must be 0-3600."
   }
 }
 

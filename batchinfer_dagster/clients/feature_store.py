@@ -22,6 +22,11 @@ from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.feature_import import ImportWindow
 
 
+class FeatureStoreUnavailableError(RuntimeError):
+    """The feature store could not be asked (a denied or failed call), as opposed to a record
+    it does not have; the message names the store and what to check."""
+
+
 @dataclass(frozen=True)
 class ImportResult:
     """What an import did, shown as asset metadata and by ``batchinfer import-data``."""

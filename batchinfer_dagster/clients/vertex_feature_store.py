@@ -1,19 +1,24 @@
 """The Vertex AI Feature Store backend: a BigQuery source table and an online-store FeatureView.
 
-An import *appends* the records changed since its watermark (``feature_import.py``) to the
-BigQuery source table in one load job (``WRITE_APPEND``), each row stamped with the record's
-``updated_at`` as its ``feature_timestamp``. Vertex AI Feature Store serves only the latest
-feature values of each entity id by that timestamp ("Prepare data source", Vertex AI Feature
-Store documentation), so an appended change supersedes the older row, and a row appended twice
-(an import retried after a failed sync) is the same value twice. An append rather than a
-``MERGE``: load jobs cost no query bytes or DML quota, and a MERGE would scan the whole table on
-every import, which is the cost this import exists to avoid. A full import
-(``import-data --full``) replaces the table's rows with a snapshot (``WRITE_TRUNCATE_DATA``: the
-rows are replaced, the table's schema, which Terraform owns with its column descriptions, is
-kept; ``WRITE_TRUNCATE`` would replace the schema with the load's), which also drops the
-superseded rows. Then the FeatureView is synced and the import waits for that sync, because a
-record is only fetchable online once its sync has finished; an import with nothing new neither
-loads nor syncs.
+The source table holds **one row per record**: Vertex AI Feature Store reads a BigQuery table
+source as "each row holds the latest values of a unique ID; multiple occurrences of the same
+entity ID in different rows are not supported" ("Prepare data source", Vertex AI Feature Store
+documentation). An incremental import therefore loads the records changed since its watermark
+(``feature_import.py``) into a staging table of its own (a load job: no query bytes) and merges
+it into the source table with one ``MERGE``: a changed record's row is updated in place, a new
+one inserted, and a row older than the one stored (an import retried after a later one) changes
+nothing. The staging table is the import's alone (a unique name in the staging dataset
+``<dataset>_staging``, which Terraform creates with a one-day default table expiration), so
+two imports at once cannot overwrite each other's rows, and it is deleted after the merge (a
+crashed import's table expires). The source table stays as large as the record count; the
+MERGE reads it once per import (BigQuery bills the bytes it scans: the source table's size).
+
+A full import (``import-data --full``) replaces the table's rows with a snapshot
+(``WRITE_TRUNCATE_DATA``: the rows are replaced, the table's schema, which Terraform owns with
+its column descriptions, is kept; ``WRITE_TRUNCATE`` would replace the schema with the load's);
+the snapshot has one row per record already. Then the FeatureView is synced and the import waits
+for that sync, because a record is only fetchable online once its sync has finished; an import
+with nothing new neither loads nor syncs.
 
 Fetching tells a missing FeatureView from a missing record: FetchFeatureValues answers NOT_FOUND
 for both, so the view is looked up once before the first fetch, and a NOT_FOUND after that means
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +58,12 @@ from google.cloud.aiplatform_v1.services.feature_online_store_service.transports
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, feature_import
-from batchinfer_dagster.clients.feature_store import FeatureStore, ImportResult, window_details
+from batchinfer_dagster.clients.feature_store import (
+    FeatureStore,
+    FeatureStoreUnavailableError,
+    ImportResult,
+    window_details,
+)
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 from batchinfer_dagster.feature_import import ImportWindow
 
@@ -66,6 +77,9 @@ SOURCE_SCHEMA = (
 # concurrency, bounded to stay inside the per-project QPS quota.
 MAX_FETCH_CONCURRENCY = 16
 SYNC_POLL_SECONDS = 10.0
+# The dataset of the imports' staging tables: the source table's dataset with this suffix
+# (terraform/bigquery.tf creates it beside the source table's, in the same location).
+STAGING_DATASET_SUFFIX = "_staging"
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,7 @@ class VertexFeatureView:
     sync_timeout_seconds: float
 
 
-class VertexFeatureStoreError(RuntimeError):
+class VertexFeatureStoreError(FeatureStoreUnavailableError):
     """A Vertex AI or BigQuery call failed; the message names the resource and what to check."""
 
 
@@ -108,7 +122,13 @@ def serving_endpoint(admin: FeatureOnlineStoreAdminServiceClient, store_name: st
     once the store has finished provisioning (after its first sync); a Bigtable store serves
     from the regional endpoint.
     """
-    store = admin.get_feature_online_store(name=store_name)
+    try:
+        store = admin.get_feature_online_store(name=store_name)
+    except gexc.GoogleAPICallError as exc:
+        raise VertexFeatureStoreError(
+            f"looking up online store {store_name} failed: {exc}; check that this service "
+            "account holds aiplatform.featureOnlineStores.get (terraform/iam.tf)"
+        ) from exc
     if "optimized" not in store:
         region = store_name.split("/")[3]
         return f"{region}-aiplatform.googleapis.com"
@@ -249,27 +269,68 @@ class VertexFeatureStore(FeatureStore):
         return rows
 
     def _load(self, spool: IO[bytes], *, full: bool) -> None:
+        """The spooled rows into the source table: replaced by a full import, else merged."""
+        if full:
+            self._load_file(spool, self.table, bigquery.WriteDisposition.WRITE_TRUNCATE_DATA)
+            return
+        staging = self.staging_table()
+        self._load_file(spool, staging, bigquery.WriteDisposition.WRITE_EMPTY)
+        try:
+            self._merge(staging)
+        finally:
+            self.bigquery.delete_table(staging, not_found_ok=True)
+
+    def staging_table(self) -> bigquery.TableReference:
+        """A table no other import uses, in the staging dataset beside the source table's."""
+        dataset = bigquery.DatasetReference(
+            self.table.project, self.table.dataset_id + STAGING_DATASET_SUFFIX
+        )
+        return dataset.table(f"{self.table.table_id}_{uuid.uuid4().hex}")
+
+    def _load_file(
+        self, spool: IO[bytes], table: bigquery.TableReference, disposition: str
+    ) -> None:
         size = spool.tell()
         spool.seek(0)
         config = bigquery.LoadJobConfig(
             schema=list(SOURCE_SCHEMA),
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-            write_disposition=(
-                bigquery.WriteDisposition.WRITE_TRUNCATE_DATA
-                if full
-                else bigquery.WriteDisposition.WRITE_APPEND
-            ),
+            write_disposition=disposition,
         )
         try:
-            job = self.bigquery.load_table_from_file(
-                spool, self.table, job_config=config, size=size
-            )
+            job = self.bigquery.load_table_from_file(spool, table, job_config=config, size=size)
             job.result(timeout=self.view.sync_timeout_seconds)
         except gexc.GoogleAPICallError as exc:
             raise VertexFeatureStoreError(
-                f"loading {size} bytes into BigQuery table {self.table} failed: {exc}. Check "
-                "that the table exists with columns entity_id, text, feature_timestamp "
-                "(Terraform creates it) and that this service account may write to it."
+                f"loading {size} bytes into BigQuery table {table} failed: {exc}. Check "
+                "that the source table exists with columns entity_id, text, feature_timestamp "
+                "and the staging dataset beside it (Terraform creates both) and that this "
+                "service account may write to them."
+            ) from exc
+
+    def _merge(self, staging: bigquery.TableReference) -> None:
+        """Staged rows into the source table: one row per entity id, the newest kept.
+
+        The staged rows come from ``data_points``, one per record; the QUALIFY keeps the source
+        to one row per id should a staging table ever hold two. A staged row replaces the
+        stored one unless it is older (an import retried after a later one).
+        """
+        query = (
+            f"MERGE `{self.table}` AS target USING ("
+            f"SELECT entity_id, text, feature_timestamp FROM `{staging}` "
+            "QUALIFY ROW_NUMBER() OVER "
+            "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1"
+            ") AS source ON target.entity_id = source.entity_id "
+            "WHEN MATCHED AND source.feature_timestamp >= target.feature_timestamp THEN "
+            "UPDATE SET text = source.text, feature_timestamp = source.feature_timestamp "
+            "WHEN NOT MATCHED THEN INSERT (entity_id, text, feature_timestamp) "
+            "VALUES (source.entity_id, source.text, source.feature_timestamp)"
+        )
+        try:
+            self.bigquery.query_and_wait(query, wait_timeout=self.view.sync_timeout_seconds)
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"merging staging table {staging} into BigQuery table {self.table} failed: {exc}"
             ) from exc
 
     def _sync_and_wait(self) -> FeatureViewSync:

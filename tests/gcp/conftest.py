@@ -12,6 +12,7 @@ from google.cloud import bigquery
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.clients.vertex_feature_store import SOURCE_SCHEMA
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of
 from tests.gcp.fakes import (
@@ -46,8 +47,10 @@ def _vertex_service(
 
 @pytest.fixture
 def fake_bigquery(_bigquery_service: tuple[FakeBigQuery, str]) -> FakeBigQuery:
+    """The fake, empty but for the source table, which Terraform creates before any import."""
     fake, _ = _bigquery_service
     fake.reset()
+    fake.create_table(TABLE, [field.to_api_repr() for field in SOURCE_SCHEMA])
     return fake
 
 

@@ -231,15 +231,19 @@ def vertex_server(fake: FakeVertex) -> Iterator[str]:
 class FakeBigQuery:
     """BigQuery tables by ``project.dataset.table``; rows are dicts of JSON values.
 
-    Load write dispositions as BigQuery applies them: WRITE_APPEND adds rows, WRITE_TRUNCATE
-    replaces the rows and the table's schema with the load's, WRITE_TRUNCATE_DATA replaces the
-    rows and keeps the existing table's schema (descriptions included).
+    Load write dispositions as BigQuery applies them: WRITE_APPEND adds rows, WRITE_EMPTY adds
+    rows to an empty or new table and fails on one with rows, WRITE_TRUNCATE replaces the rows
+    and the table's schema with the load's, WRITE_TRUNCATE_DATA replaces the rows and keeps the
+    existing table's schema (descriptions included).
     """
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     schemas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     load_dispositions: list[str] = field(default_factory=list)
+    # Every query's text, and every table deleted, in order.
+    queries: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -248,6 +252,8 @@ class FakeBigQuery:
             self.schemas.clear()
             self.jobs.clear()
             self.load_dispositions.clear()
+            self.queries.clear()
+            self.deleted.clear()
 
     def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
         """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
@@ -277,12 +283,17 @@ class FakeBigQuery:
             "status": {"state": "DONE"},
             "statistics": {"load": {"outputRows": str(len(rows))}},
         }
-        if bad:
-            error = {"reason": "invalid", "message": f"row {bad[0]} does not match {names}"}
+        disposition = load.get("writeDisposition", "WRITE_APPEND")
+        with self.lock:
+            not_empty = disposition == "WRITE_EMPTY" and bool(self.tables.get(table))
+        if bad or not_empty:
+            message = (
+                f"row {bad[0]} does not match {names}" if bad else f"table {table} is not empty"
+            )
+            error = {"reason": "invalid", "message": message}
             done["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
         else:
             with self.lock:
-                disposition = load.get("writeDisposition", "WRITE_APPEND")
                 self.load_dispositions.append(disposition)
                 if disposition == "WRITE_TRUNCATE" or table not in self.schemas:
                     self.schemas[table] = load["schema"]["fields"]
@@ -305,16 +316,71 @@ class FakeBigQuery:
                 latest[row["entity_id"]] = row
         return list(latest.values())
 
+    def delete(self, project: str, dataset: str, table: str) -> bool:
+        """Drop a table; False if there was none (BigQuery answers 404)."""
+        key = f"{project}.{dataset}.{table}"
+        with self.lock:
+            self.schemas.pop(key, None)
+            self.deleted.append(key)
+            return self.tables.pop(key, None) is not None
+
+    def merge(self, target: str, source: str) -> int:
+        """The store's MERGE: the newest staged row per entity id, unless the target's is newer.
+
+        Returns the rows inserted or updated (BigQuery's numDmlAffectedRows).
+        """
+        staged = self.latest(source)
+        with self.lock:
+            rows = self.tables.setdefault(target, [])
+            by_id = {row["entity_id"]: index for index, row in enumerate(rows)}
+            affected = 0
+            for row in staged:
+                index = by_id.get(row["entity_id"])
+                if index is None:
+                    rows.append(dict(row))
+                    affected += 1
+                elif _instant(row["feature_timestamp"]) >= _instant(
+                    rows[index]["feature_timestamp"]
+                ):
+                    rows[index] = dict(row)
+                    affected += 1
+            return affected
+
     def query(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Answers the two queries the store sends, and only those.
+        """Answers the three queries the store sends, and only those.
 
         ``SELECT entity_id, text FROM `t` QUALIFY <latest per entity_id> ORDER BY … LIMIT
-        @limit`` and ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t```.
+        @limit``, ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t``` and the import's
+        ``MERGE `t` AS target USING (SELECT … FROM `staging` QUALIFY <latest per entity_id>)
+        … WHEN MATCHED AND <newer> THEN UPDATE … WHEN NOT MATCHED THEN INSERT …``.
         """
+        self.queries.append(body["query"])
+        reference = {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"}
+        merge = re.fullmatch(
+            r"MERGE `([^`]+)` AS target USING \(SELECT entity_id, text, feature_timestamp "
+            r"FROM `([^`]+)` QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY entity_id ORDER BY "
+            r"feature_timestamp DESC\) = 1\) AS source ON target.entity_id = source.entity_id "
+            r"WHEN MATCHED AND source.feature_timestamp >= target.feature_timestamp THEN "
+            r"UPDATE SET text = source.text, feature_timestamp = source.feature_timestamp "
+            r"WHEN NOT MATCHED THEN INSERT \(entity_id, text, feature_timestamp\) "
+            r"VALUES \(source.entity_id, source.text, source.feature_timestamp\)",
+            body["query"],
+        )
+        if merge:
+            with self.lock:
+                missing = [t for t in merge.groups() if t not in self.tables]
+            if missing:
+                return {"error": {"code": 404, "message": f"Not found: Table {missing[0]}"}}
+            affected = self.merge(*merge.groups())
+            return {
+                "kind": "bigquery#queryResponse",
+                "jobReference": reference,
+                "jobComplete": True,
+                "numDmlAffectedRows": str(affected),
+            }
         match = re.search(r"FROM `([^`]+)`", body["query"])
         if match is None:
             raise ValueError(f"the fake cannot run {body['query']!r}")
-        reference = {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"}
         if "COUNT(DISTINCT entity_id) AS records" in body["query"]:
             with self.lock:
                 if match[1] not in self.tables:
@@ -407,6 +473,14 @@ class BigQueryHandler(BaseHTTPRequestHandler):
         elif match := QUERY_PATH.match(path):
             answer = self.fake.query(match[1], json.loads(self._body()))
             self._send(answer["error"]["code"] if "error" in answer else 200, answer)
+        else:
+            self._not_found()
+
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlparse(self.path).path
+        if (match := TABLE_PATH.match(path)) and self.fake.delete(*match.groups()):
+            self.send_response(204)
+            self.end_headers()
         else:
             self._not_found()
 

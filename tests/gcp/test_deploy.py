@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -205,3 +206,41 @@ def test_cloud_build_pushes_the_images_terraform_runs() -> None:
     configure = (DEPLOY / "00-configure.sh").read_text()
     assert 'dagster_image      = "${registry}/dagster:${tag}"' in configure
     assert 'model_server_image = "${registry}/model-server:${tag}"' in configure
+
+
+# Cloud Build, "Cloud Build locations": where new, low-usage projects may build.
+NEW_PROJECT_BUILD_REGIONS = {
+    "us-central1",
+    "us-west2",
+    "europe-west1",
+    "asia-east1",
+    "australia-southeast1",
+    "southamerica-east1",
+}
+
+
+def test_images_are_built_in_a_build_region_not_the_deployment_region() -> None:
+    configure = (DEPLOY / "00-configure.sh").read_text()
+    default = re.search(r'build_region="\$\{4:-([a-z0-9-]+)\}"', configure)
+    assert default
+    assert default[1] in NEW_PROJECT_BUILD_REGIONS
+    build = (DEPLOY / "03-build-images.sh").read_text()
+    assert '--region="${BUILD_REGION}"' in build
+    assert '--region="${REGION}"' not in build
+
+
+@pytest.mark.parametrize(
+    ("arguments", "build_region"),
+    [((), "us-central1"), (("v2", "europe-west1"), "europe-west1")],
+)
+def test_configure_writes_the_build_region(
+    tmp_path: Path, arguments: tuple[str, ...], build_region: str
+) -> None:
+    shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns("deploy.env"))
+    (tmp_path / "terraform").mkdir()
+    script = tmp_path / "deploy" / "00-configure.sh"
+    subprocess.run([str(script), "p-123456", "europe-west4", *arguments], check=True)
+    written = dict(
+        line.split("=", 1) for line in (tmp_path / "deploy" / "deploy.env").read_text().split()
+    )
+    assert (written["REGION"], written["BUILD_REGION"]) == ("europe-west4", build_region)

@@ -19,6 +19,7 @@ import hcl2
 import pytest
 import yaml
 
+from batchinfer_dagster.clients.vertex_feature_store import STAGING_DATASET_SUFFIX
 from batchinfer_dagster.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -442,30 +443,39 @@ def test_webserver_probe_fits_cloud_runs_limit() -> None:
 
 
 def test_cli_job_runs_any_command() -> None:
-    """No fixed command: `--args=dagster,instance,migrate` is as runnable as batchinfer."""
+    """The command only waits: `--args=dagster,instance,migrate` is as runnable as batchinfer."""
     container = single(cloud_run_workloads()["cli"], "containers")
-    assert "command" not in container
+    assert container["command"] == "${local.wait_for_database}"
     assert container["args"][0] == "batchinfer"
 
 
-def test_run_worker_job_bounds_each_run() -> None:
-    job = cloud_run_workloads()["run_worker"]
-    assert job["timeout"] == "${var.run_max_runtime_seconds}s"
-    assert job["max_retries"] == 0  # Dagster's run retries decide, not Cloud Run
-    grants = {
-        tuple(value)
-        for value in resource("google_cloud_run_v2_job_iam_member", "daemon_runs_workers")[
-            "for_each"
-        ].values()
-    }
-    assert ("daemon", "roles/run.jobsExecutorWithOverrides") in grants
+def test_every_dagster_container_waits_for_the_database_first() -> None:
+    """Direct VPC egress may have no connectivity for a minute at start: each Dagster
+    container's command is the bounded wait, and what it runs is its args (the only part the
+    run launcher and deploy/run.sh override)."""
+    wait = local_values()["wait_for_database"]
+    assert wait[:3] == ["python", "-m", "batchinfer_dagster.wait_for_database"]
+    assert wait[-1] == "--"
+    assert "${tostring(var.database_wait_seconds)}" in wait
+    assert variables()["database_wait_seconds"]["default"] >= 180
+    for name, workload in cloud_run_workloads().items():
+        if name == "model_server":
+            continue
+        container = single(workload, "containers")
+        assert container["command"] == "${local.wait_for_database}", name
+        assert container["args"], name
+    # The webserver's args are the image's own default command.
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert cmd
+    assert single(cloud_run_workloads()["webserver"], "containers")["args"] == json.loads(cmd[1])
 
 
 ALLOWED_PROJECT_ROLES = {
     "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
     "roles/bigquery.jobUser",
-    "${google_project_iam_custom_role.feature_store_user.id}",
+    "feature_store_reader",
+    "feature_store_syncer",
 }
 
 
@@ -473,13 +483,12 @@ def test_project_level_roles_are_only_those_with_no_resource_to_hold_them() -> N
     text = all_text()
     for role in ("roles/editor", "roles/owner", "roles/aiplatform.user", "roles/run.admin"):
         assert role not in text, role
-    roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"\]', text)) | set(
-        re.findall(r"(\$\{google_project_iam_custom_role\.\w+\.id\})", text)
-    )
-    iam = (TERRAFORM / "iam.tf").read_text()
-    project_roles = set(re.findall(r'"(roles/[a-zA-Z.]+)"', iam.split("resource ")[1]))
-    assert project_roles <= ALLOWED_PROJECT_ROLES
-    assert roles
+    project_roles = local_values()["project_roles"]
+    granted = {role for roles in project_roles.values() for role in roles}
+    assert granted <= ALLOWED_PROJECT_ROLES
+    assert set(local_values()["feature_store_roles"]) == {
+        role for role in ALLOWED_PROJECT_ROLES if not role.startswith("roles/")
+    }
 
 
 def test_teardown_completes() -> None:
@@ -547,3 +556,108 @@ def test_database_connections_are_sized_from_the_pools_they_serve() -> None:
         ]
     }
     assert flags["max_connections"] == "${tostring(local.dagster_limits.db_max_connections)}"
+
+
+def test_the_staging_dataset_is_where_imports_look_in_the_source_tables_location() -> None:
+    staging = resource("google_bigquery_dataset", "staging")
+    features = resource("google_bigquery_dataset", "features")
+    assert staging["dataset_id"] == (
+        "${google_bigquery_dataset.features.dataset_id}" + STAGING_DATASET_SUFFIX
+    )
+    assert staging["location"] == features["location"] == "${local.bigquery_location}"
+    # BigQuery follows the region unless told otherwise (an EU deployment's data stays there).
+    assert local_values()["bigquery_location"] == "${coalesce(var.bigquery_location, var.region)}"
+    assert variables()["bigquery_location"]["default"] is None
+    # What a crashed import leaves behind expires within a day.
+    assert int(staging["default_table_expiration_ms"]) == 24 * 3600 * 1000
+
+
+def evaluate_at_defaults(expression: object) -> object:
+    """A local's value at the variables' defaults: `var.x`, `local.a.b` and arithmetic only."""
+    if isinstance(expression, dict):
+        return {key: evaluate_at_defaults(value) for key, value in expression.items()}
+    text = str(expression)
+    if not text.startswith("${"):
+        return text
+    body = text[2:-1]
+    if re.fullmatch(r"local\.\w+", body):
+        return evaluate_at_defaults(local_values()[body.split(".")[1]])
+    defaults = {name: spec.get("default") for name, spec in variables().items()}
+    body = re.sub(r"var\.(\w+)", lambda m: str(defaults[m[1]]), body)
+    body = re.sub(
+        r"local\.(\w+)\.(\w+)",
+        lambda m: str(evaluate_at_defaults(local_values()[m[1]][m[2]])),
+        body,
+    )
+    if re.fullmatch(r"[0-9 +*()]+", body):
+        return eval(body)  # noqa: S307 - digits and + * ( ) only
+    return body
+
+
+# Regional Cloud Run quotas seen on new projects (#22): what the defaults must fit.
+NEW_PROJECT_QUOTA = {"cpu": 20, "memory_gib": 40}
+
+
+def test_the_defaults_fit_a_new_projects_regional_quotas() -> None:
+    sizes = evaluate_at_defaults(local_values()["cloud_run_sizes"])
+    assert isinstance(sizes, dict)
+    cpu = sum(int(size["instances"]) * int(size["cpu"]) for size in sizes.values())
+    memory = sum(
+        int(size["instances"]) * int(size["memory"].removesuffix("Gi")) for size in sizes.values()
+    )
+    assert (cpu, memory) == (13, 34)  # docs/capacity.md and docs/deploy.md quote these
+    assert cpu <= NEW_PROJECT_QUOTA["cpu"]
+    assert memory <= NEW_PROJECT_QUOTA["memory_gib"]
+    assert int(sizes["run_worker"]["instances"]) == 5  # max_concurrent_runs of deploy/dagster.yaml
+    needed = local_values()["cloud_run_quota_needed"]
+    assert needed["l4_gpus"] == "${var.model_server_max_instances}"
+    assert set(sizes) == {"model_server", "webserver", "daemon", "run_worker", "cli"}
+
+
+def test_max_connections_follow_the_limit_not_the_current_size() -> None:
+    """Scaling the model server within its limit must not change a flag that restarts Cloud SQL."""
+    formula = local_values()["dagster_limits"]["db_max_connections"]
+    assert "var.model_server_max_instances_limit" in formula
+    assert "var.model_server_max_instances " not in formula + " "
+    assert evaluate_at_defaults(formula) == ((4 * 2 + 3) * 2 + 2 + 2 * 2 + 1) * 13 + 20
+    precondition = single(
+        resource("google_cloud_run_v2_service", "model_server")["lifecycle"][0], "precondition"
+    )
+    assert precondition["condition"] == (
+        "${var.model_server_max_instances <= var.model_server_max_instances_limit}"
+    )
+
+
+def test_scale_knobs_reach_the_containers_and_the_image_agrees() -> None:
+    """BATCHINFER_MAX_PULL from sensor_max_pull (unset: the code's default), and the numbers
+    the image's dagster.yaml holds (Dagster reads no variable there) checked at plan."""
+    tuning = local_values()["batchinfer_tuning_env"]
+    assert "BATCHINFER_MAX_PULL" in tuning
+    assert "max_pull" in Settings.model_fields
+    assert variables()["sensor_max_pull"]["default"] is None
+    assert "local.batchinfer_tuning_env" in local_values()["dagster_plain_env"]
+    job = resource("google_cloud_run_v2_job", "run_worker")
+    conditions = " ".join(p["condition"] for p in job["lifecycle"][0]["precondition"])
+    assert "local.dagster_yaml.run_launcher.config.run_timeout" in conditions
+    assert "local.dagster_yaml.run_monitoring.max_runtime_seconds" in conditions
+    assert "local.dagster_yaml.concurrency.runs.max_concurrent_runs" in conditions
+    dagster_yaml = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    runtime = variables()["run_max_runtime_seconds"]["default"]
+    assert dagster_yaml["run_launcher"]["config"]["run_timeout"] == runtime
+    assert dagster_yaml["run_monitoring"]["max_runtime_seconds"] == runtime
+    max_runs = evaluate_at_defaults(local_values()["dagster_limits"]["max_concurrent_runs"])
+    assert dagster_yaml["concurrency"]["runs"]["max_concurrent_runs"] == max_runs
+
+
+def test_iap_takes_a_custom_oauth_client_for_projects_without_an_organisation() -> None:
+    iap = single(resource("google_compute_backend_service", "dagster_ui"), "iap")
+    assert iap["enabled"] is True
+    assert iap["oauth2_client_id"] == "${var.iap_oauth_client_id}"
+    assert (
+        "data.google_secret_manager_secret_version.iap_oauth_client_secret"
+        in (iap["oauth2_client_secret"])
+    )
+    assert variables()["iap_oauth_client_id"]["default"] is None  # Google-managed by default
+    pattern = validation_regex("iap_oauth_client_id")
+    assert pattern.fullmatch("123456789012-abc123def.apps.googleusercontent.com")
+    assert not pattern.fullmatch("abc123def.apps.googleusercontent.com")

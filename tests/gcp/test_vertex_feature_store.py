@@ -26,10 +26,11 @@ from batchinfer_dagster.clients.vertex_feature_store import (
 from batchinfer_dagster.deployments import resources_for
 from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
-from tests.gcp.conftest import TABLE
+from tests.gcp.conftest import PROJECT, TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+STAGING_DATASET = f"{PROJECT}.batchinfer_staging"
 FAST_RETRY = api_retry.Retry(initial=0.01, maximum=0.02, timeout=0.5)
 
 
@@ -112,7 +113,7 @@ def add_at(engine: Engine, when: datetime, *texts: str) -> None:
         )
 
 
-def test_second_import_appends_only_the_delta_and_the_latest_version_is_served(
+def test_second_import_merges_only_the_delta_and_the_table_keeps_one_row_per_record(
     vertex_settings: Settings,
     engine: Engine,
     bigquery_client: bigquery.Client,
@@ -136,12 +137,17 @@ def test_second_import_appends_only_the_delta_and_the_latest_version_is_served(
 
     assert result.rows_imported == 2
     assert result.total_records == 3
-    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_APPEND"]
+    # Each import loads its own staging table (empty, new), merges it, and drops it.
+    assert fake_bigquery.load_dispositions == ["WRITE_EMPTY", "WRITE_EMPTY"]
+    staging = fake_bigquery.deleted
+    assert len(set(staging)) == 2
+    assert all(name.startswith(f"{STAGING_DATASET}.records_") for name in staging)
+    assert not any(name.startswith(STAGING_DATASET) for name in fake_bigquery.tables)
+    # One row per entity id, as Vertex AI requires of a table source: record 1 was updated.
     rows = fake_bigquery.rows(TABLE)
     assert [(r["entity_id"], r["text"]) for r in rows] == [
-        ("1", "a"),
-        ("2", "b"),
         ("1", "a, changed"),
+        ("2", "b"),
         ("3", "c"),
     ]
     assert len(fake_vertex.syncs) == 2
@@ -167,11 +173,11 @@ def test_import_with_nothing_new_neither_loads_nor_syncs(
     assert result.rows_imported == 0
     assert result.total_records == 2
     assert "feature_view_sync" not in result.details
-    assert fake_bigquery.load_dispositions == ["WRITE_APPEND"]
+    assert fake_bigquery.load_dispositions == ["WRITE_EMPTY"]
     assert len(fake_vertex.syncs) == 1
 
 
-def test_full_import_replaces_the_table_and_drops_superseded_rows(
+def test_full_import_replaces_the_tables_rows_with_a_snapshot(
     vertex_settings: Settings,
     engine: Engine,
     bigquery_client: bigquery.Client,
@@ -190,23 +196,19 @@ def test_full_import_replaces_the_table_and_drops_superseded_rows(
         )
     clock.now = T0 + timedelta(minutes=3)
     store.import_records()
-    assert len(fake_bigquery.rows(TABLE)) == 3
+    assert len(fake_bigquery.rows(TABLE)) == 2
 
     result = store.import_records(full=True)
 
     assert result.rows_imported == 2
-    assert fake_bigquery.load_dispositions == [
-        "WRITE_APPEND",
-        "WRITE_APPEND",
-        "WRITE_TRUNCATE_DATA",
-    ]
+    assert fake_bigquery.load_dispositions == ["WRITE_EMPTY", "WRITE_EMPTY", "WRITE_TRUNCATE_DATA"]
     assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
         ("1", "a"),
         ("2", "b2"),
     ]
 
 
-def test_failed_sync_keeps_the_watermark_and_the_retry_appends_the_same_rows(
+def test_failed_sync_keeps_the_watermark_and_the_retry_merges_the_same_row_once(
     vertex_settings: Settings,
     engine: Engine,
     bigquery_client: bigquery.Client,
@@ -225,11 +227,8 @@ def test_failed_sync_keeps_the_watermark_and_the_retry_appends_the_same_rows(
     result = store.import_records()
 
     assert result.rows_imported == 1
-    # Appended twice, one version: the same entity id with the same feature timestamp.
-    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
-        ("1", "a"),
-        ("1", "a"),
-    ]
+    # Merged twice, stored once.
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [("1", "a")]
     assert store.list_records(10) == ([(1, "a")], 1)
     assert store.fetch([1]) == {1: "a"}
 
@@ -252,7 +251,7 @@ def test_loads_keep_terraforms_schema(
 
     store.import_records(full=True)
 
-    assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_TRUNCATE_DATA"]
+    assert fake_bigquery.load_dispositions == ["WRITE_EMPTY", "WRITE_TRUNCATE_DATA"]
     # The table is Terraform's: a load that replaced its schema (WRITE_TRUNCATE) would drop the
     # descriptions and make the next `terraform plan` want to change the table back.
     assert fake_bigquery.schema(TABLE) == schema
@@ -419,3 +418,57 @@ def test_optimized_store_is_served_from_its_public_endpoint(
         serving_endpoint(admin, name)
     fake_vertex.public_endpoint = "1234.europe-west4-5678.featurestore.vertexai.goog"
     assert serving_endpoint(admin, name) == fake_vertex.public_endpoint
+
+
+def test_an_older_version_never_replaces_a_newer_stored_row(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    """An import that reads an older version (one retried after a later import) merges
+    nothing over the newer row; a version at the same instant is the same value."""
+    fake_bigquery.create_table(TABLE, terraform_table_schema())
+    newer = (T0 + timedelta(minutes=5)).isoformat()
+    fake_bigquery.tables[TABLE].append(
+        {"entity_id": "1", "text": "newer", "feature_timestamp": newer}
+    )
+    add_at(engine, T0, "older", "b")
+    store = make_store(
+        vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0 + timedelta(minutes=1))
+    )
+
+    result = store.import_records()
+
+    assert result.rows_imported == 2
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
+        ("1", "newer"),
+        ("2", "b"),
+    ]
+    [merge] = [query for query in fake_bigquery.queries if query.startswith("MERGE")]
+    assert f"MERGE `{TABLE}` AS target" in merge
+    assert "source.feature_timestamp >= target.feature_timestamp" in merge
+
+
+def test_a_failed_merge_keeps_the_watermark_and_drops_its_staging_table(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    assert fake_bigquery.delete(PROJECT, "batchinfer", "records")
+    add_at(engine, T0, "a")
+    store = make_store(
+        vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0 + timedelta(minutes=1))
+    )
+    with pytest.raises(VertexFeatureStoreError, match=f"into BigQuery table {TABLE} failed"):
+        store.import_records()  # the source table does not exist: BigQuery answers 404
+    assert not fake_vertex.syncs
+    assert len([name for name in fake_bigquery.deleted if name.startswith(STAGING_DATASET)]) == 1
+    assert not any(name.startswith(STAGING_DATASET) for name in fake_bigquery.tables)
+
+    fake_bigquery.create_table(TABLE, terraform_table_schema())
+    assert store.import_records().rows_imported == 1  # the same window again
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [("1", "a")]
