@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 import torch
 
 from model_server.shapes import ShapeLedger
+from model_server.stage_clock import StageClock
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class Backend(abc.ABC):
         self.loaded = False
         self.warming_up = False
         self.shapes = ShapeLedger()
+        # CPU and wall time per stage, and the device's busy time (the app's metrics read it).
+        self.stages = StageClock()
         # Set when the server stops: a warm-up still under way ends between two shapes.
         self.stopping = threading.Event()
 
