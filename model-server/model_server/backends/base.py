@@ -60,10 +60,14 @@ class Backend(abc.ABC):
     """
 
     backend_name: str = "base"
+    # The directory (or Hub name) the weights load from.
+    model_path: str
 
     def __init__(self, model_name: str, device: torch.device) -> None:
         self.model_name = model_name
         self.device = device
+        # sha256 of the model's files (model_digest.py), set by the app at load; None before.
+        self.model_digest: str | None = None
         self.loaded = False
         self.warming_up = False
         self.shapes = ShapeLedger()
@@ -92,11 +96,12 @@ class Backend(abc.ABC):
     def rows(self, instance: Instance) -> int:
         """How many model rows (sequences in a forward pass) one instance costs."""
 
-    def describe(self) -> dict[str, str | bool]:
+    def describe(self) -> dict[str, str | bool | None]:
         """What /health reports about the backend."""
         return {
             "backend": self.backend_name,
             "model": self.model_name,
+            "model_digest": self.model_digest,
             "device": str(self.device),
             "loaded": self.loaded,
         }
