@@ -21,6 +21,8 @@ from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
 from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
+from model_server.model_digest import model_digest
+from model_server.model_source import local_model_directory
 from model_server.predict_request import RequestError, parse_predict_request
 from model_server.settings import ServerSettings
 from model_server.shapes import WarmUpStoppedError
@@ -48,11 +50,17 @@ class ModelService:
         )
         backend.shapes.on_unwarmed = lambda shape: metrics.unwarmed_shapes.inc()
         backend.shapes.on_forward = metrics.observe_forward
+        backend.stages.on_stage = metrics.observe_stage
+        backend.stages.on_device_busy = metrics.device_busy_seconds.inc
 
     def load(self) -> None:
         """Load the model; blocking. A failure is kept for /health to report, and re-raised."""
         started = time.perf_counter()
         try:
+            self.backend.model_digest = model_digest(
+                local_model_directory(self.backend.model_path), self.settings.model_cache_dir
+            )
+            digest_seconds = time.perf_counter() - started
             self.backend.load()
         except WarmUpStoppedError:
             # Told to stop while warming up (Ctrl-C during start-up): a shutdown, not a failure.
@@ -66,14 +74,19 @@ class ModelService:
         shapes = self.backend.shapes
         self.metrics.warmup_shapes.set(shapes.warmup_shapes)
         self.metrics.warmup_seconds.set(shapes.warmup_seconds)
+        self.metrics.cuda_graphs.set(shapes.graphs)
         logger.info(
-            "loaded %s model %s on %s in %.1f s (warm-up: %d shapes in %.1f s)",
+            "loaded %s model %s (%s, digest in %.2f s) on %s in %.1f s "
+            "(warm-up: %d shapes in %.1f s, %d CUDA graphs)",
             self.backend.backend_name,
             self.backend.model_name,
+            self.backend.model_digest,
+            digest_seconds,
             self.backend.device,
             time.perf_counter() - started,
             shapes.warmup_shapes,
             shapes.warmup_seconds,
+            shapes.graphs,
         )
 
     def loading_state(self) -> str:
@@ -192,7 +205,13 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
     except RuntimeError as error:
         return error_response(500, str(error))
     service.metrics.instances.inc(len(instances))
-    return JSONResponse({"predictions": predictions, "model": service.backend.model_name})
+    return JSONResponse(
+        {
+            "predictions": predictions,
+            "model": service.backend.model_name,
+            "model_digest": service.backend.model_digest,
+        }
+    )
 
 
 def serve(settings: ServerSettings) -> None:

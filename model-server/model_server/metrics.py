@@ -85,6 +85,26 @@ class ServerMetrics:
             buckets=TOKEN_BUCKETS,
             registry=self.registry,
         )
+        self.stage_seconds = Counter(
+            "model_server_stage_seconds",
+            "Seconds spent per server stage (tokenize, assemble, forward, postprocess; see "
+            "model_server/stage_clock.py), by clock: cpu (the stage thread's own CPU time) or "
+            "wall. Divided by model_server_instances_total: the cost of each stage per text.",
+            ["stage", "clock"],
+            registry=self.registry,
+        )
+        self.device_busy_seconds = Counter(
+            "model_server_device_busy_seconds",
+            "Seconds the device spent on forward batches (CUDA events on a GPU, the forward "
+            "call's wall clock on CPU); its rate is the device's busy share.",
+            registry=self.registry,
+        )
+        self.cuda_graphs = Gauge(
+            "model_server_cuda_graphs",
+            "CUDA graphs captured at the warm-up (MODEL_CUDA_GRAPHS), one per forward shape; "
+            "shapes without one run eagerly.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "model_server_queue_depth",
             "Instances waiting for a batch.",
@@ -95,6 +115,10 @@ class ServerMetrics:
         self.batch_instances.observe(instances)
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
+
+    def observe_stage(self, stage: str, cpu_seconds: float, wall_seconds: float) -> None:
+        self.stage_seconds.labels(stage, "cpu").inc(cpu_seconds)
+        self.stage_seconds.labels(stage, "wall").inc(wall_seconds)
 
     def observe_forward(self, real_tokens: int, padded_tokens: int) -> None:
         self.forward_tokens.labels("real").inc(real_tokens)

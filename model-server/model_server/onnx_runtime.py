@@ -199,8 +199,8 @@ def onnx_forward(
     )
     names = [node.name for node in session.get_inputs()]
 
-    def forward(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def forward(inputs: dict[str, np.ndarray]) -> torch.Tensor:
         (logits,) = session.run(None, {name: inputs[name] for name in names})
-        return np.asarray(logits, dtype=np.float32)
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
     return forward

@@ -37,11 +37,14 @@ class ServerSettings(BaseSettings):
     model_backend: Literal["embedding", "nli"] = "embedding"
     model_name_or_path: str | None = None
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bfloat16 on a CUDA device that has it, else float16 there; float32 on CPU.
+    # auto: float16 on CUDA (chosen by agreement with fp32: runtime.resolve_dtype), fp32 on CPU.
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     model_fp16: bool = False  # older spelling of MODEL_DTYPE=float16
     model_runtime: Literal["torch", "onnxruntime"] = "torch"
     model_compile: bool = False
+    # CUDA graphs of every warmed shape (runtime.ForwardOptions.cuda_graphs); off until
+    # bench/bench_gpu.py has measured them on a GPU. Nothing changes on CPU.
+    model_cuda_graphs: bool = False
     model_warmup: bool = True
     model_cache_dir: str = "/tmp/model_server_cache"
 
@@ -98,6 +101,7 @@ class ServerSettings(BaseSettings):
             dtype="float16" if self.model_fp16 else self.model_dtype,
             runtime=self.model_runtime,
             compile=self.model_compile,
+            cuda_graphs=self.model_cuda_graphs,
             warm_up=self.model_warmup,
             cache_dir=self.model_cache_dir,
             threads=self.model_torch_threads,

@@ -181,6 +181,8 @@ class ShapeLedger:
         self.is_warm = False
         self.warmup_shapes = 0
         self.warmup_seconds = 0.0
+        # CUDA graphs captured by the warm-up (MODEL_CUDA_GRAPHS), one per shape at most.
+        self.graphs = 0
         self.lock = threading.Lock()
 
     def record(self, shape: Shape, real_tokens: int) -> None:
@@ -217,14 +219,19 @@ def pad_batch(
     batch: ForwardBatch,
     input_names: Sequence[str],
     padding: PaddingTokens,
+    zeros: Callable[[Shape], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """int64 arrays of shape (batch.rows, batch.length) for the rows `batch.indices` names.
+
+    `zeros(shape)` allocates a zeroed int64 array (pinned host memory for a CUDA model,
+    `runtime.host_zeros`); plain numpy by default.
 
     attention_mask is 1 on real tokens; input_ids are padded with the pad id, anything else
     (token_type_ids) with 0, as `tokenizer.pad` does. Rows past the real ones repeat the last
     real row, so they are valid inputs whose outputs the caller drops.
     """
-    arrays = {name: np.zeros(batch.shape, dtype=np.int64) for name in input_names}
+    allocate = zeros or (lambda shape: np.zeros(shape, dtype=np.int64))
+    arrays = {name: allocate(batch.shape) for name in input_names}
     if "input_ids" in arrays:
         arrays["input_ids"].fill(padding.pad_token_id)
     left = padding.padding_side == "left"

@@ -15,7 +15,13 @@ Response (200), one prediction per instance, in instance order; labels sorted by
 as the Hugging Face ``zero-shot-classification`` pipeline returns them::
 
     {"predictions": [{"sequence": "...", "labels": [...], "scores": [...]}, ...],
-     "model": "<model id the server serves>"}
+     "model": "<model id the server serves>",
+     "model_digest": "sha256:<hex>"}
+
+``model_digest`` (added after ``model``; servers before it leave it out, and clients that do
+not read it are unaffected) identifies the weights, configuration and tokenizer the server
+loaded: two checkpoints under one ``model`` name have different digests. ``GET /health``
+reports the same value.
 
 Refusal (4xx)::
 
@@ -42,6 +48,9 @@ DEFAULT_MAX_LABELS = 64
 DEFAULT_MAX_INSTANCES = 1000
 # Bytes of a request body the server accepts by default (MODEL_MAX_BODY_BYTES).
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+# How a model digest starts (``sha256:`` and 64 hex digits).
+MODEL_DIGEST_PREFIX = "sha256:"
 
 # Descriptions of one label: each is a prototype (embedding) or a hypothesis row (NLI).
 MAX_DESCRIPTIONS_PER_LABEL = 16
@@ -231,6 +240,24 @@ def decode_model(body: object) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f'answered without a model id ("model": {model!r})')
     return model
+
+
+def decode_model_digest(body: object) -> str | None:
+    """The ``model_digest`` of a 200 answer; None from a server that does not report one.
+
+    ``ValueError`` when it is there but not a ``sha256:<64 hex digits>`` string.
+    """
+    digest = body.get("model_digest") if isinstance(body, Mapping) else None
+    if digest is None:
+        return None
+    if not (
+        isinstance(digest, str)
+        and digest.startswith(MODEL_DIGEST_PREFIX)
+        and len(digest) == len(MODEL_DIGEST_PREFIX) + 64
+        and all(c in "0123456789abcdef" for c in digest[len(MODEL_DIGEST_PREFIX) :])
+    ):
+        raise ValueError(f"answered a malformed model digest {digest!r:.100}")
+    return digest
 
 
 def decode_instance_errors(body: object) -> list[InstanceError]:

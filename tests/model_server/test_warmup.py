@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from model_server.app import create_app
 from model_server.backends.nli import NliBackend
+from model_server.cuda_graphs import ShapeGraphs
 from model_server.runtime import Forward, ForwardOptions
 from model_server.settings import ServerSettings
 
@@ -93,15 +94,15 @@ class GatedNliBackend(NliBackend):
         self.gate = threading.Event()
         self.in_warm_up = threading.Event()
 
-    def load_forward(self) -> Forward:
-        forward = super().load_forward()
+    def load_forward(self) -> tuple[Forward, ShapeGraphs | None]:
+        forward, graphs = super().load_forward()
 
         def gated(inputs: dict) -> object:
             self.in_warm_up.set()
             self.gate.wait(timeout=60)
             return forward(inputs)
 
-        return gated  # type: ignore[return-value]
+        return gated, graphs  # type: ignore[return-value]
 
 
 def test_health_is_503_warming_up_until_every_shape_ran(bert_nli_dir: Path) -> None:

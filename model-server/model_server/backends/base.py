@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 import torch
 
 from model_server.shapes import ShapeLedger
+from model_server.stage_clock import StageClock
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,19 @@ class Backend(abc.ABC):
     """
 
     backend_name: str = "base"
+    # The directory (or Hub name) the weights load from.
+    model_path: str
 
     def __init__(self, model_name: str, device: torch.device) -> None:
         self.model_name = model_name
         self.device = device
+        # sha256 of the model's files (model_digest.py), set by the app at load; None before.
+        self.model_digest: str | None = None
         self.loaded = False
         self.warming_up = False
         self.shapes = ShapeLedger()
+        # CPU and wall time per stage, and the device's busy time (the app's metrics read it).
+        self.stages = StageClock()
         # Set when the server stops: a warm-up still under way ends between two shapes.
         self.stopping = threading.Event()
 
@@ -89,11 +96,12 @@ class Backend(abc.ABC):
     def rows(self, instance: Instance) -> int:
         """How many model rows (sequences in a forward pass) one instance costs."""
 
-    def describe(self) -> dict[str, str | bool]:
+    def describe(self) -> dict[str, str | bool | None]:
         """What /health reports about the backend."""
         return {
             "backend": self.backend_name,
             "model": self.model_name,
+            "model_digest": self.model_digest,
             "device": str(self.device),
             "loaded": self.loaded,
         }

@@ -30,7 +30,13 @@ from model_server.backends.label_fit import (
     none_of_these_texts,
 )
 from model_server.backends.nli import ranked_prediction
-from model_server.runtime import BucketedForward, ForwardOptions, resolve_dtype, torch_forward
+from model_server.runtime import (
+    BucketedForward,
+    ForwardOptions,
+    compiled,
+    resolve_dtype,
+    torch_forward,
+)
 from model_server.shapes import ForwardBatch, PaddingTokens
 
 MAX_SEQ_LENGTH = 256
@@ -100,12 +106,20 @@ class EmbeddingBackend(Backend):
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.hidden_size = int(model.config.hidden_size)
         self.input_names = list(self.tokenizer.model_input_names)
+        runner = compiled(model, self.options)
+
+        def call(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            return mean_pooled(runner(**tensors), tensors)
+
         self.runner = BucketedForward(
-            forward=torch_forward(model, self.device, self.options, mean_pooled),
+            forward=torch_forward(call, self.device),
             plan=self.options.shape_plan(self.device, MAX_SEQ_LENGTH),
             ledger=self.shapes,
             input_names=self.input_names,
             padding=PaddingTokens(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
+            device=self.device,
+            graphs=self.options.shape_graphs(call, self.device),
+            stages=self.stages,
         )
         if self.options.warm_up:
             self.warming_up = True
@@ -134,15 +148,10 @@ class EmbeddingBackend(Backend):
     def embed(self, count: int, batches: list[tuple[ForwardBatch, dict]]) -> np.ndarray:
         """Unit-length embeddings (count, dim) float32 of the planned, padded batches."""
         runner = self.loaded_runner()
-        vectors: np.ndarray | None = None
-        for batch, inputs in batches:
-            batch_vectors = runner.run(batch, inputs)
-            if vectors is None:
-                vectors = np.empty((count, batch_vectors.shape[1]), dtype=np.float32)
-            vectors[list(batch.indices)] = batch_vectors
-        if vectors is None:
+        if not batches:
             raise ValueError("encode needs at least one text")
-        return vectors
+        parts = [(batch.indices, runner.run(batch, inputs)) for batch, inputs in batches]
+        return runner.gather(count, parts)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings, (len(texts), dim) float32, in length-sorted batches."""
@@ -189,14 +198,23 @@ class EmbeddingBackend(Backend):
 
     def prepare(self, instances: Sequence[Instance]) -> PreparedTexts:
         texts = list(dict.fromkeys(instance.text for instance in instances))
-        batches = self.loaded_runner().batches(self.encodings(texts))
+        with self.stages.stage("tokenize"):
+            encodings = self.encodings(texts)
+        with self.stages.stage("assemble"):
+            batches = self.loaded_runner().batches(encodings)
         return PreparedTexts(list(instances), texts, batches)
 
     def compute(self, prepared: PreparedTexts) -> list[Prediction]:
-        vectors = self.embed(len(prepared.texts), prepared.batches)
-        text_vectors = dict(zip(prepared.texts, vectors, strict=True))
-        predictions = []
-        for instance in prepared.instances:
-            scores = self.label_scores(text_vectors[instance.text], instance)
-            predictions.append(ranked_prediction(instance.text, instance.labels, scores))
+        runner = self.loaded_runner()
+        with self.stages.stage("forward"):
+            parts = [
+                (batch.indices, runner.run(batch, inputs)) for batch, inputs in prepared.batches
+            ]
+        with self.stages.stage("postprocess"):
+            vectors = runner.gather(len(prepared.texts), parts)
+            text_vectors = dict(zip(prepared.texts, vectors, strict=True))
+            predictions = []
+            for instance in prepared.instances:
+                scores = self.label_scores(text_vectors[instance.text], instance)
+                predictions.append(ranked_prediction(instance.text, instance.labels, scores))
         return predictions

@@ -24,12 +24,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
 from model_server.backends.base import Backend, Instance, Prediction
+from model_server.cuda_graphs import ShapeGraphs
 from model_server.first_token_layer import last_layer_for_first_token
 from model_server.model_source import local_model_directory
+from model_server.pair_tokens import PairEncoder, supports_pair_assembly
 from model_server.runtime import (
     BucketedForward,
     Forward,
     ForwardOptions,
+    compiled,
     model_max_length,
     resolve_dtype,
     torch_forward,
@@ -101,6 +104,37 @@ def ranked_prediction(text: str, labels: Sequence[str], scores: np.ndarray) -> P
     }
 
 
+def eos_head_logits(model: Any, eos_token_id: int) -> Any:
+    """BART's classification on device tensors, without reading anything on the host.
+
+    transformers' BartForSequenceClassification (modeling_bart.py, `forward`) checks with
+    `torch.unique_consecutive` that every row holds as many <eos> and selects the last one's
+    decoder state with a boolean mask: both wait for the GPU to finish, once per forward
+    batch. Here the last <eos> of each row is found with an argmax over the reversed mask and
+    gathered by index: the same state, so the same logits bit for bit (the server checks the
+    <eos> counts on the host before the batch runs, `NliBackend.unequal_eos_counts`).
+    """
+
+    def call(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        input_ids = tensors["input_ids"]
+        hidden = model.model(**tensors, use_cache=False)[0]
+        is_eos = input_ids.eq(eos_token_id).to(torch.int8)
+        last = input_ids.shape[1] - 1 - is_eos.flip(1).argmax(1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return model.classification_head(hidden[rows, last.to(hidden.device)])
+
+    return call
+
+
+def has_eos_head(model: Any) -> bool:
+    """Whether the model is a BART-style classifier whose head reads the last <eos> state."""
+    return bool(
+        getattr(model.config, "is_encoder_decoder", False)
+        and hasattr(model, "classification_head")
+        and hasattr(model, "model")
+    )
+
+
 class NliBackend(Backend):
     """Any Hugging Face sequence-classification NLI model (BERT-, RoBERTa-, BART-style...)."""
 
@@ -130,6 +164,8 @@ class NliBackend(Backend):
         self.entail_id = -1
         self.eos_token_id: int | None = None
         self.input_names: list[str] = []
+        # Each text and hypothesis tokenized once (fast tokenizers); None: pair by pair.
+        self.pair_encoder: PairEncoder | None = None
 
     def load(self) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -147,15 +183,21 @@ class NliBackend(Backend):
                 config.label2id,
             )
         self.input_names = list(self.tokenizer.model_input_names)
+        if supports_pair_assembly(self.tokenizer):
+            self.pair_encoder = PairEncoder(self.tokenizer)
         max_length = model_max_length(
             self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)
         )
+        forward, graphs = self.load_forward()
         self.runner = BucketedForward(
-            forward=self.load_forward(),
+            forward=forward,
             plan=self.options.shape_plan(self.device, max_length),
             ledger=self.shapes,
             input_names=self.input_names,
             padding=PaddingTokens(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
+            device=self.device,
+            graphs=graphs,
+            stages=self.stages,
         )
         if self.options.warm_up:
             self.warming_up = True
@@ -165,21 +207,32 @@ class NliBackend(Backend):
             self.shapes.warmed()
         self.loaded = True
 
-    def load_forward(self) -> Forward:
-        """The model behind MODEL_RUNTIME, returning float32 logits (rows, classes)."""
+    def load_forward(self) -> tuple[Forward, ShapeGraphs | None]:
+        """The model behind MODEL_RUNTIME, returning float32 logits (rows, classes), and its
+        CUDA graphs to capture at warm-up (None unless MODEL_CUDA_GRAPHS on CUDA)."""
         if self.options.runtime == "onnxruntime":
             from model_server.onnx_runtime import onnx_forward
 
             row = self.warm_up_row()
             sample = ForwardBatch((0, 0), 2, len(row["input_ids"]))
             inputs = pad_batch([row], sample, self.input_names, PaddingTokens(0))
-            return onnx_forward(local_model_directory(self.model_path), inputs, self.options)
+            forward = onnx_forward(local_model_directory(self.model_path), inputs, self.options)
+            return forward, None
         model = AutoModelForSequenceClassification.from_pretrained(self.model_path)
         model = model.to(device=self.device, dtype=self.dtype).eval()
         last_layer_for_first_token(model)
+        call = self.logits_call(model)
+        return torch_forward(call, self.device), self.options.shape_graphs(call, self.device)
+
+    def logits_call(self, model: Any) -> Any:
+        """Device tensors in, logits out: BART-style heads without host reads, others as is."""
+        if self.eos_token_id is not None and has_eos_head(model):
+            model.model = compiled(model.model, self.options)
+            return eos_head_logits(model, self.eos_token_id)
+        runner = compiled(model, self.options)
         takes_cache = "use_cache" in inspect.signature(model.forward).parameters
         extra = {"use_cache": False} if takes_cache else {}
-        return torch_forward(model, self.device, self.options, lambda out, _: out.logits, extra)
+        return lambda tensors: runner(**tensors, **extra).logits
 
     def warm_up_row(self) -> dict[str, list[int]]:
         """A real pair's tokens, from which the warm-up makes rows of any length."""
@@ -191,37 +244,44 @@ class NliBackend(Backend):
             len(hypotheses) for hypotheses in label_hypotheses(instance, self.default_template)
         )
 
-    def instance_pairs(
-        self, instances: Sequence[Instance]
-    ) -> tuple[list[tuple[str, str]], list[list[list[int]]]]:
-        """The distinct (text, hypothesis) pairs; per instance, per label, its hypotheses' rows."""
-        pair_index: dict[tuple[str, str], int] = {}
-        instance_groups: list[list[list[int]]] = []
+    def instance_pairs(self, instances: Sequence[Instance]) -> PoolPairs:
+        """The pool's distinct texts, hypotheses and (text, hypothesis) pairs, and per
+        instance, per label, its hypotheses' rows."""
+        pool = PoolPairs()
         for instance in instances:
+            text = pool.texts.setdefault(instance.text, len(pool.texts))
             groups = []
             for hypotheses in label_hypotheses(instance, self.default_template):
-                pairs = [(instance.text, hypothesis) for hypothesis in hypotheses]
-                groups.append([pair_index.setdefault(pair, len(pair_index)) for pair in pairs])
-            instance_groups.append(groups)
-        return list(pair_index), instance_groups
+                rows = []
+                for hypothesis in hypotheses:
+                    pair = (text, pool.hypotheses.setdefault(hypothesis, len(pool.hypotheses)))
+                    rows.append(pool.pairs.setdefault(pair, len(pool.pairs)))
+                groups.append(rows)
+            pool.instance_groups.append(groups)
+        return pool
 
     def prepare(self, instances: Sequence[Instance]) -> PreparedPairs:
-        pairs, instance_groups = self.instance_pairs(instances)
-        encodings = self.tokenize(pairs)
+        pool = self.instance_pairs(instances)
+        encodings = self.tokenize(pool)
+        with self.stages.stage("assemble"):
+            batches = self.loaded_runner().batches(encodings)
         return PreparedPairs(
             instances=list(instances),
-            instance_groups=instance_groups,
+            instance_groups=pool.instance_groups,
             encodings=encodings,
-            batches=self.loaded_runner().batches(encodings),
+            batches=batches,
         )
 
     def compute(self, prepared: PreparedPairs) -> list[Prediction]:
-        logits = self.pair_logits(prepared)
-        predictions = []
-        for instance, groups in zip(prepared.instances, prepared.instance_groups, strict=True):
-            label_logits = best_hypothesis_logits(logits, groups, self.entail_id)
-            scores = zero_shot_scores(label_logits, self.entail_id, instance.multi_label)
-            predictions.append(ranked_prediction(instance.text, instance.labels, scores))
+        with self.stages.stage("forward"):
+            parts = self.pair_logit_parts(prepared)
+        with self.stages.stage("postprocess"):
+            logits = self.loaded_runner().gather(len(prepared.encodings), parts)
+            predictions = []
+            for instance, groups in zip(prepared.instances, prepared.instance_groups, strict=True):
+                label_logits = best_hypothesis_logits(logits, groups, self.entail_id)
+                scores = zero_shot_scores(label_logits, self.entail_id, instance.multi_label)
+                predictions.append(ranked_prediction(instance.text, instance.labels, scores))
         return predictions
 
     def loaded_runner(self) -> BucketedForward:
@@ -231,24 +291,27 @@ class NliBackend(Backend):
 
     def pair_logits(self, prepared: PreparedPairs) -> np.ndarray:
         """Logits (pairs, classes) float32 of every pair, one forward per planned batch."""
+        parts = self.pair_logit_parts(prepared)
+        return self.loaded_runner().gather(len(prepared.encodings), parts)
+
+    def pair_logit_parts(self, prepared: PreparedPairs) -> list[tuple[Sequence[int], torch.Tensor]]:
+        """Per forward batch, in the order they ran: its pairs and their logits, on the device
+        (launched, not waited for)."""
         runner = self.loaded_runner()
-        logits: np.ndarray | None = None
+        parts: list[tuple[Sequence[int], torch.Tensor]] = []
         for batch, inputs in prepared.batches:
             # BART-style heads refuse a batch whose rows hold different numbers of <eos>
             # (a text that contains "</s>"); the pipeline runs such a pair alone, so do we.
             if self.unequal_eos_counts(inputs, len(batch.indices)):
                 logger.info("rows with unequal <eos> counts: running %d alone", batch.rows)
-                batch_logits = np.concatenate(
-                    [runner.run(*runner.one(prepared.encodings, i)) for i in batch.indices]
+                parts.extend(
+                    ((i,), runner.run(*runner.one(prepared.encodings, i))) for i in batch.indices
                 )
             else:
-                batch_logits = runner.run(batch, inputs)
-            if logits is None:
-                logits = np.empty((len(prepared.encodings), batch_logits.shape[1]), np.float32)
-            logits[list(batch.indices)] = batch_logits
-        if logits is None:
+                parts.append((batch.indices, runner.run(batch, inputs)))
+        if not parts:
             raise ValueError("pair_logits needs at least one pair")
-        return logits
+        return parts
 
     def unequal_eos_counts(self, inputs: dict[str, np.ndarray], rows: int) -> bool:
         """Whether the first `rows` rows hold different numbers of <eos> (BART-style only)."""
@@ -257,8 +320,20 @@ class NliBackend(Backend):
         counts = (inputs["input_ids"][:rows] == self.eos_token_id).sum(axis=1)
         return bool((counts != counts[0]).any())
 
-    def tokenize(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
-        """Token ids of each pair, exactly as the pipeline tokenizes them one at a time.
+    def tokenize(self, pool: PoolPairs) -> list[dict[str, list[int]]]:
+        """Token ids of each pair of the pool, exactly as the pipeline tokenizes them one at a
+        time: each text and hypothesis once, then joined (`PairEncoder`), with a fast
+        tokenizer; pair by pair otherwise (`tokenize_pairs`)."""
+        if self.pair_encoder is None:
+            with self.stages.stage("tokenize"):
+                return self.tokenize_pairs(pool.pair_texts())
+        with self.stages.stage("tokenize"):
+            texts, hypotheses = self.pair_encoder.sequences(list(pool.texts), list(pool.hypotheses))
+        with self.stages.stage("assemble"):
+            return self.pair_encoder.join_all(texts, hypotheses, list(pool.pairs))
+
+    def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
+        """Token ids of each pair, tokenized whole, as the pipeline does one at a time.
 
         Truncation is only_first so the hypothesis is never cut. The pipeline retries a pair
         without truncation when the tokenizer says the text is "too short" to truncate; a batch
@@ -283,6 +358,22 @@ class NliBackend(Backend):
                 raise
             encoded = self.tokenizer([list(pair)], truncation=False, padding=False)
         return {name: encoded[name][0] for name in names}
+
+
+@dataclass
+class PoolPairs:
+    """A pool's distinct texts, hypotheses and pairs, each mapped to its index (insertion
+    order), and per instance, per label, the rows of its hypotheses' pairs."""
+
+    texts: dict[str, int] = dataclasses.field(default_factory=dict)
+    hypotheses: dict[str, int] = dataclasses.field(default_factory=dict)
+    pairs: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
+    instance_groups: list[list[list[int]]] = dataclasses.field(default_factory=list)
+
+    def pair_texts(self) -> list[tuple[str, str]]:
+        """The pairs as (text, hypothesis) strings, in row order."""
+        texts, hypotheses = list(self.texts), list(self.hypotheses)
+        return [(texts[text], hypotheses[hypothesis]) for text, hypothesis in self.pairs]
 
 
 @dataclass
