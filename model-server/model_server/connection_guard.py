@@ -14,9 +14,12 @@ failed with EMFILE, health checks included). So the server's HTTP protocol is uv
 - a deadline for the headers of each request, counted from when the connection is made or the
   previous response was sent, whatever bytes arrive meanwhile (trickling does not extend it),
   and a bound on the bytes those headers may take; past either, the connection is closed
-  (nginx's ``client_header_timeout`` does the same, without an answer).
+  (nginx's ``client_header_timeout`` does the same, without an answer);
+- a deadline for a response the client does not read: from the moment the response outgrows
+  the transport's buffer (uvicorn then waits, holding the request's task and its slot, until
+  the client reads) to its end; past it the connection is aborted.
 
-The body's deadline is the predict route's (``app.read_body_within``): it can answer 408.
+The request body's deadline is the predict route's (``app.read_body_within``): it answers 408.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ C = TypeVar("C", bound=Droppable)
 @dataclass(frozen=True)
 class EdgeLimits:
     """The settings of the HTTP edge (MODEL_MAX_CONNECTIONS, MODEL_HEADER_TIMEOUT_SECONDS,
-    MODEL_MAX_HEADER_BYTES)."""
+    MODEL_MAX_HEADER_BYTES; a response has MODEL_BODY_TIMEOUT_SECONDS, as a request body)."""
 
     max_connections: int
     header_timeout_seconds: float
     max_header_bytes: int
+    send_timeout_seconds: float
 
 
 class NoSlotError(Exception):
@@ -123,6 +127,7 @@ class GuardedProtocol:
 
     header_deadline: asyncio.TimerHandle | None = None
     header_bytes = 0
+    send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
@@ -152,6 +157,7 @@ class GuardedProtocol:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_header_deadline()
+        self.cancel_send_deadline()
         self.slots.closed(self)
         super().connection_lost(exc)  # type: ignore[misc]
 
@@ -169,7 +175,31 @@ class GuardedProtocol:
                     "(MODEL_MAX_HEADER_BYTES)"
                 )
 
+    def pause_writing(self) -> None:
+        """The response outgrew the transport's buffer: the client must read it in time."""
+        super().pause_writing()  # type: ignore[misc]
+        if self.send_deadline is None:
+            self.send_deadline = self.loop.call_later(
+                self.limits.send_timeout_seconds, self.abort_unread_response
+            )
+
+    def abort_unread_response(self) -> None:
+        logger.info(
+            "aborted a connection whose client did not read its response within %s s "
+            "(MODEL_BODY_TIMEOUT_SECONDS)",
+            self.limits.send_timeout_seconds,
+        )
+        self.send_deadline = None
+        self.slots.closed(self)
+        self.transport.abort()
+
+    def cancel_send_deadline(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+
     def on_response_complete(self) -> None:
+        self.cancel_send_deadline()
         super().on_response_complete()  # type: ignore[misc]
         # A pipelined request may have started a new cycle already.
         if self.cycle.response_complete and not self.transport.is_closing():
@@ -198,7 +228,11 @@ class GuardedProtocol:
         self.slots.closed(self)
         if not self.transport.is_closing():
             logger.info("closed a connection: %s", reason)
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # A response the client has not read: close() would wait for it for good.
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 def guarded_protocol(base: type[asyncio.Protocol], limits: EdgeLimits) -> type[asyncio.Protocol]:

@@ -68,7 +68,8 @@ class ServerSettings(BaseSettings):
     model_header_timeout_seconds: float = Field(10.0, gt=0)
     model_max_header_bytes: int = Field(64 * 1024, ge=1024)
     # From the end of the headers to the end of the body: 408 past it. 60 s for the 10 MiB the
-    # body may hold is a client sending at least 175 KB/s.
+    # body may hold is a client sending at least 175 KB/s. A response the client does not read
+    # has as long, from when it outgrows the transport's buffer; then the connection is aborted.
     model_body_timeout_seconds: float = Field(60.0, gt=0)
 
     model_default_labels: str = ",".join(DEFAULT_LABELS)
@@ -125,6 +126,7 @@ class ServerSettings(BaseSettings):
             max_connections=self.model_max_connections,
             header_timeout_seconds=self.model_header_timeout_seconds,
             max_header_bytes=self.model_max_header_bytes,
+            send_timeout_seconds=self.model_body_timeout_seconds,
         )
 
     @property

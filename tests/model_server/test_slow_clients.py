@@ -8,6 +8,7 @@ bounds below are generous waits, not measurements).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -16,9 +17,18 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from batchinfer_testing.model_server import ModelServer
-from model_server.connection_guard import ConnectionSlots, NoSlotError, ensure_file_limit
+from model_server.connection_guard import (
+    ConnectionSlots,
+    EdgeLimits,
+    NoSlotError,
+    ensure_file_limit,
+    guarded_protocol,
+)
 
 # How long a test waits for the server to close a socket before failing: far past any deadline
 # used here, so that a loaded machine cannot fail the test.
@@ -96,6 +106,99 @@ def test_the_file_limit_must_hold_the_connections(monkeypatch: pytest.MonkeyPatc
     assert raised == [(1025, 4096)]
     with pytest.raises(ValueError, match="MODEL_MAX_CONNECTIONS=3841"):
         ensure_file_limit(3841)  # 4,097 over the hard limit
+
+
+class Transport(asyncio.Transport):
+    """An in-memory transport whose client reads nothing: what it is asked to do is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.aborted = False
+        self.buffered = 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def guarded_h11(limits: EdgeLimits) -> tuple[asyncio.Protocol, Transport]:
+    """A connection of uvicorn's h11 protocol under the guard, on an in-memory transport."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("no request is made")
+
+    config = uvicorn.Config(app, lifespan="off")
+    protocol = guarded_protocol(H11Protocol, limits)(
+        config=config, server_state=ServerState(), app_state={}
+    )
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+LIMITS = EdgeLimits(
+    max_connections=4, header_timeout_seconds=600, max_header_bytes=4096, send_timeout_seconds=0.05
+)
+
+
+def test_a_response_the_client_does_not_read_is_aborted() -> None:
+    async def scenario() -> Transport:
+        protocol, transport = guarded_h11(LIMITS)
+        transport.buffered = 1 << 20  # a response the client reads none of
+        protocol.pause_writing()
+        await asyncio.sleep(0.5)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.aborted
+
+
+def test_a_response_read_in_time_is_not_aborted() -> None:
+    async def scenario() -> Transport:
+        protocol, transport = guarded_h11(LIMITS)
+        protocol.pause_writing()
+        protocol.resume_writing()
+        protocol.cancel_send_deadline()  # what the end of the response does
+        await asyncio.sleep(0.5)
+        return transport
+
+    assert not asyncio.run(scenario()).closing
+
+
+def test_a_dropped_connection_with_an_unread_response_is_aborted_not_closed() -> None:
+    """close() would wait for the client to read what is buffered, and keep the socket."""
+
+    async def scenario() -> tuple[Transport, Transport]:
+        unread_protocol, unread = guarded_h11(LIMITS)
+        unread.buffered = 1000
+        unread_protocol.drop("test")
+        read_protocol, read = guarded_h11(LIMITS)
+        read_protocol.drop("test")
+        return unread, read
+
+    unread, read = asyncio.run(scenario())
+    assert (unread.aborted, read.aborted, read.closing) == (True, False, True)
 
 
 def slow_connection(port: int, first_bytes: bytes = HEADER_START) -> socket.socket:
