@@ -330,7 +330,9 @@ class HttpModelClient(ModelClient):
             raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise TransientModelError(f"model server {self.url} unreachable: {exc!r}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
+        # 408: the server's body deadline passed (MODEL_BODY_TIMEOUT_SECONDS), the same body
+        # may well arrive in time on the next try; 429: overloaded.
+        if response.status_code >= 500 or response.status_code in (408, 429):
             raise TransientModelError(
                 f"model server {self.url} answered {response.status_code}: {response.text[:300]}"
             )

@@ -16,9 +16,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.connection_guard import ensure_file_limit, guarded_protocol
 from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
 from model_server.model_digest import model_digest
@@ -132,6 +135,26 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_body_within(request: Request, settings: ServerSettings) -> bytes:
+    """The body, received within MODEL_BODY_TIMEOUT_SECONDS of the end of the headers.
+
+    The deadline is for the whole body, not between reads: a client trickling a byte at a time
+    would otherwise hold its connection and its task for as long as it likes. 408 past it; 400
+    when the client closes the connection first.
+    """
+    try:
+        async with asyncio.timeout(settings.model_body_timeout_seconds):
+            return await read_body(request, settings.model_max_body_bytes)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the body did not arrive within {settings.model_body_timeout_seconds} s "
+            "(MODEL_BODY_TIMEOUT_SECONDS)",
+        ) from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client closed the connection before the body ended") from None
+
+
 def create_app(
     settings: ServerSettings, backend: Backend | None = None, *, load_on_startup: bool = True
 ) -> FastAPI:
@@ -186,15 +209,21 @@ def create_app(
 
 async def answer_predict(request: Request, service: ModelService) -> Response:
     """Validate the whole request first, then hand its instances to the batcher."""
+    if not service.backend.loaded:
+        state = (
+            f"failed to load: {service.load_error}"
+            if service.load_error
+            else service.loading_state()
+        )
+        return error_response(503, f"the model is not ready ({state}); retry after /health is 200")
     try:
-        if not service.backend.loaded:
-            state = (
-                f"failed to load: {service.load_error}"
-                if service.load_error
-                else service.loading_state()
-            )
-            raise RequestError(503, f"the model is not ready ({state}); retry after /health is 200")
-        body = await read_body(request, service.settings.model_max_body_bytes)
+        body = await read_body_within(request, service.settings)
+    except RequestError as error:
+        # The rest of the body may still be on its way: the connection is not reused.
+        return JSONResponse(
+            error.body(), status_code=error.status_code, headers={"connection": "close"}
+        )
+    try:
         instances = parse_predict_request(body, service.settings)
     except RequestError as error:
         return JSONResponse(error.body(), status_code=error.status_code)
@@ -226,10 +255,12 @@ def serve(settings: ServerSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.model_torch_threads)
+    ensure_file_limit(settings.model_max_connections)
     uvicorn.run(
         create_app(settings),
         host=settings.model_host,
         port=settings.aip_http_port,
+        http=guarded_protocol(AutoHTTPProtocol, settings.edge_limits),
         log_level=settings.model_log_level.lower(),
         access_log=False,
     )

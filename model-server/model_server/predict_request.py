@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchinfer_protocol.zero_shot import (
+    MAX_DESCRIPTION_CHARS,
     InstanceError,
     ParameterError,
     check_hypothesis_template,
@@ -80,6 +81,8 @@ class Parameters:
     hypothesis_template: str | None
     # Per candidate label, in the labels' order: its descriptions, () when the request gave none.
     label_descriptions: tuple[tuple[str, ...], ...]
+    # Per candidate label, what the model reads of it; () when no label is cut.
+    label_texts: tuple[str, ...]
 
 
 def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instance]:
@@ -128,6 +131,7 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
             multi_label=parameters.multi_label,
             hypothesis_template=parameters.hypothesis_template,
             label_descriptions=parameters.label_descriptions,
+            label_texts=parameters.label_texts,
         )
         for text in texts
     ]
@@ -168,7 +172,22 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
         multi_label=multi_label,
         hypothesis_template=parse_template(raw.get("hypothesis_template")),
         label_descriptions=parse_label_descriptions(raw.get("label_descriptions"), labels),
+        label_texts=label_texts(labels, settings.model_max_label_chars),
     )
+
+
+def label_texts(labels: tuple[str, ...], max_chars: int) -> tuple[str, ...]:
+    """What the model reads of each label: its first ``max_chars`` characters; () if none is cut.
+
+    A label is cut before any template is formatted with it: the embedding backend formats each
+    label into ten templates and tokenizes them all, the NLI backend pairs it with every text, so
+    64 labels of 150 KB held the model for ~55 s although the model reads at most 256 or 512
+    tokens of each. The answer keeps the whole labels; two labels equal in their first
+    ``max_chars`` characters get equal scores.
+    """
+    if all(len(label) <= max_chars for label in labels):
+        return ()
+    return tuple(label[:max_chars] for label in labels)
 
 
 def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
@@ -191,6 +210,13 @@ def parse_template(raw: Any) -> str | None:
         return None
     if not isinstance(raw, str):
         raise RequestError(422, f"'hypothesis_template' must be a string, got {brief(raw)}")
+    if len(raw) > MAX_DESCRIPTION_CHARS:
+        # Formatted once per label: a template is a hypothesis, bounded like a description.
+        raise RequestError(
+            422,
+            f"'hypothesis_template' has {len(raw)} characters; the limit is "
+            f"{MAX_DESCRIPTION_CHARS}, as for a label description",
+        )
     try:
         return check_hypothesis_template(check_encodable(raw, "the hypothesis template"))
     except (ParameterError, ValueError) as error:

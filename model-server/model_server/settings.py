@@ -18,6 +18,7 @@ from batchinfer_protocol.zero_shot import (
     DEFAULT_MAX_LABELS,
     DEFAULT_MAX_REQUEST_BYTES,
 )
+from model_server.connection_guard import EdgeLimits
 from model_server.runtime import ForwardOptions
 
 
@@ -58,6 +59,21 @@ class ServerSettings(BaseSettings):
     model_max_instances: int = Field(DEFAULT_MAX_INSTANCES, ge=1)
     model_max_body_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
     model_max_labels: int = Field(DEFAULT_MAX_LABELS, ge=1)
+    # What the model reads of a candidate label: its first this many characters, cut before any
+    # template is formatted (a description is bounded at 1,000 by the protocol; a label is a name).
+    model_max_label_chars: int = Field(1000, ge=1)
+
+    # The HTTP edge (model_server/connection_guard.py): what a slow client may hold.
+    # Connections at once; past it the one that waited longest for its headers is closed. Each
+    # takes a file descriptor: the server raises its soft limit to fit (or refuses to start).
+    model_max_connections: int = Field(512, ge=1)
+    # From a connection (or its previous response) to the end of a request's headers.
+    model_header_timeout_seconds: float = Field(10.0, gt=0)
+    model_max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # From the end of the headers to the end of the body: 408 past it. 60 s for the 10 MiB the
+    # body may hold is a client sending at least 175 KB/s. A response the client does not read
+    # has as long, from when it outgrows the transport's buffer; then the connection is aborted.
+    model_body_timeout_seconds: float = Field(60.0, gt=0)
 
     model_default_labels: str = ",".join(DEFAULT_LABELS)
     model_default_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
@@ -105,6 +121,16 @@ class ServerSettings(BaseSettings):
             warm_up=self.model_warmup,
             cache_dir=self.model_cache_dir,
             threads=self.model_torch_threads,
+        )
+
+    @property
+    def edge_limits(self) -> EdgeLimits:
+        """The bounds the HTTP protocol keeps on connections and request headers."""
+        return EdgeLimits(
+            max_connections=self.model_max_connections,
+            header_timeout_seconds=self.model_header_timeout_seconds,
+            max_header_bytes=self.model_max_header_bytes,
+            send_timeout_seconds=self.model_body_timeout_seconds,
         )
 
     @property

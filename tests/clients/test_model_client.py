@@ -72,7 +72,13 @@ def test_two_models_in_one_batch_is_transient() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(500, TransientModelError), (429, TransientModelError), (422, ModelRequestError)],
+    [
+        (500, TransientModelError),
+        (429, TransientModelError),
+        (408, TransientModelError),
+        (413, ModelRequestError),
+        (422, ModelRequestError),
+    ],
 )
 def test_status_codes_say_whether_to_retry(status: int, error: type[ModelError]) -> None:
     client = client_answering(lambda texts, _: httpx.Response(status, json={"error": "no"}))

@@ -30,6 +30,13 @@ class Instance:
     multi_label: bool = False
     hypothesis_template: str | None = None
     label_descriptions: tuple[tuple[str, ...], ...] = ()
+    # What the model reads of each label, aligned with `labels`: the label cut to
+    # MODEL_MAX_LABEL_CHARS before any template is formatted; () when no label was cut.
+    label_texts: tuple[str, ...] = ()
+
+    def label_text(self, index: int) -> str:
+        """What the model reads of ``labels[index]`` (the answer keeps the whole label)."""
+        return self.label_texts[index] if self.label_texts else self.labels[index]
 
     def descriptions_of(self, index: int) -> tuple[str, ...]:
         """The request's descriptions of ``labels[index]``; () when it gave none."""

@@ -186,8 +186,12 @@ class EmbeddingBackend(Backend):
     def label_scores(self, text_vector: np.ndarray, instance: Instance) -> np.ndarray:
         """The instance's scores (labels,) in label order: exclusive, or each label's fit."""
         labels = [
-            self.label_vector(label, instance.descriptions_of(index), instance.hypothesis_template)
-            for index, label in enumerate(instance.labels)
+            self.label_vector(
+                instance.label_text(index),
+                instance.descriptions_of(index),
+                instance.hypothesis_template,
+            )
+            for index in range(len(instance.labels))
         ]
         similarities = np.array([float(label.vector @ text_vector) for label in labels])
         if instance.multi_label or len(labels) == 1:

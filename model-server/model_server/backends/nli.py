@@ -77,8 +77,8 @@ def label_hypotheses(instance: Instance, default_template: str) -> list[tuple[st
     """
     template = instance.hypothesis_template or default_template
     return [
-        instance.descriptions_of(index) or (template.format(label),)
-        for index, label in enumerate(instance.labels)
+        instance.descriptions_of(index) or (template.format(instance.label_text(index)),)
+        for index in range(len(instance.labels))
     ]
 
 
