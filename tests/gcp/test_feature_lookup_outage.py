@@ -52,7 +52,13 @@ def test_a_denied_look_up_leaves_intake_runs_and_waiting_requests_alone(
     queue = open_queue(settings)
     policy = resources_of(settings)["ledger"]
     try:
-        process_tick(instance, policy, queue, feature_store=local_feature_store(settings))
+        process_tick(
+            instance,
+            policy,
+            queue,
+            feature_store=local_feature_store(settings),
+            lease_seconds=settings.ack_deadline_seconds,
+        )
         # Record 2's run found no features: its request waits, due for a look-up now.
         table = db.prediction_requests
         with engine_of(settings).begin() as connection:
@@ -65,7 +71,14 @@ def test_a_denied_look_up_leaves_intake_runs_and_waiting_requests_alone(
             )
         publish_json(settings, [{"id": 3}])
         denied = DeniedFeatureStore()
-        outcome = process_tick(instance, policy, queue, feature_store=denied, features_changed=True)
+        outcome = process_tick(
+            instance,
+            policy,
+            queue,
+            feature_store=denied,
+            features_changed=True,
+            lease_seconds=settings.ack_deadline_seconds,
+        )
     finally:
         queue.close()
 

@@ -183,7 +183,7 @@ CALLS: dict[str, tuple[Call, ...]] = {
         *dagster_storage("cli"),
         Call("batchinfer_dagster.cli:publish_payloads", "queue.publish(",
              "pubsub.topics.publish", REQUESTS_TOPIC),
-        Call("batchinfer_dagster.ledger.replay:replay_dead_letters", "queue.publish(",
+        Call("batchinfer_dagster.cli:dead_letters_replay", "queue.publish,",
              "pubsub.topics.publish", REQUESTS_TOPIC),
         Call(f"{PUBSUB}.publish", "self.publisher.publish(", "pubsub.topics.publish",
              REQUESTS_TOPIC),
