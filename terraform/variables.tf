@@ -241,7 +241,7 @@ variable "bigquery_location" {
 
 variable "feature_view_sync_cron" {
   type        = string
-  description = "Extra scheduled FeatureView sync (cron, e.g. \"TZ=UTC 0 * * * *\"); null syncs only when `batchinfer import-data` asks."
+  description = "Extra scheduled FeatureView sync (cron, e.g. \"TZ=UTC 0 * * * *\"); null syncs only when `batchinfer import-data` asks. A loader that writes the source table itself must keep it to one row per entity_id (Vertex AI serves no other), as the import's MERGE does."
   default     = null
   nullable    = true
 }

@@ -278,7 +278,18 @@ class VertexFeatureStore(FeatureStore):
         try:
             self._merge(staging)
         finally:
+            self._drop(staging)
+
+    def _drop(self, staging: bigquery.TableReference) -> None:
+        """Delete an import's staging table; the dataset's expiration is only the fallback."""
+        try:
             self.bigquery.delete_table(staging, not_found_ok=True)
+        except gexc.GoogleAPICallError as exc:
+            raise VertexFeatureStoreError(
+                f"deleting staging table {staging} failed: {exc}. Check that this service "
+                "account may delete tables in the staging dataset (Terraform grants it); the "
+                "table expires within a day by itself, and the next import merges again."
+            ) from exc
 
     def staging_table(self) -> bigquery.TableReference:
         """A table no other import uses, in the staging dataset beside the source table's."""

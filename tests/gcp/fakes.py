@@ -244,6 +244,8 @@ class FakeBigQuery:
     # Every query's text, and every table deleted, in order.
     queries: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Answer table deletions 403, as BigQuery does an account without bigquery.tables.delete.
+    refuse_deletes: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -254,6 +256,7 @@ class FakeBigQuery:
             self.load_dispositions.clear()
             self.queries.clear()
             self.deleted.clear()
+            self.refuse_deletes = False
 
     def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
         """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
@@ -478,7 +481,10 @@ class BigQueryHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
         path = urlparse(self.path).path
-        if (match := TABLE_PATH.match(path)) and self.fake.delete(*match.groups()):
+        if self.fake.refuse_deletes:
+            message = "Access Denied: Permission bigquery.tables.delete denied"
+            self._send(403, {"error": {"code": 403, "message": message}})
+        elif (match := TABLE_PATH.match(path)) and self.fake.delete(*match.groups()):
             self.send_response(204)
             self.end_headers()
         else:

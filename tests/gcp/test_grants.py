@@ -91,7 +91,7 @@ IMPORT = (
          RECORDS_TABLE),
     Call(f"{VERTEX}:VertexFeatureStore._merge", "MERGE", "bigquery.tables.updateData",
          RECORDS_TABLE),
-    Call(f"{VERTEX}:VertexFeatureStore._load", "delete_table(", "bigquery.tables.delete",
+    Call(f"{VERTEX}:VertexFeatureStore._drop", "delete_table(", "bigquery.tables.delete",
          STAGING_DATASET),
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "sync_feature_view(",
          "aiplatform.featureViews.sync", PROJECT),

@@ -472,3 +472,24 @@ def test_a_failed_merge_keeps_the_watermark_and_drops_its_staging_table(
     fake_bigquery.create_table(TABLE, terraform_table_schema())
     assert store.import_records().rows_imported == 1  # the same window again
     assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [("1", "a")]
+
+
+def test_a_staging_table_that_cannot_be_deleted_fails_the_import_naming_the_grant(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    add_at(engine, T0, "a")
+    clock = WallClock(T0 + timedelta(minutes=1))
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=clock)
+    fake_bigquery.refuse_deletes = True
+    with pytest.raises(VertexFeatureStoreError, match="may delete tables in the staging dataset"):
+        store.import_records()
+    assert not fake_vertex.syncs
+
+    fake_bigquery.refuse_deletes = False
+    clock.now = T0 + timedelta(minutes=2)
+    assert store.import_records().rows_imported == 1  # the watermark stayed: merged again
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [("1", "a")]
