@@ -39,6 +39,7 @@ import random
 import re
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,8 +69,10 @@ from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402
 from model_server.first_token_layer import last_layer_for_first_token  # noqa: E402
+from model_server.pair_tokens import PairEncoder  # noqa: E402
 from model_server.runtime import ForwardOptions, model_max_length  # noqa: E402
 from model_server.shapes import PaddingTokens, pad_batch  # noqa: E402
+from model_server.stage_clock import STAGES  # noqa: E402
 
 DATA = REPO_ROOT / "bench" / "data" / "support_messages.jsonl"
 SECTION = "## Model server"
@@ -143,15 +146,15 @@ def timed(function: Callable[[], object]) -> tuple[object, float]:
 def raw_nli_runner(
     model_dir: Path, texts: list[str], options: ForwardOptions, *, first_token_only: bool = True
 ) -> Callable[[], None]:
-    """The bare work on one runtime, loaded once: tokenize all pairs (one batch call), cut
-    them with the server's shape plan, pad, forward. No HTTP, batcher or scoring.
+    """The bare work on one runtime, loaded once: tokenize each text and hypothesis once and
+    join the pairs (as the server does, `PairEncoder`), cut them with the server's shape
+    plan, pad, forward. No HTTP, batcher or scoring.
 
     `first_token_only=False` keeps every token in PyTorch's last layer (the server computes
     only the first token's there), to measure what that saves.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     names = list(tokenizer.model_input_names)
-    token_names = [name for name in names if name != "attention_mask"]
     config = AutoModelForSequenceClassification.from_pretrained(model_dir).config
     plan = options.shape_plan(
         torch.device("cpu"),
@@ -169,12 +172,13 @@ def raw_nli_runner(
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         if first_token_only:
             last_layer_for_first_token(model)
-        forward = torch_forward(model, torch.device("cpu"), options, lambda out, _: out.logits)
-    pairs = [[text, f"This example is {label}."] for text in texts for label in LABELS]
+        forward = torch_forward(lambda tensors: model(**tensors).logits, torch.device("cpu"))
+    hypotheses = [f"This example is {label}." for label in LABELS]
+    pairs = [(t, h) for t in range(len(texts)) for h in range(len(hypotheses))]
+    encoder = PairEncoder(tokenizer)
 
     def run() -> None:
-        encoded = tokenizer(pairs, truncation="only_first")
-        encodings = [{n: encoded[n][i] for n in token_names} for i in range(len(pairs))]
+        encodings = encoder.encode(texts, hypotheses, pairs)
         lengths = [len(encoding["input_ids"]) for encoding in encodings]
         for batch in plan.plan(lengths):
             forward(pad_batch(encodings, batch, names, padding))
@@ -471,6 +475,7 @@ def markdown_section(results: dict[str, Any]) -> str:
         f"{r['http_ort_run']['server_cpu_per_text'] / r['raw_ort_tps_cpu_per_text'] - 1:.1%} "
         "by the server's own CPU time per text (the clients' share of the CPU excluded).",
         changes_note(r),
+        tokenization_note(r),
         f"- Shapes first seen after the warm-up, over every HTTP run: "
         f"{r['unwarmed_shapes']:.0f} (model_server_unwarmed_shapes_total); warm-up at load: "
         f"{r['warmup']}.",
@@ -482,6 +487,21 @@ def markdown_section(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def tokenization_note(r: dict[str, Any]) -> str:
+    """The tokenization CPU per text, both ways, and the nli server's stage profile."""
+    cpu, stages = r["tokenize_cpu"], r["torch_stages"]
+    profile = ", ".join(f"{stage} {stages[stage] * 1000:.2f}" for stage in STAGES)
+    return (
+        f"- Tokenization, CPU per text ({len(LABELS)} pairs), medians of 7 interleaved turns in "
+        f"this run: each pair whole (the pipeline's way, the server's before) "
+        f"{cpu['whole'] * 1000:.3f} ms, each text and hypothesis once with the pairs joined "
+        f"{cpu['once'] * 1000:.3f} ms ({cpu['whole'] / cpu['once']:.2f}× less). The PyTorch "
+        f"nli server's stages, CPU ms per text of the stage's thread ({profile}); device busy "
+        f"{stages['device_busy'] * 1000:.1f} ms per text (the forward's wall clock on CPU); "
+        f"{stages['padded_per_real']:.3f} padded tokens per real token."
+    )
 
 
 def serving_library_note(r: dict[str, float | int | str]) -> str:
@@ -613,6 +633,55 @@ def matmul_gflops(repeats: int = 20) -> float:
     return 2 * 1024 * 384 * 1536 / best / 1e9
 
 
+def tokenization_cpu(model_dir: Path, texts: list[str], repeats: int = 7) -> dict[str, float]:
+    """CPU seconds per text (this process's, every thread) to tokenize the texts' pairs, two
+    ways, interleaved, medians: each pair whole (the pipeline's way, and the server's before),
+    and each text and hypothesis once with the pairs joined (`PairEncoder`, the server's)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hypotheses = [f"This example is {label}." for label in LABELS]
+    whole = [[text, hypothesis] for text in texts for hypothesis in hypotheses]
+    pairs = [(t, h) for t in range(len(texts)) for h in range(len(hypotheses))]
+    encoder = PairEncoder(tokenizer)
+    names = [name for name in tokenizer.model_input_names if name != "attention_mask"]
+
+    def pairs_whole() -> None:
+        encoded = tokenizer(whole, truncation="only_first")
+        [{n: encoded[n][i] for n in names} for i in range(len(whole))]
+
+    def once_per_text() -> None:
+        encoder.encode(texts, hypotheses, pairs)
+
+    samples: dict[str, list[float]] = {"whole": [], "once": []}
+    for _ in range(repeats):
+        for key, work in (("whole", pairs_whole), ("once", once_per_text)):
+            started = time.process_time()
+            work()
+            samples[key].append((time.process_time() - started) / len(texts))
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def stage_profile(url: str) -> dict[str, float]:
+    """From a server's /metrics: CPU seconds per text of each stage, the device's busy
+    seconds per text, and padded tokens per real token, over everything it answered."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+
+    def value(name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else float("nan")
+
+    texts = value("model_server_instances_total")
+    profile = {
+        stage: value(f'model_server_stage_seconds_total{{clock="cpu",stage="{stage}"}}') / texts
+        for stage in STAGES
+    }
+    profile["device_busy"] = value("model_server_device_busy_seconds_total") / texts
+    real = value('model_server_forward_tokens_total{kind="real"}')
+    profile["padded_per_real"] = (
+        real + value('model_server_forward_tokens_total{kind="padding"}')
+    ) / real
+    return profile
+
+
 def padded_share(model_dir: Path, texts: list[str], options: ForwardOptions) -> float:
     """Share of the NLI forward tokens that are padding under the server's shape plan."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -669,6 +738,7 @@ def run_nli_contenders(
             args.repeats,
         )
         results["unwarmed_shapes"] = unwarmed_shapes(ort_url) + unwarmed_shapes(torch_url)
+        results["torch_stages"] = stage_profile(torch_url)
         results["nli_rss"] = max(peak_rss_mib(ort_pid), peak_rss_mib(torch_pid))
     count = len(texts)
     results["pipeline_tps"] = count / best["pipeline"]["seconds"]
@@ -817,6 +887,7 @@ def main() -> None:
         results["plan_tokens"], results["plan_step"] = plan.max_tokens, plan.lengths[0]
         results["padded_share"] = padded_share(model_dir, texts, options)
         results["gflop_per_text"] = nli_flop_per_text(model_dir, results["mean_pair_tokens"]) / 1e9
+        results["tokenize_cpu"] = tokenization_cpu(model_dir, texts)
         run_nli_contenders(model_dir, texts, args, results)
         results["gemm_gflops"] = matmul_gflops()
         results["ceiling_tps"] = results["gemm_gflops"] / results["gflop_per_text"]
