@@ -261,6 +261,9 @@ def serve(settings: ServerSettings) -> None:
         host=settings.model_host,
         port=settings.aip_http_port,
         http=guarded_protocol(AutoHTTPProtocol, settings.edge_limits),
+        # No WebSocket routes: an upgrade would hand the connection to a protocol outside the
+        # guard, its slot never given back.
+        ws="none",
         log_level=settings.model_log_level.lower(),
         access_log=False,
     )

@@ -60,8 +60,10 @@ class ServerSettings(BaseSettings):
     model_max_body_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
     model_max_labels: int = Field(DEFAULT_MAX_LABELS, ge=1)
     # What the model reads of a candidate label: its first this many characters, cut before any
-    # template is formatted (a description is bounded at 1,000 by the protocol; a label is a name).
-    model_max_label_chars: int = Field(1000, ge=1)
+    # template is formatted. A label is a name (sentences go in its descriptions, 1,000 each); 200
+    # characters are ~45 tokens: the embedding backend reads 64 such labels in 10 templates as
+    # 31k tokens, at 1,000 characters as 124k (the most a 256-token window lets through: 164k).
+    model_max_label_chars: int = Field(200, ge=1)
 
     # The HTTP edge (model_server/connection_guard.py): what a slow client may hold.
     # Connections at once; past it the one that waited longest for its headers is closed. Each

@@ -17,6 +17,11 @@ from batchinfer_protocol.zero_shot import MAX_DESCRIPTION_CHARS
 from model_server.app import create_app
 from model_server.backends.base import Instance
 from model_server.backends.embedding import EmbeddingBackend
+from model_server.backends.label_descriptions import (
+    MAX_PHRASES_PER_LABEL,
+    PHRASE_TEMPLATE,
+    description_phrases,
+)
 from model_server.backends.nli import label_hypotheses
 from model_server.predict_request import RequestError, parse_predict_request
 from model_server.settings import ServerSettings
@@ -101,3 +106,13 @@ def test_labels_that_differ_past_the_limit_read_the_same_and_are_answered_whole(
     # What the model read, and the cache keeps, is the cut label, never the 140 KB one.
     read = {label for label, _, _ in embedding_backend.label_cache if label.startswith(AT_LIMIT)}
     assert read == {AT_LIMIT}
+
+
+@pytest.mark.parametrize("count", [MAX_PHRASES_PER_LABEL, MAX_PHRASES_PER_LABEL + 1])
+def test_a_label_is_embedded_with_at_most_its_first_64_phrases(count: int) -> None:
+    """16 descriptions of 1,000 characters of comma-separated words were 2,400 phrases."""
+    words = [f"word{index}" for index in range(count)]
+    descriptions = (", ".join(words[:40]), ", ".join(words[40:]))
+    phrases = description_phrases(descriptions)
+    kept = [PHRASE_TEMPLATE.format(word) for word in words[:MAX_PHRASES_PER_LABEL]]
+    assert list(phrases) == kept

@@ -382,6 +382,22 @@ def test_one_past_the_limit_closes_the_connection_that_waited_longest(
             sock.close()
 
 
+def test_websocket_upgrades_do_not_keep_slots(few_connections: ModelServer) -> None:
+    """An upgraded connection would leave the guard's protocol with its slot still taken: five
+    against a limit of 4 would leave no slot for anyone."""
+    upgrade = (
+        b"GET /predict HTTP/1.1\r\nHost: m\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    for _ in range(5):
+        with slow_connection(few_connections.port, upgrade) as sock:
+            sock.settimeout(CLOSE_WAIT_SECONDS)
+            # Answered by the HTTP app (GET on a POST route), not by a WebSocket protocol.
+            assert sock.recv(100).startswith(b"HTTP/1.1 405")
+    response = answered(few_connections.url)
+    assert response.status_code == 200, response.text
+
+
 def test_many_slow_connections_hold_no_more_files_than_the_limit(
     few_connections: ModelServer,
 ) -> None:
