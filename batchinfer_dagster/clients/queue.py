@@ -237,6 +237,39 @@ class LocalQueue(RequestQueue):
             ).scalar_one()
 
 
+class UnreachableQueue(RequestQueue):
+    """A queue that could not be opened: every call raises that ``QueueUnavailableError`` again.
+
+    The sensor ticks with it when the Pub/Sub emulator or service does not answer, so the work
+    that needs no queue (``sensors.process_tick``) still runs and the pull reports the outage.
+    """
+
+    def __init__(self, error: QueueUnavailableError, *, kind: str = "pubsub") -> None:
+        self.error = error
+        self.kind = kind
+
+    def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        raise self.error
+
+    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        raise self.error
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
+
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
+
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        raise self.error
+
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        raise self.error
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
+
+
 class DeadlineExtender:
     """Keeps delivered messages from being redelivered while their consumer still works on them.
 
