@@ -101,20 +101,44 @@ data_points = Table(
     Column("id", BigId, Identity(), primary_key=True),
     Column("text", Text, nullable=False),
     _ts("created_at", nullable=False, default=utcnow),
-    # When the record was added or last changed: the feature import moves rows changed since
-    # its watermark (``feature_import.py``). A writer that changes ``text`` must set it.
+    # When the record was added or last changed (the feature store's feature timestamp).
     _ts("updated_at", nullable=False, default=utcnow, onupdate=utcnow),
-    Index("ix_data_points_updated_at_id", "updated_at", "id"),
+    # The record's change number, in commit order: set by the database itself (triggers of
+    # migration 0004) on every insert and every change of ``text``, from ``record_changes``. The
+    # feature import reads by it (``feature_import.py``). Never written by the code.
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_data_points_change_seq_id", "change_seq", "id"),
     # Never reuse an id on SQLite (a deleted newest row would give its id away again).
     sqlite_autoincrement=True,
 )
 
-# One row per feature store target: the watermark of its last successful import.
+# One row (id 1): the newest change number handed out to a record write. Each writing
+# transaction increments it and holds the row (PostgreSQL: its row lock; SQLite: the database's
+# single write lock) until it commits, so change numbers are committed in the order they are
+# handed out: the committed value is a horizon below which every change is visible.
+record_changes = Table(
+    "record_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("value", BigInteger, nullable=False),
+)
+
+# A tombstone per deleted record (a trigger of migration 0004 writes it on every delete), so the
+# feature import removes the record from the feature stores. Ids are never reused.
+record_deletions = Table(
+    "record_deletions",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("change_seq", BigInteger, nullable=False),
+    Index("ix_record_deletions_change_seq", "change_seq"),
+)
+
+# One row per feature store target: the change number its last successful import reached.
 feature_imports = Table(
     "feature_imports",
     metadata,
     Column("target", String(300), primary_key=True),
-    _ts("watermark", nullable=False),
+    Column("imported_through", BigInteger, nullable=False),
     _ts("imported_at", nullable=False),
     Column("rows_imported", BigInteger, nullable=False),
     Column("full_import", Boolean, nullable=False),

@@ -138,11 +138,12 @@ def test_second_import_appends_only_the_delta_and_the_latest_version_is_served(
     assert result.total_records == 3
     assert fake_bigquery.load_dispositions == ["WRITE_APPEND", "WRITE_APPEND"]
     rows = fake_bigquery.rows(TABLE)
+    # Appended in commit order (change numbers, feature_import.py): 3 was added before 1 changed.
     assert [(r["entity_id"], r["text"]) for r in rows] == [
         ("1", "a"),
         ("2", "b"),
-        ("1", "a, changed"),
         ("3", "c"),
+        ("1", "a, changed"),
     ]
     assert len(fake_vertex.syncs) == 2
     assert store.fetch([1, 2, 3]) == {1: "a, changed", 2: "b", 3: "c"}
