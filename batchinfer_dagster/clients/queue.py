@@ -11,9 +11,9 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -92,30 +92,57 @@ class RequestQueue(ABC):
         """Release connections."""
 
 
+# The ``visible_at`` of a message any pull may take: before every clock's "now".
+VISIBLE_NOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class LocalQueue(RequestQueue):
     """A queue in the app database: rows with a visibility lease, like Pub/Sub's ack deadline.
 
     A pull claims visible rows in one UPDATE … RETURNING (atomic on SQLite, ``SKIP LOCKED`` on
     PostgreSQL), bumps their delivery count and hides them for the lease. A message still
     unacknowledged after ``max_delivery_attempts`` deliveries moves to ``dead_letters``.
+
+    Visibility survives a host clock that steps back (NTP after running fast): a new or nacked
+    message is visible from the epoch, not from the publisher's "now"; and a lease is never set
+    more than ``lease`` ahead of an honest clock, so a ``visible_at`` over twice the lease ahead
+    was written by a clock that ran fast and counts as expired (the message is redelivered,
+    which the ledger recognises, rather than hidden for as long as the clock was off). A step
+    back of up to twice the lease can still hide a leased message for that long, no more.
     """
 
     kind = "local"
 
     def __init__(
-        self, engine: Engine, *, lease_seconds: float = 60, max_delivery_attempts: int = 5
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 60,
+        max_delivery_attempts: int = 5,
+        clock: Callable[[], datetime] = db.utcnow,
     ) -> None:
         self.engine = engine
         self.lease = timedelta(seconds=lease_seconds)
         self.max_delivery_attempts = max_delivery_attempts
+        self.clock = clock
+
+    def _visible(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Rows a pull may take at ``now``: lease over, or stamped by a clock that ran fast."""
+        visible_at = db.queue_messages.c.visible_at
+        return sa.or_(visible_at <= now, visible_at > now + 2 * self.lease)
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
         if not payloads:
             return []
-        now = db.utcnow()
+        now = self.clock()
         table = db.queue_messages
         rows = [
-            {"payload": bytes(p), "published_at": now, "visible_at": now, "delivery_attempt": 0}
+            {
+                "payload": bytes(p),
+                "published_at": now,
+                "visible_at": VISIBLE_NOW,
+                "delivery_attempt": 0,
+            }
             for p in payloads
         ]
         with self.engine.begin() as connection:
@@ -132,12 +159,12 @@ class LocalQueue(RequestQueue):
 
     def _claim(self, max_messages: int) -> list[ReceivedMessage]:
         table = db.queue_messages
-        now = db.utcnow()
+        now = self.clock()
         with self.engine.begin() as connection:
             self._dead_letter_exhausted(connection, now)
             candidates = (
                 sa.select(table.c.id)
-                .where(table.c.visible_at <= now)
+                .where(self._visible(now))
                 .order_by(table.c.id)
                 .limit(max_messages)
                 .with_for_update(skip_locked=True)
@@ -146,7 +173,7 @@ class LocalQueue(RequestQueue):
             ack_prefix = uuid.uuid4().hex
             statement = (
                 sa.update(table)
-                .where(table.c.id.in_(candidates), table.c.visible_at <= now)
+                .where(table.c.id.in_(candidates), self._visible(now))
                 .values(
                     visible_at=now + self.lease,
                     delivery_attempt=table.c.delivery_attempt + 1,
@@ -178,7 +205,7 @@ class LocalQueue(RequestQueue):
         exhausted = connection.execute(
             sa.select(table.c.id, table.c.payload, table.c.delivery_attempt)
             .where(
-                table.c.visible_at <= now,
+                self._visible(now),
                 table.c.delivery_attempt >= self.max_delivery_attempts,
             )
             .with_for_update(skip_locked=True)
@@ -213,16 +240,16 @@ class LocalQueue(RequestQueue):
 
     def nack(self, ack_ids: Sequence[str]) -> None:
         table = db.queue_messages
-        now = db.utcnow()
         with self.engine.begin() as connection:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
-                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=now)
+                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=VISIBLE_NOW)
                 )
 
     def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        """Hide the messages ``seconds`` more, at most the lease (see the class docstring)."""
         table = db.queue_messages
-        visible_at = db.utcnow() + timedelta(seconds=seconds)
+        visible_at = self.clock() + min(timedelta(seconds=seconds), self.lease)
         with self.engine.begin() as connection:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
