@@ -22,6 +22,8 @@ holding 6, and a reader that saw 6 would pass 5 by (the same fault); it would ne
 computed from in-progress transaction ids (``xmin``), which SQLite has no equivalent of. The
 cost of the counter row: record writers are serialized for the length of their transaction on
 PostgreSQL (SQLite serializes writers anyway); record writes are one-statement chunks of 5,000.
+On PostgreSQL all rows of a transaction share its number, on SQLite each row has its own; the
+reads page on ``(change_seq, id)`` either way.
 
 A full import (``batchinfer import-data --full``) reads every record up to the horizon and
 leaves the target holding exactly the records that exist.
@@ -124,26 +126,32 @@ def iter_changed(
 def iter_deleted(
     engine: Engine, window: ImportWindow, chunk: int = IMPORT_CHUNK
 ) -> Iterable[list[int]]:
-    """Ids of the records deleted in ``window``, ``chunk`` at a time, by change number.
+    """Ids of the records deleted in ``window``, ``chunk`` at a time, keyset-paged on
+    ``(change_seq, record_id)`` (a transaction's deletions share one number on PostgreSQL).
 
     A full import needs none of them (it keeps only the records that exist); an incremental
     one removes these from its target after moving the window's changed records.
     """
     table = db.record_deletions
-    after = window.first
+    key = sa.tuple_(table.c.change_seq, table.c.record_id)
+    after: tuple[int, int] | None = None
     while True:
         query = (
             sa.select(table.c.record_id, table.c.change_seq)
-            .where(table.c.change_seq > after, table.c.change_seq <= window.through)
-            .order_by(table.c.change_seq)
+            .where(table.c.change_seq > window.first, table.c.change_seq <= window.through)
+            .order_by(table.c.change_seq, table.c.record_id)
             .limit(chunk)
         )
+        if after is not None:
+            query = query.where(
+                key > sa.tuple_(sa.literal(after[0], sa.BigInteger), sa.literal(after[1]))
+            )
         with engine.connect() as connection:
             rows = connection.execute(query).all()
         if not rows:
             return
         yield [row.record_id for row in rows]
-        after = rows[-1].change_seq
+        after = (rows[-1].change_seq, rows[-1].record_id)
 
 
 def commit_watermark(engine: Engine, window: ImportWindow, rows_imported: int) -> None:
