@@ -116,7 +116,8 @@ class LocalFeatureStore(FeatureStore):
             ).rowcount
 
     def upsert(self, records: Sequence[tuple[int, str]]) -> None:
-        """Write features directly (a loader that skips ``data_points``, and tests)."""
+        """Write features directly (a loader that skips ``data_points``, and tests); a full
+        import removes those whose record is not in ``data_points``."""
         now = db.utcnow()
         with self.engine.begin() as connection:
             db.upsert(
