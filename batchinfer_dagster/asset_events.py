@@ -86,10 +86,14 @@ def import_metadata(result: ImportResult, duration_seconds: float) -> dict[str, 
 def open_instance(dagster_home: Path) -> DagsterInstance:
     """The Dagster instance of ``dagster_home`` (its ``dagster.yaml``, or Dagster's defaults).
 
-    The directory is created when missing, as ``dagster dev`` does for ``DAGSTER_HOME``.
+    The directory is created when missing, as ``dagster dev`` does for ``DAGSTER_HOME``. Opening
+    a new home creates and migrates Dagster's SQLite storages, which two commands started
+    together would race at (``table ... already exists``), so the opening holds a file lock in
+    the home; once open, Dagster's storages handle concurrent writers themselves.
     """
     dagster_home.mkdir(parents=True, exist_ok=True)
-    return DagsterInstance.from_config(str(dagster_home))
+    with db.file_lock(dagster_home / ".batchinfer-instance.lock"):
+        return DagsterInstance.from_config(str(dagster_home))
 
 
 def report_records_observed(instance: DagsterInstance, engine: sa.Engine) -> RecordsObservation:

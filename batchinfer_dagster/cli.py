@@ -28,7 +28,14 @@ from batchinfer_dagster import asset_events, db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
 from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
-from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
+from batchinfer_dagster.records import (
+    InvalidRecordError,
+    UnknownRecordError,
+    add_records,
+    count_texts,
+    delete_record,
+    load_file,
+)
 from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
@@ -47,6 +54,7 @@ USER_ERRORS = (
     SettingsError,
     InvalidRecordIdError,
     InvalidRecordError,
+    UnknownRecordError,
     InvalidMessageError,
     QueueUnavailableError,
     db.DatabaseUnavailableError,
@@ -148,6 +156,26 @@ def add_data_point(ctx: click.Context, text: str) -> None:
     engine = _engine(ctx)
     [record_id] = add_records(engine, [text])
     _echo_json({"id": record_id, "text": text})
+    _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
+
+
+@cli.command("delete-data-point")
+@click.argument("record_id_text", metavar="RECORD_ID")
+@click.pass_context
+def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
+    """Delete a record and its predictions (an erasure request); exit 1 if there is none.
+
+    The next `import-data` removes it from the feature store; a request for it from now on is
+    dead-lettered "unknown record id".
+
+    \b
+    Example:
+      batchinfer delete-data-point 1
+      {"deleted": 1, "predictions_deleted": 1}
+    """
+    record_id = record_id_argument(record_id_text)
+    engine = _engine(ctx)
+    _echo_json(delete_record(engine, record_id).document())
     _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
 
 

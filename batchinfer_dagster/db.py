@@ -4,17 +4,22 @@ One schema serves SQLite (embedded default) and PostgreSQL (production). Migrati
 (``batchinfer_dagster/migrations``) and run as an explicit step: ``batchinfer db upgrade``, which
 ``make run``, ``make demo``, the CLI's first use of the embedded SQLite database and the deploy
 run call. Sensor ticks and runs only check that the schema is the one this code expects and
-fail with a clear message otherwise, so no two processes ever race to migrate.
+fail with a clear message otherwise. The migrating commands themselves may still start together
+(four ``add-data-point`` on a fresh home), so ``upgrade`` holds a lock across the migration: a
+file lock beside a SQLite file, a transaction-scoped advisory lock on PostgreSQL. The process
+that waited finds the schema at head and migrates nothing.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -34,6 +39,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -95,20 +101,44 @@ data_points = Table(
     Column("id", BigId, Identity(), primary_key=True),
     Column("text", Text, nullable=False),
     _ts("created_at", nullable=False, default=utcnow),
-    # When the record was added or last changed: the feature import moves rows changed since
-    # its watermark (``feature_import.py``). A writer that changes ``text`` must set it.
+    # When the record was added or last changed (the feature store's feature timestamp).
     _ts("updated_at", nullable=False, default=utcnow, onupdate=utcnow),
-    Index("ix_data_points_updated_at_id", "updated_at", "id"),
+    # The record's change number, in commit order: set by the database itself (triggers of
+    # migration 0004) on every insert and every change of ``text``, from ``record_changes``. The
+    # feature import reads by it (``feature_import.py``). Never written by the code.
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_data_points_change_seq_id", "change_seq", "id"),
     # Never reuse an id on SQLite (a deleted newest row would give its id away again).
     sqlite_autoincrement=True,
 )
 
-# One row per feature store target: the watermark of its last successful import.
+# One row (id 1): the newest change number handed out to a record write. Each writing
+# transaction increments it and holds the row (PostgreSQL: its row lock; SQLite: the database's
+# single write lock) until it commits, so change numbers are committed in the order they are
+# handed out: the committed value is a horizon below which every change is visible.
+record_changes = Table(
+    "record_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("value", BigInteger, nullable=False),
+)
+
+# A tombstone per deleted record (a trigger of migration 0004 writes it on every delete), so the
+# feature import removes the record from the feature stores. Ids are never reused.
+record_deletions = Table(
+    "record_deletions",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("change_seq", BigInteger, nullable=False),
+    Index("ix_record_deletions_change_seq", "change_seq"),
+)
+
+# One row per feature store target: the change number its last successful import reached.
 feature_imports = Table(
     "feature_imports",
     metadata,
     Column("target", String(300), primary_key=True),
-    _ts("watermark", nullable=False),
+    Column("imported_through", BigInteger, nullable=False),
     _ts("imported_at", nullable=False),
     Column("rows_imported", BigInteger, nullable=False),
     Column("full_import", Boolean, nullable=False),
@@ -237,9 +267,9 @@ def is_sqlite(url: str) -> bool:
 def create_app_engine(url: str) -> Engine:
     """A new engine for ``url`` (no schema check); SQLite files get their folder created."""
     if is_sqlite(url):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = sqlite_file(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
@@ -316,14 +346,59 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+# The PostgreSQL advisory lock key that serializes migrations of one database (any constant
+# bigint: it only has to differ from other advisory locks taken on the same database).
+MIGRATION_LOCK_KEY = 0x62617463_68696E66  # "batchinf"
+# How long a migration waits for another one on the same SQLite file before giving up.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 300
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or another dialect."""
+    if not is_sqlite(url):
+        return None
+    path = url.split(":///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def file_lock(path: Path, *, timeout: float = MIGRATION_LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created beside the thing it guards) across processes.
+
+    ``filelock`` takes an OS lock (``fcntl.flock``, ``LockFileEx`` on Windows), which the OS
+    releases when its process dies, so a killed migration never leaves the home locked.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path, timeout=timeout):
+        yield
+
+
+def migration_lock(engine: Engine) -> Any:
+    """The lock around a SQLite file's migration: ``<file>.migrate.lock`` (nothing in memory)."""
+    database = sqlite_file(engine.url.render_as_string(hide_password=False))
+    if database is None:
+        return nullcontext()
+    return file_lock(database.with_name(database.name + ".migrate.lock"))
+
+
 def upgrade(engine: Engine) -> None:
-    """Run Alembic migrations up to head on ``engine`` (the explicit migration step)."""
+    """Run Alembic migrations up to head on ``engine`` (the explicit migration step).
+
+    Safe to call from several processes at once: they migrate one after the other, under
+    ``migration_lock`` (SQLite) or ``pg_advisory_xact_lock`` taken first in the migration's own
+    transaction (PostgreSQL, released at its commit); Alembic reads the current revision after
+    the lock, so a process that waited migrates nothing.
+    """
     from alembic import command
     from sqlalchemy.exc import OperationalError
 
     config = _alembic_config()
     try:
-        with engine.begin() as connection:
+        with migration_lock(engine), engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:

@@ -11,6 +11,7 @@ import codecs
 import csv
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -191,6 +192,45 @@ def load_file(
         if on_chunk is not None:
             on_chunk(len(chunk))
     return [] if first is None else [first, last]
+
+
+class UnknownRecordError(LookupError):
+    """No record has this id (never added, or deleted already)."""
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What deleting a record removed: the record, and its predictions (their ``sequence`` is
+    the record's text)."""
+
+    record_id: int
+    predictions: int
+
+    def document(self) -> dict[str, int]:
+        return {"deleted": self.record_id, "predictions_deleted": self.predictions}
+
+
+def delete_record(engine: Engine, record_id: int) -> Deletion:
+    """Delete a record and its predictions in one transaction (an erasure request).
+
+    The database leaves a tombstone (migration 0004's trigger, ``record_deletions``), so the next
+    feature import removes the record from the feature store; until then, and for any request
+    after, a run dead-letters requests for it as "unknown record id" (``ledger.settle_batch``)
+    rather than predicting its old text. Raises ``UnknownRecordError`` when there is no such
+    record.
+    """
+    with engine.begin() as connection:
+        deleted = connection.execute(
+            sa.delete(db.data_points).where(db.data_points.c.id == record_id)
+        ).rowcount
+        if not deleted:
+            raise UnknownRecordError(
+                f"there is no record {record_id} (never added, or deleted already)"
+            )
+        predictions = connection.execute(
+            sa.delete(db.predictions).where(db.predictions.c.record_id == record_id)
+        ).rowcount
+    return Deletion(record_id=record_id, predictions=predictions)
 
 
 def get_text(engine: Engine, record_id: int) -> str | None:

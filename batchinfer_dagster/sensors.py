@@ -13,6 +13,14 @@ requests runs for batches written straight to the ledger (``request_predictions_
 requests waiting for features in the feature store (a run only for records that arrived;
 ``ledger.feature_wait``) and reconciles a bounded number of batches whose runs never started or
 failed, or ended without settling them.
+
+Only the pull, the ack and the dead-letter read-back need the queue. When it is unreachable
+(``QueueUnavailableError``) the tick pulls nothing and says so, and still closes pending
+batches, requests runs for launchpad batches, looks up waiting requests and reconciles: work
+already in the ledger never waits for the queue. A failed ack leaves the messages in the queue;
+their redelivery is recognized by the ledger (same request keys) and acked by a later tick. A
+feature store that fails the look-up of waiting requests is charged to those requests
+(``ledger.recheck_waiting``) and stops nothing else.
 """
 
 from collections.abc import Callable, Sequence
@@ -35,7 +43,7 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.asset_events import FEATURES
-from batchinfer_dagster.clients.feature_store import FeatureStore, FeatureStoreUnavailableError
+from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
 from batchinfer_dagster.jobs import predictions_job
 from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, RECONCILE_LIMIT, STALE_AFTER
@@ -70,8 +78,10 @@ class TickOutcome:
     # Messages the queue service dead-lettered itself (Pub/Sub), read back into dead_letters.
     queue_dead_letters: int = 0
     dead_letter_error: str | None = None
-    # A failed look-up of the requests waiting for features (they wait on; the tick goes on).
-    feature_lookup_error: str | None = None
+    # The queue did not answer the pull or the ack (the ledger's own work went on).
+    queue_error: str | None = None
+    # The feature store failed the look-up of waiting requests (charged to them).
+    feature_store_error: str | None = None
     # A failed ack-deadline extension: the tick's messages may be redelivered (not lost).
     lease_error: str | None = None
     rebatched: list[str] = field(default_factory=list)
@@ -92,10 +102,17 @@ class TickOutcome:
             f"waited out {self.waited_out}, "
             f"retried {len(self.retried)}, dead-lettered {len(self.dead_lettered)} batches"
         )
-        problems = [
-            p for p in (self.dead_letter_error, self.feature_lookup_error, self.lease_error) if p
-        ]
-        return "; ".join([summary, *problems])
+        return "; ".join([summary, *self.problems()])
+
+    def problems(self) -> list[str]:
+        """The tick's failures that stopped part of its work, each a line for the sensor log."""
+        candidates = (
+            self.queue_error,
+            self.dead_letter_error,
+            self.lease_error,
+            self.feature_store_error,
+        )
+        return [problem for problem in candidates if problem]
 
 
 def newest_features_materialization(instance: DagsterInstance) -> str | None:
@@ -199,7 +216,12 @@ def process_tick(
     """
     engine = policy.get_engine()
     require_database(engine)
-    messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
+    queue_errors: list[str] = []
+    try:
+        messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
+    except QueueUnavailableError as exc:
+        messages = []
+        queue_errors.append(f"pulling the request queue failed, nothing was pulled: {exc}")
     closing = policy.batch_closing()
     # Until the ack, the messages stay ours however long the ledger transaction takes.
     with DeadlineExtender(queue, [m.ack_id for m in messages], lease_seconds) as extender:
@@ -216,32 +238,32 @@ def process_tick(
                 PREDICTION_BATCHES, [*ingest.batch_keys, *ingest.resumed]
             )
     if ingest.ack_ids:
-        queue.ack(ingest.ack_ids)
-    try:
-        queue_dead = read_back_dead_letters(engine, policy, queue, now=clock())
-        dead_letter_error = None
-    except QueueUnavailableError as exc:
-        # Reported on every tick (sensor log and skip reason) without stopping the intake,
-        # re-batching and reconcile that do not depend on the dead-letter subscription.
-        queue_dead = 0
-        dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
+        try:
+            queue.ack(ingest.ack_ids)
+        except QueueUnavailableError as exc:
+            # The ledger holds them: their redelivery is recognized and acked by a later tick.
+            queue_errors.append(f"acking {len(ingest.ack_ids)} messages failed: {exc}")
+    queue_dead = 0
+    dead_letter_error = None
+    if not queue_errors:
+        try:
+            queue_dead = read_back_dead_letters(engine, policy, queue, now=clock())
+        except QueueUnavailableError as exc:
+            # Reported on every tick (sensor log and skip reason) without stopping the intake,
+            # re-batching and reconcile that do not depend on the dead-letter subscription.
+            dead_letter_error = f"reading the dead-letter subscription failed: {exc}"
     requested = ledger.request_new_batches(engine, now=clock(), limit=RECONCILE_LIMIT)
-    try:
-        rechecked = ledger.recheck_waiting(
-            engine,
-            lambda record_ids: feature_store.fetch(record_ids).keys(),
-            now=clock(),
-            feature_wait=policy.feature_wait(),
-            batch_size=policy.batch_size,
-            limit=policy.max_pull,
-            wake=features_changed,
-        )
-        feature_lookup_error = None
-    except FeatureStoreUnavailableError as exc:
-        # The waiting requests stay as they were (looked up again next tick); reconcile and the
-        # run requests of this tick do not depend on the feature store.
-        rechecked = ledger.RecheckOutcome()
-        feature_lookup_error = f"looking up the requests waiting for features failed: {exc}"
+    # A failing look-up is charged to the waiting requests (the ledger records it on them);
+    # reconcile and this tick's run requests do not depend on the feature store.
+    rechecked = ledger.recheck_waiting(
+        engine,
+        lambda record_ids: feature_store.fetch(record_ids).keys(),
+        now=clock(),
+        feature_wait=policy.feature_wait(),
+        batch_size=policy.batch_size,
+        limit=policy.max_pull,
+        wake=features_changed,
+    )
     rebatched = rechecked.batch_keys
     if rebatched or requested:
         instance.add_dynamic_partitions(PREDICTION_BATCHES, [*rebatched, *requested])
@@ -275,7 +297,8 @@ def process_tick(
         malformed=ingest.dead_lettered,
         queue_dead_letters=queue_dead,
         dead_letter_error=dead_letter_error,
-        feature_lookup_error=feature_lookup_error,
+        queue_error="; ".join(queue_errors) or None,
+        feature_store_error=rechecked.lookup_error,
         lease_error=extender.error,
         rebatched=rebatched,
         still_waiting=rechecked.still_waiting,
@@ -304,7 +327,7 @@ def prediction_requests_sensor(
     reported by ``batchinfer import-data``): a newer one wakes the requests waiting for features.
     """
     newest_import = newest_features_materialization(context.instance)
-    with request_queue.open() as queue, feature_store.open() as store:
+    with request_queue.open(unreachable_ok=True) as queue, feature_store.open() as store:
         outcome = process_tick(
             context.instance,
             ledger,
@@ -313,9 +336,8 @@ def prediction_requests_sensor(
             features_changed=newest_import is not None and newest_import != context.cursor,
             lease_seconds=request_queue.ack_deadline_seconds,
         )
-    for problem in (outcome.dead_letter_error, outcome.feature_lookup_error, outcome.lease_error):
-        if problem:
-            context.log.warning(problem)
+    for problem in outcome.problems():
+        context.log.warning(problem)
     context.log.info(outcome.summary())
     if not outcome.run_requests:
         return SensorResult(

@@ -46,13 +46,14 @@ def test_walkthrough_round_trips_through_database_and_queue(queue_settings: Sett
     imported = run(queue_settings, "import-data")
     assert imported.exit_code == 0, imported.output
     summary, *shown = lines(imported)
-    # The first import has no watermark yet: it moves everything.
-    assert summary.pop("watermark")
+    # The first import has no watermark yet: it moves everything, through change 2.
     assert summary == {
         "imported": 2,
         "records_in_feature_store": 2,
         "full_import": True,
-        "since": None,
+        "since_change": None,
+        "through_change": 2,
+        "rows_deleted": 0,
     }
     assert shown == [
         {"id": 1, "text": "test input data 1"},

@@ -1,11 +1,14 @@
-"""The incremental feature import on the local store, SQLite and PostgreSQL: the watermark rule.
+"""The incremental feature import on the local store, SQLite and PostgreSQL: the change numbers.
 
-Times are injected: records get ``updated_at`` values chosen around the watermark, and the
-import's clock is a fixed time, so each boundary is hit exactly.
+The database numbers every record write in commit order (migration 0004's triggers); an import
+moves the changes numbered in ``(since, through]``, ``through`` being the committed horizon.
+No clock is involved: records are stamped with chosen ``updated_at`` values (a clock that runs
+fast, then steps back) to show the import does not look at them.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,10 +17,11 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, feature_import
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.feature_import import ImportWindow
+from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 
 
 @pytest.fixture
@@ -26,6 +30,7 @@ def engine(app_settings: Settings) -> Engine:
 
 
 def add_at(engine: Engine, when: datetime, *texts: str) -> list[int]:
+    """Insert records stamped ``when`` by the writer's clock, as any writer could."""
     table = db.data_points
     with engine.begin() as connection:
         result = connection.execute(
@@ -35,12 +40,28 @@ def add_at(engine: Engine, when: datetime, *texts: str) -> list[int]:
         return list(result.scalars())
 
 
-def change_at(engine: Engine, record_id: int, text: str, when: datetime) -> None:
+def change(engine: Engine, record_id: int, **values: object) -> None:
     table = db.data_points
     with engine.begin() as connection:
-        connection.execute(
-            sa.update(table).where(table.c.id == record_id).values(text=text, updated_at=when)
-        )
+        connection.execute(sa.update(table).where(table.c.id == record_id).values(**values))
+
+
+def delete(engine: Engine, record_id: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.delete(db.data_points).where(db.data_points.c.id == record_id))
+
+
+def change_seq(engine: Engine, record_id: int) -> int:
+    table = db.data_points
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(table.c.change_seq).where(table.c.id == record_id)
+        ).scalar_one()
+
+
+def horizon(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return feature_import.committed_horizon(connection)
 
 
 def stored(engine: Engine) -> dict[int, str]:
@@ -49,116 +70,191 @@ def stored(engine: Engine) -> dict[int, str]:
         return {row.record_id: row.text for row in rows}
 
 
-def store_at(engine: Engine, now: datetime) -> LocalFeatureStore:
-    return LocalFeatureStore(engine, clock=lambda: now)
+def current(engine: Engine) -> dict[int, str]:
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(db.data_points.c.id, db.data_points.c.text))
+        return {row.id: row.text for row in rows}
 
 
-def test_first_import_moves_everything_and_sets_the_watermark(engine: Engine) -> None:
+def test_first_import_moves_everything_and_stores_the_horizon(engine: Engine) -> None:
     add_at(engine, T0, "a", "b")
-    now = T0 + timedelta(minutes=1)
 
-    result = store_at(engine, now).import_records()
+    result = LocalFeatureStore(engine).import_records()
 
     assert result.rows_imported == 2
-    assert result.details["since"] is None
+    assert result.details["since_change"] is None
     assert stored(engine) == {1: "a", 2: "b"}
-    watermark = feature_import.stored_watermark(engine, LocalFeatureStore.TARGET)
-    assert watermark == now - feature_import.SETTLE
+    assert feature_import.stored_watermark(engine, LocalFeatureStore.TARGET) == horizon(engine)
+    assert horizon(engine) == max(change_seq(engine, 1), change_seq(engine, 2)) > 0
 
 
-def test_watermark_boundary_at_just_before_and_just_after(engine: Engine) -> None:
-    """Watermark W: a change exactly at W and one just after move; one just before does not."""
-    ids = add_at(engine, T0, "before", "at", "after", "untouched")
-    now = T0 + timedelta(minutes=1)
-    store_at(engine, now).import_records()
-    watermark = feature_import.stored_watermark(engine, LocalFeatureStore.TARGET)
-    assert watermark is not None
-    # A change stamped just before the watermark was, by the settle rule, already committed
-    # when the import read: it cannot be newer than what was moved. Rewrite it to show that
-    # the next import does not look before the watermark.
-    change_at(engine, ids[0], "before, changed", watermark - MICROSECOND)
-    change_at(engine, ids[1], "at, changed", watermark)
-    change_at(engine, ids[2], "after, changed", watermark + MICROSECOND)
+def test_every_writer_is_numbered_in_order_by_the_database(engine: Engine) -> None:
+    """Raw SQL, an ORM-less update of text: numbered; a change of another column: not."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO data_points (text, created_at, updated_at) VALUES ('raw', :t, :t)"
+            ),
+            {"t": T0},
+        )
+    [first] = current(engine)
+    [second] = add_records(engine, ["added"])
+    assert (change_seq(engine, first), change_seq(engine, second)) == (1, 2)
+    change(engine, first, text="raw, edited")
+    assert change_seq(engine, first) == 3
+    change(engine, second, updated_at=T0)  # not a change of the record's text
+    assert change_seq(engine, second) == 2
+    assert horizon(engine) == 3
 
-    result = store_at(engine, now + timedelta(minutes=1)).import_records()
 
-    assert result.rows_imported == 2
-    assert stored(engine) == {
-        ids[0]: "before",
-        ids[1]: "at, changed",
-        ids[2]: "after, changed",
-        ids[3]: "untouched",
-    }
+def test_window_bounds_since_excluded_through_included(engine: Engine) -> None:
+    """Changes 1..5: the window (2, 4] moves exactly 3 and 4."""
+    ids = [add_at(engine, T0, f"t{i}")[0] for i in range(1, 6)]
+    assert [change_seq(engine, i) for i in ids] == [1, 2, 3, 4, 5]
+
+    window = ImportWindow(target="test", since=2, through=4)
+    moved = [row.id for rows in feature_import.iter_changed(engine, window) for row in rows]
+
+    assert moved == [ids[2], ids[3]]
+
+
+def test_deletions_window_bounds_since_excluded_through_included(engine: Engine) -> None:
+    ids = [add_at(engine, T0, text)[0] for text in ("a", "b", "c")]  # changes 1..3
+    for record_id in ids:
+        delete(engine, record_id)  # changes 4, 5, 6
+
+    window = ImportWindow(target="test", since=4, through=5)
+    deleted = [i for chunk in feature_import.iter_deleted(engine, window) for i in chunk]
+
+    assert deleted == [ids[1]]
 
 
 def test_second_import_with_nothing_new_moves_nothing(engine: Engine) -> None:
     add_at(engine, T0, *[f"text {i}" for i in range(25)])
-    store_at(engine, T0 + timedelta(minutes=1)).import_records()
+    store = LocalFeatureStore(engine)
+    store.import_records()
 
-    again = store_at(engine, T0 + timedelta(minutes=2)).import_records()
+    again = store.import_records()
 
     assert again.rows_imported == 0
     assert again.total_records == 25
 
 
-def test_a_change_within_settle_of_an_import_moves_again(engine: Engine) -> None:
-    """A record stamped less than SETTLE before the import moves in the next import too:
-    a writer that stamped it but committed after the import's read is never skipped."""
-    now = T0 + timedelta(minutes=1)
-    recent = now - feature_import.SETTLE + MICROSECOND
-    add_at(engine, recent, "late committer")
-    assert store_at(engine, now).import_records().rows_imported == 1
+def test_the_host_clock_stepped_back_hides_nothing(engine: Engine) -> None:
+    """Records stamped an hour ahead (the clock ran fast) are imported; then the clock steps
+    back and the records stamped an hour earlier are imported by the next import, as are those
+    stamped a day before anything else."""
+    store = LocalFeatureStore(engine)
+    add_at(engine, T0 + timedelta(hours=1), "while the clock ran fast")
+    assert store.import_records().rows_imported == 1
+    stepped_back = add_at(engine, T0, "after NTP stepped the clock back")
+    long_ago = add_at(engine, T0 - timedelta(days=1), "a writer whose clock is a day late")
 
-    again = store_at(engine, now + timedelta(seconds=1)).import_records()
+    result = store.import_records()
 
-    assert again.rows_imported == 1
-    # Once past the settle time it is not moved a third time.
-    later = store_at(engine, now + feature_import.SETTLE * 3).import_records()
-    assert later.rows_imported == 0
-
-
-def test_new_records_after_an_import_move_alone(engine: Engine) -> None:
-    add_at(engine, T0, *[f"old {i}" for i in range(30)])
-    store_at(engine, T0 + timedelta(minutes=1)).import_records()
-    new_ids = add_at(engine, T0 + timedelta(minutes=2), "new 1", "new 2", "new 3")
-
-    result = store_at(engine, T0 + timedelta(minutes=3)).import_records()
-
-    assert result.rows_imported == 3
-    assert result.total_records == 33
-    assert [stored(engine)[i] for i in new_ids] == ["new 1", "new 2", "new 3"]
+    assert result.rows_imported == 2
+    assert stored(engine) == current(engine)
+    assert set(stepped_back + long_ago) <= set(stored(engine))
 
 
-def test_full_import_moves_every_record(engine: Engine) -> None:
-    add_at(engine, T0, "a", "b", "c")
-    store_at(engine, T0 + timedelta(minutes=1)).import_records()
-
-    result = store_at(engine, T0 + timedelta(minutes=2)).import_records(full=True)
-
-    assert result.rows_imported == 3
-    assert result.details["full_import"] is True
-
-
-def test_keyset_crosses_chunks_of_equal_timestamps(engine: Engine) -> None:
-    """Many records with one updated_at: the (updated_at, id) keyset must not lose or repeat
-    any across chunk borders (chunk 3 over 7 rows: 3 + 3 + 1)."""
-    ids = add_at(engine, T0, *[f"t{i}" for i in range(7)])
-    window = feature_import.open_window(
-        engine, "test", clock=lambda: T0 + timedelta(minutes=1), full=True
+def test_a_transaction_held_open_across_an_import_arrives_in_the_next(engine: Engine) -> None:
+    """A load whose transaction stays open while an import runs, and a second writer behind
+    it: the import moves neither (nothing past the committed horizon), the next one both."""
+    store = LocalFeatureStore(engine)
+    add_at(engine, T0, "before")
+    store.import_records()
+    held = engine.connect()
+    transaction = held.begin()
+    held.execute(
+        db.data_points.insert(), [{"text": "slow load", "created_at": T0, "updated_at": T0}]
     )
+    # A second writer starts now; it waits for the counter row (PostgreSQL) or the write lock
+    # (SQLite) until the held transaction commits, so its number comes after.
+    behind = threading.Thread(target=add_at, args=(engine, T0, "behind the slow load"))
+    behind.start()
+    try:
+        # The import's reads, while both wait (on SQLite its own watermark write would wait for
+        # the write lock too, so the window is stored once the load committed, as it would be).
+        window = feature_import.open_window(engine, LocalFeatureStore.TARGET)
+        during = [row for rows in feature_import.iter_changed(engine, window) for row in rows]
+    finally:
+        transaction.commit()
+        held.close()
+        behind.join(timeout=60)
+    assert not behind.is_alive()
+    feature_import.commit_watermark(engine, window, len(during))
+
+    assert during == []
+    after = store.import_records()
+    assert after.rows_imported == 2
+    assert stored(engine) == current(engine)
+    assert sorted(stored(engine).values()) == ["before", "behind the slow load", "slow load"]
+
+
+def test_deleted_records_leave_the_store_on_the_next_import(engine: Engine) -> None:
+    ids = add_at(engine, T0, "keep", "erase", "change then erase")
+    store = LocalFeatureStore(engine)
+    store.import_records()
+    delete(engine, ids[1])
+    change(engine, ids[2], text="changed")
+    delete(engine, ids[2])
+
+    result = store.import_records()
+
+    assert result.details["rows_deleted"] == 2
+    assert stored(engine) == {ids[0]: "keep"} == current(engine)
+    assert result.total_records == 1
+
+
+def test_full_import_rebuilds_exactly_the_current_records(engine: Engine) -> None:
+    """A stale feature (a record deleted before tombstones existed, or written straight into
+    the store) is removed; every existing record is there with its current text."""
+    ids = add_at(engine, T0, "a", "b", "c")
+    store = LocalFeatureStore(engine)
+    store.import_records()
+    store.upsert([(999, "a record that does not exist")])
+    delete(engine, ids[0])
+    change(engine, ids[1], text="b, edited")
+
+    result = store.import_records(full=True)
+
+    assert result.rows_imported == 2
+    assert result.details["full_import"] is True
+    assert stored(engine) == current(engine) == {ids[1]: "b, edited", ids[2]: "c"}
+
+
+def test_keyset_crosses_chunk_borders(engine: Engine) -> None:
+    """7 records, chunks of 3: 3 + 3 + 1, none lost or repeated; the key compared is the key
+    ordered by (records renumbered out of id order by an edit)."""
+    ids = add_at(engine, T0, *[f"t{i}" for i in range(7)])
+    change(engine, ids[0], text="t0, edited")  # now the newest change
+    window = feature_import.open_window(engine, "test", full=True)
 
     chunks = list(feature_import.iter_changed(engine, window, chunk=3))
 
     assert [len(c) for c in chunks] == [3, 3, 1]
-    assert [row.id for c in chunks for row in c] == ids
+    assert [row.id for c in chunks for row in c] == [*ids[1:], ids[0]]
+
+
+def test_deletions_keyset_crosses_chunk_borders(engine: Engine) -> None:
+    """7 records deleted in one transaction (one change number on PostgreSQL), chunks of 3."""
+    ids = add_at(engine, T0, *[f"t{i}" for i in range(7)])
+    with engine.begin() as connection:
+        connection.execute(sa.delete(db.data_points))
+    window = feature_import.open_window(engine, "test")
+
+    chunks = list(feature_import.iter_deleted(engine, window, chunk=3))
+
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert [i for c in chunks for i in c] == ids
 
 
 def test_failed_import_keeps_the_watermark(engine: Engine) -> None:
     add_at(engine, T0, "a")
-    store_at(engine, T0 + timedelta(minutes=1)).import_records()
+    store = LocalFeatureStore(engine)
+    store.import_records()
     before = feature_import.stored_watermark(engine, LocalFeatureStore.TARGET)
-    add_at(engine, T0 + timedelta(minutes=2), "b")
-    store = store_at(engine, T0 + timedelta(minutes=3))
+    add_at(engine, T0, "b")
     db.features.drop(engine)  # the write fails: the import must not advance its watermark
 
     with pytest.raises(sa.exc.DBAPIError):
@@ -168,3 +264,41 @@ def test_failed_import_keeps_the_watermark(engine: Engine) -> None:
     db.features.create(engine)
     assert store.import_records().rows_imported == 1
     assert stored(engine) == {2: "b"}
+
+
+def test_0004_numbers_existing_records_and_every_target_imports_them_once_more(
+    database_url: str,
+) -> None:
+    """Records stored before 0004 get their id as change number, the counter continues above
+    the largest id, and a target imported under the old time watermark starts again from 0."""
+    from alembic import command
+
+    engine = db.create_app_engine(database_url)
+    try:
+        config = db._alembic_config()  # noqa: SLF001 - the test migrates to a chosen revision
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        with engine.begin() as connection:
+            for text in ("old 1", "old 2", "old 3"):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO data_points (text, created_at, updated_at) "
+                        "VALUES (:text, :t, :t)"
+                    ),
+                    {"text": text, "t": T0},
+                )
+            connection.execute(
+                sa.text("INSERT INTO feature_imports VALUES (:target, :t, :t, 3, false)"),
+                {"target": LocalFeatureStore.TARGET, "t": T0 + timedelta(days=1)},
+            )
+        db.upgrade(engine)
+
+        assert [change_seq(engine, i) for i in (1, 2, 3)] == [1, 2, 3]
+        assert horizon(engine) == 3
+        assert feature_import.stored_watermark(engine, LocalFeatureStore.TARGET) == 0
+        [new] = add_records(engine, ["new"])
+        assert change_seq(engine, new) == 4
+        assert LocalFeatureStore(engine).import_records().rows_imported == 4
+    finally:
+        engine.dispose()

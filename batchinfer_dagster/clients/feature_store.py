@@ -9,9 +9,8 @@ the store does not have is *missing*, not an error: the ledger waits for the nex
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,11 +36,11 @@ class ImportResult:
 
 
 def window_details(window: ImportWindow) -> dict[str, Any]:
-    """The window of an import as metadata: full or since when, and the next watermark."""
+    """The window of an import as metadata: full or since which change, and through which."""
     return {
         "full_import": window.full,
-        "since": window.since.isoformat() if window.since else None,
-        "watermark": window.next_watermark.isoformat(),
+        "since_change": window.since,
+        "through_change": window.through,
     }
 
 
@@ -73,12 +72,13 @@ class LocalFeatureStore(FeatureStore):
 
     TARGET = "local:features"
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = db.utcnow) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.clock = clock
 
     def import_records(self, *, full: bool = False) -> ImportResult:
-        window = feature_import.open_window(self.engine, self.TARGET, full=full, clock=self.clock)
+        """Upsert the window's changed records, then remove its deleted ones (a full import:
+        every record not in ``data_points``), each chunk in a transaction of its own."""
+        window = feature_import.open_window(self.engine, self.TARGET, full=full)
         imported = 0
         for rows in feature_import.iter_changed(self.engine, window):
             with self.engine.begin() as connection:
@@ -93,13 +93,36 @@ class LocalFeatureStore(FeatureStore):
                     update=["text", "feature_timestamp"],
                 )
             imported += len(rows)
+        removed = self._remove_gone() if full else self._remove_deleted(window)
         feature_import.commit_watermark(self.engine, window, imported)
         return ImportResult(
-            rows_imported=imported, total_records=self._count(), details=window_details(window)
+            rows_imported=imported,
+            total_records=self._count(),
+            details={**window_details(window), "rows_deleted": removed},
         )
 
+    def _remove_deleted(self, window: ImportWindow) -> int:
+        removed = 0
+        table = db.features
+        for record_ids in feature_import.iter_deleted(self.engine, window):
+            with self.engine.begin() as connection:
+                for chunk in chunked(record_ids, db.IN_CHUNK):
+                    removed += connection.execute(
+                        sa.delete(table).where(table.c.record_id.in_(chunk))
+                    ).rowcount
+        return removed
+
+    def _remove_gone(self) -> int:
+        """Features of records that no longer exist (a full import's rebuild)."""
+        table, records = db.features, db.data_points
+        with self.engine.begin() as connection:
+            return connection.execute(
+                sa.delete(table).where(~sa.exists().where(records.c.id == table.c.record_id))
+            ).rowcount
+
     def upsert(self, records: Sequence[tuple[int, str]]) -> None:
-        """Write features directly (a loader that skips ``data_points``, and tests)."""
+        """Write features directly (a loader that skips ``data_points``, and tests); a full
+        import removes those whose record is not in ``data_points``."""
         now = db.utcnow()
         with self.engine.begin() as connection:
             db.upsert(

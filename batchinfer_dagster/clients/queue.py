@@ -11,9 +11,9 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -105,6 +105,10 @@ class LocalQueueConfig:
     max_delivery_attempts: int
 
 
+# The ``visible_at`` of a message any pull may take: before every clock's "now".
+VISIBLE_NOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class LocalQueue(RequestQueue):
     """A queue in the app database: rows with a visibility lease, like Pub/Sub's ack deadline.
 
@@ -113,23 +117,47 @@ class LocalQueue(RequestQueue):
     unacknowledged after ``max_delivery_attempts`` deliveries is no longer delivered: like
     Pub/Sub's dead-letter topic, ``pull_dead_letters`` hands it back for the ledger, and
     ``ack_dead_letters`` removes it once the ledger holds it.
+
+    Visibility survives a host clock that steps back (NTP after running fast): a new or nacked
+    message is visible from the epoch, not from the publisher's "now"; and a lease is never set
+    more than ``lease`` ahead of an honest clock, so a ``visible_at`` over twice the lease ahead
+    was written by a clock that ran fast and counts as expired (the message is redelivered,
+    which the ledger recognises, rather than hidden for as long as the clock was off). A step
+    back of up to twice the lease can still hide a leased message for that long, no more.
     """
 
     kind = "local"
 
-    def __init__(self, engine: Engine, config: LocalQueueConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: LocalQueueConfig,
+        *,
+        clock: Callable[[], datetime] = db.utcnow,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.lease = timedelta(seconds=config.lease_seconds)
         self.max_delivery_attempts = config.max_delivery_attempts
+        self.clock = clock
+
+    def _visible(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Rows a pull may take at ``now``: lease over, or stamped by a clock that ran fast."""
+        visible_at = db.queue_messages.c.visible_at
+        return sa.or_(visible_at <= now, visible_at > now + 2 * self.lease)
 
     def publish(self, payloads: Sequence[bytes]) -> list[str]:
         if not payloads:
             return []
-        now = db.utcnow()
+        now = self.clock()
         table = db.queue_messages
         rows = [
-            {"payload": bytes(p), "published_at": now, "visible_at": now, "delivery_attempt": 0}
+            {
+                "payload": bytes(p),
+                "published_at": now,
+                "visible_at": VISIBLE_NOW,
+                "delivery_attempt": 0,
+            }
             for p in payloads
         ]
         with self.engine.begin() as connection:
@@ -159,9 +187,9 @@ class LocalQueue(RequestQueue):
     def _claim(self, max_messages: int, *, exhausted: bool) -> list[ReceivedMessage]:
         """Lease up to ``max_messages`` visible rows: deliverable ones, or ``exhausted`` ones."""
         table = db.queue_messages
-        now = db.utcnow()
+        now = self.clock()
         used_up = table.c.delivery_attempt >= self.max_delivery_attempts
-        which = [table.c.visible_at <= now, used_up if exhausted else sa.not_(used_up)]
+        which = [self._visible(now), used_up if exhausted else sa.not_(used_up)]
         with self.engine.begin() as connection:
             candidates = (
                 sa.select(table.c.id)
@@ -209,16 +237,16 @@ class LocalQueue(RequestQueue):
 
     def nack(self, ack_ids: Sequence[str]) -> None:
         table = db.queue_messages
-        now = db.utcnow()
         with self.engine.begin() as connection:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
-                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=now)
+                    sa.update(table).where(table.c.ack_id.in_(chunk)).values(visible_at=VISIBLE_NOW)
                 )
 
     def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        """Hide the messages ``seconds`` more, at most the lease (see the class docstring)."""
         table = db.queue_messages
-        visible_at = db.utcnow() + timedelta(seconds=seconds)
+        visible_at = self.clock() + min(timedelta(seconds=seconds), self.lease)
         with self.engine.begin() as connection:
             for chunk in chunked(ack_ids, ACK_CHUNK):
                 connection.execute(
@@ -231,6 +259,39 @@ class LocalQueue(RequestQueue):
             return connection.execute(
                 sa.select(sa.func.count()).select_from(db.queue_messages)
             ).scalar_one()
+
+
+class UnreachableQueue(RequestQueue):
+    """A queue that could not be opened: every call raises that ``QueueUnavailableError`` again.
+
+    The sensor ticks with it when the Pub/Sub emulator or service does not answer, so the work
+    that needs no queue (``sensors.process_tick``) still runs and the pull reports the outage.
+    """
+
+    def __init__(self, error: QueueUnavailableError, *, kind: str = "pubsub") -> None:
+        self.error = error
+        self.kind = kind
+
+    def publish(self, payloads: Sequence[bytes]) -> list[str]:
+        raise self.error
+
+    def pull(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        raise self.error
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
+
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
+
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        raise self.error
+
+    def pull_dead_letters(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        raise self.error
+
+    def ack_dead_letters(self, ack_ids: Sequence[str]) -> None:
+        raise self.error
 
 
 class DeadlineExtender:

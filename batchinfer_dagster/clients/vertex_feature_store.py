@@ -233,9 +233,7 @@ class VertexFeatureStore(FeatureStore):
             ) from exc
 
     def import_records(self, *, full: bool = False) -> ImportResult:
-        window = feature_import.open_window(
-            self.engine, self.target, full=full, clock=self.wall_clock
-        )
+        window = feature_import.open_window(self.engine, self.target, full=full)
         details: dict[str, object] = {
             "bigquery_table": str(self.table),
             "feature_view": self.view_name,

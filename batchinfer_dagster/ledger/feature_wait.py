@@ -6,7 +6,10 @@ sensor looks such requests up here, in the feature store itself, before it spend
 a run on them: a record that arrived goes into a new ledger batch; one still missing only moves
 its ``not_before`` on (no batch, no partition, no run) or, once ``BATCHINFER_FEATURE_WAIT_SECONDS``
 passed since it was received, becomes a dead letter ``unknown record id``. An import into the
-feature store wakes every waiting request at once (``wake``), whatever its backoff.
+feature store wakes every waiting request at once (``wake``), whatever its backoff. A look-up
+that fails (the feature store down) is charged to the requests it was for: each keeps waiting,
+with the error and its next backoff recorded, and none is dead-lettered for it (an unanswered
+look-up says nothing about the record); the caller's other work goes on.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
+from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS
 from batchinfer_dagster.ledger.intake import new_batches
-from batchinfer_dagster.ledger.runs import settle_missing
+from batchinfer_dagster.ledger.runs import feature_backoff, settle_missing
 from batchinfer_dagster.ledger.states import RequestStatus, may_leave_for
 
 # Record ids -> those of them the feature store holds (``FeatureStore.fetch``'s keys).
@@ -35,6 +39,8 @@ class RecheckOutcome:
     batch_keys: list[str] = field(default_factory=list)
     still_waiting: int = 0
     dead_lettered: int = 0
+    # The feature store's failure, when the look-up failed (those requests still wait).
+    lookup_error: str | None = None
 
 
 def recheck_waiting(
@@ -72,7 +78,12 @@ def recheck_waiting(
         rows = connection.execute(query).all()
     if not rows:
         return RecheckOutcome()
-    present = set(lookup(sorted({row.record_id for row in rows})))
+    try:
+        present = set(lookup(sorted({row.record_id for row in rows})))
+    except Exception as exc:  # noqa: BLE001 - any failure of the store is charged alike
+        error = f"looking up {len(rows)} waiting requests in the feature store failed: {exc}"
+        _postpone(engine, rows, error=error, now=now)
+        return RecheckOutcome(still_waiting=len(rows), lookup_error=error)
     ready = [row.message_id for row in rows if row.record_id in present]
     missing = [row for row in rows if row.record_id not in present]
     with engine.begin() as connection:
@@ -90,6 +101,26 @@ def recheck_waiting(
                 )
         waiting, dead = settle_missing(connection, missing, feature_wait=feature_wait, now=now)
     return RecheckOutcome(batch_keys, waiting, dead)
+
+
+def _postpone(engine: Engine, rows: Sequence[sa.Row], *, error: str, now: datetime) -> None:
+    """Record a failed look-up on each request and move its next look-up on by its backoff."""
+    table = db.prediction_requests
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(table)
+            .where(
+                table.c.message_id == sa.bindparam("key"),
+                table.c.status == RequestStatus.WAITING_FEATURES,
+            )
+            .values(
+                attempts=table.c.attempts + 1,
+                not_before=sa.bindparam("retry_at"),
+                error=error[:MAX_ERROR_CHARS],
+                updated_at=now,
+            ),
+            [{"key": r.message_id, "retry_at": now + feature_backoff(r.attempts)} for r in rows],
+        )
 
 
 WAITING_REASON = "record not in the feature store yet"

@@ -152,9 +152,18 @@ def settle_missing(
     feature_wait: timedelta,
     now: datetime,
 ) -> tuple[int, int]:
-    """Requests whose record is not in the feature store: wait with backoff, or dead-letter."""
-    expired = [r for r in missing if now - r.received_at >= feature_wait]
-    waiting = [r for r in missing if now - r.received_at < feature_wait]
+    """Requests whose record is not in the feature store: wait with backoff, or dead-letter.
+
+    A request for a deleted record (a tombstone in ``record_deletions``) is dead-lettered at once:
+    it will never arrive, and waiting would only delay the answer.
+    """
+    deleted = deleted_records(connection, [r.record_id for r in missing])
+
+    def ended(request: BatchRequest) -> bool:
+        return request.record_id in deleted or now - request.received_at >= feature_wait
+
+    expired = [r for r in missing if ended(r)]
+    waiting = [r for r in missing if not ended(r)]
     dead_letter_requests(connection, expired, UNKNOWN_RECORD, now)
     if waiting:
         table = db.prediction_requests
@@ -183,6 +192,11 @@ def settle_missing(
     return len(waiting), len(expired)
 
 
+def deleted_records(connection: Connection, record_ids: Sequence[int]) -> set[int]:
+    """Those of ``record_ids`` that were deleted (``records.delete_record``)."""
+    return db.existing_values(connection, db.record_deletions.c.record_id, sorted(set(record_ids)))
+
+
 @dataclass(frozen=True)
 class Settlement:
     """What a run learned about its batch, settled in one transaction by ``settle_batch``.
@@ -209,15 +223,20 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
     the records predicted now are resolved by this run in the same transaction. Returns how many
     requests now wait for features and how many became dead letters.
     """
-    answers, refusals, now = settlement.answers, settlement.refused, settlement.now
-    open_requests = [r for r in settlement.requests if r.status != RequestStatus.DEAD_LETTERED]
-    done = [r.message_id for r in settlement.requests if r.record_id in answers]
-    refused = [r for r in open_requests if r.record_id in refusals]
-    missing = [
-        r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
-    ]
+    now = settlement.now
     table = db.prediction_requests
     with engine.begin() as connection:
+        # A record deleted after the run fetched its features is not predicted: its requests
+        # join the missing ones, which dead-letters them ("unknown record id").
+        deleted = deleted_records(connection, [r.record_id for r in settlement.requests])
+        answers = {k: v for k, v in settlement.answers.items() if k not in deleted}
+        refusals = {k: v for k, v in settlement.refused.items() if k not in deleted}
+        open_requests = [r for r in settlement.requests if r.status != RequestStatus.DEAD_LETTERED]
+        done = [r.message_id for r in settlement.requests if r.record_id in answers]
+        refused = [r for r in open_requests if r.record_id in refusals]
+        missing = [
+            r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
+        ]
         write_predictions(
             connection,
             answers,

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batchinfer_dagster.clients.queue import LocalQueue, LocalQueueConfig, RequestQueue
+from batchinfer_dagster.clients.queue import (
+    LocalQueue,
+    LocalQueueConfig,
+    QueueUnavailableError,
+    RequestQueue,
+    UnreachableQueue,
+)
 from batchinfer_dagster.resources.database import DatabaseResource
 from batchinfer_dagster.settings import described
 
@@ -37,8 +43,17 @@ class RequestQueueResource(ConfigurableResource, ABC):
         """A new client; the caller closes it (``open`` does)."""
 
     @contextmanager
-    def open(self) -> Iterator[RequestQueue]:
-        queue = self.client()
+    def open(self, *, unreachable_ok: bool = False) -> Iterator[RequestQueue]:
+        """A client, closed afterwards. ``unreachable_ok``: a queue that cannot be opened
+        (``QueueUnavailableError``) yields an ``UnreachableQueue`` whose calls raise that error,
+        for callers with work that needs no queue (the sensor)."""
+        try:
+            queue = self.client()
+        except QueueUnavailableError as exc:
+            if not unreachable_ok:
+                raise
+            yield UnreachableQueue(exc)
+            return
         try:
             yield queue
         finally:

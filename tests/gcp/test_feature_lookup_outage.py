@@ -86,8 +86,8 @@ def test_a_denied_look_up_leaves_intake_runs_and_waiting_requests_alone(
     assert outcome.accepted == 1
     assert len(outcome.run_requests) == 1
     assert outcome.rebatched == []
-    assert outcome.feature_lookup_error is not None
-    assert "fetchFeatureValues' denied" in outcome.feature_lookup_error
+    assert outcome.feature_store_error is not None
+    assert "fetchFeatureValues' denied" in outcome.feature_store_error
     assert "fetchFeatureValues' denied" in outcome.summary()
     statuses = {row.record_id: row.status for row in rows(settings, db.prediction_requests)}
     assert statuses[2] == ledger.RequestStatus.WAITING_FEATURES
