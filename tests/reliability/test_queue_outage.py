@@ -68,6 +68,7 @@ def tick(
         feature_store=feature_store or local_feature_store(settings),
         features_changed=True,
         clock=lambda: db.utcnow() + after,
+        lease_seconds=settings.ack_deadline_seconds,
     )
 
 
