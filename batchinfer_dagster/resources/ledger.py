@@ -30,7 +30,7 @@ class LedgerResource(ConfigurableResource):
     )
     max_pull: int = Field(default=5000, ge=1, description="Messages one sensor tick pulls at most.")
     pull_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long a tick waits for messages when none is ready."
+        default=4.0, gt=0, description="How long a tick waits for messages when none is ready."
     )
     max_attempts: int = Field(
         default=3, ge=1, description="Runs of one batch before its requests are dead-lettered."
