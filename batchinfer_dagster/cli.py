@@ -4,6 +4,10 @@ Every command reads the one ``Settings`` object and builds its clients through t
 as the code location (``batchinfer_dagster.deployments``), so the same commands drive the
 embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
 down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
+
+Only ``click`` and the settings are imported up front: each command imports what it needs
+(SQLAlchemy, the ledger, Dagster's resources, pandas), so ``--version``, ``--help`` and ``where``
+never pay for Dagster or pandas, and ``prediction`` does not pay for pandas.
 """
 
 from __future__ import annotations
@@ -17,19 +21,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
-from dagster import DagsterInstance
-from sqlalchemy.exc import OperationalError
 
-from batchinfer_dagster import asset_events, db, ledger
-from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
-from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
-from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
-from batchinfer_dagster.settings import Settings, SettingsError, load_settings
+from batchinfer_dagster.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from batchinfer_dagster.deployments import Resources
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
@@ -42,16 +44,25 @@ class InvalidRecordIdError(ValueError):
     """A record id given on the command line that is not one of 1..2^63-1."""
 
 
-# Errors that mean "the user or the environment must change something", shown as one line.
+# Errors that mean "the user or the environment must change something", shown as one line,
+# by module and class name: the commands import their modules lazily, and an error of a module
+# that was never imported cannot have been raised, so none is imported to look for it.
 USER_ERRORS = (
-    SettingsError,
-    InvalidRecordIdError,
-    InvalidRecordError,
-    InvalidMessageError,
-    QueueUnavailableError,
-    db.DatabaseUnavailableError,
-    db.SchemaOutOfDateError,
+    ("batchinfer_dagster.settings", "SettingsError"),
+    ("batchinfer_dagster.records", "InvalidRecordError"),
+    ("batchinfer_dagster.clients.queue", "InvalidMessageError"),
+    ("batchinfer_dagster.clients.queue", "QueueUnavailableError"),
+    ("batchinfer_dagster.db", "DatabaseUnavailableError"),
+    ("batchinfer_dagster.db", "SchemaOutOfDateError"),
 )
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The classes of ``USER_ERRORS`` whose modules are loaded, and ``InvalidRecordIdError``."""
+    loaded = [
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    ]
+    return (InvalidRecordIdError, *loaded)
 
 
 class BatchinferGroup(click.Group):
@@ -60,12 +71,15 @@ class BatchinferGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OperationalError as exc:
-            raise click.ClickException(
-                f"database error: {' '.join(str(exc.orig).split())}"
-            ) from exc
+        except Exception as exc:
+            if isinstance(exc, _user_error_types()):
+                raise click.ClickException(str(exc)) from exc
+            operational = sys.modules.get("sqlalchemy.exc")
+            if operational is not None and isinstance(exc, operational.OperationalError):
+                raise click.ClickException(
+                    f"database error: {' '.join(str(exc.orig).split())}"
+                ) from exc
+            raise
 
 
 @click.group(cls=BatchinferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,6 +101,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _resources(ctx: click.Context) -> Resources:
+    from batchinfer_dagster.deployments import resources_for
+
     return resources_for(_settings(ctx))
 
 
@@ -95,9 +111,11 @@ def _engine(ctx: click.Context) -> sa.Engine:
 
     On a laptop the CLI is the first thing a user runs, so it creates its own database. Any
     other database is migrated only by ``batchinfer db upgrade`` (the deploy run does it).
+    Built from the settings' URL, as ``DatabaseResource`` builds it, without Dagster's resources.
     """
-    database = _resources(ctx).database
-    url = database.url()
+    from batchinfer_dagster import db
+
+    url = _settings(ctx).resolved_database_url
     if db.is_sqlite(url):
         engine = db.create_app_engine(url)
         try:
@@ -105,7 +123,7 @@ def _engine(ctx: click.Context) -> sa.Engine:
                 db.upgrade(engine)
         finally:
             engine.dispose()
-    return database.get_engine()
+    return db.engine_for(url)
 
 
 def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], object]) -> None:
@@ -115,6 +133,8 @@ def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], o
     is one line on stderr naming the instance, and the UI shows the event after the next
     observation or materialization.
     """
+    from batchinfer_dagster import asset_events
+
     home = _settings(ctx).resolved_dagster_home
     try:
         with asset_events.open_instance(home) as instance:
@@ -145,6 +165,9 @@ def add_data_point(ctx: click.Context, text: str) -> None:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import add_records
+
     engine = _engine(ctx)
     [record_id] = add_records(engine, [text])
     _echo_json({"id": record_id, "text": text})
@@ -164,6 +187,9 @@ def load(ctx: click.Context, file: Path) -> None:
       batchinfer load messages.jsonl
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
     """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import count_texts, load_file
+
     total = count_texts(file)
     engine = _engine(ctx)
     with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
@@ -192,6 +218,8 @@ def import_data(ctx: click.Context, full: bool) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
+    from batchinfer_dagster import asset_events
+
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
         started = time.perf_counter()
@@ -217,6 +245,8 @@ def import_data(ctx: click.Context, full: bool) -> None:
 
 def record_id_argument(value: str) -> int:
     """A record id from the command line, or ``InvalidRecordIdError`` (one line, exit 1)."""
+    from batchinfer_dagster import ledger
+
     record_id = ledger.record_id_of_text(value.strip())
     if record_id is None:
         raise InvalidRecordIdError(
@@ -243,6 +273,8 @@ def parse_ids(values: Sequence[str]) -> list[int]:
 
 def id_payloads(ids: Iterable[int]) -> Iterator[bytes]:
     """Request payloads, made one at a time: a range of ten billion ids costs no memory."""
+    from batchinfer_dagster import ledger
+
     return (ledger.request_payload(i) for i in ids)
 
 
@@ -304,6 +336,8 @@ def publish_payloads(
     ``payloads`` is consumed chunk by chunk, so memory stays bounded by one chunk whatever the
     number of messages. The bar only moves between chunks, so a publish of one chunk shows none.
     """
+    from batchinfer_dagster.chunks import chunked
+
     report = PublishReport(record_ids=record_ids)
     bar_file = sys.stderr if total > PUBLISH_CHUNK else io.StringIO()
     with (
@@ -323,6 +357,8 @@ def _report_published(report: PublishReport) -> None:
 
 def message_argument(value: str) -> bytes:
     """A message given as an argument, as UTF-8 bytes; one line and exit 1 when it is not."""
+    from batchinfer_dagster.records import InvalidRecordError
+
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -395,6 +431,10 @@ def prediction_document(
 ) -> dict[str, Any] | None:
     """The record's newest prediction (of ``model`` when given) as
     ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     table, records = db.predictions, db.data_points
     query = (
         sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
@@ -436,21 +476,32 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
 
 
 def _count(connection: sa.Connection, table: sa.Table) -> int:
+    import sqlalchemy as sa
+
     return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
 def _count_dead_letters(connection: sa.Connection, clause: sa.ColumnElement[bool]) -> int:
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     query = sa.select(sa.func.count()).select_from(db.dead_letters).where(clause)
     return connection.execute(query).scalar_one()
 
 
 def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
+    import sqlalchemy as sa
+
     rows = connection.execute(sa.select(column, sa.func.count()).group_by(column)).all()
     return {str(value): count for value, count in rows}
 
 
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
+    from batchinfer_dagster import db, ledger
+    from batchinfer_dagster.deployments import resources_for
+
     resources = resources_for(settings)
     with resources.database.get_engine().connect() as connection:
         counts: dict[str, Any] = {
@@ -558,6 +609,10 @@ def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None
     """
     if ctx.invoked_subcommand is not None:
         return
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db, ledger
+
     table = db.dead_letters
     query = sa.select(table).order_by(table.c.id).limit(limit)
     if not include_resolved:
@@ -587,6 +642,8 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
       batchinfer dead-letters replay --reason "unknown record id"
       batchinfer dead-letters replay --id 12 --id 13
     """
+    from batchinfer_dagster import db, ledger
+
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
     engine = _engine(ctx)
     with _resources(ctx).request_queue.open() as queue:
@@ -618,6 +675,10 @@ def db_upgrade(ctx: click.Context) -> None:
     Example:
       BATCHINFER_DATABASE_URL=postgresql+psycopg://user:pw@host/db batchinfer db upgrade
     """
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     database = _resources(ctx).database
     database.upgrade()
     where = sa.make_url(database.url()).render_as_string(hide_password=True)
@@ -639,6 +700,7 @@ def pubsub_create(ctx: click.Context) -> None:
       PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
     """
     from batchinfer_dagster.clients.pubsub_queue import create_topology
+    from batchinfer_dagster.deployments import pubsub_queue_for
 
     _echo_json(create_topology(pubsub_queue_for(_settings(ctx)).topology()))
 
