@@ -415,15 +415,40 @@ def publish(
 def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """Ask for predictions of these records (publishes one request per id).
 
+    Ids of records that do not exist are named on stderr and not requested (exit 1); the
+    others are published all the same.
+
     \b
     Example:
       batchinfer predict 1 2 3
     """
     record_ids = parse_ids(ids)
-    _engine(ctx)
-    resources = _resources(ctx)
-    payloads = id_payloads(record_ids)
-    _report_published(publish_payloads(resources, payloads, len(record_ids), record_ids))
+    missing = missing_records(_engine(ctx), record_ids)
+    known = [record_id for record_id in record_ids if record_id not in missing]
+    if known:
+        payloads = id_payloads(known)
+        _report_published(publish_payloads(_resources(ctx), payloads, len(known), known))
+    if missing:
+        click.echo(missing_records_line(sorted(missing)) + "; not requested", err=True)
+        ctx.exit(1)
+
+
+def missing_records(engine: sa.Engine, record_ids: Sequence[int]) -> set[int]:
+    """Those of ``record_ids`` that no record has (``data_points``)."""
+    from batchinfer_dagster import db
+
+    with engine.connect() as connection:
+        found = db.existing_values(connection, db.data_points.c.id, list(set(record_ids)))
+    return set(record_ids) - found
+
+
+def missing_records_line(record_ids: Sequence[int]) -> str:
+    """One line naming records that do not exist (the first ``LIST_LIMIT``) and how to add one."""
+    shown = ", ".join(str(record_id) for record_id in record_ids[:LIST_LIMIT])
+    more = f" and {len(record_ids) - LIST_LIMIT} more" if len(record_ids) > LIST_LIMIT else ""
+    noun = "record" if len(record_ids) == 1 else "records"
+    verb = "does" if len(record_ids) == 1 else "do"
+    return f"{noun} {shown}{more} {verb} not exist (add-data-point or load adds records)"
 
 
 def prediction_document(
@@ -460,7 +485,8 @@ def prediction_document(
 @click.option("--model", help="Only predictions of this model id (default: the newest of any).")
 @click.pass_context
 def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> None:
-    """Print the stored prediction of a record as JSON; exit 1 when there is none yet.
+    """Print the stored prediction of a record as JSON; exit 1 when there is none yet, or when
+    the record does not exist.
 
     \b
     Example:
@@ -468,9 +494,13 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
       {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
     """
     record_id = record_id_argument(record_id_text)
-    document = prediction_document(_engine(ctx), record_id, model)
+    engine = _engine(ctx)
+    document = prediction_document(engine, record_id, model)
     if document is None:
-        click.echo(f"no prediction for record {record_id} yet", err=True)
+        if missing_records(engine, [record_id]):
+            click.echo(missing_records_line([record_id]), err=True)
+        else:
+            click.echo(f"no prediction for record {record_id} yet", err=True)
         ctx.exit(1)
     _echo_json(document)
 

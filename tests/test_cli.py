@@ -122,9 +122,13 @@ def test_prediction_in_the_replaced_systems_format(app_settings: Settings) -> No
     missing = run(app_settings, "prediction", "1")
     assert missing.exit_code == 1
     assert missing.stdout == ""
-    assert missing.stderr.strip() == "no prediction for record 1 yet"
+    assert missing.stderr.strip() == (
+        "record 1 does not exist (add-data-point or load adds records)"
+    )
 
     run(app_settings, "add-data-point", "test input data 1")
+    not_yet = run(app_settings, "prediction", "1")
+    assert (not_yet.exit_code, not_yet.stderr.strip()) == (1, "no prediction for record 1 yet")
     now = db.utcnow()
     with engine_of(app_settings).begin() as connection:
         connection.execute(
@@ -249,3 +253,28 @@ def test_an_unmigrated_server_database_is_refused_with_the_command_to_run(
     assert "newest schema" in upgraded.stdout
     assert run(settings, "status").exit_code == 0
     db.dispose_engines()
+
+
+def test_predict_requests_the_records_that_exist_and_names_the_others(
+    app_settings: Settings,
+) -> None:
+    run(app_settings, "add-data-point", "I was charged twice")
+
+    result = run(app_settings, "predict", "1", "424242", "2")
+
+    assert result.exit_code == 1
+    assert lines(result) == [{"record_id": 1, "message_id": "1"}]
+    assert result.stderr.strip() == (
+        "records 2, 424242 do not exist (add-data-point or load adds records); not requested"
+    )
+    [delivery] = drain(open_queue(app_settings), 1)
+    assert json.loads(delivery.data) == {"id": "1"}
+
+
+def test_predict_of_records_that_all_exist_exits_0(app_settings: Settings) -> None:
+    run(app_settings, "add-data-point", "I was charged twice")
+
+    result = run(app_settings, "predict", "1")
+
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert lines(result) == [{"record_id": 1, "message_id": "1"}]
