@@ -39,6 +39,8 @@ from batchinfer_protocol.zero_shot import (
 # Chunks in flight at once: enough to keep the server's dynamic batcher full.
 MAX_IN_FLIGHT = 4
 
+# Our model server's readiness route (model-server/model_server/app.py, AIP_HEALTH_ROUTE).
+HEALTH_ROUTE = "/health"
 # What our model server's /health says while it cannot predict yet but will (model_server.app:
 # "loading" the weights, "warming_up" its shapes); "failed" and anything else are not waited for.
 STARTING_STATES = frozenset({"loading", "warming_up"})
@@ -299,14 +301,13 @@ class HttpModelClient(ModelClient):
         timeout: float = 120.0,
         chunk_size: int = 256,
         predict_route: str = "/predict",
-        health_route: str = "/health",
         auth: httpx.Auth | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = base_url.rstrip("/") + predict_route
-        self.health_url = base_url.rstrip("/") + health_route
+        self.health_url = base_url.rstrip("/") + HEALTH_ROUTE
         self.chunk_size = chunk_size
         self.max_request_bytes = max_request_bytes
         self.client = httpx.Client(timeout=timeout, auth=auth)
