@@ -178,14 +178,16 @@ def add_data_point(ctx: click.Context, text: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.pass_context
 def load(ctx: click.Context, file: Path) -> None:
-    """Bulk-load records from a CSV (column 'text') or JSONL (field 'text') file.
+    """Bulk-load records from a UTF-8 CSV (column 'text'), a Parquet file (column 'text') or
+    JSONL (field 'text'), chosen by the file's extension (.csv, .parquet, .jsonl).
 
     The whole file is checked first, so a bad line loads nothing.
 
     \b
-    Example:
+    Examples:
       batchinfer load messages.jsonl
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
+      batchinfer load messages.parquet
     """
     from batchinfer_dagster import asset_events
     from batchinfer_dagster.records import count_texts, load_file
@@ -565,7 +567,8 @@ def status_counts(settings: Settings) -> dict[str, Any]:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Print counts of records, features, requests by status, predictions and dead letters,
-    and under "using" where they are kept (as `batchinfer where`).
+    whether the model server is ready ("model_server": ready, loading, warming_up, failed or
+    unreachable), and under "using" where they are kept (as `batchinfer where`).
 
     \b
     Example:
@@ -575,7 +578,26 @@ def status(ctx: click.Context) -> None:
     """
     _engine(ctx)
     settings = _settings(ctx)
-    _echo_json({**status_counts(settings), "using": settings.state_locations()})
+    _echo_json(
+        {
+            **status_counts(settings),
+            "model_server": model_server_state(settings.model_url),
+            "using": settings.state_locations(),
+        }
+    )
+
+
+def model_server_state(model_url: str) -> str:
+    """``ready``, ``loading``, ``warming_up`` (predictions wait for it), ``failed`` or
+    ``unreachable``, as the model server's ``/health`` says; a Vertex endpoint is not probed."""
+    if model_url.startswith("vertex://"):
+        return "not probed (a Vertex AI endpoint)"
+    import httpx
+
+    from batchinfer_dagster.clients.model_client import HEALTH_ROUTE, read_health
+
+    with httpx.Client() as client:
+        return read_health(client, model_url.rstrip("/") + HEALTH_ROUTE)
 
 
 @cli.command("where")

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
+from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, open_queue
 from tests.clients.test_queue import drain
@@ -23,6 +24,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BATCHINFER_QUEUE": settings.queue,
         "BATCHINFER_PUBSUB_TOPIC": settings.pubsub_topic,
         "BATCHINFER_PUBSUB_SUBSCRIPTION": settings.pubsub_subscription,
+        "BATCHINFER_MODEL_URL": settings.model_url,
     }
     if settings.pubsub_emulator_host:
         env["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
@@ -278,3 +280,20 @@ def test_predict_of_records_that_all_exist_exits_0(app_settings: Settings) -> No
 
     assert (result.exit_code, result.stderr) == (0, "")
     assert lines(result) == [{"record_id": 1, "message_id": "1"}]
+
+
+def test_load_help_names_every_format_it_reads() -> None:
+    result = CliRunner().invoke(cli, ["load", "-h"])
+
+    assert result.exit_code == 0
+    for name in ("CSV", "Parquet", "JSONL"):
+        assert name in result.output
+
+
+def test_status_says_when_the_model_server_is_unreachable(app_settings: Settings) -> None:
+    settings = app_settings.model_copy(update={"model_url": f"http://127.0.0.1:{free_port()}"})
+
+    result = run(settings, "status")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model_server"] == "unreachable"

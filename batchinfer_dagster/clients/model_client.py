@@ -291,6 +291,23 @@ def json_bytes(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def read_health(client: httpx.Client, health_url: str) -> str:
+    """What our model server's ``/health`` says: ``ready``, ``loading``, ``warming_up``,
+    ``failed``, ``unreachable`` (no connection), or ``HTTP <code>`` for another answer (e.g. a
+    403 from a private Cloud Run service)."""
+    try:
+        response = client.get(health_url, timeout=READY_POLL_SECONDS)
+    except httpx.TransportError:
+        return "unreachable"
+    if response.status_code == 200:
+        return "ready"
+    try:
+        state = response.json().get("status")
+    except (ValueError, AttributeError):
+        state = None
+    return state if isinstance(state, str) else f"HTTP {response.status_code}"
+
+
 class HttpModelClient(ModelClient):
     """Our model server's ``POST /predict`` (locally or on Cloud Run)."""
 
@@ -315,19 +332,8 @@ class HttpModelClient(ModelClient):
         self.sleep = sleep
 
     def server_state(self) -> str:
-        """What the server's ``/health`` says: ``ready``, ``loading``, ``warming_up``,
-        ``failed``, ``unreachable`` (no connection), or ``HTTP <code>`` for another answer."""
-        try:
-            response = self.client.get(self.health_url, timeout=READY_POLL_SECONDS)
-        except httpx.TransportError:
-            return "unreachable"
-        if response.status_code == 200:
-            return "ready"
-        try:
-            state = response.json().get("status")
-        except (ValueError, AttributeError):
-            state = None
-        return state if isinstance(state, str) else f"HTTP {response.status_code}"
+        """What the server's ``/health`` says now (``read_health``)."""
+        return read_health(self.client, self.health_url)
 
     def wait_while_starting(self, cause: str, deadline: float) -> None:
         """Return once a server that said it was starting is ready; otherwise raise

@@ -20,6 +20,7 @@ from batchinfer_dagster.clients.model_client import (
     ModelError,
     ModelRequestError,
     TransientModelError,
+    read_health,
 )
 from batchinfer_protocol.zero_shot import PredictParameters
 
@@ -174,3 +175,25 @@ def test_a_server_that_is_not_starting_is_a_transient_error_at_once(
     with pytest.raises(TransientModelError, match=rf"its /health: {says}"):
         server.client().predict(["t"], PARAMETERS)
     assert server.now == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        (httpx.Response(200, json={"status": "ready"}), "ready"),
+        (httpx.Response(503, json={"status": "warming_up"}), "warming_up"),
+        (httpx.Response(503, json={"status": "loading"}), "loading"),
+        (httpx.Response(503, json={"status": "failed", "error": "no weights"}), "failed"),
+        (httpx.Response(403, text="Forbidden"), "HTTP 403"),
+        (None, "unreachable"),
+    ],
+    ids=["ready", "warming-up", "loading", "failed", "private", "down"],
+)
+def test_read_health_names_the_servers_state(answer: httpx.Response | None, state: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answer is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        return answer
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        assert read_health(client, "http://model.test/health") == state
