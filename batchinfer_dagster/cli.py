@@ -49,6 +49,7 @@ class InvalidRecordIdError(ValueError):
 # that was never imported cannot have been raised, so none is imported to look for it.
 USER_ERRORS = (
     ("batchinfer_dagster.settings", "SettingsError"),
+    ("batchinfer_dagster.export", "ExportError"),
     ("batchinfer_dagster.records", "InvalidRecordError"),
     ("batchinfer_dagster.clients.queue", "InvalidMessageError"),
     ("batchinfer_dagster.clients.queue", "QueueUnavailableError"),
@@ -505,6 +506,34 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
             click.echo(f"no prediction for record {record_id} yet", err=True)
         ctx.exit(1)
     _echo_json(document)
+
+
+@cli.command("export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--since",
+    help="Only predictions stored at or after this ISO 8601 time (UTC unless it names a zone).",
+)
+@click.pass_context
+def export(ctx: click.Context, file: Path, since: str | None) -> None:
+    """Write the stored predictions to a CSV, JSONL or Parquet file (by its extension).
+
+    One row per record and model: record_id, model, label and score (the top one), labels and
+    scores (ranked), predicted_at. Streamed in chunks, so any number of rows fits in memory;
+    the file appears only once complete.
+
+    \b
+    Examples:
+      batchinfer export predictions.parquet
+      {"exported": 10000, "file": "predictions.parquet"}
+      batchinfer export --since 2026-12-05T09:00:00Z today.csv
+    """
+    from batchinfer_dagster.export import export_format, export_predictions, parse_since
+
+    export_format(file)
+    moment = parse_since(since) if since is not None else None
+    count = export_predictions(_engine(ctx), file, moment)
+    _echo_json({"exported": count, "file": str(file)})
 
 
 def _count(connection: sa.Connection, table: sa.Table) -> int:
