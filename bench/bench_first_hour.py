@@ -61,10 +61,10 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def baseline_tree(revision: str, into: Path) -> Path:
-    """The repository at ``revision``, as files under ``into``."""
+def baseline_tree(revision: str, into: Path, repository: Path) -> Path:
+    """``repository`` at ``revision``, as files under ``into``."""
     archive = subprocess.run(
-        ["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True
+        ["git", "archive", revision], cwd=repository, capture_output=True, check=True
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
@@ -143,6 +143,8 @@ def wait_until_predicted(settings: Settings, record_ids: range, timeout: float) 
 
 
 def measure_arm(arm: Arm, home: Path, model_url: str, samples: int, drain: int) -> None:
+    """On a fresh `dg dev` and home: a warm-up request, ``samples`` single requests, then a
+    backlog of ``drain`` (either may be 0)."""
     rng = random.Random(7)
     with dg_dev(arm.tree, home, model_url) as settings:
         total = 1 + samples + drain
@@ -162,12 +164,23 @@ def measure_arm(arm: Arm, home: Path, model_url: str, samples: int, drain: int) 
                 )
                 loads.append(load_average())
                 print(f"  {arm.name} single {record_id - 1}/{samples}: {arm.latencies[-1]:.1f} s")
-            arm.latency_load = f"{loads[0]} → {loads[-1]}"
-            backlog = range(samples + 2, total + 1)
-            queue.publish([json.dumps({"id": str(i)}).encode() for i in backlog])
-            arm.drain_seconds = wait_until_predicted(settings, backlog, timeout=3600)
-            arm.drain_load = load_average()
-            print(f"  {arm.name} drain of {drain}: {arm.drain_seconds:.1f} s")
+            if samples:
+                arm.latency_load = f"{loads[0]} → {loads[-1]}"
+                print(
+                    f"  {arm.name}: p50 {arm.percentile(0.5):.1f} s, p95 "
+                    f"{arm.percentile(0.95):.1f} s (load {arm.latency_load})",
+                    flush=True,
+                )
+            if drain:
+                backlog = range(samples + 2, total + 1)
+                queue.publish([json.dumps({"id": str(i)}).encode() for i in backlog])
+                arm.drain_seconds = wait_until_predicted(settings, backlog, timeout=3600)
+                arm.drain_load = load_average()
+                print(
+                    f"  {arm.name} drain of {drain}: {arm.drain_seconds:.1f} s "
+                    f"(load {arm.drain_load})",
+                    flush=True,
+                )
         finally:
             queue.close()
 
@@ -242,6 +255,12 @@ BASELINE_NOTE = "the commit issue #24 measured"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the before arm")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT,
+        help="the git repository of --baseline (when this tree is an exported snapshot)",
+    )
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--drain", type=int, default=5000)
     parser.add_argument("--cli-repeats", type=int, default=9)
@@ -251,7 +270,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-first-hour-"))
     try:
         arms = [
-            Arm(f"before-{args.baseline}", baseline_tree(args.baseline, work / args.baseline), []),
+            Arm(
+                f"before-{args.baseline}",
+                baseline_tree(args.baseline, work / args.baseline, args.repository),
+                [],
+            ),
             Arm("after", REPO_ROOT, []),
         ]
         if not args.cli_only:
@@ -259,9 +282,12 @@ def main() -> None:
             server.start(wait=False)
             try:
                 server.wait_healthy(timeout=MODEL_START_TIMEOUT_S)
-                for arm in reversed(arms):
-                    home = work / f"home-{arm.name}"
-                    measure_arm(arm, home, server.url, args.samples, args.drain)
+                # Singles of both arms first, then the drains: each phase compares like with like
+                # under the same stretch of the machine's load.
+                for arm in arms:
+                    measure_arm(arm, work / f"singles-{arm.name}", server.url, args.samples, 0)
+                for arm in arms:
+                    measure_arm(arm, work / f"drain-{arm.name}", server.url, 0, args.drain)
             finally:
                 server.stop()
         cli_load_start = load_average()
