@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 install: $(STAMP)
 
 # The schema migrated (the one step that changes it), the model server in the background,
-# `dg dev` (UI on :3000, sensor running; Dagster 1.13's successor of `dagster dev`) in front.
-# Ctrl-C stops both; the state stays where `batchinfer where` says.
+# `dg dev` (UI on :3000, sensor running; Dagster 1.13's successor of `dagster dev`) in front,
+# and one line "batchinfer is ready ..." once the UI answers and the model is warm.
+# Ctrl-C stops all three; the state stays where `batchinfer where` says.
 run: install
 	@export DAGSTER_HOME="$$($(BIN)/batchinfer where dagster_home)" && \
 	mkdir -p "$$DAGSTER_HOME" && \
@@ -33,7 +34,8 @@ run: install
 	$(BIN)/batchinfer db upgrade && \
 	$(BIN)/batchinfer where && \
 	{ $(BIN)/python -m model_server & model_pid=$$!; \
-	trap 'kill $$model_pid 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m batchinfer_dagster.readiness & ready_pid=$$!; \
+	trap 'kill $$model_pid $$ready_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dg dev -w workspace.yaml; }
 
 # The production-like stack on a laptop: PostgreSQL (app database and Dagster's storage) and the

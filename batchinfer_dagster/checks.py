@@ -23,6 +23,7 @@ SAMPLE = 10
 ONE_PER_RECORD = "one_prediction_per_record"
 SCORES_SUM_TO_ONE = "scores_sum_to_one"
 LABELS_ARE_CONFIGURED = "labels_are_the_configured_labels"
+RECORDS_PREDICTED = "records_predicted"
 
 PREDICTION_CHECK_SPECS = [
     AssetCheckSpec(
@@ -39,6 +40,14 @@ PREDICTION_CHECK_SPECS = [
         LABELS_ARE_CONFIGURED,
         asset=PREDICTIONS_ASSET,
         description="Each prediction's labels are a permutation of BATCHINFER_LABELS.",
+    ),
+    AssetCheckSpec(
+        RECORDS_PREDICTED,
+        asset=PREDICTIONS_ASSET,
+        description="The batch predicted at least one record. A warning when it predicted none "
+        "(its requests wait for features, were refused or dead-lettered: the partition's "
+        "metadata counts each, `batchinfer dead-letters` lists them), so an empty partition "
+        "does not look like a green one.",
     ),
 ]
 
@@ -92,6 +101,16 @@ def _labels_are_configured(
     )
 
 
+def _records_predicted(stored: dict[int, Prediction]) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=RECORDS_PREDICTED,
+        asset_key=PREDICTIONS_ASSET,
+        passed=bool(stored),
+        severity=AssetCheckSeverity.WARN,
+        metadata={"predicted": len(stored)},
+    )
+
+
 def prediction_check_results(
     engine: Engine,
     batch_key: str,
@@ -100,11 +119,12 @@ def prediction_check_results(
     labels: Sequence[str],
     multi_label: bool,
 ) -> list[AssetCheckResult]:
-    """The three checks of one batch, read back from the rows of ``model`` (the served model)."""
+    """The four checks of one batch, read back from the rows of ``model`` (the served model)."""
     record_ids = ledger.batch_record_ids(engine, batch_key)
     stored = ledger.read_predictions(engine, record_ids, model_name=model)
     return [
         _one_per_record(record_ids, stored),
         _scores_sum_to_one(stored, multi_label),
         _labels_are_configured(stored, labels),
+        _records_predicted(stored),
     ]

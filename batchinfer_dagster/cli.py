@@ -4,6 +4,10 @@ Every command reads the one ``Settings`` object and builds its clients through t
 as the code location (``batchinfer_dagster.deployments``), so the same commands drive the
 embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
 down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
+
+Only ``click`` and the settings are imported up front: each command imports what it needs
+(SQLAlchemy, the ledger, Dagster's resources, pandas), so ``--version``, ``--help`` and ``where``
+never pay for Dagster or pandas, and ``prediction`` does not pay for pandas.
 """
 
 from __future__ import annotations
@@ -17,26 +21,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
-from dagster import DagsterInstance
-from sqlalchemy.exc import OperationalError
 
-from batchinfer_dagster import asset_events, db, ledger
-from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
-from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
-from batchinfer_dagster.records import (
-    InvalidRecordError,
-    UnknownRecordError,
-    add_records,
-    count_texts,
-    delete_record,
-    load_file,
-)
-from batchinfer_dagster.settings import Settings, SettingsError, load_settings
+from batchinfer_dagster.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from batchinfer_dagster.deployments import Resources
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
@@ -49,17 +44,27 @@ class InvalidRecordIdError(ValueError):
     """A record id given on the command line that is not one of 1..2^63-1."""
 
 
-# Errors that mean "the user or the environment must change something", shown as one line.
+# Errors that mean "the user or the environment must change something", shown as one line,
+# by module and class name: the commands import their modules lazily, and an error of a module
+# that was never imported cannot have been raised, so none is imported to look for it.
 USER_ERRORS = (
-    SettingsError,
-    InvalidRecordIdError,
-    InvalidRecordError,
-    UnknownRecordError,
-    InvalidMessageError,
-    QueueUnavailableError,
-    db.DatabaseUnavailableError,
-    db.SchemaOutOfDateError,
+    ("batchinfer_dagster.settings", "SettingsError"),
+    ("batchinfer_dagster.export", "ExportError"),
+    ("batchinfer_dagster.records", "InvalidRecordError"),
+    ("batchinfer_dagster.records", "UnknownRecordError"),
+    ("batchinfer_dagster.clients.queue", "InvalidMessageError"),
+    ("batchinfer_dagster.clients.queue", "QueueUnavailableError"),
+    ("batchinfer_dagster.db", "DatabaseUnavailableError"),
+    ("batchinfer_dagster.db", "SchemaOutOfDateError"),
 )
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The classes of ``USER_ERRORS`` whose modules are loaded, and ``InvalidRecordIdError``."""
+    loaded = [
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    ]
+    return (InvalidRecordIdError, *loaded)
 
 
 class BatchinferGroup(click.Group):
@@ -68,12 +73,15 @@ class BatchinferGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OperationalError as exc:
-            raise click.ClickException(
-                f"database error: {' '.join(str(exc.orig).split())}"
-            ) from exc
+        except Exception as exc:
+            if isinstance(exc, _user_error_types()):
+                raise click.ClickException(str(exc)) from exc
+            operational = sys.modules.get("sqlalchemy.exc")
+            if operational is not None and isinstance(exc, operational.OperationalError):
+                raise click.ClickException(
+                    f"database error: {' '.join(str(exc.orig).split())}"
+                ) from exc
+            raise
 
 
 @click.group(cls=BatchinferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +103,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _resources(ctx: click.Context) -> Resources:
+    from batchinfer_dagster.deployments import resources_for
+
     return resources_for(_settings(ctx))
 
 
@@ -103,9 +113,11 @@ def _engine(ctx: click.Context) -> sa.Engine:
 
     On a laptop the CLI is the first thing a user runs, so it creates its own database. Any
     other database is migrated only by ``batchinfer db upgrade`` (the deploy run does it).
+    Built from the settings' URL, as ``DatabaseResource`` builds it, without Dagster's resources.
     """
-    database = _resources(ctx).database
-    url = database.url()
+    from batchinfer_dagster import db
+
+    url = _settings(ctx).resolved_database_url
     if db.is_sqlite(url):
         engine = db.create_app_engine(url)
         try:
@@ -113,7 +125,7 @@ def _engine(ctx: click.Context) -> sa.Engine:
                 db.upgrade(engine)
         finally:
             engine.dispose()
-    return database.get_engine()
+    return db.engine_for(url)
 
 
 def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], object]) -> None:
@@ -123,6 +135,8 @@ def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], o
     is one line on stderr naming the instance, and the UI shows the event after the next
     observation or materialization.
     """
+    from batchinfer_dagster import asset_events
+
     home = _settings(ctx).resolved_dagster_home
     try:
         with asset_events.open_instance(home) as instance:
@@ -153,6 +167,9 @@ def add_data_point(ctx: click.Context, text: str) -> None:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import add_records
+
     engine = _engine(ctx)
     [record_id] = add_records(engine, [text])
     _echo_json({"id": record_id, "text": text})
@@ -173,6 +190,9 @@ def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
       batchinfer delete-data-point 1
       {"deleted": 1, "predictions_deleted": 1}
     """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import delete_record
+
     record_id = record_id_argument(record_id_text)
     engine = _engine(ctx)
     _echo_json(delete_record(engine, record_id).document())
@@ -183,15 +203,20 @@ def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.pass_context
 def load(ctx: click.Context, file: Path) -> None:
-    """Bulk-load records from a CSV (column 'text') or JSONL (field 'text') file.
+    """Bulk-load records from a UTF-8 CSV (column 'text'), a Parquet file (column 'text') or
+    JSONL (field 'text'), chosen by the file's extension (.csv, .parquet, .jsonl).
 
     The whole file is checked first, so a bad line loads nothing.
 
     \b
-    Example:
+    Examples:
       batchinfer load messages.jsonl
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
+      batchinfer load messages.parquet
     """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import count_texts, load_file
+
     total = count_texts(file)
     engine = _engine(ctx)
     with click.progressbar(length=total, label="loading", file=sys.stderr) as bar:
@@ -220,6 +245,8 @@ def import_data(ctx: click.Context, full: bool) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
+    from batchinfer_dagster import asset_events
+
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
         started = time.perf_counter()
@@ -245,6 +272,8 @@ def import_data(ctx: click.Context, full: bool) -> None:
 
 def record_id_argument(value: str) -> int:
     """A record id from the command line, or ``InvalidRecordIdError`` (one line, exit 1)."""
+    from batchinfer_dagster import ledger
+
     record_id = ledger.record_id_of_text(value.strip())
     if record_id is None:
         raise InvalidRecordIdError(
@@ -271,6 +300,8 @@ def parse_ids(values: Sequence[str]) -> list[int]:
 
 def id_payloads(ids: Iterable[int]) -> Iterator[bytes]:
     """Request payloads, made one at a time: a range of ten billion ids costs no memory."""
+    from batchinfer_dagster import ledger
+
     return (ledger.request_payload(i) for i in ids)
 
 
@@ -332,6 +363,8 @@ def publish_payloads(
     ``payloads`` is consumed chunk by chunk, so memory stays bounded by one chunk whatever the
     number of messages. The bar only moves between chunks, so a publish of one chunk shows none.
     """
+    from batchinfer_dagster.chunks import chunked
+
     report = PublishReport(record_ids=record_ids)
     bar_file = sys.stderr if total > PUBLISH_CHUNK else io.StringIO()
     with (
@@ -351,6 +384,8 @@ def _report_published(report: PublishReport) -> None:
 
 def message_argument(value: str) -> bytes:
     """A message given as an argument, as UTF-8 bytes; one line and exit 1 when it is not."""
+    from batchinfer_dagster.records import InvalidRecordError
+
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -407,15 +442,40 @@ def publish(
 def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """Ask for predictions of these records (publishes one request per id).
 
+    Ids of records that do not exist are named on stderr and not requested (exit 1); the
+    others are published all the same.
+
     \b
     Example:
       batchinfer predict 1 2 3
     """
     record_ids = parse_ids(ids)
-    _engine(ctx)
-    resources = _resources(ctx)
-    payloads = id_payloads(record_ids)
-    _report_published(publish_payloads(resources, payloads, len(record_ids), record_ids))
+    missing = missing_records(_engine(ctx), record_ids)
+    known = [record_id for record_id in record_ids if record_id not in missing]
+    if known:
+        payloads = id_payloads(known)
+        _report_published(publish_payloads(_resources(ctx), payloads, len(known), known))
+    if missing:
+        click.echo(missing_records_line(sorted(missing)) + "; not requested", err=True)
+        ctx.exit(1)
+
+
+def missing_records(engine: sa.Engine, record_ids: Sequence[int]) -> set[int]:
+    """Those of ``record_ids`` that no record has (``data_points``)."""
+    from batchinfer_dagster import db
+
+    with engine.connect() as connection:
+        found = db.existing_values(connection, db.data_points.c.id, list(set(record_ids)))
+    return set(record_ids) - found
+
+
+def missing_records_line(record_ids: Sequence[int]) -> str:
+    """One line naming records that do not exist (the first ``LIST_LIMIT``) and how to add one."""
+    shown = ", ".join(str(record_id) for record_id in record_ids[:LIST_LIMIT])
+    more = f" and {len(record_ids) - LIST_LIMIT} more" if len(record_ids) > LIST_LIMIT else ""
+    noun = "record" if len(record_ids) == 1 else "records"
+    verb = "does" if len(record_ids) == 1 else "do"
+    return f"{noun} {shown}{more} {verb} not exist (add-data-point or load adds records)"
 
 
 def prediction_document(
@@ -423,6 +483,10 @@ def prediction_document(
 ) -> dict[str, Any] | None:
     """The record's newest prediction (of ``model`` when given) as
     ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     table, records = db.predictions, db.data_points
     query = (
         sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
@@ -448,7 +512,8 @@ def prediction_document(
 @click.option("--model", help="Only predictions of this model id (default: the newest of any).")
 @click.pass_context
 def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> None:
-    """Print the stored prediction of a record as JSON; exit 1 when there is none yet.
+    """Print the stored prediction of a record as JSON; exit 1 when there is none yet, or when
+    the record does not exist.
 
     \b
     Example:
@@ -456,29 +521,72 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
       {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
     """
     record_id = record_id_argument(record_id_text)
-    document = prediction_document(_engine(ctx), record_id, model)
+    engine = _engine(ctx)
+    document = prediction_document(engine, record_id, model)
     if document is None:
-        click.echo(f"no prediction for record {record_id} yet", err=True)
+        if missing_records(engine, [record_id]):
+            click.echo(missing_records_line([record_id]), err=True)
+        else:
+            click.echo(f"no prediction for record {record_id} yet", err=True)
         ctx.exit(1)
     _echo_json(document)
 
 
+@cli.command("export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--since",
+    help="Only predictions stored at or after this ISO 8601 time (UTC unless it names a zone).",
+)
+@click.pass_context
+def export(ctx: click.Context, file: Path, since: str | None) -> None:
+    """Write the stored predictions to a CSV, JSONL or Parquet file (by its extension).
+
+    One row per record and model: record_id, model, label and score (the top one), labels and
+    scores (ranked), predicted_at. Streamed in chunks, so any number of rows fits in memory;
+    the file appears only once complete.
+
+    \b
+    Examples:
+      batchinfer export predictions.parquet
+      {"exported": 10000, "file": "predictions.parquet"}
+      batchinfer export --since 2026-12-05T09:00:00Z today.csv
+    """
+    from batchinfer_dagster.export import export_format, export_predictions, parse_since
+
+    export_format(file)
+    moment = parse_since(since) if since is not None else None
+    count = export_predictions(_engine(ctx), file, moment)
+    _echo_json({"exported": count, "file": str(file)})
+
+
 def _count(connection: sa.Connection, table: sa.Table) -> int:
+    import sqlalchemy as sa
+
     return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
 def _count_dead_letters(connection: sa.Connection, clause: sa.ColumnElement[bool]) -> int:
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     query = sa.select(sa.func.count()).select_from(db.dead_letters).where(clause)
     return connection.execute(query).scalar_one()
 
 
 def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
+    import sqlalchemy as sa
+
     rows = connection.execute(sa.select(column, sa.func.count()).group_by(column)).all()
     return {str(value): count for value, count in rows}
 
 
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
+    from batchinfer_dagster import db, ledger
+    from batchinfer_dagster.deployments import resources_for
+
     resources = resources_for(settings)
     with resources.database.get_engine().connect() as connection:
         counts: dict[str, Any] = {
@@ -512,7 +620,8 @@ def status_counts(settings: Settings) -> dict[str, Any]:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Print counts of records, features, requests by status, predictions and dead letters,
-    and under "using" where they are kept (as `batchinfer where`).
+    whether the model server is ready ("model_server": ready, loading, warming_up, failed or
+    unreachable), and under "using" where they are kept (as `batchinfer where`).
 
     \b
     Example:
@@ -522,7 +631,26 @@ def status(ctx: click.Context) -> None:
     """
     _engine(ctx)
     settings = _settings(ctx)
-    _echo_json({**status_counts(settings), "using": settings.state_locations()})
+    _echo_json(
+        {
+            **status_counts(settings),
+            "model_server": model_server_state(settings.model_url),
+            "using": settings.state_locations(),
+        }
+    )
+
+
+def model_server_state(model_url: str) -> str:
+    """``ready``, ``loading``, ``warming_up`` (predictions wait for it), ``failed`` or
+    ``unreachable``, as the model server's ``/health`` says; a Vertex endpoint is not probed."""
+    if model_url.startswith("vertex://"):
+        return "not probed (a Vertex AI endpoint)"
+    import httpx
+
+    from batchinfer_dagster.clients.model_client import HEALTH_ROUTE, read_health
+
+    with httpx.Client() as client:
+        return read_health(client, model_url.rstrip("/") + HEALTH_ROUTE)
 
 
 @cli.command("where")
@@ -586,6 +714,10 @@ def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None
     """
     if ctx.invoked_subcommand is not None:
         return
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db, ledger
+
     table = db.dead_letters
     query = sa.select(table).order_by(table.c.id).limit(limit)
     if not include_resolved:
@@ -615,6 +747,8 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
       batchinfer dead-letters replay --reason "unknown record id"
       batchinfer dead-letters replay --id 12 --id 13
     """
+    from batchinfer_dagster import db, ledger
+
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
     engine = _engine(ctx)
     with _resources(ctx).request_queue.open() as queue:
@@ -646,6 +780,10 @@ def db_upgrade(ctx: click.Context) -> None:
     Example:
       BATCHINFER_DATABASE_URL=postgresql+psycopg://user:pw@host/db batchinfer db upgrade
     """
+    import sqlalchemy as sa
+
+    from batchinfer_dagster import db
+
     database = _resources(ctx).database
     database.upgrade()
     where = sa.make_url(database.url()).render_as_string(hide_password=True)
@@ -667,6 +805,7 @@ def pubsub_create(ctx: click.Context) -> None:
       PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
     """
     from batchinfer_dagster.clients.pubsub_queue import create_topology
+    from batchinfer_dagster.deployments import pubsub_queue_for
 
     _echo_json(create_topology(pubsub_queue_for(_settings(ctx)).topology()))
 

@@ -4,7 +4,9 @@ It migrates a scratch database (``batchinfer db upgrade``: sensor ticks only che
 starts the model server and the Dagster daemon (which runs the sensor and launches the
 partitioned runs), then does what a user does by hand: add a data point, import the data, publish
 ``{"id": "1"}``, and wait for ``batchinfer prediction 1``. Everything runs on embedded defaults
-under a temporary ``BATCHINFER_HOME``, so it never touches the user's own ``.batchinfer``.
+under a temporary ``BATCHINFER_HOME``, so it never touches the user's own ``.batchinfer``. That
+scratch directory is removed when the demo succeeds; when it fails or is interrupted it is kept,
+and the last line names it and its logs.
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ def _batchinfer(env: dict[str, str], *args: str, check: bool = True) -> subproce
 
 def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="batchinfer-demo-"))
+    kept = f"its logs are kept in {scratch} (model_server.log, daemon.log); remove it when done"
+    try:
+        walkthrough(scratch)
+    except KeyboardInterrupt:
+        raise SystemExit(f"demo interrupted; {kept}") from None
+    except SystemExit as error:
+        raise SystemExit(f"{error.code}; {kept}") from None
+    except Exception:
+        print(f"demo failed; {kept}", file=sys.stderr)
+        raise
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"(removed the demo's scratch directory {scratch})")
+
+
+def walkthrough(scratch: Path) -> None:
+    """The walkthrough's commands on their own model server and daemon, under ``scratch``."""
     dagster_home = scratch / "dagster"
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.local.yaml", dagster_home / "dagster.yaml")
@@ -63,8 +81,6 @@ def main() -> None:
         "AIP_HTTP_PORT": str(port),
         "BATCHINFER_MODEL_URL": f"http://127.0.0.1:{port}",
         "HF_HUB_OFFLINE": "1",
-        # The demo's one request is a trickle: close its batch on the tick that accepts it.
-        "BATCHINFER_BATCH_MAX_WAIT_SECONDS": "0",
     }
     for name in ("BATCHINFER_DATABASE_URL", "BATCHINFER_QUEUE", "BATCHINFER_FEATURE_STORE"):
         env.pop(name, None)
@@ -89,9 +105,7 @@ def main() -> None:
                 print(_batchinfer(env, "status").stdout, end="")
                 return
             time.sleep(1)
-    raise SystemExit(
-        f"no prediction after {PREDICTION_TIMEOUT_SECONDS}s; logs: {daemon_log}, {model_log}"
-    )
+    raise SystemExit(f"demo failed: no prediction after {PREDICTION_TIMEOUT_SECONDS:.0f} s")
 
 
 if __name__ == "__main__":

@@ -231,6 +231,7 @@ def process_tick(
             queue=queue.kind,
             batch_size=closing.max_size,
             max_wait=closing.max_wait,
+            drained=len(messages) < policy.max_pull,
             now=clock(),
         )
         if ingest.batch_keys or ingest.resumed:

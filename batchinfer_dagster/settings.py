@@ -266,8 +266,15 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a request waits for its record to reach the feature store.",
     )
+    # Under the Dagster daemon's 5 s sensor loop (dagster/_daemon/sensor.py,
+    # MIN_INTERVAL_LOOP_TIME; minimum_interval_seconds cannot go below it): a tick that ends
+    # before the next loop is followed by the next tick at once, so the queue is watched ~80% of
+    # the time instead of half (a 5 s poll made the loop skip every other turn).
     pull_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long a tick waits for messages when none is ready."
+        default=4.0,
+        gt=0,
+        description="How long a tick long-polls the queue when it is empty, so a publish is "
+        "pulled at once.",
     )
 
     def __init__(self, **values: Any) -> None:

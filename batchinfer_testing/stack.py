@@ -4,7 +4,8 @@ PostgreSQL (the app database and Dagster's run and event storage) and the Pub/Su
 started the way the tests start them (``batchinfer_testing.services``), the two databases and the
 Pub/Sub topology are created, and then the same ``make run`` runs against them: the model server
 and ``dg dev``. A second shell gets the same settings with ``source <home>/env.sh`` (printed at
-start). Ctrl-C stops everything; the servers' data is temporary and removed with them.
+start). Ctrl-C stops everything, in the order a shutdown needs: ``make run`` (Dagster and the
+model server) first, then the servers it uses, then their temporary data.
 
 ``running_stack`` is the setup alone (what tests/test_stack.py checks); ``main`` adds ``make run``.
 """
@@ -14,20 +15,25 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from batchinfer_dagster.processes import stop_process_group
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_testing.services import ServiceUnavailableError, postgres_server, pubsub_emulator
 
 BIN = Path(sys.executable).parent
+# How long `make run` may take to stop after Ctrl-C (dg dev stops its daemon, code server and
+# webserver; the model server its warm-up) before it is terminated, then killed.
+STOP_TIMEOUT_S = 60
 APP_DATABASE = "batchinfer"
 DAGSTER_DATABASE = "dagster"
 
@@ -120,22 +126,55 @@ def running_stack() -> Iterator[Stack]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main() -> int:
+def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -> int:
+    """Run ``command`` in a process group of its own; on Ctrl-C (or SIGTERM) stop that group
+    first and wait for it, so the caller stops the servers only once nothing uses them.
+
+    Its own session keeps the terminal's Ctrl-C from reaching it directly: this process
+    forwards it as SIGINT (a clean stop for ``dg dev`` and the model server), waits
+    ``STOP_TIMEOUT_S``, then terminates and kills what is left. Returns its exit status, or 130
+    after an interrupt.
+    """
+    process = subprocess.Popen(
+        list(command), cwd=REPO_ROOT, env={**os.environ, **environment}, start_new_session=True
+    )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        print("stopping Dagster and the model server, then the servers ...", flush=True)
+        try:
+            process.wait(timeout=0)
+        except subprocess.TimeoutExpired:
+            stop_group(process)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGINT to the group, as a terminal's Ctrl-C; SIGTERM, then SIGKILL, if it lingers.
+
+    A second Ctrl-C while waiting goes straight to SIGTERM.
+    """
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        stop_process_group(process, signal.SIGTERM, timeout=STOP_TIMEOUT_S)
+
+
+def main(command: Sequence[str] = ("make", "run")) -> int:
+    """``make stack``: the stack, ``command`` (``make run``) against it, then a clean stop."""
     try:
         with running_stack() as stack:
             print(
                 f"PostgreSQL on 127.0.0.1:{stack.postgres_port} (databases {APP_DATABASE}, "
                 f"{DAGSTER_DATABASE}), Pub/Sub emulator on {stack.emulator_host}.\n"
-                f"In another shell: source .venv/bin/activate && source {stack.env_file}",
+                f"In another shell: source {BIN / 'activate'} && source {stack.env_file}",
                 flush=True,
             )
-            try:
-                return subprocess.run(
-                    ["make", "run"], cwd=REPO_ROOT, env={**os.environ, **stack.environment}
-                ).returncode
-            except KeyboardInterrupt:
-                # `make run` got the same Ctrl-C and stops by itself; the servers stop next.
-                return 130
+            return run_until_interrupted(command, stack.environment)
     except ServiceUnavailableError as error:
         print(f"cannot start the stack: {error}", file=sys.stderr)
         return 1

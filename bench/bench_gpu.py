@@ -222,15 +222,22 @@ def production_client(url: str) -> Any:
     The one place this benchmark builds a client: if the client's constructor changes, this
     is the line to follow it.
     """
-    from batchinfer_dagster.clients.model_client import HttpModelClient
+    from batchinfer_dagster.clients.model_client import HttpModelClient, HttpModelClientConfig
+    from batchinfer_protocol.zero_shot import DEFAULT_MAX_REQUEST_BYTES
 
     try:
         from batchinfer_dagster.settings import Settings
 
         chunk_size = int(Settings.model_fields["model_chunk_size"].default)
-        return HttpModelClient(url, timeout=600, chunk_size=chunk_size)
     except ImportError:
-        return HttpModelClient(url, timeout=600)
+        chunk_size = 256  # Settings' default, when its dependencies are not installed
+    config = HttpModelClientConfig(
+        url=url,
+        timeout_seconds=600,
+        chunk_size=chunk_size,
+        max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
+    )
+    return HttpModelClient(config)
 
 
 def measure_production(run: Run, url: str, texts: list[str], key: str) -> None:

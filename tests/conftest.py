@@ -93,7 +93,7 @@ def app_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a fresh, migrated app database (SQLite and PostgreSQL), local queue and
     feature store."""
     # Every pull closes its batches at once (closing max wait 0) unless a test sets the wait,
-    # and a pull of an empty queue waits 0.3 s, not the embedded 5 s (a tick's long-poll).
+    # and a pull of an empty queue waits 0.3 s, not the embedded 4 s (a tick's long-poll).
     settings = Settings(
         home=tmp_path,
         database_url=database_url,

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
+from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, open_queue
 from tests.clients.test_queue import drain
@@ -23,6 +24,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BATCHINFER_QUEUE": settings.queue,
         "BATCHINFER_PUBSUB_TOPIC": settings.pubsub_topic,
         "BATCHINFER_PUBSUB_SUBSCRIPTION": settings.pubsub_subscription,
+        "BATCHINFER_MODEL_URL": settings.model_url,
     }
     if settings.pubsub_emulator_host:
         env["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
@@ -123,9 +125,13 @@ def test_prediction_in_the_replaced_systems_format(app_settings: Settings) -> No
     missing = run(app_settings, "prediction", "1")
     assert missing.exit_code == 1
     assert missing.stdout == ""
-    assert missing.stderr.strip() == "no prediction for record 1 yet"
+    assert missing.stderr.strip() == (
+        "record 1 does not exist (add-data-point or load adds records)"
+    )
 
     run(app_settings, "add-data-point", "test input data 1")
+    not_yet = run(app_settings, "prediction", "1")
+    assert (not_yet.exit_code, not_yet.stderr.strip()) == (1, "no prediction for record 1 yet")
     now = db.utcnow()
     with engine_of(app_settings).begin() as connection:
         connection.execute(
@@ -250,3 +256,45 @@ def test_an_unmigrated_server_database_is_refused_with_the_command_to_run(
     assert "newest schema" in upgraded.stdout
     assert run(settings, "status").exit_code == 0
     db.dispose_engines()
+
+
+def test_predict_requests_the_records_that_exist_and_names_the_others(
+    app_settings: Settings,
+) -> None:
+    run(app_settings, "add-data-point", "I was charged twice")
+
+    result = run(app_settings, "predict", "1", "424242", "2")
+
+    assert result.exit_code == 1
+    assert lines(result) == [{"record_id": 1, "message_id": "1"}]
+    assert result.stderr.strip() == (
+        "records 2, 424242 do not exist (add-data-point or load adds records); not requested"
+    )
+    [delivery] = drain(open_queue(app_settings), 1)
+    assert json.loads(delivery.data) == {"id": "1"}
+
+
+def test_predict_of_records_that_all_exist_exits_0(app_settings: Settings) -> None:
+    run(app_settings, "add-data-point", "I was charged twice")
+
+    result = run(app_settings, "predict", "1")
+
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert lines(result) == [{"record_id": 1, "message_id": "1"}]
+
+
+def test_load_help_names_every_format_it_reads() -> None:
+    result = CliRunner().invoke(cli, ["load", "-h"])
+
+    assert result.exit_code == 0
+    for name in ("CSV", "Parquet", "JSONL"):
+        assert name in result.output
+
+
+def test_status_says_when_the_model_server_is_unreachable(app_settings: Settings) -> None:
+    settings = app_settings.model_copy(update={"model_url": f"http://127.0.0.1:{free_port()}"})
+
+    result = run(settings, "status")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model_server"] == "unreachable"

@@ -137,7 +137,9 @@ def test_the_largest_id_is_a_record_id(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["prediction", str(ledger.MAX_RECORD_ID)], env=settings_env(settings)
     )
-    assert one_line_error(result) == f"no prediction for record {ledger.MAX_RECORD_ID} yet"
+    assert one_line_error(result) == (
+        f"record {ledger.MAX_RECORD_ID} does not exist (add-data-point or load adds records)"
+    )
 
 
 def publish_peak_bytes(settings: Settings, count: int) -> int:

@@ -30,6 +30,9 @@ def test_demo_prints_the_prediction_document() -> None:
     )
     assert prediction["scores"] == sorted(prediction["scores"], reverse=True)
     assert abs(sum(prediction["scores"]) - 1) < 1e-4
-    status = json.loads(lines[-1])
+    status = json.loads(lines[-2])
     assert status["predictions"] == 1
     assert status["requests"] == {"done": 1}
+    scratch = Path(lines[0].removeprefix("demo in "))
+    assert lines[-1] == f"(removed the demo's scratch directory {scratch})"
+    assert not scratch.exists()

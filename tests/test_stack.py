@@ -9,8 +9,11 @@ Dagster instance from ``DAGSTER_HOME``) and checks that the stack is gone after 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -120,3 +123,68 @@ def test_make_stack_setup_hands_make_run_a_postgres_and_pubsub_stack(
     assert not answers(stack.postgres_port)
     assert not answers(emulator_port)
     assert not stack.home.exists()
+
+
+# `make run` stand-in: on SIGINT it takes a second to stop, as dg dev does, and records whether
+# PostgreSQL and the emulator still answered while it was stopping.
+FAKE_MAKE_RUN = """
+import json, os, signal, socket, sys, time
+
+def answers(host, port):
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
+
+def stop(*_):
+    time.sleep(1)
+    postgres = os.environ["BATCHINFER_DATABASE_URL"].split("@127.0.0.1:")[1].split("/")[0]
+    host, _, port = os.environ["PUBSUB_EMULATOR_HOST"].rpartition(":")
+    report = {"postgres": answers("127.0.0.1", postgres), "emulator": answers(host, port)}
+    with open(os.environ["STOP_REPORT"], "w") as handle:
+        json.dump(report, handle)
+    sys.exit(0)
+
+signal.signal(signal.SIGINT, stop)
+print("make run is up", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_ctrl_c_on_make_stack_stops_make_run_before_the_servers(tmp_path: Path) -> None:
+    """Ctrl-C reaches the terminal's foreground group (``make stack`` itself): make run stops
+    first with the servers still up, then the servers, then the temporary home; no traceback."""
+    if not shutil.which("initdb") or not shutil.which("gcloud"):
+        unavailable("PostgreSQL server binaries or the gcloud emulator are not on PATH")
+    report = tmp_path / "stop.json"
+    program = (
+        "import sys\nfrom batchinfer_testing.stack import main\n"
+        f"sys.exit(main([sys.executable, '-c', {FAKE_MAKE_RUN!r}]))"
+    )
+    stack = subprocess.Popen(
+        [sys.executable, "-c", program],
+        env={**os.environ, "STOP_REPORT": str(report)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    printed = []
+    assert stack.stdout is not None
+    for line in stack.stdout:
+        printed.append(line)
+        if "make run is up" in line:
+            break
+    env_file = Path(next(line for line in printed if "source" in line).split()[-1])
+    assert env_file.is_absolute()
+    assert env_file.exists()
+    activate = next(line for line in printed if "source" in line).split()[4]
+    assert Path(activate).is_absolute()
+    assert Path(activate).exists()
+
+    os.killpg(stack.pid, signal.SIGINT)
+    out, err = stack.communicate(timeout=180)
+
+    assert stack.returncode == 130, err
+    assert json.loads(report.read_text()) == {"postgres": True, "emulator": True}
+    assert "Traceback" not in err + out
+    assert not env_file.parent.exists()

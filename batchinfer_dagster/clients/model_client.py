@@ -8,13 +8,17 @@ never overwrites another's rows.
 
 Errors are split by what a caller should do: ``TransientModelError`` (connection refused, 5xx,
 timeout) is worth a retry with backoff; ``ModelRequestError`` (4xx) never gets better by retrying.
+A server that is starting is neither: while its ``/health`` says ``loading`` or ``warming_up``
+the HTTP client waits for it (``READY_WAIT_SECONDS`` at most), so a run launched during a
+restart spends no step retry and no batch attempt on it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -35,6 +39,19 @@ from batchinfer_protocol.zero_shot import (
 MAX_IN_FLIGHT = 4
 # Our model server's prediction route (model-server/model_server/app.py).
 PREDICT_ROUTE = "/predict"
+
+# Our model server's readiness route (model-server/model_server/app.py, AIP_HEALTH_ROUTE).
+HEALTH_ROUTE = "/health"
+# What our model server's /health says while it cannot predict yet but will (model_server.app:
+# "loading" the weights, "warming_up" its shapes); "failed" and anything else are not waited for.
+STARTING_STATES = frozenset({"loading", "warming_up"})
+# How long one request waits for a starting server before it is a transient error like any
+# other (then the run's step retries and the batch's attempts take over). The CPU warm-up of
+# `make run` took 58-138 s on a loaded 2-core machine; a GPU server loading a large model from
+# a bucket takes minutes. A wait longer than this is a server that does not come up.
+READY_WAIT_SECONDS = 600.0
+# Between two looks at /health while waiting, and the timeout of one look.
+READY_POLL_SECONDS = 1.0
 
 
 class ModelError(RuntimeError):
@@ -276,6 +293,23 @@ def json_bytes(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def read_health(client: httpx.Client, health_url: str) -> str:
+    """What our model server's ``/health`` says: ``ready``, ``loading``, ``warming_up``,
+    ``failed``, ``unreachable`` (no connection), or ``HTTP <code>`` for another answer (e.g. a
+    403 from a private Cloud Run service)."""
+    try:
+        response = client.get(health_url, timeout=READY_POLL_SECONDS)
+    except httpx.TransportError:
+        return "unreachable"
+    if response.status_code == 200:
+        return "ready"
+    try:
+        state = response.json().get("status")
+    except (ValueError, AttributeError):
+        state = None
+    return state if isinstance(state, str) else f"HTTP {response.status_code}"
+
+
 @dataclass(frozen=True)
 class HttpModelClientConfig:
     """Where and how to call our model server: the ``BATCHINFER_MODEL_*`` settings, all required.
@@ -298,15 +332,49 @@ class HttpModelClientConfig:
 class HttpModelClient(ModelClient):
     """Our model server's ``POST /predict`` (locally or on Cloud Run).
 
-    ``auth`` signs each request (Cloud Run's ID tokens); it is a collaborator, not a setting.
+    ``auth`` signs each request (Cloud Run's ID tokens); ``clock`` and ``sleep`` pace the wait
+    for a starting server. They are collaborators, not settings.
     """
 
-    def __init__(self, config: HttpModelClientConfig, *, auth: httpx.Auth | None = None) -> None:
+    def __init__(
+        self,
+        config: HttpModelClientConfig,
+        *,
+        auth: httpx.Auth | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.config = config
         self.url = config.url.rstrip("/") + PREDICT_ROUTE
         self.chunk_size = config.chunk_size
         self.max_request_bytes = config.max_request_bytes
+        self.health_url = config.url.rstrip("/") + HEALTH_ROUTE
         self.client = httpx.Client(timeout=config.timeout_seconds, auth=auth)
+        self.clock = clock
+        self.sleep = sleep
+
+    def server_state(self) -> str:
+        """What the server's ``/health`` says now (``read_health``)."""
+        return read_health(self.client, self.health_url)
+
+    def wait_while_starting(self, cause: str, deadline: float) -> None:
+        """Return once a server that said it was starting is ready; otherwise raise
+        ``TransientModelError`` naming ``cause``: the server is not starting (down, failed,
+        or ready yet still refusing, which waiting cannot fix), or ``deadline`` (of ``clock``)
+        passed."""
+        state = self.server_state()
+        if state not in STARTING_STATES:
+            raise TransientModelError(f"{cause} (its /health: {state})")
+        while state in STARTING_STATES:
+            if self.clock() >= deadline:
+                raise TransientModelError(
+                    f"{cause}; its /health still says {state} after waiting "
+                    f"{READY_WAIT_SECONDS:.0f} s for it to start"
+                )
+            self.sleep(READY_POLL_SECONDS)
+            state = self.server_state()
+        if state != "ready":
+            raise TransientModelError(f"{cause}; it stopped starting (its /health: {state})")
 
     @property
     def source(self) -> str:
@@ -321,15 +389,25 @@ class HttpModelClient(ModelClient):
         return len(json_bytes(encode_request([], parameters))) - 1
 
     def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
+        """One request; while the server says it is starting (a 503, or no connection, and
+        ``/health`` says ``loading`` or ``warming_up``), wait for it and send again."""
         content = json_bytes(encode_request(texts, parameters))
-        try:
-            response = self.client.post(
-                self.url, content=content, headers={"content-type": "application/json"}
+        deadline = self.clock() + READY_WAIT_SECONDS
+        while True:
+            try:
+                response = self.client.post(
+                    self.url, content=content, headers={"content-type": "application/json"}
+                )
+            except httpx.TimeoutException as exc:
+                raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
+            except httpx.TransportError as exc:
+                self.wait_while_starting(f"model server {self.url} unreachable: {exc!r}", deadline)
+                continue
+            if response.status_code != 503:
+                break
+            self.wait_while_starting(
+                f"model server {self.url} answered 503: {response.text[:300]}", deadline
             )
-        except httpx.TimeoutException as exc:
-            raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise TransientModelError(f"model server {self.url} unreachable: {exc!r}") from exc
         # 408: the server's body deadline passed (MODEL_BODY_TIMEOUT_SECONDS), the same body
         # may well arrive in time on the next try; 429: overloaded.
         if response.status_code >= 500 or response.status_code in (408, 429):

@@ -1,18 +1,28 @@
-"""When a ledger batch closes: at its size, or when its oldest request has waited long enough.
+"""When a ledger batch closes: at its size, when the queue is drained, or when its oldest
+request has waited long enough.
 
 A run costs a fixed start-up (a process locally, a Cloud Run Job execution in production: tens
 of seconds) before its model time, so a batch should be as large as the traffic allows, yet a
-trickle must not wait for a full batch. The rule, the one of Nagle's algorithm and of the model
-server's dynamic batching (count or delay, whichever comes first):
+lone request must not wait for company that is not coming. The rule is the shape of Nagle's
+algorithm (RFC 896: a full segment goes at once; a partial one is held only while there is a
+reason to expect more to coalesce with it, for TCP an unacknowledged segment), with a backlog in
+the queue as the reason, the "smart batching" of the LMAX Disruptor's consumers (take what is
+there, wait for nothing more), and the model server's dynamic-batching delay as its bound:
 
 - accepted requests wait in the ledger *pending* (status ``queued``, no batch yet), oldest first;
 - every ``max_size`` of them close one batch at once;
-- the rest close as one smaller batch when the oldest of them has waited ``max_wait`` or more.
+- the rest close as one smaller batch as soon as the pull that brought them found the queue
+  *drained* (it returned fewer messages than it asked for: the local queue had no more visible
+  rows, the Pub/Sub client's last pull came back empty), because waiting adds latency and no
+  request;
+- while pulls come back full (a backlog), the rest waits for the next pull to fill it, or until
+  its oldest request has waited ``max_wait``.
 
-Oldest first means a backlog keeps closing full batches (the oldest pending request is always
-recent, so the deadline is never reached), and a trickle is answered within ``max_wait`` plus
-one sensor tick. ``max_wait`` 0 closes every pull at once (the behaviour without the rule).
-The batch size then follows the throughput: ``min(max_size, arrivals per max_wait)``.
+So a backlog keeps closing full batches (every pull but the last is full), and a lone request is
+in a batch on the tick that pulled it, not ``max_wait`` later. ``max_wait`` 0 closes every pull
+at once. Unlike TCP, a partial batch does not also wait for the batch before it to finish: runs
+are bounded by the run queue's own limits (``dagster.local.yaml``: ``max_concurrent_runs``), and
+a trickle makes at most one batch per sensor tick.
 """
 
 from __future__ import annotations
@@ -36,14 +46,17 @@ class BatchClosing:
         if self.max_wait < timedelta(0):
             raise ValueError(f"batch max wait {self.max_wait} must not be negative")
 
-    def sizes(self, received: Sequence[datetime], now: datetime) -> list[int]:
+    def sizes(
+        self, received: Sequence[datetime], now: datetime, *, drained: bool = False
+    ) -> list[int]:
         """Sizes of the batches to close now, oldest requests first.
 
-        ``received``: the times the pending requests were accepted, oldest first. What is not
-        covered by the sizes stays pending.
+        ``received``: the times the pending requests were accepted, oldest first. ``drained``:
+        the pull of this tick returned fewer messages than it asked for, so no backlog is left
+        to fill a partial batch. What is not covered by the sizes stays pending.
         """
         full, rest = divmod(len(received), self.max_size)
         sizes = [self.max_size] * full
-        if rest and now - received[full * self.max_size] >= self.max_wait:
+        if rest and (drained or now - received[full * self.max_size] >= self.max_wait):
             sizes.append(rest)
         return sizes

@@ -147,16 +147,18 @@ def ingest_messages(
     batch_size: int,
     now: datetime,
     max_wait: timedelta = timedelta(0),
+    drained: bool = False,
 ) -> IngestResult:
     """Write a pull into the ledger in one transaction: requests, the batches that close, dead
     letters.
 
     New requests join the pending ones (accepted earlier, no batch yet); the batches that the
     closing rule (``closing.py``: ``batch_size`` requests, or the oldest waited ``max_wait``)
-    closes are written with their requests, the rest stay pending for a later tick. An empty
-    pull still closes what is due. A message the ledger already holds (a redelivery after a
-    crash before the ack) is skipped, so acking everything afterwards is safe. Malformed
-    messages become dead letters once.
+    closes are written with their requests, the rest stay pending for a later tick. ``drained``:
+    the pull returned fewer messages than it asked for (the queue has no backlog), so the
+    pending rest closes now. An empty pull still closes what is due. A message the ledger
+    already holds (a redelivery after a crash before the ack) is skipped, so acking everything
+    afterwards is safe. Malformed messages become dead letters once.
     """
     valid, invalid = classify_messages(messages, queue=queue)
     closing = BatchClosing(max_size=batch_size, max_wait=max_wait)
@@ -166,7 +168,7 @@ def ingest_messages(
         new = [(key, record_id) for key, record_id in valid.items() if key not in known]
         pending = _pending_requests(connection)
         received = [row.received_at for row in pending] + [now] * len(new)
-        sizes = closing.sizes(received, now)
+        sizes = closing.sizes(received, now, drained=drained)
         batch_keys = new_batches(connection, len(sizes), now)
         # The batch of each position in arrival order (pending first, then this pull).
         key_of_position = [

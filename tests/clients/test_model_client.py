@@ -14,13 +14,17 @@ import httpx
 import pytest
 
 from batchinfer_dagster.clients.model_client import (
+    READY_POLL_SECONDS,
+    READY_WAIT_SECONDS,
     HttpModelClient,
+    HttpModelClientConfig,
     ModelError,
     ModelRequestError,
     TransientModelError,
+    read_health,
 )
 from batchinfer_dagster.settings import Settings
-from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_protocol.zero_shot import DEFAULT_MAX_REQUEST_BYTES, PredictParameters
 from batchinfer_testing.deployment import model_client_of
 
 PARAMETERS = PredictParameters(("a", "b"))
@@ -84,3 +88,127 @@ def test_status_codes_say_whether_to_retry(status: int, error: type[ModelError])
     client = client_answering(lambda texts, _: httpx.Response(status, json={"error": "no"}))
     with pytest.raises(error, match=str(status)):
         client.predict(["t"], PARAMETERS)
+
+
+class StartingServer:
+    """A server that starts: ``/predict`` answers like ours while not ready (503, or no
+    connection at all while ``refuses`` says so), ``/health`` says ``state`` until the fake
+    clock reaches ``ready_at``. The clock moves only when the client sleeps."""
+
+    def __init__(self, state: str, ready_at: float, *, refuses: bool = False) -> None:
+        self.state = state
+        self.ready_at = ready_at
+        self.refuses = refuses
+        self.now = 0.0
+        self.predict_calls = 0
+
+    def ready(self) -> bool:
+        return self.now >= self.ready_at
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            if self.state == "unreachable" and not self.ready():
+                raise httpx.ConnectError("connection refused", request=request)
+            if self.ready():
+                return httpx.Response(200, json={"status": "ready"})
+            return httpx.Response(503, json={"status": self.state})
+        self.predict_calls += 1
+        if not self.ready():
+            if self.refuses:
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(
+                503, json={"error": f"the model is not ready ({self.state}); retry later"}
+            )
+        return predictions(json.loads(request.content)["instances"], "org/model")
+
+    def client(self) -> HttpModelClient:
+        def sleep(seconds: float) -> None:
+            self.now += seconds
+
+        config = HttpModelClientConfig(
+            url="http://model.test",
+            timeout_seconds=120,
+            chunk_size=256,
+            max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
+        )
+        client = HttpModelClient(config, clock=lambda: self.now, sleep=sleep)
+        client.client = httpx.Client(transport=httpx.MockTransport(self.handler))
+        return client
+
+
+@pytest.mark.parametrize("state", ["loading", "warming_up"])
+@pytest.mark.parametrize("refuses", [False, True], ids=["503", "connection-refused"])
+def test_a_starting_server_is_waited_for_not_failed(state: str, refuses: bool) -> None:
+    server = StartingServer(state, ready_at=90.0, refuses=refuses)
+
+    answer = server.client().predict(["t1", "t2"], PARAMETERS)
+
+    assert [p.sequence for p in answer.predictions] == ["t1", "t2"]
+    assert server.now == 90.0
+    assert server.predict_calls == 2  # one refused while starting, one answered
+
+
+@pytest.mark.parametrize(
+    ("ready_at", "waits"),
+    [(READY_WAIT_SECONDS, True), (READY_WAIT_SECONDS + READY_POLL_SECONDS, False)],
+    ids=["ready-at-the-bound", "one-poll-past-the-bound"],
+)
+def test_the_wait_for_a_starting_server_is_bounded(ready_at: float, waits: bool) -> None:
+    server = StartingServer("warming_up", ready_at=ready_at)
+    client = server.client()
+
+    if waits:
+        assert client.predict(["t"], PARAMETERS).model == "org/model"
+    else:
+        with pytest.raises(TransientModelError, match=r"still says warming_up after waiting 600 s"):
+            client.predict(["t"], PARAMETERS)
+        assert server.now == READY_WAIT_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("state", "refuses", "says"),
+    [
+        ("unreachable", True, "unreachable"),
+        ("failed", False, "failed"),
+        ("ready", False, "ready"),
+    ],
+    ids=["down", "failed-to-load", "ready-yet-503"],
+)
+def test_a_server_that_is_not_starting_is_a_transient_error_at_once(
+    state: str, refuses: bool, says: str
+) -> None:
+    """Down, failed, or 503 while /health says ready: waiting cannot help, the retries can."""
+    server = StartingServer(state, ready_at=10.0 if state != "ready" else float("inf"))
+    if state == "ready":
+        server.handler = lambda request: (  # type: ignore[method-assign]
+            httpx.Response(200, json={"status": "ready"})
+            if request.url.path == "/health"
+            else httpx.Response(503, json={"error": "overloaded"})
+        )
+    server.refuses = refuses
+
+    with pytest.raises(TransientModelError, match=rf"its /health: {says}"):
+        server.client().predict(["t"], PARAMETERS)
+    assert server.now == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        (httpx.Response(200, json={"status": "ready"}), "ready"),
+        (httpx.Response(503, json={"status": "warming_up"}), "warming_up"),
+        (httpx.Response(503, json={"status": "loading"}), "loading"),
+        (httpx.Response(503, json={"status": "failed", "error": "no weights"}), "failed"),
+        (httpx.Response(403, text="Forbidden"), "HTTP 403"),
+        (None, "unreachable"),
+    ],
+    ids=["ready", "warming-up", "loading", "failed", "private", "down"],
+)
+def test_read_health_names_the_servers_state(answer: httpx.Response | None, state: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answer is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        return answer
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        assert read_health(client, "http://model.test/health") == state

@@ -49,6 +49,7 @@ def test_definitions_load_with_lineage_checks_and_sensor() -> None:
         "one_prediction_per_record",
         "scores_sum_to_one",
         "labels_are_the_configured_labels",
+        "records_predicted",
     }
     assert predictions.op.pool == "model_server"
     sensor = defs.resolve_sensor_def("prediction_requests_sensor")

@@ -238,6 +238,7 @@ def test_request_predictions_job_and_rematerialization(
         "one_prediction_per_record",
         "scores_sum_to_one",
         "labels_are_the_configured_labels",
+        "records_predicted",
     }
     materialized = instance.get_latest_materialization_event(AssetKey("predictions"))
     assert materialized is not None

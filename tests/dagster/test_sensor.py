@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, materialize
 
@@ -60,6 +61,33 @@ def test_batches_split_at_batch_size_and_partitions_registered(
     )
     assert sizes == [2, 4, 4]
     assert queue_is_empty(settings)
+
+
+@pytest.mark.parametrize(
+    ("max_pull", "batches", "pending"),
+    [(3, 0, 3), (4, 1, 0)],
+    ids=["full-pull-at-max-pull", "drained-one-under-max-pull"],
+)
+def test_a_tick_closes_a_partial_batch_only_when_its_pull_drained_the_queue(
+    instance: DagsterInstance,
+    pipeline_settings: Settings,
+    max_pull: int,
+    batches: int,
+    pending: int,
+) -> None:
+    """3 requests, batch size 4, a 15 s wait: a pull of ``max_pull`` 3 came back full (more may
+    be behind it), so they stay pending; with ``max_pull`` 4 the pull drained the queue and
+    the tick runs them at once."""
+    settings = pipeline_settings.model_copy(
+        update={"batch_size": 4, "batch_max_wait_seconds": 15.0, "max_pull": max_pull}
+    )
+    publish_json(settings, [{"id": str(i)} for i in range(1, 4)])
+
+    result = sensor_tick(instance, settings)
+
+    assert len(result.run_requests) == batches
+    unbatched = rows(settings, db.prediction_requests, db.prediction_requests.c.batch_key.is_(None))
+    assert len(unbatched) == pending
 
 
 def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(

@@ -1,8 +1,10 @@
-"""The batch closing rule: at its size, or when its oldest request has waited ``max_wait``.
+"""The batch closing rule: at its size, when the pull drained the queue, or when its oldest
+request has waited ``max_wait``.
 
-The rule alone with an injected clock (deadline, either side; sizes at the limit and one past),
-then through intake on both app databases: a trickle waits for its deadline, a backlog closes
-full batches only, oldest first.
+The rule alone with an injected clock (deadline, either side; sizes at the limit and one past;
+a drained pull, and a full one), then through intake on both app databases: a pull that drains
+the queue closes its rest at once, a full pull keeps it pending, a backlog closes full batches
+only, oldest first.
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ def test_the_rest_closes_by_the_age_of_its_own_oldest_request() -> None:
     assert CLOSING.sizes(received, NOW + TICK) == [4, 1]
 
 
+@pytest.mark.parametrize(
+    ("pending", "sizes"),
+    [(1, [1]), (3, [3]), (4, [4]), (5, [4, 1])],
+    ids=["lone", "one-under", "at-size", "one-past"],
+)
+def test_a_drained_pull_closes_its_rest_at_once(pending: int, sizes: list[int]) -> None:
+    """Nothing has waited at all, yet nothing more is coming: no reason to hold the rest."""
+    assert CLOSING.sizes([NOW] * pending, NOW, drained=True) == sizes
+
+
+def test_a_full_pull_keeps_its_rest_for_the_backlog_behind_it() -> None:
+    received = [NOW] * 5
+
+    assert CLOSING.sizes(received, NOW, drained=False) == [4]
+    assert CLOSING.sizes(received, NOW + WAIT, drained=False) == [4, 1]
+
+
 def test_zero_wait_closes_every_pull_at_once() -> None:
     assert BatchClosing(max_size=4, max_wait=timedelta(0)).sizes([NOW] * 6, NOW) == [4, 2]
 
@@ -105,6 +124,48 @@ def test_a_trickle_waits_for_its_deadline_then_closes(app_settings: Settings) ->
     (key,) = at_deadline.batch_keys
     assert at_deadline.pending == 0
     assert batch_of(app_settings) == {1: key, 2: key, 3: key}
+
+
+def test_a_pull_that_drains_the_queue_closes_a_lone_request_at_once(
+    app_settings: Settings,
+) -> None:
+    """The lone publish of the walkthrough: in a batch on the tick that pulled it."""
+    engine = engine_of(app_settings)
+
+    result = ledger.ingest_messages(
+        engine, pull(1, 1), queue="local", batch_size=4, max_wait=WAIT, drained=True, now=NOW
+    )
+
+    (key,) = result.batch_keys
+    assert result.pending == 0
+    assert batch_of(app_settings) == {1: key}
+
+
+def test_a_full_pull_keeps_its_rest_pending_until_a_pull_drains_the_queue(
+    app_settings: Settings,
+) -> None:
+    """A backlog: the 6-message pull was full, so its 2 left over wait; the next pull (2, not
+    full) tops them up and, having drained the queue, closes them with it."""
+    engine = engine_of(app_settings)
+    full = ledger.ingest_messages(
+        engine, pull(1, 6), queue="local", batch_size=4, max_wait=WAIT, drained=False, now=NOW
+    )
+    assert (len(full.batch_keys), full.pending) == (1, 2)
+
+    last = ledger.ingest_messages(
+        engine,
+        pull(7, 1),
+        queue="local",
+        batch_size=4,
+        max_wait=WAIT,
+        drained=True,
+        now=NOW + timedelta(seconds=1),
+    )
+
+    (key,) = last.batch_keys
+    assert last.pending == 0
+    batches = batch_of(app_settings)
+    assert batches[5] == batches[6] == batches[7] == key
 
 
 def test_a_backlog_closes_full_batches_oldest_first(app_settings: Settings) -> None:

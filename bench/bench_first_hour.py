@@ -1,0 +1,308 @@
+"""A new user's first hour: publish → readable on `make run` defaults, and how fast the CLI starts.
+
+Both arms run in one invocation on one machine: *before* is the code of ``--baseline`` (by
+default 3509ab4, the commit issue #24 measured), extracted with ``git archive`` and put first on
+``PYTHONPATH`` (code server and runs inherit it); *after* is this working tree. Each arm:
+
+- ``dg dev -w workspace.yaml`` with ``dagster.local.yaml`` as its instance and every batchinfer
+  setting at its embedded default (batch size 4096, 15 s max wait, 5,000 per pull), against one
+  model server (``python -m model_server``, shared by both arms, as `make run` starts it);
+- one warm-up request, then ``--samples`` single requests, each published at a random moment
+  (0-5 s after the previous one is readable) and timed until its prediction row exists (what
+  ``batchinfer prediction ID`` reads): p50 and p95;
+- ``--drain`` requests published at once, timed until all are predicted: requests/s.
+
+Then ``batchinfer --version``, ``status`` and ``prediction 1`` of each arm, alternately,
+``--cli-repeats`` times: medians. ``/proc/loadavg`` is recorded beside each figure.
+
+Ports: run it in a network namespace of its own so `dg dev`'s port 3000 collides with nothing:
+
+    unshare -n bash -c 'ip link set lo up; python -m bench.bench_first_hour [--write-docs]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from batchinfer_dagster import db
+from batchinfer_dagster.processes import stop_process_group
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import TEXTS, engine_of, local_feature_store, migrate, open_queue
+from batchinfer_testing.model_server import REPO_ROOT, ModelServer
+from bench.report import write_section
+
+BIN = Path(sys.executable).parent
+BASELINE = "3509ab4"
+# A bound on the model server's start, not a measurement: its warm-up on a 2-core machine
+# shared with other work took minutes.
+MODEL_START_TIMEOUT_S = 1200
+HEADING = "## First hour: publish → readable on `make run` defaults"
+
+
+def load_average() -> str:
+    """``/proc/loadavg``'s 1, 5 and 15 minute figures."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def baseline_tree(revision: str, into: Path, repository: Path) -> Path:
+    """``repository`` at ``revision``, as files under ``into``."""
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=repository, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def python_path(tree: Path) -> str:
+    """``PYTHONPATH`` that makes ``tree``'s three distributions win over the editable installs."""
+    return os.pathsep.join(str(tree / part) for part in ("", "protocol", "model-server"))
+
+
+@dataclass
+class Arm:
+    """One side of the comparison: its code, its latencies and its drain."""
+
+    name: str
+    tree: Path
+    latencies: list[float]
+    latency_load: str = ""
+    drain_seconds: float = 0.0
+    drain_load: str = ""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextlib.contextmanager
+def dg_dev(tree: Path, home: Path, model_url: str) -> Iterator[Settings]:
+    """`make run`'s Dagster half on ``tree``'s code: ``dg dev`` with the embedded defaults."""
+    settings = Settings(home=home, model_url=model_url)
+    migrate(settings)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(tree / "dagster.local.yaml", dagster_home / "dagster.yaml")
+    environment = {
+        **os.environ,
+        "PYTHONPATH": python_path(tree),
+        "BATCHINFER_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "BATCHINFER_MODEL_URL": model_url,
+    }
+    with (home / "dg_dev.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "dg"), "dev", "-w", "workspace.yaml"],
+            cwd=tree,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield settings
+        finally:
+            stop_process_group(process)
+
+
+def predicted(settings: Settings, record_ids: range) -> int:
+    table = db.predictions
+    with engine_of(settings).connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count(sa.distinct(table.c.record_id))).where(
+                table.c.record_id.between(record_ids.start, record_ids.stop - 1)
+            )
+        ).scalar_one()
+
+
+def wait_until_predicted(settings: Settings, record_ids: range, timeout: float) -> float:
+    """Seconds until every record of ``record_ids`` has a prediction row."""
+    started = time.monotonic()
+    while predicted(settings, record_ids) < len(record_ids):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"records {record_ids} not predicted after {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def measure_arm(arm: Arm, home: Path, model_url: str, samples: int, drain: int) -> None:
+    """On a fresh `dg dev` and home: a warm-up request, ``samples`` single requests, then a
+    backlog of ``drain`` (either may be 0)."""
+    rng = random.Random(7)
+    with dg_dev(arm.tree, home, model_url) as settings:
+        total = 1 + samples + drain
+        local_feature_store(settings).upsert(
+            [(i, f"{TEXTS[i % len(TEXTS)]} (ticket {i})") for i in range(1, total + 1)]
+        )
+        queue = open_queue(settings)
+        try:
+            queue.publish([b'{"id": "1"}'])  # warm-up: code server, daemon, first run
+            wait_until_predicted(settings, range(1, 2), timeout=600)
+            loads = []
+            for record_id in range(2, samples + 2):
+                time.sleep(rng.uniform(0, 5))
+                queue.publish([json.dumps({"id": str(record_id)}).encode()])
+                arm.latencies.append(
+                    wait_until_predicted(settings, range(record_id, record_id + 1), 300)
+                )
+                loads.append(load_average())
+                print(f"  {arm.name} single {record_id - 1}/{samples}: {arm.latencies[-1]:.1f} s")
+            if samples:
+                arm.latency_load = f"{loads[0]} → {loads[-1]}"
+                print(
+                    f"  {arm.name}: p50 {arm.percentile(0.5):.1f} s, p95 "
+                    f"{arm.percentile(0.95):.1f} s (load {arm.latency_load})",
+                    flush=True,
+                )
+            if drain:
+                backlog = range(samples + 2, total + 1)
+                queue.publish([json.dumps({"id": str(i)}).encode() for i in backlog])
+                arm.drain_seconds = wait_until_predicted(settings, backlog, timeout=3600)
+                arm.drain_load = load_average()
+                print(
+                    f"  {arm.name} drain of {drain}: {arm.drain_seconds:.1f} s "
+                    f"(load {arm.drain_load})",
+                    flush=True,
+                )
+        finally:
+            queue.close()
+
+
+def cli_seconds(tree: Path, home: Path, args: list[str]) -> float:
+    environment = {**os.environ, "PYTHONPATH": python_path(tree), "BATCHINFER_HOME": str(home)}
+    started = time.perf_counter()
+    subprocess.run(
+        [str(BIN / "batchinfer"), *args], env=environment, capture_output=True, check=False
+    )
+    return time.perf_counter() - started
+
+
+def cli_medians(arms: list[Arm], home: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each command per arm, the arms alternating so load hits both alike."""
+    commands = {
+        "--version": ["--version"],
+        "status": ["status"],
+        "prediction 1": ["prediction", "1"],
+    }
+    times: dict[str, dict[str, list[float]]] = {c: {a.name: [] for a in arms} for c in commands}
+    for arm in arms:  # the first call of each migrates the embedded database
+        cli_seconds(arm.tree, home / arm.name, ["status"])
+    for _ in range(repeats):
+        for command, args in commands.items():
+            for arm in arms:
+                times[command][arm.name].append(cli_seconds(arm.tree, home / arm.name, args))
+    return {
+        command: {name: statistics.median(values) for name, values in by_arm.items()}
+        for command, by_arm in times.items()
+    }
+
+
+def report(
+    arms: list[Arm], cli: dict[str, dict[str, float]], cli_load: str, samples: int, drain: int
+) -> str:
+    before, after = arms
+    rows = [
+        f"| publish → readable, p50 of {samples} single requests | {before.percentile(0.5):.1f} s "
+        f"| {after.percentile(0.5):.1f} s | {after.percentile(0.5) / before.percentile(0.5):.2f} "
+        f"| {before.latency_load} / {after.latency_load} |",
+        f"| publish → readable, p95 | {before.percentile(0.95):.1f} s "
+        f"| {after.percentile(0.95):.1f} s "
+        f"| {after.percentile(0.95) / before.percentile(0.95):.2f} | (same) |",
+        f"| drain of {drain:,} requests published at once | {drain / before.drain_seconds:.0f}/s "
+        f"({before.drain_seconds:.0f} s) | {drain / after.drain_seconds:.0f}/s "
+        f"({after.drain_seconds:.0f} s) | {before.drain_seconds / after.drain_seconds:.2f} "
+        f"| {before.drain_load} / {after.drain_load} |",
+    ]
+    rows += [
+        f"| `batchinfer {command}`, median | {times[before.name]:.2f} s "
+        f"| {times[after.name]:.2f} s | {times[after.name] / times[before.name]:.2f} | {cli_load} |"
+        for command, times in cli.items()
+    ]
+    return (
+        f"{HEADING}\n\n"
+        f"`python -m bench.bench_first_hour` on {os.cpu_count()} cores, in one run: *before* is "
+        f"{before.tree.name} ({BASELINE_NOTE}), *after* this tree; `dg dev` with "
+        "`dagster.local.yaml` and every setting at its embedded default, one model server "
+        "(`python -m model_server`, embedding backend on CPU) for both. Ratios are after / "
+        "before for times (below 1 is faster) and after-rate / before-rate for the drain. Load "
+        "average (1, 5, 15 min) at the first and last sample, before / after.\n\n"
+        "| measure | before | after | ratio | load average |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+BASELINE_NOTE = "the commit issue #24 measured"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the before arm")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT,
+        help="the git repository of --baseline (when this tree is an exported snapshot)",
+    )
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--drain", type=int, default=5000)
+    parser.add_argument("--cli-repeats", type=int, default=9)
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI start times")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-first-hour-"))
+    try:
+        arms = [
+            Arm(
+                f"before-{args.baseline}",
+                baseline_tree(args.baseline, work / args.baseline, args.repository),
+                [],
+            ),
+            Arm("after", REPO_ROOT, []),
+        ]
+        if not args.cli_only:
+            server = ModelServer()
+            server.start(wait=False)
+            try:
+                server.wait_healthy(timeout=MODEL_START_TIMEOUT_S)
+                # Singles of both arms first, then the drains: each phase compares like with like
+                # under the same stretch of the machine's load.
+                for arm in arms:
+                    measure_arm(arm, work / f"singles-{arm.name}", server.url, args.samples, 0)
+                for arm in arms:
+                    measure_arm(arm, work / f"drain-{arm.name}", server.url, 0, args.drain)
+            finally:
+                server.stop()
+        cli_load_start = load_average()
+        cli = cli_medians(arms, work / "cli", args.cli_repeats)
+        cli_load = f"{cli_load_start} → {load_average()}"
+        for command, times in cli.items():
+            print(f"  {command}: " + ", ".join(f"{n} {s:.2f} s" for n, s in times.items()))
+        if not args.cli_only:
+            markdown = report(arms, cli, cli_load, args.samples, args.drain)
+            print(markdown)
+            if args.write_docs:
+                write_section(HEADING, markdown)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

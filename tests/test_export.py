@@ -1,0 +1,153 @@
+"""``batchinfer export``: the stored predictions in CSV, JSONL and Parquet, all or since a time,
+streamed with bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tracemalloc
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from batchinfer_dagster import db
+from batchinfer_dagster.export import EXPORT_CHUNK, export_predictions
+from batchinfer_dagster.settings import Settings
+from batchinfer_testing.deployment import engine_of
+from tests.test_cli import run
+
+STORED = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+LABELS = ["billing", "mobile", "website", "account access"]
+SCORES = [0.7, 0.2, 0.06, 0.04]
+
+
+def store(settings: Settings, record_ids: range, model: str, at: datetime = STORED) -> None:
+    rows = [
+        {
+            "record_id": record_id,
+            "model": model,
+            "sequence": f"text {record_id}",
+            "labels": LABELS,
+            "scores": SCORES,
+            "created_at": at,
+            "updated_at": at,
+        }
+        for record_id in record_ids
+    ]
+    with engine_of(settings).begin() as connection:
+        for start in range(0, len(rows), 5000):
+            connection.execute(sa.insert(db.predictions), rows[start : start + 5000])
+
+
+def read(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [
+                {
+                    **row,
+                    "record_id": int(row["record_id"]),
+                    "score": float(row["score"]),
+                    "labels": json.loads(row["labels"]),
+                    "scores": json.loads(row["scores"]),
+                }
+                for row in csv.DictReader(handle)
+            ]
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    table = pq.read_table(path).to_pylist()
+    return [{**row, "predicted_at": row["predicted_at"].isoformat()} for row in table]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_export_writes_each_prediction_with_its_record_and_model(
+    app_settings: Settings, tmp_path: Path, suffix: str
+) -> None:
+    store(app_settings, range(1, 3), "model-a")
+    store(app_settings, range(2, 3), "model-b")
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / f"predictions{suffix}"
+
+    result = run(app_settings, "export", str(path))
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"exported": 3, "file": str(path)}
+    rows = read(path)
+    assert [(row["record_id"], row["model"]) for row in rows] == [
+        (1, "model-a"),
+        (2, "model-a"),
+        (2, "model-b"),
+    ]
+    assert rows[0]["label"] == "billing"
+    assert rows[0]["score"] == pytest.approx(0.7)
+    assert rows[0]["labels"] == LABELS
+    assert rows[0]["scores"] == pytest.approx(SCORES)
+    assert datetime.fromisoformat(rows[0]["predicted_at"]) == STORED
+    assert list(out.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(
+    ("since", "exported"),
+    [(STORED, 2), (STORED + timedelta(microseconds=1), 1)],
+    ids=["at-the-time", "just-after"],
+)
+def test_export_since_a_time_includes_that_time(
+    app_settings: Settings, tmp_path: Path, since: datetime, exported: int
+) -> None:
+    store(app_settings, range(1, 2), "m", at=STORED)
+    store(app_settings, range(2, 3), "m", at=STORED + timedelta(seconds=1))
+
+    result = run(app_settings, "export", "--since", since.isoformat(), str(tmp_path / "o.jsonl"))
+
+    assert json.loads(result.stdout)["exported"] == exported
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["out.txt"], "unknown format '.txt'"),
+        (["--since", "yesterday", "out.csv"], "is not an ISO 8601 time"),
+    ],
+)
+def test_a_bad_export_is_one_line_and_writes_nothing(
+    app_settings: Settings, tmp_path: Path, args: list[str], error: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [*args[:-1], str(out / args[-1])]
+
+    result = run(app_settings, "export", *args)
+
+    assert result.exit_code == 1
+    assert error in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def export_peak_bytes(settings: Settings, path: Path) -> int:
+    tracemalloc.start()
+    try:
+        export_predictions(engine_of(settings), path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_export_streams_in_chunks_with_bounded_memory(tmp_path: Path, suffix: str) -> None:
+    """Ten times the rows, not ten times the memory: one chunk of rows is held at a time."""
+    settings = Settings(home=tmp_path / "home")
+    run(settings, "status")  # migrates the embedded database
+    small_rows = 2 * EXPORT_CHUNK
+    store(settings, range(1, small_rows + 1), "m")
+    export_peak_bytes(settings, tmp_path / f"warm{suffix}")
+    small = export_peak_bytes(settings, tmp_path / f"small{suffix}")
+    store(settings, range(small_rows + 1, 10 * small_rows + 1), "m")
+
+    large = export_peak_bytes(settings, tmp_path / f"large{suffix}")
+
+    assert len((tmp_path / f"large{suffix}").read_text().splitlines()) >= 10 * small_rows
+    assert large < 1.5 * small, (small, large)
