@@ -35,8 +35,9 @@ CONFIGS = [
 ]
 CLIENTS = [HttpModelClient, LocalQueue, PubSubQueue, VertexModelClient, VertexFeatureStore]
 # Constructor parameters that may have defaults: collaborators a test injects (clocks, sleeps,
-# transport, Google's retry objects) and the Vertex store's poll interval and fetch concurrency, constants of
-# its module that no deployment sets. A new defaulted parameter must be one of these or a setting.
+# transport, Google's retry objects) and the Vertex store's poll interval and fetch concurrency,
+# constants of its module that no deployment sets. A new defaulted parameter must be one of these
+# or a setting.
 NOT_SETTINGS = {
     "auth",
     "retry",
