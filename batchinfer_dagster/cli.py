@@ -393,14 +393,14 @@ def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
 def prediction_document(
     engine: sa.Engine, record_id: int, model: str | None = None
 ) -> dict[str, Any] | None:
-    """The record's newest prediction (of ``model`` when given) as
+    """The record's current prediction (else its newest; of ``model`` when given) as
     ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
     table, records = db.predictions, db.data_points
     query = (
         sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
         .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
         .where(table.c.record_id == record_id)
-        .order_by(table.c.updated_at.desc())
+        .order_by(table.c.is_current.desc(), table.c.updated_at.desc())
         .limit(1)
     )
     if model is not None:

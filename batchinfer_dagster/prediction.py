@@ -2,8 +2,10 @@
 
 A run reads its batch's requests (marking the batch running), fetches the texts of all their
 records in one call, sends them to the model server in client chunks, and settles the batch in
-one transaction: predictions upserted on (record id, model id the server reported), requests
-done, missing records waiting for features or dead-lettered. Model errors propagate before
+one transaction: predictions upserted on (record id, configuration), each with its receipt
+(``receipts``: the model and weights digest the server reported, the request's parameters, the
+text's digest, run and batch), requests done, missing records waiting for features or
+dead-lettered. Model errors propagate before
 anything is written, so a failed run leaves the batch as it was and a retry is idempotent.
 """
 
@@ -20,6 +22,13 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError, RefusedText
+from batchinfer_dagster.receipts import (
+    UNKNOWN,
+    Configuration,
+    ModelIdentity,
+    Parameters,
+    text_digest,
+)
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 
@@ -36,12 +45,27 @@ class BatchOutcome:
     model_seconds: float
     # The model id the server reported ("" when no record reached the model).
     model: str = ""
+    # The digest of the configuration the predictions were stored under ("": none stored).
+    configuration: str = ""
     label_counts: dict[str, int] = field(default_factory=dict)
     # Records the model server refused on their own: dead letters of source "model".
     refused: int = 0
     # When the first text went to the model (None: no record reached it). Against the run's
     # launch and start events it splits a run's start-up from its work (bench/bench_launcher.py).
     model_started_at: datetime | None = None
+
+
+def configuration_of(parameters: PredictParameters, model: ModelIdentity) -> Configuration:
+    """The prediction configuration of requests with ``parameters`` answered by ``model``."""
+    return Configuration(
+        model=model,
+        parameters=Parameters(
+            candidate_labels=tuple(parameters.candidate_labels),
+            hypothesis_template=parameters.hypothesis_template,
+            label_descriptions=parameters.label_descriptions,
+            multi_label=parameters.multi_label,
+        ),
+    )
 
 
 class BatchRefusedError(RuntimeError):
@@ -63,6 +87,10 @@ class Predictor:
     parameters: PredictParameters
     feature_wait: timedelta
     clock: Callable[[], datetime] = db.utcnow
+
+    def configuration(self, model: ModelIdentity) -> Configuration:
+        """The configuration of this predictor's requests when ``model`` answers them."""
+        return configuration_of(self.parameters, model)
 
     def predict(self, batch_key: str, run_id: str) -> BatchOutcome:
         """Predict every record of a batch once and settle its requests.
@@ -100,17 +128,25 @@ class Predictor:
             else:
                 predictions[record_id] = result
         model = answer.model if answer is not None else ""
+        configuration = (
+            self.configuration(ModelIdentity(model, answer.model_digest or UNKNOWN))
+            if answer is not None and model
+            else None
+        )
         waiting, dead = ledger.settle_batch(
             self.engine,
             ledger.Settlement(
                 batch_key=batch_key,
                 run_id=run_id,
                 requests=requests,
-                model=model,
+                configuration=configuration,
                 answers=predictions,
                 refused=refused,
                 feature_wait=self.feature_wait,
                 now=self.clock(),
+                text_digests={
+                    record_id: text_digest(texts[record_id]) for record_id in predictions
+                },
             ),
         )
         return BatchOutcome(
@@ -122,6 +158,7 @@ class Predictor:
             dead_lettered=dead,
             model_seconds=model_seconds,
             model=model,
+            configuration=configuration.digest if configuration is not None else "",
             label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
             refused=len(refused),
             model_started_at=model_started_at,

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db, feature_import
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.feature_import import ImportWindow
+from batchinfer_dagster.staleness import store_text_digests
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class LocalFeatureStore(FeatureStore):
                     key=["record_id"],
                     update=["text", "feature_timestamp"],
                 )
+                store_text_digests(connection, [(r.id, r.text) for r in rows], now=self.clock())
             imported += len(rows)
         feature_import.commit_watermark(self.engine, window, imported)
         return ImportResult(
@@ -104,6 +106,7 @@ class LocalFeatureStore(FeatureStore):
                 key=["record_id"],
                 update=["text", "feature_timestamp"],
             )
+            store_text_digests(connection, records, now=now)
 
     def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
         found: dict[int, str] = {}

@@ -78,10 +78,13 @@ class ModelAnswer:
     """Answers in the order of the texts, and the id of the model that made the predictions.
 
     ``model`` is empty when no text reached the model (every one refused or too large).
+    ``model_digest`` is the digest of the weights the server reports with its answers
+    (``"model_digest"``), None when it reports none (older servers, other containers).
     """
 
     model: str
     answers: list[Answer]
+    model_digest: str | None = None
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -95,15 +98,18 @@ def joined(parts: Sequence[ModelAnswer], source: str) -> ModelAnswer:
     Two models in one batch happen only while the server rolls out a new model: the batch is
     retried (``TransientModelError``) rather than stored under two lineage keys.
     """
-    models = sorted({part.model for part in parts if part.model})
+    models = sorted({(part.model, part.model_digest or "") for part in parts if part.model})
     if len(models) > 1:
+        named = [f"{name}@{digest}" if digest else name for name, digest in models]
         raise TransientModelError(
-            f"{source} answered one batch with {len(models)} models {models}: a new model is "
+            f"{source} answered one batch with {len(models)} models {named}: a new model is "
             "rolling out; the batch is predicted again once one model serves"
         )
+    model, digest = models[0] if models else ("", "")
     return ModelAnswer(
-        model=models[0] if models else "",
+        model=model,
         answers=[answer for part in parts for answer in part.answers],
+        model_digest=digest or None,
     )
 
 
@@ -192,9 +198,11 @@ class ModelClient(ABC):
             part = self.send_dropping_refused([texts[i] for i in indices], parameters)
             answers.update(zip(indices, part.answers, strict=True))
             parts.append(part)
+        joint = joined(parts, self.source)
         return ModelAnswer(
-            model=joined(parts, self.source).model,
+            model=joint.model,
             answers=[answers[index] for index in range(len(texts))],
+            model_digest=joint.model_digest,
         )
 
     def send_dropping_refused(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
@@ -204,7 +212,7 @@ class ModelClient(ABC):
         """
         answers: dict[int, Answer] = {}
         pending = list(range(len(texts)))
-        model = ""
+        model, model_digest = "", None
         while pending:
             try:
                 sent = self.send([texts[i] for i in pending], parameters)
@@ -221,9 +229,13 @@ class ModelClient(ABC):
                 ]
                 continue
             answers.update(zip(pending, sent.answers, strict=True))
-            model = sent.model
+            model, model_digest = sent.model, sent.model_digest
             break
-        return ModelAnswer(model=model, answers=[answers[index] for index in range(len(texts))])
+        return ModelAnswer(
+            model=model,
+            answers=[answers[index] for index in range(len(texts))],
+            model_digest=model_digest,
+        )
 
     @abstractmethod
     def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
@@ -255,7 +267,21 @@ def parse_answer(body: object, expected: int, source: str) -> ModelAnswer:
         model = decode_model(body)
     except ValueError as error:
         raise ModelError(f"{source} {error}; is it our model server?") from error
-    return ModelAnswer(model=model, answers=list(parse_predictions(body, expected, source)))
+    return ModelAnswer(
+        model=model,
+        answers=list(parse_predictions(body, expected, source)),
+        model_digest=reported_model_digest(body),
+    )
+
+
+def reported_model_digest(body: object) -> str | None:
+    """The ``model_digest`` an answer or ``/health`` reports; None when absent or not a string.
+
+    Read defensively: servers older than the field (and Vertex's own containers) send none, and
+    their predictions are stored with the weights digest unknown rather than refused.
+    """
+    digest = body.get("model_digest") if isinstance(body, dict) else None
+    return digest.strip() if isinstance(digest, str) and digest.strip() else None
 
 
 def refusal_error(message: str, body: object) -> ModelRequestError:
