@@ -24,11 +24,17 @@ import sqlalchemy as sa
 from dagster import DagsterInstance
 from sqlalchemy.exc import OperationalError
 
-from batchinfer_dagster import asset_events, db, ledger
+from batchinfer_dagster import asset_events, db, ledger, staleness
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.queue import InvalidMessageError, QueueUnavailableError
 from batchinfer_dagster.deployments import Resources, pubsub_queue_for, resources_for
-from batchinfer_dagster.records import InvalidRecordError, add_records, count_texts, load_file
+from batchinfer_dagster.records import (
+    InvalidRecordError,
+    add_records,
+    count_texts,
+    edit_record,
+    load_file,
+)
 from batchinfer_dagster.settings import Settings, SettingsError, load_settings
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
@@ -147,6 +153,30 @@ def add_data_point(ctx: click.Context, text: str) -> None:
     """
     engine = _engine(ctx)
     [record_id] = add_records(engine, [text])
+    _echo_json({"id": record_id, "text": text})
+    _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
+
+
+@cli.command("edit-data-point")
+@click.argument("record_id_text", metavar="RECORD_ID")
+@click.argument("text")
+@click.pass_context
+def edit_data_point(ctx: click.Context, record_id_text: str, text: str) -> None:
+    """Replace the text of a record; exit 1 when there is no such record.
+
+    After the next `import-data` its prediction counts as stale in `status` (cause "text"),
+    and `predict --stale` asks for it again.
+
+    \b
+    Example:
+      batchinfer edit-data-point 1 "I still can't log in to my account"
+      {"id": 1, "text": "I still can't log in to my account"}
+    """
+    record_id = record_id_argument(record_id_text)
+    engine = _engine(ctx)
+    if not edit_record(engine, record_id, text):
+        click.echo(f"no record {record_id}", err=True)
+        ctx.exit(1)
     _echo_json({"id": record_id, "text": text})
     _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
 
@@ -374,20 +404,93 @@ def publish(
 
 
 @cli.command("predict")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--stale",
+    is_flag=True,
+    help="Ask for exactly the stale predictions (see `status`), each once, instead of ids.",
+)
 @click.pass_context
-def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
+def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     """Ask for predictions of these records (publishes one request per id).
+
+    With --stale, asks for the records whose current prediction is stale (its text changed
+    since, or the labels, template, label descriptions or model did), through the same queue.
+    Each stale prediction is asked for once: running it again before the new predictions land
+    publishes nothing new.
+
+    \b
+    Examples:
+      batchinfer predict 1 2 3
+      batchinfer predict --stale
+      {"stale_requested": 2, "already_requested": 0, "model_checked": true}
+    """
+    if stale == bool(ids):
+        raise click.UsageError("give record ids, or --stale (not both)")
+    engine = _engine(ctx)
+    resources = _resources(ctx)
+    if stale:
+        _echo_json(publish_stale(engine, resources))
+        return
+    record_ids = parse_ids(ids)
+    payloads = id_payloads(record_ids)
+    _report_published(publish_payloads(resources, payloads, len(record_ids), record_ids))
+
+
+def current_deployment(resources: Resources) -> staleness.Deployment:
+    """The settings' parameters and the model the server reports now (None when it cannot)."""
+    from batchinfer_dagster.prediction import deployment_of
+
+    model_server = resources.model_server
+    with model_server.open() as client:
+        served = client.served_model()
+    return deployment_of(model_server.parameters(), served)
+
+
+def publish_stale(engine: sa.Engine, resources: Resources) -> dict[str, Any]:
+    """Publish one request per stale, not yet requested prediction; remember each after its
+    publish (a crash in between publishes those again next time, never loses one)."""
+    deployment = current_deployment(resources)
+    requested = 0
+    for page in staleness.iter_stale(engine, deployment, unrequested_only=True):
+        ids = [item.record_id for item in page]
+        publish_payloads(resources, id_payloads(ids), len(ids), ids)
+        staleness.record_requested(engine, page, now=db.utcnow())
+        requested += len(page)
+    counts = staleness.stale_counts(engine, deployment)
+    return {
+        "stale_requested": requested,
+        "already_requested": counts["stale"] - requested,
+        "model_checked": deployment.model is not None,
+    }
+
+
+@cli.command("lineage")
+@click.argument("record_id_text", metavar="RECORD_ID")
+@click.pass_context
+def lineage(ctx: click.Context, record_id_text: str) -> None:
+    """Print a record's predictions with their receipts: the current one first (with why it is
+    stale, if it is), then the earlier ones of other configurations, newest first.
+
+    A receipt says what made the prediction: the model and its weights digest, the candidate
+    labels, the template, the label descriptions (and their digest), multi_label, the digest of
+    the text classified, the run and the ledger batch. Exit 1 for an unknown record.
 
     \b
     Example:
-      batchinfer predict 1 2 3
+      batchinfer lineage 1
+      {"record": {"id": 1, "text": "...", "imported_text_digest": "..."},
+       "predictions": [{"configuration": "...", "current": true, "stale": [], "receipt": {...}}]}
     """
-    record_ids = parse_ids(ids)
-    _engine(ctx)
-    resources = _resources(ctx)
-    payloads = id_payloads(record_ids)
-    _report_published(publish_payloads(resources, payloads, len(record_ids), record_ids))
+    from batchinfer_dagster.lineage import record_lineage
+
+    record_id = record_id_argument(record_id_text)
+    engine = _engine(ctx)
+    document = record_lineage(engine, record_id, current_deployment(_resources(ctx)))
+    if document is None:
+        click.echo(f"no record {record_id} and no prediction of it", err=True)
+        ctx.exit(1)
+    _echo_json(document)
 
 
 def prediction_document(
@@ -473,6 +576,12 @@ def status_counts(settings: Settings) -> dict[str, Any]:
         feature_wait=timedelta(seconds=settings.feature_wait_seconds),
         limit=WAITING_SHOWN,
     )
+    deployment = current_deployment(resources)
+    counts["stale_predictions"] = {
+        **staleness.stale_counts(resources.database.get_engine(), deployment),
+        # False: the model server did not say which model it serves; "model" is not counted.
+        "model_checked": deployment.model is not None,
+    }
     # The requests by status count them all; these are the ones nearest their deadline.
     counts["waiting_for_features"] = [waiting.document() for waiting in shown]
     with resources.feature_store.open() as store:

@@ -17,6 +17,7 @@ from batchinfer_dagster.assets import predictions
 from batchinfer_dagster.ledger import create_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.resources.ledger import LedgerResource
+from batchinfer_dagster.stale_check import predictions_are_current
 
 
 def launchpad_description(summary: str, op_name: str, example: Config) -> str:
@@ -36,7 +37,8 @@ def launchpad_description(summary: str, op_name: str, example: Config) -> str:
 # launcher").
 predictions_job = define_asset_job(
     "predictions_job",
-    selection=AssetSelection.assets(predictions),
+    # The asset and its per-batch checks; the whole-table staleness check runs on its own.
+    selection=AssetSelection.assets(predictions) - AssetSelection.checks(predictions_are_current),
     executor_def=in_process_executor,
     description=(
         "Predict one ledger batch (a partition of `predictions`); the sensor launches one run "

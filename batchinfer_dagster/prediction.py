@@ -21,7 +21,12 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError, RefusedText
+from batchinfer_dagster.clients.model_client import (
+    ModelClient,
+    ModelRequestError,
+    RefusedText,
+    ServedModel,
+)
 from batchinfer_dagster.receipts import (
     UNKNOWN,
     Configuration,
@@ -29,6 +34,7 @@ from batchinfer_dagster.receipts import (
     Parameters,
     text_digest,
 )
+from batchinfer_dagster.staleness import Deployment
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 
@@ -55,17 +61,27 @@ class BatchOutcome:
     model_started_at: datetime | None = None
 
 
+def parameters_of(parameters: PredictParameters) -> Parameters:
+    """The receipt's view of a request's parameters (the same four fields)."""
+    return Parameters(
+        candidate_labels=tuple(parameters.candidate_labels),
+        hypothesis_template=parameters.hypothesis_template,
+        label_descriptions=parameters.label_descriptions,
+        multi_label=parameters.multi_label,
+    )
+
+
 def configuration_of(parameters: PredictParameters, model: ModelIdentity) -> Configuration:
     """The prediction configuration of requests with ``parameters`` answered by ``model``."""
-    return Configuration(
-        model=model,
-        parameters=Parameters(
-            candidate_labels=tuple(parameters.candidate_labels),
-            hypothesis_template=parameters.hypothesis_template,
-            label_descriptions=parameters.label_descriptions,
-            multi_label=parameters.multi_label,
-        ),
+    return Configuration(model=model, parameters=parameters_of(parameters))
+
+
+def deployment_of(parameters: PredictParameters, served: ServedModel | None) -> Deployment:
+    """What staleness compares with: the settings' parameters, and the served model if known."""
+    model = (
+        ModelIdentity(served.model, served.model_digest or UNKNOWN) if served is not None else None
     )
+    return Deployment(parameters=parameters_of(parameters), model=model)
 
 
 class BatchRefusedError(RuntimeError):

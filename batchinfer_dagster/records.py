@@ -75,6 +75,20 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
         return list(result.scalars())
 
 
+def edit_record(engine: Engine, record_id: int, text: str) -> bool:
+    """Replace a record's text (``updated_at`` moves, so the next import moves the edit);
+    False when there is no such record."""
+    check_text(text)
+    table = db.data_points
+    with engine.begin() as connection:
+        changed = connection.execute(
+            sa.update(table)
+            .where(table.c.id == record_id)
+            .values(text=text, updated_at=db.utcnow())
+        )
+    return changed.rowcount == 1
+
+
 def read_texts(path: Path) -> Iterator[str]:
     """Texts of a CSV or Parquet (a ``text`` column) or JSONL (a ``text`` field) file, checked.
 

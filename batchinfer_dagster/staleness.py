@@ -146,6 +146,21 @@ def stale_counts(engine: Engine, deployment: Deployment) -> dict[str, int]:
     return {key: int(value) for key, value in row._mapping.items()}
 
 
+def stale_causes(engine: Engine, deployment: Deployment, record_id: int) -> list[str]:
+    """Why the record's current prediction is stale (empty: it is not, or it has none)."""
+    causes = _causes(deployment)
+    query = (
+        sa.select(*(condition.label(cause.value) for cause, condition in causes.items()))
+        .select_from(_current_predictions())
+        .where(db.predictions.c.is_current.is_(True), db.predictions.c.record_id == record_id)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).one_or_none()
+    if row is None:
+        return []
+    return [cause for cause, stale in row._mapping.items() if stale]
+
+
 def iter_stale(
     engine: Engine, deployment: Deployment, *, unrequested_only: bool = False
 ) -> Iterator[list[StalePrediction]]:

@@ -34,6 +34,8 @@ from batchinfer_protocol.zero_shot import (
 
 # Chunks in flight at once: enough to keep the server's dynamic batcher full.
 MAX_IN_FLIGHT = 4
+# A health read answers at once when the server is up; `status` must not hang on one that is not.
+HEALTH_TIMEOUT_SECONDS = 5.0
 
 
 class ModelError(RuntimeError):
@@ -71,6 +73,14 @@ class RefusedText:
 
 
 Answer = Prediction | RefusedText
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model a server reports: its id and weights digest (None: the server gives none)."""
+
+    model: str
+    model_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,14 @@ class ModelClient(ABC):
     def request_overhead_bytes(self, parameters: PredictParameters) -> int:
         """Bytes of a request without instances."""
 
+    def served_model(self) -> ServedModel | None:
+        """The model the server serves now, as its health route reports it; None: unknown.
+
+        ``staleness`` compares stored predictions with it. Servers that cannot say (a Vertex
+        endpoint) answer None, and staleness by model is then not judged.
+        """
+        return None
+
     def close(self) -> None:
         """Release connections."""
 
@@ -310,10 +328,12 @@ class HttpModelClient(ModelClient):
         timeout: float = 120.0,
         chunk_size: int = 256,
         predict_route: str = "/predict",
+        health_route: str = "/health",
         auth: httpx.Auth | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.url = base_url.rstrip("/") + predict_route
+        self.health_url = base_url.rstrip("/") + health_route
         self.chunk_size = chunk_size
         self.max_request_bytes = max_request_bytes
         self.client = httpx.Client(timeout=timeout, auth=auth)
@@ -359,6 +379,18 @@ class HttpModelClient(ModelClient):
         except ValueError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
         return parse_answer(body, len(texts), self.url)
+
+    def served_model(self) -> ServedModel | None:
+        """``GET {base}/health``'s ``model`` and ``model_digest``; None when not ready or down."""
+        try:
+            response = self.client.get(self.health_url, timeout=HEALTH_TIMEOUT_SECONDS)
+            body = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model.strip():
+            return None
+        return ServedModel(model, reported_model_digest(body))
 
     def close(self) -> None:
         self.client.close()
