@@ -8,6 +8,7 @@ down, a schema to migrate) end as one line on stderr and a non-zero exit, never 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -587,6 +588,96 @@ def status_counts(settings: Settings) -> dict[str, Any]:
     with resources.feature_store.open() as store:
         counts["features"] = store.list_records(0)[1]
     return counts
+
+
+# Texts per predict call of `evaluate`: the progress bar moves every chunk; the client splits
+# each call into its own request chunks (chunk_size) and sends them concurrently.
+EVALUATE_CHUNK = 1024
+
+
+@cli.command("evaluate")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--labels", help="Candidate labels to try instead of BATCHINFER_LABELS: 'a,b,c'.")
+@click.option(
+    "--label-descriptions",
+    "descriptions_file",
+    type=click.Path(path_type=Path),
+    help="A JSON {label: [description, ...]} file to try instead of the deployment's.",
+)
+@click.pass_context
+def evaluate_command(
+    ctx: click.Context, file: Path, labels: str | None, descriptions_file: Path | None
+) -> None:
+    """Measure accuracy on your own labelled texts, through the model server.
+
+    FILE is a CSV (columns text, label) or JSONL (fields text, label). Prints accuracy,
+    precision and recall per label, and the confusion matrix {true: {predicted: count}}, for
+    the deployment's labels and descriptions, or for --labels / --label-descriptions to try
+    before switching. Nothing is stored.
+
+    \b
+    Example:
+      batchinfer evaluate labelled.csv
+      {"examples": 200, "accuracy": 0.87, "per_label": {"billing": {"precision": 0.9, ...}},
+       "confusion": {"billing": {"billing": 45, "account access": 5}, ...}, ...}
+    """
+    from batchinfer_dagster.clients.model_client import ModelError, RefusedText
+    from batchinfer_dagster.evaluation import evaluate, read_labelled
+    from batchinfer_dagster.prediction import configuration_of
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
+    from batchinfer_protocol.zero_shot import (
+        ParameterError,
+        check_label_descriptions,
+        check_labels,
+    )
+
+    examples = read_labelled(file)
+    model_server = _resources(ctx).model_server
+    parameters = model_server.parameters()
+    try:
+        if labels is not None:
+            chosen = [label.strip() for label in labels.split(",") if label.strip()]
+            parameters = dataclasses.replace(parameters, candidate_labels=check_labels(chosen))
+        if descriptions_file is not None:
+            raw = json.loads(descriptions_file.read_text(encoding="utf-8"))
+            parameters = dataclasses.replace(
+                parameters, label_descriptions=check_label_descriptions(raw)
+            )
+    except (ParameterError, OSError, ValueError) as error:
+        raise click.BadParameter(str(error)) from error
+    pairs: list[tuple[str, str]] = []
+    refused: list[dict[str, str]] = []
+    identity = ModelIdentity("")
+    try:
+        with (
+            model_server.open() as client,
+            click.progressbar(length=len(examples), label="classifying", file=sys.stderr) as bar,
+        ):
+            for chunk in chunked(examples, EVALUATE_CHUNK):
+                answer = client.predict([example.text for example in chunk], parameters)
+                for example, result in zip(chunk, answer.answers, strict=True):
+                    if isinstance(result, RefusedText):
+                        refused.append({"where": example.where, "error": result.reason})
+                    else:
+                        pairs.append((example.label, result.labels[0]))
+                if answer.model:
+                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
+                bar.update(len(chunk))
+    except ModelError as error:
+        raise click.ClickException(
+            f"the model server did not classify the texts: {error}"
+        ) from error
+    figures = evaluate(pairs, parameters.candidate_labels)
+    _echo_json(
+        {
+            **figures.as_json(),
+            "labels_not_candidates": list(figures.labels[len(parameters.candidate_labels) :]),
+            "refused": refused,
+            "model": identity.name,
+            "model_digest": identity.weights_digest,
+            "configuration": configuration_of(parameters, identity).digest,
+        }
+    )
 
 
 @cli.command("status")
