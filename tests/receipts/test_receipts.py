@@ -42,7 +42,8 @@ def test_each_field_that_decides_an_answer_changes_the_digest() -> None:
         dataclasses.replace(BASE, label_descriptions={"billing": ("Money.",)}),
     ]
     digests = {digest(parameters) for parameters in changed}
-    assert len(digests) == len(changed) and digest() not in digests
+    assert len(digests) == len(changed)
+    assert digest() not in digests
     assert digest(model=ModelIdentity("org/model", "sha256:other")) != digest()
     assert digest(model=ModelIdentity("org/model", UNKNOWN)) != digest()
     assert digest(model=ModelIdentity("org/other", "sha256:abc")) != digest()
