@@ -13,7 +13,12 @@ from dagster import Definitions
 
 from batchinfer_dagster.assets import data_points, features, predictions
 from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.jobs import predictions_job, request_predictions_job
+from batchinfer_dagster.jobs import (
+    check_stale_predictions_job,
+    predictions_job,
+    request_predictions_job,
+    request_stale_predictions_job,
+)
 from batchinfer_dagster.retention import retention_job, retention_schedule
 from batchinfer_dagster.sensors import prediction_requests_sensor
 from batchinfer_dagster.settings import load_settings
@@ -26,7 +31,13 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
     return Definitions(
         assets=[data_points, features, predictions],
         asset_checks=[predictions_are_current],
-        jobs=[predictions_job, request_predictions_job, retention_job],
+        jobs=[
+            predictions_job,
+            request_predictions_job,
+            retention_job,
+            request_stale_predictions_job,
+            check_stale_predictions_job,
+        ],
         schedules=[retention_schedule],
         sensors=[prediction_requests_sensor],
         resources=dict(resources),
