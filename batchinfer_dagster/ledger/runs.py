@@ -122,6 +122,7 @@ def write_predictions(
     batch_key: str,
     run_id: str,
     now: datetime,
+    current: bool = True,
 ) -> None:
     """Upsert on (record_id, configuration) and make these rows their records' current ones.
 
@@ -129,13 +130,15 @@ def write_predictions(
     predicted under another configuration keeps its earlier row, no longer current. The
     configuration's row is written once (``prediction_configurations``). ``text_digests`` holds
     the digest of the text each record was classified from (``receipts.text_digest``).
+    ``current=False`` writes candidate rows (a rollout) that leave every record's current row
+    as it is, this configuration's included.
     """
     if not answers:
         return
     digest = configuration.digest
     register_configuration(connection, configuration, now=now)
     table = db.predictions
-    for chunk in chunked(sorted(answers), db.IN_CHUNK):
+    for chunk in chunked(sorted(answers), db.IN_CHUNK) if current else ():
         connection.execute(
             sa.update(table)
             .where(
@@ -162,7 +165,7 @@ def write_predictions(
                 "created_at": now,
                 "updated_at": now,
                 "text_digest": text_digests[record_id],
-                "is_current": True,
+                "is_current": current,
             }
             for record_id, answer in answers.items()
         ],
@@ -175,7 +178,7 @@ def write_predictions(
             "run_id",
             "updated_at",
             "text_digest",
-            "is_current",
+            *(["is_current"] if current else []),
         ],
     )
 
