@@ -37,6 +37,7 @@ from batchinfer_dagster.records import (
     load_file,
 )
 from batchinfer_dagster.settings import Settings, SettingsError, load_settings
+from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
@@ -590,6 +591,47 @@ def status_counts(settings: Settings) -> dict[str, Any]:
     return counts
 
 
+def candidate_parameters(
+    parameters: PredictParameters, labels: str | None, descriptions_file: Path | None
+) -> PredictParameters:
+    """The deployment's parameters with the --labels and --label-descriptions to try instead."""
+    from batchinfer_protocol.zero_shot import (
+        ParameterError,
+        check_label_descriptions,
+        check_labels,
+    )
+
+    try:
+        if labels is not None:
+            chosen = [label.strip() for label in labels.split(",") if label.strip()]
+            parameters = dataclasses.replace(parameters, candidate_labels=check_labels(chosen))
+        if descriptions_file is not None:
+            raw = json.loads(descriptions_file.read_text(encoding="utf-8"))
+            parameters = dataclasses.replace(
+                parameters, label_descriptions=check_label_descriptions(raw)
+            )
+    except (ParameterError, OSError, ValueError) as error:
+        raise click.BadParameter(str(error)) from error
+    return parameters
+
+
+CANDIDATE_OPTIONS = [
+    click.option("--labels", help="Candidate labels instead of BATCHINFER_LABELS: 'a,b,c'."),
+    click.option(
+        "--label-descriptions",
+        "descriptions_file",
+        type=click.Path(path_type=Path),
+        help="A JSON {label: [description, ...]} file instead of the deployment's.",
+    ),
+]
+
+
+def candidate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(CANDIDATE_OPTIONS):
+        command = option(command)
+    return command
+
+
 # Texts per predict call of `evaluate`: the progress bar moves every chunk; the client splits
 # each call into its own request chunks (chunk_size) and sends them concurrently.
 EVALUATE_CHUNK = 1024
@@ -597,13 +639,7 @@ EVALUATE_CHUNK = 1024
 
 @cli.command("evaluate")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--labels", help="Candidate labels to try instead of BATCHINFER_LABELS: 'a,b,c'.")
-@click.option(
-    "--label-descriptions",
-    "descriptions_file",
-    type=click.Path(path_type=Path),
-    help="A JSON {label: [description, ...]} file to try instead of the deployment's.",
-)
+@candidate_options
 @click.pass_context
 def evaluate_command(
     ctx: click.Context, file: Path, labels: str | None, descriptions_file: Path | None
@@ -625,26 +661,10 @@ def evaluate_command(
     from batchinfer_dagster.evaluation import evaluate, read_labelled
     from batchinfer_dagster.prediction import configuration_of
     from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
-    from batchinfer_protocol.zero_shot import (
-        ParameterError,
-        check_label_descriptions,
-        check_labels,
-    )
 
     examples = read_labelled(file)
     model_server = _resources(ctx).model_server
-    parameters = model_server.parameters()
-    try:
-        if labels is not None:
-            chosen = [label.strip() for label in labels.split(",") if label.strip()]
-            parameters = dataclasses.replace(parameters, candidate_labels=check_labels(chosen))
-        if descriptions_file is not None:
-            raw = json.loads(descriptions_file.read_text(encoding="utf-8"))
-            parameters = dataclasses.replace(
-                parameters, label_descriptions=check_label_descriptions(raw)
-            )
-    except (ParameterError, OSError, ValueError) as error:
-        raise click.BadParameter(str(error)) from error
+    parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
     pairs: list[tuple[str, str]] = []
     refused: list[dict[str, str]] = []
     identity = ModelIdentity("")
@@ -695,6 +715,149 @@ def status(ctx: click.Context) -> None:
     _engine(ctx)
     settings = _settings(ctx)
     _echo_json({**status_counts(settings), "using": settings.state_locations()})
+
+
+# Records per candidate chunk of `rollout start`: one feature fetch, one predict call and one
+# transaction each, so a rollout cut off keeps what it wrote and resumes from there.
+ROLLOUT_CHUNK = 1024
+
+
+@cli.group("rollout")
+def rollout_group() -> None:
+    """Try a candidate configuration beside the current predictions, compare, then promote."""
+
+
+@rollout_group.command("start")
+@candidate_options
+@click.option("--sample", type=click.IntRange(min=1), help="Only the first N predicted records.")
+@click.pass_context
+def rollout_start(
+    ctx: click.Context, labels: str | None, descriptions_file: Path | None, sample: int | None
+) -> None:
+    """Predict the records that have a current prediction again under a candidate configuration
+    (other --labels or --label-descriptions), beside the current predictions, never current.
+
+    Prints the candidate's configuration digest for `rollout report|promote|discard`. Running
+    it again resumes: records that already have a candidate prediction are skipped.
+
+    \b
+    Example:
+      batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
+      {"candidate": "5d8f...", "predicted": 500, "texts_per_second": 180.2, ...}
+    """
+    from batchinfer_dagster import rollout
+    from batchinfer_dagster.clients.model_client import ModelError
+    from batchinfer_dagster.prediction import configuration_of
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
+
+    engine = _engine(ctx)
+    resources = _resources(ctx)
+    model_server = resources.model_server
+    parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
+    table = db.predictions
+    query = sa.select(table.c.record_id).where(table.c.is_current.is_(True))
+    query = query.order_by(table.c.record_id).limit(sample)
+    with engine.connect() as connection:
+        record_ids = list(connection.execute(query).scalars())
+    predicted = refused = 0
+    candidate = ""
+    seconds = 0.0
+    try:
+        with (
+            model_server.open() as client,
+            resources.feature_store.open() as store,
+            click.progressbar(length=len(record_ids), label="candidate", file=sys.stderr) as bar,
+        ):
+            served = client.served_model()
+            if served is not None:
+                identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
+                candidate = configuration_of(parameters, identity).digest
+            for chunk in chunked(record_ids, ROLLOUT_CHUNK):
+                todo = rollout.without_candidate(engine, chunk, candidate) if candidate else chunk
+                texts = store.fetch(todo)
+                found = [i for i in todo if i in texts]
+                started = time.perf_counter()
+                answer = client.predict([texts[i] for i in found], parameters)
+                seconds += time.perf_counter() - started
+                answers = {
+                    i: a
+                    for i, a in zip(found, answer.answers, strict=True)
+                    if isinstance(a, Prediction)
+                }
+                refused += len(found) - len(answers)
+                if answers:
+                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
+                    configuration = configuration_of(parameters, identity)
+                    candidate = configuration.digest
+                    with engine.begin() as connection:
+                        ledger.write_predictions(
+                            connection,
+                            answers,
+                            configuration=configuration,
+                            text_digests={i: text_digest(texts[i]) for i in answers},
+                            batch_key="rollout",
+                            run_id=f"rollout-{db.utcnow():%Y%m%dT%H%M%S}",
+                            now=db.utcnow(),
+                            current=False,
+                        )
+                predicted += len(answers)
+                bar.update(len(chunk))
+    except ModelError as error:
+        raise click.ClickException(
+            f"the model server did not classify the texts: {error}"
+        ) from error
+    _echo_json(
+        {
+            "candidate": candidate,
+            "records": len(record_ids),
+            "predicted": predicted,
+            "refused": refused,
+            "texts_per_second": round(predicted / seconds, 1) if seconds else 0.0,
+        }
+    )
+
+
+@rollout_group.command("report")
+@click.argument("candidate")
+@click.pass_context
+def rollout_report(ctx: click.Context, candidate: str) -> None:
+    """Compare a candidate's predictions with the current ones of the same records.
+
+    \b
+    Example:
+      batchinfer rollout report 5d8f...
+      {"compared": 500, "agreement": 0.93, "confusion": {...}, "flip_rates": {...}, ...}
+    """
+    from batchinfer_dagster import rollout
+
+    try:
+        _echo_json(rollout.report(_engine(ctx), candidate).as_json())
+    except rollout.UnknownCandidateError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@rollout_group.command("promote")
+@click.argument("candidate")
+@click.pass_context
+def rollout_promote(ctx: click.Context, candidate: str) -> None:
+    """Make a candidate's predictions current, in one transaction (the old rows stay).
+
+    Set BATCHINFER_LABELS / BATCHINFER_LABEL_DESCRIPTIONS_FILE to the candidate's as well, or
+    `status` counts the promoted predictions stale by their parameters.
+    """
+    from batchinfer_dagster import rollout
+
+    _echo_json({"candidate": candidate, "promoted": rollout.promote(_engine(ctx), candidate)})
+
+
+@rollout_group.command("discard")
+@click.argument("candidate")
+@click.pass_context
+def rollout_discard(ctx: click.Context, candidate: str) -> None:
+    """Delete a candidate's predictions that are not current."""
+    from batchinfer_dagster import rollout
+
+    _echo_json({"candidate": candidate, "discarded": rollout.discard(_engine(ctx), candidate)})
 
 
 @cli.command("where")
