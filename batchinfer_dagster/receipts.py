@@ -8,7 +8,7 @@ digest keys stored predictions beside the record id: a change of labels writes n
 never overwrites the answers made before it.
 
 A *receipt* is the configuration plus what was classified and when: the text's digest, the run
-and the ledger batch. Predictions stored before receipts existed (migration 0005) keep a
+and the ledger batch (columns of ``predictions`` beside the configuration's digest). Predictions stored before receipts existed (migration 0005) keep a
 configuration marked unknown: one per model id, as the old key was (record id, model).
 
 Digests are SHA-256 of a canonical JSON (sorted keys, no spaces, UTF-8), hex: stable across
@@ -120,13 +120,3 @@ class Configuration:
     @property
     def digest(self) -> str:
         return canonical_digest(self.as_json())
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What one stored prediction was made from: configuration, text, run and ledger batch."""
-
-    configuration: Configuration
-    text_digest: str
-    run_id: str
-    batch_key: str
