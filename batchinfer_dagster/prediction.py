@@ -5,8 +5,8 @@ records in one call, sends them to the model server in client chunks, and settle
 one transaction: predictions upserted on (record id, configuration), each with its receipt
 (``receipts``: the model and weights digest the server reported, the request's parameters, the
 text's digest, run and batch), requests done, missing records waiting for features or
-dead-lettered. Model errors propagate before
-anything is written, so a failed run leaves the batch as it was and a retry is idempotent.
+dead-lettered. Model errors propagate before anything is written, so a failed run leaves the
+batch as it was and a retry is idempotent.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ digest keys stored predictions beside the record id: a change of labels writes n
 never overwrites the answers made before it.
 
 A *receipt* is the configuration plus what was classified and when: the text's digest, the run
-and the ledger batch (columns of ``predictions`` beside the configuration's digest). Predictions stored before receipts existed (migration 0005) keep a
-configuration marked unknown: one per model id, as the old key was (record id, model).
+and the ledger batch (columns of ``predictions`` beside the configuration's digest). Predictions
+stored before receipts existed (migration 0005) keep a configuration marked unknown: one per
+model id, as the old key was (record id, model).
 
 Digests are SHA-256 of a canonical JSON (sorted keys, no spaces, UTF-8), hex: stable across
 processes, Python versions and databases. Changing how a digest is computed makes every stored
