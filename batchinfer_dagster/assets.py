@@ -119,12 +119,12 @@ def predictions(
 ) -> MaterializeResult:
     """One prediction row per record of a ledger batch, upserted on (record_id, configuration).
 
-    The configuration is the digest of the model (id and weights digest the server reports)
-    and the request's parameters; each row carries its receipt (``receipts``). Re-materializing a partition recomputes the
-    batch idempotently. Only transient model errors are retried within the run, by
-    ``RetryRequested`` with the model server resource's backoff (a static ``RetryPolicy`` would
-    also retry bugs and database errors, which the sensor's reconcile handles); a 4xx will not
-    get better, so the batch's requests become dead letters at once.
+    The configuration is the digest of the model (id and weights digest the server reports) and the
+    request's parameters; each row carries its receipt (``receipts``). Re-materializing a partition
+    recomputes the batch idempotently. Only transient model errors are retried within the run, by
+    ``RetryRequested`` with the model server resource's backoff (a static ``RetryPolicy`` would also
+    retry bugs and database errors, which the sensor's reconcile handles); a 4xx will not get
+    better, so the batch's requests become dead letters at once.
     """
     engine = ledger.get_engine()
     parameters = model_server.parameters()
