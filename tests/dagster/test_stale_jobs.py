@@ -55,7 +55,13 @@ def test_the_check_warns_and_the_job_requests_each_stale_prediction_once(
 
     descriptions = tmp_path / "other.json"
     descriptions.write_text(json.dumps({"billing": ["Money: payments and refunds."]}))
-    changed = current.model_copy(update={"label_descriptions_file": descriptions})
+    # A new Settings, not model_copy: a copy keeps the descriptions the first one cached.
+    changed = Settings(
+        home=current.home,
+        database_url=current.resolved_database_url,
+        model_url=model_server_url,
+        label_descriptions_file=descriptions,
+    )
     defs = build_definitions(resources_of(changed))
     check_job = defs.resolve_job_def("check_stale_predictions_job")
     (evaluation,) = check_job.execute_in_process(instance=instance).get_asset_check_evaluations()
