@@ -91,6 +91,8 @@ def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:
         "dead_lettered": outcome.dead_lettered,
         "refused_by_model": outcome.refused,
         "model": outcome.model,
+        # The receipt's configuration digest (`batchinfer lineage` shows what it stands for).
+        "configuration": outcome.configuration,
         "model_latency_s": MetadataValue.float(round(outcome.model_seconds, 3)),
         "texts_per_second": MetadataValue.float(round(rate, 1)),
         **(
@@ -115,13 +117,14 @@ def predictions(
     feature_store: FeatureStoreResource,
     model_server: ModelServerResource,
 ) -> MaterializeResult:
-    """One prediction row per record of a ledger batch, upserted on (record_id, model).
+    """One prediction row per record of a ledger batch, upserted on (record_id, configuration).
 
-    ``model`` is the id the model server reports. Re-materializing a partition recomputes the
-    batch idempotently. Only transient model errors are retried within the run, by
-    ``RetryRequested`` with the model server resource's backoff (a static ``RetryPolicy`` would
-    also retry bugs and database errors, which the sensor's reconcile handles); a 4xx will not
-    get better, so the batch's requests become dead letters at once.
+    The configuration is the digest of the model (id and weights digest the server reports) and the
+    request's parameters; each row carries its receipt (``receipts``). Re-materializing a partition
+    recomputes the batch idempotently. Only transient model errors are retried within the run, by
+    ``RetryRequested`` with the model server resource's backoff (a static ``RetryPolicy`` would also
+    retry bugs and database errors, which the sensor's reconcile handles); a 4xx will not get
+    better, so the batch's requests become dead letters at once.
     """
     engine = ledger.get_engine()
     parameters = model_server.parameters()

@@ -12,6 +12,7 @@ never pay for Dagster or pandas, and ``prediction`` does not pay for pandas.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from dagster import DagsterInstance
 
+    from batchinfer_dagster import staleness
     from batchinfer_dagster.deployments import Resources
+    from batchinfer_protocol.zero_shot import PredictParameters
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
 PUBLISH_CHUNK = 1000
@@ -196,6 +199,33 @@ def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
     record_id = record_id_argument(record_id_text)
     engine = _engine(ctx)
     _echo_json(delete_record(engine, record_id).document())
+    _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
+
+
+@cli.command("edit-data-point")
+@click.argument("record_id_text", metavar="RECORD_ID")
+@click.argument("text")
+@click.pass_context
+def edit_data_point(ctx: click.Context, record_id_text: str, text: str) -> None:
+    """Replace the text of a record; exit 1 when there is no such record.
+
+    After the next `import-data` its prediction counts as stale in `status` (cause "text"),
+    and `predict --stale` asks for it again.
+
+    \b
+    Example:
+      batchinfer edit-data-point 1 "I still can't log in to my account"
+      {"id": 1, "text": "I still can't log in to my account"}
+    """
+    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.records import edit_record
+
+    record_id = record_id_argument(record_id_text)
+    engine = _engine(ctx)
+    if not edit_record(engine, record_id, text):
+        click.echo(f"no record {record_id}", err=True)
+        ctx.exit(1)
+    _echo_json({"id": record_id, "text": text})
     _record_in_dagster(ctx, lambda instance: asset_events.report_records_observed(instance, engine))
 
 
@@ -437,24 +467,43 @@ def publish(
 
 
 @cli.command("predict")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--stale",
+    is_flag=True,
+    help="Ask for exactly the stale predictions (see `status`), each once, instead of ids.",
+)
 @click.pass_context
-def predict(ctx: click.Context, ids: tuple[str, ...]) -> None:
+def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     """Ask for predictions of these records (publishes one request per id).
 
     Ids of records that do not exist are named on stderr and not requested (exit 1); the
     others are published all the same.
 
+    With --stale, asks for the records whose current prediction is stale (its text changed
+    since, or the labels, template, label descriptions or model did), through the same queue.
+    Each stale prediction is asked for once: running it again before the new predictions land
+    publishes nothing new.
+
     \b
-    Example:
+    Examples:
       batchinfer predict 1 2 3
+      batchinfer predict --stale
+      {"stale_requested": 2, "already_requested": 0, "model_checked": true}
     """
+    if stale == bool(ids):
+        raise click.UsageError("give record ids, or --stale (not both)")
+    engine = _engine(ctx)
+    resources = _resources(ctx)
+    if stale:
+        _echo_json(publish_stale(engine, resources))
+        return
     record_ids = parse_ids(ids)
-    missing = missing_records(_engine(ctx), record_ids)
+    missing = missing_records(engine, record_ids)
     known = [record_id for record_id in record_ids if record_id not in missing]
     if known:
         payloads = id_payloads(known)
-        _report_published(publish_payloads(_resources(ctx), payloads, len(known), known))
+        _report_published(publish_payloads(resources, payloads, len(known), known))
     if missing:
         click.echo(missing_records_line(sorted(missing)) + "; not requested", err=True)
         ctx.exit(1)
@@ -478,10 +527,68 @@ def missing_records_line(record_ids: Sequence[int]) -> str:
     return f"{noun} {shown}{more} {verb} not exist (add-data-point or load adds records)"
 
 
+def current_deployment(resources: Resources) -> staleness.Deployment:
+    """The settings' parameters and the model the server reports now (None when it cannot)."""
+    from batchinfer_dagster.prediction import deployment_of
+
+    model_server = resources.model_server
+    with model_server.open() as client:
+        served = client.served_model()
+    return deployment_of(model_server.parameters(), served)
+
+
+def publish_stale(engine: sa.Engine, resources: Resources) -> dict[str, Any]:
+    """Publish one request per stale, not yet requested prediction; remember each after its
+    publish (a crash in between publishes those again next time, never loses one)."""
+    from batchinfer_dagster import db, staleness
+
+    deployment = current_deployment(resources)
+    requested = 0
+    for page in staleness.iter_stale(engine, deployment, unrequested_only=True):
+        ids = [item.record_id for item in page]
+        publish_payloads(resources, id_payloads(ids), len(ids), ids)
+        staleness.record_requested(engine, page, now=db.utcnow())
+        requested += len(page)
+    counts = staleness.stale_counts(engine, deployment)
+    return {
+        "stale_requested": requested,
+        "already_requested": counts["stale"] - requested,
+        "model_checked": deployment.model is not None,
+    }
+
+
+@cli.command("lineage")
+@click.argument("record_id_text", metavar="RECORD_ID")
+@click.pass_context
+def lineage(ctx: click.Context, record_id_text: str) -> None:
+    """Print a record's predictions with their receipts: the current one first (with why it is
+    stale, if it is), then the earlier ones of other configurations, newest first.
+
+    A receipt says what made the prediction: the model and its weights digest, the candidate
+    labels, the template, the label descriptions (and their digest), multi_label, the digest of
+    the text classified, the run and the ledger batch. Exit 1 for an unknown record.
+
+    \b
+    Example:
+      batchinfer lineage 1
+      {"record": {"id": 1, "text": "...", "imported_text_digest": "..."},
+       "predictions": [{"configuration": "...", "current": true, "stale": [], "receipt": {...}}]}
+    """
+    from batchinfer_dagster.lineage import record_lineage
+
+    record_id = record_id_argument(record_id_text)
+    engine = _engine(ctx)
+    document = record_lineage(engine, record_id, current_deployment(_resources(ctx)))
+    if document is None:
+        click.echo(f"no record {record_id} and no prediction of it", err=True)
+        ctx.exit(1)
+    _echo_json(document)
+
+
 def prediction_document(
     engine: sa.Engine, record_id: int, model: str | None = None
 ) -> dict[str, Any] | None:
-    """The record's newest prediction (of ``model`` when given) as
+    """The record's current prediction (else its newest; of ``model`` when given) as
     ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
     import sqlalchemy as sa
 
@@ -492,7 +599,7 @@ def prediction_document(
         sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
         .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
         .where(table.c.record_id == record_id)
-        .order_by(table.c.updated_at.desc())
+        .order_by(table.c.is_current.desc(), table.c.updated_at.desc())
         .limit(1)
     )
     if model is not None:
@@ -584,7 +691,7 @@ def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
 
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
-    from batchinfer_dagster import db, ledger
+    from batchinfer_dagster import db, ledger, staleness
     from batchinfer_dagster.deployments import resources_for
 
     resources = resources_for(settings)
@@ -609,11 +716,127 @@ def status_counts(settings: Settings) -> dict[str, Any]:
         feature_wait=timedelta(seconds=settings.feature_wait_seconds),
         limit=WAITING_SHOWN,
     )
+    deployment = current_deployment(resources)
+    counts["stale_predictions"] = {
+        **staleness.stale_counts(resources.database.get_engine(), deployment),
+        # False: the model server did not say which model it serves; "model" is not counted.
+        "model_checked": deployment.model is not None,
+    }
     # The requests by status count them all; these are the ones nearest their deadline.
     counts["waiting_for_features"] = [waiting.document() for waiting in shown]
     with resources.feature_store.open() as store:
         counts["features"] = store.list_records(0)[1]
     return counts
+
+
+def candidate_parameters(
+    parameters: PredictParameters, labels: str | None, descriptions_file: Path | None
+) -> PredictParameters:
+    """The deployment's parameters with the --labels and --label-descriptions to try instead."""
+    from batchinfer_protocol.zero_shot import (
+        ParameterError,
+        check_label_descriptions,
+        check_labels,
+    )
+
+    try:
+        if labels is not None:
+            chosen = [label.strip() for label in labels.split(",") if label.strip()]
+            parameters = dataclasses.replace(parameters, candidate_labels=check_labels(chosen))
+        if descriptions_file is not None:
+            raw = json.loads(descriptions_file.read_text(encoding="utf-8"))
+            parameters = dataclasses.replace(
+                parameters, label_descriptions=check_label_descriptions(raw)
+            )
+    except (ParameterError, OSError, ValueError) as error:
+        raise click.BadParameter(str(error)) from error
+    return parameters
+
+
+CANDIDATE_OPTIONS = [
+    click.option("--labels", help="Candidate labels instead of BATCHINFER_LABELS: 'a,b,c'."),
+    click.option(
+        "--label-descriptions",
+        "descriptions_file",
+        type=click.Path(path_type=Path),
+        help="A JSON {label: [description, ...]} file instead of the deployment's.",
+    ),
+]
+
+
+def candidate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(CANDIDATE_OPTIONS):
+        command = option(command)
+    return command
+
+
+# Texts per predict call of `evaluate`: the progress bar moves every chunk; the client splits
+# each call into its own request chunks (chunk_size) and sends them concurrently.
+EVALUATE_CHUNK = 1024
+
+
+@cli.command("evaluate")
+@click.argument("file", type=click.Path(path_type=Path))
+@candidate_options
+@click.pass_context
+def evaluate_command(
+    ctx: click.Context, file: Path, labels: str | None, descriptions_file: Path | None
+) -> None:
+    """Measure accuracy on your own labelled texts, through the model server.
+
+    FILE is a CSV (columns text, label) or JSONL (fields text, label). Prints accuracy,
+    precision and recall per label, and the confusion matrix {true: {predicted: count}}, for
+    the deployment's labels and descriptions, or for --labels / --label-descriptions to try
+    before switching. Nothing is stored.
+
+    \b
+    Example:
+      batchinfer evaluate labelled.csv
+      {"examples": 200, "accuracy": 0.87, "per_label": {"billing": {"precision": 0.9, ...}},
+       "confusion": {"billing": {"billing": 45, "account access": 5}, ...}, ...}
+    """
+    from batchinfer_dagster.chunks import chunked
+    from batchinfer_dagster.clients.model_client import ModelError, RefusedText
+    from batchinfer_dagster.evaluation import evaluate, read_labelled
+    from batchinfer_dagster.prediction import configuration_of
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
+
+    examples = read_labelled(file)
+    model_server = _resources(ctx).model_server
+    parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
+    pairs: list[tuple[str, str]] = []
+    refused: list[dict[str, str]] = []
+    identity = ModelIdentity("")
+    try:
+        with (
+            model_server.open() as client,
+            click.progressbar(length=len(examples), label="classifying", file=sys.stderr) as bar,
+        ):
+            for chunk in chunked(examples, EVALUATE_CHUNK):
+                answer = client.predict([example.text for example in chunk], parameters)
+                for example, result in zip(chunk, answer.answers, strict=True):
+                    if isinstance(result, RefusedText):
+                        refused.append({"where": example.where, "error": result.reason})
+                    else:
+                        pairs.append((example.label, result.labels[0]))
+                if answer.model:
+                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
+                bar.update(len(chunk))
+    except ModelError as error:
+        raise click.ClickException(
+            f"the model server did not classify the texts: {error}"
+        ) from error
+    figures = evaluate(pairs, parameters.candidate_labels)
+    _echo_json(
+        {
+            **figures.as_json(),
+            "labels_not_candidates": list(figures.labels[len(parameters.candidate_labels) :]),
+            "refused": refused,
+            "model": identity.name,
+            "model_digest": identity.weights_digest,
+            "configuration": configuration_of(parameters, identity).digest,
+        }
+    )
 
 
 @cli.command("status")
@@ -651,6 +874,151 @@ def model_server_state(model_url: str) -> str:
 
     with httpx.Client() as client:
         return read_health(client, model_url.rstrip("/") + HEALTH_ROUTE)
+
+
+# Records per candidate chunk of `rollout start`: one feature fetch, one predict call and one
+# transaction each, so a rollout cut off keeps what it wrote and resumes from there.
+ROLLOUT_CHUNK = 1024
+
+
+@cli.group("rollout")
+def rollout_group() -> None:
+    """Try a candidate configuration beside the current predictions, compare, then promote."""
+
+
+@rollout_group.command("start")
+@candidate_options
+@click.option("--sample", type=click.IntRange(min=1), help="Only the first N predicted records.")
+@click.pass_context
+def rollout_start(
+    ctx: click.Context, labels: str | None, descriptions_file: Path | None, sample: int | None
+) -> None:
+    """Predict the records that have a current prediction again under a candidate configuration
+    (other --labels or --label-descriptions), beside the current predictions, never current.
+
+    Prints the candidate's configuration digest for `rollout report|promote|discard`. Running
+    it again resumes: records that already have a candidate prediction are skipped.
+
+    \b
+    Example:
+      batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
+      {"candidate": "5d8f...", "predicted": 500, "texts_per_second": 180.2, ...}
+    """
+    from batchinfer_dagster import db, ledger, rollout
+    from batchinfer_dagster.chunks import chunked
+    from batchinfer_dagster.clients.model_client import ModelError
+    from batchinfer_dagster.prediction import configuration_of
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
+    from batchinfer_protocol.zero_shot import Prediction
+
+    engine = _engine(ctx)
+    resources = _resources(ctx)
+    model_server = resources.model_server
+    parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
+    table = db.predictions
+    query = sa.select(table.c.record_id).where(table.c.is_current.is_(True))
+    query = query.order_by(table.c.record_id).limit(sample)
+    with engine.connect() as connection:
+        record_ids = list(connection.execute(query).scalars())
+    predicted = refused = 0
+    candidate = ""
+    seconds = 0.0
+    try:
+        with (
+            model_server.open() as client,
+            resources.feature_store.open() as store,
+            click.progressbar(length=len(record_ids), label="candidate", file=sys.stderr) as bar,
+        ):
+            served = client.served_model()
+            if served is not None:
+                identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
+                candidate = configuration_of(parameters, identity).digest
+            for chunk in chunked(record_ids, ROLLOUT_CHUNK):
+                todo = rollout.without_candidate(engine, chunk, candidate) if candidate else chunk
+                texts = store.fetch(todo)
+                found = [i for i in todo if i in texts]
+                started = time.perf_counter()
+                answer = client.predict([texts[i] for i in found], parameters)
+                seconds += time.perf_counter() - started
+                answers = {
+                    i: a
+                    for i, a in zip(found, answer.answers, strict=True)
+                    if isinstance(a, Prediction)
+                }
+                refused += len(found) - len(answers)
+                if answers:
+                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
+                    configuration = configuration_of(parameters, identity)
+                    candidate = configuration.digest
+                    with engine.begin() as connection:
+                        ledger.write_predictions(
+                            connection,
+                            answers,
+                            configuration=configuration,
+                            text_digests={i: text_digest(texts[i]) for i in answers},
+                            batch_key="rollout",
+                            run_id=f"rollout-{db.utcnow():%Y%m%dT%H%M%S}",
+                            now=db.utcnow(),
+                            current=False,
+                        )
+                predicted += len(answers)
+                bar.update(len(chunk))
+    except ModelError as error:
+        raise click.ClickException(
+            f"the model server did not classify the texts: {error}"
+        ) from error
+    _echo_json(
+        {
+            "candidate": candidate,
+            "records": len(record_ids),
+            "predicted": predicted,
+            "refused": refused,
+            "texts_per_second": round(predicted / seconds, 1) if seconds else 0.0,
+        }
+    )
+
+
+@rollout_group.command("report")
+@click.argument("candidate")
+@click.pass_context
+def rollout_report(ctx: click.Context, candidate: str) -> None:
+    """Compare a candidate's predictions with the current ones of the same records.
+
+    \b
+    Example:
+      batchinfer rollout report 5d8f...
+      {"compared": 500, "agreement": 0.93, "confusion": {...}, "flip_rates": {...}, ...}
+    """
+    from batchinfer_dagster import rollout
+
+    try:
+        _echo_json(rollout.report(_engine(ctx), candidate).as_json())
+    except rollout.UnknownCandidateError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@rollout_group.command("promote")
+@click.argument("candidate")
+@click.pass_context
+def rollout_promote(ctx: click.Context, candidate: str) -> None:
+    """Make a candidate's predictions current, in one transaction (the old rows stay).
+
+    Set BATCHINFER_LABELS / BATCHINFER_LABEL_DESCRIPTIONS_FILE to the candidate's as well, or
+    `status` counts the promoted predictions stale by their parameters.
+    """
+    from batchinfer_dagster import rollout
+
+    _echo_json({"candidate": candidate, "promoted": rollout.promote(_engine(ctx), candidate)})
+
+
+@rollout_group.command("discard")
+@click.argument("candidate")
+@click.pass_context
+def rollout_discard(ctx: click.Context, candidate: str) -> None:
+    """Delete a candidate's predictions that are not current."""
+    from batchinfer_dagster import rollout
+
+    _echo_json({"candidate": candidate, "discarded": rollout.discard(_engine(ctx), candidate)})
 
 
 @cli.command("where")

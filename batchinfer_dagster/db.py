@@ -41,6 +41,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import text as sa_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -181,11 +182,35 @@ prediction_batches = Table(
     Index("ix_prediction_batches_status", "status"),
 )
 
+# One row per prediction configuration ever used (``receipts.Configuration``), keyed by its
+# digest. Rows of predictions stored before receipts (migration 0005) have ``known`` false: only
+# their model id is known, the other fields are NULL.
+prediction_configurations = Table(
+    "prediction_configurations",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("model_digest", String(128), nullable=False),
+    Column("known", Boolean, nullable=False),
+    Column("parameters_digest", String(64), nullable=True),
+    Column("candidate_labels", JSON, nullable=True),
+    Column("hypothesis_template", Text, nullable=True),
+    # The descriptions that travelled with the requests ({label: [description, ...]}).
+    Column("label_descriptions", JSON, nullable=True),
+    Column("label_descriptions_digest", String(64), nullable=True),
+    Column("multi_label", Boolean, nullable=True),
+    _ts("created_at", nullable=False),
+)
+
+# One row per record and configuration, so a changed configuration adds rows beside the old
+# ones. ``is_current`` marks the row a reader shows as "the prediction" of its record (at most
+# one per record, a partial unique index); ``text_digest`` is NULL for rows older than receipts.
 predictions = Table(
     "predictions",
     metadata,
     Column("record_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("model", String(200), primary_key=True),
+    Column("configuration", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
     Column("sequence", Text, nullable=False),
     Column("labels", JSON, nullable=False),
     Column("scores", JSON, nullable=False),
@@ -193,6 +218,40 @@ predictions = Table(
     Column("run_id", String(64), nullable=True),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    Column("text_digest", String(64), nullable=True),
+    Column("is_current", Boolean, nullable=False),
+    Index(
+        "ux_predictions_current_record",
+        "record_id",
+        unique=True,
+        sqlite_where=sa_text("is_current"),
+        postgresql_where=sa_text("is_current"),
+    ),
+    Index("ix_predictions_configuration", "configuration"),
+)
+
+# The digest of each record's text as the feature store holds it, written by the feature import
+# in the transaction (local store) or the chunk (BigQuery) that moves the text. A prediction is
+# stale by text when its receipt's digest differs: comparing two stored digests, never the
+# feature store itself.
+record_text_digests = Table(
+    "record_text_digests",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("text_digest", String(64), nullable=False),
+    _ts("imported_at", nullable=False),
+)
+
+# The stale predictions ``batchinfer predict --stale`` asked to replace: one row per record, the
+# (configuration, text digest) of the prediction it replaces, so asking again publishes nothing
+# new until that prediction is replaced (``staleness``).
+stale_requests = Table(
+    "stale_requests",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("configuration", String(64), nullable=False),
+    Column("text_digest", String(64), nullable=True),
+    _ts("requested_at", nullable=False),
 )
 
 dead_letters = Table(

@@ -13,10 +13,16 @@ from dagster import Definitions
 
 from batchinfer_dagster.assets import data_points, features, predictions
 from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.jobs import predictions_job, request_predictions_job
+from batchinfer_dagster.jobs import (
+    check_stale_predictions_job,
+    predictions_job,
+    request_predictions_job,
+    request_stale_predictions_job,
+)
 from batchinfer_dagster.retention import retention_job, retention_schedule
 from batchinfer_dagster.sensors import prediction_requests_sensor
 from batchinfer_dagster.settings import load_settings
+from batchinfer_dagster.stale_check import predictions_are_current
 
 
 def build_definitions(resources: Mapping[str, Any]) -> Definitions:
@@ -24,7 +30,14 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
     feature_store, model_server)."""
     return Definitions(
         assets=[data_points, features, predictions],
-        jobs=[predictions_job, request_predictions_job, retention_job],
+        asset_checks=[predictions_are_current],
+        jobs=[
+            predictions_job,
+            request_predictions_job,
+            retention_job,
+            request_stale_predictions_job,
+            check_stale_predictions_job,
+        ],
         schedules=[retention_schedule],
         sensors=[prediction_requests_sensor],
         resources=dict(resources),

@@ -16,7 +16,11 @@ from batchinfer_dagster import db
 from batchinfer_dagster.assets import predictions
 from batchinfer_dagster.ledger import create_batches
 from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.prediction import deployment_of
 from batchinfer_dagster.resources.ledger import LedgerResource
+from batchinfer_dagster.resources.model_server import ModelServerResource
+from batchinfer_dagster.stale_check import predictions_are_current
+from batchinfer_dagster.staleness import iter_stale, record_requested
 
 
 def launchpad_description(summary: str, op_name: str, example: Config) -> str:
@@ -36,7 +40,8 @@ def launchpad_description(summary: str, op_name: str, example: Config) -> str:
 # launcher").
 predictions_job = define_asset_job(
     "predictions_job",
-    selection=AssetSelection.assets(predictions),
+    # The asset and its per-batch checks; the whole-table staleness check runs on its own.
+    selection=AssetSelection.assets(predictions) - AssetSelection.checks(predictions_are_current),
     executor_def=in_process_executor,
     description=(
         "Predict one ledger batch (a partition of `predictions`); the sensor launches one run "
@@ -88,3 +93,58 @@ def request_predictions(
 )
 def request_predictions_job() -> None:
     request_predictions()
+
+
+# The whole-table staleness check alone, to run or schedule by itself (the UI's Checks tab runs
+# it too).
+check_stale_predictions_job = define_asset_job(
+    "check_stale_predictions_job",
+    selection=AssetSelection.checks(predictions_are_current),
+    executor_def=in_process_executor,
+    description=(
+        "Count stale predictions by cause (the `predictions_are_current` check).\n\n"
+        "Launchpad config: none."
+    ),
+)
+
+
+@op
+def request_stale_predictions(
+    context: OpExecutionContext, ledger: LedgerResource, model_server: ModelServerResource
+) -> None:
+    """Write requests for every stale, not yet requested prediction into the ledger.
+
+    The launchpad's ``batchinfer predict --stale``: the same stale predictions, each requested
+    once (``staleness.record_requested``), as new batches the sensor launches runs for.
+    """
+    with model_server.open() as client:
+        served = client.served_model()
+    deployment = deployment_of(model_server.parameters(), served)
+    engine = ledger.get_engine()
+    requested = 0
+    for page in iter_stale(engine, deployment, unrequested_only=True):
+        batch_keys = create_batches(
+            engine,
+            [item.record_id for item in page],
+            source="stale",
+            batch_size=ledger.batch_size,
+            now=db.utcnow(),
+        )
+        context.instance.add_dynamic_partitions(PREDICTION_BATCHES, batch_keys)
+        record_requested(engine, page, now=db.utcnow())
+        requested += len(page)
+    context.log.info(
+        "requested %d stale predictions (model checked: %s); the sensor launches their runs",
+        requested,
+        deployment.model is not None,
+    )
+
+
+@job(
+    description=(
+        "Request exactly the stale predictions, each once (`batchinfer predict --stale`); the "
+        "sensor launches their `predictions` runs.\n\nLaunchpad config: none."
+    )
+)
+def request_stale_predictions_job() -> None:
+    request_stale_predictions()

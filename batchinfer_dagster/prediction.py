@@ -2,9 +2,11 @@
 
 A run reads its batch's requests (marking the batch running), fetches the texts of all their
 records in one call, sends them to the model server in client chunks, and settles the batch in
-one transaction: predictions upserted on (record id, model id the server reported), requests
-done, missing records waiting for features or dead-lettered. Model errors propagate before
-anything is written, so a failed run leaves the batch as it was and a retry is idempotent.
+one transaction: predictions upserted on (record id, configuration), each with its receipt
+(``receipts``: the model and weights digest the server reported, the request's parameters, the
+text's digest, run and batch), requests done, missing records waiting for features or
+dead-lettered. Model errors propagate before anything is written, so a failed run leaves the
+batch as it was and a retry is idempotent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,20 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.clients.model_client import ModelClient, ModelRequestError, RefusedText
+from batchinfer_dagster.clients.model_client import (
+    ModelClient,
+    ModelRequestError,
+    RefusedText,
+    ServedModel,
+)
+from batchinfer_dagster.receipts import (
+    UNKNOWN,
+    Configuration,
+    ModelIdentity,
+    Parameters,
+    text_digest,
+)
+from batchinfer_dagster.staleness import Deployment
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 
@@ -36,12 +51,37 @@ class BatchOutcome:
     model_seconds: float
     # The model id the server reported ("" when no record reached the model).
     model: str = ""
+    # The digest of the configuration the predictions were stored under ("": none stored).
+    configuration: str = ""
     label_counts: dict[str, int] = field(default_factory=dict)
     # Records the model server refused on their own: dead letters of source "model".
     refused: int = 0
     # When the first text went to the model (None: no record reached it). Against the run's
     # launch and start events it splits a run's start-up from its work (bench/bench_launcher.py).
     model_started_at: datetime | None = None
+
+
+def parameters_of(parameters: PredictParameters) -> Parameters:
+    """The receipt's view of a request's parameters (the same four fields)."""
+    return Parameters(
+        candidate_labels=tuple(parameters.candidate_labels),
+        hypothesis_template=parameters.hypothesis_template,
+        label_descriptions=parameters.label_descriptions,
+        multi_label=parameters.multi_label,
+    )
+
+
+def configuration_of(parameters: PredictParameters, model: ModelIdentity) -> Configuration:
+    """The prediction configuration of requests with ``parameters`` answered by ``model``."""
+    return Configuration(model=model, parameters=parameters_of(parameters))
+
+
+def deployment_of(parameters: PredictParameters, served: ServedModel | None) -> Deployment:
+    """What staleness compares with: the settings' parameters, and the served model if known."""
+    model = (
+        ModelIdentity(served.model, served.model_digest or UNKNOWN) if served is not None else None
+    )
+    return Deployment(parameters=parameters_of(parameters), model=model)
 
 
 class BatchRefusedError(RuntimeError):
@@ -63,6 +103,10 @@ class Predictor:
     parameters: PredictParameters
     feature_wait: timedelta
     clock: Callable[[], datetime] = db.utcnow
+
+    def configuration(self, model: ModelIdentity) -> Configuration:
+        """The configuration of this predictor's requests when ``model`` answers them."""
+        return configuration_of(self.parameters, model)
 
     def predict(self, batch_key: str, run_id: str) -> BatchOutcome:
         """Predict every record of a batch once and settle its requests.
@@ -100,17 +144,25 @@ class Predictor:
             else:
                 predictions[record_id] = result
         model = answer.model if answer is not None else ""
+        configuration = (
+            self.configuration(ModelIdentity(model, answer.model_digest or UNKNOWN))
+            if answer is not None and model
+            else None
+        )
         waiting, dead = ledger.settle_batch(
             self.engine,
             ledger.Settlement(
                 batch_key=batch_key,
                 run_id=run_id,
                 requests=requests,
-                model=model,
+                configuration=configuration,
                 answers=predictions,
                 refused=refused,
                 feature_wait=self.feature_wait,
                 now=self.clock(),
+                text_digests={
+                    record_id: text_digest(texts[record_id]) for record_id in predictions
+                },
             ),
         )
         return BatchOutcome(
@@ -122,6 +174,7 @@ class Predictor:
             dead_lettered=dead,
             model_seconds=model_seconds,
             model=model,
+            configuration=configuration.digest if configuration is not None else "",
             label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
             refused=len(refused),
             model_started_at=model_started_at,

@@ -76,6 +76,20 @@ def add_records(engine: Engine, texts: Sequence[str]) -> list[int]:
         return list(result.scalars())
 
 
+def edit_record(engine: Engine, record_id: int, text: str) -> bool:
+    """Replace a record's text (``updated_at`` moves, so the next import moves the edit);
+    False when there is no such record."""
+    check_text(text)
+    table = db.data_points
+    with engine.begin() as connection:
+        changed = connection.execute(
+            sa.update(table)
+            .where(table.c.id == record_id)
+            .values(text=text, updated_at=db.utcnow())
+        )
+    return changed.rowcount == 1
+
+
 def read_texts(path: Path) -> Iterator[str]:
     """Texts of a CSV or Parquet (a ``text`` column) or JSONL (a ``text`` field) file, checked.
 
@@ -211,7 +225,8 @@ class Deletion:
 
 
 def delete_record(engine: Engine, record_id: int) -> Deletion:
-    """Delete a record and its predictions in one transaction (an erasure request).
+    """Delete a record, its predictions and its staleness rows in one transaction (an erasure
+    request).
 
     The database leaves a tombstone (migration 0004's trigger, ``record_deletions``), so the next
     feature import removes the record from the feature store; until then, and for any request
@@ -230,6 +245,9 @@ def delete_record(engine: Engine, record_id: int) -> Deletion:
         predictions = connection.execute(
             sa.delete(db.predictions).where(db.predictions.c.record_id == record_id)
         ).rowcount
+        # What staleness kept of it: the digest of its imported text and its stale requests.
+        for table in (db.record_text_digests, db.stale_requests):
+            connection.execute(sa.delete(table).where(table.c.record_id == record_id))
     return Deletion(record_id=record_id, predictions=predictions)
 
 

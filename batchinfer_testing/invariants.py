@@ -72,7 +72,7 @@ def _check_predictions(connection: sa.Connection, published: Published) -> int:
     duplicates = connection.execute(
         sa.select(sa.func.count()).select_from(
             sa.select(table.c.record_id)
-            .group_by(table.c.record_id, table.c.model)
+            .group_by(table.c.record_id, table.c.configuration)
             .having(sa.func.count() > 1)
             .subquery()
         )

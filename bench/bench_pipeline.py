@@ -41,7 +41,9 @@ from dagster import (
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.prediction import configuration_of
 from batchinfer_dagster.processes import free_port, stop_process_group
+from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
 from batchinfer_dagster.resources.database import SqliteDatabase
 from batchinfer_dagster.resources.model_server import HttpModelServer
 from batchinfer_dagster.settings import Settings
@@ -167,7 +169,11 @@ def predict_one_message(
         ledger.write_predictions(
             connection,
             {record_id: answer.predictions[0]},
-            model_name=answer.model,
+            configuration=configuration_of(
+                model_server.parameters(),
+                ModelIdentity(answer.model, answer.model_digest or UNKNOWN),
+            ),
+            text_digests={record_id: text_digest(text)},
             batch_key="naive",
             run_id=context.run_id,
             now=db.utcnow(),

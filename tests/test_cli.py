@@ -138,6 +138,8 @@ def test_prediction_in_the_replaced_systems_format(app_settings: Settings) -> No
             db.predictions.insert().values(
                 record_id=1,
                 model="zero-shot",
+                configuration="c",
+                is_current=True,
                 sequence="test input data 1",
                 labels=["mobile", "website", "account access", "billing"],
                 scores=[0.3479, 0.3264, 0.1976, 0.1282],

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db, feature_import
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.feature_import import ImportWindow
+from batchinfer_dagster.staleness import store_text_digests
 
 
 class FeatureStoreUnavailableError(RuntimeError):
@@ -92,6 +93,7 @@ class LocalFeatureStore(FeatureStore):
                     key=["record_id"],
                     update=["text", "feature_timestamp"],
                 )
+                store_text_digests(connection, [(r.id, r.text) for r in rows], now=db.utcnow())
             imported += len(rows)
         removed = self._remove_gone() if full else self._remove_deleted(window)
         feature_import.commit_watermark(self.engine, window, imported)
@@ -132,6 +134,7 @@ class LocalFeatureStore(FeatureStore):
                 key=["record_id"],
                 update=["text", "feature_timestamp"],
             )
+            store_text_digests(connection, records, now=now)
 
     def fetch(self, record_ids: Sequence[int]) -> dict[int, str]:
         found: dict[int, str] = {}

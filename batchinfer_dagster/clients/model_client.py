@@ -52,6 +52,8 @@ STARTING_STATES = frozenset({"loading", "warming_up"})
 READY_WAIT_SECONDS = 600.0
 # Between two looks at /health while waiting, and the timeout of one look.
 READY_POLL_SECONDS = 1.0
+# A health read answers at once when the server is up; `status` must not hang on one that is not.
+HEALTH_TIMEOUT_SECONDS = 5.0
 
 
 class ModelError(RuntimeError):
@@ -92,14 +94,25 @@ Answer = Prediction | RefusedText
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """The model a server reports: its id and weights digest (None: the server gives none)."""
+
+    model: str
+    model_digest: str | None
+
+
+@dataclass(frozen=True)
 class ModelAnswer:
     """Answers in the order of the texts, and the id of the model that made the predictions.
 
     ``model`` is empty when no text reached the model (every one refused or too large).
+    ``model_digest`` is the digest of the weights the server reports with its answers
+    (``"model_digest"``), None when it reports none (older servers, other containers).
     """
 
     model: str
     answers: list[Answer]
+    model_digest: str | None = None
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -113,15 +126,18 @@ def joined(parts: Sequence[ModelAnswer], source: str) -> ModelAnswer:
     Two models in one batch happen only while the server rolls out a new model: the batch is
     retried (``TransientModelError``) rather than stored under two lineage keys.
     """
-    models = sorted({part.model for part in parts if part.model})
+    models = sorted({(part.model, part.model_digest or "") for part in parts if part.model})
     if len(models) > 1:
+        named = [f"{name}@{digest}" if digest else name for name, digest in models]
         raise TransientModelError(
-            f"{source} answered one batch with {len(models)} models {models}: a new model is "
+            f"{source} answered one batch with {len(models)} models {named}: a new model is "
             "rolling out; the batch is predicted again once one model serves"
         )
+    model, digest = models[0] if models else ("", "")
     return ModelAnswer(
-        model=models[0] if models else "",
+        model=model,
         answers=[answer for part in parts for answer in part.answers],
+        model_digest=digest or None,
     )
 
 
@@ -211,9 +227,11 @@ class ModelClient(ABC):
             part = self.send_dropping_refused([texts[i] for i in indices], parameters)
             answers.update(zip(indices, part.answers, strict=True))
             parts.append(part)
+        joint = joined(parts, self.source)
         return ModelAnswer(
-            model=joined(parts, self.source).model,
+            model=joint.model,
             answers=[answers[index] for index in range(len(texts))],
+            model_digest=joint.model_digest,
         )
 
     def send_dropping_refused(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
@@ -223,7 +241,7 @@ class ModelClient(ABC):
         """
         answers: dict[int, Answer] = {}
         pending = list(range(len(texts)))
-        model = ""
+        model, model_digest = "", None
         while pending:
             try:
                 sent = self.send([texts[i] for i in pending], parameters)
@@ -240,9 +258,13 @@ class ModelClient(ABC):
                 ]
                 continue
             answers.update(zip(pending, sent.answers, strict=True))
-            model = sent.model
+            model, model_digest = sent.model, sent.model_digest
             break
-        return ModelAnswer(model=model, answers=[answers[index] for index in range(len(texts))])
+        return ModelAnswer(
+            model=model,
+            answers=[answers[index] for index in range(len(texts))],
+            model_digest=model_digest,
+        )
 
     @abstractmethod
     def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
@@ -255,6 +277,14 @@ class ModelClient(ABC):
     @abstractmethod
     def request_overhead_bytes(self, parameters: PredictParameters) -> int:
         """Bytes of a request without instances."""
+
+    def served_model(self) -> ServedModel | None:
+        """The model the server serves now, as its health route reports it; None: unknown.
+
+        ``staleness`` compares stored predictions with it. Servers that cannot say (a Vertex
+        endpoint) answer None, and staleness by model is then not judged.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections."""
@@ -274,7 +304,21 @@ def parse_answer(body: object, expected: int, source: str) -> ModelAnswer:
         model = decode_model(body)
     except ValueError as error:
         raise ModelError(f"{source} {error}; is it our model server?") from error
-    return ModelAnswer(model=model, answers=list(parse_predictions(body, expected, source)))
+    return ModelAnswer(
+        model=model,
+        answers=list(parse_predictions(body, expected, source)),
+        model_digest=reported_model_digest(body),
+    )
+
+
+def reported_model_digest(body: object) -> str | None:
+    """The ``model_digest`` an answer or ``/health`` reports; None when absent or not a string.
+
+    Read defensively: servers older than the field (and Vertex's own containers) send none, and
+    their predictions are stored with the weights digest unknown rather than refused.
+    """
+    digest = body.get("model_digest") if isinstance(body, dict) else None
+    return digest.strip() if isinstance(digest, str) and digest.strip() else None
 
 
 def refusal_error(message: str, body: object) -> ModelRequestError:
@@ -429,6 +473,18 @@ class HttpModelClient(ModelClient):
         except ValueError as exc:
             raise TransientModelError(f"model server {self.url} sent invalid JSON") from exc
         return parse_answer(body, len(texts), self.url)
+
+    def served_model(self) -> ServedModel | None:
+        """``GET {base}/health``'s ``model`` and ``model_digest``; None when not ready or down."""
+        try:
+            response = self.client.get(self.health_url, timeout=HEALTH_TIMEOUT_SECONDS)
+            body = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model.strip():
+            return None
+        return ServedModel(model, reported_model_digest(body))
 
     def close(self) -> None:
         self.client.close()

@@ -66,6 +66,7 @@ from batchinfer_dagster.clients.feature_store import (
 )
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 from batchinfer_dagster.feature_import import ImportWindow
+from batchinfer_dagster.staleness import store_window_digests
 
 TEXT_FEATURE = "text"
 SOURCE_SCHEMA = (
@@ -247,6 +248,8 @@ class VertexFeatureStore(FeatureStore):
             sync = self._sync_and_wait()
             details["feature_view_sync"] = sync.name
             details["rows_synced"] = FeatureViewSync.pb(sync).sync_summary.row_synced
+        # After the sync, so the digests never run ahead of what the store serves.
+        store_window_digests(self.engine, window, now=self.wall_clock())
         feature_import.commit_watermark(self.engine, window, rows)
         return ImportResult(
             rows_imported=rows, total_records=self._count_records(), details=details

@@ -33,7 +33,11 @@ def batch_record_ids(engine: Engine, batch_key: str) -> list[int]:
 def read_predictions(
     engine: Engine, record_ids: Iterable[int], *, model_name: str
 ) -> dict[int, Prediction]:
-    """Stored predictions of ``model_name`` for the given records."""
+    """The current stored predictions of ``model_name`` for the given records.
+
+    Current rows only: a record keeps its earlier rows under other configurations (``receipts``),
+    and "the prediction" of a record is its current row.
+    """
     table = db.predictions
     found: dict[int, Prediction] = {}
     with engine.connect() as connection:
@@ -41,7 +45,11 @@ def read_predictions(
             rows = connection.execute(
                 sa.select(
                     table.c.record_id, table.c.sequence, table.c.labels, table.c.scores
-                ).where(table.c.model == model_name, table.c.record_id.in_(chunk))
+                ).where(
+                    table.c.model == model_name,
+                    table.c.is_current.is_(True),
+                    table.c.record_id.in_(chunk),
+                )
             )
             found.update(
                 {row.record_id: Prediction(row.sequence, row.labels, row.scores) for row in rows}

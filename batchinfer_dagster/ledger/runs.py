@@ -27,6 +27,7 @@ from batchinfer_dagster.ledger.states import (
     RequestStatus,
     may_leave_for,
 )
+from batchinfer_dagster.receipts import Configuration
 from batchinfer_protocol.zero_shot import Prediction
 
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
@@ -116,19 +117,45 @@ def write_predictions(
     connection: Connection,
     answers: Mapping[int, Prediction],
     *,
-    model_name: str,
+    configuration: Configuration,
+    text_digests: Mapping[int, str],
     batch_key: str,
     run_id: str,
     now: datetime,
+    current: bool = True,
 ) -> None:
-    """Upsert on (record_id, model): a redelivered or re-run record never gets a second row."""
+    """Upsert on (record_id, configuration) and make these rows their records' current ones.
+
+    A redelivered or re-run record never gets a second row of one configuration; a record
+    predicted under another configuration keeps its earlier row, no longer current. The
+    configuration's row is written once (``prediction_configurations``). ``text_digests`` holds
+    the digest of the text each record was classified from (``receipts.text_digest``).
+    ``current=False`` writes candidate rows (a rollout) that leave every record's current row
+    as it is, this configuration's included.
+    """
+    if not answers:
+        return
+    digest = configuration.digest
+    register_configuration(connection, configuration, now=now)
+    table = db.predictions
+    for chunk in chunked(sorted(answers), db.IN_CHUNK) if current else ():
+        connection.execute(
+            sa.update(table)
+            .where(
+                table.c.record_id.in_(chunk),
+                table.c.configuration != digest,
+                table.c.is_current.is_(True),
+            )
+            .values(is_current=False)
+        )
     db.upsert(
         connection,
-        db.predictions,
+        table,
         [
             {
                 "record_id": record_id,
-                "model": model_name,
+                "configuration": digest,
+                "model": configuration.model.name,
                 # A text with NUL (a Vertex feature store can hold one) fits PostgreSQL escaped.
                 "sequence": db.storable_text(answer.sequence),
                 "labels": answer.labels,
@@ -137,11 +164,48 @@ def write_predictions(
                 "run_id": run_id,
                 "created_at": now,
                 "updated_at": now,
+                "text_digest": text_digests[record_id],
+                "is_current": current,
             }
             for record_id, answer in answers.items()
         ],
-        key=["record_id", "model"],
-        update=["sequence", "labels", "scores", "batch_key", "run_id", "updated_at"],
+        key=["record_id", "configuration"],
+        update=[
+            "sequence",
+            "labels",
+            "scores",
+            "batch_key",
+            "run_id",
+            "updated_at",
+            "text_digest",
+            *(["is_current"] if current else []),
+        ],
+    )
+
+
+def register_configuration(
+    connection: Connection, configuration: Configuration, *, now: datetime
+) -> None:
+    """The configuration's row in ``prediction_configurations``, written once (by its digest)."""
+    parameters = configuration.parameters
+    db.insert_ignoring_conflicts(
+        connection,
+        db.prediction_configurations,
+        [
+            {
+                "digest": configuration.digest,
+                "model": configuration.model.name,
+                "model_digest": configuration.model.weights_digest,
+                "known": True,
+                "parameters_digest": parameters.digest,
+                "candidate_labels": list(parameters.candidate_labels),
+                "hypothesis_template": parameters.hypothesis_template,
+                "label_descriptions": parameters.travelling_descriptions(),
+                "label_descriptions_digest": parameters.label_descriptions_digest,
+                "multi_label": parameters.multi_label,
+                "created_at": now,
+            }
+        ],
     )
 
 
@@ -203,17 +267,20 @@ class Settlement:
 
     ``answers`` holds a prediction by record id for the records the model predicted, ``refused``
     the server's reason by record id for those it refused on their own (or that were too large
-    to send); ``model`` is the id the model server reported, the predictions' lineage key.
+    to send); ``configuration`` is what made the predictions (the model the server reported
+    and the request's parameters), None when no record reached the model; ``text_digests``
+    the digest of each predicted record's text.
     """
 
     batch_key: str
     run_id: str
     requests: Sequence[BatchRequest]
-    model: str
+    configuration: Configuration | None
     answers: Mapping[int, Prediction]
     feature_wait: timedelta
     now: datetime
     refused: Mapping[int, str] = field(default_factory=dict)
+    text_digests: Mapping[int, str] = field(default_factory=dict)
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
@@ -225,6 +292,11 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
     """
     now = settlement.now
     table = db.prediction_requests
+    if settlement.answers and settlement.configuration is None:
+        raise ValueError(
+            f"batch {settlement.batch_key}: {len(settlement.answers)} predictions without the "
+            "configuration that made them; a Settlement with answers needs one"
+        )
     with engine.begin() as connection:
         # A record deleted after the run fetched its features is not predicted: its requests
         # join the missing ones, which dead-letters them ("unknown record id").
@@ -237,14 +309,16 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
         missing = [
             r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
         ]
-        write_predictions(
-            connection,
-            answers,
-            model_name=settlement.model,
-            batch_key=settlement.batch_key,
-            run_id=settlement.run_id,
-            now=now,
-        )
+        if settlement.configuration is not None:
+            write_predictions(
+                connection,
+                answers,
+                configuration=settlement.configuration,
+                text_digests=settlement.text_digests,
+                batch_key=settlement.batch_key,
+                run_id=settlement.run_id,
+                now=now,
+            )
         for chunk in chunked(done, db.IN_CHUNK):
             connection.execute(
                 sa.update(table)

@@ -44,6 +44,8 @@ def test_retention_prunes_only_old_settled_partitions(
             db.predictions.insert().values(
                 record_id=1,
                 model="m",
+                configuration="c",
+                is_current=True,
                 sequence="s",
                 labels=["a"],
                 scores=[1.0],

@@ -35,7 +35,7 @@ def test_a_transition_outside_the_state_machine_changes_nothing(app_settings: Se
             batch_key=key,
             run_id="r",
             requests=requests,
-            model="m",
+            configuration=None,
             answers={},
             feature_wait=timedelta(0),
             now=NOW,
