@@ -17,10 +17,12 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.cli import cli
+from batchinfer_dagster.prediction import configuration_of
 from batchinfer_dagster.processes import free_port
+from batchinfer_dagster.receipts import ModelIdentity, text_digest
 from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
-from batchinfer_protocol.zero_shot import Prediction
+from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import engine_of, local_feature_store, publish_json, rows
 
@@ -130,8 +132,11 @@ def test_a_record_deleted_while_its_run_predicted_it_gets_no_prediction(
             batch_key=batch_key,
             run_id="run-1",
             requests=requests,
-            model="test-model",
+            configuration=configuration_of(
+                PredictParameters(), ModelIdentity("test-model", "sha256:test")
+            ),
             answers={erased: answer, kept: answer},
+            text_digests={erased: text_digest(answer.sequence), kept: text_digest(answer.sequence)},
             feature_wait=timedelta(seconds=settings.feature_wait_seconds),
             now=db.utcnow(),
         ),
