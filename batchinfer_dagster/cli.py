@@ -904,6 +904,8 @@ def rollout_start(
       batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
       {"candidate": "5d8f...", "predicted": 500, "texts_per_second": 180.2, ...}
     """
+    import sqlalchemy as sa
+
     from batchinfer_dagster import db, ledger, rollout
     from batchinfer_dagster.chunks import chunked
     from batchinfer_dagster.clients.model_client import ModelError

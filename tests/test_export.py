@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from batchinfer_dagster import db
 from batchinfer_dagster.export import EXPORT_CHUNK, export_predictions
+from batchinfer_dagster.receipts import legacy_configuration_digest
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of
 from tests.test_cli import run
@@ -24,10 +25,21 @@ LABELS = ["billing", "mobile", "website", "account access"]
 SCORES = [0.7, 0.2, 0.06, 0.04]
 
 
-def store(settings: Settings, record_ids: range, model: str, at: datetime = STORED) -> None:
+def store(
+    settings: Settings,
+    record_ids: range,
+    model: str,
+    at: datetime = STORED,
+    *,
+    current: bool = True,
+) -> None:
     rows = [
         {
             "record_id": record_id,
+            # One configuration per model (as migration 0005 gives rows of unknown receipt); a
+            # replaced model's rows are stored with current=False. Export writes every row.
+            "configuration": legacy_configuration_digest(model),
+            "is_current": current,
             "model": model,
             "sequence": f"text {record_id}",
             "labels": LABELS,
@@ -65,7 +77,7 @@ def read(path: Path) -> list[dict]:
 def test_export_writes_each_prediction_with_its_record_and_model(
     app_settings: Settings, tmp_path: Path, suffix: str
 ) -> None:
-    store(app_settings, range(1, 3), "model-a")
+    store(app_settings, range(1, 3), "model-a", current=False)
     store(app_settings, range(2, 3), "model-b")
     out = tmp_path / "out"
     out.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 from dagster import AssetCheckSeverity, DagsterInstance
 
@@ -24,9 +25,11 @@ NOW = db.utcnow()
 TEXTS = {1: "one", 2: "two", 3: "three"}
 
 
-def seed(engine: sa.Engine) -> None:
-    """Three predictions under the default parameters, by the model the test server serves."""
-    configuration = configuration_of(PredictParameters(), ModelIdentity(EMBEDDING_MODEL))
+def seed(engine: sa.Engine, model_server_url: str) -> None:
+    """Three predictions under the default parameters, by the model the test server serves
+    (its name and the weights digest its /health reports)."""
+    digest = httpx.get(f"{model_server_url}/health").json()["model_digest"]
+    configuration = configuration_of(PredictParameters(), ModelIdentity(EMBEDDING_MODEL, digest))
     with engine.begin() as connection:
         store_text_digests(connection, TEXTS.items(), now=NOW)
         ledger.write_predictions(
@@ -44,7 +47,7 @@ def test_the_check_warns_and_the_job_requests_each_stale_prediction_once(
     app_settings: Settings, model_server_url: str, instance: DagsterInstance, tmp_path: Path
 ) -> None:
     current = app_settings.model_copy(update={"model_url": model_server_url})
-    seed(engine_of(current))
+    seed(engine_of(current), model_server_url)
     defs = build_definitions(resources_of(current))
     check_job = defs.resolve_job_def("check_stale_predictions_job")
 
