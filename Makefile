@@ -34,7 +34,7 @@ run: install
 	$(BIN)/batchinfer db upgrade && \
 	$(BIN)/batchinfer where && \
 	{ $(BIN)/python -m model_server & model_pid=$$!; \
-	$(BIN)/python -m batchinfer_dagster.readiness & ready_pid=$$!; \
+	$(BIN)/python -m batchinfer_tools.readiness & ready_pid=$$!; \
 	trap 'kill $$model_pid $$ready_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dg dev -w workspace.yaml; }
 
@@ -42,7 +42,7 @@ run: install
 # Pub/Sub emulator started as the tests start them, databases and topology created, then `make
 # run` against them. Needs the PostgreSQL server binaries and the gcloud emulator on PATH.
 stack: install
-	$(BIN)/python -m batchinfer_testing.stack
+	$(BIN)/python -m batchinfer_tools.stack
 
 model-server: install
 	$(BIN)/python -m model_server
@@ -50,7 +50,7 @@ model-server: install
 # The walkthrough end to end (add, import, publish, prediction) on its own database, model
 # server and Dagster daemon; it migrates its scratch database first.
 demo: install
-	$(BIN)/python -m batchinfer_dagster.demo
+	$(BIN)/python -m batchinfer_tools.demo
 
 test: install
 	$(BIN)/pytest; rc=$$?; \

@@ -1,7 +1,7 @@
 """The ``batchinfer`` command: add, load, import, publish, inspect — and the operator's tools.
 
 Every command reads the one ``Settings`` object and builds its clients through the same resources
-as the code location (``batchinfer_dagster.deployments``), so the same commands drive the
+as the code location (``batchinfer_dagster.defs.deployments``), so the same commands drive the
 embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
 down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from batchinfer_dagster import staleness
-    from batchinfer_dagster.deployments import Resources
+    from batchinfer_dagster.defs.deployments import Resources
     from batchinfer_protocol.zero_shot import PredictParameters
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
@@ -106,7 +106,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _resources(ctx: click.Context) -> Resources:
-    from batchinfer_dagster.deployments import resources_for
+    from batchinfer_dagster.defs.deployments import resources_for
 
     return resources_for(_settings(ctx))
 
@@ -138,7 +138,7 @@ def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], o
     is one line on stderr naming the instance, and the UI shows the event after the next
     observation or materialization.
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
 
     home = _settings(ctx).resolved_dagster_home
     try:
@@ -170,7 +170,7 @@ def add_data_point(ctx: click.Context, text: str) -> None:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import add_records
 
     engine = _engine(ctx)
@@ -193,7 +193,7 @@ def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
       batchinfer delete-data-point 1
       {"deleted": 1, "predictions_deleted": 1}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import delete_record
 
     record_id = record_id_argument(record_id_text)
@@ -217,7 +217,7 @@ def edit_data_point(ctx: click.Context, record_id_text: str, text: str) -> None:
       batchinfer edit-data-point 1 "I still can't log in to my account"
       {"id": 1, "text": "I still can't log in to my account"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import edit_record
 
     record_id = record_id_argument(record_id_text)
@@ -244,7 +244,7 @@ def load(ctx: click.Context, file: Path) -> None:
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
       batchinfer load messages.parquet
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import count_texts, load_file
 
     total = count_texts(file)
@@ -275,7 +275,7 @@ def import_data(ctx: click.Context, full: bool) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
 
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
@@ -692,7 +692,7 @@ def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
     from batchinfer_dagster import db, ledger, staleness
-    from batchinfer_dagster.deployments import resources_for
+    from batchinfer_dagster.defs.deployments import resources_for
 
     resources = resources_for(settings)
     with resources.database.get_engine().connect() as connection:
@@ -1175,7 +1175,7 @@ def pubsub_create(ctx: click.Context) -> None:
       PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
     """
     from batchinfer_dagster.clients.pubsub_queue import create_topology
-    from batchinfer_dagster.deployments import pubsub_queue_for
+    from batchinfer_dagster.defs.deployments import pubsub_queue_for
 
     _echo_json(create_topology(pubsub_queue_for(_settings(ctx)).topology()))
 
@@ -1220,7 +1220,13 @@ def deploy_model_command(**options: Any) -> None:
       batchinfer deploy-model --project my-project --region us-central1 \\
         --image us-central1-docker.pkg.dev/my-project/batchinfer/model-server:v1
     """
-    from batchinfer_dagster.deploy import deploy_model
+    try:
+        from model_server.vertex_deploy import deploy_model
+    except ModuleNotFoundError as error:
+        raise click.ClickException(
+            f"deploy-model needs the model server's Vertex extra ({error}): "
+            "pip install './model-server[vertex]'"
+        ) from error
 
     options["accelerator_type"] = options["accelerator_type"] or None
     options["min_replica_count"] = options.pop("min_replicas")

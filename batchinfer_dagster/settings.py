@@ -4,7 +4,7 @@ Every ``BATCHINFER_*`` variable is a typed field here with its embedded default,
 description, so a laptop needs no environment at all and production only overrides. Resources
 and client configs take required values; the configuration tables of docs/architecture.md and
 the README are rendered from these fields (``markdown_table``).
-Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.deployments`` turns a
+Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.defs.deployments`` turns a
 ``Settings`` into the Dagster resources, and the CLI builds its clients through the same resources.
 """
 

@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.clients.pubsub_queue import create_topology
-from batchinfer_dagster.deployments import pubsub_queue_for
+from batchinfer_dagster.defs.deployments import pubsub_queue_for
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import migrate
 from tests.services import PostgresServer, PubSubEmulator, postgres_server, pubsub_emulator
