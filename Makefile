@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export AIP_HTTP_PORT ?= 8080
 export BATCHINFER_MODEL_URL ?= http://127.0.0.1:$(AIP_HTTP_PORT)
 
-.PHONY: install run stack test lint format demo model-server clean
+.PHONY: install run stack test test-fast lint format demo model-server clean
 
 $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ test: install
 	$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
+
+# The fast tier: the seams on in-memory fakes and SQLite, no server started (under a minute).
+# `make test` runs it again with everything else.
+test-fast: install
+	$(BIN)/pytest tests/fast tests/ledger -m "not postgres and not pubsub"
 
 lint: install
 	$(BIN)/ruff check .
