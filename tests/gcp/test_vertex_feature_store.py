@@ -23,8 +23,8 @@ from batchinfer_dagster.clients.vertex_feature_store import (
     VertexFeatureView,
     serving_endpoint,
 )
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import PROJECT, TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex

@@ -19,15 +19,15 @@ from dagster import (
     observable_source_asset,
 )
 
-from batchinfer_dagster.asset_events import import_metadata, observe_records
-from batchinfer_dagster.checks import PREDICTION_CHECK_SPECS, prediction_check_results
 from batchinfer_dagster.clients.model_client import TransientModelError
-from batchinfer_dagster.partitions import prediction_batches
+from batchinfer_dagster.defs.asset_events import import_metadata, observe_records
+from batchinfer_dagster.defs.checks import PREDICTION_CHECK_SPECS, prediction_check_results
+from batchinfer_dagster.defs.partitions import prediction_batches
+from batchinfer_dagster.defs.resources.database import DatabaseResource
+from batchinfer_dagster.defs.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
 from batchinfer_dagster.prediction import BatchOutcome, BatchRefusedError, Predictor
-from batchinfer_dagster.resources.database import DatabaseResource
-from batchinfer_dagster.resources.feature_store import FeatureStoreResource
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.model_server import ModelServerResource
 
 GROUP = "batchinfer"
 
