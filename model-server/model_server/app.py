@@ -45,6 +45,7 @@ class ModelService:
             backend,
             max_batch_rows=settings.model_batch_pool_rows,
             max_wait_seconds=settings.model_batch_wait_ms / 1000,
+            fair_quantum_rows=settings.model_max_batch_size,
             observer=BatchObserver(
                 on_batch=metrics.observe_batch,
                 on_prepare=metrics.prepare_seconds.observe,
