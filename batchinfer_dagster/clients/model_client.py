@@ -276,22 +276,6 @@ class ModelClient(ABC):
         )
 
     @abstractmethod
-    def waited_while_busy(self, response: httpx.Response, deadline: float) -> bool:
-        """Whether ``response`` was a 429 with ``Retry-After`` and the client waited as told,
-        to send again. Our server says so when its body budget is full; the wait has the same
-        bound (``deadline``, of ``clock``) as one for a starting server, past which it raises
-        ``TransientModelError`` without waiting."""
-        retry_after = retry_after_seconds(response)
-        if retry_after is None:
-            return False
-        if self.clock() + retry_after > deadline:
-            raise TransientModelError(
-                f"model server {self.url} answered 429 with Retry-After: {retry_after} "
-                f"past the {READY_WAIT_SECONDS:.0f} s this request may wait"
-            )
-        self.sleep(retry_after)
-        return True
-
     def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """One request; ``RefusedInstancesError`` when the server refuses single instances."""
 
