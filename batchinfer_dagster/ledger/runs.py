@@ -131,8 +131,13 @@ def write_predictions(
     configuration's row is written once (``prediction_configurations``). ``text_digests`` holds
     the digest of the text each record was classified from (``receipts.text_digest``).
     ``current=False`` writes candidate rows (a rollout) that leave every record's current row
-    as it is, this configuration's included.
+    as it is, this configuration's included. A deleted record gets no row (``deleted_records``,
+    whose lock keeps it so until the transaction ends).
     """
+    deleted = deleted_records(connection, list(answers))
+    answers = {
+        record_id: answer for record_id, answer in answers.items() if record_id not in deleted
+    }
     if not answers:
         return
     digest = configuration.digest
@@ -257,8 +262,27 @@ def settle_missing(
 
 
 def deleted_records(connection: Connection, record_ids: Sequence[int]) -> set[int]:
-    """Those of ``record_ids`` that were deleted (``records.delete_record``)."""
-    return db.existing_values(connection, db.record_deletions.c.record_id, sorted(set(record_ids)))
+    """Those of ``record_ids`` that were deleted (``records.delete_record``), with the rows of
+    the others locked against deletion until this transaction ends.
+
+    The lock is what makes the answer hold while the caller writes predictions. On PostgreSQL
+    (read committed) a deletion that commits between this check and the caller's commit would
+    otherwise leave a prediction of the deleted text: ``delete_record`` deletes the record's
+    predictions before this transaction's rows are visible to it. ``FOR KEY SHARE`` (the lock a
+    foreign key check takes) makes such a deletion wait for this transaction and then delete
+    what it wrote; a deletion that came first holds its row, so the lock waits for it, the row is
+    gone, and the tombstone read next (a new snapshot per statement) names it. Text edits take no
+    conflicting lock. SQLite serializes writers with its database lock and renders no clause.
+    """
+    ids = sorted(set(record_ids))
+    points = db.data_points
+    for chunk in chunked(ids, db.IN_CHUNK):
+        connection.execute(
+            sa.select(points.c.id)
+            .where(points.c.id.in_(chunk))
+            .with_for_update(read=True, key_share=True)
+        )
+    return db.existing_values(connection, db.record_deletions.c.record_id, ids)
 
 
 @dataclass(frozen=True)
