@@ -47,6 +47,8 @@ class ServerSettings(BaseSettings):
     # bench/bench_gpu.py has measured them on a GPU. Nothing changes on CPU.
     model_cuda_graphs: bool = False
     model_warmup: bool = True
+    # auto: every shape on CUDA, the plan's two ends on CPU (runtime.ForwardOptions).
+    model_warmup_shapes: Literal["auto", "all", "ends"] = "auto"
     model_cache_dir: str = "/tmp/model_server_cache"
 
     model_max_batch_size: int = Field(64, ge=1)
@@ -135,6 +137,7 @@ class ServerSettings(BaseSettings):
             compile=self.model_compile,
             cuda_graphs=self.model_cuda_graphs,
             warm_up=self.model_warmup,
+            warm_up_shapes=self.model_warmup_shapes,
             cache_dir=self.model_cache_dir,
             threads=self.model_torch_threads,
         )
