@@ -57,6 +57,13 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
 
+# Mutation testing of the domain modules (ledger, feature import, batching and shapes, the
+# protocol's rules, intake bounds) against the fast tests, one module group at a time, niced;
+# minutes, so not part of `make test` or CI. Score table and survivors: docs/reliability.md.
+.PHONY: mutate
+mutate: install
+	$(BIN)/python tools/mutate $(GROUPS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
