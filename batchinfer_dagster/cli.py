@@ -960,14 +960,19 @@ def rollout_promote(ctx: click.Context, candidate: str) -> None:
     """
     from batchinfer_dagster import rollout
 
-    _echo_json({"candidate": candidate, "promoted": rollout.promote(_engine(ctx), candidate)})
+    try:
+        promoted = rollout.promote(_engine(ctx), candidate)
+    except rollout.RolloutStateError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json({"candidate": candidate, "promoted": promoted})
 
 
 @rollout_group.command("discard")
 @click.argument("candidate")
 @click.pass_context
 def rollout_discard(ctx: click.Context, candidate: str) -> None:
-    """Delete a candidate's predictions that are not current."""
+    """Abort a rollout: its batches still to run write nothing, and its candidate predictions
+    (those not current) are deleted."""
     from batchinfer_dagster import rollout
 
     _echo_json({"candidate": candidate, "discarded": rollout.discard(_engine(ctx), candidate)})

@@ -16,7 +16,6 @@ digest in their ``rollout`` metadata). What is added here:
   ``rollout discard``.
 """
 
-
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -127,7 +126,6 @@ def rollout_report(context: AssetExecutionContext, ledger: LedgerResource) -> Ma
 rollout_report_job = define_asset_job(
     "rollout_report_job",
     selection=[rollout_report],
-    partitions_def=rollouts,
     executor_def=in_process_executor,
     description=(
         "Compare a rollout's candidate predictions with the current ones (the `rollout_report` "
