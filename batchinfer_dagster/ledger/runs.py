@@ -30,6 +30,9 @@ from batchinfer_dagster.ledger.states import (
 from batchinfer_dagster.receipts import Configuration
 from batchinfer_protocol.zero_shot import Prediction
 
+# ``rollouts.status`` of a rollout whose batches still write candidate predictions.
+ROLLOUT_RUNNING = "running"
+
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
 FEATURE_BACKOFF_MAX = timedelta(seconds=60)
@@ -305,6 +308,23 @@ class Settlement:
     now: datetime
     refused: Mapping[int, str] = field(default_factory=dict)
     text_digests: Mapping[int, str] = field(default_factory=dict)
+    # The candidate digest when the batch belongs to a rollout: its predictions are written
+    # beside the current ones (never current), and only while the rollout is running.
+    rollout: str | None = None
+
+
+def rollout_is_running(connection: Connection, candidate: str) -> bool:
+    """Whether a rollout still takes candidate predictions, its row locked until the commit.
+
+    ``rollout.discard`` updates the same row first, so on PostgreSQL a settlement either
+    commits its candidate rows before the discard deletes them, or waits and then writes none
+    (SQLite serializes writers anyway; ``FOR UPDATE`` is left out there).
+    """
+    table = db.rollouts
+    status = connection.execute(
+        sa.select(table.c.status).where(table.c.candidate == candidate).with_for_update()
+    ).scalar_one_or_none()
+    return status == ROLLOUT_RUNNING
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
@@ -322,6 +342,10 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             "configuration that made them; a Settlement with answers needs one"
         )
     with engine.begin() as connection:
+        candidate = settlement.rollout is not None
+        # A rollout closed (discarded, promoted) since its batch was written takes no more rows:
+        # its requests are done with nothing written.
+        closed = candidate and not rollout_is_running(connection, settlement.rollout)
         # A record deleted after the run fetched its features is not predicted: its requests
         # join the missing ones, which dead-letters them ("unknown record id").
         deleted = deleted_records(connection, [r.record_id for r in settlement.requests])
@@ -333,7 +357,9 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
         missing = [
             r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
         ]
-        if settlement.configuration is not None:
+        if closed:
+            answers, done, refused, missing = {}, [r.message_id for r in open_requests], [], []
+        if settlement.configuration is not None and answers:
             write_predictions(
                 connection,
                 answers,
@@ -342,6 +368,7 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 batch_key=settlement.batch_key,
                 run_id=settlement.run_id,
                 now=now,
+                current=not candidate,
             )
         for chunk in chunked(done, db.IN_CHUNK):
             connection.execute(
@@ -352,7 +379,9 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 )
                 .values(status=RequestStatus.DONE, error=None, updated_at=now)
             )
-        resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
+        if not candidate:
+            # A candidate's prediction is not the record's prediction: its dead letters stay.
+            resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
         dead_letter_requests(
             connection,
             refused,
