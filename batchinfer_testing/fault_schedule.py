@@ -294,6 +294,21 @@ def _count(path: LauncherPath, result: ScheduleResult, published: Published) -> 
     result.stuck = stuck_requests + stuck_batches
 
 
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """Set environment variables for the block, then put back what was there."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _Drain:
     """One seed's drain in progress: the deployment, its daemon, and the waits on its state."""
 
@@ -390,7 +405,12 @@ class _Drain:
                 ),
                 "every request settled and every run ended",
             )
-        assert_invariants(self.path.settings, published, f"fault schedule, seed {self.result.seed}")
+        # The invariants' queue check opens the deployment's queue in this process, and the
+        # Pub/Sub client finds the emulator through the environment only.
+        with _environment(PUBSUB_EMULATOR_HOST=self.emulator.host):
+            assert_invariants(
+                self.path.settings, published, f"fault schedule, seed {self.result.seed}"
+            )
 
 
 def run_schedule(
@@ -437,8 +457,12 @@ def run_schedule(
         drain.run(published)
     except (AssertionError, TimeoutError) as error:
         result.violation = str(error).splitlines()[0][:300]
-    except Exception:  # noqa: BLE001 - the harness itself failing is reported, not hidden
-        result.violation = "harness error: " + traceback.format_exc(limit=3)[-300:]
+    except Exception as error:  # noqa: BLE001 - the harness failing is reported, not hidden
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        result.violation = (
+            f"harness error: {type(error).__name__}: {str(error)[:200]} "
+            f"({Path(where.filename).name}:{where.lineno})"
+        ).replace("\n", " ")
     finally:
         drain.daemon.close()
         result.minutes = (time.monotonic() - started) / 60

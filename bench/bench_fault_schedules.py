@@ -4,8 +4,8 @@ Each seed drains ``--requests`` requests on the launcher path (real ``dagster-da
 PostgreSQL, the Pub/Sub emulator, the model server) under the schedule
 ``batchinfer_testing.fault_schedule.draw_schedule(seed)`` draws: SIGKILL of the daemon, of the
 run workers alive and of the model server, restarts of PostgreSQL and of the emulator. It prints
-one row per seed (faults injected, published, predicted, dead-lettered, lost, stuck, minutes,
-``/proc/loadavg`` at the end) and, with ``--write``, replaces the section between the markers
+one row per seed (faults injected, published, predicted, dead-lettered, lost, stuck, daemon
+exits on its own (restarted by the harness), minutes, ``/proc/loadavg`` at the end) and, with ``--write``, replaces the section between the markers
 of ``docs/reliability.md`` with the table.
 
 This is a correctness run, not a speed one: minutes are quoted only to size later runs.
@@ -39,15 +39,15 @@ def table(rows: list[tuple[ScheduleResult, str]], requests: int) -> str:
         f"{len(rows)} seeds of {requests} requests each (`bench/bench_fault_schedules.py`).",
         "",
         "| seed | faults injected (kind@predicted) | published | predicted | dead-lettered "
-        "| lost | stuck | minutes | load | invariant |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| lost | stuck | daemon exits | minutes | load | invariant |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result, load in rows:
         verdict = "holds" if result.ok else f"**violated**: {result.violation}"
         lines.append(
             f"| {result.seed} | {', '.join(result.injected)} | {result.published} "
             f"| {result.predicted} | {result.dead_lettered} | {result.lost} | {result.stuck} "
-            f"| {result.minutes:.1f} | {load} | {verdict.replace('|', '/')} |"
+            f"| {result.daemon_exits} | {result.minutes:.1f} | {load} | {verdict.replace('|', '/')} |"
         )
     return "\n".join(lines)
 
