@@ -5,8 +5,8 @@ PostgreSQL, the Pub/Sub emulator, the model server) under the schedule
 ``batchinfer_testing.fault_schedule.draw_schedule(seed)`` draws: SIGKILL of the daemon, of the
 run workers alive and of the model server, restarts of PostgreSQL and of the emulator. It prints
 one row per seed (faults injected, published, predicted, dead-lettered, lost, stuck, daemon
-exits on its own (restarted by the harness), minutes, ``/proc/loadavg`` at the end) and, with ``--write``, replaces the section between the markers
-of ``docs/reliability.md`` with the table.
+exits on its own (restarted by the harness), minutes, ``/proc/loadavg`` at the end) and, with
+``--write``, replaces the section between the markers of ``docs/reliability.md`` with the table.
 
 This is a correctness run, not a speed one: minutes are quoted only to size later runs.
 
@@ -47,7 +47,8 @@ def table(rows: list[tuple[ScheduleResult, str]], requests: int) -> str:
         lines.append(
             f"| {result.seed} | {', '.join(result.injected)} | {result.published} "
             f"| {result.predicted} | {result.dead_lettered} | {result.lost} | {result.stuck} "
-            f"| {result.daemon_exits} | {result.minutes:.1f} | {load} | {verdict.replace('|', '/')} |"
+            f"| {result.daemon_exits} | {result.minutes:.1f} | {load} "
+            f"| {verdict.replace('|', '/')} |"
         )
     return "\n".join(lines)
 
