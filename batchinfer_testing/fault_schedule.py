@@ -423,12 +423,15 @@ def run_schedule(
     *,
     timeout_s: float = 1800.0,
     batch_size: int = 8,
+    code_dir: Path | None = None,
 ) -> ScheduleResult:
     """Drain ``requests`` requests under ``seed``'s schedule; the result, invariant included.
 
     ``timeout_s`` bounds the whole drain (faults and recovery): it only stops a drain that would
     never end, and a drain stopped by it is reported with what it left lost or stuck.
     The deployment gets databases and topics named after the seed, so seeds can share servers.
+    ``code_dir``: a checkout (another commit, or one broken on purpose) whose code and
+    ``dagster.local.yaml`` the CLI, the daemon and its runs use instead of this one's.
     """
     result = ScheduleResult(seed=seed, schedule=draw_schedule(seed))
     home.mkdir(parents=True, exist_ok=True)
@@ -437,6 +440,7 @@ def run_schedule(
         emulator.host,
         home,
         name=f"faults{seed}",
+        code_dir=code_dir,
         model_url=model_server.url,
         batch_size=batch_size,
         batch_max_wait_seconds=0,

@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=3600.0, help="per seed, seconds")
+    parser.add_argument(
+        "--code-dir", type=Path, help="a checkout whose code the deployment runs instead"
+    )
     parser.add_argument("--write", type=Path, help="the document whose section gets the table")
     args = parser.parse_args()
     rows: list[tuple[ScheduleResult, str]] = []
@@ -95,6 +98,7 @@ def main() -> None:
                 server,
                 Path(scratch) / f"seed{seed}",
                 timeout_s=args.timeout,
+                code_dir=args.code_dir,
             )
             rows.append((result, load_average()))
             print(table(rows[-1:], args.requests).splitlines()[-1], flush=True)
