@@ -318,9 +318,11 @@ class _Drain:
         path: LauncherPath,
         parts: tuple[PostgresServer, RestartableEmulator, ModelServer],
         requests: int,
+        batch_size: int,
         deadline: float,
     ) -> None:
         self.result = result
+        self.batch_size = batch_size
         self.path = path
         self.postgres, self.emulator, self.model_server = parts
         self.requests = requests
@@ -372,7 +374,9 @@ class _Drain:
 
     def inject(self, fault: Fault) -> bool:
         """Fire ``fault`` once its share of the requests is predicted; False if it could not be."""
-        target = max(1, round(fault.at * self.requests))
+        # At least one batch left to predict when it fires: a target inside the last batch would
+        # wait for the drain's end, when there is no run worker to kill.
+        target = max(1, min(round(fault.at * self.requests), self.requests - self.batch_size))
         self.wait_for(self.reached(_predicted, target), f"{fault.kind} at {target} predicted")
         if fault.kind == DAEMON:
             self.daemon.kill()
@@ -456,7 +460,9 @@ def run_schedule(
     path.cli("import-data")
     published = Published(valid=list(range(1, requests + 1)))
     started = time.monotonic()
-    drain = _Drain(result, path, (postgres, emulator, model_server), requests, started + timeout_s)
+    drain = _Drain(
+        result, path, (postgres, emulator, model_server), requests, batch_size, started + timeout_s
+    )
     try:
         drain.run(published)
     except (AssertionError, TimeoutError) as error:
