@@ -44,10 +44,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from batchinfer_dagster import db
-from batchinfer_dagster.processes import stop_process_group
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import TEXTS, engine_of, local_feature_store, migrate, open_queue
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer
+from batchinfer_testing.processes import stop_process_group
 from bench.report import write_section
 
 BIN = Path(sys.executable).parent
