@@ -62,6 +62,13 @@ test: install
 test-fast: install
 	$(BIN)/pytest tests/fast tests/ledger -m "not postgres and not pubsub"
 
+# Mutation testing of the domain modules (ledger, feature import, batching and shapes, the
+# protocol's rules, intake bounds) against the fast tests, one module group at a time, niced;
+# minutes, so not part of `make test` or CI. Score table and survivors: docs/reliability.md.
+.PHONY: mutate
+mutate: install
+	$(BIN)/python tools/mutate $(GROUPS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -831,11 +831,6 @@ def model_server_state(model_url: str) -> str:
         return read_health(client, model_url.rstrip("/") + HEALTH_ROUTE)
 
 
-# Records per candidate chunk of `rollout start`: one feature fetch, one predict call and one
-# transaction each, so a rollout cut off keeps what it wrote and resumes from there.
-ROLLOUT_CHUNK = 1024
-
-
 @cli.group("rollout")
 def rollout_group() -> None:
     """Try a candidate configuration beside the current predictions, compare, then promote."""
@@ -851,83 +846,43 @@ def rollout_start(
     """Predict the records that have a current prediction again under a candidate configuration
     (other --labels or --label-descriptions), beside the current predictions, never current.
 
-    Prints the candidate's configuration digest for `rollout report|promote|discard`. Running
-    it again resumes: records that already have a candidate prediction are skipped.
+    Writes ledger batches that the sensor runs as ordinary `predictions` partitions (visible in
+    the UI, retried and resumed like any batch); the `rollout_report` asset reports when they
+    are done. Prints the candidate's configuration digest for `rollout report|promote|discard`.
+    Running it again requests only the records with neither a candidate prediction nor an open
+    request.
 
     \b
     Example:
       batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
-      {"candidate": "5d8f...", "predicted": 500, "texts_per_second": 180.2, ...}
+      {"candidate": "5d8f...", "requested": 500, "skipped": 0, "batches": 8}
     """
-    from batchinfer_dagster import db, ledger, rollout
-    from batchinfer_dagster.chunks import chunked
-    from batchinfer_dagster.clients.model_client import ModelError
+    from batchinfer_dagster import db, rollout
     from batchinfer_dagster.prediction import configuration_of
-    from batchinfer_dagster.queries import current_prediction_record_ids
-    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-    from batchinfer_protocol.zero_shot import Prediction
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
 
-    engine = _engine(ctx)
-    resources = _resources(ctx)
-    model_server = resources.model_server
+    model_server = _resources(ctx).model_server
     parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
-    record_ids = current_prediction_record_ids(engine, sample)
-    predicted = refused = 0
-    candidate = ""
-    seconds = 0.0
-    try:
-        with (
-            model_server.open() as client,
-            resources.feature_store.open() as store,
-            click.progressbar(length=len(record_ids), label="candidate", file=sys.stderr) as bar,
-        ):
-            served = client.served_model()
-            if served is not None:
-                identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
-                candidate = configuration_of(parameters, identity).digest
-            for chunk in chunked(record_ids, ROLLOUT_CHUNK):
-                todo = rollout.without_candidate(engine, chunk, candidate) if candidate else chunk
-                texts = store.fetch(todo)
-                found = [i for i in todo if i in texts]
-                started = time.perf_counter()
-                answer = client.predict([texts[i] for i in found], parameters)
-                seconds += time.perf_counter() - started
-                answers = {
-                    i: a
-                    for i, a in zip(found, answer.answers, strict=True)
-                    if isinstance(a, Prediction)
-                }
-                refused += len(found) - len(answers)
-                if answers:
-                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
-                    configuration = configuration_of(parameters, identity)
-                    candidate = configuration.digest
-                    with engine.begin() as connection:
-                        ledger.write_predictions(
-                            connection,
-                            answers,
-                            configuration=configuration,
-                            text_digests={i: text_digest(texts[i]) for i in answers},
-                            batch_key="rollout",
-                            run_id=f"rollout-{db.utcnow():%Y%m%dT%H%M%S}",
-                            now=db.utcnow(),
-                            current=False,
-                        )
-                predicted += len(answers)
-                bar.update(len(chunk))
-    except ModelError as error:
+    with model_server.open() as client:
+        served = client.served_model()
+    if served is None:
         raise click.ClickException(
-            f"the model server did not classify the texts: {error}"
-        ) from error
-    _echo_json(
-        {
-            "candidate": candidate,
-            "records": len(record_ids),
-            "predicted": predicted,
-            "refused": refused,
-            "texts_per_second": round(predicted / seconds, 1) if seconds else 0.0,
-        }
-    )
+            "the model server does not report its model (a Vertex AI endpoint?): a rollout "
+            "names its candidate by the model and its weights digest before predicting"
+        )
+    identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
+    engine = _engine(ctx)
+    try:
+        started = rollout.start(
+            engine,
+            configuration_of(parameters, identity),
+            rollout.current_records(engine, sample=sample),
+            batch_size=_settings(ctx).batch_size,
+            now=db.utcnow(),
+        )
+    except rollout.RolloutStateError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json(started.as_json())
 
 
 @rollout_group.command("report")
@@ -944,7 +899,7 @@ def rollout_report(ctx: click.Context, candidate: str) -> None:
     from batchinfer_dagster import rollout
 
     try:
-        _echo_json(rollout.report(_engine(ctx), candidate).as_json())
+        _echo_json(rollout.summary(_engine(ctx), candidate))
     except rollout.UnknownCandidateError as error:
         raise click.ClickException(str(error)) from error
 
@@ -960,14 +915,19 @@ def rollout_promote(ctx: click.Context, candidate: str) -> None:
     """
     from batchinfer_dagster import rollout
 
-    _echo_json({"candidate": candidate, "promoted": rollout.promote(_engine(ctx), candidate)})
+    try:
+        promoted = rollout.promote(_engine(ctx), candidate)
+    except rollout.RolloutStateError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json({"candidate": candidate, "promoted": promoted})
 
 
 @rollout_group.command("discard")
 @click.argument("candidate")
 @click.pass_context
 def rollout_discard(ctx: click.Context, candidate: str) -> None:
-    """Delete a candidate's predictions that are not current."""
+    """Abort a rollout: its batches still to run write nothing, and its candidate predictions
+    (those not current) are deleted."""
     from batchinfer_dagster import rollout
 
     _echo_json({"candidate": candidate, "discarded": rollout.discard(_engine(ctx), candidate)})

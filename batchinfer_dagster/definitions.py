@@ -20,6 +20,13 @@ from batchinfer_dagster.defs.jobs import (
     request_stale_predictions_job,
 )
 from batchinfer_dagster.defs.retention import retention_job, retention_schedule
+from batchinfer_dagster.defs.rollout_defs import (
+    discard_rollout_job,
+    promote_rollout_job,
+    rollout_report,
+    rollout_report_job,
+    rollout_reports_sensor,
+)
 from batchinfer_dagster.defs.sensors import prediction_requests_sensor
 from batchinfer_dagster.defs.stale_check import predictions_are_current
 from batchinfer_dagster.settings import load_settings
@@ -29,7 +36,7 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
     """The code location around ``resources`` (keys: database, ledger, request_queue,
     feature_store, model_server)."""
     return Definitions(
-        assets=[data_points, features, predictions],
+        assets=[data_points, features, predictions, rollout_report],
         asset_checks=[predictions_are_current],
         jobs=[
             predictions_job,
@@ -37,9 +44,12 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
             retention_job,
             request_stale_predictions_job,
             check_stale_predictions_job,
+            rollout_report_job,
+            promote_rollout_job,
+            discard_rollout_job,
         ],
         schedules=[retention_schedule],
-        sensors=[prediction_requests_sensor],
+        sensors=[prediction_requests_sensor, rollout_reports_sensor],
         resources=dict(resources),
     )
 

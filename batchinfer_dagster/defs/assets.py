@@ -93,6 +93,8 @@ def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:
         "model": outcome.model,
         # The receipt's configuration digest (`batchinfer lineage` shows what it stands for).
         "configuration": outcome.configuration,
+        # A rollout's batch: its candidate digest; its rows are not current until promoted.
+        "rollout": outcome.rollout or "none",
         "model_latency_s": MetadataValue.float(round(outcome.model_seconds, 3)),
         "texts_per_second": MetadataValue.float(round(rate, 1)),
         **(
@@ -158,13 +160,15 @@ def predictions(
         outcome.waiting,
         outcome.dead_lettered,
     )
+    sent = outcome.parameters or parameters
     return MaterializeResult(
         metadata=outcome_metadata(outcome),
         check_results=prediction_check_results(
             engine,
             outcome.batch_key,
             model=outcome.model,
-            labels=parameters.candidate_labels,
-            multi_label=parameters.multi_label,
+            labels=sent.candidate_labels,
+            multi_label=sent.multi_label,
+            rollout=outcome.rollout,
         ),
     )

@@ -6,7 +6,8 @@ route can answer 503 while it loads, as Vertex AI and Kubernetes probes expect.
 The predict route reads decode → predict → encode (the protocol's ``encode_predictions``, which
 the client's decoders read back); every refusal is an exception mapped to its status once, by
 the handlers ``create_app`` registers (as KServe's server registers its ``InvalidInput`` → 400
-and friends): ``RequestError`` → its own status (a body error also closes the connection),
+and friends): ``RequestError`` → its own status (a body error or a full body budget also closes the
+connection; the budget's 429 says when to retry),
 ``ModelNotReadyError`` and ``ShuttingDownError`` → 503, any other ``RuntimeError`` of a
 prediction → 500.
 """
@@ -29,6 +30,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from batchinfer_protocol.zero_shot import encode_predictions, encode_refusal
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.body_budget import BodyBudget, BodyBudgetFullError, BodyHold
 from model_server.connection_guard import ensure_file_limit, guarded_protocol
 from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
@@ -64,11 +66,15 @@ class ModelService:
             backend,
             max_batch_rows=settings.model_batch_pool_rows,
             max_wait_seconds=settings.model_batch_wait_ms / 1000,
+            fair_quantum_rows=settings.model_max_batch_size,
             observer=BatchObserver(
                 on_batch=metrics.observe_batch,
                 on_prepare=metrics.prepare_seconds.observe,
                 on_queue_depth=metrics.queue_depth.set,
             ),
+        )
+        self.body_budget = BodyBudget(
+            settings.model_body_budget_bytes, on_change=metrics.body_budget_held_bytes.set
         )
         backend.shapes.on_unwarmed = lambda shape: metrics.unwarmed_shapes.inc()
         backend.shapes.on_forward = metrics.observe_forward
@@ -122,8 +128,9 @@ class ModelService:
             await loop.run_in_executor(self.batcher.executor, self.load)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to be too large.
+async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be too large, and with 429
+    when the server's body budget cannot hold it (`hold` grows to cover it).
 
     Content-Length is checked first, and the bytes actually read too, since a chunked body has
     no Content-Length and a client may send more than it announced.
@@ -138,6 +145,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
                 413,
                 f"body of {declared:.40} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)",
             )
+        hold.cover(int(declared))
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -146,11 +154,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise BodyError(
                 413, f"body over {max_bytes} bytes (MODEL_MAX_BODY_BYTES): split the request"
             )
+        hold.cover(size)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def read_body_within(request: Request, settings: ServerSettings) -> bytes:
+async def read_body_within(request: Request, settings: ServerSettings, hold: BodyHold) -> bytes:
     """The body, received within MODEL_BODY_TIMEOUT_SECONDS of the end of the headers.
 
     The deadline is for the whole body, not between reads: a client trickling a byte at a time
@@ -159,7 +168,7 @@ async def read_body_within(request: Request, settings: ServerSettings) -> bytes:
     """
     try:
         async with asyncio.timeout(settings.model_body_timeout_seconds):
-            return await read_body(request, settings.model_max_body_bytes)
+            return await read_body(request, settings.model_max_body_bytes, hold)
     except TimeoutError:
         raise BodyError(
             408,
@@ -184,7 +193,12 @@ def register_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     """Map the predict route's exceptions to statuses, once, for the whole app."""
 
     async def refused(request: Request, error: RequestError) -> Response:
-        headers = {"connection": "close"} if isinstance(error, BodyError) else None
+        headers: dict[str, str] = {}
+        if isinstance(error, BodyError | BodyBudgetFullError):
+            # The rest of the body may still be on its way: the connection is not reused.
+            headers["connection"] = "close"
+        if isinstance(error, BodyBudgetFullError):
+            headers["retry-after"] = str(error.retry_after_seconds)
         response = JSONResponse(error.body(), status_code=error.status_code, headers=headers)
         return counted(metrics, request, response)
 
@@ -262,8 +276,10 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
             else service.loading_state()
         )
         raise ModelNotReadyError(f"the model is not ready ({state}); retry after /health is 200")
-    body = await read_body_within(request, service.settings)
-    instances = parse_predict_request(body, service.settings)
+    with service.body_budget.hold() as hold:
+        body = await read_body_within(request, service.settings, hold)
+        instances = parse_predict_request(body, service.settings)
+        del body  # the budget is given back here: what is held from now on is the instances
     predictions = await service.batcher.predict(instances)
     service.metrics.instances.inc(len(instances))
     backend = service.backend

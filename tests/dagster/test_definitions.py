@@ -38,6 +38,7 @@ def test_definitions_load_with_lineage_checks_and_sensor() -> None:
         AssetKey("data_points"),
         AssetKey("features"),
         AssetKey("predictions"),
+        AssetKey("rollout_report"),
     }
     assert graph.get(AssetKey("data_points")).is_observable
     assert not graph.get(AssetKey("data_points")).is_materializable

@@ -70,6 +70,7 @@ def import_blocking(module: str, blocked: list[str]) -> subprocess.CompletedProc
         ("batchinfer_dagster.ledger", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.ledger.batch_keys", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.prediction", DAGSTER + GOOGLE + QUEUE_AND_GOOGLE_CLIENTS),
+        ("batchinfer_dagster.rollout", DAGSTER + GOOGLE + CLIENTS),
     ],
 )
 def test_the_domain_imports_without_dagster_or_clients(module: str, blocked: list[str]) -> None:
