@@ -8,6 +8,7 @@ import pytest
 
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import migrate
+from batchinfer_testing.fakes.resources import FEATURE_STORES, MODEL_CLIENTS, QUEUES
 
 
 @pytest.fixture
@@ -16,3 +17,15 @@ def fast_settings(tmp_path: Path) -> Settings:
     settings = Settings(home=tmp_path, batch_max_wait_seconds=0, model_chunk_size=2, batch_size=8)
     migrate(settings)
     return settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_fakes() -> None:
+    """Each test starts with empty fake registries (they live as long as the process).
+
+    A test run a second time in one process (mutmut runs every test in the process that first
+    collected its coverage, and forks each mutant's run from it) would otherwise find the fakes
+    of its first run: the requests its scripted model already answered, messages already acked.
+    """
+    for registry in (QUEUES, FEATURE_STORES, MODEL_CLIENTS):
+        registry.clear()

@@ -24,10 +24,10 @@ from batchinfer_dagster.clients.vertex_feature_store import (
     VertexFeatureView,
     serving_endpoint,
 )
-from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.records import add_records as add_texts
 from batchinfer_dagster.records import delete_record, edit_record
-from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import PROJECT, TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
