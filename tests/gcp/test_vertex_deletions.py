@@ -11,8 +11,8 @@ from google.cloud import bigquery
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureStore
+from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.records import add_records, delete_record
-from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import engine_of, publish_json, resources_of, rows
