@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export AIP_HTTP_PORT ?= 8080
 export BATCHINFER_MODEL_URL ?= http://127.0.0.1:$(AIP_HTTP_PORT)
 
-.PHONY: install run stack test lint format demo model-server clean
+.PHONY: install run stack test test-fast lint format demo model-server clean
 
 $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ run: install
 	$(BIN)/batchinfer db upgrade && \
 	$(BIN)/batchinfer where && \
 	{ $(BIN)/python -m model_server & model_pid=$$!; \
-	$(BIN)/python -m batchinfer_dagster.readiness & ready_pid=$$!; \
+	$(BIN)/python -m batchinfer_tools.readiness & ready_pid=$$!; \
 	trap 'kill $$model_pid $$ready_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dg dev -w workspace.yaml; }
 
@@ -42,7 +42,7 @@ run: install
 # Pub/Sub emulator started as the tests start them, databases and topology created, then `make
 # run` against them. Needs the PostgreSQL server binaries and the gcloud emulator on PATH.
 stack: install
-	$(BIN)/python -m batchinfer_testing.stack
+	$(BIN)/python -m batchinfer_tools.stack
 
 model-server: install
 	$(BIN)/python -m model_server
@@ -50,12 +50,17 @@ model-server: install
 # The walkthrough end to end (add, import, publish, prediction) on its own database, model
 # server and Dagster daemon; it migrates its scratch database first.
 demo: install
-	$(BIN)/python -m batchinfer_dagster.demo
+	$(BIN)/python -m batchinfer_tools.demo
 
 test: install
 	$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
+
+# The fast tier: the seams on in-memory fakes and SQLite, no server started (under a minute).
+# `make test` runs it again with everything else.
+test-fast: install
+	$(BIN)/pytest tests/fast tests/ledger -m "not postgres and not pubsub"
 
 # Mutation testing of the domain modules (ledger, feature import, batching and shapes, the
 # protocol's rules, intake bounds) against the fast tests, one module group at a time, niced;

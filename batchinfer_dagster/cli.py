@@ -1,7 +1,7 @@
 """The ``batchinfer`` command: add, load, import, publish, inspect — and the operator's tools.
 
 Every command reads the one ``Settings`` object and builds its clients through the same resources
-as the code location (``batchinfer_dagster.deployments``), so the same commands drive the
+as the code location (``batchinfer_dagster.defs.deployments``), so the same commands drive the
 embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
 down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
 
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from batchinfer_dagster import staleness
-    from batchinfer_dagster.deployments import Resources
+    from batchinfer_dagster.defs.deployments import Resources
+    from batchinfer_dagster.queries import StoredPrediction
     from batchinfer_protocol.zero_shot import PredictParameters
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
@@ -106,7 +107,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _resources(ctx: click.Context) -> Resources:
-    from batchinfer_dagster.deployments import resources_for
+    from batchinfer_dagster.defs.deployments import resources_for
 
     return resources_for(_settings(ctx))
 
@@ -138,7 +139,7 @@ def _record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], o
     is one line on stderr naming the instance, and the UI shows the event after the next
     observation or materialization.
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
 
     home = _settings(ctx).resolved_dagster_home
     try:
@@ -170,7 +171,7 @@ def add_data_point(ctx: click.Context, text: str) -> None:
       batchinfer add-data-point "I can't log in to my account"
       {"id": 1, "text": "I can't log in to my account"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import add_records
 
     engine = _engine(ctx)
@@ -193,7 +194,7 @@ def delete_data_point(ctx: click.Context, record_id_text: str) -> None:
       batchinfer delete-data-point 1
       {"deleted": 1, "predictions_deleted": 1}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import delete_record
 
     record_id = record_id_argument(record_id_text)
@@ -217,7 +218,7 @@ def edit_data_point(ctx: click.Context, record_id_text: str, text: str) -> None:
       batchinfer edit-data-point 1 "I still can't log in to my account"
       {"id": 1, "text": "I still can't log in to my account"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import edit_record
 
     record_id = record_id_argument(record_id_text)
@@ -244,7 +245,7 @@ def load(ctx: click.Context, file: Path) -> None:
       {"loaded": 10000, "first_id": 1, "last_id": 10000}
       batchinfer load messages.parquet
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
     from batchinfer_dagster.records import count_texts, load_file
 
     total = count_texts(file)
@@ -275,7 +276,7 @@ def import_data(ctx: click.Context, full: bool) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
-    from batchinfer_dagster import asset_events
+    from batchinfer_dagster.defs import asset_events
 
     _engine(ctx)
     with _resources(ctx).feature_store.open() as store:
@@ -498,6 +499,8 @@ def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     if stale:
         _echo_json(publish_stale(engine, resources))
         return
+    from batchinfer_dagster.queries import missing_records
+
     record_ids = parse_ids(ids)
     missing = missing_records(engine, record_ids)
     known = [record_id for record_id in record_ids if record_id not in missing]
@@ -507,15 +510,6 @@ def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     if missing:
         click.echo(missing_records_line(sorted(missing)) + "; not requested", err=True)
         ctx.exit(1)
-
-
-def missing_records(engine: sa.Engine, record_ids: Sequence[int]) -> set[int]:
-    """Those of ``record_ids`` that no record has (``data_points``)."""
-    from batchinfer_dagster import db
-
-    with engine.connect() as connection:
-        found = db.existing_values(connection, db.data_points.c.id, list(set(record_ids)))
-    return set(record_ids) - found
 
 
 def missing_records_line(record_ids: Sequence[int]) -> str:
@@ -585,32 +579,16 @@ def lineage(ctx: click.Context, record_id_text: str) -> None:
     _echo_json(document)
 
 
-def prediction_document(
-    engine: sa.Engine, record_id: int, model: str | None = None
-) -> dict[str, Any] | None:
-    """The record's current prediction (else its newest; of ``model`` when given) as
-    ``{"data", "prediction": {"sequence", "labels", "scores"}}``, or None."""
-    import sqlalchemy as sa
-
-    from batchinfer_dagster import db
-
-    table, records = db.predictions, db.data_points
-    query = (
-        sa.select(table.c.model, table.c.sequence, table.c.labels, table.c.scores, records.c.text)
-        .select_from(table.outerjoin(records, records.c.id == table.c.record_id))
-        .where(table.c.record_id == record_id)
-        .order_by(table.c.is_current.desc(), table.c.updated_at.desc())
-        .limit(1)
-    )
-    if model is not None:
-        query = query.where(table.c.model == model)
-    with engine.connect() as connection:
-        row = connection.execute(query).one_or_none()
-    if row is None:
-        return None
+def prediction_document(stored: StoredPrediction) -> dict[str, Any]:
+    """``{"data", "prediction": {"sequence", "labels", "scores"}}``: the record's text (what the
+    model saw when the record is gone) and the ranked answer."""
     return {
-        "data": row.text if row.text is not None else row.sequence,
-        "prediction": {"sequence": row.sequence, "labels": row.labels, "scores": row.scores},
+        "data": stored.text if stored.text is not None else stored.sequence,
+        "prediction": {
+            "sequence": stored.sequence,
+            "labels": stored.labels,
+            "scores": stored.scores,
+        },
     }
 
 
@@ -627,16 +605,18 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
       batchinfer prediction 1
       {"data": "...", "prediction": {"sequence": "...", "labels": [...], "scores": [...]}}
     """
+    from batchinfer_dagster.queries import missing_records, prediction_of
+
     record_id = record_id_argument(record_id_text)
     engine = _engine(ctx)
-    document = prediction_document(engine, record_id, model)
-    if document is None:
+    stored = prediction_of(engine, record_id, model)
+    if stored is None:
         if missing_records(engine, [record_id]):
             click.echo(missing_records_line([record_id]), err=True)
         else:
             click.echo(f"no prediction for record {record_id} yet", err=True)
         ctx.exit(1)
-    _echo_json(document)
+    _echo_json(prediction_document(stored))
 
 
 @cli.command("export")
@@ -667,50 +647,25 @@ def export(ctx: click.Context, file: Path, since: str | None) -> None:
     _echo_json({"exported": count, "file": str(file)})
 
 
-def _count(connection: sa.Connection, table: sa.Table) -> int:
-    import sqlalchemy as sa
-
-    return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-
-
-def _count_dead_letters(connection: sa.Connection, clause: sa.ColumnElement[bool]) -> int:
-    import sqlalchemy as sa
-
-    from batchinfer_dagster import db
-
-    query = sa.select(sa.func.count()).select_from(db.dead_letters).where(clause)
-    return connection.execute(query).scalar_one()
-
-
-def _count_by(connection: sa.Connection, column: sa.Column) -> dict[str, int]:
-    import sqlalchemy as sa
-
-    rows = connection.execute(sa.select(column, sa.func.count()).group_by(column)).all()
-    return {str(value): count for value, count in rows}
-
-
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
-    from batchinfer_dagster import db, ledger, staleness
-    from batchinfer_dagster.deployments import resources_for
+    from batchinfer_dagster import ledger, staleness
+    from batchinfer_dagster.defs.deployments import resources_for
+    from batchinfer_dagster.queries import table_counts
 
     resources = resources_for(settings)
-    with resources.database.get_engine().connect() as connection:
-        counts: dict[str, Any] = {
-            "records": _count(connection, db.data_points),
-            "requests": _count_by(connection, db.prediction_requests.c.status),
-            "batches": _count_by(connection, db.prediction_batches.c.status),
-            "predictions": _count(connection, db.predictions),
-            # Open dead letters: those whose record has no prediction since.
-            "dead_letters": _count_dead_letters(
-                connection, db.dead_letters.c.resolved_at.is_(None)
-            ),
-            "dead_letters_resolved": _count_dead_letters(
-                connection, db.dead_letters.c.resolved_at.is_not(None)
-            ),
-        }
-        if settings.queue == "local":
-            counts["queue_unacked"] = _count(connection, db.queue_messages)
+    tables = table_counts(resources.database.get_engine(), local_queue=settings.queue == "local")
+    counts: dict[str, Any] = {
+        "records": tables.records,
+        "requests": tables.requests,
+        "batches": tables.batches,
+        "predictions": tables.predictions,
+        # Open dead letters: those whose record has no prediction since.
+        "dead_letters": tables.dead_letters_open,
+        "dead_letters_resolved": tables.dead_letters_resolved,
+    }
+    if tables.queue_unacked is not None:
+        counts["queue_unacked"] = tables.queue_unacked
     shown, _ = ledger.waiting_requests(
         resources.database.get_engine(),
         feature_wait=timedelta(seconds=settings.feature_wait_seconds),
@@ -876,11 +831,6 @@ def model_server_state(model_url: str) -> str:
         return read_health(client, model_url.rstrip("/") + HEALTH_ROUTE)
 
 
-# Records per candidate chunk of `rollout start`: one feature fetch, one predict call and one
-# transaction each, so a rollout cut off keeps what it wrote and resumes from there.
-ROLLOUT_CHUNK = 1024
-
-
 @cli.group("rollout")
 def rollout_group() -> None:
     """Try a candidate configuration beside the current predictions, compare, then promote."""
@@ -896,88 +846,43 @@ def rollout_start(
     """Predict the records that have a current prediction again under a candidate configuration
     (other --labels or --label-descriptions), beside the current predictions, never current.
 
-    Prints the candidate's configuration digest for `rollout report|promote|discard`. Running
-    it again resumes: records that already have a candidate prediction are skipped.
+    Writes ledger batches that the sensor runs as ordinary `predictions` partitions (visible in
+    the UI, retried and resumed like any batch); the `rollout_report` asset reports when they
+    are done. Prints the candidate's configuration digest for `rollout report|promote|discard`.
+    Running it again requests only the records with neither a candidate prediction nor an open
+    request.
 
     \b
     Example:
       batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
-      {"candidate": "5d8f...", "predicted": 500, "texts_per_second": 180.2, ...}
+      {"candidate": "5d8f...", "requested": 500, "skipped": 0, "batches": 8}
     """
-    import sqlalchemy as sa
-
-    from batchinfer_dagster import db, ledger, rollout
-    from batchinfer_dagster.chunks import chunked
-    from batchinfer_dagster.clients.model_client import ModelError
+    from batchinfer_dagster import db, rollout
     from batchinfer_dagster.prediction import configuration_of
-    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-    from batchinfer_protocol.zero_shot import Prediction
+    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
 
-    engine = _engine(ctx)
-    resources = _resources(ctx)
-    model_server = resources.model_server
+    model_server = _resources(ctx).model_server
     parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
-    table = db.predictions
-    query = sa.select(table.c.record_id).where(table.c.is_current.is_(True))
-    query = query.order_by(table.c.record_id).limit(sample)
-    with engine.connect() as connection:
-        record_ids = list(connection.execute(query).scalars())
-    predicted = refused = 0
-    candidate = ""
-    seconds = 0.0
-    try:
-        with (
-            model_server.open() as client,
-            resources.feature_store.open() as store,
-            click.progressbar(length=len(record_ids), label="candidate", file=sys.stderr) as bar,
-        ):
-            served = client.served_model()
-            if served is not None:
-                identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
-                candidate = configuration_of(parameters, identity).digest
-            for chunk in chunked(record_ids, ROLLOUT_CHUNK):
-                todo = rollout.without_candidate(engine, chunk, candidate) if candidate else chunk
-                texts = store.fetch(todo)
-                found = [i for i in todo if i in texts]
-                started = time.perf_counter()
-                answer = client.predict([texts[i] for i in found], parameters)
-                seconds += time.perf_counter() - started
-                answers = {
-                    i: a
-                    for i, a in zip(found, answer.answers, strict=True)
-                    if isinstance(a, Prediction)
-                }
-                refused += len(found) - len(answers)
-                if answers:
-                    identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
-                    configuration = configuration_of(parameters, identity)
-                    candidate = configuration.digest
-                    with engine.begin() as connection:
-                        ledger.write_predictions(
-                            connection,
-                            answers,
-                            configuration=configuration,
-                            text_digests={i: text_digest(texts[i]) for i in answers},
-                            batch_key="rollout",
-                            run_id=f"rollout-{db.utcnow():%Y%m%dT%H%M%S}",
-                            now=db.utcnow(),
-                            current=False,
-                        )
-                predicted += len(answers)
-                bar.update(len(chunk))
-    except ModelError as error:
+    with model_server.open() as client:
+        served = client.served_model()
+    if served is None:
         raise click.ClickException(
-            f"the model server did not classify the texts: {error}"
-        ) from error
-    _echo_json(
-        {
-            "candidate": candidate,
-            "records": len(record_ids),
-            "predicted": predicted,
-            "refused": refused,
-            "texts_per_second": round(predicted / seconds, 1) if seconds else 0.0,
-        }
-    )
+            "the model server does not report its model (a Vertex AI endpoint?): a rollout "
+            "names its candidate by the model and its weights digest before predicting"
+        )
+    identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
+    engine = _engine(ctx)
+    try:
+        started = rollout.start(
+            engine,
+            configuration_of(parameters, identity),
+            rollout.current_records(engine, sample=sample),
+            batch_size=_settings(ctx).batch_size,
+            now=db.utcnow(),
+        )
+    except rollout.RolloutStateError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json(started.as_json())
 
 
 @rollout_group.command("report")
@@ -994,7 +899,7 @@ def rollout_report(ctx: click.Context, candidate: str) -> None:
     from batchinfer_dagster import rollout
 
     try:
-        _echo_json(rollout.report(_engine(ctx), candidate).as_json())
+        _echo_json(rollout.summary(_engine(ctx), candidate))
     except rollout.UnknownCandidateError as error:
         raise click.ClickException(str(error)) from error
 
@@ -1010,14 +915,19 @@ def rollout_promote(ctx: click.Context, candidate: str) -> None:
     """
     from batchinfer_dagster import rollout
 
-    _echo_json({"candidate": candidate, "promoted": rollout.promote(_engine(ctx), candidate)})
+    try:
+        promoted = rollout.promote(_engine(ctx), candidate)
+    except rollout.RolloutStateError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json({"candidate": candidate, "promoted": promoted})
 
 
 @rollout_group.command("discard")
 @click.argument("candidate")
 @click.pass_context
 def rollout_discard(ctx: click.Context, candidate: str) -> None:
-    """Delete a candidate's predictions that are not current."""
+    """Abort a rollout: its batches still to run write nothing, and its candidate predictions
+    (those not current) are deleted."""
     from batchinfer_dagster import rollout
 
     _echo_json({"candidate": candidate, "discarded": rollout.discard(_engine(ctx), candidate)})
@@ -1045,23 +955,6 @@ def where(ctx: click.Context, key: str | None) -> None:
         _echo_json(locations)
 
 
-def dead_letter_document(row: sa.Row) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "payload": row.payload,
-        "reason": row.reason,
-        "received_at": row.received_at.isoformat(),
-        "source": row.source,
-        "message_id": row.message_id,
-        "record_id": row.record_id,
-        "delivery_attempts": row.delivery_attempts,
-        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
-        "resolved_by_run": row.resolved_by_run,
-        "replayed_at": row.replayed_at.isoformat() if row.replayed_at else None,
-        "replay_message_id": row.replay_message_id,
-    }
-
-
 @cli.group("dead-letters", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--all", "include_resolved", is_flag=True, help="Include resolved dead letters.")
@@ -1084,18 +977,11 @@ def dead_letters(ctx: click.Context, limit: int, include_resolved: bool) -> None
     """
     if ctx.invoked_subcommand is not None:
         return
-    import sqlalchemy as sa
+    from batchinfer_dagster import ledger, queries
 
-    from batchinfer_dagster import db, ledger
-
-    table = db.dead_letters
-    query = sa.select(table).order_by(table.c.id).limit(limit)
-    if not include_resolved:
-        query = query.where(table.c.resolved_at.is_(None))
     engine = _engine(ctx)
-    with engine.connect() as connection:
-        for row in connection.execute(query):
-            _echo_json(dead_letter_document(row))
+    for letter in queries.dead_letters(engine, limit=limit, include_resolved=include_resolved):
+        _echo_json(letter.document())
     feature_wait = timedelta(seconds=_settings(ctx).feature_wait_seconds)
     waiting, _ = ledger.waiting_requests(engine, feature_wait=feature_wait, limit=limit)
     for request in waiting:
@@ -1175,7 +1061,7 @@ def pubsub_create(ctx: click.Context) -> None:
       PUBSUB_EMULATOR_HOST=127.0.0.1:8085 batchinfer pubsub create
     """
     from batchinfer_dagster.clients.pubsub_queue import create_topology
-    from batchinfer_dagster.deployments import pubsub_queue_for
+    from batchinfer_dagster.defs.deployments import pubsub_queue_for
 
     _echo_json(create_topology(pubsub_queue_for(_settings(ctx)).topology()))
 
@@ -1220,7 +1106,13 @@ def deploy_model_command(**options: Any) -> None:
       batchinfer deploy-model --project my-project --region us-central1 \\
         --image us-central1-docker.pkg.dev/my-project/batchinfer/model-server:v1
     """
-    from batchinfer_dagster.deploy import deploy_model
+    try:
+        from model_server.vertex_deploy import deploy_model
+    except ModuleNotFoundError as error:
+        raise click.ClickException(
+            f"deploy-model needs the model server's Vertex extra ({error}): "
+            "pip install './model-server[vertex]'"
+        ) from error
 
     options["accelerator_type"] = options["accelerator_type"] or None
     options["min_replica_count"] = options.pop("min_replicas")

@@ -230,6 +230,28 @@ predictions = Table(
     Index("ix_predictions_configuration", "configuration"),
 )
 
+# One row per rollout (``rollout``): a candidate configuration, keyed by its digest, whose
+# predictions are made by ordinary ledger batches (``rollout_batches``) and stored beside the
+# current ones until promoted. ``status``: running, promoted or discarded.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("candidate", String(64), primary_key=True),
+    Column("status", String(32), nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+# The ledger batches of a rollout, written in the transaction that writes the batches, so a run
+# never sees a rollout's batch without knowing it predicts the candidate.
+rollout_batches = Table(
+    "rollout_batches",
+    metadata,
+    Column("batch_key", String(64), primary_key=True),
+    Column("candidate", String(64), nullable=False),
+    Index("ix_rollout_batches_candidate", "candidate"),
+)
+
 # The digest of each record's text as the feature store holds it, written by the feature import
 # in the transaction (local store) or the chunk (BigQuery) that moves the text. A prediction is
 # stale by text when its receipt's digest differs: comparing two stored digests, never the

@@ -1,7 +1,7 @@
 """The code location: assets, checks, sensor, jobs, schedule, and the deployment's resources.
 
 Which implementation serves each system (local or Google) comes from the ``BATCHINFER_*``
-settings, chosen once in ``batchinfer_dagster.deployments``; tests pass their own resources.
+settings, chosen once in ``batchinfer_dagster.defs.deployments``; tests pass their own resources.
 """
 
 from __future__ import annotations
@@ -11,25 +11,32 @@ from typing import Any
 
 from dagster import Definitions
 
-from batchinfer_dagster.assets import data_points, features, predictions
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.jobs import (
+from batchinfer_dagster.defs.assets import data_points, features, predictions
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.jobs import (
     check_stale_predictions_job,
     predictions_job,
     request_predictions_job,
     request_stale_predictions_job,
 )
-from batchinfer_dagster.retention import retention_job, retention_schedule
-from batchinfer_dagster.sensors import prediction_requests_sensor
+from batchinfer_dagster.defs.retention import retention_job, retention_schedule
+from batchinfer_dagster.defs.rollout_defs import (
+    discard_rollout_job,
+    promote_rollout_job,
+    rollout_report,
+    rollout_report_job,
+    rollout_reports_sensor,
+)
+from batchinfer_dagster.defs.sensors import prediction_requests_sensor
+from batchinfer_dagster.defs.stale_check import predictions_are_current
 from batchinfer_dagster.settings import load_settings
-from batchinfer_dagster.stale_check import predictions_are_current
 
 
 def build_definitions(resources: Mapping[str, Any]) -> Definitions:
     """The code location around ``resources`` (keys: database, ledger, request_queue,
     feature_store, model_server)."""
     return Definitions(
-        assets=[data_points, features, predictions],
+        assets=[data_points, features, predictions, rollout_report],
         asset_checks=[predictions_are_current],
         jobs=[
             predictions_job,
@@ -37,9 +44,12 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
             retention_job,
             request_stale_predictions_job,
             check_stale_predictions_job,
+            rollout_report_job,
+            promote_rollout_job,
+            discard_rollout_job,
         ],
         schedules=[retention_schedule],
-        sensors=[prediction_requests_sensor],
+        sensors=[prediction_requests_sensor, rollout_reports_sensor],
         resources=dict(resources),
     )
 

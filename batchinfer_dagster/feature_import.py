@@ -31,8 +31,9 @@ leaves the target holding exactly the records that exist.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -45,11 +46,19 @@ IMPORT_CHUNK = 10_000
 @dataclass(frozen=True)
 class ImportWindow:
     """The changes one import moves: numbered in ``(since, through]`` (all when ``since`` is
-    None, a full import). ``commit_watermark`` stores ``through`` once the import succeeded."""
+    None, a full import). ``commit_watermark`` stores ``through`` once the import succeeded.
+
+    ``opened_at`` is the import's own time, read from the database with ``through`` (see
+    ``open_window``): a target that must order versions by time (the Vertex source table's
+    ``feature_timestamp``) stamps the window's rows with it instead of each writer's
+    ``updated_at``, which the writing host's clock made and a clock stepped back makes older
+    than the version it replaces.
+    """
 
     target: str
     since: int | None
     through: int
+    opened_at: datetime
 
     @property
     def full(self) -> bool:
@@ -77,11 +86,34 @@ def committed_horizon(connection: Connection) -> int:
     ).scalar_one()
 
 
+def database_now(connection: Connection) -> datetime:
+    """The database server's current time, aware UTC, to the microsecond on PostgreSQL and the
+    millisecond on SQLite (whose ``CURRENT_TIMESTAMP`` has whole seconds only)."""
+    if connection.dialect.name == "sqlite":
+        text = connection.execute(
+            sa.select(sa.func.strftime("%Y-%m-%d %H:%M:%f", "now"))
+        ).scalar_one()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    value = connection.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+    return value.astimezone(UTC)
+
+
 def open_window(engine: Engine, target: str, *, full: bool = False) -> ImportWindow:
-    """The window of the next import into ``target``: since its last import, or everything."""
+    """The window of the next import into ``target``: since its last import, or everything.
+
+    Its ``opened_at`` is the database's time, raised to just after the time of ``target``'s
+    last successful import should the database's clock have stepped back since: successive
+    imports of a target get increasing times whatever any host's clock does, so a version
+    stamped by a later import is never taken for an older one.
+    """
     since = None if full else stored_watermark(engine, target)
+    table = db.feature_imports
     with engine.connect() as connection:
         through = committed_horizon(connection)
+        now = database_now(connection)
+        last = connection.execute(
+            sa.select(table.c.imported_at).where(table.c.target == target)
+        ).scalar_one_or_none()
     if since is not None and since > through:
         # Only after restoring the app database from a backup older than the last import.
         raise RuntimeError(
@@ -89,73 +121,79 @@ def open_window(engine: Engine, target: str, *, full: bool = False) -> ImportWin
             f"has only reached {through}: it was restored from an older backup; run "
             "`batchinfer import-data --full` to rebuild the feature store from it"
         )
-    return ImportWindow(target=target, since=since, through=through)
+    opened_at = now if last is None else max(now, last + timedelta(microseconds=1))
+    return ImportWindow(target=target, since=since, through=through, opened_at=opened_at)
 
 
-def iter_changed(
-    engine: Engine, window: ImportWindow, chunk: int = IMPORT_CHUNK
+def iter_window_pages(
+    engine: Engine,
+    window: ImportWindow,
+    key: sa.Column[int],
+    columns: Sequence[sa.ColumnElement[object]],
+    chunk: int = IMPORT_CHUNK,
 ) -> Iterable[list[sa.Row]]:
-    """Records of ``window`` (id, text, updated_at, change_seq), ``chunk`` at a time.
+    """Rows of ``key``'s table whose ``change_seq`` is in ``window``, ``chunk`` at a time.
 
-    Keyset pagination on ``(change_seq, id)``, compared and ordered by the same key, which the
-    index ``ix_data_points_change_seq_id`` serves: an import with few changes reads few index
-    entries whatever the table's size.
+    Keyset pagination on ``(change_seq, key)``, compared and ordered by the same tuple: on
+    PostgreSQL all rows of one transaction share a change number, so the number alone does not
+    tell where a page ended; the ids alone are not in change order (an edit renumbers an old
+    record). The indexes on ``(change_seq, id)`` serve it, so an import with few changes reads
+    few index entries whatever the table's size. Each page is read on a connection of its
+    own, so no transaction stays open while the caller writes a page elsewhere. The rows carry
+    ``columns`` and, last, ``change_seq`` and ``key`` (used for the next page's bound).
     """
-    table = db.data_points
-    key = sa.tuple_(table.c.change_seq, table.c.id)
+    change_seq = key.table.c.change_seq
+    order = (change_seq, key)
     after: tuple[int, int] | None = None
     while True:
         query = (
-            sa.select(table.c.id, table.c.text, table.c.updated_at, table.c.change_seq)
-            .where(table.c.change_seq > window.first, table.c.change_seq <= window.through)
-            .order_by(table.c.change_seq, table.c.id)
+            sa.select(*columns, *order)
+            .where(change_seq > window.first, change_seq <= window.through)
+            .order_by(*order)
             .limit(chunk)
         )
         if after is not None:
-            query = query.where(
-                key > sa.tuple_(sa.literal(after[0], sa.BigInteger), sa.literal(after[1]))
-            )
+            bound = sa.tuple_(sa.literal(after[0], sa.BigInteger), sa.literal(after[1]))
+            query = query.where(sa.tuple_(*order) > bound)
         with engine.connect() as connection:
             rows = connection.execute(query).all()
         if not rows:
             return
         yield rows
-        after = (rows[-1].change_seq, rows[-1].id)
+        after = (rows[-1][-2], rows[-1][-1])
+
+
+def iter_changed(
+    engine: Engine, window: ImportWindow, chunk: int = IMPORT_CHUNK
+) -> Iterable[list[sa.Row]]:
+    """Records of ``window`` (id, text, updated_at, change_seq), ``chunk`` at a time, in
+    ``(change_seq, id)`` order."""
+    table = db.data_points
+    return iter_window_pages(
+        engine, window, table.c.id, [table.c.text, table.c.updated_at], chunk=chunk
+    )
 
 
 def iter_deleted(
     engine: Engine, window: ImportWindow, chunk: int = IMPORT_CHUNK
 ) -> Iterable[list[int]]:
-    """Ids of the records deleted in ``window``, ``chunk`` at a time, keyset-paged on
-    ``(change_seq, record_id)`` (a transaction's deletions share one number on PostgreSQL).
+    """Ids of the records deleted in ``window``, ``chunk`` at a time, in ``(change_seq,
+    record_id)`` order.
 
     A full import needs none of them (it keeps only the records that exist); an incremental
     one removes these from its target after moving the window's changed records.
     """
     table = db.record_deletions
-    key = sa.tuple_(table.c.change_seq, table.c.record_id)
-    after: tuple[int, int] | None = None
-    while True:
-        query = (
-            sa.select(table.c.record_id, table.c.change_seq)
-            .where(table.c.change_seq > window.first, table.c.change_seq <= window.through)
-            .order_by(table.c.change_seq, table.c.record_id)
-            .limit(chunk)
-        )
-        if after is not None:
-            query = query.where(
-                key > sa.tuple_(sa.literal(after[0], sa.BigInteger), sa.literal(after[1]))
-            )
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()
-        if not rows:
-            return
+    for rows in iter_window_pages(engine, window, table.c.record_id, [], chunk=chunk):
         yield [row.record_id for row in rows]
-        after = (rows[-1].change_seq, rows[-1].record_id)
 
 
 def commit_watermark(engine: Engine, window: ImportWindow, rows_imported: int) -> None:
-    """Store ``window.through`` for its target: call only after the import succeeded."""
+    """Store ``window.through`` for its target: call only after the import succeeded.
+
+    The stored ``imported_at`` is the window's ``opened_at`` (the database's time), the floor
+    of the next window's time.
+    """
     with engine.begin() as connection:
         db.upsert(
             connection,
@@ -164,7 +202,7 @@ def commit_watermark(engine: Engine, window: ImportWindow, rows_imported: int) -
                 {
                     "target": window.target,
                     "imported_through": window.through,
-                    "imported_at": db.utcnow(),
+                    "imported_at": window.opened_at,
                     "rows_imported": rows_imported,
                     "full_import": window.full,
                 }

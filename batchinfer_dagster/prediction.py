@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from batchinfer_dagster import db, ledger
+from batchinfer_dagster import db, ledger, rollout
 from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.model_client import (
     ModelClient,
@@ -59,6 +59,10 @@ class BatchOutcome:
     # When the first text went to the model (None: no record reached it). Against the run's
     # launch and start events it splits a run's start-up from its work (bench/bench_launcher.py).
     model_started_at: datetime | None = None
+    # The parameters the batch was sent with: the deployment's, or its rollout's candidate's.
+    parameters: PredictParameters | None = None
+    # The candidate digest when the batch belongs to a rollout ("": an ordinary batch).
+    rollout: str = ""
 
 
 def parameters_of(parameters: PredictParameters) -> Parameters:
@@ -69,6 +73,20 @@ def parameters_of(parameters: PredictParameters) -> Parameters:
         label_descriptions=parameters.label_descriptions,
         multi_label=parameters.multi_label,
     )
+
+
+def predict_parameters_of(parameters: Parameters) -> PredictParameters:
+    """The request parameters a receipt's parameters stand for (``parameters_of`` reversed)."""
+    return PredictParameters(
+        candidate_labels=tuple(parameters.candidate_labels),
+        multi_label=parameters.multi_label,
+        hypothesis_template=parameters.hypothesis_template,
+        label_descriptions={k: tuple(v) for k, v in parameters.label_descriptions.items()},
+    )
+
+
+class CandidateModelChangedError(RuntimeError):
+    """A rollout's batch was answered by another model than the one its candidate names."""
 
 
 def configuration_of(parameters: PredictParameters, model: ModelIdentity) -> Configuration:
@@ -128,13 +146,23 @@ class Predictor:
             raise
 
     def _predict(self, batch_key: str, run_id: str) -> BatchOutcome:
+        candidate = rollout.candidate_of_batch(self.engine, batch_key)
+        parameters = self.parameters
+        feature_wait = self.feature_wait
+        if candidate is not None:
+            parameters = predict_parameters_of(candidate.configuration.parameters)
+            # A rollout only asks for records that were predicted, so a record missing now was
+            # deleted: dead-lettered at once rather than re-batched into an ordinary batch.
+            feature_wait = timedelta(0)
         requests = ledger.start_batch(self.engine, batch_key, run_id=run_id, now=self.clock())
         record_ids = sorted({r.record_id for r in requests})
+        if candidate is not None and candidate.status is not rollout.RolloutStatus.RUNNING:
+            record_ids = []  # closed: settled without calling the model (settle_batch)
         texts = self.feature_store.fetch(record_ids) if record_ids else {}
         found = [record_id for record_id in record_ids if record_id in texts]
         model_started_at = self.clock() if found else None
         started = time.perf_counter()
-        answer = self.model.predict([texts[i] for i in found], self.parameters) if found else None
+        answer = self.model.predict([texts[i] for i in found], parameters) if found else None
         model_seconds = time.perf_counter() - started
         predictions: dict[int, Prediction] = {}
         refused: dict[int, str] = {}
@@ -145,10 +173,22 @@ class Predictor:
                 predictions[record_id] = result
         model = answer.model if answer is not None else ""
         configuration = (
-            self.configuration(ModelIdentity(model, answer.model_digest or UNKNOWN))
+            configuration_of(parameters, ModelIdentity(model, answer.model_digest or UNKNOWN))
             if answer is not None and model
             else None
         )
+        if (
+            candidate is not None
+            and configuration is not None
+            and configuration.digest != candidate.digest
+        ):
+            started_with = candidate.configuration.model
+            raise CandidateModelChangedError(
+                f"batch {batch_key} of rollout {candidate.digest}: answered by {model} "
+                f"(weights {configuration.model.weights_digest}), but the rollout was started "
+                f"with {started_with.name} (weights {started_with.weights_digest}); discard "
+                "the rollout and start it again against the model served now"
+            )
         waiting, dead = ledger.settle_batch(
             self.engine,
             ledger.Settlement(
@@ -158,11 +198,12 @@ class Predictor:
                 configuration=configuration,
                 answers=predictions,
                 refused=refused,
-                feature_wait=self.feature_wait,
+                feature_wait=feature_wait,
                 now=self.clock(),
                 text_digests={
                     record_id: text_digest(texts[record_id]) for record_id in predictions
                 },
+                rollout=candidate.digest if candidate is not None else None,
             ),
         )
         return BatchOutcome(
@@ -178,4 +219,6 @@ class Predictor:
             label_counts=dict(Counter(p.labels[0] for p in predictions.values() if p.labels)),
             refused=len(refused),
             model_started_at=model_started_at,
+            parameters=parameters,
+            rollout=candidate.digest if candidate is not None else "",
         )

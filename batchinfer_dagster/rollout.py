@@ -14,26 +14,107 @@ candidate's digest; nothing else is stored.
   no longer current, queryable by configuration); a concurrent reader sees all of the old or
   all of the new.
 - ``discard``: deletes the candidate rows that are not current.
+
+Since round 2 a rollout is predicted by ordinary ``predictions`` runs: ``start`` writes ledger
+batches of the chosen records, and their keys in ``rollout_batches``, in one transaction; the
+sensor launches one run per batch as for any batch (visible, retried by reconcile, resumable).
+A run whose batch is a rollout's (``candidate_of_batch``) sends the candidate's parameters and
+settles its answers as candidate rows (``ledger.Settlement.rollout``). The candidate is named
+by its configuration digest, registered in ``prediction_configurations`` at ``start`` with the
+model the server reported then; a run answered by another model fails instead of storing rows
+the rollout would never compare. ``promote`` waits until no request of the rollout is open;
+``discard`` closes the rollout first, so a batch settling later writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from batchinfer_dagster import db
+from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
+from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, register_configuration
+from batchinfer_dagster.ledger.states import RequestStatus
+from batchinfer_dagster.receipts import Configuration, ModelIdentity, Parameters
 
 # Disagreements listed in a report, largest margin first.
 DISAGREEMENTS_SHOWN = 10
 
 
+# The ``source`` of a rollout's requests in the ledger (their message ids start with it).
+ROLLOUT_SOURCE = "rollout"
+# Requests of a rollout that may still write a candidate row.
+OPEN_REQUEST_STATUSES = (RequestStatus.QUEUED, RequestStatus.WAITING_FEATURES)
+
+
+class RolloutStatus(StrEnum):
+    """``rollouts.status``."""
+
+    RUNNING = ROLLOUT_RUNNING
+    PROMOTED = "promoted"
+    DISCARDED = "discarded"
+
+
 class UnknownCandidateError(LookupError):
     """No candidate predictions under that configuration digest."""
+
+
+class RolloutStateError(RuntimeError):
+    """The rollout is not in a state that allows the operation (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rollout's candidate as a run needs it: its digest, configuration and status."""
+
+    digest: str
+    configuration: Configuration
+    status: RolloutStatus
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start`` wrote: records requested now, and those it skipped (a candidate row or an
+    open request of the rollout already), and the new ledger batches."""
+
+    candidate: str
+    requested: int
+    skipped: int
+    batch_keys: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "requested": self.requested,
+            "skipped": self.skipped,
+            "batches": len(self.batch_keys),
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a rollout stands: its status, requests written, still open, and candidate rows."""
+
+    candidate: str
+    status: RolloutStatus
+    requested: int
+    open: int
+    predicted: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "status": str(self.status),
+            "requested": self.requested,
+            "open": self.open,
+            "predicted": self.predicted,
+        }
 
 
 @dataclass(frozen=True)
@@ -129,15 +210,225 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
     )
 
 
-def promote(engine: Engine, candidate_digest: str) -> int:
+def _locked_status(connection: Connection, candidate_digest: str) -> RolloutStatus | None:
+    """The rollout's status, its row locked until the transaction ends (None: no such row)."""
+    table = db.rollouts
+    status = connection.execute(
+        sa.select(table.c.status).where(table.c.candidate == candidate_digest).with_for_update()
+    ).scalar_one_or_none()
+    return RolloutStatus(status) if status is not None else None
+
+
+def _set_status(
+    connection: Connection, candidate_digest: str, status: RolloutStatus, now: datetime
+) -> None:
+    table = db.rollouts
+    connection.execute(
+        sa.update(table)
+        .where(table.c.candidate == candidate_digest)
+        .values(status=status, updated_at=now)
+    )
+
+
+def _open_requests(candidate_digest: str) -> sa.Select:
+    requests, batches = db.prediction_requests, db.rollout_batches
+    return (
+        sa.select(requests.c.record_id)
+        .join(batches, batches.c.batch_key == requests.c.batch_key)
+        .where(
+            batches.c.candidate == candidate_digest,
+            requests.c.status.in_([str(s) for s in OPEN_REQUEST_STATUSES]),
+        )
+    )
+
+
+def start(
+    engine: Engine,
+    configuration: Configuration,
+    record_ids: Sequence[int],
+    *,
+    batch_size: int,
+    now: datetime,
+) -> Started:
+    """Request candidate predictions of ``record_ids`` as ledger batches, in one transaction.
+
+    Idempotent: records that already have a candidate row or an open request in this rollout
+    are skipped, so starting again after a crash or a dead-lettered batch requests only what is
+    missing. A discarded rollout runs again; a promoted one raises ``RolloutStateError``.
+    """
+    digest = configuration.digest
+    with engine.begin() as connection:
+        status = _locked_status(connection, digest)
+        if status is RolloutStatus.PROMOTED:
+            raise RolloutStateError(
+                f"rollout {digest} was promoted already; its predictions are current"
+            )
+        if status is None:
+            register_configuration(connection, configuration, now=now)
+            connection.execute(
+                db.rollouts.insert().values(
+                    candidate=digest, status=RolloutStatus.RUNNING, created_at=now, updated_at=now
+                )
+            )
+        elif status is RolloutStatus.DISCARDED:
+            _set_status(connection, digest, RolloutStatus.RUNNING, now)
+        skip: set[int] = set(connection.execute(_open_requests(digest)).scalars())
+        table = db.predictions
+        ids = sorted(set(record_ids))
+        for chunk in chunked(ids, db.IN_CHUNK):
+            skip.update(
+                connection.execute(
+                    sa.select(table.c.record_id).where(
+                        table.c.configuration == digest, table.c.record_id.in_(chunk)
+                    )
+                ).scalars()
+            )
+        todo = [record_id for record_id in ids if record_id not in skip]
+        batch_keys = ledger.write_batches(
+            connection, todo, source=ROLLOUT_SOURCE, batch_size=batch_size, now=now
+        )
+        if batch_keys:
+            connection.execute(
+                db.rollout_batches.insert(),
+                [{"batch_key": key, "candidate": digest} for key in batch_keys],
+            )
+    return Started(
+        candidate=digest, requested=len(todo), skipped=len(ids) - len(todo), batch_keys=batch_keys
+    )
+
+
+def candidate_of_batch(engine: Engine, batch_key: str) -> Candidate | None:
+    """The candidate a ledger batch predicts, or None for an ordinary batch."""
+    batches, rollouts = db.rollout_batches, db.rollouts
+    configurations = db.prediction_configurations
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(rollouts.c.status, configurations)
+            .select_from(batches)
+            .join(rollouts, rollouts.c.candidate == batches.c.candidate)
+            .join(configurations, configurations.c.digest == batches.c.candidate)
+            .where(batches.c.batch_key == batch_key)
+        ).one_or_none()
+    if row is None:
+        return None
+    configuration = Configuration(
+        model=ModelIdentity(row.model, row.model_digest),
+        parameters=Parameters(
+            candidate_labels=tuple(row.candidate_labels),
+            hypothesis_template=row.hypothesis_template,
+            label_descriptions=row.label_descriptions or {},
+            multi_label=bool(row.multi_label),
+        ),
+    )
+    if configuration.digest != row.digest:
+        raise ValueError(
+            f"batch {batch_key}: the stored configuration of rollout {row.digest} digests to "
+            f"{configuration.digest}; the digest rule changed (receipts.py), start it again"
+        )
+    return Candidate(
+        digest=row.digest, configuration=configuration, status=RolloutStatus(row.status)
+    )
+
+
+def progress(engine: Engine, candidate_digest: str) -> Progress:
+    """The rollout's status and counts; ``UnknownCandidateError`` when no rollout has it."""
+    requests, batches = db.prediction_requests, db.rollout_batches
+    with engine.connect() as connection:
+        status = connection.execute(
+            sa.select(db.rollouts.c.status).where(db.rollouts.c.candidate == candidate_digest)
+        ).scalar_one_or_none()
+        if status is None:
+            raise UnknownCandidateError(
+                f"no rollout of configuration {candidate_digest!r}; `batchinfer rollout start` "
+                "begins one"
+            )
+        of_rollout = (
+            sa.select(sa.func.count())
+            .select_from(requests)
+            .join(batches, batches.c.batch_key == requests.c.batch_key)
+            .where(batches.c.candidate == candidate_digest)
+        )
+        requested = connection.execute(of_rollout).scalar_one()
+        still_open = connection.execute(
+            of_rollout.where(requests.c.status.in_([str(s) for s in OPEN_REQUEST_STATUSES]))
+        ).scalar_one()
+        predicted = connection.execute(
+            sa.select(sa.func.count()).where(db.predictions.c.configuration == candidate_digest)
+        ).scalar_one()
+    return Progress(
+        candidate=candidate_digest,
+        status=RolloutStatus(status),
+        requested=requested,
+        open=still_open,
+        predicted=predicted,
+    )
+
+
+def current_records(engine: Engine, *, sample: int | None = None) -> list[int]:
+    """The records with a current prediction, by id; the first ``sample`` of them if given."""
+    table = db.predictions
+    query = sa.select(table.c.record_id).where(table.c.is_current.is_(True))
+    with engine.connect() as connection:
+        return list(connection.execute(query.order_by(table.c.record_id).limit(sample)).scalars())
+
+
+def summary(engine: Engine, candidate_digest: str) -> dict[str, Any]:
+    """What ``batchinfer rollout report`` prints: the report (once any candidate row exists)
+    and the rollout's progress (for rollouts started through runs)."""
+    found: dict[str, Any] = {"candidate": candidate_digest}
+    try:
+        found["progress"] = progress(engine, candidate_digest).as_json()
+    except UnknownCandidateError:
+        found["progress"] = None  # candidate rows written before rollouts had runs
+    try:
+        found.update(report(engine, candidate_digest).as_json())
+    except UnknownCandidateError:
+        if found["progress"] is None:
+            raise
+        found["compared"] = 0  # started, no candidate row yet
+    return found
+
+
+def running_rollouts(engine: Engine) -> list[str]:
+    """The candidates of the rollouts still running, oldest first."""
+    table = db.rollouts
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.select(table.c.candidate)
+                .where(table.c.status == RolloutStatus.RUNNING)
+                .order_by(table.c.created_at, table.c.candidate)
+            ).scalars()
+        )
+
+
+def promote(engine: Engine, candidate_digest: str, *, now: datetime | None = None) -> int:
     """Make every candidate row its record's current one, in one transaction; returns how many.
 
     First the rows it replaces stop being current, then the candidate's become current: the
-    partial unique index (one current row per record) holds after each statement.
+    partial unique index (one current row per record) holds after each statement. A rollout
+    with requests still open raises ``RolloutStateError`` (promoting half a rollout would leave
+    the rest under the old configuration); candidate rows written without a rollout (before
+    round 2) are promoted as they are.
     """
     table = db.predictions
     of_candidate = sa.select(table.c.record_id).where(table.c.configuration == candidate_digest)
     with engine.begin() as connection:
+        status = _locked_status(connection, candidate_digest)
+        if status is RolloutStatus.DISCARDED:
+            raise RolloutStateError(
+                f"rollout {candidate_digest} was discarded; `rollout start` runs it again"
+            )
+        if status is RolloutStatus.RUNNING:
+            still_open = connection.execute(
+                sa.select(sa.func.count()).select_from(_open_requests(candidate_digest).subquery())
+            ).scalar_one()
+            if still_open:
+                raise RolloutStateError(
+                    f"rollout {candidate_digest} has {still_open} requests still open; wait for "
+                    "its runs (`rollout report` shows progress), or discard it"
+                )
+            _set_status(connection, candidate_digest, RolloutStatus.PROMOTED, now or db.utcnow())
         connection.execute(
             sa.update(table)
             .where(
@@ -154,10 +445,17 @@ def promote(engine: Engine, candidate_digest: str) -> int:
         ).rowcount
 
 
-def discard(engine: Engine, candidate_digest: str) -> int:
-    """Delete the candidate's rows that are not current; returns how many."""
+def discard(engine: Engine, candidate_digest: str, *, now: datetime | None = None) -> int:
+    """Abort a rollout: close it, then delete the candidate's rows that are not current.
+
+    Closing first (the rollout's row, locked) means a batch settling afterwards writes nothing
+    (``ledger.runs.rollout_is_running``); its runs still finish, without calling the model.
+    Returns how many rows were deleted.
+    """
     table = db.predictions
     with engine.begin() as connection:
+        if _locked_status(connection, candidate_digest) is not None:
+            _set_status(connection, candidate_digest, RolloutStatus.DISCARDED, now or db.utcnow())
         return connection.execute(
             sa.delete(table).where(
                 table.c.configuration == candidate_digest, table.c.is_current.is_(False)

@@ -4,16 +4,17 @@ Every ``BATCHINFER_*`` variable is a typed field here with its embedded default,
 description, so a laptop needs no environment at all and production only overrides. Resources
 and client configs take required values; the configuration tables of docs/architecture.md and
 the README are rendered from these fields (``markdown_table``).
-Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.deployments`` turns a
+Nothing else in the package reads ``os.environ``: ``batchinfer_dagster.defs.deployments`` turns a
 ``Settings`` into the Dagster resources, and the CLI builds its clients through the same resources.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 import platformdirs
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -48,6 +49,16 @@ def default_home() -> Path:
     is once installed.
     """
     return platformdirs.user_data_path("batchinfer")
+
+
+def _cached_names(cls: type) -> set[str]:
+    """The names of ``cls``'s ``cached_property`` attributes, inherited ones included."""
+    return {
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, cached_property)
+    }
 
 
 class SettingsError(ValueError):
@@ -361,6 +372,19 @@ class Settings(BaseSettings):
                 f"accepts {low}..{high} delivery attempts"
             )
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy whose derived values (every ``cached_property``) follow the copy's fields.
+
+        Pydantic copies the instance ``__dict__``, where ``cached_property`` keeps what it
+        computed, so a copy with another ``label_descriptions_file`` or ``database_url`` would
+        answer the original's descriptions or URL. The copy forgets them and computes its own,
+        and reads a changed descriptions file at once, as loading settings does.
+        """
+        copied = super().model_copy(update=update, deep=deep)
+        for name in _cached_names(type(self)):
+            copied.__dict__.pop(name, None)
+        return copied._label_descriptions_readable()
 
     @property
     def resolved_dagster_home(self) -> Path:

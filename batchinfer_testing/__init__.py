@@ -6,5 +6,9 @@ code): one model-server launcher, one daemon loop, one fault-injecting queue, th
 - ``deployment``: the resources of a ``Settings`` (migrated database), publishing, table rows;
 - ``daemon``: the Dagster daemon's part around the sensor (tick, launch new run keys, repeat);
 - ``queues``: a request queue that delegates to a real one and fails at a chosen step;
-- ``invariants``: nothing lost, nothing duplicated, nothing stuck.
+- ``invariants``: nothing lost, nothing duplicated, nothing stuck;
+- ``processes``: child processes in their own session, free ports, health waits.
+
+Operator tools (``make stack``, screenshots, the compose rehearsal, ``make demo``) are in
+``batchinfer_tools``.
 """

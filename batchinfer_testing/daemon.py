@@ -26,7 +26,7 @@ from dagster import (
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.definitions import build_definitions
-from batchinfer_dagster.sensors import prediction_requests_sensor
+from batchinfer_dagster.defs.sensors import prediction_requests_sensor
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, resources_of
 

@@ -1,6 +1,6 @@
 """A deployment for a test or a benchmark: its resources, a migrated database, publishing, rows.
 
-Everything goes through ``batchinfer_dagster.deployments.resources_for``, the code location's
+Everything goes through ``batchinfer_dagster.defs.deployments.resources_for``, the code location's
 own choice of implementations; a test swaps one system by passing an override
 (``request_queue=…``, ``model_server=…``), as Dagster's ``resources=`` does.
 """
@@ -22,10 +22,10 @@ from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.clients.model_client import HttpModelClient
 from batchinfer_dagster.clients.queue import RequestQueue
-from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.resources.model_server import HttpModelServer, ModelServerResource
 from batchinfer_dagster.ledger import request_payload
 from batchinfer_dagster.records import LOAD_CHUNK, add_records
-from batchinfer_dagster.resources.model_server import HttpModelServer, ModelServerResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
 

@@ -2,7 +2,7 @@
 
 PostgreSQL holds the app database and Dagster's own storage (two databases of one server), the
 queue is the Pub/Sub emulator, and the Dagster instance is ``dagster.local.yaml`` with its
-storage moved to PostgreSQL (``batchinfer_testing.stack.dagster_config``): DefaultRunLauncher
+storage moved to PostgreSQL (``batchinfer_tools.stack.dagster_config``): DefaultRunLauncher
 (each run a subprocess), QueuedRunCoordinator, the ``model_server`` pool limit of 2. The daemon
 loads the code location from ``workspace.yaml`` and runs the real sensor, as in production;
 nothing is executed in the caller's process.
@@ -35,13 +35,13 @@ from dagster import (
 # Not exported at the top level in Dagster 1.13; the instance's scheduling API takes it.
 from dagster._core.definitions.run_request import InstigatorType
 
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.processes import stop_process_group
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import ledger_settled
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.processes import stop_process_group
 from batchinfer_testing.services import PostgresServer
-from batchinfer_testing.stack import dagster_config
+from batchinfer_tools.stack import dagster_config
 
 BIN = Path(sys.executable).parent
 PREDICTIONS_JOB = "predictions_job"

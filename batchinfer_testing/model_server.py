@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
+from batchinfer_testing.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The model id the embedding backend reports for the packaged all-MiniLM-L6-v2 weights: the

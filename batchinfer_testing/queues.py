@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchinfer_dagster.clients.queue import ReceivedMessage, RequestQueue
-from batchinfer_dagster.resources.request_queue import RequestQueueResource
+from batchinfer_dagster.defs.resources.request_queue import RequestQueueResource
 
 Fault = Literal["crash-at-ack", "kill-at-ack", "stall-after-pull"]
 

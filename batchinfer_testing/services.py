@@ -3,7 +3,7 @@
 Both start from binaries on PATH, on free loopback ports, and stop when their context ends. The
 emulator is a ``gcloud`` wrapper around a Java child, so it runs in its own process group and the
 whole group is stopped. A missing binary raises ``ServiceUnavailableError``: the tests skip on it
-outside CI and fail on it in CI (``tests/services.py``); ``batchinfer_testing.stack`` reports it.
+outside CI and fail on it in CI (``tests/services.py``); ``batchinfer_tools.stack`` reports it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchinfer_dagster.processes import free_port, stop_process_group
+from batchinfer_testing.processes import free_port, stop_process_group
 
 
 class ServiceUnavailableError(RuntimeError):

@@ -24,7 +24,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import TEXTS

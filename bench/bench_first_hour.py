@@ -15,6 +15,8 @@ default 3509ab4, the commit issue #24 measured), extracted with ``git archive`` 
 Then ``batchinfer --version``, ``status`` and ``prediction 1`` of each arm, alternately,
 ``--cli-repeats`` times: medians. ``/proc/loadavg`` is recorded beside each figure.
 
+``--ready-only`` measures the CPU model server's launch → ready instead (`ready_report`).
+
 Ports: run it in a network namespace of its own so `dg dev`'s port 3000 collides with nothing:
 
     unshare -n bash -c 'ip link set lo up; python -m bench.bench_first_hour [--write-docs]'
@@ -42,10 +44,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from batchinfer_dagster import db
-from batchinfer_dagster.processes import stop_process_group
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import TEXTS, engine_of, local_feature_store, migrate, open_queue
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer
+from batchinfer_testing.processes import stop_process_group
 from bench.report import write_section
 
 BIN = Path(sys.executable).parent
@@ -250,6 +252,53 @@ def report(
 
 
 BASELINE_NOTE = "the commit issue #24 measured"
+READY_HEADING = "## First hour: the CPU model server's start, launch → ready"
+
+
+def ready_seconds(warm_up_shapes: str) -> float:
+    """Seconds from ``python -m model_server`` (embedding backend, CPU, `make run`'s defaults
+    but ``MODEL_WARMUP_SHAPES``) to its first ``/health`` 200."""
+    server = ModelServer(MODEL_WARMUP_SHAPES=warm_up_shapes)
+    started = time.perf_counter()
+    server.start(wait=False)
+    try:
+        server.wait_healthy(timeout=MODEL_START_TIMEOUT_S)
+        return time.perf_counter() - started
+    finally:
+        server.stop()
+
+
+def ready_report(repeats: int) -> str:
+    """Launch → ready with every shape warmed (the server before this change, still
+    ``MODEL_WARMUP_SHAPES=all``) and with the CPU's default (``auto``: the plan's two ends),
+    alternately, ``repeats`` times each: medians, with ``/proc/loadavg`` beside each sample."""
+    arms = {"all": "every shape (before)", "auto": "auto: the plan's two ends (after)"}
+    samples: dict[str, list[tuple[float, str]]] = {arm: [] for arm in arms}
+    for _ in range(repeats):
+        for arm in arms:
+            seconds = ready_seconds(arm)
+            samples[arm].append((seconds, load_average()))
+            print(f"  MODEL_WARMUP_SHAPES={arm}: {seconds:.1f} s, load {load_average()}")
+    medians = {arm: statistics.median(s for s, _ in samples[arm]) for arm in arms}
+    rows = [
+        f"| {label} | {medians[arm]:.1f} s | "
+        + ", ".join(f"{s:.1f} s" for s, _ in samples[arm])
+        + f" | {medians[arm] / medians['all']:.2f} | "
+        + "; ".join(load for _, load in samples[arm])
+        + " |"
+        for arm, label in arms.items()
+    ]
+    return (
+        f"{READY_HEADING}\n\n"
+        f"`python -m bench.bench_first_hour --ready-only` on {os.cpu_count()} cores: "
+        "`python -m model_server` with `make run`'s defaults (embedding backend, "
+        "all-MiniLM-L6-v2, CPU) from launch to its first `/health` 200, the two warm-ups "
+        f"alternately, {repeats} times each. Ratio: median / the before median. Load average "
+        "(1, 5, 15 min) after each sample.\n\n"
+        "| warm-up | median | samples | ratio | load average |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def main() -> None:
@@ -266,7 +315,17 @@ def main() -> None:
     parser.add_argument("--cli-repeats", type=int, default=9)
     parser.add_argument("--cli-only", action="store_true", help="only the CLI start times")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--ready-only", action="store_true", help="only the model server's launch → ready"
+    )
+    parser.add_argument("--ready-repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.ready_only:
+        markdown = ready_report(args.ready_repeats)
+        print(markdown)
+        if args.write_docs:
+            write_section(READY_HEADING, markdown)
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-first-hour-"))
     try:
         arms = [

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchinfer_dagster import db
-from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.defs.deployments import resources_for
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import TEXTS
 from batchinfer_testing.invariants import Published, assert_invariants

@@ -62,9 +62,9 @@ from transformers import (  # noqa: E402
     pipeline,
 )
 
-from batchinfer_dagster.processes import free_port  # noqa: E402
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
 from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # noqa: E402
+from batchinfer_testing.processes import free_port  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
 from model_server.backends.embedding import EmbeddingBackend  # noqa: E402

@@ -41,11 +41,10 @@ from dagster import (
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.defs.resources.database import SqliteDatabase
+from batchinfer_dagster.defs.resources.model_server import HttpModelServer
 from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.processes import free_port, stop_process_group
 from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-from batchinfer_dagster.resources.database import SqliteDatabase
-from batchinfer_dagster.resources.model_server import HttpModelServer
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import PredictParameters
 from batchinfer_testing.daemon import run_daemon_loop, sensor_tick
@@ -59,6 +58,7 @@ from batchinfer_testing.deployment import (
     open_queue,
 )
 from batchinfer_testing.model_server import REPO_ROOT, running_model_server
+from batchinfer_testing.processes import free_port, stop_process_group
 from bench.report import write_section
 
 # Runs log at DEBUG to the console by default: thousands of lines that would bury the figures.

@@ -2,6 +2,8 @@
 
 ``app_settings`` is parametrized over the app database (SQLite file, PostgreSQL database), so a
 test that takes it runs on both. ``queue_settings`` adds the queue backend (local table, emulator).
+The server-backed parameters carry the ``postgres`` and ``pubsub`` marks, so the fast tier
+(``make test-fast``: ``-m "not postgres and not pubsub"``) runs the SQLite and local-queue half.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.clients.pubsub_queue import create_topology
-from batchinfer_dagster.deployments import pubsub_queue_for
+from batchinfer_dagster.defs.deployments import pubsub_queue_for
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import migrate
 from tests.services import PostgresServer, PubSubEmulator, postgres_server, pubsub_emulator
@@ -81,7 +83,7 @@ def postgres_url(postgres: PostgresServer) -> str:
     return postgres.create_database(unique_name("t"))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'batchinfer.db'}"
@@ -123,7 +125,7 @@ def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: objec
     return settings
 
 
-@pytest.fixture(params=["local", "pubsub"])
+@pytest.fixture(params=["local", pytest.param("pubsub", marks=pytest.mark.pubsub)])
 def queue_settings(request: pytest.FixtureRequest, app_settings: Settings) -> Settings:
     """``app_settings`` with each queue backend: the SQL table and the Pub/Sub emulator.
 

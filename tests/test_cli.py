@@ -11,9 +11,9 @@ from click.testing import CliRunner, Result
 
 from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
-from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, open_queue
+from batchinfer_testing.processes import free_port
 from tests.clients.test_queue import drain
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from batchinfer_dagster import ledger
 from batchinfer_dagster.cli import cli, id_payloads, publish_payloads
-from batchinfer_dagster.deployments import resources_for
+from batchinfer_dagster.defs.deployments import resources_for
 from batchinfer_dagster.records import first_undecodable_byte
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import migrate

@@ -36,7 +36,7 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_postgres.utils import pg_url_from_config
 
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.compose_rehearsal import dockerfile_env
+from batchinfer_tools.compose_rehearsal import dockerfile_env
 from tests.command_lines import parse_command_line
 from tests.services import PostgresServer
 

@@ -11,14 +11,14 @@ import subprocess
 
 import pytest
 
-from batchinfer_testing.compose_rehearsal import (
+from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_tools.compose_rehearsal import (
     RehearsalError,
     command_line,
     healthcheck_argv,
     seconds,
     start_order,
 )
-from batchinfer_testing.model_server import REPO_ROOT
 from tests.services import unavailable
 
 

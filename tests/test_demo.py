@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_demo_prints_the_prediction_document() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "batchinfer_dagster.demo"],
+        [sys.executable, "-m", "batchinfer_tools.demo"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -112,7 +112,7 @@ def test_window_bounds_since_excluded_through_included(engine: Engine) -> None:
     ids = [add_at(engine, T0, f"t{i}")[0] for i in range(1, 6)]
     assert [change_seq(engine, i) for i in ids] == [1, 2, 3, 4, 5]
 
-    window = ImportWindow(target="test", since=2, through=4)
+    window = ImportWindow(target="test", since=2, through=4, opened_at=T0)
     moved = [row.id for rows in feature_import.iter_changed(engine, window) for row in rows]
 
     assert moved == [ids[2], ids[3]]
@@ -123,7 +123,7 @@ def test_deletions_window_bounds_since_excluded_through_included(engine: Engine)
     for record_id in ids:
         delete(engine, record_id)  # changes 4, 5, 6
 
-    window = ImportWindow(target="test", since=4, through=5)
+    window = ImportWindow(target="test", since=4, through=5, opened_at=T0)
     deleted = [i for chunk in feature_import.iter_deleted(engine, window) for i in chunk]
 
     assert deleted == [ids[1]]
@@ -302,3 +302,78 @@ def test_0004_numbers_existing_records_and_every_target_imports_them_once_more(
         assert LocalFeatureStore(engine).import_records().rows_imported == 4
     finally:
         engine.dispose()
+
+
+def renumber(engine: Engine, table: sa.Table, key: sa.Column, numbers: dict[int, int]) -> None:
+    """Set rows' change numbers by hand (the trigger numbers text changes only), to make the
+    orders a paging bug would show: ties within a number, ids out of change order."""
+    with engine.begin() as connection:
+        for row_id, number in numbers.items():
+            connection.execute(sa.update(table).where(key == row_id).values(change_seq=number))
+
+
+def deleted_at(engine: Engine, numbers: dict[int, int]) -> None:
+    """Tombstones of records ``id → change number``, as the deletion trigger writes them."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(db.record_deletions),
+            [{"record_id": i, "change_seq": n} for i, n in numbers.items()],
+        )
+
+
+# (id → change number): three records share number 5 (one PostgreSQL transaction), and the
+# lowest id has the highest number (an old record, edited last). In (change_seq, id) order:
+# 2, 3, 4 (number 5), 5 (number 6), 1 (number 7). A page bound on the number alone skips the
+# rest of a tie; one on the id alone skips record 1; pages of 2 cut through the tie.
+TIES = {1: 7, 2: 5, 3: 5, 4: 5, 5: 6}
+TIES_ORDER = [2, 3, 4, 5, 1]
+
+
+def changed_pages(engine: Engine, window: ImportWindow, chunk: int) -> list[list[int]]:
+    return [[row.id for row in rows] for rows in feature_import.iter_changed(engine, window, chunk)]
+
+
+def test_pages_follow_change_number_then_id_across_ties(engine: Engine) -> None:
+    add_at(engine, T0, *[f"t{i}" for i in TIES])
+    renumber(engine, db.data_points, db.data_points.c.id, TIES)
+    deleted_at(engine, {record_id + 100: number for record_id, number in TIES.items()})
+    window = ImportWindow(target="test", since=None, through=7, opened_at=T0)
+
+    changed = changed_pages(engine, window, chunk=2)
+    deleted = list(feature_import.iter_deleted(engine, window, chunk=2))
+
+    assert changed == [[2, 3], [4, 5], [1]]
+    assert deleted == [[i + 100 for i in TIES_ORDER[:2]], [104, 105], [101]]
+
+
+@pytest.mark.parametrize(("records", "pages"), [(3, [3]), (4, [3, 1])])
+def test_a_page_ends_at_the_page_size(engine: Engine, records: int, pages: list[int]) -> None:
+    """Page size 3: exactly 3 rows are one page (then the next read finds none), 4 are 3 + 1."""
+    ids = add_at(engine, T0, *[f"t{i}" for i in range(records)])
+    deleted_at(engine, {i + 100: horizon(engine) for i in ids})
+    window = feature_import.open_window(engine, "test", full=True)
+
+    changed = changed_pages(engine, window, chunk=3)
+    deleted = list(feature_import.iter_deleted(engine, window, chunk=3))
+
+    assert [len(page) for page in changed] == pages
+    assert [len(page) for page in deleted] == pages
+    assert [i for page in changed for i in page] == ids
+
+
+def test_a_window_is_timed_by_the_database_never_before_the_last_import(engine: Engine) -> None:
+    """The window's time is the database's, not a writer's ``updated_at``; should the database's
+    clock step back behind the last import's time, the next window is just after it."""
+    add_at(engine, T0 - timedelta(days=30), "stamped by a writer a month late")
+    first = feature_import.open_window(engine, "test")
+    with engine.connect() as connection:
+        assert first.opened_at <= feature_import.database_now(connection)
+    assert first.opened_at > T0  # the writer's stamp played no part
+    feature_import.commit_watermark(engine, first, 1)
+    ahead = first.opened_at + timedelta(hours=1)  # the database's clock then steps back an hour
+    with engine.begin() as connection:
+        connection.execute(sa.update(db.feature_imports).values(imported_at=ahead))
+
+    second = feature_import.open_window(engine, "test")
+
+    assert second.opened_at == ahead + timedelta(microseconds=1)

@@ -15,15 +15,15 @@ import pkgutil
 import pytest
 from dagster import ConfigurableResource
 
-import batchinfer_dagster.resources
+import batchinfer_dagster.defs.resources
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.clients.model_client import HttpModelClient, HttpModelClientConfig
 from batchinfer_dagster.clients.pubsub_queue import PubSubQueue, PubSubTopology
 from batchinfer_dagster.clients.queue import LocalQueue, LocalQueueConfig
 from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureStore, VertexFeatureView
 from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint, VertexModelClient
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 
 CONFIGS = [
@@ -52,10 +52,10 @@ NOT_SETTINGS = {
 
 
 def resource_classes() -> list[type[ConfigurableResource]]:
-    """Every resource class of ``batchinfer_dagster.resources``, abstract ones included."""
+    """Every resource class of ``batchinfer_dagster.defs.resources``, abstract ones included."""
     found: dict[str, type[ConfigurableResource]] = {}
-    for module in pkgutil.iter_modules(batchinfer_dagster.resources.__path__):
-        loaded = importlib.import_module(f"batchinfer_dagster.resources.{module.name}")
+    for module in pkgutil.iter_modules(batchinfer_dagster.defs.resources.__path__):
+        loaded = importlib.import_module(f"batchinfer_dagster.defs.resources.{module.name}")
         for value in vars(loaded).values():
             if (
                 inspect.isclass(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from batchinfer_dagster.readiness import READY_TIMEOUT_S, ready_line
+from batchinfer_tools.readiness import READY_TIMEOUT_S, ready_line
 
 
 def script(values: list) -> Callable[[], object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from batchinfer_testing.model_server import REPO_ROOT
-from batchinfer_testing.screenshots import (
+from batchinfer_tools.screenshots import (
     PAGES,
     WINDOW_SIZE,
     ScreenshotError,

@@ -109,3 +109,29 @@ def test_a_label_that_is_not_utf8_is_refused_by_the_real_command() -> None:
     lines = result.stderr.decode(errors="replace").strip().splitlines()
     assert len(lines) == 1
     assert "not valid UTF-8" in lines[0]
+
+
+def test_a_copy_computes_its_own_label_descriptions_and_database_url(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text('{"billing": ["About money."]}', encoding="utf-8")
+    second.write_text('{"billing": ["About invoices."]}', encoding="utf-8")
+    settings = Settings(home=tmp_path, label_descriptions_file=first)
+    assert settings.label_descriptions == {"billing": ("About money.",)}
+    assert settings.resolved_database_url.startswith("sqlite:///")
+
+    copied = settings.model_copy(
+        update={"label_descriptions_file": second, "database_url": "sqlite:///elsewhere.db"}
+    )
+    unchanged = settings.model_copy()
+
+    assert copied.label_descriptions == {"billing": ("About invoices.",)}
+    assert copied.resolved_database_url == "sqlite:///elsewhere.db"
+    assert unchanged.label_descriptions == settings.label_descriptions
+    assert settings.label_descriptions == {"billing": ("About money.",)}
+
+
+def test_a_copy_with_an_unreadable_descriptions_file_fails_at_once(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+
+    with pytest.raises(ValueError, match="absent.json"):
+        settings.model_copy(update={"label_descriptions_file": tmp_path / "absent.json"})

@@ -1,6 +1,6 @@
 """``make stack``'s setup, as ``make stack`` runs it, and what it hands to ``make run``.
 
-``batchinfer_testing.stack.running_stack`` is everything ``make stack`` does before ``make run``:
+``batchinfer_tools.stack.running_stack`` is everything ``make stack`` does before ``make run``:
 PostgreSQL and the Pub/Sub emulator started, the two databases and the topology created, a
 Dagster instance config on PostgreSQL and the settings (``env.sh``) written. The test then does
 what ``make run`` does with them first (``batchinfer where``, ``batchinfer db upgrade``, the
@@ -29,7 +29,7 @@ from google.cloud import pubsub_v1
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing import services
 from batchinfer_testing.model_server import REPO_ROOT
-from batchinfer_testing.stack import Stack, running_stack
+from batchinfer_tools.stack import Stack, running_stack
 from tests.services import unavailable
 
 BATCHINFER = str(Path(sys.executable).parent / "batchinfer")
@@ -157,7 +157,7 @@ def test_ctrl_c_on_make_stack_stops_make_run_before_the_servers(tmp_path: Path) 
         unavailable("PostgreSQL server binaries or the gcloud emulator are not on PATH")
     report = tmp_path / "stop.json"
     program = (
-        "import sys\nfrom batchinfer_testing.stack import main\n"
+        "import sys\nfrom batchinfer_tools.stack import main\n"
         f"sys.exit(main([sys.executable, '-c', {FAKE_MAKE_RUN!r}]))"
     )
     stack = subprocess.Popen(

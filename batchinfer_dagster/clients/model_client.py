@@ -56,6 +56,15 @@ READY_POLL_SECONDS = 1.0
 HEALTH_TIMEOUT_SECONDS = 5.0
 
 
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The seconds a 429's ``Retry-After`` asks to wait (RFC 9110 §10.2.3: delta-seconds; an
+    HTTP-date is not used by our server and is not honoured); None for any other answer."""
+    value = response.headers.get("retry-after", "")
+    if response.status_code != 429 or not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return None
+    return float(value)
+
+
 class ModelError(RuntimeError):
     """The model server did not give predictions."""
 
@@ -432,9 +441,26 @@ class HttpModelClient(ModelClient):
         # Less the comma that the first text does not need: sizes add up to the exact body.
         return len(json_bytes(encode_request([], parameters))) - 1
 
+    def waited_while_busy(self, response: httpx.Response, deadline: float) -> bool:
+        """Whether ``response`` was a 429 with ``Retry-After`` and the client waited as told,
+        to send again. Our server says so when its body budget is full; the wait has the same
+        bound (``deadline``, of ``clock``) as one for a starting server, past which it raises
+        ``TransientModelError`` without waiting."""
+        retry_after = retry_after_seconds(response)
+        if retry_after is None:
+            return False
+        if self.clock() + retry_after > deadline:
+            raise TransientModelError(
+                f"model server {self.url} answered 429 with Retry-After: {retry_after} "
+                f"past the {READY_WAIT_SECONDS:.0f} s this request may wait"
+            )
+        self.sleep(retry_after)
+        return True
+
     def send(self, texts: list[str], parameters: PredictParameters) -> ModelAnswer:
         """One request; while the server says it is starting (a 503, or no connection, and
-        ``/health`` says ``loading`` or ``warming_up``), wait for it and send again."""
+        ``/health`` says ``loading`` or ``warming_up``) or busy (a 429 with ``Retry-After``),
+        wait for it and send again."""
         content = json_bytes(encode_request(texts, parameters))
         deadline = self.clock() + READY_WAIT_SECONDS
         while True:
@@ -446,6 +472,8 @@ class HttpModelClient(ModelClient):
                 raise TransientModelError(f"model server {self.url} timed out: {exc!r}") from exc
             except httpx.TransportError as exc:
                 self.wait_while_starting(f"model server {self.url} unreachable: {exc!r}", deadline)
+                continue
+            if self.waited_while_busy(response, deadline):
                 continue
             if response.status_code != 503:
                 break

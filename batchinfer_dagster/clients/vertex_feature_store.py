@@ -13,6 +13,12 @@ two imports at once cannot overwrite each other's rows, and it is deleted after 
 crashed import's table expires). The source table stays as large as the record count; the
 MERGE reads it once per import (BigQuery bills the bytes it scans: the source table's size).
 
+The window's deleted records (``feature_import.iter_deleted``) then leave the source table with
+a ``DELETE … WHERE entity_id IN UNNEST(@ids)``, and the sync removes them from the online store.
+Every row of one import is stamped with the import's own time read from the database
+(``ImportWindow.opened_at``), so the merge's "newer wins" compares imports, never the clocks of
+the hosts that wrote the records.
+
 A full import (``import-data --full``) replaces the table's rows with a snapshot
 (``WRITE_TRUNCATE_DATA``: the rows are replaced, the table's schema, which Terraform owns with
 its column descriptions, is kept; ``WRITE_TRUNCATE`` would replace the schema with the load's);
@@ -244,7 +250,11 @@ class VertexFeatureStore(FeatureStore):
             rows = self._write_rows(spool, window)
             if rows or full:
                 self._load(spool, full=full)
-        if rows or full:
+        # A full import's snapshot holds only the records that exist; an incremental one
+        # removes the window's deleted records after merging its changed ones.
+        deleted = 0 if full else self._delete_rows(window)
+        details["rows_deleted"] = deleted
+        if rows or deleted or full:
             sync = self._sync_and_wait()
             details["feature_view_sync"] = sync.name
             details["rows_synced"] = FeatureViewSync.pb(sync).sync_summary.row_synced
@@ -256,18 +266,57 @@ class VertexFeatureStore(FeatureStore):
         )
 
     def _write_rows(self, spool: IO[bytes], window: ImportWindow) -> int:
-        """Newline-delimited JSON of the window's records, on disk so memory stays bounded."""
+        """Newline-delimited JSON of the window's records, on disk so memory stays bounded.
+
+        Every row's ``feature_timestamp`` is the window's ``opened_at`` (the database's time,
+        increasing from one import of this table to the next), not the record's
+        ``updated_at``: that is the writing host's clock, and a writer whose clock stepped back
+        would stamp an edit older than the version stored, which the merge then keeps.
+        """
+        stamp = window.opened_at.isoformat()
         rows = 0
         for chunk in feature_import.iter_changed(self.engine, window):
             for record in chunk:
                 line = {
                     "entity_id": str(record.id),
                     "text": record.text,
-                    "feature_timestamp": record.updated_at.isoformat(),
+                    "feature_timestamp": stamp,
                 }
                 spool.write(json.dumps(line).encode("utf-8") + b"\n")
             rows += len(chunk)
         return rows
+
+    def _delete_rows(self, window: ImportWindow) -> int:
+        """Remove the window's deleted records from the source table; the rows BigQuery deleted.
+
+        One DML statement per page of ids (``feature_import.IMPORT_CHUNK``), the ids as an
+        array query parameter. A deleted record's id never returns (ids are not reused), so
+        deleting after the merge cannot remove a newer version. The next sync drops the rows
+        from an Optimized online store, which serves what its source holds ("Delete a feature
+        view": only Bigtable online serving keeps the records deleted from the source). A
+        failed statement fails the import before its watermark moves, so the next import
+        deletes the same ids again.
+        """
+        query = f"DELETE FROM `{self.table}` WHERE entity_id IN UNNEST(@ids)"
+        deleted = 0
+        for record_ids in feature_import.iter_deleted(self.engine, window):
+            ids = [str(record_id) for record_id in record_ids]
+            config = bigquery.QueryJobConfig(
+                query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)]
+            )
+            try:
+                result = self.bigquery.query_and_wait(
+                    query, job_config=config, wait_timeout=self.view.sync_timeout_seconds
+                )
+            except gexc.GoogleAPICallError as exc:
+                raise VertexFeatureStoreError(
+                    f"deleting {len(ids)} deleted records (ids {ids[0]}…{ids[-1]}) from BigQuery "
+                    f"table {self.table} failed: {exc}. Check that this service account may "
+                    "update the table's data (Terraform grants it); the next import deletes "
+                    "them again."
+                ) from exc
+            deleted += result.num_dml_affected_rows or 0
+        return deleted
 
     def _load(self, spool: IO[bytes], *, full: bool) -> None:
         """The spooled rows into the source table: replaced by a full import, else merged."""

@@ -41,6 +41,7 @@ from batchinfer_dagster.ledger.intake import (
     create_batches,
     ingest_messages,
     request_new_batches,
+    write_batches,
 )
 from batchinfer_dagster.ledger.messages import (
     MAX_NESTING,
@@ -137,6 +138,7 @@ __all__ = [
     "reconcile",
     "request_key",
     "request_new_batches",
+    "write_batches",
     "request_payload",
     "settle_batch",
     "settled_batches",

@@ -57,6 +57,10 @@ class BatchClosing:
         """
         full, rest = divmod(len(received), self.max_size)
         sizes = [self.max_size] * full
-        if rest and (drained or now - received[full * self.max_size] >= self.max_wait):
+        waited = now - received[full * self.max_size] if rest else timedelta(0)
+        # A request received after `now` was stamped before the host clock stepped back: its
+        # wait cannot be measured, and waiting for the clock to catch up would hold the batch
+        # for as long as the step. It closes now.
+        if rest and (drained or waited >= self.max_wait or waited < timedelta(0)):
             sizes.append(rest)
         return sizes

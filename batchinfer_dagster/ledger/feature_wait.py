@@ -10,6 +10,10 @@ feature store wakes every waiting request at once (``wake``), whatever its backo
 that fails (the feature store down) is charged to the requests it was for: each keeps waiting,
 with the error and its next backoff recorded, and none is dead-lettered for it (an unanswered
 look-up says nothing about the record); the caller's other work goes on.
+
+A ``not_before`` is never more than ``FEATURE_BACKOFF_MAX`` ahead of the clock that wrote it. One
+further ahead was written before the host clock stepped back (NTP correcting a clock that ran
+fast), and is due now: otherwise the request would not be looked up for as long as the step.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS
 from batchinfer_dagster.ledger.intake import new_batches
-from batchinfer_dagster.ledger.runs import feature_backoff, settle_missing
+from batchinfer_dagster.ledger.runs import FEATURE_BACKOFF_MAX, feature_backoff, settle_missing
 from batchinfer_dagster.ledger.states import RequestStatus, may_leave_for
 
 # Record ids -> those of them the feature store holds (``FeatureStore.fetch``'s keys).
@@ -73,7 +77,9 @@ def recheck_waiting(
         .limit(limit)
     )
     if not wake:
-        query = query.where(table.c.not_before <= now)
+        query = query.where(
+            sa.or_(table.c.not_before <= now, table.c.not_before > now + FEATURE_BACKOFF_MAX)
+        )
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     if not rows:

@@ -250,6 +250,20 @@ def create_batches(
     The batches have no run yet: the sensor's next tick requests one per batch
     (``request_new_batches``), exactly as for batches that came through the queue.
     """
+    with engine.begin() as connection:
+        return write_batches(connection, record_ids, source=source, batch_size=batch_size, now=now)
+
+
+def write_batches(
+    connection: Connection,
+    record_ids: Sequence[int],
+    *,
+    source: str,
+    batch_size: int,
+    now: datetime,
+) -> list[str]:
+    """``create_batches`` inside the caller's transaction (a rollout writes its own rows with
+    them, so no run sees one of its batches without them)."""
     for record_id in record_ids:
         if not 0 < record_id <= MAX_RECORD_ID:
             raise InvalidRequestError(f"record id {record_id!r} is not a positive integer")
@@ -258,11 +272,10 @@ def create_batches(
         [(f"{prefix}:{index}:{position}", record_id) for position, record_id in enumerate(group)]
         for index, group in enumerate(chunked(record_ids, batch_size))
     ]
-    with engine.begin() as connection:
-        batch_keys = new_batches(connection, len(groups), now, attempts=0)
-        rows = queued_request_rows(batch_keys, groups, now)
-        if rows:
-            connection.execute(db.prediction_requests.insert(), rows)
+    batch_keys = new_batches(connection, len(groups), now, attempts=0)
+    rows = queued_request_rows(batch_keys, groups, now)
+    if rows:
+        connection.execute(db.prediction_requests.insert(), rows)
     return batch_keys
 
 

@@ -31,14 +31,18 @@ def batch_record_ids(engine: Engine, batch_key: str) -> list[int]:
 
 
 def read_predictions(
-    engine: Engine, record_ids: Iterable[int], *, model_name: str
+    engine: Engine, record_ids: Iterable[int], *, model_name: str, configuration: str = ""
 ) -> dict[int, Prediction]:
     """The current stored predictions of ``model_name`` for the given records.
 
     Current rows only: a record keeps its earlier rows under other configurations (``receipts``),
-    and "the prediction" of a record is its current row.
+    and "the prediction" of a record is its current row. With ``configuration`` (a rollout's
+    candidate digest), that configuration's rows instead, current or not.
     """
     table = db.predictions
+    which = (
+        table.c.configuration == configuration if configuration else table.c.is_current.is_(True)
+    )
     found: dict[int, Prediction] = {}
     with engine.connect() as connection:
         for chunk in chunked(sorted(set(record_ids)), db.IN_CHUNK):
@@ -47,7 +51,7 @@ def read_predictions(
                     table.c.record_id, table.c.sequence, table.c.labels, table.c.scores
                 ).where(
                     table.c.model == model_name,
-                    table.c.is_current.is_(True),
+                    which,
                     table.c.record_id.in_(chunk),
                 )
             )

@@ -86,7 +86,11 @@ def batches_to_reconcile(
                     sa.and_(
                         table.c.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]),
                         table.c.attempts >= 1,
-                        table.c.updated_at <= now - recheck_after,
+                        # Or written more than that ahead: before the host clock stepped back.
+                        sa.or_(
+                            table.c.updated_at <= now - recheck_after,
+                            table.c.updated_at > now + recheck_after,
+                        ),
                     ),
                 )
             )
@@ -137,7 +141,10 @@ def reconcile(
             return True
         if state is RunState.FINISHED or batch.status == BatchStatus.FAILED:
             return False
-        return batch.updated_at > now - stale_after  # no run yet: the daemon may still make it
+        # No run yet: the daemon may still make it, unless the batch was written longer ago than
+        # ``stale_after``, or further ahead than that (before the host clock stepped back, which
+        # would otherwise hold it for as long as the step).
+        return now - stale_after < batch.updated_at <= now + stale_after
 
     # Only batches with a run in flight are touched: a batch still without a run keeps its
     # time, so it goes stale ``stale_after`` after it was written, however often it is looked at.

@@ -30,6 +30,9 @@ from batchinfer_dagster.ledger.states import (
 from batchinfer_dagster.receipts import Configuration
 from batchinfer_protocol.zero_shot import Prediction
 
+# ``rollouts.status`` of a rollout whose batches still write candidate predictions.
+ROLLOUT_RUNNING = "running"
+
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
 FEATURE_BACKOFF_MAX = timedelta(seconds=60)
@@ -131,8 +134,13 @@ def write_predictions(
     configuration's row is written once (``prediction_configurations``). ``text_digests`` holds
     the digest of the text each record was classified from (``receipts.text_digest``).
     ``current=False`` writes candidate rows (a rollout) that leave every record's current row
-    as it is, this configuration's included.
+    as it is, this configuration's included. A deleted record gets no row (``deleted_records``,
+    whose lock keeps it so until the transaction ends).
     """
+    deleted = deleted_records(connection, list(answers))
+    answers = {
+        record_id: answer for record_id, answer in answers.items() if record_id not in deleted
+    }
     if not answers:
         return
     digest = configuration.digest
@@ -257,8 +265,27 @@ def settle_missing(
 
 
 def deleted_records(connection: Connection, record_ids: Sequence[int]) -> set[int]:
-    """Those of ``record_ids`` that were deleted (``records.delete_record``)."""
-    return db.existing_values(connection, db.record_deletions.c.record_id, sorted(set(record_ids)))
+    """Those of ``record_ids`` that were deleted (``records.delete_record``), with the rows of
+    the others locked against deletion until this transaction ends.
+
+    The lock is what makes the answer hold while the caller writes predictions. On PostgreSQL
+    (read committed) a deletion that commits between this check and the caller's commit would
+    otherwise leave a prediction of the deleted text: ``delete_record`` deletes the record's
+    predictions before this transaction's rows are visible to it. ``FOR KEY SHARE`` (the lock a
+    foreign key check takes) makes such a deletion wait for this transaction and then delete
+    what it wrote; a deletion that came first holds its row, so the lock waits for it, the row is
+    gone, and the tombstone read next (a new snapshot per statement) names it. Text edits take no
+    conflicting lock. SQLite serializes writers with its database lock and renders no clause.
+    """
+    ids = sorted(set(record_ids))
+    points = db.data_points
+    for chunk in chunked(ids, db.IN_CHUNK):
+        connection.execute(
+            sa.select(points.c.id)
+            .where(points.c.id.in_(chunk))
+            .with_for_update(read=True, key_share=True)
+        )
+    return db.existing_values(connection, db.record_deletions.c.record_id, ids)
 
 
 @dataclass(frozen=True)
@@ -281,6 +308,23 @@ class Settlement:
     now: datetime
     refused: Mapping[int, str] = field(default_factory=dict)
     text_digests: Mapping[int, str] = field(default_factory=dict)
+    # The candidate digest when the batch belongs to a rollout: its predictions are written
+    # beside the current ones (never current), and only while the rollout is running.
+    rollout: str | None = None
+
+
+def rollout_is_running(connection: Connection, candidate: str) -> bool:
+    """Whether a rollout still takes candidate predictions, its row locked until the commit.
+
+    ``rollout.discard`` updates the same row first, so on PostgreSQL a settlement either
+    commits its candidate rows before the discard deletes them, or waits and then writes none
+    (SQLite serializes writers anyway; ``FOR UPDATE`` is left out there).
+    """
+    table = db.rollouts
+    status = connection.execute(
+        sa.select(table.c.status).where(table.c.candidate == candidate).with_for_update()
+    ).scalar_one_or_none()
+    return status == ROLLOUT_RUNNING
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
@@ -298,6 +342,10 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             "configuration that made them; a Settlement with answers needs one"
         )
     with engine.begin() as connection:
+        candidate = settlement.rollout is not None
+        # A rollout closed (discarded, promoted) since its batch was written takes no more rows:
+        # its requests are done with nothing written.
+        closed = candidate and not rollout_is_running(connection, settlement.rollout)
         # A record deleted after the run fetched its features is not predicted: its requests
         # join the missing ones, which dead-letters them ("unknown record id").
         deleted = deleted_records(connection, [r.record_id for r in settlement.requests])
@@ -309,7 +357,9 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
         missing = [
             r for r in open_requests if r.record_id not in answers and r.record_id not in refusals
         ]
-        if settlement.configuration is not None:
+        if closed:
+            answers, done, refused, missing = {}, [r.message_id for r in open_requests], [], []
+        if settlement.configuration is not None and answers:
             write_predictions(
                 connection,
                 answers,
@@ -318,6 +368,7 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 batch_key=settlement.batch_key,
                 run_id=settlement.run_id,
                 now=now,
+                current=not candidate,
             )
         for chunk in chunked(done, db.IN_CHUNK):
             connection.execute(
@@ -328,7 +379,9 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 )
                 .values(status=RequestStatus.DONE, error=None, updated_at=now)
             )
-        resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
+        if not candidate:
+            # A candidate's prediction is not the record's prediction: its dead letters stay.
+            resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
         dead_letter_requests(
             connection,
             refused,

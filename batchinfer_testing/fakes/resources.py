@@ -18,9 +18,9 @@ from dagster import ConfigurableResource
 from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.model_client import ModelClient
 from batchinfer_dagster.clients.queue import LocalQueueConfig, RequestQueue
-from batchinfer_dagster.resources.feature_store import FeatureStoreResource
-from batchinfer_dagster.resources.model_server import ModelServerResource
-from batchinfer_dagster.resources.request_queue import RequestQueueResource
+from batchinfer_dagster.defs.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
+from batchinfer_dagster.defs.resources.request_queue import RequestQueueResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import resources_of
 from batchinfer_testing.fakes.feature_store import InMemoryFeatureStore

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.body_budget import BodyBudget, BodyBudgetFullError, BodyHold
 from model_server.connection_guard import ensure_file_limit, guarded_protocol
 from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
@@ -45,11 +46,15 @@ class ModelService:
             backend,
             max_batch_rows=settings.model_batch_pool_rows,
             max_wait_seconds=settings.model_batch_wait_ms / 1000,
+            fair_quantum_rows=settings.model_max_batch_size,
             observer=BatchObserver(
                 on_batch=metrics.observe_batch,
                 on_prepare=metrics.prepare_seconds.observe,
                 on_queue_depth=metrics.queue_depth.set,
             ),
+        )
+        self.body_budget = BodyBudget(
+            settings.model_body_budget_bytes, on_change=metrics.body_budget_held_bytes.set
         )
         backend.shapes.on_unwarmed = lambda shape: metrics.unwarmed_shapes.inc()
         backend.shapes.on_forward = metrics.observe_forward
@@ -107,8 +112,9 @@ def error_response(status_code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to be too large.
+async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be too large, and with 429
+    when the server's body budget cannot hold it (`hold` grows to cover it).
 
     Content-Length is checked first, and the bytes actually read too, since a chunked body has
     no Content-Length and a client may send more than it announced.
@@ -123,6 +129,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
                 413,
                 f"body of {declared:.40} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)",
             )
+        hold.cover(int(declared))
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -131,11 +138,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise RequestError(
                 413, f"body over {max_bytes} bytes (MODEL_MAX_BODY_BYTES): split the request"
             )
+        hold.cover(size)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def read_body_within(request: Request, settings: ServerSettings) -> bytes:
+async def read_body_within(request: Request, settings: ServerSettings, hold: BodyHold) -> bytes:
     """The body, received within MODEL_BODY_TIMEOUT_SECONDS of the end of the headers.
 
     The deadline is for the whole body, not between reads: a client trickling a byte at a time
@@ -144,7 +152,7 @@ async def read_body_within(request: Request, settings: ServerSettings) -> bytes:
     """
     try:
         async with asyncio.timeout(settings.model_body_timeout_seconds):
-            return await read_body(request, settings.model_max_body_bytes)
+            return await read_body(request, settings.model_max_body_bytes, hold)
     except TimeoutError:
         raise RequestError(
             408,
@@ -216,17 +224,20 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
             else service.loading_state()
         )
         return error_response(503, f"the model is not ready ({state}); retry after /health is 200")
-    try:
-        body = await read_body_within(request, service.settings)
-    except RequestError as error:
-        # The rest of the body may still be on its way: the connection is not reused.
-        return JSONResponse(
-            error.body(), status_code=error.status_code, headers={"connection": "close"}
-        )
-    try:
-        instances = parse_predict_request(body, service.settings)
-    except RequestError as error:
-        return JSONResponse(error.body(), status_code=error.status_code)
+    with service.body_budget.hold() as hold:
+        try:
+            body = await read_body_within(request, service.settings, hold)
+        except RequestError as error:
+            # The rest of the body may still be on its way: the connection is not reused.
+            headers = {"connection": "close"}
+            if isinstance(error, BodyBudgetFullError):
+                headers["retry-after"] = str(error.retry_after_seconds)
+            return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+        try:
+            instances = parse_predict_request(body, service.settings)
+        except RequestError as error:
+            return JSONResponse(error.body(), status_code=error.status_code)
+        del body  # the budget is given back here: what is held from now on is the instances
     try:
         predictions = await service.batcher.predict(instances)
     except ShuttingDownError as error:

@@ -12,6 +12,15 @@ MODEL_MAX_BATCH_TOKENS padded tokens: a pool much larger than one forward batch 
 padding low when lengths vary. A large request is simply many instances: it is split across
 pools and can share them with others.
 
+Pools are formed fairly between requests, not in arrival order: the queue keeps one line per
+request and serves the lines by deficit round-robin on model rows (Shreedhar and Varghese,
+"Efficient fair queuing using deficit round robin", SIGCOMM 1995). A request of 256 texts and 64
+labels queued first no longer holds the model for the 16,384 rows ahead of a one-text request
+that comes after it: the small request's instance joins the next pool that is formed, so it is
+answered within four pools (the one computing, the one prepared, the one the collector holds
+ready, the next), whatever the size of the large one. The large request's answers are
+unchanged; only the order of its pools is.
+
 A pool that fails (in either stage) is retried one instance at a time, so an instance the
 model cannot take fails only its own request and never the requests it shared a pool with.
 """
@@ -22,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +54,77 @@ class Pending:
     future: asyncio.Future[Prediction]
     rows: int
     enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class FairQueue:
+    """Instances waiting for a pool, one line per request, served by deficit round-robin.
+
+    Each request (a `line`, any hashable key) with instances waiting is in a ring. The line at
+    the ring's head may hand out instances while its deficit covers their rows; when it cannot,
+    it gains `quantum_rows` and goes to the back of the ring. A line that empties leaves the
+    ring and forgets its deficit (the algorithm's rule: credit is not saved up while idle). With
+    the quantum at least the rows of the largest instance, every visit hands out at least one
+    instance, so one `get_nowait` is O(1) rotations. Within a line, instances keep their order.
+
+    Its interface is the part of `asyncio.Queue` the batcher uses (`get`, `get_nowait`,
+    `empty`, `qsize`), with `put_nowait` naming the line.
+    """
+
+    def __init__(self, quantum_rows: int) -> None:
+        if quantum_rows < 1:
+            raise ValueError(f"quantum_rows must be at least 1, got {quantum_rows}")
+        self.quantum_rows = quantum_rows
+        self.lines: dict[object, deque[Pending]] = {}
+        self.deficits: dict[object, int] = {}
+        self.ring: deque[object] = deque()
+        self.size = 0
+        self.not_empty = asyncio.Event()
+
+    def put_nowait(self, line: object, pending: Pending) -> None:
+        """Queue `pending` at the end of its request's line."""
+        queued = self.lines.get(line)
+        if queued is None:
+            queued = self.lines[line] = deque()
+            self.deficits[line] = 0
+            self.ring.append(line)
+        queued.append(pending)
+        self.size += 1
+        self.not_empty.set()
+
+    def empty(self) -> bool:
+        return self.size == 0
+
+    def qsize(self) -> int:
+        return self.size
+
+    def get_nowait(self) -> Pending:
+        """The next instance in deficit round-robin order; `asyncio.QueueEmpty` when none."""
+        if self.size == 0:
+            raise asyncio.QueueEmpty
+        line = self.ring[0]
+        queued = self.lines[line]
+        rows = queued[0].rows
+        if self.deficits[line] < rows:
+            # A new turn for this line. An instance larger than the quantum still goes in one
+            # turn (its line then waits a turn's worth of rows less next time round).
+            self.deficits[line] += max(self.quantum_rows, rows)
+        self.deficits[line] -= rows
+        pending = queued.popleft()
+        self.size -= 1
+        if not queued:
+            del self.lines[line], self.deficits[line]
+            self.ring.popleft()
+        elif self.deficits[line] < queued[0].rows:
+            self.ring.rotate(-1)
+        if self.size == 0:
+            self.not_empty.clear()
+        return pending
+
+    async def get(self) -> Pending:
+        """The next instance, waiting for one if none is queued."""
+        while self.size == 0:
+            await self.not_empty.wait()
+        return self.get_nowait()
 
 
 @dataclass
@@ -72,13 +153,16 @@ class DynamicBatcher:
         backend: Backend,
         max_batch_rows: int,
         max_wait_seconds: float,
+        fair_quantum_rows: int,
         observer: BatchObserver | None = None,
     ) -> None:
+        """`fair_quantum_rows`: the model rows a request may add to pools per turn of the
+        round-robin between requests (the server passes one forward batch, MODEL_MAX_BATCH_SIZE)."""
         self.backend = backend
         self.max_batch_rows = max_batch_rows
         self.max_wait_seconds = max_wait_seconds
         self.observer = observer or BatchObserver()
-        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.queue = FairQueue(fair_quantum_rows)
         # One pool waits, prepared, while another computes: tokenizing further ahead would
         # only make pools smaller than the backlog allows.
         self.prepared: asyncio.Queue[PreparedPool] = asyncio.Queue(maxsize=1)
@@ -116,9 +200,10 @@ class DynamicBatcher:
         """Predictions for the instances, in their order, once their batches have run."""
         loop = asyncio.get_running_loop()
         futures = []
+        line = object()  # this request's line in the fair queue
         for instance in instances:
             future: asyncio.Future[Prediction] = loop.create_future()
-            self.queue.put_nowait(Pending(instance, future, self.backend.rows(instance)))
+            self.queue.put_nowait(line, Pending(instance, future, self.backend.rows(instance)))
             futures.append(future)
         self.observer.on_queue_depth(self.queue.qsize())
         try:

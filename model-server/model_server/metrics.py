@@ -110,6 +110,11 @@ class ServerMetrics:
             "Instances waiting for a batch.",
             registry=self.registry,
         )
+        self.body_budget_held_bytes = Gauge(
+            "model_server_body_budget_held_bytes",
+            "Bytes of request bodies held now, against MODEL_BODY_BUDGET_BYTES (body_budget.py).",
+            registry=self.registry,
+        )
 
     def observe_batch(self, instances: int, rows: int, seconds: float) -> None:
         self.batch_instances.observe(instances)

@@ -24,6 +24,7 @@ from model_server.shapes import (
     Shape,
     ShapeLedger,
     ShapePlan,
+    WarmUpScope,
     length_buckets,
     pad_batch,
     warm_up,
@@ -59,7 +60,10 @@ class ForwardOptions:
     compile: wrap the model in `torch.compile(dynamic=True)` (MODEL_COMPILE; torch only).
     cuda_graphs: capture a CUDA graph of every warmed shape (MODEL_CUDA_GRAPHS; torch runtime
         on a CUDA device, not compiled; elsewhere it changes nothing).
-    warm_up: run every forward shape once at load (MODEL_WARMUP); off only for tests.
+    warm_up: run forward shapes once at load (MODEL_WARMUP); off only for tests.
+    warm_up_shapes: which (MODEL_WARMUP_SHAPES): "all" of the plan's, its two "ends", or
+        "auto": all on CUDA (where a new shape costs ~100 ms, and CUDA graphs need every
+        shape), the ends on CPU (where it costs nothing measurable: see `shapes`).
     cache_dir: where exported ONNX models are kept (MODEL_CACHE_DIR).
     threads: CPU threads for the runtime, 0 for its default (MODEL_TORCH_THREADS).
     """
@@ -72,6 +76,7 @@ class ForwardOptions:
     compile: bool = False
     cuda_graphs: bool = False
     warm_up: bool = True
+    warm_up_shapes: Literal["auto", "all", "ends"] = "auto"
     cache_dir: str = "/tmp/model_server_cache"
     threads: int = 0
 
@@ -83,6 +88,12 @@ class ForwardOptions:
         if self.cuda_graphs and on_cuda and not self.compile:
             return ShapeGraphs(call, device)
         return None
+
+    def warm_up_scope(self, device: torch.device) -> WarmUpScope:
+        """The shapes to warm on this device ("auto" resolved)."""
+        if self.warm_up_shapes != "auto":
+            return self.warm_up_shapes
+        return "all" if device.type == "cuda" else "ends"
 
     def shape_plan(self, device: torch.device, max_length: int) -> ShapePlan:
         """The buckets of a model whose sequences hold at most `max_length` tokens."""
@@ -302,10 +313,17 @@ class BucketedForward:
         self.stages.device_busy(self.device_clock.settle())
         return rows
 
-    def warm_up(self, row: dict[str, list[int]], stop: threading.Event | None = None) -> None:
-        """Run every shape of the plan once (see `shapes.warm_up`), capturing its CUDA graph
-        when `graphs` is set, then mark the ledger warm."""
+    def warm_up(
+        self,
+        row: dict[str, list[int]],
+        stop: threading.Event | None = None,
+        scope: WarmUpScope = "all",
+    ) -> None:
+        """Run the `scope` shapes of the plan once (see `shapes.warm_up`), capturing each one's
+        CUDA graph when `graphs` is set, then mark the ledger warm."""
         started = time.perf_counter()
+        if self.graphs is not None:
+            scope = "all"  # a shape without its graph would run eagerly
 
         def run(inputs: dict[str, np.ndarray]) -> None:
             rows, length = inputs["input_ids"].shape
@@ -315,7 +333,7 @@ class BucketedForward:
             else:
                 self.forward(inputs)
 
-        count = warm_up(self.plan, row, self.input_names, run, stop)
+        count = warm_up(self.plan, row, self.input_names, run, stop, scope)
         if self.graphs is not None:
             self.ledger.graphs = len(self.graphs.captured)
-        self.ledger.warmed(count, time.perf_counter() - started)
+        self.ledger.warmed(count, time.perf_counter() - started, every_shape=scope == "all")

@@ -47,6 +47,8 @@ class ServerSettings(BaseSettings):
     # bench/bench_gpu.py has measured them on a GPU. Nothing changes on CPU.
     model_cuda_graphs: bool = False
     model_warmup: bool = True
+    # auto: every shape on CUDA, the plan's two ends on CPU (runtime.ForwardOptions).
+    model_warmup_shapes: Literal["auto", "all", "ends"] = "auto"
     model_cache_dir: str = "/tmp/model_server_cache"
 
     model_max_batch_size: int = Field(64, ge=1)
@@ -76,6 +78,10 @@ class ServerSettings(BaseSettings):
     # body may hold is a client sending at least 175 KB/s. A response the client does not read
     # has as long, from when it outgrows the transport's buffer; then the connection is aborted.
     model_body_timeout_seconds: float = Field(60.0, gt=0)
+    # Bytes of request bodies held at once, all connections together (body_budget.py): past it a
+    # request is answered 429 with Retry-After before its body is read. 64 MiB: six bodies at
+    # the 10 MiB limit, or thousands of the pipeline's usual few-KB chunks.
+    model_body_budget_bytes: int = Field(64 * 1024 * 1024, ge=1)
 
     model_default_labels: str = ",".join(DEFAULT_LABELS)
     model_default_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
@@ -102,6 +108,16 @@ class ServerSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> ServerSettings:
+        if self.model_body_budget_bytes < self.model_max_body_bytes:
+            raise ValueError(
+                f"MODEL_BODY_BUDGET_BYTES={self.model_body_budget_bytes} is smaller than "
+                f"MODEL_MAX_BODY_BYTES={self.model_max_body_bytes}: a body at the limit could "
+                "never be read; make it at least as large"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_dtype(self) -> ServerSettings:
         if self.model_fp16 and self.model_dtype not in ("auto", "float16"):
             raise ValueError(
@@ -121,6 +137,7 @@ class ServerSettings(BaseSettings):
             compile=self.model_compile,
             cuda_graphs=self.model_cuda_graphs,
             warm_up=self.model_warmup,
+            warm_up_shapes=self.model_warmup_shapes,
             cache_dir=self.model_cache_dir,
             threads=self.model_torch_threads,
         )

@@ -212,3 +212,55 @@ def test_read_health_names_the_servers_state(answer: httpx.Response | None, stat
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         assert read_health(client, "http://model.test/health") == state
+
+
+def busy_then_ready(busy_answers: int, retry_after: str) -> tuple[HttpModelClient, list[float]]:
+    """A server that answers 429 with ``Retry-After`` ``busy_answers`` times, then predicts;
+    the client's clock moves only when it sleeps."""
+    slept: list[float] = []
+    calls = iter(range(1000))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if next(calls) < busy_answers:
+            return httpx.Response(429, headers={"retry-after": retry_after}, json={"error": "busy"})
+        return predictions(json.loads(request.content)["instances"], "org/model")
+
+    config = HttpModelClientConfig(
+        url="http://model.test",
+        timeout_seconds=120,
+        chunk_size=256,
+        max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
+    )
+    client = HttpModelClient(config, clock=lambda: sum(slept), sleep=slept.append)
+    client.client = httpx.Client(transport=httpx.MockTransport(handler))
+    return client, slept
+
+
+def test_a_busy_server_is_sent_again_after_its_retry_after() -> None:
+    client, slept = busy_then_ready(3, "1")
+    assert [p.sequence for p in client.predict(["t"], PARAMETERS).predictions] == ["t"]
+    assert slept == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waits"),
+    [(str(int(READY_WAIT_SECONDS)), True), (str(int(READY_WAIT_SECONDS) + 1), False)],
+    ids=["at-the-bound", "one-second-past"],
+)
+def test_the_wait_a_busy_server_asks_for_is_bounded(retry_after: str, waits: bool) -> None:
+    client, slept = busy_then_ready(1, retry_after)
+    if waits:
+        assert client.predict(["t"], PARAMETERS).model == "org/model"
+        assert slept == [READY_WAIT_SECONDS]
+    else:
+        with pytest.raises(TransientModelError, match=f"Retry-After: {retry_after}.0 past"):
+            client.predict(["t"], PARAMETERS)
+        assert slept == []
+
+
+@pytest.mark.parametrize("retry_after", ["", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "1" * 7])
+def test_a_429_without_usable_retry_after_is_transient_at_once(retry_after: str) -> None:
+    client, slept = busy_then_ready(1, retry_after)
+    with pytest.raises(TransientModelError, match="answered 429"):
+        client.predict(["t"], PARAMETERS)
+    assert slept == []

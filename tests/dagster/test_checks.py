@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from dagster import AssetCheckSeverity, DagsterInstance, RunRequest
 
 from batchinfer_dagster import ledger
-from batchinfer_dagster.checks import RECORDS_PREDICTED
 from batchinfer_dagster.clients.queue import ReceivedMessage
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.checks import RECORDS_PREDICTED
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs
 from batchinfer_testing.deployment import engine_of

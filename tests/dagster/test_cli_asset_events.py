@@ -14,7 +14,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 # Dagster's in-process observation of source assets (not exported at the top level in 1.13).
 from dagster._core.definitions.observe import observe
 
-from batchinfer_dagster.assets import data_points, features
+from batchinfer_dagster.defs.assets import data_points, features
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import resources_of
 

@@ -12,7 +12,7 @@ import time
 from dagster import DagsterInstance, RunRequest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (

@@ -20,13 +20,13 @@ from dagster import (
 
 from batchinfer_dagster import ledger
 from batchinfer_dagster.definitions import defs
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.database import PostgresDatabase, SqliteDatabase
-from batchinfer_dagster.resources.feature_store import LocalFeatureStoreResource
-from batchinfer_dagster.resources.model_server import HttpModelServer, VertexModelEndpoint
-from batchinfer_dagster.resources.request_queue import LocalRequestQueue, PubSubRequestQueue
-from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.resources.database import PostgresDatabase, SqliteDatabase
+from batchinfer_dagster.defs.resources.feature_store import LocalFeatureStoreResource
+from batchinfer_dagster.defs.resources.model_server import HttpModelServer, VertexModelEndpoint
+from batchinfer_dagster.defs.resources.request_queue import LocalRequestQueue, PubSubRequestQueue
+from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeatureStoreResource
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
 
@@ -38,6 +38,7 @@ def test_definitions_load_with_lineage_checks_and_sensor() -> None:
         AssetKey("data_points"),
         AssetKey("features"),
         AssetKey("predictions"),
+        AssetKey("rollout_report"),
     }
     assert graph.get(AssetKey("data_points")).is_observable
     assert not graph.get(AssetKey("data_points")).is_materializable

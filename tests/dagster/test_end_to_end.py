@@ -18,10 +18,10 @@ import yaml
 from dagster import AssetKey, DagsterInstance, RunRequest, materialize
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import data_points, features
-from batchinfer_dagster.checks import PREDICTION_CHECK_SPECS
 from batchinfer_dagster.definitions import build_definitions
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.assets import data_points, features
+from batchinfer_dagster.defs.checks import PREDICTION_CHECK_SPECS
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop
 from batchinfer_testing.deployment import TEXTS, engine_of, open_queue, resources_of, rows

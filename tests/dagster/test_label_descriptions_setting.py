@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer_dagster.deployments import model_server_for
+from batchinfer_dagster.defs.deployments import model_server_for
 from batchinfer_dagster.settings import Settings, SettingsError
 
 # Names that mean nothing to the model: only the file's descriptions can tell them apart.

@@ -12,7 +12,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.test_utils import create_run_for_test
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.sensors import (
+from batchinfer_dagster.defs.sensors import (
     PARTITION_TAG,
     RUN_KEY_TAG,
     TickOutcome,

@@ -9,7 +9,7 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.definitions import build_definitions
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, resources_of, rows
 

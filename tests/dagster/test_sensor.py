@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, materialize
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.assets import data_points, features
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.processes import free_port
+from batchinfer_dagster.defs.assets import data_points, features
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.sensors import (
+    TickOutcome,
+    newest_features_materialization,
+    process_tick,
+)
 from batchinfer_dagster.records import add_records
-from batchinfer_dagster.sensors import TickOutcome, newest_features_materialization, process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
@@ -26,6 +29,7 @@ from batchinfer_testing.deployment import (
     resources_of,
     rows,
 )
+from batchinfer_testing.processes import free_port
 from batchinfer_testing.queues import FaultInjectingQueue
 from tests.test_cli import run as run_cli
 

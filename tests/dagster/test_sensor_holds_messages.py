@@ -14,7 +14,7 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.clients.queue import DeadlineExtender
-from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import local_feature_store, open_queue, resources_of
 from tests.conftest import pubsub_settings

@@ -12,7 +12,7 @@ from dagster import AssetCheckSeverity, DagsterInstance
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.definitions import build_definitions
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.prediction import configuration_of
 from batchinfer_dagster.receipts import ModelIdentity, text_digest
 from batchinfer_dagster.settings import Settings

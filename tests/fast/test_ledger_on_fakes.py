@@ -15,8 +15,8 @@ from dagster import DagsterInstance
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.model_client import TransientModelError
 from batchinfer_dagster.clients.queue import LocalQueueConfig
+from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.prediction import Predictor
-from batchinfer_dagster.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, resources_of, rows
 from batchinfer_testing.fakes.feature_store import InMemoryFeatureStore

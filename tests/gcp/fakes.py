@@ -246,6 +246,8 @@ class FakeBigQuery:
     deleted: list[str] = field(default_factory=list)
     # Answer table deletions 403, as BigQuery does an account without bigquery.tables.delete.
     refuse_deletes: bool = False
+    # Answer DML DELETE statements 403, as BigQuery does without bigquery.tables.updateData.
+    refuse_row_deletes: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -257,6 +259,7 @@ class FakeBigQuery:
             self.queries.clear()
             self.deleted.clear()
             self.refuse_deletes = False
+            self.refuse_row_deletes = False
 
     def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
         """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
@@ -349,16 +352,55 @@ class FakeBigQuery:
                     affected += 1
             return affected
 
+    def delete_rows(self, table: str, entity_ids: list[str]) -> int:
+        """The store's DML DELETE: rows whose entity id is in ``entity_ids``; how many went."""
+        with self.lock:
+            rows = self.tables[table]
+            kept = [row for row in rows if row["entity_id"] not in set(entity_ids)]
+            self.tables[table] = kept
+            return len(rows) - len(kept)
+
+    def _delete_statement(
+        self, table: str, body: dict[str, Any], reference: dict[str, str]
+    ) -> dict[str, Any]:
+        """``DELETE FROM `t` WHERE entity_id IN UNNEST(@ids)`` with ``ids`` an ARRAY<STRING>
+        query parameter, checked as BigQuery checks it (an INT64 array against the STRING
+        column has no matching signature)."""
+        if self.refuse_row_deletes:
+            message = f"Access Denied: Table {table}: Permission bigquery.tables.updateData denied"
+            return {"error": {"code": 403, "message": message}}
+        with self.lock:
+            if table not in self.tables:
+                return {"error": {"code": 404, "message": f"Not found: Table {table}"}}
+        [parameter] = body["queryParameters"]
+        kind = parameter["parameterType"]
+        if parameter["name"] != "ids" or kind != {"type": "ARRAY", "arrayType": {"type": "STRING"}}:
+            message = f"No matching signature for operator IN UNNEST for {kind}"
+            return {"error": {"code": 400, "message": message}}
+        ids = [value["value"] for value in parameter["parameterValue"].get("arrayValues", [])]
+        return {
+            "kind": "bigquery#queryResponse",
+            "jobReference": reference,
+            "jobComplete": True,
+            "numDmlAffectedRows": str(self.delete_rows(table, ids)),
+        }
+
     def query(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Answers the three queries the store sends, and only those.
+        """Answers the four queries the store sends, and only those.
 
         ``SELECT entity_id, text FROM `t` QUALIFY <latest per entity_id> ORDER BY … LIMIT
         @limit``, ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t``` and the import's
         ``MERGE `t` AS target USING (SELECT … FROM `staging` QUALIFY <latest per entity_id>)
-        … WHEN MATCHED AND <newer> THEN UPDATE … WHEN NOT MATCHED THEN INSERT …``.
+        … WHEN MATCHED AND <newer> THEN UPDATE … WHEN NOT MATCHED THEN INSERT …`` and the
+        import's ``DELETE FROM `t` WHERE entity_id IN UNNEST(@ids)``.
         """
         self.queries.append(body["query"])
         reference = {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"}
+        delete = re.fullmatch(
+            r"DELETE FROM `([^`]+)` WHERE entity_id IN UNNEST\(@ids\)", body["query"]
+        )
+        if delete:
+            return self._delete_statement(delete[1], body, reference)
         merge = re.fullmatch(
             r"MERGE `([^`]+)` AS target USING \(SELECT entity_id, text, feature_timestamp "
             r"FROM `([^`]+)` QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY entity_id ORDER BY "

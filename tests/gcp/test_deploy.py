@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batchinfer_dagster.deploy import (
+from model_server.vertex_deploy import (
     DeployedModel,
     deploy_arguments,
     deploy_model,

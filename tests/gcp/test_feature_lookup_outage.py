@@ -12,7 +12,7 @@ from dagster import DagsterInstance
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStoreUnavailableError
 from batchinfer_dagster.clients.vertex_feature_store import VertexFeatureStoreError
-from batchinfer_dagster.sensors import process_tick
+from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import (
     engine_of,

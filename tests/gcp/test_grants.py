@@ -132,7 +132,7 @@ CALLS: dict[str, tuple[Call, ...]] = {
         LOGS,
         *dagster_storage("daemon"),
         # The sensor: intake, ack, and the lease of the messages it holds.
-        Call("batchinfer_dagster.sensors:process_tick", "queue.pull(",
+        Call("batchinfer_dagster.defs.sensors:process_tick", "queue.pull(",
              "pubsub.subscriptions.consume", REQUESTS_SUBSCRIPTION),
         Call(f"{PUBSUB}._pull_once", "self.subscriber.pull(",
              "pubsub.subscriptions.consume", REQUESTS_SUBSCRIPTION),
@@ -141,10 +141,10 @@ CALLS: dict[str, tuple[Call, ...]] = {
         Call(f"{PUBSUB}._modify_ack_deadline", "modify_ack_deadline(",
              "pubsub.subscriptions.consume", REQUESTS_SUBSCRIPTION),
         # What Pub/Sub dead-lettered, read back into dead_letters.
-        Call("batchinfer_dagster.sensors:read_back_dead_letters", "pull_dead_letters(",
+        Call("batchinfer_dagster.defs.sensors:read_back_dead_letters", "pull_dead_letters(",
              "pubsub.subscriptions.consume", DEAD_LETTER_SUBSCRIPTION),
         # The requests waiting for features, looked up again.
-        Call("batchinfer_dagster.sensors:process_tick", "feature_store.fetch(",
+        Call("batchinfer_dagster.defs.sensors:process_tick", "feature_store.fetch(",
              "aiplatform.featureViews.fetchFeatureValues", PROJECT),
         *FETCH,
         # Each run is an execution of the run-worker job, as the run-worker account; run
@@ -171,7 +171,7 @@ CALLS: dict[str, tuple[Call, ...]] = {
         Call("batchinfer_dagster.clients.vertex_model_client:VertexModelClient._predict",
              "client.predict(", "aiplatform.endpoints.predict", PROJECT),
         # features: the import into BigQuery and the FeatureView sync.
-        Call("batchinfer_dagster.assets:features", "import_records(",
+        Call("batchinfer_dagster.defs.assets:features", "import_records(",
              "aiplatform.featureViews.sync", PROJECT),
         *IMPORT,
         *COUNT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from google.api_core import retry as api_retry
 from google.cloud import bigquery
 from sqlalchemy import Engine
 
-from batchinfer_dagster import db
+from batchinfer_dagster import db, feature_import
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
 from batchinfer_dagster.clients.vertex_feature_store import (
     FeatureOnlineStoreAdminServiceClient,
@@ -23,8 +24,10 @@ from batchinfer_dagster.clients.vertex_feature_store import (
     VertexFeatureView,
     serving_endpoint,
 )
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeatureStoreResource
+from batchinfer_dagster.records import add_records as add_texts
+from batchinfer_dagster.records import delete_record, edit_record
 from batchinfer_dagster.settings import Settings
 from tests.gcp.conftest import PROJECT, TABLE
 from tests.gcp.fakes import FakeBigQuery, FakeVertex
@@ -420,35 +423,176 @@ def test_optimized_store_is_served_from_its_public_endpoint(
     assert serving_endpoint(admin, name) == fake_vertex.public_endpoint
 
 
-def test_an_older_version_never_replaces_a_newer_stored_row(
+def test_an_older_import_merged_after_a_newer_one_changes_nothing(
     vertex_settings: Settings,
     engine: Engine,
     bigquery_client: bigquery.Client,
     fake_bigquery: FakeBigQuery,
     fake_vertex: FakeVertex,
 ) -> None:
-    """An import that reads an older version (one retried after a later import) merges
-    nothing over the newer row; a version at the same instant is the same value."""
+    """Two imports at once: the slow one opened its window (reading the database's time) and
+    read its rows before a record was edited; the fast one did both after, and merges first.
+    The slow one's rows are stamped earlier, so its older text never replaces the newer row."""
     fake_bigquery.create_table(TABLE, terraform_table_schema())
-    newer = (T0 + timedelta(minutes=5)).isoformat()
-    fake_bigquery.tables[TABLE].append(
-        {"entity_id": "1", "text": "newer", "feature_timestamp": newer}
-    )
     add_at(engine, T0, "older", "b")
-    store = make_store(
-        vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0 + timedelta(minutes=1))
+    slow = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    slow_window = feature_import.open_window(engine, slow.target)
+    with tempfile.TemporaryFile() as spool:
+        assert slow._write_rows(spool, slow_window) == 2  # noqa: SLF001 - interleaved steps
+        with engine.begin() as connection:
+            connection.execute(
+                sa.update(db.data_points).where(db.data_points.c.id == 1).values(text="newer")
+            )
+        fast = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+        assert fast.import_records().rows_imported == 2
+
+        slow._load(spool, full=False)  # noqa: SLF001 - the slow import merges last
+
+    assert sorted((r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)) == [
+        ("1", "newer"),
+        ("2", "b"),
+    ]
+    merges = [query for query in fake_bigquery.queries if query.startswith("MERGE")]
+    assert len(merges) == 2
+    assert all("source.feature_timestamp >= target.feature_timestamp" in q for q in merges)
+
+
+def test_an_edit_by_a_writer_whose_clock_stepped_back_is_served(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    """The first version is stamped an hour ahead by a fast clock, the edit an hour earlier
+    after the clock stepped back: the edit still replaces it on BigQuery and online, because
+    the rows carry each import's database time, not the writer's ``updated_at``."""
+    add_at(engine, T0 + timedelta(hours=1), "first version")
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    store.import_records()
+    [first] = fake_bigquery.rows(TABLE)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(db.data_points).values(text="the edit", updated_at=T0 - timedelta(hours=1))
+        )
+
+    store.import_records()
+
+    [row] = fake_bigquery.rows(TABLE)
+    assert row["text"] == "the edit"
+    assert datetime.fromisoformat(row["feature_timestamp"]) > datetime.fromisoformat(
+        first["feature_timestamp"]
+    )
+    assert store.fetch([1]) == {1: "the edit"}
+
+
+def test_a_deleted_record_leaves_the_source_table_and_the_online_store(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    ids = add_texts(engine, ["keep", "erase", "change then erase"])
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    store.import_records()
+    delete_record(engine, ids[1])
+    edit_record(engine, ids[2], "changed")
+    delete_record(engine, ids[2])
+
+    result = store.import_records()
+
+    # Nothing changed that still exists, yet the deletions are applied and synced.
+    assert (result.rows_imported, result.details["rows_deleted"]) == (0, 2)
+    assert len(fake_vertex.syncs) == 2
+    [delete] = [query for query in fake_bigquery.queries if query.startswith("DELETE")]
+    assert delete == f"DELETE FROM `{TABLE}` WHERE entity_id IN UNNEST(@ids)"
+    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [("1", "keep")]
+    assert store.fetch(ids) == {ids[0]: "keep"}
+    assert store.list_records(10) == ([(ids[0], "keep")], 1)
+    assert result.total_records == 1
+    again = store.import_records()  # the tombstones are behind the watermark now
+    assert (again.rows_imported, again.details["rows_deleted"]) == (0, 0)
+    assert len(fake_vertex.syncs) == 2
+    store.close()
+
+
+def test_full_import_rebuilds_exactly_the_current_records_on_vertex(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    """A row with no record (written by hand, or left before deletions reached Vertex) and a
+    deleted record: after ``--full`` BigQuery and the online store hold the current records."""
+    ids = add_texts(engine, ["a", "b", "c"])
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    store.import_records()
+    stray = {"entity_id": "999", "text": "no such record", "feature_timestamp": T0.isoformat()}
+    fake_bigquery.tables[TABLE].append(stray)
+    delete_record(engine, ids[0])
+    edit_record(engine, ids[1], "b, edited")
+
+    result = store.import_records(full=True)
+
+    current = {ids[1]: "b, edited", ids[2]: "c"}
+    assert (result.rows_imported, result.details["rows_deleted"]) == (2, 0)
+    assert {int(r["entity_id"]): r["text"] for r in fake_bigquery.rows(TABLE)} == current
+    assert fake_vertex.online == {str(i): text for i, text in current.items()}
+    assert store.fetch([*ids, 999]) == current
+    assert not [query for query in fake_bigquery.queries if query.startswith("DELETE")]
+
+
+def test_a_refused_row_delete_fails_the_import_and_the_next_deletes_again(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    ids = add_texts(engine, ["keep", "erase"])
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    store.import_records()
+    watermark = feature_import.stored_watermark(engine, store.target)
+    delete_record(engine, ids[1])
+    fake_bigquery.refuse_row_deletes = True
+
+    with pytest.raises(VertexFeatureStoreError, match=r"deleting 1 deleted records \(ids 2…2\)"):
+        store.import_records()
+
+    assert feature_import.stored_watermark(engine, store.target) == watermark
+    assert len(fake_vertex.syncs) == 1
+    assert store.fetch([ids[1]]) == {ids[1]: "erase"}  # still served until an import succeeds
+    fake_bigquery.refuse_row_deletes = False
+    assert store.import_records().details["rows_deleted"] == 1
+    assert store.fetch(ids) == {ids[0]: "keep"}
+
+
+def test_deletions_go_in_statements_of_one_page_of_ids(
+    vertex_settings: Settings,
+    engine: Engine,
+    bigquery_client: bigquery.Client,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Page size 2, three deletions: two DELETE statements (2 + 1 ids), all three rows gone."""
+    ids = add_texts(engine, ["a", "b", "c", "d"])
+    store = make_store(vertex_settings, engine, bigquery_client, wall_clock=WallClock(T0))
+    store.import_records()
+    for record_id in ids[:3]:
+        delete_record(engine, record_id)
+    pages = feature_import.iter_deleted
+    monkeypatch.setattr(
+        feature_import, "iter_deleted", lambda engine, window: pages(engine, window, chunk=2)
     )
 
     result = store.import_records()
 
-    assert result.rows_imported == 2
-    assert [(r["entity_id"], r["text"]) for r in fake_bigquery.rows(TABLE)] == [
-        ("1", "newer"),
-        ("2", "b"),
-    ]
-    [merge] = [query for query in fake_bigquery.queries if query.startswith("MERGE")]
-    assert f"MERGE `{TABLE}` AS target" in merge
-    assert "source.feature_timestamp >= target.feature_timestamp" in merge
+    assert result.details["rows_deleted"] == 3
+    assert len([query for query in fake_bigquery.queries if query.startswith("DELETE")]) == 2
+    assert [r["entity_id"] for r in fake_bigquery.rows(TABLE)] == [str(ids[3])]
 
 
 def test_a_failed_merge_keeps_the_watermark_and_drops_its_staging_table(

@@ -22,8 +22,8 @@ from batchinfer_dagster.clients.vertex_model_client import (
     parse_endpoint_url,
     refusal_of,
 )
-from batchinfer_dagster.deployments import resources_for
-from batchinfer_dagster.resources.model_server import VertexModelEndpoint
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.resources.model_server import VertexModelEndpoint
 from batchinfer_dagster.settings import Settings
 from tests.gcp.fakes import FakeVertex
 

@@ -70,6 +70,7 @@ def import_blocking(module: str, blocked: list[str]) -> subprocess.CompletedProc
         ("batchinfer_dagster.ledger", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.ledger.batch_keys", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.prediction", DAGSTER + GOOGLE + QUEUE_AND_GOOGLE_CLIENTS),
+        ("batchinfer_dagster.rollout", DAGSTER + GOOGLE + CLIENTS),
     ],
 )
 def test_the_domain_imports_without_dagster_or_clients(module: str, blocked: list[str]) -> None:
@@ -80,6 +81,6 @@ def test_the_domain_imports_without_dagster_or_clients(module: str, blocked: lis
 
 def test_the_probe_refuses_what_it_blocks() -> None:
     """The check can fail: the Dagster layer's partitions cannot be imported without Dagster."""
-    result = import_blocking("batchinfer_dagster.partitions", DAGSTER)
+    result = import_blocking("batchinfer_dagster.defs.partitions", DAGSTER)
     assert result.returncode != 0
     assert "blocked by the layering test: dagster" in result.stderr

@@ -47,7 +47,9 @@ class RecordingBackend(Backend):
 async def run_requests(
     backend: RecordingBackend, requests: list[list[str]], max_rows: int
 ) -> list[list[Prediction] | BaseException]:
-    batcher = DynamicBatcher(backend, max_batch_rows=max_rows, max_wait_seconds=0.05)
+    batcher = DynamicBatcher(
+        backend, max_batch_rows=max_rows, max_wait_seconds=0.05, fair_quantum_rows=2
+    )
     batcher.start()
     try:
         return await asyncio.gather(
@@ -86,7 +88,9 @@ def test_a_failing_instance_fails_only_its_own_request() -> None:
 def test_stop_fails_queued_instances() -> None:
     async def scenario() -> None:
         # Never started: what is queued can only be failed by stop().
-        batcher = DynamicBatcher(RecordingBackend(), max_batch_rows=8, max_wait_seconds=0.01)
+        batcher = DynamicBatcher(
+            RecordingBackend(), max_batch_rows=8, max_wait_seconds=0.01, fair_quantum_rows=2
+        )
         waiting = asyncio.ensure_future(batcher.predict([Instance("never run", ("a",))]))
         await asyncio.sleep(0)
         await batcher.stop()
@@ -122,7 +126,9 @@ def two_requests_apart(backend: RecordingBackend, max_batch_rows: int) -> list[l
     past the batcher's 10 ms wait, so the first's pool has gone (and is computing)."""
 
     async def scenario() -> list[list[Prediction]]:
-        batcher = DynamicBatcher(backend, max_batch_rows=max_batch_rows, max_wait_seconds=0.01)
+        batcher = DynamicBatcher(
+            backend, max_batch_rows=max_batch_rows, max_wait_seconds=0.01, fair_quantum_rows=2
+        )
         batcher.start()
         try:
             first = asyncio.ensure_future(batcher.predict([Instance("first", ("a", "b"))]))
@@ -156,7 +162,9 @@ def test_instances_queued_when_the_wait_ends_join_the_pool() -> None:
 
     async def scenario() -> list[list[Prediction]]:
         loop = asyncio.get_running_loop()
-        batcher = DynamicBatcher(backend, max_batch_rows=8, max_wait_seconds=0.01)
+        batcher = DynamicBatcher(
+            backend, max_batch_rows=8, max_wait_seconds=0.01, fair_quantum_rows=2
+        )
         batcher.start()
         later: list[asyncio.Future[list[Prediction]]] = []
 

@@ -70,7 +70,9 @@ class FixedCostNliBackend(NliBackend):
 
 
 async def predict_all(backend: FixedCostNliBackend, texts: list[str]) -> list[Prediction]:
-    batcher = DynamicBatcher(backend, max_batch_rows=POOL_ROWS, max_wait_seconds=0.0)
+    batcher = DynamicBatcher(
+        backend, max_batch_rows=POOL_ROWS, max_wait_seconds=0.0, fair_quantum_rows=2
+    )
     batcher.start()
     try:
         return await batcher.predict([Instance(text, LABELS) for text in texts])

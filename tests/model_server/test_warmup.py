@@ -23,6 +23,7 @@ from model_server.backends.nli import NliBackend
 from model_server.cuda_graphs import ShapeGraphs
 from model_server.runtime import Forward, ForwardOptions
 from model_server.settings import ServerSettings
+from model_server.shapes import ShapePlan, length_buckets, warm_up_shapes
 
 SENTENCE = "my app crashes when I pay the invoice twice and the login page never loads"
 WORDS = SENTENCE.split(" ")
@@ -52,7 +53,7 @@ def metric(metrics_text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def served_metrics(model_dir: Path, warm_up: bool) -> str:
+def served_metrics(model_dir: Path, warm_up: bool, shapes: str = "all") -> str:
     settings = ServerSettings(
         model_backend="nli",
         model_name_or_path=str(model_dir),
@@ -60,6 +61,7 @@ def served_metrics(model_dir: Path, warm_up: bool) -> str:
         model_max_batch_tokens=256,
         model_pad_to_multiple_of=8,
         model_warmup=warm_up,
+        model_warmup_shapes=shapes,
     )
     app = create_app(settings, load_on_startup=False)
     app.state.service.load()
@@ -86,6 +88,41 @@ def test_without_the_warm_up_the_same_traffic_meets_new_shapes(bert_nli_dir: Pat
     assert metric(metrics, "model_server_warmup_shapes") == 0
 
 
+def test_on_cpu_the_warm_up_runs_the_plans_two_ends_and_counts_no_miss(
+    bert_nli_dir: Path,
+) -> None:
+    # MODEL_WARMUP_SHAPES=auto on CPU: the largest shape and the smallest, then traffic meets
+    # new shapes, which on CPU cost nothing to count (the module doc of shapes.py).
+    metrics = served_metrics(bert_nli_dir, warm_up=True, shapes="auto")
+    assert metric(metrics, "model_server_warmup_shapes") == 2
+    assert metric(metrics, "model_server_unwarmed_shapes_total") == 0
+    assert metric(metrics, 'model_server_forward_tokens_total{kind="real"}') > 1000
+
+
+def test_the_ends_are_the_largest_and_the_smallest_shape() -> None:
+    plan = ShapePlan(max_rows=16, max_tokens=256, lengths=length_buckets(8, 48))
+    every = warm_up_shapes(plan, "all")
+    assert len(every) == len(plan.shapes()) == 24
+    assert warm_up_shapes(plan, "ends") == [every[0], every[-1]] == [(16, 16), (1, 8)]
+    # A plan of two shapes or fewer is warmed whole either way.
+    tiny = ShapePlan(max_rows=1, max_tokens=256, lengths=(8, 16))
+    assert warm_up_shapes(tiny, "ends") == warm_up_shapes(tiny, "all") == [(1, 16), (1, 8)]
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "scope"),
+    [
+        ("auto", "cpu", "ends"),
+        ("auto", "cuda", "all"),
+        ("all", "cpu", "all"),
+        ("ends", "cuda", "ends"),
+    ],
+)
+def test_auto_warms_every_shape_on_cuda_only(setting: str, device: str, scope: str) -> None:
+    options = ForwardOptions(warm_up_shapes=setting)  # type: ignore[arg-type]
+    assert options.warm_up_scope(torch.device(device)) == scope
+
+
 class GatedNliBackend(NliBackend):
     """An nli backend whose first forward (the warm-up's) waits until the test opens a gate."""
 
@@ -107,7 +144,9 @@ class GatedNliBackend(NliBackend):
 
 def test_health_is_503_warming_up_until_every_shape_ran(bert_nli_dir: Path) -> None:
     backend = GatedNliBackend(
-        str(bert_nli_dir), torch.device("cpu"), forward=ForwardOptions(max_batch_size=4)
+        str(bert_nli_dir),
+        torch.device("cpu"),
+        forward=ForwardOptions(max_batch_size=4, warm_up_shapes="all"),
     )
     app = create_app(ServerSettings(model_backend="nli"), backend=backend, load_on_startup=False)
     loading = threading.Thread(target=app.state.service.load)

@@ -18,13 +18,13 @@ from dagster import DagsterInstance
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.cli import cli
 from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.processes import free_port
 from batchinfer_dagster.receipts import ModelIdentity, text_digest
 from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import engine_of, local_feature_store, publish_json, rows
+from batchinfer_testing.processes import free_port
 
 
 @pytest.fixture

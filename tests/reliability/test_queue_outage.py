@@ -16,11 +16,11 @@ from datetime import timedelta
 import pytest
 from dagster import DagsterInstance, RunRequest
 
-from batchinfer_dagster import asset_events, db, ledger
+from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore, ImportResult
 from batchinfer_dagster.clients.queue import QueueUnavailableError, RequestQueue, UnreachableQueue
-from batchinfer_dagster.processes import free_port
-from batchinfer_dagster.sensors import TickOutcome, process_tick
+from batchinfer_dagster.defs import asset_events
+from batchinfer_dagster.defs.sensors import TickOutcome, process_tick
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import (
@@ -32,6 +32,7 @@ from batchinfer_testing.deployment import (
     resources_of,
     rows,
 )
+from batchinfer_testing.processes import free_port
 
 FEATURE_WAIT = timedelta(seconds=600)
 

@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import id_payloads, load_records, publish

@@ -123,7 +123,11 @@ class EmbeddingBackend(Backend):
         )
         if self.options.warm_up:
             self.warming_up = True
-            self.runner.warm_up(self.encodings(["warm up the encoder"])[0], self.stopping)
+            self.runner.warm_up(
+                self.encodings(["warm up the encoder"])[0],
+                self.stopping,
+                self.options.warm_up_scope(self.device),
+            )
             self.warming_up = False
         else:
             self.shapes.warmed()

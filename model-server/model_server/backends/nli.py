@@ -201,7 +201,9 @@ class NliBackend(Backend):
         )
         if self.options.warm_up:
             self.warming_up = True
-            self.runner.warm_up(self.warm_up_row(), self.stopping)
+            self.runner.warm_up(
+                self.warm_up_row(), self.stopping, self.options.warm_up_scope(self.device)
+            )
             self.warming_up = False
         else:
             self.shapes.warmed()

@@ -118,10 +118,12 @@ def prediction_check_results(
     model: str,
     labels: Sequence[str],
     multi_label: bool,
+    rollout: str = "",
 ) -> list[AssetCheckResult]:
-    """The four checks of one batch, read back from the rows of ``model`` (the served model)."""
+    """The four checks of one batch, read back from the rows of ``model`` (the served model):
+    the current rows, or for a rollout's batch the candidate's (``rollout``, its digest)."""
     record_ids = ledger.batch_record_ids(engine, batch_key)
-    stored = ledger.read_predictions(engine, record_ids, model_name=model)
+    stored = ledger.read_predictions(engine, record_ids, model_name=model, configuration=rollout)
     return [
         _one_per_record(record_ids, stored),
         _scores_sum_to_one(stored, multi_label),

@@ -20,11 +20,11 @@ from dagster import (
 from pydantic import Field
 
 from batchinfer_dagster import db
-from batchinfer_dagster.jobs import launchpad_description
+from batchinfer_dagster.defs.jobs import launchpad_description
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
 from batchinfer_dagster.ledger import old_settled_batches, prune_settled, settled_batches
 from batchinfer_dagster.ledger.batch_keys import new_batch_key
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.ledger import LedgerResource
 
 
 class RetentionConfig(Config):

@@ -19,15 +19,15 @@ from dagster import (
     observable_source_asset,
 )
 
-from batchinfer_dagster.asset_events import import_metadata, observe_records
-from batchinfer_dagster.checks import PREDICTION_CHECK_SPECS, prediction_check_results
 from batchinfer_dagster.clients.model_client import TransientModelError
-from batchinfer_dagster.partitions import prediction_batches
+from batchinfer_dagster.defs.asset_events import import_metadata, observe_records
+from batchinfer_dagster.defs.checks import PREDICTION_CHECK_SPECS, prediction_check_results
+from batchinfer_dagster.defs.partitions import prediction_batches
+from batchinfer_dagster.defs.resources.database import DatabaseResource
+from batchinfer_dagster.defs.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
 from batchinfer_dagster.prediction import BatchOutcome, BatchRefusedError, Predictor
-from batchinfer_dagster.resources.database import DatabaseResource
-from batchinfer_dagster.resources.feature_store import FeatureStoreResource
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.model_server import ModelServerResource
 
 GROUP = "batchinfer"
 
@@ -93,6 +93,8 @@ def outcome_metadata(outcome: BatchOutcome) -> dict[str, object]:
         "model": outcome.model,
         # The receipt's configuration digest (`batchinfer lineage` shows what it stands for).
         "configuration": outcome.configuration,
+        # A rollout's batch: its candidate digest; its rows are not current until promoted.
+        "rollout": outcome.rollout or "none",
         "model_latency_s": MetadataValue.float(round(outcome.model_seconds, 3)),
         "texts_per_second": MetadataValue.float(round(rate, 1)),
         **(
@@ -158,13 +160,15 @@ def predictions(
         outcome.waiting,
         outcome.dead_lettered,
     )
+    sent = outcome.parameters or parameters
     return MaterializeResult(
         metadata=outcome_metadata(outcome),
         check_results=prediction_check_results(
             engine,
             outcome.batch_key,
             model=outcome.model,
-            labels=parameters.candidate_labels,
-            multi_label=parameters.multi_label,
+            labels=sent.candidate_labels,
+            multi_label=sent.multi_label,
+            rollout=outcome.rollout,
         ),
     )

@@ -42,15 +42,15 @@ from dagster import (
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.asset_events import FEATURES
 from batchinfer_dagster.clients.feature_store import FeatureStore
 from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
-from batchinfer_dagster.jobs import predictions_job
+from batchinfer_dagster.defs.asset_events import FEATURES
+from batchinfer_dagster.defs.jobs import predictions_job
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.request_queue import RequestQueueResource
 from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, RECONCILE_LIMIT, STALE_AFTER
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
-from batchinfer_dagster.resources.feature_store import FeatureStoreResource
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.request_queue import RequestQueueResource
 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dagster import ConfigurableResource
 
 from batchinfer_dagster.clients.feature_store import FeatureStore, LocalFeatureStore
-from batchinfer_dagster.resources.database import DatabaseResource
+from batchinfer_dagster.defs.resources.database import DatabaseResource
 
 
 class FeatureStoreResource(ConfigurableResource, ABC):

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from batchinfer_dagster.processes import stop_process_group
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.processes import stop_process_group
 from batchinfer_testing.services import ServiceUnavailableError, postgres_server, pubsub_emulator
 
 BIN = Path(sys.executable).parent

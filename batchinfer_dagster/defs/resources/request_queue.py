@@ -21,7 +21,7 @@ from batchinfer_dagster.clients.queue import (
     RequestQueue,
     UnreachableQueue,
 )
-from batchinfer_dagster.resources.database import DatabaseResource
+from batchinfer_dagster.defs.resources.database import DatabaseResource
 from batchinfer_dagster.settings import described
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ predictions wait for it (the model client waits while ``/health`` says ``loading
 ``warming_up``), so nothing fails, but a new user cannot tell when to expect an answer. This
 watches both and prints one line: ready, with the seconds it took, or why not.
 
-    python -m batchinfer_dagster.readiness   # what `make run` runs in the background
+    python -m batchinfer_tools.readiness   # what `make run` runs in the background
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dagster_gcp import BigQueryResource
 from pydantic import Field
 
 from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.resources.feature_store import FeatureStoreResource
+from batchinfer_dagster.defs.resources.feature_store import FeatureStoreResource
 from batchinfer_dagster.settings import described
 
 if TYPE_CHECKING:

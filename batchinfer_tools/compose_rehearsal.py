@@ -37,8 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from batchinfer_dagster.processes import stop_process_group
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.processes import stop_process_group
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 VENV_BIN = Path(sys.executable).parent

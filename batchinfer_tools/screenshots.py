@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from batchinfer_dagster.processes import stop_process_group
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_testing.processes import stop_process_group
 
 UI = "http://127.0.0.1:3000"
 WINDOW_SIZE = (1500, 820)

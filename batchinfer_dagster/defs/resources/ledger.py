@@ -14,8 +14,8 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy import Engine
 
+from batchinfer_dagster.defs.resources.database import DatabaseResource
 from batchinfer_dagster.ledger.closing import BatchClosing
-from batchinfer_dagster.resources.database import DatabaseResource
 from batchinfer_dagster.settings import described
 
 

@@ -15,9 +15,9 @@ from dagster import (
     asset_check,
 )
 
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
 from batchinfer_dagster.prediction import deployment_of
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.model_server import ModelServerResource
 from batchinfer_dagster.staleness import stale_counts
 
 PREDICTIONS_ARE_CURRENT = "predictions_are_current"

@@ -1,5 +1,8 @@
 """Put the model-server image on a Vertex AI endpoint (``batchinfer deploy-model``).
 
+It lives with the model server (whose container contract it encodes) behind the ``vertex`` extra
+(``google-cloud-aiplatform``), which the serving image does not install.
+
 Vertex AI runs the image as a custom container: it sets ``AIP_HTTP_PORT``, ``AIP_PREDICT_ROUTE``
 and ``AIP_HEALTH_ROUTE`` from the model's container spec and ``AIP_STORAGE_URI`` from its
 artifact URI, which is exactly what the model server reads. The arguments are built by pure

@@ -13,13 +13,13 @@ from dagster import (
 from pydantic import Field
 
 from batchinfer_dagster import db
-from batchinfer_dagster.assets import predictions
+from batchinfer_dagster.defs.assets import predictions
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
+from batchinfer_dagster.defs.stale_check import predictions_are_current
 from batchinfer_dagster.ledger import create_batches
-from batchinfer_dagster.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.prediction import deployment_of
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.model_server import ModelServerResource
-from batchinfer_dagster.stale_check import predictions_are_current
 from batchinfer_dagster.staleness import iter_stale, record_requested
 
 

@@ -15,22 +15,22 @@ from dataclasses import dataclass
 from dagster import ConfigurableResource, EnvVar
 
 from batchinfer_dagster import db
-from batchinfer_dagster.resources.database import (
+from batchinfer_dagster.defs.resources.database import (
     DatabaseResource,
     PostgresDatabase,
     SqliteDatabase,
 )
-from batchinfer_dagster.resources.feature_store import (
+from batchinfer_dagster.defs.resources.feature_store import (
     FeatureStoreResource,
     LocalFeatureStoreResource,
 )
-from batchinfer_dagster.resources.ledger import LedgerResource
-from batchinfer_dagster.resources.model_server import (
+from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import (
     HttpModelServer,
     ModelServerResource,
     VertexModelEndpoint,
 )
-from batchinfer_dagster.resources.request_queue import (
+from batchinfer_dagster.defs.resources.request_queue import (
     LocalRequestQueue,
     PubSubRequestQueue,
     RequestQueueResource,
@@ -98,7 +98,9 @@ def feature_store_for(settings: Settings, database: DatabaseResource) -> Feature
         # Imported here: dagster-gcp (BigQuery, pandas) is for Vertex deployments only.
         from dagster_gcp import BigQueryResource
 
-        from batchinfer_dagster.resources.vertex_feature_store import VertexFeatureStoreResource
+        from batchinfer_dagster.defs.resources.vertex_feature_store import (
+            VertexFeatureStoreResource,
+        )
 
         return VertexFeatureStoreResource(
             database=database,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from batchinfer_dagster.processes import free_port, stop_process_group, wait_until_healthy
+from batchinfer_testing.processes import free_port, stop_process_group, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,0 +1,213 @@
+"""A rollout survives its run workers killed with SIGKILL mid-way (issue #25, "a crash in the
+middle of a rollout resumes without duplicates").
+
+The launcher path (``batchinfer_testing.launcher_path``): a real ``dagster-daemon``, PostgreSQL,
+the Pub/Sub emulator and the real model server. The records have current predictions; ``rollout
+start`` writes the candidate's ledger batches; twice, once a rollout run's step has started,
+every run worker alive is killed. The ledger's reconcile gives the killed batches new runs, and
+at the end every record has exactly one candidate prediction, each rollout request was written
+once and is done, the current predictions are untouched until ``rollout promote``, and the
+report sensor has materialized the ``rollout_report`` partition with every record compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.prediction import configuration_of
+from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
+from batchinfer_dagster.settings import Settings
+from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_testing.deployment import engine_of, model_client_of
+from batchinfer_testing.launcher_path import (
+    component,
+    launcher_path,
+    process_samples,
+    running_daemon,
+    unfinished_runs,
+)
+from batchinfer_testing.model_server import ModelServer, running_model_server
+from tests.conftest import unique_name
+from tests.services import PostgresServer, PubSubEmulator
+
+RECORDS = 48
+BATCH_SIZE = 8
+KILLS = 2
+TIMEOUT_SECONDS = 420
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
+
+
+@pytest.fixture(scope="module")
+def cold_model_server() -> Iterator[ModelServer]:
+    """A model server without the warm-up of every shape: the fault here is the run worker's."""
+    with running_model_server(MODEL_WARMUP="false") as server:
+        yield server
+
+
+def seed_current(settings: Settings) -> list[int]:
+    """Current predictions of every record, made directly through the model server."""
+    engine = engine_of(settings)
+    with engine.connect() as connection:
+        records = connection.execute(
+            sa.select(db.data_points.c.id, db.data_points.c.text).order_by(db.data_points.c.id)
+        ).all()
+    ids, texts = [r.id for r in records], [r.text for r in records]
+    client = model_client_of(settings)
+    try:
+        answer = client.predict(texts, PredictParameters())
+    finally:
+        client.close()
+    current = configuration_of(
+        PredictParameters(), ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
+    )
+    with engine.begin() as connection:
+        ledger.write_predictions(
+            connection,
+            dict(zip(ids, answer.predictions, strict=True)),
+            configuration=current,
+            text_digests={i: text_digest(t) for i, t in zip(ids, texts, strict=True)},
+            batch_key="seed",
+            run_id="seed",
+            now=db.utcnow(),
+        )
+    return ids
+
+
+def current_rows(settings: Settings) -> list[tuple]:
+    table = db.predictions
+    with engine_of(settings).connect() as connection:
+        return sorted(
+            tuple(row)
+            for row in connection.execute(
+                sa.select(
+                    table.c.record_id,
+                    table.c.configuration,
+                    table.c.labels,
+                    table.c.scores,
+                    table.c.updated_at,
+                ).where(table.c.is_current.is_(True))
+            )
+        )
+
+
+def rollout_runs_in_step(instance: DagsterInstance) -> set[str]:
+    started = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    return {
+        record.dagster_run.run_id
+        for record in started
+        if record.dagster_run.job_name == "predictions_job"
+        and instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
+    }
+
+
+def report_materialized(instance: DagsterInstance, candidate: str) -> bool:
+    event = instance.get_latest_materialization_event(AssetKey("rollout_report"))
+    return event is not None and event.dagster_event.partition == candidate
+
+
+def test_run_workers_killed_mid_rollout_and_each_record_gets_one_candidate_prediction(
+    postgres: PostgresServer,
+    emulator: PubSubEmulator,
+    cold_model_server: ModelServer,
+    tmp_path: Path,
+) -> None:
+    path = launcher_path(
+        postgres,
+        emulator.host,
+        tmp_path,
+        name=unique_name("rollout_crash"),
+        model_url=cold_model_server.url,
+        batch_size=BATCH_SIZE,
+        batch_max_wait_seconds=0,
+        feature_wait_seconds=0,
+        max_attempts=5,
+    )
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(RECORDS)))
+    path.cli("load", str(records))
+    path.cli("import-data")
+    ids = seed_current(path.settings)
+    before = current_rows(path.settings)
+    descriptions = tmp_path / "candidate.json"
+    descriptions.write_text(json.dumps({"billing": ["Money: payments, refunds and plans."]}))
+    started = json.loads(
+        path.cli("rollout", "start", "--label-descriptions", str(descriptions)).splitlines()[-1]
+    )
+    candidate = started["candidate"]
+    assert started["requested"] == RECORDS
+
+    engine = engine_of(path.settings)
+    log = tmp_path / "daemon.log"
+    killed: list[int] = []
+    hit_runs: set[str] = set()
+    clock = time.monotonic()
+    with running_daemon(path, log) as daemon, path.instance() as instance:
+        for _ in range(KILLS):
+            while not (in_step := rollout_runs_in_step(instance) - hit_runs):
+                assert daemon.poll() is None, f"the daemon exited; see {log}"
+                assert time.monotonic() - clock < TIMEOUT_SECONDS, f"no run step; see {log}"
+                time.sleep(0.2)
+            hit_runs |= in_step
+            workers = [
+                pid
+                for pid, sample in process_samples([daemon.pid]).items()
+                if component(sample.command) == "run workers"
+            ]
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            killed += workers
+            # Killed before promotion: the current predictions are as they were.
+            assert current_rows(path.settings) == before
+        while not (report_materialized(instance, candidate) and not unfinished_runs(instance)):
+            assert daemon.poll() is None, f"the daemon exited; see {log}"
+            assert time.monotonic() - clock < TIMEOUT_SECONDS, (
+                f"rollout {candidate} not reported {TIMEOUT_SECONDS} s after killing "
+                f"{len(killed)} run workers; see {log}"
+            )
+            time.sleep(1.0)
+        runs = instance.get_run_records(RunsFilter(job_name="predictions_job"))
+        report = instance.get_latest_materialization_event(AssetKey("rollout_report"))
+
+    assert len(killed) >= KILLS
+    assert sum(r.dagster_run.status is DagsterRunStatus.FAILURE for r in runs) >= 1
+    retried = {r.dagster_run.tags.get("dagster/run_key", "") for r in runs}
+    assert any("#" in key for key in retried), retried
+    # Exactly one candidate row per record, each rollout request written once and done.
+    table = db.predictions
+    with engine.connect() as connection:
+        candidate_ids = Counter(
+            connection.execute(
+                sa.select(table.c.record_id).where(table.c.configuration == candidate)
+            ).scalars()
+        )
+        requests = connection.execute(
+            sa.select(db.prediction_requests.c.record_id, db.prediction_requests.c.status)
+            .join(
+                db.rollout_batches,
+                db.rollout_batches.c.batch_key == db.prediction_requests.c.batch_key,
+            )
+            .where(db.rollout_batches.c.candidate == candidate)
+        ).all()
+    assert candidate_ids == Counter(ids)
+    assert Counter(r.record_id for r in requests) == Counter(ids)
+    assert {r.status for r in requests} == {"done"}
+    assert current_rows(path.settings) == before
+    metadata = report.asset_materialization.metadata
+    assert metadata["records_compared"].value == RECORDS
+    assert metadata["requests_open"].value == 0
+
+    promoted = json.loads(path.cli("rollout", "promote", candidate).splitlines()[-1])
+    assert promoted["promoted"] == RECORDS
+    assert {row[1] for row in current_rows(path.settings)} == {candidate}
