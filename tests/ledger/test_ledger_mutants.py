@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
+from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, rows
@@ -365,3 +366,105 @@ def test_prune_settled_keeps_waiting_requests_their_batches_and_unsettled_ones(
     assert left == [4, 5]
     batches = sorted(r.batch_key for r in rows(app_settings, db.prediction_batches))
     assert batches == sorted([waiting, running])
+
+
+def test_resolving_twice_keeps_the_first_resolution(app_settings: Settings) -> None:
+    """A second pass over state: a letter resolved by run-1 is not re-resolved by run-2."""
+    engine = engine_of(app_settings)
+    first = dead_letter(engine, 1, "x", resolved_at=NOW, resolved_by_run="run-1")
+    dead_letter(engine, 1, "x")
+    dead_letter(engine, 2, "x")
+    untouched = dead_letter(engine, 3, "x")
+    later = NOW + timedelta(hours=1)
+
+    with engine.begin() as connection:
+        resolved = ledger.resolve_dead_letters(connection, [2, 1, 2], run_id="run-2", now=later)
+
+    assert resolved == 2
+    by_id = {
+        r.id: (r.record_id, r.resolved_by_run, r.resolved_at)
+        for r in rows(app_settings, db.dead_letters)
+    }
+    assert by_id[first] == (1, "run-1", NOW)
+    assert by_id[untouched] == (3, None, None)
+    assert sorted(v for k, v in by_id.items() if k not in (first, untouched)) == [
+        (1, "run-2", later),
+        (2, "run-2", later),
+    ]
+
+
+def predicted(
+    engine: sa.Engine,
+    record_id: int,
+    configuration: str,
+    run_id: str,
+    at: datetime,
+    *,
+    current: bool,
+) -> None:
+    row = {
+        "record_id": record_id,
+        "configuration": configuration,
+        "model": "m",
+        "sequence": "text",
+        "labels": ["a"],
+        "scores": [1.0],
+        "run_id": run_id,
+        "created_at": at,
+        "updated_at": at,
+        "is_current": current,
+    }
+    with engine.begin() as connection:
+        connection.execute(db.predictions.insert().values(**row))
+
+
+def test_queue_dead_letters_are_written_once_with_their_reason_and_resolution(
+    app_settings: Settings,
+) -> None:
+    """Pub/Sub's read-back: attempts known and unknown, a malformed payload, a duplicate, a
+    record predicted twice (the newest run resolves it), and a second read-back of the same."""
+    engine = engine_of(app_settings)
+    predicted(engine, 1, "c-new", "run-new", NOW + timedelta(minutes=2), current=True)
+    predicted(engine, 1, "c-old", "run-old", NOW + timedelta(minutes=1), current=False)
+    later = NOW + timedelta(minutes=5)
+    known = ReceivedMessage("a", "ack-a", ledger.request_payload(1), 5, NOW)
+    unknown_attempts = ReceivedMessage("b", "ack-b", ledger.request_payload(2), 0, NOW)
+    malformed = ReceivedMessage("c", "ack-c", b"not json", 7, NOW)
+    messages = [known, unknown_attempts, malformed, known]
+
+    written = ledger.record_queue_dead_letters(engine, messages, queue="pubsub", now=later)
+
+    assert written == 3
+    letters = {r.record_id: r for r in rows(app_settings, db.dead_letters)}
+    one, two, bad = letters[1], letters[2], letters[None]
+    assert one.source == ledger.DeadLetterSource.PUBSUB_DEAD_LETTER
+    assert one.message_id == ledger.request_key("pubsub-dead-letter", known)
+    assert one.reason == (
+        "Pub/Sub dead-lettered the message after 5 delivery attempts without an acknowledgement"
+    )
+    assert (one.delivery_attempts, one.received_at) == (5, later)
+    assert (one.resolved_by_run, one.resolved_at) == ("run-new", later)
+    assert one.payload == ledger.request_payload(1).decode()
+    assert "after its maximum delivery attempts" in two.reason
+    assert (two.delivery_attempts, two.resolved_by_run, two.resolved_at) == (None, None, None)
+    assert (bad.payload, bad.delivery_attempts) == ("not json", 7)
+
+    again = ledger.record_queue_dead_letters(engine, [known, malformed], queue="pubsub", now=later)
+    assert again == 0
+    assert len(rows(app_settings, db.dead_letters)) == 3
+
+
+def test_local_queue_dead_letters_say_how_often_they_were_delivered(
+    app_settings: Settings,
+) -> None:
+    engine = engine_of(app_settings)
+    message = ReceivedMessage("a", "ack-a", ledger.request_payload(4), 3, NOW)
+
+    assert ledger.record_queue_dead_letters(engine, [message], queue="local", now=NOW) == 1
+
+    [letter] = rows(app_settings, db.dead_letters)
+    assert (letter.source, letter.reason) == (
+        ledger.DeadLetterSource.QUEUE,
+        "not acknowledged after 3 deliveries",
+    )
+    assert letter.message_id == ledger.request_key("local-dead-letter", message)
