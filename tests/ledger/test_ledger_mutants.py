@@ -125,8 +125,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.published: list[bytes] = []
+        self.calls: list[int] = []
 
     def __call__(self, payloads: list[bytes]) -> list[str]:
+        self.calls.append(len(payloads))
         start = len(self.published)
         self.published += payloads
         return [f"m{start + i}" for i in range(len(payloads))]
@@ -193,6 +195,7 @@ def test_replay_in_small_chunks_pairs_each_letter_with_its_message(
 
     assert publish.published == [ledger.request_payload(r) for r in (15, 11, 14, 12, 13)]
     assert (report.replayed, report.already_replayed) == (5, 1)
+    assert publish.calls == [2, 2, 1]
     by_id = {r.id: r.replay_message_id for r in rows(app_settings, db.dead_letters)}
     assert [by_id[i] for i in ids] == ["m0", "m1", "m2", "m3", "m4"]
 
