@@ -1,5 +1,9 @@
 """Predicting one ledger batch: features → model → settle. Dagster-free.
 
+The domain owns the shapes it consumes (``TextSource``, ``Classifier`` and their answers, as
+Protocols the clients meet without importing this module); the failure classes come from the
+protocol (``batchinfer_protocol.outcomes``), which the clients raise.
+
 A run reads its batch's requests (marking the batch running), fetches the texts of all their
 records in one call, sends them to the model server in client chunks, and settles the batch in
 one transaction: predictions upserted on (record id, configuration), each with its receipt
@@ -13,20 +17,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger, rollout
-from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.clients.model_client import (
-    ModelClient,
-    ModelRequestError,
-    RefusedText,
-    ServedModel,
-)
 from batchinfer_dagster.receipts import (
     UNKNOWN,
     Configuration,
@@ -35,7 +33,42 @@ from batchinfer_dagster.receipts import (
     text_digest,
 )
 from batchinfer_dagster.staleness import Deployment
+from batchinfer_protocol.outcomes import ModelRequestError
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
+
+
+class TextSource(Protocol):
+    """Where a run reads its records' texts (the feature store): ids it holds -> text."""
+
+    def fetch(self, record_ids: Sequence[int]) -> Mapping[int, str]: ...
+
+
+class Refusal(Protocol):
+    """A text the model did not classify, in place of its prediction, and why."""
+
+    reason: str
+
+
+class ServedModel(Protocol):
+    """The model a server reports: its id and weights digest (None: it gives none)."""
+
+    model: str
+    model_digest: str | None
+
+
+class ClassifierAnswer(Protocol):
+    """Answers in the order of the texts (predictions or refusals), and the model that made
+    them (``model`` "" when no text reached it)."""
+
+    model: str
+    model_digest: str | None
+    answers: Sequence[Prediction | Refusal]
+
+
+class Classifier(Protocol):
+    """The model client as the prediction uses it; ``ModelRequestError`` when it refuses."""
+
+    def predict(self, texts: Sequence[str], parameters: PredictParameters) -> ClassifierAnswer: ...
 
 
 @dataclass(frozen=True)
@@ -116,8 +149,8 @@ class Predictor:
     """The collaborators of a prediction run, which travel together to every batch it predicts."""
 
     engine: Engine
-    feature_store: FeatureStore
-    model: ModelClient
+    feature_store: TextSource
+    model: Classifier
     parameters: PredictParameters
     feature_wait: timedelta
     clock: Callable[[], datetime] = db.utcnow
@@ -167,10 +200,10 @@ class Predictor:
         predictions: dict[int, Prediction] = {}
         refused: dict[int, str] = {}
         for record_id, result in zip(found, answer.answers if answer else [], strict=True):
-            if isinstance(result, RefusedText):
-                refused[record_id] = f"the model server refused record {record_id}: {result.reason}"
-            else:
+            if isinstance(result, Prediction):
                 predictions[record_id] = result
+            else:
+                refused[record_id] = f"the model server refused record {record_id}: {result.reason}"
         model = answer.model if answer is not None else ""
         configuration = (
             configuration_of(parameters, ModelIdentity(model, answer.model_digest or UNKNOWN))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import httpx
 
 from batchinfer_dagster.chunks import chunk_list
+from batchinfer_protocol.outcomes import ModelError, ModelRequestError, TransientModelError
 from batchinfer_protocol.zero_shot import (
     InstanceError,
     Prediction,
@@ -63,18 +64,6 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     if response.status_code != 429 or not (value.isascii() and value.isdigit()) or len(value) > 6:
         return None
     return float(value)
-
-
-class ModelError(RuntimeError):
-    """The model server did not give predictions."""
-
-
-class TransientModelError(ModelError):
-    """Down, overloaded or slow: retry later."""
-
-
-class ModelRequestError(ModelError):
-    """The server refused the request as invalid (4xx): retrying cannot help."""
 
 
 class RefusedInstancesError(ModelRequestError):

@@ -3,6 +3,7 @@
 ``queue.InMemoryQueue`` (a ``RequestQueue`` with leases, redelivery and dead letters on an
 injected clock), ``feature_store.InMemoryFeatureStore`` (a ``FeatureStore`` over a dict) and
 ``model_client.ScriptedModelClient`` (a ``ModelClient`` that answers, refuses chosen texts, or
-fails transiently on cue); ``resources`` gives each a Dagster resource to pass as ``resources=``.
+fails transiently on cue), ``runs.DictRuns`` (a ``ledger.CurrentRuns`` over a dict);
+``resources`` gives each a Dagster resource to pass as ``resources=``.
 The integration and reliability tiers keep the real services.
 """

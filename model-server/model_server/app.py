@@ -2,6 +2,14 @@
 
 The model loads in the background after startup (explicit `ModelService.load`), so the health
 route can answer 503 while it loads, as Vertex AI and Kubernetes probes expect.
+
+The predict route reads decode → predict → encode (the protocol's ``encode_predictions``, which
+the client's decoders read back); every refusal is an exception mapped to its status once, by
+the handlers ``create_app`` registers (as KServe's server registers its ``InvalidInput`` → 400
+and friends): ``RequestError`` → its own status (a body error or a full body budget also closes the
+connection; the budget's 429 says when to retry),
+``ModelNotReadyError`` and ``ShuttingDownError`` → 503, any other ``RuntimeError`` of a
+prediction → 500.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from batchinfer_protocol.zero_shot import encode_predictions, encode_refusal
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
 from model_server.body_budget import BodyBudget, BodyBudgetFullError, BodyHold
@@ -32,6 +41,17 @@ from model_server.settings import ServerSettings
 from model_server.shapes import WarmUpStoppedError
 
 logger = logging.getLogger(__name__)
+
+
+class ModelNotReadyError(RuntimeError):
+    """A predict request before the model is loaded and warm (503: retry after /health is 200)."""
+
+
+class BodyError(RequestError):
+    """The body could not be read whole (too large, too slow, cut off).
+
+    The rest of it may still be on its way, so the answer closes the connection.
+    """
 
 
 class ModelService:
@@ -108,10 +128,6 @@ class ModelService:
             await loop.run_in_executor(self.batcher.executor, self.load)
 
 
-def error_response(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
 async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
     """The request body, refused with 413 as soon as it is known to be too large, and with 429
     when the server's body budget cannot hold it (`hold` grows to cover it).
@@ -122,10 +138,10 @@ async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
-            raise RequestError(400, f"invalid Content-Length {declared!r:.40}")
+            raise BodyError(400, f"invalid Content-Length {declared!r:.40}")
         # Bounded before int(): Python refuses to convert over 4,300 digits (ValueError).
         if len(declared) > len(str(max_bytes)) or int(declared) > max_bytes:
-            raise RequestError(
+            raise BodyError(
                 413,
                 f"body of {declared:.40} bytes; the limit is {max_bytes} (MODEL_MAX_BODY_BYTES)",
             )
@@ -135,7 +151,7 @@ async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise RequestError(
+            raise BodyError(
                 413, f"body over {max_bytes} bytes (MODEL_MAX_BODY_BYTES): split the request"
             )
         hold.cover(size)
@@ -154,13 +170,48 @@ async def read_body_within(request: Request, settings: ServerSettings, hold: Bod
         async with asyncio.timeout(settings.model_body_timeout_seconds):
             return await read_body(request, settings.model_max_body_bytes, hold)
     except TimeoutError:
-        raise RequestError(
+        raise BodyError(
             408,
             f"the body did not arrive within {settings.model_body_timeout_seconds} s "
             "(MODEL_BODY_TIMEOUT_SECONDS)",
         ) from None
     except ClientDisconnect:
-        raise RequestError(400, "the client closed the connection before the body ended") from None
+        raise BodyError(400, "the client closed the connection before the body ended") from None
+
+
+def counted(metrics: ServerMetrics, request: Request, response: Response) -> Response:
+    """Count a predict answer by status and time it from the route's start (when it started:
+    an error of another route is answered, not counted as a prediction's)."""
+    started = getattr(request.state, "started", None)
+    if started is not None:
+        metrics.requests.labels("predict", str(response.status_code)).inc()
+        metrics.request_seconds.observe(time.perf_counter() - started)
+    return response
+
+
+def register_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    """Map the predict route's exceptions to statuses, once, for the whole app."""
+
+    async def refused(request: Request, error: RequestError) -> Response:
+        headers: dict[str, str] = {}
+        if isinstance(error, BodyError | BodyBudgetFullError):
+            # The rest of the body may still be on its way: the connection is not reused.
+            headers["connection"] = "close"
+        if isinstance(error, BodyBudgetFullError):
+            headers["retry-after"] = str(error.retry_after_seconds)
+        response = JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+        return counted(metrics, request, response)
+
+    async def unavailable(request: Request, error: RuntimeError) -> Response:
+        return counted(metrics, request, JSONResponse(encode_refusal(str(error)), status_code=503))
+
+    async def failed(request: Request, error: RuntimeError) -> Response:
+        return counted(metrics, request, JSONResponse(encode_refusal(str(error)), status_code=500))
+
+    app.add_exception_handler(RequestError, refused)
+    app.add_exception_handler(ModelNotReadyError, unavailable)
+    app.add_exception_handler(ShuttingDownError, unavailable)
+    app.add_exception_handler(RuntimeError, failed)
 
 
 def create_app(
@@ -188,11 +239,8 @@ def create_app(
     app.state.service = service
 
     async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        response = await answer_predict(request, service)
-        metrics.requests.labels("predict", str(response.status_code)).inc()
-        metrics.request_seconds.observe(time.perf_counter() - started)
-        return response
+        request.state.started = time.perf_counter()
+        return counted(metrics, request, await answer_predict(request, service))
 
     async def health() -> Response:
         description = service.backend.describe()
@@ -209,6 +257,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    register_error_handlers(app, metrics)
     app.add_api_route(settings.aip_predict_route, predict, methods=["POST"])
     app.add_api_route(settings.aip_health_route, health, methods=["GET"])
     app.add_api_route("/metrics", prometheus_metrics, methods=["GET"])
@@ -216,42 +265,25 @@ def create_app(
 
 
 async def answer_predict(request: Request, service: ModelService) -> Response:
-    """Validate the whole request first, then hand its instances to the batcher."""
+    """Decode and check the whole request, predict its instances, encode the answer.
+
+    Raises what the registered handlers map to statuses (``create_app``).
+    """
     if not service.backend.loaded:
         state = (
             f"failed to load: {service.load_error}"
             if service.load_error
             else service.loading_state()
         )
-        return error_response(503, f"the model is not ready ({state}); retry after /health is 200")
+        raise ModelNotReadyError(f"the model is not ready ({state}); retry after /health is 200")
     with service.body_budget.hold() as hold:
-        try:
-            body = await read_body_within(request, service.settings, hold)
-        except RequestError as error:
-            # The rest of the body may still be on its way: the connection is not reused.
-            headers = {"connection": "close"}
-            if isinstance(error, BodyBudgetFullError):
-                headers["retry-after"] = str(error.retry_after_seconds)
-            return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
-        try:
-            instances = parse_predict_request(body, service.settings)
-        except RequestError as error:
-            return JSONResponse(error.body(), status_code=error.status_code)
+        body = await read_body_within(request, service.settings, hold)
+        instances = parse_predict_request(body, service.settings)
         del body  # the budget is given back here: what is held from now on is the instances
-    try:
-        predictions = await service.batcher.predict(instances)
-    except ShuttingDownError as error:
-        return error_response(503, str(error))
-    except RuntimeError as error:
-        return error_response(500, str(error))
+    predictions = await service.batcher.predict(instances)
     service.metrics.instances.inc(len(instances))
-    return JSONResponse(
-        {
-            "predictions": predictions,
-            "model": service.backend.model_name,
-            "model_digest": service.backend.model_digest,
-        }
-    )
+    backend = service.backend
+    return JSONResponse(encode_predictions(predictions, backend.model_name, backend.model_digest))
 
 
 def serve(settings: ServerSettings) -> None:

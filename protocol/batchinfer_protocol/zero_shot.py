@@ -214,6 +214,29 @@ def encode_request(texts: Sequence[str], parameters: PredictParameters) -> dict[
     return {"instances": list(texts), "parameters": parameters.as_json()}
 
 
+def encode_predictions(
+    predictions: Sequence[Mapping[str, Any] | Prediction], model: str, model_digest: str | None
+) -> dict[str, Any]:
+    """The JSON body of a 200 answer: one prediction per instance, in instance order.
+
+    ``predictions`` may be ``Prediction`` values or mappings of the same three keys (the model
+    server's backends build those). ``model_digest`` None is written as null, which
+    ``decode_model_digest`` reads as "none reported", like an answer without the key;
+    ``decode_predictions`` and ``decode_model`` read the rest back.
+    """
+    body: dict[str, Any] = {
+        "predictions": [
+            p.as_json()
+            if isinstance(p, Prediction)
+            else {"sequence": p["sequence"], "labels": p["labels"], "scores": p["scores"]}
+            for p in predictions
+        ],
+        "model": model,
+        "model_digest": model_digest,
+    }
+    return body
+
+
 def decode_predictions(body: object, expected: int) -> list[Prediction]:
     """The predictions of a 200 answer; ``ValueError`` when its shape is not the contract's."""
     items = body.get("predictions") if isinstance(body, Mapping) else None

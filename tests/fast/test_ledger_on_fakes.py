@@ -23,6 +23,7 @@ from batchinfer_testing.fakes.feature_store import InMemoryFeatureStore
 from batchinfer_testing.fakes.model_client import ScriptedModelClient
 from batchinfer_testing.fakes.queue import InMemoryQueue
 from batchinfer_testing.fakes.resources import fast_resources
+from batchinfer_testing.fakes.runs import DictRuns
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 
@@ -150,18 +151,13 @@ def test_reconcile_retries_a_finished_unsettled_batch_until_its_last_attempt(
     (key,) = ledger.create_batches(engine, [1], source="test", batch_size=8, now=T0)
     for _ in range(attempts_used):
         ledger.count_attempt(engine, [key], now=T0)
-    runs = {key: ledger.RunState.FINISHED}
-    asked: list[list[str]] = []
-
-    def current_runs(batches: list[ledger.BatchState]) -> dict[str, ledger.RunState]:
-        asked.append([b.batch_key for b in batches])
-        return {b.batch_key: runs[b.batch_key] for b in batches if b.batch_key in runs}
+    runs = DictRuns({key: ledger.RunState.FINISHED})
 
     outcome = ledger.reconcile(
-        engine, current_runs, max_attempts=fast_settings.max_attempts, now=T0 + timedelta(minutes=5)
+        engine, runs, max_attempts=fast_settings.max_attempts, now=T0 + timedelta(minutes=5)
     )
 
-    assert asked == [[key]]
+    assert runs.asked == [[key]]
     assert outcome.retried == ({key: attempts_used + 1} if retried else {})
     assert outcome.dead_lettered == ([] if retried else [key])
 

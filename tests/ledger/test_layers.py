@@ -15,19 +15,10 @@ import pytest
 
 DAGSTER = ["dagster", "dagster_gcp", "dagster_postgres"]
 GOOGLE = ["google", "grpc"]
-# Every client module: the ledger owns the types it consumes (messages.ReceivedMessage) and
-# takes collaborators as callables (replay's publish).
+# Every client module: the ledger and the prediction own the types they consume
+# (messages.ReceivedMessage; prediction's TextSource and Classifier Protocols) and take
+# collaborators as callables (replay's publish).
 CLIENTS = ["batchinfer_dagster.clients"]
-# The queue and Google clients; the prediction still consumes the model client and feature
-# store interfaces (clients/model_client.py, clients/feature_store.py).
-QUEUE_AND_GOOGLE_CLIENTS = [
-    "batchinfer_dagster.clients.queue",
-    "batchinfer_dagster.clients.pubsub_queue",
-    "batchinfer_dagster.clients.vertex_feature_store",
-    "batchinfer_dagster.clients.vertex_model_client",
-    "batchinfer_dagster.clients.google_grpc",
-    "batchinfer_dagster.clients.google_id_token",
-]
 
 PROBE = textwrap.dedent(
     """
@@ -69,7 +60,7 @@ def import_blocking(module: str, blocked: list[str]) -> subprocess.CompletedProc
     [
         ("batchinfer_dagster.ledger", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.ledger.batch_keys", DAGSTER + GOOGLE + CLIENTS),
-        ("batchinfer_dagster.prediction", DAGSTER + GOOGLE + QUEUE_AND_GOOGLE_CLIENTS),
+        ("batchinfer_dagster.prediction", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.rollout", DAGSTER + GOOGLE + CLIENTS),
     ],
 )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 
 from model_server.shapes import ShapeLedger
@@ -49,6 +50,17 @@ class Prediction(TypedDict):
     sequence: str
     labels: list[str]
     scores: list[float]
+
+
+def ranked_prediction(text: str, labels: Sequence[str], scores: np.ndarray) -> Prediction:
+    """Labels by descending score, broken the way the Hugging Face zero-shot pipeline breaks them
+    (reversed argsort); every backend ranks with it."""
+    top = list(reversed(scores.argsort()))
+    return {
+        "sequence": text,
+        "labels": [labels[i] for i in top],
+        "scores": scores[top].tolist(),
+    }
 
 
 class Backend(abc.ABC):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from model_server.backends.base import Backend, Instance, Prediction
+from model_server.backends.base import Backend, Instance, Prediction, ranked_prediction
 from model_server.backends.label_descriptions import label_prototypes
 from model_server.backends.label_fit import (
     LabelVector,
@@ -29,7 +29,6 @@ from model_server.backends.label_fit import (
     fit_scores,
     none_of_these_texts,
 )
-from model_server.backends.nli import ranked_prediction
 from model_server.runtime import (
     BucketedForward,
     ForwardOptions,

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
-from model_server.backends.base import Backend, Instance, Prediction
+from model_server.backends.base import Backend, Instance, Prediction, ranked_prediction
 from model_server.cuda_graphs import ShapeGraphs
 from model_server.first_token_layer import last_layer_for_first_token
 from model_server.model_source import local_model_directory
@@ -92,16 +92,6 @@ def best_hypothesis_logits(
     meanings; the pipeline's post-processing then runs on these rows unchanged.
     """
     return np.stack([logits[rows][logits[rows][:, entail_id].argmax()] for rows in groups])
-
-
-def ranked_prediction(text: str, labels: Sequence[str], scores: np.ndarray) -> Prediction:
-    """Labels by descending score, broken the way the pipeline breaks them (reversed argsort)."""
-    top = list(reversed(scores.argsort()))
-    return {
-        "sequence": text,
-        "labels": [labels[i] for i in top],
-        "scores": scores[top].tolist(),
-    }
 
 
 def eos_head_logits(model: Any, eos_token_id: int) -> Any:
