@@ -372,12 +372,23 @@ resource "google_cloud_run_v2_job" "run_worker" {
 }
 
 # The daemon runs the job with overrides (arguments, timeout) and reads its executions (run
-# monitoring); the webserver cancels executions when a run is terminated from the UI.
+# monitoring); the webserver cancels executions when a run is terminated from the UI, its only
+# Cloud Run call (the launcher's terminate: CancelExecution). No predefined role holds
+# run.executions.cancel without run.jobs.run, so the webserver gets a custom role of just that.
+resource "google_project_iam_custom_role" "run_canceller" {
+  role_id     = replace("${local.name}_run_canceller", "-", "_")
+  title       = "batchinfer run canceller"
+  description = "batchinfer: run.executions.cancel (Dagster's run termination from the UI)."
+  permissions = ["run.executions.cancel"]
+
+  depends_on = [google_project_service.enabled]
+}
+
 resource "google_cloud_run_v2_job_iam_member" "daemon_runs_workers" {
   for_each = {
     daemon_executor  = ["daemon", "roles/run.jobsExecutorWithOverrides"]
     daemon_viewer    = ["daemon", "roles/run.viewer"]
-    webserver_cancel = ["webserver", "roles/run.jobsExecutorWithOverrides"]
+    webserver_cancel = ["webserver", google_project_iam_custom_role.run_canceller.id]
   }
 
   name     = google_cloud_run_v2_job.run_worker.name

@@ -74,7 +74,7 @@ FETCH = (
 )  # fmt: skip
 # FeatureStore.import_records on Vertex AI: a load job into the import's own staging table (a
 # full import: into the source table), the MERGE into the source table, the staging table
-# dropped, the sync and its wait.
+# dropped, the deleted records' rows deleted, the sync and its wait.
 IMPORT = (
     Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
          "bigquery.jobs.create", PROJECT),
@@ -93,6 +93,13 @@ IMPORT = (
          RECORDS_TABLE),
     Call(f"{VERTEX}:VertexFeatureStore._drop", "delete_table(", "bigquery.tables.delete",
          STAGING_DATASET),
+    # The window's deleted records: a DML DELETE on the source table (reads it, writes it).
+    Call(f"{VERTEX}:VertexFeatureStore._delete_rows", "DELETE FROM", "bigquery.jobs.create",
+         PROJECT),
+    Call(f"{VERTEX}:VertexFeatureStore._delete_rows", "DELETE FROM", "bigquery.tables.getData",
+         RECORDS_TABLE),
+    Call(f"{VERTEX}:VertexFeatureStore._delete_rows", "DELETE FROM",
+         "bigquery.tables.updateData", RECORDS_TABLE),
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "sync_feature_view(",
          "aiplatform.featureViews.sync", PROJECT),
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "get_feature_view_sync(",
@@ -125,6 +132,9 @@ CALLS: dict[str, tuple[Call, ...]] = {
         *dagster_storage("webserver"),
         Call("dagster_gcp.gcs.compute_log_manager:GCSComputeLogManager", "download_to",
              "storage.objects.get", LOGS_BUCKET),
+        # Terminating a run from the UI: the launcher's only Cloud Run call is CancelExecution
+        # (no get, no run); Cloud Run checks run.executions.cancel for it since 2024-09-16
+        # (before: run.jobs.run), per "Cloud Run IAM permissions".
         Call(f"{LAUNCHER}.terminate", "cancel_execution(", "run.executions.cancel",
              RUN_WORKER_JOB),
     ),
@@ -356,6 +366,7 @@ def grants() -> frozenset[Grant]:
             if workload not in WORKLOADS:
                 continue  # Google's service agents and the UI's users
             role = str(evaluate(body["role"], key, value))
+            role = str(evaluate(role, key, value))  # a for_each value that names a custom role
             if kind == "google_secret_manager_secret_iam_member":
                 resource = f"google_secret_manager_secret.{value['secret']}"  # type: ignore[index]
             else:
@@ -419,3 +430,14 @@ def test_the_table_covers_every_workload_and_grants_were_found() -> None:
     assert set(CALLS) == set(WORKLOADS) == {g.workload for g in grants()}
     assert Grant("daemon", "feature_store_reader", PROJECT) in grants()
     assert Grant("daemon", "roles/pubsub.subscriber", DEAD_LETTER_SUBSCRIPTION) in grants()
+
+
+def test_the_webserver_may_only_cancel_run_worker_executions() -> None:
+    """Least privilege, not only "used": every permission the webserver holds on the run-worker
+    job is one its code calls (a predefined role with cancel also runs the job)."""
+    on_job = [grant for grant in grants() if grant.workload == "webserver"]
+    held = {
+        p for grant in on_job if grant.resource == RUN_WORKER_JOB for p in permissions(grant.role)
+    }
+    called = {call.permission for call in CALLS["webserver"] if call.resource == RUN_WORKER_JOB}
+    assert held == called == {"run.executions.cancel"}
