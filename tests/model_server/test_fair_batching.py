@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from model_server.backends.base import Backend, Instance, Prediction
+from batchinfer_protocol.zero_shot import Prediction
+from model_server.backends.base import Backend, Instance
 from model_server.batching import DynamicBatcher, FairQueue, Pending
 
 LABELS_64 = tuple(f"label {index}" for index in range(64))
@@ -50,11 +51,11 @@ class GatedBackend(Backend):
 
 def expected_answer(instance: Instance) -> Prediction:
     """What the scripted model answers: a score per label that depends on text and label."""
-    return {
-        "sequence": instance.text,
-        "labels": list(instance.labels),
-        "scores": [float(len(instance.text) * 100 + i) for i in range(len(instance.labels))],
-    }
+    return Prediction(
+        sequence=instance.text,
+        labels=list(instance.labels),
+        scores=[float(len(instance.text) * 100 + i) for i in range(len(instance.labels))],
+    )
 
 
 def big_then_small(quantum_rows: int) -> tuple[GatedBackend, list[Prediction], list[Prediction]]:

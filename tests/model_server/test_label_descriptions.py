@@ -124,7 +124,7 @@ def test_the_backend_scores_competing_labels_by_similarity_less_prior(
         np.array([label.prior for label in built]),
         embedding_backend.temperature,
     )
-    got = dict(zip(answer["labels"], answer["scores"], strict=True))
+    got = dict(zip(answer.labels, answer.scores, strict=True))
     assert [got[label] for label in labels] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
@@ -147,8 +147,8 @@ def test_a_texts_answer_never_depends_on_the_rest_of_its_request(
     crowded = embedding_backend.predict([*others[:2], mine, *others[2:]])[2]
     reordered = embedding_backend.predict([Instance(mine.text, tuple(reversed(labels)))])[0]
     for answer in (crowded, reordered):
-        assert answer["labels"] == alone["labels"]
-        assert answer["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+        assert answer.labels == alone.labels
+        assert answer.scores == pytest.approx(alone.scores, abs=1e-5)
 
 
 @pytest.mark.parametrize("text", BILLING_TEXTS)
@@ -156,8 +156,8 @@ def test_one_label_scores_high_for_a_text_that_fits_it(
     embedding_backend: EmbeddingBackend, text: str
 ) -> None:
     [answer] = embedding_backend.predict([Instance(text, ("billing",))])
-    assert answer["labels"] == ["billing"]
-    assert answer["scores"][0] > 0.9
+    assert answer.labels == ["billing"]
+    assert answer.scores[0] > 0.9
 
 
 @pytest.mark.parametrize("text", UNRELATED_TEXTS)
@@ -165,7 +165,7 @@ def test_one_label_scores_low_for_a_text_that_does_not_fit(
     embedding_backend: EmbeddingBackend, text: str
 ) -> None:
     [answer] = embedding_backend.predict([Instance(text, ("billing",))])
-    assert answer["scores"][0] < 0.1
+    assert answer.scores[0] < 0.1
 
 
 def test_one_bare_label_scores_fit_too(embedding_backend: EmbeddingBackend) -> None:
@@ -175,18 +175,18 @@ def test_one_bare_label_scores_fit_too(embedding_backend: EmbeddingBackend) -> N
             Instance("the weather is sunny today", ("flight",)),
         ]
     )
-    assert fits["scores"][0] > 0.5
-    assert unrelated["scores"][0] < 0.1
+    assert fits.scores[0] > 0.5
+    assert unrelated.scores[0] < 0.1
 
 
 def test_multi_label_gives_each_label_its_fit(embedding_backend: EmbeddingBackend) -> None:
     text = "The app crashed while paying and now I was charged twice."
     [answer] = embedding_backend.predict([Instance(text, DEFAULT_LABELS, multi_label=True)])
-    assert set(answer["labels"][:2]) == {"mobile", "billing"}
-    assert answer["scores"][1] > 0.5
-    scores = dict(zip(answer["labels"], answer["scores"], strict=True))
+    assert set(answer.labels[:2]) == {"mobile", "billing"}
+    assert answer.scores[1] > 0.5
+    scores = dict(zip(answer.labels, answer.scores, strict=True))
     [alone] = embedding_backend.predict([Instance(text, ("billing",))])
-    assert alone["scores"][0] == pytest.approx(scores["billing"], abs=1e-6)
+    assert alone.scores[0] == pytest.approx(scores["billing"], abs=1e-6)
 
 
 def test_nli_descriptions_are_hypotheses_as_the_pipeline_reads_them(bert_nli_dir: Path) -> None:
@@ -214,8 +214,8 @@ def test_nli_descriptions_are_hypotheses_as_the_pipeline_reads_them(bert_nli_dir
         ]
         by_description = {d: label for label, d in descriptions.items()}
         for want, got in zip(expected, backend.predict(instances), strict=True):
-            assert got["labels"] == [by_description[d] for d in want["labels"]]
-            assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+            assert got.labels == [by_description[d] for d in want["labels"]]
+            assert got.scores == pytest.approx(want["scores"], abs=1e-5)
 
 
 def test_nli_label_with_several_descriptions_takes_its_most_entailed(bert_nli_dir: Path) -> None:
@@ -229,7 +229,7 @@ def test_nli_label_with_several_descriptions_takes_its_most_entailed(bert_nli_di
         instance = Instance(text, ("a", "b"), label_descriptions=(descriptions, other))
         assert backend.rows(instance) == len(descriptions) + 1
         [prediction] = backend.predict([instance])
-        return dict(zip(prediction["labels"], prediction["scores"], strict=True))
+        return dict(zip(prediction.labels, prediction.scores, strict=True))
 
     alone = [answer((description,)) for description in candidates]
     together = answer(candidates)

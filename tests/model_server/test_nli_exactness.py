@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import pipeline
 
+from batchinfer_protocol.zero_shot import Prediction, decode_predictions
 from model_server.app import create_app
 from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend, entailment_id
@@ -48,12 +49,12 @@ def pipeline_answers(
     return classifier(EXACTNESS_TEXTS, candidate_labels=labels, multi_label=multi_label, **extra)
 
 
-def assert_same_answers(expected: list[dict], actual: list[dict]) -> None:
+def assert_same_answers(expected: list[dict], actual: list[Prediction]) -> None:
     assert len(actual) == len(expected)
     for want, got in zip(expected, actual, strict=True):
-        assert got["sequence"] == want["sequence"]
-        assert got["labels"] == want["labels"]
-        deltas = [abs(a - b) for a, b in zip(got["scores"], want["scores"], strict=True)]
+        assert got.sequence == want["sequence"]
+        assert got.labels == want["labels"]
+        deltas = [abs(a - b) for a, b in zip(got.scores, want["scores"], strict=True)]
         assert max(deltas) <= TOLERANCE, (want, got)
 
 
@@ -89,7 +90,8 @@ def test_http_server_matches_pipeline(nli_model_dir: Path) -> None:
         )
     assert response.status_code == 200, response.text
     assert response.json()["model"] == str(nli_model_dir)
-    assert_same_answers(expected, response.json()["predictions"])
+    # Read back as the client reads it, with the protocol's decoder.
+    assert_same_answers(expected, decode_predictions(response.json(), len(EXACTNESS_TEXTS)))
 
 
 def test_mixed_requests_in_one_batch_match_pipeline(bart_nli_dir: Path) -> None:

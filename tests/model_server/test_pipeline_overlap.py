@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_server.backends.base import Instance, Prediction
+from batchinfer_protocol.zero_shot import Prediction
+from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend, PreparedPairs
 from model_server.batching import DynamicBatcher
 from model_server.cuda_graphs import ShapeGraphs
@@ -88,7 +89,7 @@ def test_tokenizing_the_next_pool_overlaps_the_forward(bert_nli_dir: Path) -> No
     predictions = asyncio.run(predict_all(backend, texts))
     wall = time.perf_counter() - started
 
-    assert [p["sequence"] for p in predictions] == texts
+    assert [p.sequence for p in predictions] == texts
     assert len(backend.prepares) == len(backend.computes) == POOLS
     forward_sum = sum(end - begin for begin, end in backend.forwards)
     prepare_sum = sum(end - begin for begin, end in backend.prepares)

@@ -216,5 +216,5 @@ def test_answers_do_not_depend_on_the_warm_up(bert_nli_dir: Path, warm_up: bool)
     together = bucketed.predict([Instance(text, labels) for text in texts])
     one_by_one = [alone.predict([Instance(text, labels)])[0] for text in texts]
     for batched, single in zip(together, one_by_one, strict=True):
-        assert batched["labels"] == single["labels"]
-        assert max(abs(a - b) for a, b in zip(batched["scores"], single["scores"])) < 1e-5
+        assert batched.labels == single.labels
+        assert max(abs(a - b) for a, b in zip(batched.scores, single.scores)) < 1e-5

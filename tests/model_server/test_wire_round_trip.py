@@ -41,7 +41,7 @@ def test_a_client_request_decodes_on_the_server_with_every_parameter() -> None:
 
 def test_a_server_answer_decodes_on_the_client_unchanged() -> None:
     backend_rows = [
-        {"sequence": "first", "labels": ["billing", "mobile"], "scores": [0.75, 0.25]},
+        Prediction("first", ["billing", "mobile"], [0.75, 0.25]),
         Prediction("second", ["mobile", "billing"], [0.5, 0.5]),
     ]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from model_server.backends.base import Backend, Instance, Prediction, resolve_device
+from model_server.backends.base import Backend, Instance, resolve_device
 from model_server.model_source import resolve_model_name, resolve_model_path
 from model_server.settings import ServerSettings
 
-__all__ = ["Backend", "Instance", "Prediction", "build_backend"]
+__all__ = ["Backend", "Instance", "build_backend"]
 
 
 def build_backend(settings: ServerSettings) -> Backend:

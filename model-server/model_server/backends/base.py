@@ -6,11 +6,12 @@ import abc
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
 
+from batchinfer_protocol.zero_shot import Prediction
 from model_server.shapes import ShapeLedger
 from model_server.stage_clock import StageClock
 
@@ -44,23 +45,15 @@ class Instance:
         return self.label_descriptions[index] if index < len(self.label_descriptions) else ()
 
 
-class Prediction(TypedDict):
-    """The Hugging Face zero-shot pipeline's answer for one sequence."""
-
-    sequence: str
-    labels: list[str]
-    scores: list[float]
-
-
 def ranked_prediction(text: str, labels: Sequence[str], scores: np.ndarray) -> Prediction:
     """Labels by descending score, broken the way the Hugging Face zero-shot pipeline breaks them
-    (reversed argsort); every backend ranks with it."""
+    (reversed argsort); every backend ranks with it.
+
+    The protocol's ``Prediction``, the type the client decodes: the server encodes it once, in
+    ``app.py``, with the protocol's ``encode_predictions``.
+    """
     top = list(reversed(scores.argsort()))
-    return {
-        "sequence": text,
-        "labels": [labels[i] for i in top],
-        "scores": scores[top].tolist(),
-    }
+    return Prediction(sequence=text, labels=[labels[i] for i in top], scores=scores[top].tolist())
 
 
 class Backend(abc.ABC):

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from model_server.backends.base import Backend, Instance, Prediction, ranked_prediction
+from batchinfer_protocol.zero_shot import Prediction
+from model_server.backends.base import Backend, Instance, ranked_prediction
 from model_server.backends.label_descriptions import label_prototypes
 from model_server.backends.label_fit import (
     LabelVector,

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE
-from model_server.backends.base import Backend, Instance, Prediction, ranked_prediction
+from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE, Prediction
+from model_server.backends.base import Backend, Instance, ranked_prediction
 from model_server.cuda_graphs import ShapeGraphs
 from model_server.first_token_layer import last_layer_for_first_token
 from model_server.model_source import local_model_directory
