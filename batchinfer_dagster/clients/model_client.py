@@ -202,6 +202,8 @@ class ModelClient(ABC):
         sizes: dict[int, int] = {}
         for index, text in enumerate(texts):
             try:
+                # Checked on the text itself, so the position is the text's, not its JSON's.
+                text.encode("utf-8")
                 sizes[index] = self.instance_bytes(text)
             except UnicodeEncodeError as error:
                 answers[index] = RefusedText(

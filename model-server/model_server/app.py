@@ -27,16 +27,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from batchinfer_protocol.predict_request import RequestError, decode_request
 from batchinfer_protocol.zero_shot import encode_predictions, encode_refusal
 from model_server.backends import Backend, build_backend
 from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
 from model_server.body_budget import BodyBudget, BodyBudgetFullError, BodyHold
 from model_server.connection_guard import ensure_file_limit, guarded_protocol
+from model_server.instances import instances_of
 from model_server.memory_allocator import keep_freed_memory
 from model_server.metrics import ServerMetrics
 from model_server.model_digest import model_digest
 from model_server.model_source import local_model_directory
-from model_server.predict_request import RequestError, parse_predict_request
 from model_server.settings import ServerSettings
 from model_server.shapes import WarmUpStoppedError
 
@@ -278,7 +279,10 @@ async def answer_predict(request: Request, service: ModelService) -> Response:
         raise ModelNotReadyError(f"the model is not ready ({state}); retry after /health is 200")
     with service.body_budget.hold() as hold:
         body = await read_body_within(request, service.settings, hold)
-        instances = parse_predict_request(body, service.settings)
+        settings = service.settings
+        instances = instances_of(
+            decode_request(body, settings.request_limits), settings.model_max_label_chars
+        )
         del body  # the budget is given back here: what is held from now on is the instances
     predictions = await service.batcher.predict(instances)
     service.metrics.instances.inc(len(instances))

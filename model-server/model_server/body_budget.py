@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from model_server.predict_request import RequestError
+from batchinfer_protocol.predict_request import RequestError
 
 # What a refused client is told to wait: bodies are held for at most the body deadline, but most
 # are parsed within a second of arriving; the client's own retry backoff adds to this.

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batchinfer_protocol.predict_request import RequestLimits
 from batchinfer_protocol.zero_shot import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     DEFAULT_LABELS,
@@ -156,3 +157,12 @@ class ServerSettings(BaseSettings):
     def default_labels(self) -> list[str]:
         """The candidate labels used when a request names none."""
         return [label.strip() for label in self.model_default_labels.split(",") if label.strip()]
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """What the protocol's request decoding accepts, and its labels for a request without."""
+        return RequestLimits(
+            max_instances=self.model_max_instances,
+            max_labels=self.model_max_labels,
+            default_labels=tuple(self.default_labels),
+        )

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from batchinfer_protocol.predict_request import RequestError, decode_request
 from batchinfer_protocol.zero_shot import MAX_DESCRIPTION_CHARS
 from model_server.app import create_app
 from model_server.backends.base import Instance
@@ -23,7 +24,7 @@ from model_server.backends.label_descriptions import (
     description_phrases,
 )
 from model_server.backends.nli import label_hypotheses
-from model_server.predict_request import RequestError, parse_predict_request
+from model_server.instances import instances_of
 from model_server.settings import ServerSettings
 
 SETTINGS = ServerSettings(model_max_label_chars=40, model_max_batch_size=4)
@@ -32,7 +33,8 @@ AT_LIMIT = "billing question about an invoice chargeX"[:40]
 
 def parsed(labels: list[str], **parameters: object) -> Instance:
     body = {"instances": ["x"], "parameters": {"candidate_labels": labels, **parameters}}
-    [instance] = parse_predict_request(json.dumps(body).encode(), SETTINGS)
+    request = decode_request(json.dumps(body).encode(), SETTINGS.request_limits)
+    [instance] = instances_of(request, SETTINGS.model_max_label_chars)
     return instance
 
 

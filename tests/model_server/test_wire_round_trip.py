@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from batchinfer_protocol.predict_request import decode_request
 from batchinfer_protocol.zero_shot import (
     Prediction,
     PredictParameters,
@@ -14,7 +15,7 @@ from batchinfer_protocol.zero_shot import (
     encode_predictions,
     encode_request,
 )
-from model_server.predict_request import parse_predict_request
+from model_server.instances import instances_of
 from model_server.settings import ServerSettings
 
 DIGEST = "sha256:" + "ab" * 32
@@ -29,7 +30,9 @@ def test_a_client_request_decodes_on_the_server_with_every_parameter() -> None:
     )
     body = json.dumps(encode_request(["first", "second"], parameters)).encode()
 
-    instances = parse_predict_request(body, ServerSettings())
+    settings = ServerSettings()
+    request = decode_request(body, settings.request_limits)
+    instances = instances_of(request, settings.model_max_label_chars)
 
     assert [instance.text for instance in instances] == ["first", "second"]
     for instance in instances:

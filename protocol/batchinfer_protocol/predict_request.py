@@ -1,7 +1,13 @@
-"""Parsing and checking a /predict body before any of it reaches a model batch.
+"""Decoding and checking a ``POST /predict`` body: the model server's side of ``encode_request``.
 
 Everything a request can get wrong is found here, so a bad request is answered on its own with
-a clear 4xx and never joins (or breaks) a batch shared with other requests.
+a clear 4xx and never joins (or breaks) a model batch shared with other requests. It decodes to
+the types the client encodes from (``PredictRequest`` holds the texts and a ``PredictParameters``),
+so one module of the protocol is read by both sides: ``tests/fast/test_wire_contract.py`` sends a
+request through the client's encoding and this decoding, and an answer back.
+
+The server's own bounds and default labels come in as ``RequestLimits`` (the model server builds
+it from its settings); the status codes are the contract's (``zero_shot``'s docstring).
 """
 
 from __future__ import annotations
@@ -16,13 +22,12 @@ from batchinfer_protocol.zero_shot import (
     MAX_DESCRIPTION_CHARS,
     InstanceError,
     ParameterError,
+    PredictParameters,
     check_hypothesis_template,
     check_label_descriptions,
     check_labels,
     encode_refusal,
 )
-from model_server.backends.base import Instance
-from model_server.settings import ServerSettings
 
 KNOWN_PARAMETERS = frozenset(
     {"candidate_labels", "multi_label", "hypothesis_template", "label_descriptions"}
@@ -75,18 +80,30 @@ def check_encodable(text: str, where: str) -> str:
 
 
 @dataclass(frozen=True)
-class Parameters:
-    labels: tuple[str, ...]
-    multi_label: bool
-    hypothesis_template: str | None
-    # Per candidate label, in the labels' order: its descriptions, () when the request gave none.
-    label_descriptions: tuple[tuple[str, ...], ...]
-    # Per candidate label, what the model reads of it; () when no label is cut.
-    label_texts: tuple[str, ...]
+class RequestLimits:
+    """What a server accepts in one request, and the labels it uses when a request names none.
+
+    Every field is required: the model server builds it from its settings (``MODEL_MAX_*``,
+    ``MODEL_DEFAULT_LABELS``), the one place their defaults are written.
+    """
+
+    max_instances: int
+    max_labels: int
+    default_labels: tuple[str, ...]
 
 
-def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instance]:
-    """The instances of a /predict body, or a RequestError saying what is wrong with it.
+@dataclass(frozen=True)
+class PredictRequest:
+    """A decoded ``POST /predict``: the texts in instance order, and the request's parameters
+    with the server's defaults filled in (``label_descriptions`` keeps the candidate labels'
+    entries only)."""
+
+    texts: list[str]
+    parameters: PredictParameters
+
+
+def decode_request(body: bytes, limits: RequestLimits) -> PredictRequest:
+    """The texts and parameters of a /predict body, or a RequestError saying what is wrong.
 
     A malformed body is a 400, a well-formed one the server cannot serve a 413 or 422; instances
     wrong on their own are listed in ``instance_errors`` (422) so the client can resend the rest.
@@ -103,13 +120,13 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
     instances = payload.get("instances")
     if not isinstance(instances, list) or not instances:
         raise RequestError(422, "'instances' must be a non-empty list of texts or {'text': ...}")
-    if len(instances) > settings.model_max_instances:
+    if len(instances) > limits.max_instances:
         raise RequestError(
             413,
             f"{len(instances)} instances in one request; the limit is "
-            f"{settings.model_max_instances} (MODEL_MAX_INSTANCES): split the request",
+            f"{limits.max_instances} (MODEL_MAX_INSTANCES): split the request",
         )
-    parameters = parse_parameters(payload.get("parameters"), settings)
+    parameters = parse_parameters(payload.get("parameters"), limits)
     texts: list[str] = []
     errors: list[InstanceError] = []
     for index, instance in enumerate(instances):
@@ -124,17 +141,7 @@ def parse_predict_request(body: bytes, settings: ServerSettings) -> list[Instanc
             "the others are valid: resend them without the instances in 'instance_errors'",
             errors,
         )
-    return [
-        Instance(
-            text=text,
-            labels=parameters.labels,
-            multi_label=parameters.multi_label,
-            hypothesis_template=parameters.hypothesis_template,
-            label_descriptions=parameters.label_descriptions,
-            label_texts=parameters.label_texts,
-        )
-        for text in texts
-    ]
+    return PredictRequest(texts=texts, parameters=parameters)
 
 
 def instance_text(instance: Any, index: int) -> str:
@@ -152,7 +159,7 @@ def instance_text(instance: Any, index: int) -> str:
     return check_encodable(text, f"instances[{index}]")
 
 
-def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
+def parse_parameters(raw: Any, limits: RequestLimits) -> PredictParameters:
     """Request parameters with the server's defaults filled in."""
     if raw is None:
         raw = {}
@@ -166,31 +173,16 @@ def parse_parameters(raw: Any, settings: ServerSettings) -> Parameters:
     multi_label = raw.get("multi_label", False)
     if not isinstance(multi_label, bool):
         raise RequestError(422, f"'multi_label' must be true or false, got {brief(multi_label)}")
-    labels = parse_labels(raw.get("candidate_labels", settings.default_labels), settings)
-    return Parameters(
-        labels=labels,
+    labels = parse_labels(raw.get("candidate_labels", list(limits.default_labels)), limits)
+    return PredictParameters(
+        candidate_labels=labels,
         multi_label=multi_label,
         hypothesis_template=parse_template(raw.get("hypothesis_template")),
         label_descriptions=parse_label_descriptions(raw.get("label_descriptions"), labels),
-        label_texts=label_texts(labels, settings.model_max_label_chars),
     )
 
 
-def label_texts(labels: tuple[str, ...], max_chars: int) -> tuple[str, ...]:
-    """What the model reads of each label: its first ``max_chars`` characters; () if none is cut.
-
-    A label is cut before any template is formatted with it: the embedding backend formats each
-    label into ten templates and tokenizes them all, the NLI backend pairs it with every text, so
-    64 labels of 150 KB held the model for ~55 s although the model reads at most 256 or 512
-    tokens of each. The answer keeps the whole labels; two labels equal in their first
-    ``max_chars`` characters get equal scores.
-    """
-    if all(len(label) <= max_chars for label in labels):
-        return ()
-    return tuple(label[:max_chars] for label in labels)
-
-
-def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
+def parse_labels(raw: Any, limits: RequestLimits) -> tuple[str, ...]:
     """Candidate labels as a list, or a comma-separated string as the pipeline accepts."""
     if isinstance(raw, str):
         raw = [label.strip() for label in raw.split(",") if label.strip()]
@@ -199,7 +191,7 @@ def parse_labels(raw: Any, settings: ServerSettings) -> tuple[str, ...]:
     try:
         for label in raw:
             check_encodable(label, "a candidate label")
-        return check_labels(raw, max_labels=settings.model_max_labels)
+        return check_labels(raw, max_labels=limits.max_labels)
     except (ParameterError, ValueError) as error:
         raise RequestError(422, f"'candidate_labels': {error}") from error
 
@@ -223,14 +215,15 @@ def parse_template(raw: Any) -> str | None:
         raise RequestError(422, f"'hypothesis_template': {error}") from error
 
 
-def parse_label_descriptions(raw: Any, labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """The descriptions of each candidate label, aligned with ``labels``; () for a label without.
+def parse_label_descriptions(raw: Any, labels: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The descriptions of the candidate labels that have some, as ``PredictParameters`` holds
+    them (``PredictParameters.as_json`` sends the same entries).
 
     Entries for labels that are not candidates are checked and dropped, so a client can send
     one deployment-wide object with every request.
     """
     if raw is None:
-        return tuple(() for _ in labels)
+        return {}
     try:
         descriptions = check_label_descriptions(raw)
         for label_descriptions in descriptions.values():
@@ -238,4 +231,4 @@ def parse_label_descriptions(raw: Any, labels: tuple[str, ...]) -> tuple[tuple[s
                 check_encodable(description, "a label description")
     except (ParameterError, ValueError) as error:
         raise RequestError(422, f"'label_descriptions': {error}") from error
-    return tuple(descriptions.get(label, ()) for label in labels)
+    return {label: descriptions[label] for label in labels if label in descriptions}
