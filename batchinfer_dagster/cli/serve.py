@@ -6,6 +6,7 @@ imports it up front, and the Dagster side never imports torch.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 import click
 
 from batchinfer_dagster.cli.output import echo_json
+
+MODEL_SERVER_MISSING = (
+    "serve-model runs the model server, which this Python environment does not have (the "
+    "Dagster image and `pip install .` leave it out): in a checkout, `pip install ./protocol "
+    "./model-server` or `make model-server`; elsewhere, run the model-server image"
+)
 
 
 @click.command("serve-model")
@@ -24,7 +31,10 @@ def serve_model() -> None:
       AIP_HTTP_PORT=8080 MODEL_BACKEND=embedding batchinfer serve-model
     """
     # The model server is its own distribution (batchinfer-model-server): run it as a program,
-    # so the Dagster side never imports torch.
+    # so the Dagster side never imports torch. Found, not imported: the Dagster image and a
+    # `pip install .` leave it out, and its absence is one line here, not the child's traceback.
+    if importlib.util.find_spec("model_server") is None:
+        raise click.ClickException(MODEL_SERVER_MISSING)
     try:
         os.execvp(sys.executable, [sys.executable, "-m", "model_server"])
     except OSError as error:

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
 
 from batchinfer_dagster import cli as cli_package
 from batchinfer_dagster.cli import (
@@ -133,3 +137,25 @@ def test_the_cli_runs_no_sql_of_its_own() -> None:
     uses = {path.name: sqlalchemy_uses(path.read_text()) for path in package.glob("*.py")}
     # A type hint and printing a URL without its password; queries live in queries.py.
     assert set().union(*uses.values()) == {"Engine", "make_url"}, uses
+
+
+def test_serve_model_without_the_model_server_is_one_line_naming_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules: what find_spec reports for a package this environment lacks.
+    monkeypatch.setitem(sys.modules, "model_server", None)
+    monkeypatch.setattr(os, "execvp", lambda *args: pytest.fail(f"exec'd {args}"))
+    result = CliRunner().invoke(cli, ["serve-model"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {serve.MODEL_SERVER_MISSING}\n"
+    assert "pip install ./protocol ./model-server" in result.output
+
+
+def test_serve_model_execs_the_model_server_when_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executed: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(os, "execvp", lambda file, args: executed.append((file, args)))
+    result = CliRunner().invoke(cli, ["serve-model"])
+    assert result.exit_code == 0, result.output
+    assert executed == [(sys.executable, [sys.executable, "-m", "model_server"])]
