@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import click
@@ -87,13 +88,18 @@ def cli(ctx: click.Context) -> None:
     ctx.obj = load_settings()
 
 
-def _add_commands() -> None:
-    """Every group module's ``COMMANDS``; ``--help`` lists them by name whatever the order."""
-    for group in (records, requests, predictions, rollout, status, infrastructure, serve):
-        for command in group.COMMANDS:
-            cli.add_command(command)
-
-
-_add_commands()
+# The command modules; each lists its commands in COMMANDS. `--help` sorts them by name.
+GROUP_MODULES: tuple[ModuleType, ...] = (
+    records,
+    requests,
+    predictions,
+    rollout,
+    status,
+    infrastructure,
+    serve,
+)
+for _module in GROUP_MODULES:
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
 main: Callable[[], Any] = cli

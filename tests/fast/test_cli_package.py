@@ -16,18 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchinfer_dagster import cli as cli_package
-from batchinfer_dagster.cli import (
-    cli,
-    infrastructure,
-    predictions,
-    records,
-    requests,
-    rollout,
-    serve,
-    status,
-)
-
-GROUP_MODULES = (records, requests, predictions, rollout, status, infrastructure, serve)
+from batchinfer_dagster.cli import GROUP_MODULES, cli, serve
 
 # Every command of `batchinfer` before the split into cli/ (cli.py at 2f9144f), by name.
 COMMANDS = {
