@@ -110,10 +110,11 @@ def arm_environment(tree: Path, home: Path, model_url: str) -> dict[str, str]:
     }
 
 
-def run_arm_script(tree: Path, home: Path, model_url: str, *args: object) -> str:
-    """``first_hour_arm.py`` under ``tree``'s code: the database steps in the arm's own schema."""
+def run_arm_script(tree: Path, home: Path, model_url: str, command: str, *counts: int) -> str:
+    """``first_hour_arm.py COMMAND HOME MODEL_URL COUNTS…`` under ``tree``'s code: the database
+    steps in the arm's own schema. Its stdout; its progress goes to stderr as it runs."""
     return subprocess.run(
-        [sys.executable, str(ARM_SCRIPT), *map(str, args)],
+        [sys.executable, str(ARM_SCRIPT), command, str(home), model_url, *map(str, counts)],
         env=arm_environment(tree, home, model_url),
         stdout=subprocess.PIPE,
         check=True,
