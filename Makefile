@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The install stamp. A checkout whose .venv is a link to another checkout's venv (a `git
+# worktree` sharing one) sets STAMP to a file of its own (`STAMP=/tmp/x/stamp make run`, or in
+# the environment): the shared venv is then used as it is, never reinstalled from this checkout.
+STAMP ?= $(VENV)/.installed
 # State lives where `batchinfer where` says (BATCHINFER_HOME, by default the user data
 # directory, e.g. ~/.local/share/batchinfer), so `make run` and the CLI in any shell agree.
 export HF_HUB_OFFLINE ?= 1

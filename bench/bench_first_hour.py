@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -41,11 +41,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from batchinfer_dagster import db
-from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import TEXTS, engine_of, local_feature_store, migrate, open_queue
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer
 from batchinfer_testing.processes import stop_process_group
 from bench.report import write_section
@@ -86,29 +81,55 @@ class Arm:
     tree: Path
     latencies: list[float]
     latency_load: str = ""
-    drain_seconds: float = 0.0
-    drain_load: str = ""
+    drains: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+    """(seconds, load average) of each drain sample."""
+
+    @property
+    def drain_seconds(self) -> float:
+        return statistics.median(seconds for seconds, _ in self.drains)
+
+    @property
+    def drain_load(self) -> str:
+        return "; ".join(f"{seconds:.0f} s @ {load}" for seconds, load in self.drains)
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-@contextlib.contextmanager
-def dg_dev(tree: Path, home: Path, model_url: str) -> Iterator[Settings]:
-    """`make run`'s Dagster half on ``tree``'s code: ``dg dev`` with the embedded defaults."""
-    settings = Settings(home=home, model_url=model_url)
-    migrate(settings)
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True)
-    shutil.copy(tree / "dagster.local.yaml", dagster_home / "dagster.yaml")
-    environment = {
+ARM_SCRIPT = Path(__file__).with_name("first_hour_arm.py")
+
+
+def arm_environment(tree: Path, home: Path, model_url: str) -> dict[str, str]:
+    """The environment of ``tree``'s processes: its code first, the arm's home and model."""
+    return {
         **os.environ,
         "PYTHONPATH": python_path(tree),
         "BATCHINFER_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
         "BATCHINFER_MODEL_URL": model_url,
     }
+
+
+def run_arm_script(tree: Path, home: Path, model_url: str, command: str, *counts: int) -> str:
+    """``first_hour_arm.py COMMAND HOME MODEL_URL COUNTS…`` under ``tree``'s code: the database
+    steps in the arm's own schema. Its stdout; its progress goes to stderr as it runs."""
+    return subprocess.run(
+        [sys.executable, str(ARM_SCRIPT), command, str(home), model_url, *map(str, counts)],
+        env=arm_environment(tree, home, model_url),
+        stdout=subprocess.PIPE,
+        check=True,
+        text=True,
+    ).stdout
+
+
+@contextlib.contextmanager
+def dg_dev(tree: Path, home: Path, model_url: str) -> Iterator[None]:
+    """`make run`'s Dagster half on ``tree``'s code: ``dg dev`` with the embedded defaults, on
+    a database the arm has migrated itself."""
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(tree / "dagster.local.yaml", dagster_home / "dagster.yaml")
+    environment = {**arm_environment(tree, home, model_url), "DAGSTER_HOME": str(dagster_home)}
     with (home / "dg_dev.log").open("wb") as log:
         process = subprocess.Popen(
             [str(BIN / "dg"), "dev", "-w", "workspace.yaml"],
@@ -119,72 +140,35 @@ def dg_dev(tree: Path, home: Path, model_url: str) -> Iterator[Settings]:
             start_new_session=True,
         )
         try:
-            yield settings
+            yield
         finally:
             stop_process_group(process)
 
 
-def predicted(settings: Settings, record_ids: range) -> int:
-    table = db.predictions
-    with engine_of(settings).connect() as connection:
-        return connection.execute(
-            sa.select(sa.func.count(sa.distinct(table.c.record_id))).where(
-                table.c.record_id.between(record_ids.start, record_ids.stop - 1)
-            )
-        ).scalar_one()
-
-
-def wait_until_predicted(settings: Settings, record_ids: range, timeout: float) -> float:
-    """Seconds until every record of ``record_ids`` has a prediction row."""
-    started = time.monotonic()
-    while predicted(settings, record_ids) < len(record_ids):
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"records {record_ids} not predicted after {timeout:.0f} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 def measure_arm(arm: Arm, home: Path, model_url: str, samples: int, drain: int) -> None:
     """On a fresh `dg dev` and home: a warm-up request, ``samples`` single requests, then a
-    backlog of ``drain`` (either may be 0)."""
-    rng = random.Random(7)
-    with dg_dev(arm.tree, home, model_url) as settings:
-        total = 1 + samples + drain
-        local_feature_store(settings).upsert(
-            [(i, f"{TEXTS[i % len(TEXTS)]} (ticket {i})") for i in range(1, total + 1)]
+    backlog of ``drain`` (either may be 0); see ``first_hour_arm.py``."""
+    home.mkdir(parents=True)
+    run_arm_script(arm.tree, home, model_url, "prepare", 1 + samples + drain)
+    with dg_dev(arm.tree, home, model_url):
+        result = json.loads(
+            run_arm_script(arm.tree, home, model_url, "measure", samples, drain).splitlines()[-1]
         )
-        queue = open_queue(settings)
-        try:
-            queue.publish([b'{"id": "1"}'])  # warm-up: code server, daemon, first run
-            wait_until_predicted(settings, range(1, 2), timeout=600)
-            loads = []
-            for record_id in range(2, samples + 2):
-                time.sleep(rng.uniform(0, 5))
-                queue.publish([json.dumps({"id": str(record_id)}).encode()])
-                arm.latencies.append(
-                    wait_until_predicted(settings, range(record_id, record_id + 1), 300)
-                )
-                loads.append(load_average())
-                print(f"  {arm.name} single {record_id - 1}/{samples}: {arm.latencies[-1]:.1f} s")
-            if samples:
-                arm.latency_load = f"{loads[0]} → {loads[-1]}"
-                print(
-                    f"  {arm.name}: p50 {arm.percentile(0.5):.1f} s, p95 "
-                    f"{arm.percentile(0.95):.1f} s (load {arm.latency_load})",
-                    flush=True,
-                )
-            if drain:
-                backlog = range(samples + 2, total + 1)
-                queue.publish([json.dumps({"id": str(i)}).encode() for i in backlog])
-                arm.drain_seconds = wait_until_predicted(settings, backlog, timeout=3600)
-                arm.drain_load = load_average()
-                print(
-                    f"  {arm.name} drain of {drain}: {arm.drain_seconds:.1f} s "
-                    f"(load {arm.drain_load})",
-                    flush=True,
-                )
-        finally:
-            queue.close()
+    arm.latencies += result["latencies"]
+    if samples:
+        loads = result["latency_loads"]
+        arm.latency_load = f"{loads[0]} → {loads[-1]}"
+        print(
+            f"  {arm.name}: p50 {arm.percentile(0.5):.1f} s, p95 "
+            f"{arm.percentile(0.95):.1f} s (load {arm.latency_load})",
+            flush=True,
+        )
+    if drain:
+        arm.drains.append((result["drain_seconds"], result["drain_load"]))
+        print(
+            f"  {arm.name} drain of {drain}: {arm.drains[-1][0]:.1f} s (load {arm.drains[-1][1]})",
+            flush=True,
+        )
 
 
 def cli_seconds(tree: Path, home: Path, args: list[str]) -> float:
@@ -227,7 +211,8 @@ def report(
         f"| publish → readable, p95 | {before.percentile(0.95):.1f} s "
         f"| {after.percentile(0.95):.1f} s "
         f"| {after.percentile(0.95) / before.percentile(0.95):.2f} | (same) |",
-        f"| drain of {drain:,} requests published at once | {drain / before.drain_seconds:.0f}/s "
+        f"| drain of {drain:,} requests published at once, median of {len(before.drains)} "
+        f"| {drain / before.drain_seconds:.0f}/s "
         f"({before.drain_seconds:.0f} s) | {drain / after.drain_seconds:.0f}/s "
         f"({after.drain_seconds:.0f} s) | {before.drain_seconds / after.drain_seconds:.2f} "
         f"| {before.drain_load} / {after.drain_load} |",
@@ -244,7 +229,8 @@ def report(
         "`dagster.local.yaml` and every setting at its embedded default, one model server "
         "(`python -m model_server`, embedding backend on CPU) for both. Ratios are after / "
         "before for times (below 1 is faster) and after-rate / before-rate for the drain. Load "
-        "average (1, 5, 15 min) at the first and last sample, before / after.\n\n"
+        "average (1, 5, 15 min) at the first and last sample, before / after; for the drain, "
+        "each sample's seconds @ the load at its end, the arms alternating.\n\n"
         "| measure | before | after | ratio | load average |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
@@ -312,6 +298,9 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--drain", type=int, default=5000)
+    parser.add_argument(
+        "--drain-repeats", type=int, default=3, help="drains per arm, alternating: the median"
+    )
     parser.add_argument("--cli-repeats", type=int, default=9)
     parser.add_argument("--cli-only", action="store_true", help="only the CLI start times")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
@@ -345,8 +334,10 @@ def main() -> None:
                 # under the same stretch of the machine's load.
                 for arm in arms:
                     measure_arm(arm, work / f"singles-{arm.name}", server.url, args.samples, 0)
-                for arm in arms:
-                    measure_arm(arm, work / f"drain-{arm.name}", server.url, 0, args.drain)
+                for repeat in range(args.drain_repeats):
+                    for arm in arms:
+                        home = work / f"drain-{arm.name}-{repeat}"
+                        measure_arm(arm, home, server.url, 0, args.drain)
             finally:
                 server.stop()
         cli_load_start = load_average()

@@ -8,6 +8,7 @@ script writes, at the size it writes them.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -80,3 +81,16 @@ def test_chromium_takes_one_screenshot_at_the_readme_size(tmp_path: Path) -> Non
     assert f"--window-size={WINDOW_SIZE[0]},{WINDOW_SIZE[1]}" in command
     assert f"--screenshot={tmp_path / 'x.png'}" in command
     assert command[-1] == "http://127.0.0.1:3000/x"
+
+
+def test_the_walkthrough_asks_for_no_prediction_of_a_record_it_deleted() -> None:
+    """The screenshots wait for ``batchinfer prediction`` to answer: a record deleted earlier in
+    the walkthrough would never get one (its request is dead-lettered "unknown record id")."""
+    deleted: set[str] = set()
+    for argv in walkthrough_commands(README):
+        if argv[1] == "delete-data-point":
+            deleted.add(argv[2])
+        elif argv[1] == "publish":
+            assert json.loads(argv[2])["id"] not in deleted, argv
+        elif argv[1] == "prediction":
+            assert argv[2] not in deleted, argv
