@@ -120,6 +120,7 @@ def test_fail_batch_charges_its_queued_requests_only(app_settings: Settings) -> 
     (key,) = ledger.create_batches(engine, [1, 2], source="t", batch_size=8, now=NOW)
     (other,) = ledger.create_batches(engine, [3], source="t", batch_size=8, now=NOW)
     ledger.start_batch(engine, key, run_id="r", now=NOW)
+    ledger.start_batch(engine, other, run_id="r-other", now=NOW)
     table = db.prediction_requests
     with engine.begin() as connection:
         connection.execute(table.update().where(table.c.record_id == 2).values(status=R.DONE))
@@ -128,7 +129,7 @@ def test_fail_batch_charges_its_queued_requests_only(app_settings: Settings) -> 
 
     failed = batch_row(app_settings, key)
     assert (failed.status, failed.updated_at) == (B.FAILED, LATER)
-    assert batch_row(app_settings, other).status == B.QUEUED
+    assert batch_row(app_settings, other).status == B.RUNNING
     requests = requests_by_record(app_settings)
     assert (requests[1].error, requests[1].updated_at) == ("e" * MAX_ERROR_CHARS, LATER)
     assert (requests[2].error, requests[2].updated_at) == (None, NOW)
@@ -251,6 +252,7 @@ def test_settle_batch_counts_every_outcome_and_touches_only_its_batch(
     engine = engine_of(app_settings)
     key, requests = started(engine, [1, 2, 3])
     (other,) = ledger.create_batches(engine, [1], source="t", batch_size=8, now=NOW)
+    ledger.start_batch(engine, other, run_id="run-other", now=NOW)
     table = db.prediction_requests
     with engine.begin() as connection:  # an earlier attempt's error
         connection.execute(
@@ -283,7 +285,7 @@ def test_settle_batch_counts_every_outcome_and_touches_only_its_batch(
     assert (letters[1].resolved_at, letters[1].resolved_by_run) == (LATER, "run-9")
     settled = batch_row(app_settings, key)
     assert (settled.status, settled.updated_at) == (B.SUCCEEDED, LATER)
-    assert batch_row(app_settings, other).status == B.QUEUED
+    assert batch_row(app_settings, other).status == B.RUNNING
     (bystander,) = [r for r in rows(app_settings, db.prediction_requests) if r.batch_key == other]
     assert (bystander.status, bystander.updated_at) == (R.QUEUED, NOW)
     stored = prediction_rows(app_settings)[(1, CONFIG_A.digest)]

@@ -145,11 +145,11 @@ def test_new_batches_are_requested_once_lowest_key_first_up_to_the_limit(
     app_settings: Settings,
 ) -> None:
     engine = engine_of(app_settings)
-    early, middle, late = (
+    late, middle, early = (
         ledger.create_batches(engine, [i], source="t", batch_size=1, now=NOW + timedelta(hours=i))[
             0
         ]
-        for i in (1, 2, 3)
+        for i in (3, 2, 1)  # written latest first
     )
     given_up = ledger.create_batches(engine, [9], source="t", batch_size=1, now=NOW)[0]
     ledger.dead_letter_batch(engine, given_up, reason="gone", now=NOW)

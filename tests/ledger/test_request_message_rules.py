@@ -75,3 +75,42 @@ def test_the_message_key_is_queue_id_and_publish_time_in_microseconds() -> None:
     published = datetime(2026, 12, 5, 9, 0, 0, 123456, tzinfo=UTC)
     message = ReceivedMessage("42", "ack", b"{}", 1, published)
     assert ledger.request_key("pubsub", message) == f"pubsub:42:{1_796_461_200_123_456}"
+
+
+@pytest.mark.parametrize("size", [ledger.MAX_PAYLOAD_BYTES, ledger.MAX_PAYLOAD_BYTES + 1])
+def test_the_payload_limit_at_its_value_and_one_past(size: int) -> None:
+    head = b'{"id": "5", "pad": "'
+    payload = head + b"x" * (size - len(head) - 2) + b'"}'
+    if size == ledger.MAX_PAYLOAD_BYTES:
+        assert ledger.parse_record_id(payload) == 5
+    else:
+        with pytest.raises(ledger.InvalidRequestError, match=r"^payload is 10241 bytes, over"):
+            ledger.parse_record_id(payload)
+
+
+def test_nesting_at_the_limit_is_accepted() -> None:
+    payload = b'{"id": 5, "x": ' + b"[" * (ledger.MAX_NESTING - 1) + b"]" * 31 + b"}"
+    assert ledger.json_nesting_depth(payload) == ledger.MAX_NESTING
+    assert ledger.parse_record_id(payload) == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"[1]", "^not a JSON object but list$"),
+        (b'"5"', "^not a JSON object but str$"),
+        (
+            b'{"k": 1, "j": 1, "i": 1, "h": 1, "g": 1, "f": 1, "e": 1, "d": 1, "c": 1, "b": 1, '
+            b'"a": 1}',
+            r"^no 'id' field \(fields: \['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'\]\)$",
+        ),
+        (b'{"id": 9223372036854775808}', "^id 9223372036854775808 is not a positive integer$"),
+    ],
+)
+def test_a_refusal_names_what_the_message_held(data: bytes, reason: str) -> None:
+    with pytest.raises(ledger.InvalidRequestError, match=reason):
+        ledger.parse_record_id(data)
+
+
+def test_the_largest_integer_id_is_accepted() -> None:
+    assert ledger.parse_record_id(b'{"id": 9223372036854775807}') == ledger.MAX_RECORD_ID
