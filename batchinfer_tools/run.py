@@ -259,8 +259,9 @@ def log_path() -> Path:
 def main() -> int:
     """Start the model server and ``dg dev``; on Ctrl-C or SIGTERM stop them in order.
 
-    Returns 130 after a stop by signal, otherwise the exit status of whichever child ended
-    first (``make run`` ends when either does).
+    Returns 0 after a stop by signal (a clean stop is what the user asked for: make then says
+    nothing more), otherwise the exit status of whichever child ended first (``make run`` ends
+    when either does).
     """
     path = log_path()
     with path.open("wb") as log, stop_signals():
@@ -269,7 +270,7 @@ def main() -> int:
         model_server = start([str(BIN / "python"), "-m", "model_server"], relay)
         dagster = start([str(BIN / "dg"), "dev", "-w", "workspace.yaml"], relay)
         readiness_thread(relay)
-        status = 130
+        status = 0
         try:
             while model_server.poll() is None and dagster.poll() is None:
                 time.sleep(POLL_S)
