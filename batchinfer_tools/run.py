@@ -6,10 +6,11 @@ or a code server was just starting died in ``site`` with ``Fatal Python error:
 init_import_site``, and each run worker printed its ``DagsterExecutionInterruptedError`` with a
 full stack. Here Ctrl-C (or SIGTERM) stops things in the order a shutdown needs:
 
-1. ``dg dev`` (SIGINT to that one process): it tells its daemon and webserver to stop and stops
-   its code server, so no run is launched any more;
-2. what is left of its process group, the run workers (SIGINT: each records its run's failure
-   in the instance, so the sensor retries the batch on the next start);
+1. ``dg dev`` (SIGINT to that one process): it tells its daemon and webserver to stop, so no
+   run is launched any more; its code server waits for the runs it started;
+2. the runs still in flight, canceled through the instance's run launcher (the code server
+   interrupts each run worker, which records its run as canceled: the sensor gives the batch
+   another attempt on the next start); SIGINT, then SIGKILL, to what is left of the group;
 3. the model server, which the run workers used until then.
 
 Everything the children print goes to ``<home>/logs/make-run.log``; until the stop it is also
@@ -31,8 +32,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from dagster import RunsFilter
 
 from batchinfer_testing.model_server import REPO_ROOT
 
@@ -43,6 +48,11 @@ LOG_NAME = "make-run.log"
 DAGSTER_STOP_TIMEOUT_S = 90.0
 RUN_WORKERS_STOP_TIMEOUT_S = 60.0
 MODEL_SERVER_STOP_TIMEOUT_S = 30.0
+# The longest a stop can take, its last step's SIGKILL included: `make stack` waits this long
+# before it stops the servers that Dagster uses.
+STOP_TIMEOUT_S = (
+    DAGSTER_STOP_TIMEOUT_S + 2 * RUN_WORKERS_STOP_TIMEOUT_S + MODEL_SERVER_STOP_TIMEOUT_S
+)
 POLL_S = 0.2
 PARTITION_TAG = "dagster/partition"
 T = TypeVar("T")
@@ -163,8 +173,17 @@ def wait_group_reaping(process: subprocess.Popen[bytes], timeout: float) -> bool
         time.sleep(POLL_S)
 
 
-def stop_dagster(dagster: subprocess.Popen[bytes]) -> None:
-    """Steps 1 and 2 of the module's order: ``dg dev`` alone, then its run workers."""
+def stop_dagster(dagster: subprocess.Popen[bytes], relay: Relay) -> list[str]:
+    """Steps 1 and 2 of the module's order; the ids of the runs that were in flight.
+
+    ``dg dev`` alone first: its daemon stops, so nothing launches a run any more, while its code
+    server waits for the runs it started. Those are then canceled through the instance's run
+    launcher (Dagster's own termination: the code server interrupts the run worker, which
+    records the run as canceled); a run worker still there after ``RUN_WORKERS_STOP_TIMEOUT_S``
+    gets SIGINT, and SIGKILL after as long again.
+    """
+    before = _read_instance(runs_in_flight, [], relay)
+    relay.child_line(f"{_now()} stopping dg dev")
     if dagster.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(dagster.pid, signal.SIGINT)
@@ -173,7 +192,10 @@ def stop_dagster(dagster: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             dagster.kill()
             dagster.wait()
-    stop_group(dagster, signal.SIGINT, RUN_WORKERS_STOP_TIMEOUT_S)
+    canceled = _read_instance(lambda: cancel_runs_in_flight(relay), [], relay)
+    if not wait_group_reaping(dagster, RUN_WORKERS_STOP_TIMEOUT_S):
+        stop_group(dagster, signal.SIGINT, RUN_WORKERS_STOP_TIMEOUT_S)
+    return list(dict.fromkeys([*before, *canceled]))
 
 
 @dataclass(frozen=True)
@@ -188,7 +210,7 @@ class InterruptedRun:
         """The one line the terminal gets for this run."""
         batch = f"batch {self.partition}" if self.partition else "no batch"
         if self.status in ("FAILURE", "CANCELED"):
-            outcome = "its batch is retried when `make run` starts again"
+            outcome = "its batch is retried at the next start on the same state"
         else:
             outcome = (
                 f"left {self.status.lower()}; run monitoring fails it on the next start and "
@@ -199,13 +221,41 @@ class InterruptedRun:
 
 def runs_in_flight() -> list[str]:
     """Ids of the instance's started (or starting) runs; the instance from ``DAGSTER_HOME``."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        runs = instance.get_runs(
-            RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
-        )
-        return [run.run_id for run in runs]
+        return [run.run_id for run in instance.get_runs(_in_flight())]
+
+
+def cancel_runs_in_flight(relay: Relay) -> list[str]:
+    """Cancel each started (or starting) run through the instance's run launcher; their ids.
+
+    A run that cannot be canceled (its code server gone) gets a line in the log and is left to
+    the SIGINT that follows.
+    """
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        run_ids = [run.run_id for run in instance.get_runs(_in_flight())]
+        for run_id in run_ids:
+            try:
+                canceled = instance.run_launcher.terminate(run_id)
+            except Exception as error:  # noqa: BLE001 - charged to this run; the stop goes on
+                relay.child_line(f"{_now()} could not cancel run {run_id}: {error!r}")
+            else:
+                relay.child_line(f"{_now()} canceling run {run_id}: requested {canceled}")
+        return run_ids
+
+
+def _now() -> str:
+    """A time stamp for the log's own lines, as Dagster writes them (UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+def _in_flight() -> RunsFilter:
+    from dagster import DagsterRunStatus, RunsFilter
+
+    return RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
 
 
 def interrupted_runs(run_ids: Iterable[str]) -> list[InterruptedRun]:
@@ -282,8 +332,7 @@ def main() -> int:
             signal.signal(sig, signal.SIG_IGN)
         relay.quiet()
         relay.say(f"stopping Dagster, then the model server (their output: {path})")
-        in_flight = _read_instance(runs_in_flight, [], relay)
-        stop_dagster(dagster)
+        in_flight = stop_dagster(dagster, relay)
         stop_group(model_server, signal.SIGINT, MODEL_SERVER_STOP_TIMEOUT_S)
         relay.drain(timeout=5)
         for run in _read_instance(lambda: interrupted_runs(in_flight), [], relay):
