@@ -134,8 +134,8 @@ def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -
 
     Its own session keeps the terminal's Ctrl-C from reaching it directly: this process
     forwards it as SIGINT (``make run``'s ordered stop, batchinfer_tools.run), waits
-    ``STOP_TIMEOUT_S``, then terminates and kills what is left. Returns its exit status, or 130
-    after an interrupt.
+    ``STOP_TIMEOUT_S``, then terminates and kills what is left. Returns its exit status, or 0
+    after an interrupt (the stop the user asked for; make then prints no error).
     """
     process = subprocess.Popen(
         list(command), cwd=REPO_ROOT, env={**os.environ, **environment}, start_new_session=True
@@ -149,7 +149,7 @@ def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -
             process.wait(timeout=0)
         except subprocess.TimeoutExpired:
             stop_group(process)
-        return 130
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -177,7 +177,6 @@ def main(command: Sequence[str] = ("make", "run")) -> int:
                 flush=True,
             )
             status = run_until_interrupted(command, stack.environment)
-            status = 0 if status == 130 else status
     except ServiceUnavailableError as error:
         print(f"cannot start the stack: {error}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ STOPPED = "stopped"
 BACKLOG = 3000
 INTERRUPTED_LINE = re.compile(
     r"^run (?P<run>[0-9a-f]{8}) \(batch (?P<batch>\S+)\) interrupted by the stop; its batch is "
-    r"retried when `make run` starts again$"
+    r"retried at the next start on the same state$"
 )
 
 
