@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 DEADLINE_SECONDS = 600
 READY = "batchinfer is ready after"
 STEP_STARTED = "STEP_START"
+STOPPING = "stopping Dagster, then the model server"
 STOPPED = "stopped"
 BACKLOG = 3000
 INTERRUPTED_LINE = re.compile(
@@ -150,6 +151,12 @@ def test_ctrl_c_with_a_run_in_flight_prints_one_line_per_run(tmp_path: Path) -> 
         after = ctrl_c(process, output)
     text = "\n".join(after)
     assert "Traceback" not in text, text
+    assert "Stack Trace" not in text, text  # how Dagster's event log prints an error's stack
+    # From make run's "stopping" line on, the terminal gets its own lines only (children's
+    # lines printed before it may still come first: they raced the signal).
+    stopping = next(i for i, line in enumerate(after) if line.startswith(STOPPING))
+    own = after[stopping + 1 : -1]
+    assert [line for line in own if not INTERRUPTED_LINE.match(line)] == [], text
     assert after[-1] == STOPPED, text
     assert processes_of(home) == [], text
 
@@ -181,4 +188,5 @@ def test_ctrl_c_with_a_run_in_flight_prints_one_line_per_run(tmp_path: Path) -> 
         after = ctrl_c(process, output)
     assert predicted(settings) == BACKLOG, "\n".join(output.lines)
     assert "Traceback" not in "\n".join(after), "\n".join(after)
+    assert "Stack Trace" not in "\n".join(after), "\n".join(after)
     assert processes_of(home) == []
