@@ -7,7 +7,6 @@ Predictions are written by the ledger's own ``write_predictions`` (what a run's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,13 +45,13 @@ def settings(
     _bigquery_service: tuple[FakeBigQuery, str],
     adc_key_file: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Settings]:
+) -> Settings:
     """Vertex settings with the export configured; the predictions table as Terraform makes it;
     every BigQuery client of the process pointed at the fake."""
     _, url = _bigquery_service
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", url)
     fake_bigquery.create_table(PREDICTIONS_TABLE, [f.to_api_repr() for f in PREDICTIONS_SCHEMA])
-    yield vertex_settings.model_copy(update={"predictions_bigquery_table": PREDICTIONS_TABLE})
+    return vertex_settings.model_copy(update={"predictions_bigquery_table": PREDICTIONS_TABLE})
 
 
 def write(
@@ -184,7 +183,8 @@ def test_a_prediction_committed_late_with_an_older_time_is_still_exported(
         held.close()
     after = export(settings, instance)
 
-    assert during.success and after.success
+    assert during.success
+    assert after.success
     assert metadata(during)["rows_written"] == 1
     assert metadata(after)["rows_written"] == 1
     assert sorted(table(fake_bigquery)) == [(1, CURRENT.digest), (2, CURRENT.digest)]
