@@ -14,14 +14,23 @@ import pytest
 import sqlalchemy as sa
 from dagster import (
     AssetKey,
+    AssetMaterialization,
+    AssetSelection,
     DagsterInstance,
+    DefaultSensorStatus,
+    Definitions,
     ExecuteInProcessResult,
+    evaluate_automation_conditions,
     materialize,
 )
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.bigquery_predictions import PREDICTIONS_SCHEMA
+from batchinfer_dagster.definitions import build_definitions
+from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.defs.prediction_export import WATERMARK, bigquery_predictions
+from batchinfer_dagster.defs.resources.prediction_export import PredictionExportResource
 from batchinfer_dagster.prediction import configuration_of
 from batchinfer_dagster.receipts import Configuration, ModelIdentity, text_digest
 from batchinfer_dagster.records import add_records, delete_record
@@ -32,6 +41,7 @@ from tests.gcp.conftest import PROJECT
 from tests.gcp.fakes import FakeBigQuery
 
 PREDICTIONS_TABLE = f"{PROJECT}.batchinfer_predictions.predictions"
+KEY = AssetKey("bigquery_predictions")
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 MODEL = ModelIdentity("org/model", "sha256:one")
 CURRENT = configuration_of(PredictParameters(), MODEL)
@@ -102,7 +112,7 @@ def metadata(result: ExecuteInProcessResult) -> dict[str, object]:
 
 
 def watermark(instance: DagsterInstance) -> int | None:
-    event = instance.get_latest_materialization_event(AssetKey("bigquery_predictions"))
+    event = instance.get_latest_materialization_event(KEY)
     return None if event is None else event.asset_materialization.metadata[WATERMARK].value
 
 
@@ -284,3 +294,54 @@ def test_a_malformed_row_is_named_and_the_watermark_stays(
     assert "2 labels but 1 scores" in message
     assert watermark(instance) is None
     assert fake_bigquery.rows(PREDICTIONS_TABLE) == []
+
+
+def test_only_a_deployment_with_a_table_gets_the_export(tmp_path: Path) -> None:
+    local = build_definitions(resources_for(Settings(home=tmp_path)).as_dict())
+    google = build_definitions(
+        resources_for(
+            Settings(home=tmp_path, predictions_bigquery_table=PREDICTIONS_TABLE)
+        ).as_dict()
+    )
+
+    Definitions.validate_loadable(google)
+    assert KEY not in local.resolve_asset_graph().get_all_asset_keys()
+    assert "prediction_export" not in local.resources
+    assert "bigquery_predictions_sensor" not in {s.name for s in local.sensors}
+    graph = google.resolve_asset_graph()
+    assert graph.get(KEY).parent_keys == {AssetKey("predictions")}
+    sensor = google.resolve_sensor_def("bigquery_predictions_sensor")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    resource = google.resources["prediction_export"]
+    assert isinstance(resource, PredictionExportResource)
+    assert (resource.table, resource.bigquery.project) == (PREDICTIONS_TABLE, PROJECT)
+
+
+def test_an_export_is_requested_once_per_new_predictions(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    """The automation condition: nothing while idle, one request after a partition of
+    ``predictions`` materializes (even with other partitions never materialized, which
+    ``eager()`` would wait for), none again until the next one."""
+    defs = build_definitions(
+        resources_for(
+            Settings(home=tmp_path, predictions_bigquery_table=PREDICTIONS_TABLE)
+        ).as_dict()
+    )
+    only = AssetSelection.keys(KEY)
+
+    def tick(cursor: object) -> tuple[int, object]:
+        result = evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=only, cursor=cursor
+        )
+        return result.get_num_requested(KEY), result.cursor
+
+    idle, cursor = tick(None)
+    instance.add_dynamic_partitions(PREDICTION_BATCHES, ["b1", "b2", "b3"])
+    instance.report_runless_asset_event(AssetMaterialization("predictions", partition="b1"))
+    after_b1, cursor = tick(cursor)
+    again, cursor = tick(cursor)
+    instance.report_runless_asset_event(AssetMaterialization("predictions", partition="b2"))
+    after_b2, cursor = tick(cursor)
+
+    assert (idle, after_b1, again, after_b2) == (0, 1, 0, 1)
