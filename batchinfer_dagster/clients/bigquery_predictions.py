@@ -184,8 +184,17 @@ class BigQueryPredictionTable:
             self._load(spool, staging, exported)
             try:
                 self._merge(staging, exported)
-            finally:
-                self._drop(staging, exported)
+            except PredictionExportError as failed:
+                # The merge's error is the one to raise; a drop that fails too is noted on it.
+                try:
+                    self.client.delete_table(staging, not_found_ok=True)
+                except gexc.GoogleAPICallError as exc:
+                    failed.add_note(
+                        f"deleting staging table {staging} failed too ({exc}); it expires "
+                        "within a day"
+                    )
+                raise
+            self._drop(staging, exported)
         return exported
 
     def _spool(self, engine: Engine, window: ExportWindow, spool: IO[bytes]) -> ExportedRows:

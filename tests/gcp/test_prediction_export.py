@@ -223,6 +223,28 @@ def test_a_failed_merge_names_the_rows_and_keeps_the_watermark(
     assert sorted(table(fake_bigquery)) == [(i, CURRENT.digest) for i in (1, 5, 7)]
 
 
+def test_an_export_whose_staging_table_stays_is_sent_again_without_duplicates(
+    settings: Settings, instance: DagsterInstance, fake_bigquery: FakeBigQuery
+) -> None:
+    """The MERGE went through but deleting the staging table was refused: the export fails
+    (the watermark stays), and the next one sends the same rows, which change nothing."""
+    write_now(settings, {1: ("billing", 0.9), 2: ("mobile", 0.8)})
+    fake_bigquery.refuse_deletes = True
+
+    failed = export(settings, instance)
+
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert "deleting staging table" in failure.step_failure_data.error.cause.message
+    assert watermark(instance) is None
+    merged = table(fake_bigquery)
+    assert sorted(merged) == [(1, CURRENT.digest), (2, CURRENT.digest)]
+    fake_bigquery.refuse_deletes = False
+    again = export(settings, instance)
+    assert metadata(again)["rows_written"] == 2
+    assert table(fake_bigquery) == merged
+
+
 def test_a_re_run_of_everything_duplicates_nothing(
     settings: Settings, instance: DagsterInstance, fake_bigquery: FakeBigQuery
 ) -> None:
