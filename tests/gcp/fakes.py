@@ -554,7 +554,7 @@ def _instant(timestamp: str) -> datetime:
 # The prediction export's MERGE (clients/bigquery_predictions.merge_statement); the groups:
 # target, staging, partition key, ON clause, UPDATE SET list, INSERT columns, VALUES.
 PREDICTION_MERGE = re.compile(
-    r"MERGE `([^`]+)` AS target USING \(SELECT \* FROM `([^`]+)` QUALIFY ROW_NUMBER\(\) "
+    r"MERGE `([^`]+)` AS target USING \(SELECT \* FROM `([^`]+)` WHERE TRUE QUALIFY ROW_NUMBER\(\) "
     r"OVER \(PARTITION BY ([\w, ]+) ORDER BY change_seq DESC\) = 1\) AS source "
     r"ON ((?:target\.\w+ = source\.\w+(?: AND )?)+) "
     r"WHEN MATCHED AND source\.deleted AND source\.change_seq >= target\.change_seq "
