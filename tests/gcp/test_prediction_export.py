@@ -36,9 +36,10 @@ from batchinfer_dagster.receipts import Configuration, ModelIdentity, text_diges
 from batchinfer_dagster.records import add_records, delete_record
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
-from batchinfer_testing.deployment import engine_of, resources_of
+from batchinfer_testing.daemon import execute_runs, sensor_tick
+from batchinfer_testing.deployment import engine_of, publish_json, resources_of
 from tests.gcp.conftest import PROJECT
-from tests.gcp.fakes import FakeBigQuery
+from tests.gcp.fakes import FakeBigQuery, FakeVertex
 
 PREDICTIONS_TABLE = f"{PROJECT}.batchinfer_predictions.predictions"
 KEY = AssetKey("bigquery_predictions")
@@ -316,6 +317,31 @@ def test_a_malformed_row_is_named_and_the_watermark_stays(
     assert "2 labels but 1 scores" in message
     assert watermark(instance) is None
     assert fake_bigquery.rows(PREDICTIONS_TABLE) == []
+
+
+def test_a_real_run_s_predictions_are_exported(
+    settings: Settings,
+    instance: DagsterInstance,
+    fake_bigquery: FakeBigQuery,
+    fake_vertex: FakeVertex,
+) -> None:
+    """The whole path on the Google fakes: records imported into BigQuery and synced, a
+    request published, the sensor's run predicts on the Vertex endpoint fake and settles, then
+    the export sends exactly that run's predictions."""
+    ids = add_records(engine_of(settings), ["my card was charged twice", "the app crashes"])
+    with resources_of(settings)["feature_store"].open() as store:
+        store.import_records()
+    publish_json(settings, [{"id": i} for i in ids])
+    [run] = execute_runs(instance, settings, sensor_tick(instance, settings).run_requests)
+    assert run.success
+
+    result = export(settings, instance)
+
+    assert metadata(result)["rows_written"] == 2
+    rows = table(fake_bigquery)
+    assert sorted(record for record, _ in rows) == ids
+    assert all(row["is_current"] and row["model"] for row in rows.values())
+    assert fake_vertex.predict_sizes != []
 
 
 def test_only_a_deployment_with_a_table_gets_the_export(tmp_path: Path) -> None:
