@@ -26,6 +26,8 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+# The migration that numbers predictions, and the one before it.
+BEFORE, NUMBERING = "0006", "0007"
 MODEL = ModelIdentity("org/model", "sha256:one")
 CURRENT = configuration_of(PredictParameters(), MODEL)
 NEW = configuration_of(PredictParameters(hypothesis_template="About {}."), MODEL)
@@ -182,3 +184,42 @@ def test_labels_and_scores_that_do_not_pair_are_refused_by_name(engine: Engine) 
 
     with pytest.raises(MalformedPredictionError, match="record 7 under configuration"):
         changed(engine, prediction_changes.open_window(engine, None))
+
+
+def migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
+    from alembic import command
+
+    config = db._alembic_config()  # noqa: SLF001 - the test migrates to a chosen revision
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_the_numbering_migration_numbers_existing_predictions_once_and_downgrades(
+    database_url: str,
+) -> None:
+    """Predictions stored before the migration all get number 1, so the first export sends them all;
+    new writes are numbered after; the downgrade keeps the predictions."""
+    engine = db.create_app_engine(database_url)
+    try:
+        migrate_to(engine, BEFORE)
+        write_now(engine, [1, 2])
+        migrate_to(engine, NUMBERING)
+
+        assert set(numbers(engine).values()) == {1}
+        window = prediction_changes.open_window(engine, None)
+        assert (window.since, window.through) == (0, 1)
+        assert changed(engine, window) == [(1, CURRENT.digest), (2, CURRENT.digest)]
+        write_now(engine, [3])
+        assert numbers(engine)[(3, CURRENT.digest)] == 2
+
+        migrate_to(engine, BEFORE, down=True)
+        with engine.connect() as connection:
+            columns = {c["name"] for c in sa.inspect(connection).get_columns("predictions")}
+            kept = connection.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
+        assert "change_seq" not in columns
+        assert kept == 3
+        migrate_to(engine, NUMBERING)
+        assert set(numbers(engine).values()) == {1}
+    finally:
+        engine.dispose()
