@@ -220,6 +220,11 @@ predictions = Table(
     _ts("updated_at", nullable=False),
     Column("text_digest", String(64), nullable=True),
     Column("is_current", Boolean, nullable=False),
+    # The row's change number, in commit order: set by the database itself (triggers of
+    # migration 0007) on every insert and update, from ``prediction_changes``. The BigQuery
+    # export reads by it (``prediction_changes.py``). Never written by the code.
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_predictions_change_seq", "change_seq", "record_id", "configuration"),
     Index(
         "ux_predictions_current_record",
         "record_id",
@@ -228,6 +233,27 @@ predictions = Table(
         postgresql_where=sa_text("is_current"),
     ),
     Index("ix_predictions_configuration", "configuration"),
+)
+
+# One row (id 1): the newest change number handed out to a prediction write, held by the writing
+# transaction until it commits (as ``record_changes`` is for records).
+prediction_changes = Table(
+    "prediction_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("value", BigInteger, nullable=False),
+)
+
+# A tombstone per deleted prediction row (a trigger of migration 0007 writes it on every
+# delete: an erased record, a discarded rollout), so the export removes it from BigQuery. A row
+# deleted again after it came back gets the newer number.
+prediction_deletions = Table(
+    "prediction_deletions",
+    metadata,
+    Column("record_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("configuration", String(64), primary_key=True),
+    Column("change_seq", BigInteger, nullable=False),
+    Index("ix_prediction_deletions_change_seq", "change_seq", "record_id", "configuration"),
 )
 
 # One row per rollout (``rollout``): a candidate configuration, keyed by its digest, whose

@@ -34,9 +34,20 @@ from batchinfer_dagster.settings import load_settings
 
 def build_definitions(resources: Mapping[str, Any]) -> Definitions:
     """The code location around ``resources`` (keys: database, ledger, request_queue,
-    feature_store, model_server)."""
+    feature_store, model_server; and prediction_export on Google Cloud, which adds the BigQuery
+    export asset and its sensor)."""
+    exports: list[Any] = []
+    export_sensors: list[Any] = []
+    if "prediction_export" in resources:
+        # Imported here: dagster-gcp is for Google Cloud deployments only.
+        from batchinfer_dagster.defs.prediction_export import (
+            bigquery_predictions,
+            bigquery_predictions_sensor,
+        )
+
+        exports, export_sensors = [bigquery_predictions], [bigquery_predictions_sensor]
     return Definitions(
-        assets=[data_points, features, predictions, rollout_report],
+        assets=[data_points, features, predictions, rollout_report, *exports],
         asset_checks=[predictions_are_current],
         jobs=[
             predictions_job,
@@ -49,7 +60,7 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
             discard_rollout_job,
         ],
         schedules=[retention_schedule],
-        sensors=[prediction_requests_sensor, rollout_reports_sensor],
+        sensors=[prediction_requests_sensor, rollout_reports_sensor, *export_sensors],
         resources=dict(resources),
     )
 

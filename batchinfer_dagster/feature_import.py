@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -125,10 +126,20 @@ def open_window(engine: Engine, target: str, *, full: bool = False) -> ImportWin
     return ImportWindow(target=target, since=since, through=through, opened_at=opened_at)
 
 
+class NumberedWindow(Protocol):
+    """Changes numbered in ``(first, through]``: an import's window, or an export's."""
+
+    @property
+    def first(self) -> int: ...
+
+    @property
+    def through(self) -> int: ...
+
+
 def iter_window_pages(
     engine: Engine,
-    window: ImportWindow,
-    key: sa.Column[int],
+    window: NumberedWindow,
+    key: sa.Column[int] | Sequence[sa.Column[Any]],
     columns: Sequence[sa.ColumnElement[object]],
     chunk: int = IMPORT_CHUNK,
 ) -> Iterable[list[sa.Row]]:
@@ -140,11 +151,13 @@ def iter_window_pages(
     record). The indexes on ``(change_seq, id)`` serve it, so an import with few changes reads
     few index entries whatever the table's size. Each page is read on a connection of its
     own, so no transaction stays open while the caller writes a page elsewhere. The rows carry
-    ``columns`` and, last, ``change_seq`` and ``key`` (used for the next page's bound).
+    ``columns`` and, last, ``change_seq`` and ``key`` (used for the next page's bound). ``key``
+    may be several columns (a table keyed on two, as ``predictions`` is).
     """
-    change_seq = key.table.c.change_seq
-    order = (change_seq, key)
-    after: tuple[int, int] | None = None
+    keys = [key] if isinstance(key, sa.Column) else list(key)
+    change_seq = keys[0].table.c.change_seq
+    order = (change_seq, *keys)
+    after: tuple[Any, ...] | None = None
     while True:
         query = (
             sa.select(*columns, *order)
@@ -153,14 +166,16 @@ def iter_window_pages(
             .limit(chunk)
         )
         if after is not None:
-            bound = sa.tuple_(sa.literal(after[0], sa.BigInteger), sa.literal(after[1]))
+            bound = sa.tuple_(
+                sa.literal(after[0], sa.BigInteger), *(sa.literal(value) for value in after[1:])
+            )
             query = query.where(sa.tuple_(*order) > bound)
         with engine.connect() as connection:
             rows = connection.execute(query).all()
         if not rows:
             return
         yield rows
-        after = (rows[-1][-2], rows[-1][-1])
+        after = tuple(rows[-1][-len(order) :])
 
 
 def iter_changed(

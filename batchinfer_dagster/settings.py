@@ -196,6 +196,16 @@ class Settings(BaseSettings):
     vertex_sync_timeout_seconds: float = Field(
         default=1800.0, gt=0, description="How long an import waits for the FeatureView sync."
     )
+    # Set (Terraform does): the code location gets the BigQuery export asset; unset (a laptop):
+    # it has no such asset and needs no BigQuery.
+    predictions_bigquery_table: str | None = Field(
+        default=None,
+        pattern=r"^[^.`\s]+\.[^.`\s]+\.[^.`\s]+$",
+        description="project.dataset.table the predictions are exported to; unset: no export.",
+    )
+    predictions_bigquery_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long an export waits for each BigQuery job."
+    )
 
     model_url: str = Field(
         default="http://127.0.0.1:8080",

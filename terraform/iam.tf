@@ -36,7 +36,8 @@ locals {
   # checks them against these and the resource-level grants, both ways (no call without a
   # grant, no grant without a call).
   #   daemon:     the sensor looks up the requests waiting for features (feature_store_reader);
-  #   run_worker: the predictions asset fetches, the features asset loads BigQuery and syncs;
+  #   run_worker: the predictions asset fetches, the features asset loads BigQuery and syncs,
+  #               bigquery_predictions loads and merges the predictions table;
   #   cli:        import-data loads BigQuery and syncs, status counts the BigQuery table.
   project_roles = {
     webserver    = ["roles/logging.logWriter"]

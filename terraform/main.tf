@@ -45,9 +45,10 @@ locals {
   iap_service_agent        = "serviceAccount:service-${local.project_number}@gcp-sa-iap.iam.gserviceaccount.com"
 
   # BigQuery beside everything else unless bigquery_location says otherwise.
-  bigquery_location = coalesce(var.bigquery_location, var.region)
-  bigquery_table_id = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
-  registry_url      = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+  bigquery_location    = coalesce(var.bigquery_location, var.region)
+  bigquery_table_id    = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
+  predictions_table_id = "${var.project_id}.${google_bigquery_dataset.predictions.dataset_id}.${google_bigquery_table.predictions.table_id}"
+  registry_url         = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 
   # Where the Cloud SQL server CA certificate is mounted in every Dagster container; the
   # database URL and dagster.yaml (sslrootcert) name this path.
@@ -74,6 +75,7 @@ locals {
     BATCHINFER_VERTEX_ONLINE_STORE             = google_vertex_ai_feature_online_store.records.name
     BATCHINFER_VERTEX_FEATURE_VIEW             = google_vertex_ai_feature_online_store_featureview.records.name
     BATCHINFER_VERTEX_BIGQUERY_TABLE           = local.bigquery_table_id
+    BATCHINFER_PREDICTIONS_BIGQUERY_TABLE      = local.predictions_table_id
     # A Vertex endpoint authenticates with the account's access token; Cloud Run with an ID token.
     BATCHINFER_MODEL_URL  = coalesce(var.model_url, google_cloud_run_v2_service.model_server.uri)
     BATCHINFER_MODEL_AUTH = var.model_url == null ? "google-id-token" : "none"

@@ -49,15 +49,20 @@ class Resources:
     request_queue: RequestQueueResource
     feature_store: FeatureStoreResource
     model_server: ModelServerResource
+    # The BigQuery export's (``PredictionExportResource``), only where a table is configured.
+    prediction_export: ConfigurableResource | None = None
 
     def as_dict(self) -> dict[str, ConfigurableResource]:
-        return {
+        resources = {
             "database": self.database,
             "ledger": self.ledger,
             "request_queue": self.request_queue,
             "feature_store": self.feature_store,
             "model_server": self.model_server,
         }
+        if self.prediction_export is not None:
+            resources["prediction_export"] = self.prediction_export
+        return resources
 
 
 def database_for(settings: Settings, *, secrets_from_env: bool = False) -> DatabaseResource:
@@ -116,6 +121,26 @@ def feature_store_for(settings: Settings, database: DatabaseResource) -> Feature
     return LocalFeatureStoreResource(database=database)
 
 
+def prediction_export_for(
+    settings: Settings, database: DatabaseResource
+) -> ConfigurableResource | None:
+    """The BigQuery predictions table's resource, or None where no table is configured."""
+    if settings.predictions_bigquery_table is None:
+        return None
+    # Imported here: dagster-gcp (BigQuery, pandas) is for Google Cloud deployments only.
+    from dagster_gcp import BigQueryResource
+
+    from batchinfer_dagster.defs.resources.prediction_export import PredictionExportResource
+
+    table = settings.predictions_bigquery_table
+    return PredictionExportResource(
+        database=database,
+        bigquery=BigQueryResource(project=table.split(".", 1)[0]),
+        table=table,
+        timeout_seconds=settings.predictions_bigquery_timeout_seconds,
+    )
+
+
 def model_server_for(settings: Settings) -> ModelServerResource:
     request = {
         "labels": list(settings.labels),
@@ -154,4 +179,5 @@ def resources_for(settings: Settings, *, secrets_from_env: bool = False) -> Reso
         request_queue=request_queue_for(settings, database),
         feature_store=feature_store_for(settings, database),
         model_server=model_server_for(settings),
+        prediction_export=prediction_export_for(settings, database),
     )

@@ -2,10 +2,11 @@
 
 ``FakeVertex`` is a gRPC server with the real ``google.cloud.aiplatform.v1`` method names and
 proto messages (the generated clients cannot tell it from Vertex AI); ``FakeBigQuery`` answers
-the REST calls google-cloud-bigquery makes for a multipart load job, ``jobs.query`` and
-``tables.get``; ``FakeCloudRun`` serves the Cloud Run Admin v2 calls of Dagster's Cloud Run run
-launcher. Each keeps just enough state to behave like the service for our calls: a sync
-copies the BigQuery table into the online store, as Vertex does.
+the REST calls google-cloud-bigquery makes for a multipart load job, ``jobs.query`` (the feature
+import's and the prediction export's statements), ``tables.get`` and ``tables.delete``;
+``FakeCloudRun`` serves the Cloud Run Admin v2 calls of Dagster's Cloud Run run launcher. Each
+keeps just enough state to behave like the service for our calls: a sync copies the BigQuery
+table into the online store, as Vertex does.
 """
 
 from __future__ import annotations
@@ -248,6 +249,8 @@ class FakeBigQuery:
     refuse_deletes: bool = False
     # Answer DML DELETE statements 403, as BigQuery does without bigquery.tables.updateData.
     refuse_row_deletes: bool = False
+    # Answer the prediction export's MERGE 403 (no bigquery.tables.updateData on the target).
+    refuse_prediction_merges: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -260,6 +263,7 @@ class FakeBigQuery:
             self.deleted.clear()
             self.refuse_deletes = False
             self.refuse_row_deletes = False
+            self.refuse_prediction_merges = False
 
     def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
         """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
@@ -352,6 +356,70 @@ class FakeBigQuery:
                     affected += 1
             return affected
 
+    def merge_predictions(self, target: str, source: str, key: list[str]) -> int:
+        """The prediction export's MERGE: per key, the staged row with the highest
+        ``change_seq`` is applied unless the stored row's is higher; a staged row with
+        ``deleted`` removes the stored one, another replaces or adds it (without ``deleted``).
+
+        Returns the rows inserted, updated or deleted (BigQuery's numDmlAffectedRows).
+        """
+        with self.lock:
+            staged: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for row in self.tables[source]:
+                at = tuple(row[name] for name in key)
+                if at not in staged or int(row["change_seq"]) > int(staged[at]["change_seq"]):
+                    staged[at] = row
+            rows = self.tables[target]
+            by_key = {tuple(row[name] for name in key): row for row in rows}
+            affected = 0
+            for at, row in staged.items():
+                stored = by_key.get(at)
+                if stored is not None and int(row["change_seq"]) < int(stored["change_seq"]):
+                    continue
+                if row["deleted"]:
+                    if stored is not None:
+                        del by_key[at]
+                        affected += 1
+                    continue
+                by_key[at] = {name: value for name, value in row.items() if name != "deleted"}
+                affected += 1
+            self.tables[target] = list(by_key.values())
+            return affected
+
+    def _prediction_merge(self, match: re.Match[str], reference: dict[str, str]) -> dict[str, Any]:
+        """The export's MERGE, checked as BigQuery would: both tables exist, the UPDATE and the
+        INSERT name exactly the target's columns (an unknown one is an error; one left out
+        would keep a stale value or be NULL), the key is the ON clause's."""
+        target, staging, partition, on, updates, inserted, values = match.groups()
+        if self.refuse_prediction_merges:
+            message = f"Access Denied: Table {target}: Permission bigquery.tables.updateData denied"
+            return {"error": {"code": 403, "message": message}}
+        with self.lock:
+            missing = [t for t in (target, staging) if t not in self.tables]
+            columns = [f["name"] for f in self.schemas.get(target, [])]
+        if missing:
+            return {"error": {"code": 404, "message": f"Not found: Table {missing[0]}"}}
+        key = [name.strip() for name in partition.split(",")]
+        on_key = re.findall(r"target\.(\w+) = source\.\1", on)
+        updated = re.findall(r"(\w+) = source\.\1", updates)
+        inserted_names = [name.strip() for name in inserted.split(",")]
+        value_names = [name.strip().removeprefix("source.") for name in values.split(",")]
+        problems = []
+        if on_key != key:
+            problems.append(f"ON compares {on_key}, the partition is {key}")
+        if sorted(updated) != sorted(set(columns) - set(key)):
+            problems.append(f"UPDATE SET {updated} is not the non-key columns of {columns}")
+        if inserted_names != value_names or sorted(inserted_names) != sorted(columns):
+            problems.append(f"INSERT ({inserted_names}) VALUES ({value_names}) is not {columns}")
+        if problems:
+            return {"error": {"code": 400, "message": "; ".join(problems)}}
+        return {
+            "kind": "bigquery#queryResponse",
+            "jobReference": reference,
+            "jobComplete": True,
+            "numDmlAffectedRows": str(self.merge_predictions(target, staging, key)),
+        }
+
     def delete_rows(self, table: str, entity_ids: list[str]) -> int:
         """The store's DML DELETE: rows whose entity id is in ``entity_ids``; how many went."""
         with self.lock:
@@ -386,13 +454,14 @@ class FakeBigQuery:
         }
 
     def query(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Answers the four queries the store sends, and only those.
+        """Answers the four queries the store sends and the prediction export's MERGE, and
+        only those.
 
         ``SELECT entity_id, text FROM `t` QUALIFY <latest per entity_id> ORDER BY … LIMIT
         @limit``, ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t``` and the import's
         ``MERGE `t` AS target USING (SELECT … FROM `staging` QUALIFY <latest per entity_id>)
         … WHEN MATCHED AND <newer> THEN UPDATE … WHEN NOT MATCHED THEN INSERT …`` and the
-        import's ``DELETE FROM `t` WHERE entity_id IN UNNEST(@ids)``.
+        import's ``DELETE FROM `t` WHERE entity_id IN UNNEST(@ids)``; ``PREDICTION_MERGE``.
         """
         self.queries.append(body["query"])
         reference = {"projectId": project, "jobId": uuid.uuid4().hex, "location": "US"}
@@ -401,6 +470,9 @@ class FakeBigQuery:
         )
         if delete:
             return self._delete_statement(delete[1], body, reference)
+        prediction_merge = PREDICTION_MERGE.fullmatch(body["query"])
+        if prediction_merge:
+            return self._prediction_merge(prediction_merge, reference)
         merge = re.fullmatch(
             r"MERGE `([^`]+)` AS target USING \(SELECT entity_id, text, feature_timestamp "
             r"FROM `([^`]+)` QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY entity_id ORDER BY "
@@ -479,6 +551,19 @@ def _instant(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp)
 
 
+# The prediction export's MERGE (clients/bigquery_predictions.merge_statement); the groups:
+# target, staging, partition key, ON clause, UPDATE SET list, INSERT columns, VALUES.
+PREDICTION_MERGE = re.compile(
+    r"MERGE `([^`]+)` AS target USING \(SELECT \* FROM `([^`]+)` WHERE TRUE QUALIFY ROW_NUMBER\(\) "
+    r"OVER \(PARTITION BY ([\w, ]+) ORDER BY change_seq DESC\) = 1\) AS source "
+    r"ON ((?:target\.\w+ = source\.\w+(?: AND )?)+) "
+    r"WHEN MATCHED AND source\.deleted AND source\.change_seq >= target\.change_seq "
+    r"THEN DELETE "
+    r"WHEN MATCHED AND NOT source\.deleted AND source\.change_seq >= target\.change_seq "
+    r"THEN UPDATE SET ((?:\w+ = source\.\w+(?:, )?)+) "
+    r"WHEN NOT MATCHED AND NOT source\.deleted THEN INSERT \(([\w, ]+)\) "
+    r"VALUES \(([\w., ]+)\)"
+)
 UPLOAD_PATH = re.compile(r"^/upload/bigquery/v2/projects/([^/]+)/jobs$")
 JOB_PATH = re.compile(r"^/bigquery/v2/projects/([^/]+)/jobs/([^/]+)$")
 QUERY_PATH = re.compile(r"^/bigquery/v2/projects/([^/]+)/queries$")
@@ -559,10 +644,23 @@ def bigquery_server(fake: FakeBigQuery) -> Iterator[str]:
 
 @dataclass
 class FakeTokenEndpoint:
-    """Google's OAuth2 token endpoint for service-account ID tokens (JWT-bearer grant)."""
+    """Google's OAuth2 token endpoint for service accounts (JWT-bearer grant): an ID token when
+    the assertion names a ``target_audience``, an access token otherwise (as the real one)."""
 
     issued: list[str] = field(default_factory=list)
+    access_tokens: list[str] = field(default_factory=list)
     lifetime_seconds: int = 3600
+
+    def answer(self, assertion: str) -> dict[str, Any]:
+        """The token endpoint's JSON answer to a JWT-bearer grant of ``assertion``."""
+        import base64
+
+        claims = json.loads(base64.urlsafe_b64decode(assertion.split(".")[1] + "=="))
+        if "target_audience" in claims:
+            return {"id_token": self.id_token(assertion)}
+        token = f"ya29.fake-{uuid.uuid4().hex}"
+        self.access_tokens.append(token)
+        return {"access_token": token, "expires_in": self.lifetime_seconds, "token_type": "Bearer"}
 
     def id_token(self, assertion: str) -> str:
         import base64
@@ -604,7 +702,7 @@ def token_server(fake: FakeTokenEndpoint) -> Iterator[str]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            body = json.dumps({"id_token": fake.id_token(form["assertion"][0])}).encode()
+            body = json.dumps(fake.answer(form["assertion"][0])).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

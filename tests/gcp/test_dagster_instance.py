@@ -112,6 +112,8 @@ def test_queue_retries_monitoring_and_limits_take_effect(tmp_path: Path) -> None
         assert concurrency.pool_config.pool_granularity.value == "run"
         assert concurrency.run_queue_config.max_concurrent_runs == max_runs
         assert instance.get_settings("sensors")["use_threads"] is True
+        # The daemon evaluates automation-condition sensors (bigquery_predictions_sensor).
+        assert instance.auto_materialize_use_sensors
 
         # Orphans fail: the launcher reports its workers' health to run monitoring, and every
         # run is bounded in time, by Dagster and by Cloud Run alike.

@@ -105,6 +105,30 @@ IMPORT = (
     Call(f"{VERTEX}:VertexFeatureStore._sync_and_wait", "get_feature_view_sync(",
          "aiplatform.featureViewSyncs.get", PROJECT),
 )  # fmt: skip
+# The bigquery_predictions asset: a load job into the export's own staging table, the MERGE
+# into the predictions table (reads and writes it; deletes the rows of erased records), the
+# staging table dropped.
+EXPORT_CLIENT = "batchinfer_dagster.clients.bigquery_predictions:BigQueryPredictionTable"
+PREDICTIONS_TABLE = "google_bigquery_table.predictions"
+PREDICTIONS_STAGING = "google_bigquery_dataset.predictions_staging"
+EXPORT = (
+    Call("batchinfer_dagster.defs.prediction_export:bigquery_predictions", "target.export(",
+         "bigquery.jobs.create", PROJECT),
+    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.jobs.create", PROJECT),
+    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.tables.create",
+         PREDICTIONS_STAGING),
+    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.tables.updateData",
+         PREDICTIONS_STAGING),
+    Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.jobs.create", PROJECT),
+    Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.tables.getData",
+         PREDICTIONS_STAGING),
+    Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.tables.getData",
+         PREDICTIONS_TABLE),
+    Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.tables.updateData",
+         PREDICTIONS_TABLE),
+    Call(f"{EXPORT_CLIENT}._drop", "delete_table(", "bigquery.tables.delete",
+         PREDICTIONS_STAGING),
+)  # fmt: skip
 # FeatureStore.list_records on Vertex AI (import-data's listing, status's count).
 COUNT = (
     Call(f"{VERTEX}:VertexFeatureStore._count_records", "query_and_wait(",
@@ -185,6 +209,8 @@ CALLS: dict[str, tuple[Call, ...]] = {
              "aiplatform.featureViews.sync", PROJECT),
         *IMPORT,
         *COUNT,
+        # bigquery_predictions: the export into the predictions table.
+        *EXPORT,
         Call("dagster_gcp.gcs.compute_log_manager:GCSComputeLogManager", "upload_from",
              "storage.objects.create", LOGS_BUCKET),
     ),

@@ -62,6 +62,7 @@ def import_blocking(module: str, blocked: list[str]) -> subprocess.CompletedProc
         ("batchinfer_dagster.ledger.batch_keys", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.prediction", DAGSTER + GOOGLE + CLIENTS),
         ("batchinfer_dagster.rollout", DAGSTER + GOOGLE + CLIENTS),
+        ("batchinfer_dagster.prediction_changes", DAGSTER + GOOGLE + CLIENTS),
     ],
 )
 def test_the_domain_imports_without_dagster_or_clients(module: str, blocked: list[str]) -> None:

@@ -1,0 +1,100 @@
+"""``bigquery_predictions``: the predictions, exported to a BigQuery table (Google Cloud only).
+
+A downstream asset of ``predictions``: each materialization moves the prediction rows written
+or deleted since the last one (``prediction_changes``: numbered by the database in commit
+order) into the table (``clients/bigquery_predictions``: load, then one MERGE keyed on record
+and configuration). The watermark is the window's ``through``, kept in the materialization's
+metadata (``exported_through``): a failed export materializes nothing, so the next one starts
+from the same place and sends the same rows again (the MERGE makes that harmless).
+
+It follows ``predictions`` by an automation condition rather than a schedule: an export runs
+when a partition of ``predictions`` was materialized since the last export was requested, and
+not while one is in progress, so an idle deployment runs nothing and a busy one exports within
+a sensor interval of each batch, one export at a time. Not ``AutomationCondition.eager()``: it
+waits while any dependency is missing, and ``predictions`` always has partitions that are not
+(yet) materialized. A failed export is not retried by itself: the next batch's materialization
+requests the next export, which sends everything the failed one did; ``full: true`` in the
+run's config exports every row again.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    Config,
+    DefaultSensorStatus,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from batchinfer_dagster.defs.assets import GROUP, predictions
+from batchinfer_dagster.defs.resources.prediction_export import PredictionExportResource
+from batchinfer_dagster.prediction_changes import open_window
+
+WATERMARK = "exported_through"
+EXPORT_CONDITION = (
+    AutomationCondition.any_deps_updated().since_last_handled() & ~AutomationCondition.in_progress()
+).with_label("predictions materialized since the last export, none in progress")
+
+
+class ExportConfig(Config):
+    full: bool = Field(
+        default=False,
+        description="Export every prediction row, not only those written since the last export.",
+    )
+
+
+def last_watermark(context: AssetExecutionContext) -> int | None:
+    """``exported_through`` of this asset's latest materialization; None before the first."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get(WATERMARK)
+    return None if value is None else int(value.value)
+
+
+@asset(
+    group_name=GROUP,
+    deps=[predictions],
+    automation_condition=EXPORT_CONDITION,
+)
+def bigquery_predictions(
+    context: AssetExecutionContext,
+    config: ExportConfig,
+    prediction_export: PredictionExportResource,
+) -> MaterializeResult:
+    """The prediction receipts in BigQuery: one row per record and configuration, with labels,
+    scores, top label, text digest, time, and whether it is its record's current prediction."""
+    since = None if config.full else last_watermark(context)
+    engine = prediction_export.database.get_engine()
+    window = open_window(engine, since)
+    with prediction_export.open() as target:
+        exported = target.export(engine, window)
+    context.log.info(
+        "exported %s to %s (changes %d..%d]",
+        exported.describe(),
+        prediction_export.table,
+        window.since,
+        window.through,
+    )
+    return MaterializeResult(
+        metadata={
+            WATERMARK: MetadataValue.int(window.through),
+            "exported_since": MetadataValue.int(window.since),
+            "rows_written": MetadataValue.int(exported.written),
+            "rows_deleted": MetadataValue.int(exported.deleted),
+            "table": MetadataValue.text(prediction_export.table),
+        }
+    )
+
+
+bigquery_predictions_sensor = AutomationConditionSensorDefinition(
+    "bigquery_predictions_sensor",
+    target=[AssetKey("bigquery_predictions")],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Requests the BigQuery export when predictions were materialized since the last.",
+)
