@@ -52,7 +52,7 @@ from batchinfer_testing.launcher_path import (
     unfinished_runs,
 )
 from batchinfer_testing.model_server import ModelServer
-from batchinfer_testing.processes import free_port, stop_process_group
+from batchinfer_testing.processes import free_port, reap_process_group, stop_process_group
 from batchinfer_testing.services import PostgresServer, ServiceUnavailableError, wait_for_port
 
 DAEMON = "daemon"
@@ -175,6 +175,8 @@ class ScheduleResult:
     lost: int = 0
     stuck: int = 0
     daemon_exits: int = 0
+    # Processes a killed daemon left in its group (code server, run workers), reaped with it.
+    reaped: int = 0
     minutes: float = 0.0
     violation: str = ""
 
@@ -186,8 +188,9 @@ class ScheduleResult:
 class _Daemon:
     """``dagster-daemon run`` on the deployment, killable and started again (log appended).
 
-    Every daemon started is remembered: a daemon killed with SIGKILL leaves its code server and
-    run workers running in its process group, which ``close`` stops.
+    Every daemon started is remembered, and ``close`` stops each one's process group. A daemon
+    killed with SIGKILL leaves its code server and run workers running in its process group;
+    ``kill`` reaps them, as the supervisor that restarts a daemon would.
     """
 
     def __init__(self, path: LauncherPath, log: Path) -> None:
@@ -217,10 +220,20 @@ class _Daemon:
                 )
             )
 
-    def kill(self) -> None:
-        """SIGKILL the daemon process alone, as the OOM killer would; its children live on."""
+    def kill(self) -> list[int]:
+        """SIGKILL the daemon process alone, as the OOM killer would, then reap what it left in
+        its process group (its code server, its run workers); returns their pids.
+
+        Left alone, those orphans ran on until the seed ended: run workers the next daemon does
+        not see as its children (``run_workers`` would not find them for the run-worker fault)
+        and a second code server, where a supervisor's restart (systemd's default
+        ``KillMode=control-group``, a container's exit) kills the whole group with the daemon.
+        Their runs end unfinished, as any killed run worker's does, and the next daemon's run
+        monitoring and the ledger's reconcile take them over.
+        """
         os.kill(self.current.pid, signal.SIGKILL)
         self.current.wait()
+        return reap_process_group(self.current.pid)
 
     def run_workers(self) -> list[int]:
         return [
@@ -379,7 +392,7 @@ class _Drain:
         target = max(1, min(round(fault.at * self.requests), self.requests - self.batch_size))
         self.wait_for(self.reached(_predicted, target), f"{fault.kind} at {target} predicted")
         if fault.kind == DAEMON:
-            self.daemon.kill()
+            self.result.reaped += len(self.daemon.kill())
             self.daemon.start()
         elif fault.kind == RUN_WORKER:
             if not self.kill_run_workers():
