@@ -175,7 +175,7 @@ class ScheduleResult:
     lost: int = 0
     stuck: int = 0
     daemon_exits: int = 0
-    # Processes a killed daemon left in its group (code server, run workers), reaped with it.
+    # Code servers a killed daemon left in its group, reaped after it.
     reaped: int = 0
     minutes: float = 0.0
     violation: str = ""
@@ -185,12 +185,21 @@ class ScheduleResult:
         return not self.violation
 
 
+def _is_code_server(pid: int) -> bool:
+    """Whether ``pid`` is a Dagster code server (``dagster api grpc``), from its command line."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return component(command) == "code server"
+
+
 class _Daemon:
     """``dagster-daemon run`` on the deployment, killable and started again (log appended).
 
     Every daemon started is remembered, and ``close`` stops each one's process group. A daemon
     killed with SIGKILL leaves its code server and run workers running in its process group;
-    ``kill`` reaps them, as the supervisor that restarts a daemon would.
+    ``kill`` reaps the code server, and the run workers end with their runs.
     """
 
     def __init__(self, path: LauncherPath, log: Path) -> None:
@@ -221,19 +230,19 @@ class _Daemon:
             )
 
     def kill(self) -> list[int]:
-        """SIGKILL the daemon process alone, as the OOM killer would, then reap what it left in
-        its process group (its code server, its run workers); returns their pids.
+        """SIGKILL the daemon process alone, as the OOM killer would, then reap the code server
+        it left in its process group; returns the code servers' pids.
 
-        Left alone, those orphans ran on until the seed ended: run workers the next daemon does
-        not see as its children (``run_workers`` would not find them for the run-worker fault)
-        and a second code server, where a supervisor's restart (systemd's default
-        ``KillMode=control-group``, a container's exit) kills the whole group with the daemon.
-        Their runs end unfinished, as any killed run worker's does, and the next daemon's run
-        monitoring and the ledger's reconcile take them over.
+        Left alone, the orphaned code server ran on until the seed ended. Its run workers are
+        left to finish their runs (they then exit): reaping them too left their runs ``STARTED``
+        for good. The launcher here (``DefaultRunLauncher``) has no run-worker health check for
+        run monitoring, and the code server that reports a run whose worker died was killed
+        with it, so reconcile saw the run in flight and the seed stuck (a killed run worker
+        alone is reported by its live code server, which is why that fault recovers).
         """
         os.kill(self.current.pid, signal.SIGKILL)
         self.current.wait()
-        return reap_process_group(self.current.pid)
+        return reap_process_group(self.current.pid, which=_is_code_server)
 
     def run_workers(self) -> list[int]:
         return [

@@ -56,8 +56,11 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-def reap_process_group(pgid: int, timeout: float = 30) -> list[int]:
-    """SIGKILL what is left of process group ``pgid`` and wait until none of it is alive.
+def reap_process_group(
+    pgid: int, *, which: Callable[[int], bool] = lambda pid: True, timeout: float = 30
+) -> list[int]:
+    """SIGKILL what is left of process group ``pgid`` (those members ``which`` picks) and wait
+    until none of them is alive.
 
     For a leader started with ``start_new_session=True`` that was killed alone (SIGKILL, the OOM
     killer): its children live on in its group, as orphans, until something kills them, which a
@@ -65,11 +68,12 @@ def reap_process_group(pgid: int, timeout: float = 30) -> list[int]:
     container's exit). Returns the pids that were still alive; RuntimeError naming those alive
     after ``timeout`` seconds.
     """
-    first = live_group_members(pgid)
+    first = [pid for pid in live_group_members(pgid) if which(pid)]
     deadline = time.monotonic() + timeout
-    while members := live_group_members(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+    while members := [pid for pid in live_group_members(pgid) if pid in first]:
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"processes {members} of group {pgid} survived SIGKILL for {timeout} s"
