@@ -158,8 +158,8 @@ def reconcile(
     Batches with a run in flight, and queued or running ones seen without a run for less than
     ``stale_after`` (credited per look, see the module's docstring), are only touched; the
     others (failed, their run finished without settling them, or never created) are queued
-    again with one more attempt, or, out of attempts, become
-    dead letters with the last error of their runs.
+    again with one more attempt, or, out of attempts, become dead letters with the last error
+    of their runs.
     """
     candidates = batches_to_reconcile(engine, now=now, recheck_after=recheck_after, limit=limit)
     if not candidates:
