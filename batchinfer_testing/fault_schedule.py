@@ -52,7 +52,7 @@ from batchinfer_testing.launcher_path import (
     unfinished_runs,
 )
 from batchinfer_testing.model_server import ModelServer
-from batchinfer_testing.processes import free_port, reap_process_group, stop_process_group
+from batchinfer_testing.processes import free_port, stop_process_group
 from batchinfer_testing.services import PostgresServer, ServiceUnavailableError, wait_for_port
 
 DAEMON = "daemon"
@@ -175,8 +175,6 @@ class ScheduleResult:
     lost: int = 0
     stuck: int = 0
     daemon_exits: int = 0
-    # Code servers a killed daemon left in its group, reaped after it.
-    reaped: int = 0
     minutes: float = 0.0
     violation: str = ""
 
@@ -185,21 +183,11 @@ class ScheduleResult:
         return not self.violation
 
 
-def _is_code_server(pid: int) -> bool:
-    """Whether ``pid`` is a Dagster code server (``dagster api grpc``), from its command line."""
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return component(command) == "code server"
-
-
 class _Daemon:
     """``dagster-daemon run`` on the deployment, killable and started again (log appended).
 
-    Every daemon started is remembered, and ``close`` stops each one's process group. A daemon
-    killed with SIGKILL leaves its code server and run workers running in its process group;
-    ``kill`` reaps the code server, and the run workers end with their runs.
+    Every daemon started is remembered: a daemon killed with SIGKILL leaves its code server and
+    run workers running in its process group, which ``close`` stops.
     """
 
     def __init__(self, path: LauncherPath, log: Path) -> None:
@@ -229,20 +217,10 @@ class _Daemon:
                 )
             )
 
-    def kill(self) -> list[int]:
-        """SIGKILL the daemon process alone, as the OOM killer would, then reap the code server
-        it left in its process group; returns the code servers' pids.
-
-        Left alone, the orphaned code server ran on until the seed ended. Its run workers are
-        left to finish their runs (they then exit): reaping them too left their runs ``STARTED``
-        for good. The launcher here (``DefaultRunLauncher``) has no run-worker health check for
-        run monitoring, and the code server that reports a run whose worker died was killed
-        with it, so reconcile saw the run in flight and the seed stuck (a killed run worker
-        alone is reported by its live code server, which is why that fault recovers).
-        """
+    def kill(self) -> None:
+        """SIGKILL the daemon process alone, as the OOM killer would; its children live on."""
         os.kill(self.current.pid, signal.SIGKILL)
         self.current.wait()
-        return reap_process_group(self.current.pid, which=_is_code_server)
 
     def run_workers(self) -> list[int]:
         return [
@@ -401,7 +379,7 @@ class _Drain:
         target = max(1, min(round(fault.at * self.requests), self.requests - self.batch_size))
         self.wait_for(self.reached(_predicted, target), f"{fault.kind} at {target} predicted")
         if fault.kind == DAEMON:
-            self.result.reaped += len(self.daemon.kill())
+            self.daemon.kill()
             self.daemon.start()
         elif fault.kind == RUN_WORKER:
             if not self.kill_run_workers():

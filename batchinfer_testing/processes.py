@@ -10,7 +10,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
@@ -35,51 +34,6 @@ def stop_process_group(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """The pids of process group ``pgid`` that are alive now (zombies left out), from /proc.
-
-    A process whose leader died keeps its group id; ``os.killpg(pgid, 0)`` would also count
-    zombies that nobody has reaped yet, so the state is read (``proc_pid_stat(5)``: field 3 is
-    the state, field 5 the process group).
-    """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
-            if int(group) == pgid and state not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
-def reap_process_group(
-    pgid: int, *, which: Callable[[int], bool] = lambda pid: True, timeout: float = 30
-) -> list[int]:
-    """SIGKILL what is left of process group ``pgid`` (those members ``which`` picks) and wait
-    until none of them is alive.
-
-    For a leader started with ``start_new_session=True`` that was killed alone (SIGKILL, the OOM
-    killer): its children live on in its group, as orphans, until something kills them, which a
-    supervisor restarting the leader does (systemd's default ``KillMode=control-group``, a
-    container's exit). Returns the pids that were still alive; RuntimeError naming those alive
-    after ``timeout`` seconds.
-    """
-    first = [pid for pid in live_group_members(pgid) if which(pid)]
-    deadline = time.monotonic() + timeout
-    while members := [pid for pid in live_group_members(pgid) if pid in first]:
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"processes {members} of group {pgid} survived SIGKILL for {timeout} s"
-            )
-        time.sleep(0.05)
-    return first
 
 
 def wait_until_healthy(

@@ -96,5 +96,3 @@ def test_a_seeded_fault_schedule_loses_and_duplicates_nothing(
     assert sorted(entry.split("@")[0] for entry in result.injected) == sorted(FAULT_KINDS)
     assert (result.published, result.predicted) == (REQUESTS, REQUESTS)
     assert (result.lost, result.stuck, result.duplicates) == (0, 0, 0)
-    # The killed daemon's code server (at least) was left in its group, and reaped with it.
-    assert result.reaped >= 1
