@@ -27,6 +27,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Identity,
     Index,
     Integer,
@@ -165,6 +166,9 @@ prediction_requests = Table(
     _ts("updated_at", nullable=False),
     _ts("not_before", nullable=True),
     Column("error", Text, nullable=True),
+    # Seconds of the feature wait credited so far (``ledger.feature_wait``); NULL until the
+    # record is first found missing.
+    Column("feature_waited_seconds", Float, nullable=True),
     Index("ix_prediction_requests_batch_key", "batch_key"),
     Index("ix_prediction_requests_status", "status"),
     Index("ix_prediction_requests_record_id", "record_id"),
@@ -179,6 +183,8 @@ prediction_batches = Table(
     Column("status", String(32), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("run_id", String(64), nullable=True),
+    # Seconds reconcile saw the batch without a run since its last run request (NULL after one).
+    Column("unrun_seconds", Float, nullable=True),
     Index("ix_prediction_batches_status", "status"),
 )
 

@@ -27,11 +27,20 @@ reads page on ``(change_seq, id)`` either way.
 
 A full import (``batchinfer import-data --full``) reads every record up to the horizon and
 leaves the target holding exactly the records that exist.
+
+Imports of one target run one at a time (``import_lock``): the CLI's ``import-data`` and a
+Dagster run of the ``features`` asset may start together. Overlapping, the one that writes last
+could write a page it read before the other's newer one (stale text behind a watermark that has
+passed it), and the one that commits last could move the stored ``imported_at`` backward (below
+the other's stamps, so after a database clock stepped back the next import's rows would lose
+the newer-wins comparison to rows already stored).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -42,6 +51,37 @@ from sqlalchemy import Connection, Engine
 from batchinfer_dagster import db
 
 IMPORT_CHUNK = 10_000
+# The first key of the PostgreSQL advisory lock of an import (``import_lock``); the second is the
+# target's hash. Any constant that no other lock of the app database uses.
+IMPORT_LOCK_CLASS = 2622
+
+
+@contextmanager
+def import_lock(engine: Engine, target: str) -> Iterator[None]:
+    """Hold ``target``'s import lock for the whole import; waits while another import holds it.
+
+    PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``) on a connection of
+    its own, held until the transaction ends here, so a killed importer releases it with its
+    connection. SQLite: a file lock beside the database (``<file>.import-<target>.lock``),
+    released by the OS when its process dies; an in-memory database has one process.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection, connection.begin():
+            connection.execute(
+                sa.select(
+                    sa.func.pg_advisory_xact_lock(IMPORT_LOCK_CLASS, sa.func.hashtext(target))
+                )
+            )
+            yield
+        return
+    database = db.sqlite_file(engine.url.render_as_string(hide_password=False))
+    if database is None:
+        yield
+        return
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", target)
+    # No timeout: an import takes as long as its records do, and the other one waits it out.
+    with db.file_lock(database.with_name(f"{database.name}.import-{name}.lock"), timeout=-1):
+        yield
 
 
 @dataclass(frozen=True)

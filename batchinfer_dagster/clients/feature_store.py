@@ -78,7 +78,17 @@ class LocalFeatureStore(FeatureStore):
 
     def import_records(self, *, full: bool = False) -> ImportResult:
         """Upsert the window's changed records, then remove its deleted ones (a full import:
-        every record not in ``data_points``), each chunk in a transaction of its own."""
+        every record not in ``data_points``), each chunk in a transaction of its own; one import
+        at a time (``feature_import.import_lock``).
+
+        Each row's ``feature_timestamp`` is the window's ``opened_at`` (the database's time of
+        this import, increasing from import to import), as the Vertex store stamps its rows, not
+        the writer's ``updated_at`` (the writing host's clock).
+        """
+        with feature_import.import_lock(self.engine, self.TARGET):
+            return self._import_locked(full=full)
+
+    def _import_locked(self, *, full: bool) -> ImportResult:
         window = feature_import.open_window(self.engine, self.TARGET, full=full)
         imported = 0
         for rows in feature_import.iter_changed(self.engine, window):
@@ -87,7 +97,7 @@ class LocalFeatureStore(FeatureStore):
                     connection,
                     db.features,
                     [
-                        {"record_id": r.id, "text": r.text, "feature_timestamp": r.updated_at}
+                        {"record_id": r.id, "text": r.text, "feature_timestamp": window.opened_at}
                         for r in rows
                     ],
                     key=["record_id"],

@@ -240,6 +240,11 @@ class VertexFeatureStore(FeatureStore):
             ) from exc
 
     def import_records(self, *, full: bool = False) -> ImportResult:
+        """One import at a time into this target (``feature_import.import_lock``)."""
+        with feature_import.import_lock(self.engine, self.target):
+            return self._import_locked(full=full)
+
+    def _import_locked(self, *, full: bool) -> ImportResult:
         window = feature_import.open_window(self.engine, self.target, full=full)
         details: dict[str, object] = {
             "bigquery_table": str(self.table),

@@ -71,6 +71,7 @@ from batchinfer_dagster.ledger.retention import old_settled_batches, prune_settl
 from batchinfer_dagster.ledger.runs import (
     FEATURE_BACKOFF_BASE,
     FEATURE_BACKOFF_MAX,
+    FEATURE_WAIT_MAX_STEP,
     BatchRequest,
     Settlement,
     UnknownBatchError,
@@ -99,6 +100,7 @@ __all__ = [
     "resolve_dead_letters",
     "FEATURE_BACKOFF_BASE",
     "FEATURE_BACKOFF_MAX",
+    "FEATURE_WAIT_MAX_STEP",
     "MAX_PAYLOAD_BYTES",
     "MAX_NESTING",
     "MAX_RECORD_ID",

@@ -5,7 +5,9 @@ A run that finds no features for a record leaves its request ``waiting_features`
 sensor looks such requests up here, in the feature store itself, before it spends a partition and
 a run on them: a record that arrived goes into a new ledger batch; one still missing only moves
 its ``not_before`` on (no batch, no partition, no run) or, once ``BATCHINFER_FEATURE_WAIT_SECONDS``
-passed since it was received, becomes a dead letter ``unknown record id``. An import into the
+passed since it was received, becomes a dead letter ``unknown record id``. That time is credited
+gap by gap (``runs.credited_wait``): a host clock stepped forward ends the wait at most
+``FEATURE_WAIT_MAX_STEP`` early, not at once. An import into the
 feature store wakes every waiting request at once (``wake``), whatever its backoff. A look-up
 that fails (the feature store down) is charged to the requests it was for: each keeps waiting,
 with the error and its next backoff recorded, and none is dead-lettered for it (an unanswered
@@ -29,7 +31,13 @@ from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunk_list, chunked
 from batchinfer_dagster.ledger.dead_letters import MAX_ERROR_CHARS
 from batchinfer_dagster.ledger.intake import new_batches
-from batchinfer_dagster.ledger.runs import FEATURE_BACKOFF_MAX, feature_backoff, settle_missing
+from batchinfer_dagster.ledger.runs import (
+    FEATURE_BACKOFF_MAX,
+    BatchRequest,
+    credited_wait,
+    feature_backoff,
+    settle_missing,
+)
 from batchinfer_dagster.ledger.states import RequestStatus, may_leave_for
 
 # Record ids -> those of them the feature store holds (``FeatureStore.fetch``'s keys).
@@ -69,8 +77,11 @@ def recheck_waiting(
         sa.select(
             table.c.message_id,
             table.c.record_id,
-            table.c.received_at,
+            table.c.status,
             table.c.attempts,
+            table.c.received_at,
+            table.c.updated_at,
+            table.c.feature_waited_seconds,
         )
         .where(table.c.status == RequestStatus.WAITING_FEATURES)
         .order_by(table.c.not_before)
@@ -81,7 +92,7 @@ def recheck_waiting(
             sa.or_(table.c.not_before <= now, table.c.not_before > now + FEATURE_BACKOFF_MAX)
         )
     with engine.connect() as connection:
-        rows = connection.execute(query).all()
+        rows = [BatchRequest(*row) for row in connection.execute(query)]
     if not rows:
         return RecheckOutcome()
     try:
@@ -109,8 +120,12 @@ def recheck_waiting(
     return RecheckOutcome(batch_keys, waiting, dead)
 
 
-def _postpone(engine: Engine, rows: Sequence[sa.Row], *, error: str, now: datetime) -> None:
-    """Record a failed look-up on each request and move its next look-up on by its backoff."""
+def _postpone(engine: Engine, rows: Sequence[BatchRequest], *, error: str, now: datetime) -> None:
+    """Record a failed look-up on each request and move its next look-up on by its backoff.
+
+    The time it waited is credited as for a look-up that answered, so an outage of the store
+    neither ends a wait nor holds it open longer than one that answered would have.
+    """
     table = db.prediction_requests
     with engine.begin() as connection:
         connection.execute(
@@ -122,10 +137,18 @@ def _postpone(engine: Engine, rows: Sequence[sa.Row], *, error: str, now: dateti
             .values(
                 attempts=table.c.attempts + 1,
                 not_before=sa.bindparam("retry_at"),
+                feature_waited_seconds=sa.bindparam("waited"),
                 error=error[:MAX_ERROR_CHARS],
                 updated_at=now,
             ),
-            [{"key": r.message_id, "retry_at": now + feature_backoff(r.attempts)} for r in rows],
+            [
+                {
+                    "key": r.message_id,
+                    "retry_at": now + feature_backoff(r.attempts),
+                    "waited": credited_wait(r, now).total_seconds(),
+                }
+                for r in rows
+            ],
         )
 
 
@@ -137,7 +160,8 @@ class WaitingRequest:
     """A request waiting for its record's features, as ``status`` and ``dead-letters`` show it.
 
     ``next_lookup_at``: when the sensor looks it up again (sooner after an import);
-    ``dead_letter_at``: when it becomes a dead letter ``unknown record id`` if still missing.
+    ``dead_letter_at``: when it becomes a dead letter ``unknown record id`` if still missing and
+    the clock runs on without a step (the rest of its credited wait after its last look-up).
     """
 
     message_id: str
@@ -170,7 +194,12 @@ def waiting_requests(
         ).scalar_one()
         rows = connection.execute(
             sa.select(
-                table.c.message_id, table.c.record_id, table.c.received_at, table.c.not_before
+                table.c.message_id,
+                table.c.record_id,
+                table.c.received_at,
+                table.c.not_before,
+                table.c.updated_at,
+                table.c.feature_waited_seconds,
             )
             .where(waiting)
             .order_by(table.c.received_at, table.c.message_id)
@@ -183,7 +212,9 @@ def waiting_requests(
             reason=WAITING_REASON,
             received_at=row.received_at,
             next_lookup_at=row.not_before,
-            dead_letter_at=row.received_at + feature_wait,
+            dead_letter_at=row.received_at + feature_wait
+            if row.feature_waited_seconds is None
+            else row.updated_at + feature_wait - timedelta(seconds=row.feature_waited_seconds),
         )
         for row in rows
     ]

@@ -291,7 +291,13 @@ def count_attempt(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -
                     table.c.batch_key.in_(chunk),
                     may_leave_for(table.c.status, BatchStatus.QUEUED),
                 )
-                .values(status=BatchStatus.QUEUED, attempts=table.c.attempts + 1, updated_at=now)
+                .values(
+                    status=BatchStatus.QUEUED,
+                    attempts=table.c.attempts + 1,
+                    # A new run request: its time without a run starts again.
+                    unrun_seconds=None,
+                    updated_at=now,
+                )
             )
             rows = connection.execute(
                 sa.select(table.c.batch_key, table.c.attempts).where(table.c.batch_key.in_(chunk))

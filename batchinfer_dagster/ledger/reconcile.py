@@ -8,6 +8,13 @@ failed, or when it was queued or running without news for ``RECHECK_AFTER``; the
   Ctrl-C mid-run): retried at once;
 - Dagster has no current run of it: retried only after ``stale_after``, the time the daemon has
   to turn a tick's run requests into runs (a tick that died before may have lost them).
+
+That time is credited look by look (``unrun_seconds``), each gap between two looks at most half
+of ``stale_after``: comparing the clock with the time the run was requested would let a host
+clock stepped forward retry a batch whose run request the daemon has not yet turned into a run
+(a second run; the upsert keeps it from duplicating predictions, but it costs a run), and one
+stepped back hold a lost batch for as long as the step. Half the bound means no single step
+alone makes a batch stale: half of ``stale_after`` at least was observed without a run.
 """
 
 from __future__ import annotations
@@ -42,6 +49,14 @@ class BatchState:
     attempts: int
     run_id: str | None
     updated_at: datetime
+    # Seconds seen without a run since its last run request (None: not looked at since).
+    unrun_seconds: float | None = None
+
+    def unrun_for(self, now: datetime, *, stale_after: timedelta) -> timedelta:
+        """How long the batch has been without a run at ``now``, credited as the docstring of
+        this module says: the gap since the last look, between 0 and half of ``stale_after``."""
+        gap = min(max(now - self.updated_at, timedelta(0)), stale_after / 2)
+        return timedelta(seconds=self.unrun_seconds or 0.0) + gap
 
 
 class RunState(StrEnum):
@@ -79,6 +94,7 @@ def batches_to_reconcile(
                 table.c.attempts,
                 table.c.run_id,
                 table.c.updated_at,
+                table.c.unrun_seconds,
             )
             .where(
                 sa.or_(
@@ -97,10 +113,7 @@ def batches_to_reconcile(
             .order_by(table.c.updated_at)
             .limit(limit)
         ).all()
-    return [
-        BatchState(row.batch_key, row.status, row.attempts, row.run_id, row.updated_at)
-        for row in rows
-    ]
+    return [BatchState(*row) for row in rows]
 
 
 def touch_batches(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -> None:
@@ -111,6 +124,23 @@ def touch_batches(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -
             connection.execute(
                 sa.update(table).where(table.c.batch_key.in_(chunk)).values(updated_at=now)
             )
+
+
+def record_unrun(engine: Engine, unrun: dict[str, timedelta], *, now: datetime) -> None:
+    """Mark batches without a run as looked at, with the time credited to them so far."""
+    if not unrun:
+        return
+    table = db.prediction_batches
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(table)
+            .where(
+                table.c.batch_key == sa.bindparam("key"),
+                table.c.status.in_([BatchStatus.QUEUED, BatchStatus.RUNNING]),
+            )
+            .values(unrun_seconds=sa.bindparam("unrun"), updated_at=now),
+            [{"key": key, "unrun": spent.total_seconds()} for key, spent in unrun.items()],
+        )
 
 
 def reconcile(
@@ -125,15 +155,21 @@ def reconcile(
 ) -> ReconcileOutcome:
     """Give failed or lost batches another attempt, or dead-letter them after ``max_attempts``.
 
-    Batches with a run in flight, and queued or running ones with no run yet but news within
-    ``stale_after``, are only touched; the others (failed, their run finished without settling
-    them, or never created) are queued again with one more attempt, or, out of attempts, become
-    dead letters with the last error of their runs.
+    Batches with a run in flight, and queued or running ones seen without a run for less than
+    ``stale_after`` (credited per look, see the module's docstring), are only touched; the
+    others (failed, their run finished without settling them, or never created) are queued
+    again with one more attempt, or, out of attempts, become dead letters with the last error
+    of their runs.
     """
     candidates = batches_to_reconcile(engine, now=now, recheck_after=recheck_after, limit=limit)
     if not candidates:
         return ReconcileOutcome()
     runs = current_runs(candidates)
+    unrun = {
+        c.batch_key: c.unrun_for(now, stale_after=stale_after)
+        for c in candidates
+        if c.batch_key not in runs and c.status != BatchStatus.FAILED
+    }
 
     def waits(batch: BatchState) -> bool:
         state = runs.get(batch.batch_key)
@@ -141,15 +177,12 @@ def reconcile(
             return True
         if state is RunState.FINISHED or batch.status == BatchStatus.FAILED:
             return False
-        # No run yet: the daemon may still make it, unless the batch was written longer ago than
-        # ``stale_after``, or further ahead than that (before the host clock stepped back, which
-        # would otherwise hold it for as long as the step).
-        return now - stale_after < batch.updated_at <= now + stale_after
+        # No run yet: the daemon may still make it, until it was seen without one that long.
+        return unrun[batch.batch_key] < stale_after
 
-    # Only batches with a run in flight are touched: a batch still without a run keeps its
-    # time, so it goes stale ``stale_after`` after it was written, however often it is looked at.
     in_flight = [c.batch_key for c in candidates if runs.get(c.batch_key) is RunState.IN_FLIGHT]
     touch_batches(engine, in_flight, now=now)
+    record_unrun(engine, {k: v for k, v in unrun.items() if v < stale_after}, now=now)
     settled = [c for c in candidates if not waits(c)]
     retried = count_attempt(
         engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now

@@ -36,6 +36,11 @@ ROLLOUT_RUNNING = "running"
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
 FEATURE_BACKOFF_MAX = timedelta(seconds=60)
+# The most one observed gap adds to a request's feature wait: a look-up is due at most
+# FEATURE_BACKOFF_MAX after the one before, and as much again covers a sensor tick delayed by
+# load or a daemon restart. A longer gap is a clock stepped forward (or a daemon down for that
+# long) and is credited this much: one step can end a wait at most this early.
+FEATURE_WAIT_MAX_STEP = 2 * FEATURE_BACKOFF_MAX
 
 
 class UnknownBatchError(LookupError):
@@ -51,6 +56,26 @@ class BatchRequest:
     status: str
     attempts: int
     received_at: datetime
+    # When the ledger last wrote the request, and the feature wait credited so far (seconds;
+    # None until its record was first found missing): ``credited_wait``'s inputs.
+    updated_at: datetime
+    feature_waited_seconds: float | None = None
+
+
+def credited_wait(request: BatchRequest, now: datetime) -> timedelta:
+    """The part of the feature wait that ``request`` has served at ``now``.
+
+    The wait is counted from receipt, but as a sum of the gaps the ledger observed (receipt to
+    the first miss, then each look-up to the next), each credited between 0 and
+    ``FEATURE_WAIT_MAX_STEP``: a clock stepped back adds nothing, one stepped forward by an hour
+    adds at most the bound, where comparing ``now`` with ``received_at`` alone would have ended
+    the wait at once. Time nobody observed (a backlog longer than the bound before the first
+    run, a daemon that was down) is credited the bound too, so a request may wait longer than
+    ``BATCHINFER_FEATURE_WAIT_SECONDS`` of wall time, never shorter by more than one bound.
+    """
+    seen = request.received_at if request.feature_waited_seconds is None else request.updated_at
+    gap = min(max(now - seen, timedelta(0)), FEATURE_WAIT_MAX_STEP)
+    return timedelta(seconds=request.feature_waited_seconds or 0.0) + gap
 
 
 def start_batch(
@@ -81,6 +106,8 @@ def start_batch(
                 requests.c.status,
                 requests.c.attempts,
                 requests.c.received_at,
+                requests.c.updated_at,
+                requests.c.feature_waited_seconds,
             )
             .where(
                 requests.c.batch_key == batch_key,
@@ -227,12 +254,15 @@ def settle_missing(
     """Requests whose record is not in the feature store: wait with backoff, or dead-letter.
 
     A request for a deleted record (a tombstone in ``record_deletions``) is dead-lettered at once:
-    it will never arrive, and waiting would only delay the answer.
+    it will never arrive, and waiting would only delay the answer. The others end their wait
+    once its credited part (``credited_wait``) reaches ``feature_wait``; the next look-up is
+    never later than the rest of the wait.
     """
     deleted = deleted_records(connection, [r.record_id for r in missing])
+    waited = {r.message_id: credited_wait(r, now) for r in missing}
 
     def ended(request: BatchRequest) -> bool:
-        return request.record_id in deleted or now - request.received_at >= feature_wait
+        return request.record_id in deleted or waited[request.message_id] >= feature_wait
 
     expired = [r for r in missing if ended(r)]
     waiting = [r for r in missing if not ended(r)]
@@ -249,14 +279,15 @@ def settle_missing(
                 status=RequestStatus.WAITING_FEATURES,
                 attempts=table.c.attempts + 1,
                 not_before=sa.bindparam("retry_at"),
+                feature_waited_seconds=sa.bindparam("waited"),
                 updated_at=now,
             ),
             [
                 {
                     "key": r.message_id,
-                    "retry_at": min(
-                        now + feature_backoff(r.attempts), r.received_at + feature_wait
-                    ),
+                    "retry_at": now
+                    + min(feature_backoff(r.attempts), feature_wait - waited[r.message_id]),
+                    "waited": waited[r.message_id].total_seconds(),
                 }
                 for r in waiting
             ],

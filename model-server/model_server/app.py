@@ -30,7 +30,12 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from batchinfer_protocol.predict_request import RequestError, decode_request
 from batchinfer_protocol.zero_shot import encode_predictions, encode_refusal
 from model_server.backends import Backend, build_backend
-from model_server.batching import BatchObserver, DynamicBatcher, ShuttingDownError
+from model_server.batching import (
+    BatchObserver,
+    DynamicBatcher,
+    QueueFullError,
+    ShuttingDownError,
+)
 from model_server.body_budget import BodyBudget, BodyBudgetFullError, BodyHold
 from model_server.connection_guard import ensure_file_limit, guarded_protocol
 from model_server.instances import instances_of
@@ -68,6 +73,7 @@ class ModelService:
             max_batch_rows=settings.model_batch_pool_rows,
             max_wait_seconds=settings.model_batch_wait_ms / 1000,
             fair_quantum_rows=settings.model_max_batch_size,
+            max_queued_instances=settings.model_max_queued_instances,
             observer=BatchObserver(
                 on_batch=metrics.observe_batch,
                 on_prepare=metrics.prepare_seconds.observe,
@@ -198,7 +204,7 @@ def register_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         if isinstance(error, BodyError | BodyBudgetFullError):
             # The rest of the body may still be on its way: the connection is not reused.
             headers["connection"] = "close"
-        if isinstance(error, BodyBudgetFullError):
+        if isinstance(error, BodyBudgetFullError | QueueFullError):
             headers["retry-after"] = str(error.retry_after_seconds)
         response = JSONResponse(error.body(), status_code=error.status_code, headers=headers)
         return counted(metrics, request, response)

@@ -23,6 +23,13 @@ unchanged; only the order of its pools is.
 
 A pool that fails (in either stage) is retried one instance at a time, so an instance the
 model cannot take fails only its own request and never the requests it shared a pool with.
+
+The instances admitted and not yet answered are bounded in total (MODEL_MAX_QUEUED_INSTANCES):
+the body budget (body_budget.py) bounds bodies only until they are parsed, and the instances
+parsed from them wait here for the model. A request whose instances do not fit is refused
+whole before any is queued (429 with Retry-After, as text-embeddings-inference answers a full
+queue), so nothing of it is computed and the client resends it; no admitted request is ever
+dropped for it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchinfer_protocol.predict_request import RequestError
 from batchinfer_protocol.zero_shot import Prediction
 from model_server.backends.base import Backend, Instance
 
@@ -45,6 +53,24 @@ logger = logging.getLogger(__name__)
 
 class ShuttingDownError(RuntimeError):
     """The server stopped before this instance ran; the client may retry elsewhere."""
+
+
+# What a refused client is told to wait: a pool of the default 1,024 rows computes in well
+# under a second on a GPU and in a few on a CPU; the client's own backoff adds to this.
+QUEUE_RETRY_AFTER_SECONDS = 1
+
+
+class QueueFullError(RequestError):
+    """The request's instances do not fit in what the queue has left: retry after a while."""
+
+    def __init__(self, wanted: int, queued: int, limit: int) -> None:
+        super().__init__(
+            429,
+            f"the server has {queued} instances waiting for the model and this request adds "
+            f"{wanted}; the bound is {limit} (MODEL_MAX_QUEUED_INSTANCES): retry after "
+            f"{QUEUE_RETRY_AFTER_SECONDS} s",
+        )
+        self.retry_after_seconds = QUEUE_RETRY_AFTER_SECONDS
 
 
 @dataclass
@@ -156,10 +182,19 @@ class DynamicBatcher:
         max_wait_seconds: float,
         fair_quantum_rows: int,
         observer: BatchObserver | None = None,
+        max_queued_instances: int | None = None,
     ) -> None:
         """`fair_quantum_rows`: the model rows a request may add to pools per turn of the
-        round-robin between requests (the server passes one forward batch, MODEL_MAX_BATCH_SIZE)."""
+        round-robin between requests (the server passes one forward batch, MODEL_MAX_BATCH_SIZE).
+        `max_queued_instances`: instances admitted and not yet answered, all requests together
+        (the server passes MODEL_MAX_QUEUED_INSTANCES; None, for tests of the loop alone: no
+        bound)."""
+        if max_queued_instances is not None and max_queued_instances < 1:
+            raise ValueError(f"max_queued_instances must be at least 1, got {max_queued_instances}")
         self.backend = backend
+        self.max_queued_instances = max_queued_instances
+        # Instances of the requests in `predict` now: queued, in a pool, or being computed.
+        self.admitted_instances = 0
         self.max_batch_rows = max_batch_rows
         self.max_wait_seconds = max_wait_seconds
         self.observer = observer or BatchObserver()
@@ -198,7 +233,22 @@ class DynamicBatcher:
         self.executor.shutdown(wait=True)
 
     async def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
-        """Predictions for the instances, in their order, once their batches have run."""
+        """Predictions for the instances, in their order, once their batches have run.
+
+        Raises `QueueFullError`, before queuing any of them, when they would take the instances
+        admitted past `max_queued_instances` (up to it they are admitted).
+        """
+        limit = self.max_queued_instances
+        if limit is not None and self.admitted_instances + len(instances) > limit:
+            raise QueueFullError(len(instances), self.admitted_instances, limit)
+        self.admitted_instances += len(instances)
+        try:
+            return await self.queue_and_wait(instances)
+        finally:
+            self.admitted_instances -= len(instances)
+
+    async def queue_and_wait(self, instances: Sequence[Instance]) -> list[Prediction]:
+        """Queue the instances on one line of the fair queue and wait for all their answers."""
         loop = asyncio.get_running_loop()
         futures = []
         line = object()  # this request's line in the fair queue

@@ -83,6 +83,10 @@ class ServerSettings(BaseSettings):
     # request is answered 429 with Retry-After before its body is read. 64 MiB: six bodies at
     # the 10 MiB limit, or thousands of the pipeline's usual few-KB chunks.
     model_body_budget_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Parsed instances waiting for the model, all requests together (batching.py): past it a
+    # request is answered 429 with Retry-After before any of its instances is queued. 16 requests
+    # at the 1,000-instance limit; the pipeline keeps a few chunks of 64 texts in flight per run.
+    model_max_queued_instances: int = Field(16 * DEFAULT_MAX_INSTANCES, ge=1)
 
     model_default_labels: str = ",".join(DEFAULT_LABELS)
     model_default_template: str = DEFAULT_HYPOTHESIS_TEMPLATE
@@ -115,6 +119,16 @@ class ServerSettings(BaseSettings):
                 f"MODEL_BODY_BUDGET_BYTES={self.model_body_budget_bytes} is smaller than "
                 f"MODEL_MAX_BODY_BYTES={self.model_max_body_bytes}: a body at the limit could "
                 "never be read; make it at least as large"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> ServerSettings:
+        if self.model_max_queued_instances < self.model_max_instances:
+            raise ValueError(
+                f"MODEL_MAX_QUEUED_INSTANCES={self.model_max_queued_instances} is smaller than "
+                f"MODEL_MAX_INSTANCES={self.model_max_instances}: a request at the limit could "
+                "never be queued; make it at least as large"
             )
         return self
 

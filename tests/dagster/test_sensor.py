@@ -165,7 +165,8 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
     assert all(r.not_before is not None for r in waiting)
 
     add_features(settings, [2])  # the feature store syncs record 2 late; 3 never comes
-    # The wait passes: the ledger's times move back by it instead of the test sleeping.
+    # The wait passes: the ledger's times move back by it instead of the test sleeping, and the
+    # wait is credited as the look-ups of a minute would have (runs.credited_wait).
     table = db.prediction_requests
     with engine_of(settings).begin() as connection:
         for row in connection.execute(sa.select(table)).all():
@@ -175,6 +176,7 @@ def test_unknown_ids_wait_for_features_then_dead_letter(
                 .values(
                     received_at=row.received_at - wait,
                     not_before=row.not_before - wait if row.not_before else None,
+                    feature_waited_seconds=wait.total_seconds(),
                 )
             )
     run_daemon_loop(instance, settings)
@@ -341,8 +343,9 @@ def test_an_unknown_id_waits_without_partitions_or_runs_and_is_predicted_after_a
         finally:
             queue.close()
 
-    # Backoff passed, still missing: looked up, but no batch, partition or run.
-    for at in (timedelta(seconds=61), timedelta(seconds=300)):
+    # Backoff passed, still missing: looked up, but no batch, partition or run. The ticks are
+    # less than FEATURE_WAIT_MAX_STEP apart, so all the time between them counts to the wait.
+    for at in (timedelta(seconds=61), timedelta(seconds=121)):
         waiting = tick(at, features_changed=False)
         assert (waiting.run_requests, waiting.still_waiting) == ([], 1)
     assert set(instance.get_dynamic_partitions(PREDICTION_BATCHES)) == partitions
@@ -360,8 +363,8 @@ def test_an_unknown_id_waits_without_partitions_or_runs_and_is_predicted_after_a
     resources = resources_of(settings)
     assert materialize([features, data_points], instance=instance, resources=resources).success
     newest = newest_features_materialization(instance)
-    woken = tick(timedelta(seconds=301), features_changed=newest is not None)
-    assert len(woken.run_requests) == 1  # before its backoff (301 s < 300 s + 10 s)
+    woken = tick(timedelta(seconds=122), features_changed=newest is not None)
+    assert len(woken.run_requests) == 1  # before its backoff (122 s < 121 s + 20 s)
     [predicted] = execute_runs(instance, settings, woken.run_requests)
     assert predicted.success
     [done] = rows(settings, db.prediction_requests)

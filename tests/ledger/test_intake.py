@@ -64,12 +64,25 @@ def test_malformed_message_dead_lettered_once_across_redeliveries(app_settings: 
     ]
 
 
-def wait_for_features(engine: sa.Engine, not_before: datetime) -> None:
+def wait_for_features(
+    engine: sa.Engine, not_before: datetime, *, waited: timedelta | None = None
+) -> None:
+    """Every request waiting for features, next looked up at ``not_before``; ``waited``: the
+    part of the wait served by look-ups before, the last of them at ``not_before - 60 s``."""
     table = db.prediction_requests
+    values: dict[str, object] = {}
+    if waited is not None:
+        values = {
+            "feature_waited_seconds": waited.total_seconds(),
+            "updated_at": not_before - ledger.FEATURE_BACKOFF_MAX,
+        }
     with engine.begin() as connection:
         connection.execute(
             table.update().values(
-                status=ledger.RequestStatus.WAITING_FEATURES, not_before=not_before, attempts=1
+                status=ledger.RequestStatus.WAITING_FEATURES,
+                not_before=not_before,
+                attempts=1,
+                **values,
             )
         )
 
@@ -134,7 +147,8 @@ def test_recheck_waiting_wakes_on_an_import_and_dead_letters_after_the_wait(
 
     assert recheck(NOW + timedelta(seconds=1), wake=False).still_waiting == 0  # not due
     assert recheck(NOW + timedelta(seconds=1), wake=True).still_waiting == 1  # an import woke it
-    wait_for_features(engine, NOW)
+    # 540 s of the wait served by look-ups up to NOW + 540 s: its last one ends it at NOW + 600 s.
+    wait_for_features(engine, NOW + timedelta(seconds=600), waited=timedelta(seconds=540))
     late = recheck(NOW + timedelta(seconds=600), wake=False)
     assert (late.batch_keys, late.still_waiting, late.dead_lettered) == ([], 0, 1)
     [letter] = rows(app_settings, db.dead_letters)

@@ -6,7 +6,9 @@ request's next look-up and the reconcile of a batch whose run never came all wai
 to catch up, for as long as the step. Now a time written further ahead than the deadline's own
 length is taken as a stepped clock's, and is due. Each rule is pinned at its bound and one
 microsecond past, and a forward step (which only brings a deadline nearer) is checked beside it.
-Clocks are injected; both app databases.
+Reconcile's ``stale_after`` and the feature wait are credited gap by gap since: their steps,
+back and forward, are pinned in ``test_clock_step_forward.py``. Clocks are injected; both app
+databases.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.ledger.closing import BatchClosing
-from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, STALE_AFTER
+from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER
 from batchinfer_dagster.prediction import Predictor
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import (
@@ -107,37 +109,6 @@ def test_a_waiting_request_written_before_a_step_back_is_looked_up(
     assert request.status == ledger.RequestStatus.WAITING_FEATURES  # never dead-lettered
     if looked_up:  # its next look-up is on the clock as it is now
         assert request.not_before == now + ledger.feature_backoff(1)
-
-
-@pytest.mark.parametrize(
-    ("now", "retried"),
-    [
-        (WRITTEN - STEP, True),
-        (WRITTEN - STALE_AFTER - TICK, True),  # written one past stale_after ahead
-        (WRITTEN - STALE_AFTER, False),  # written stale_after ahead: still waits
-        (WRITTEN + STALE_AFTER - TICK, False),  # the daemon may still make its run
-        (WRITTEN + STALE_AFTER, True),
-        (WRITTEN + STEP, True),  # forward: stale, as it would be 2 min on
-    ],
-    ids=["back-an-hour", "back-one-past", "back-at-the-bound", "fresh", "stale", "forward"],
-)
-def test_a_batch_whose_run_never_came_is_retried_after_a_step_back(
-    app_settings: Settings, now: datetime, retried: bool
-) -> None:
-    engine = engine_of(app_settings)
-    [key] = ledger.create_batches(engine, [1], source="test", batch_size=8, now=WRITTEN)
-    ledger.count_attempt(engine, [key], now=WRITTEN)  # its first run was requested then
-
-    outcome = ledger.reconcile(
-        engine,
-        lambda batches: {},  # Dagster has no run of it
-        max_attempts=app_settings.max_attempts,
-        now=now,
-        recheck_after=timedelta(0),
-    )
-
-    assert outcome.retried == ({key: 2} if retried else {})
-    assert outcome.dead_lettered == []
 
 
 @pytest.mark.parametrize(
