@@ -180,3 +180,54 @@ def test_an_ordinary_dead_letter_is_published_and_not_counted_by_a_rollout(
     replayed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
     assert (replayed.replayed, replayed.into_rollouts) == (1, 0)
     assert publish.payloads == [ledger.request_payload(ids[0])]
+
+
+def test_migration_0007_charges_existing_dead_letters_to_their_rollout(
+    app_settings: Settings,
+) -> None:
+    """Dead letters written before 0007: a rollout request's gets its candidate, others none."""
+    from alembic import command
+
+    engine = engine_of(app_settings)
+    config = db._alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0006")
+        requests = sa.table(
+            "prediction_requests",
+            *(sa.column(c) for c in ("message_id", "record_id", "batch_key", "status")),
+            *(sa.column(c) for c in ("attempts", "received_at", "updated_at")),
+        )
+        connection.execute(
+            requests.insert(),
+            [
+                {"message_id": key, "record_id": 1, "batch_key": batch, "status": "dead_lettered"}
+                | {"attempts": 0, "received_at": NOW, "updated_at": NOW}
+                for key, batch in [("rollout:1", "rb"), ("test:1", "ob")]
+            ],
+        )
+        connection.execute(
+            sa.table("rollout_batches", sa.column("batch_key"), sa.column("candidate")).insert(),
+            [{"batch_key": "rb", "candidate": "c" * 64}],
+        )
+        letters = sa.table(
+            "dead_letters",
+            *(sa.column(c) for c in ("source", "message_id", "payload", "reason")),
+            *(sa.column(c) for c in ("received_at", "record_id")),
+        )
+        connection.execute(
+            letters.insert(),
+            [
+                {"source": "model", "message_id": key, "payload": "{}", "reason": "r"}
+                | {"received_at": NOW, "record_id": 1}
+                for key in ("rollout:1", "test:1", None)
+            ],
+        )
+
+    db.upgrade(engine)
+
+    table = db.dead_letters
+    found = [(r.message_id, r.rollout) for r in rows(app_settings, table)]
+    assert sorted(found, key=str) == sorted(
+        [("rollout:1", "c" * 64), ("test:1", None), (None, None)], key=str
+    )
