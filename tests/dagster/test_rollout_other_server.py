@@ -20,6 +20,7 @@ from dagster import DagsterInstance
 from batchinfer_dagster import db, ledger, rollout
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.definitions import build_definitions
+from batchinfer_dagster.defs.rollout_defs import ROLLOUTS
 from batchinfer_dagster.prediction import configuration_of
 from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
 from batchinfer_dagster.records import add_records
@@ -150,6 +151,19 @@ def test_a_candidate_on_another_server_is_predicted_there_and_compared(
     mean_delta = sum(abs(then[i].scores[0] - now[i].scores[0]) for i in ids) / RECORDS
     assert report.mean_abs_top_score_delta == pytest.approx(mean_delta)
     assert report.dead_letters == {"refused": 0, "missing": 0, "failed": 0}
+
+    # The report asset names both sides' models in its metadata (what the UI shows).
+    instance.add_dynamic_partitions(ROLLOUTS, [candidate])
+    report_run = defs.resolve_job_def("rollout_report_job").execute_in_process(
+        instance=instance, partition_key=candidate
+    )
+    (materialization,) = report_run.asset_materializations_for_node("rollout_report")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    models = metadata["models"].splitlines()
+    assert any("current" in line and digest_a in line for line in models)
+    assert any("candidate" in line and digest_b in line for line in models)
+    assert metadata["candidate_model_url"] == url_b
+    assert (metadata["records_refused"], metadata["records_missing"]) == (0, 0)
 
     promoted = defs.resolve_job_def("promote_rollout_job").execute_in_process(
         instance=instance,

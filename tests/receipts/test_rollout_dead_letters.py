@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger, rollout
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.defs.rollout_defs import report_metadata
 from batchinfer_dagster.prediction import Predictor, configuration_of
 from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
 from batchinfer_dagster.records import add_records, delete_record
@@ -115,6 +116,8 @@ def test_refused_and_missing_records_are_the_rollouts_and_replay_into_it(
     report = rollout.report(engine, candidate.digest)
     assert report.compared == 4  # the deleted record lost its current row as well
     assert report.dead_letters == {"refused": 1, "missing": 1, "failed": 0}
+    shown = report_metadata(report, rollout.progress(engine, candidate.digest))
+    assert (shown["records_refused"], shown["records_missing"]) == (1, 1)
 
     # The record's current prediction resolves the ordinary dead letter, not the rollout's.
     client.refuse.clear()
