@@ -67,6 +67,10 @@ DISAGREEMENTS_SHOWN = 10
 OPEN_REQUEST_STATUSES = (RequestStatus.QUEUED, RequestStatus.WAITING_FEATURES)
 
 
+# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
+DISCARDED_BY = "rollout discarded"
+
+
 class DeadLetterKind(StrEnum):
     """Why a rollout's record has no candidate row, as the report counts it."""
 
@@ -606,12 +610,22 @@ def discard(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
 
     Closing first (the rollout's row, locked) means a batch settling afterwards writes nothing
     (``ledger.runs.rollout_is_running``); its runs still finish, without calling the model.
-    Returns how many rows were deleted.
+    The rollout's open dead letters are resolved (``resolved_by_run`` ``DISCARDED_BY``): no
+    candidate will ever be asked for them, and the records' current predictions never were
+    in question; starting the rollout again requests them anew. Returns how many rows were
+    deleted.
     """
     table = db.predictions
+    when = now or db.utcnow()
     with engine.begin() as connection:
         if _locked_status(connection, candidate_digest) is not None:
-            _set_status(connection, candidate_digest, RolloutStatus.DISCARDED, now or db.utcnow())
+            _set_status(connection, candidate_digest, RolloutStatus.DISCARDED, when)
+        letters = db.dead_letters
+        connection.execute(
+            sa.update(letters)
+            .where(letters.c.rollout == candidate_digest, letters.c.resolved_at.is_(None))
+            .values(resolved_at=when, resolved_by_run=DISCARDED_BY)
+        )
         return connection.execute(
             sa.delete(table).where(
                 table.c.configuration == candidate_digest, table.c.is_current.is_(False)

@@ -234,3 +234,27 @@ def test_migration_0007_charges_existing_dead_letters_to_their_rollout(
     assert sorted(found, key=str) == sorted(
         [("rollout:1", "c" * 64), ("test:1", None), (None, None)], key=str
     )
+
+
+def test_discard_resolves_the_rollouts_dead_letters_and_no_others(app_settings: Settings) -> None:
+    """A discarded rollout's refused record is settled (nothing will ask for it again), while
+    the same record's ordinary dead letter stays open; starting again requests it anew."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    LocalFeatureStore(engine).import_records()
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    client = ScriptedModelClient(chunk_size=64, max_request_bytes=1 << 20)
+    client.refuse[TEXTS[0]] = "scripted: refused"
+    predictor(engine, client).predict(ordinary_batch(engine, ids), "run-0")
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    predictor(engine, client).predict(key, "run-1")
+    assert len(open_letters(app_settings)) == 2
+
+    rollout.discard(engine, candidate.digest, now=NOW)
+
+    assert open_letters(app_settings) == [(ids[0], "model", "none")]
+    table = db.dead_letters
+    (settled,) = rows(app_settings, table, table.c.rollout == candidate.digest)
+    assert (settled.resolved_at, settled.resolved_by_run) == (NOW, rollout.DISCARDED_BY)
+    again = rollout.start(engine, candidate, ids, batch_size=10, now=NOW)
+    assert (again.requested, again.skipped) == (2, 0)  # its one candidate row was deleted
