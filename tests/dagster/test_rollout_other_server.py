@@ -27,7 +27,14 @@ from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import PredictParameters
 from batchinfer_testing.daemon import run_daemon_loop
-from batchinfer_testing.deployment import TEXTS, engine_of, model_client_of, resources_of, rows
+from batchinfer_testing.deployment import (
+    TEXTS,
+    engine_of,
+    model_client_of,
+    model_server_of,
+    resources_of,
+    rows,
+)
 from batchinfer_testing.model_server import running_model_server
 from batchinfer_testing.nli_models import RandomInit, build_bert_nli
 
@@ -198,3 +205,15 @@ def test_the_launchpad_start_refuses_bad_input_with_the_value(
     assert "does not report its model" in failure({"model_url": "http://127.0.0.1:9"})
     assert not rows(settings, db.rollouts)
     assert not rows(settings, db.rollout_batches)
+
+
+def test_a_candidate_server_of_the_other_kind_is_refused_naming_it(
+    app_settings: Settings,
+) -> None:
+    """The resource keyed by URL keeps its kind: an HTTP deployment takes no Vertex endpoint."""
+    endpoint = "vertex://projects/p/locations/europe-west1/endpoints/7"
+    server = model_server_of(app_settings.model_copy(update={"model_url": "http://127.0.0.1:9"}))
+    with pytest.raises(ValueError, match=endpoint):
+        server.client(endpoint)
+    assert server.config("http://other:8080").url == "http://other:8080"
+    assert server.config().url == "http://127.0.0.1:9"
