@@ -106,14 +106,16 @@ def _claim_replays(
 
 def _request_in_rollouts(
     engine: Engine, claimed: Sequence[tuple[int, int, str]], *, batch_size: int, now: datetime
-) -> None:
+) -> int:
     """Request the records of rollout dead letters again, each in its own rollout, in one
     transaction: new ledger batches with their ``rollout_batches`` rows (what ``rollout.start``
     writes), and each dead letter's ``replay_message_id`` set to its new request.
 
-    A rollout closed since the claim is left alone: its letters' claim is released.
+    A rollout closed since the claim is left alone: its letters' claim is released (the next
+    claim skips them). Returns how many dead letters were requested again.
     """
     table, rollouts = db.dead_letters, db.rollouts
+    requested = 0
     by_rollout: dict[str, list[tuple[int, int]]] = {}
     for dead_id, record_id, candidate in claimed:
         by_rollout.setdefault(candidate, []).append((dead_id, record_id))
@@ -157,6 +159,8 @@ def _request_in_rollouts(
                     for dead_id, record_id in letters
                 ],
             )
+            requested += len(letters)
+    return requested
 
 
 def _count_dead_letters(engine: Engine, *clauses: sa.ColumnElement[bool]) -> int:
@@ -195,9 +199,11 @@ def replay_dead_letters(
             break
         in_rollouts = [(i, r, c) for i, r, c in everything if c is not None]
         if in_rollouts:
-            _request_in_rollouts(engine, in_rollouts, batch_size=rollout_batch_size, now=now)
-            report.into_rollouts += len(in_rollouts)
-            report.replayed += len(in_rollouts)
+            requested = _request_in_rollouts(
+                engine, in_rollouts, batch_size=rollout_batch_size, now=now
+            )
+            report.into_rollouts += requested
+            report.replayed += requested
         claimed = [(i, r) for i, r, c in everything if c is None]
         if not claimed:
             continue
