@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from batchinfer_dagster import ledger
-from batchinfer_dagster.cli import cli, id_payloads, publish_payloads
+from batchinfer_dagster.cli import cli
+from batchinfer_dagster.cli.requests import id_payloads, publish_payloads
 from batchinfer_dagster.defs.deployments import resources_for
 from batchinfer_dagster.records import first_undecodable_byte
 from batchinfer_dagster.settings import Settings

@@ -1,0 +1,86 @@
+"""What every command gets from the click context: the settings the root group loaded, the
+resources and the app database built from them, and the Dagster instance to report to.
+
+Everything past ``click`` and the settings is imported inside the functions, so a command that
+needs no database (``where``, ``--version``) never imports SQLAlchemy or Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from batchinfer_dagster.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from batchinfer_dagster import staleness
+    from batchinfer_dagster.defs.deployments import Resources
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The ``Settings`` the root group loaded once for this invocation."""
+    return ctx.find_root().obj
+
+
+def resources_of(ctx: click.Context) -> Resources:
+    """The resources the code location would build from the same settings."""
+    from batchinfer_dagster.defs.deployments import resources_for
+
+    return resources_for(settings_of(ctx))
+
+
+def engine_of(ctx: click.Context) -> sa.Engine:
+    """The app database; the embedded SQLite one is migrated on first use.
+
+    On a laptop the CLI is the first thing a user runs, so it creates its own database. Any
+    other database is migrated only by ``batchinfer db upgrade`` (the deploy run does it).
+    Built from the settings' URL, as ``DatabaseResource`` builds it, without Dagster's resources.
+    """
+    from batchinfer_dagster import db
+
+    url = settings_of(ctx).resolved_database_url
+    if db.is_sqlite(url):
+        engine = db.create_app_engine(url)
+        try:
+            if db.current_revision(engine) != db.head_revision():
+                db.upgrade(engine)
+        finally:
+            engine.dispose()
+    return db.engine_for(url)
+
+
+def record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], object]) -> None:
+    """Record an asset event in the Dagster instance of ``DAGSTER_HOME`` (``batchinfer where``).
+
+    The data is already written when this runs, so a failure here does not fail the command: it
+    is one line on stderr naming the instance, and the UI shows the event after the next
+    observation or materialization.
+    """
+    from batchinfer_dagster.defs import asset_events
+
+    home = settings_of(ctx).resolved_dagster_home
+    try:
+        with asset_events.open_instance(home) as instance:
+            report(instance)
+    except Exception as error:  # noqa: BLE001 - any failure of the instance is reported alike
+        click.echo(
+            f"warning: the Dagster instance in {home} did not record this "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+            "observe data_points or materialize features in the UI to update it",
+            err=True,
+        )
+
+
+def current_deployment(resources: Resources) -> staleness.Deployment:
+    """The settings' parameters and the model the server reports now (None when it cannot)."""
+    from batchinfer_dagster.prediction import deployment_of
+
+    model_server = resources.model_server
+    with model_server.open() as client:
+        served = client.served_model()
+    return deployment_of(model_server.parameters(), served)
