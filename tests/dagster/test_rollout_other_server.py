@@ -10,14 +10,17 @@ promote (also a launchpad job) must make B's predictions current.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db, ledger, rollout
+from batchinfer_dagster.cli import cli
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.definitions import build_definitions
 from batchinfer_dagster.defs.rollout_defs import ROLLOUTS
@@ -217,3 +220,35 @@ def test_a_candidate_server_of_the_other_kind_is_refused_naming_it(
         server.client(endpoint)
     assert server.config("http://other:8080").url == "http://other:8080"
     assert server.config().url == "http://127.0.0.1:9"
+
+
+def test_the_cli_starts_the_same_candidate_on_another_server(
+    app_settings: Settings, two_servers: tuple[str, str]
+) -> None:
+    """`rollout start --model-url` names the candidate by the other server's model."""
+    url_a, url_b = two_servers
+    settings = app_settings.model_copy(update={"model_url": url_a, "batch_size": BATCH_SIZE})
+    seed_current(settings)
+    env = {
+        "BATCHINFER_HOME": str(settings.home),
+        "BATCHINFER_DATABASE_URL": settings.resolved_database_url,
+        "BATCHINFER_MODEL_URL": url_a,
+        "BATCHINFER_BATCH_SIZE": str(BATCH_SIZE),
+    }
+    args = ["rollout", "start", "--model-url", url_b, "--sample", "5"]
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    started = json.loads(result.stdout.splitlines()[-1])
+    served = health(url_b)
+    expected = configuration_of(
+        PredictParameters(), ModelIdentity(served["model"], served["model_digest"])
+    )
+    assert (started["candidate"], started["requested"]) == (expected.digest, 5)
+    (row,) = rows(settings, db.rollouts)
+    assert row.model_url == url_b
+
+    refused = CliRunner().invoke(
+        cli, ["rollout", "start", "--model-url", "http://127.0.0.1:9"], env=env
+    )
+    assert refused.exit_code == 1
+    assert "does not report its model" in refused.output
