@@ -272,6 +272,9 @@ rollouts = Table(
     Column("status", String(32), nullable=False),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    # The model server the rollout's batches go to (its candidate's model); NULL: the
+    # deployment's own (BATCHINFER_MODEL_URL).
+    Column("model_url", String(2048), nullable=True),
 )
 
 # The ledger batches of a rollout, written in the transaction that writes the batches, so a run
@@ -327,7 +330,11 @@ dead_letters = Table(
     # Set once by `batchinfer dead-letters replay`, so a dead letter is re-published only once.
     _ts("replayed_at", nullable=True),
     Column("replay_message_id", String(128), nullable=True),
+    # The candidate digest when the request was a rollout's: counted in its report, replayed
+    # into it, resolved only by a candidate prediction (NULL: an ordinary request's).
+    Column("rollout", String(64), nullable=True),
     Index("ix_dead_letters_message_id", "message_id"),
+    Index("ix_dead_letters_rollout", "rollout"),
     Index("ix_dead_letters_record_id", "record_id"),
     # Never reuse an id on SQLite (a deleted newest row would give its id away again).
     sqlite_autoincrement=True,

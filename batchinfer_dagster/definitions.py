@@ -26,6 +26,7 @@ from batchinfer_dagster.defs.rollout_defs import (
     rollout_report,
     rollout_report_job,
     rollout_reports_sensor,
+    start_rollout_job,
 )
 from batchinfer_dagster.defs.sensors import prediction_requests_sensor
 from batchinfer_dagster.defs.stale_check import predictions_are_current
@@ -56,6 +57,7 @@ def build_definitions(resources: Mapping[str, Any]) -> Definitions:
             request_stale_predictions_job,
             check_stale_predictions_job,
             rollout_report_job,
+            start_rollout_job,
             promote_rollout_job,
             discard_rollout_job,
         ],

@@ -24,6 +24,17 @@ by its configuration digest, registered in ``prediction_configurations`` at ``st
 model the server reported then; a run answered by another model fails instead of storing rows
 the rollout would never compare. ``promote`` waits until no request of the rollout is open;
 ``discard`` closes the rollout first, so a batch settling later writes nothing.
+
+Since round 3:
+
+- A candidate may be served by another model server (``model_url``, kept on the rollout's
+  row): its batches are sent there (``model_url_of_batch``), and the report names both
+  sides' models and weights digests.
+- A rollout's request that becomes a dead letter is charged to the rollout
+  (``dead_letters.rollout``): the report counts the records the model refused and those
+  missing from the feature store (dead-lettered at once, no feature wait: a wait would re-batch
+  them into an ordinary batch), a replay requests them again in the rollout while it runs, and
+  only a candidate prediction resolves them.
 """
 
 from __future__ import annotations
@@ -39,18 +50,33 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, register_configuration
-from batchinfer_dagster.ledger.states import RequestStatus
+from batchinfer_dagster.ledger.dead_letters import UNKNOWN_RECORD
+from batchinfer_dagster.ledger.runs import (
+    ROLLOUT_RUNNING,
+    ROLLOUT_SOURCE,
+    register_configuration,
+)
+from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus
 from batchinfer_dagster.receipts import Configuration, ModelIdentity, Parameters
 
 # Disagreements listed in a report, largest margin first.
 DISAGREEMENTS_SHOWN = 10
 
 
-# The ``source`` of a rollout's requests in the ledger (their message ids start with it).
-ROLLOUT_SOURCE = "rollout"
 # Requests of a rollout that may still write a candidate row.
 OPEN_REQUEST_STATUSES = (RequestStatus.QUEUED, RequestStatus.WAITING_FEATURES)
+
+
+# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
+DISCARDED_BY = "rollout discarded"
+
+
+class DeadLetterKind(StrEnum):
+    """Why a rollout's record has no candidate row, as the report counts it."""
+
+    REFUSED = "refused"  # the model server refused the record on its own (per-item error)
+    MISSING = "missing"  # the record was not in the feature store (deleted since)
+    FAILED = "failed"  # the batch ran out of attempts, or the server refused the whole batch
 
 
 class RolloutStatus(StrEnum):
@@ -76,6 +102,8 @@ class Candidate:
     digest: str
     configuration: Configuration
     status: RolloutStatus
+    # The model server its batches go to; None: the deployment's.
+    model_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +146,31 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class SideModel:
+    """The model behind one side of a comparison: its id, weights digest and how many of the
+    compared records it predicted (current side: one entry per configuration found)."""
+
+    configuration: str
+    model: str
+    model_digest: str
+    records: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "configuration": self.configuration,
+            "model": self.model,
+            "model_digest": self.model_digest,
+            "records": self.records,
+        }
+
+
+@dataclass(frozen=True)
 class RolloutReport:
-    """What ``report`` computed; ``as_json`` is what ``batchinfer rollout report`` prints."""
+    """What ``report`` computed; ``as_json`` is what ``batchinfer rollout report`` prints.
+
+    ``dead_letters``: records of the rollout with an open dead letter and no candidate row,
+    by ``DeadLetterKind`` (every kind present, 0 when none): they are not in ``compared``.
+    """
 
     candidate: str
     compared: int
@@ -127,6 +178,10 @@ class RolloutReport:
     confusion: dict[str, dict[str, int]]
     mean_abs_top_score_delta: float
     disagreements: list[dict[str, Any]]
+    current_models: list[SideModel]
+    candidate_model: SideModel | None
+    candidate_model_url: str | None
+    dead_letters: dict[str, int]
 
     @property
     def agreement(self) -> float:
@@ -148,6 +203,10 @@ class RolloutReport:
             "flip_rates": self.flip_rates(),
             "mean_abs_top_score_delta": self.mean_abs_top_score_delta,
             "largest_disagreements": self.disagreements,
+            "current_models": [side.as_json() for side in self.current_models],
+            "candidate_model": self.candidate_model.as_json() if self.candidate_model else None,
+            "candidate_model_url": self.candidate_model_url,
+            "dead_letters": self.dead_letters,
         }
 
 
@@ -175,7 +234,10 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
             .where(which)
             .group_by(current_top, candidate_top)
         ).all()
-        exists = sa.exists().where(db.predictions.c.configuration == candidate_digest)
+        exists = sa.or_(
+            sa.exists().where(db.predictions.c.configuration == candidate_digest),
+            sa.exists().where(db.rollouts.c.candidate == candidate_digest),
+        )
         if not cells and not connection.execute(sa.select(exists)).scalar_one():
             raise UnknownCandidateError(
                 f"no candidate predictions under configuration {candidate_digest!r}; "
@@ -197,17 +259,87 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
             .order_by(sa.func.abs(delta).desc(), current.c.record_id)
             .limit(DISAGREEMENTS_SHOWN)
         ).all()
+        configurations = db.prediction_configurations
+        sides = [
+            SideModel(row.configuration, row.model, row.model_digest, row.records)
+            for row in connection.execute(
+                sa.select(
+                    current.c.configuration,
+                    configurations.c.model,
+                    configurations.c.model_digest,
+                    sa.func.count().label("records"),
+                )
+                .select_from(joined)
+                .join(configurations, configurations.c.digest == current.c.configuration)
+                .where(which)
+                .group_by(
+                    current.c.configuration, configurations.c.model, configurations.c.model_digest
+                )
+                .order_by(current.c.configuration)
+            )
+        ]
+        named = connection.execute(
+            sa.select(configurations.c.model, configurations.c.model_digest).where(
+                configurations.c.digest == candidate_digest
+            )
+        ).one_or_none()
+        model_url = connection.execute(
+            sa.select(db.rollouts.c.model_url).where(db.rollouts.c.candidate == candidate_digest)
+        ).scalar_one_or_none()
+        dead = _dead_letter_counts(connection, candidate_digest)
     confusion: dict[str, dict[str, int]] = {}
     for now, then, count in cells:
         confusion.setdefault(now, {})[then] = count
+    compared = sum(count for _, _, count in cells)
     return RolloutReport(
         candidate=candidate_digest,
-        compared=sum(count for _, _, count in cells),
+        compared=compared,
         agreeing=sum(count for now, then, count in cells if now == then),
         confusion=confusion,
         mean_abs_top_score_delta=float(mean_delta or 0.0),
         disagreements=[dict(row._mapping) for row in largest],
+        current_models=sides,
+        candidate_model=(
+            SideModel(candidate_digest, named.model, named.model_digest, compared)
+            if named is not None
+            else None
+        ),
+        candidate_model_url=model_url,
+        dead_letters=dead,
     )
+
+
+def _dead_letter_counts(connection: Connection, candidate_digest: str) -> dict[str, int]:
+    """Distinct records with an open dead letter of the rollout, by ``DeadLetterKind``.
+
+    Open only: a dead letter is resolved when the candidate predicts its record (after a
+    replay into the rollout), and then the record is compared instead. A record refused twice
+    counts once, under its latest dead letter's kind.
+    """
+    table = db.dead_letters
+    latest = (
+        sa.select(table.c.record_id, sa.func.max(table.c.id).label("id"))
+        .where(
+            table.c.rollout == candidate_digest,
+            table.c.resolved_at.is_(None),
+            table.c.record_id.is_not(None),
+        )
+        .group_by(table.c.record_id)
+        .subquery()
+    )
+    kind = sa.case(
+        (table.c.source == DeadLetterSource.MODEL, DeadLetterKind.REFUSED.value),
+        (table.c.reason == UNKNOWN_RECORD, DeadLetterKind.MISSING.value),
+        else_=DeadLetterKind.FAILED.value,
+    )
+    counts = {str(k): 0 for k in DeadLetterKind}
+    rows = connection.execute(
+        sa.select(kind, sa.func.count())
+        .select_from(latest.join(table, table.c.id == latest.c.id))
+        .group_by(kind)
+    )
+    counts.update({str(name): count for name, count in rows})
+    return counts
 
 
 def _locked_status(connection: Connection, candidate_digest: str) -> RolloutStatus | None:
@@ -249,12 +381,15 @@ def start(
     *,
     batch_size: int,
     now: datetime,
+    model_url: str | None = None,
 ) -> Started:
     """Request candidate predictions of ``record_ids`` as ledger batches, in one transaction.
 
     Idempotent: records that already have a candidate row or an open request in this rollout
     are skipped, so starting again after a crash or a dead-lettered batch requests only what is
     missing. A discarded rollout runs again; a promoted one raises ``RolloutStateError``.
+    ``model_url``: the model server its batches go to (None: the deployment's); starting again
+    sets it to the one given now (the same weights served elsewhere keep the same digest).
     """
     digest = configuration.digest
     with engine.begin() as connection:
@@ -267,11 +402,21 @@ def start(
             register_configuration(connection, configuration, now=now)
             connection.execute(
                 db.rollouts.insert().values(
-                    candidate=digest, status=RolloutStatus.RUNNING, created_at=now, updated_at=now
+                    candidate=digest,
+                    status=RolloutStatus.RUNNING,
+                    created_at=now,
+                    updated_at=now,
+                    model_url=model_url,
                 )
             )
-        elif status is RolloutStatus.DISCARDED:
-            _set_status(connection, digest, RolloutStatus.RUNNING, now)
+        else:
+            if status is RolloutStatus.DISCARDED:
+                _set_status(connection, digest, RolloutStatus.RUNNING, now)
+            connection.execute(
+                sa.update(db.rollouts)
+                .where(db.rollouts.c.candidate == digest)
+                .values(model_url=model_url)
+            )
         skip: set[int] = set(connection.execute(_open_requests(digest)).scalars())
         table = db.predictions
         ids = sorted(set(record_ids))
@@ -303,7 +448,7 @@ def candidate_of_batch(engine: Engine, batch_key: str) -> Candidate | None:
     configurations = db.prediction_configurations
     with engine.connect() as connection:
         row = connection.execute(
-            sa.select(rollouts.c.status, configurations)
+            sa.select(rollouts.c.status, rollouts.c.model_url, configurations)
             .select_from(batches)
             .join(rollouts, rollouts.c.candidate == batches.c.candidate)
             .join(configurations, configurations.c.digest == batches.c.candidate)
@@ -326,8 +471,23 @@ def candidate_of_batch(engine: Engine, batch_key: str) -> Candidate | None:
             f"{configuration.digest}; the digest rule changed (receipts.py), start it again"
         )
     return Candidate(
-        digest=row.digest, configuration=configuration, status=RolloutStatus(row.status)
+        digest=row.digest,
+        configuration=configuration,
+        status=RolloutStatus(row.status),
+        model_url=row.model_url,
     )
+
+
+def model_url_of_batch(engine: Engine, batch_key: str) -> str | None:
+    """The model server a ledger batch goes to when its rollout names one; None: the
+    deployment's (an ordinary batch, or a rollout of the deployment's own server)."""
+    batches, rollouts = db.rollout_batches, db.rollouts
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(rollouts.c.model_url)
+            .join(batches, batches.c.candidate == rollouts.c.candidate)
+            .where(batches.c.batch_key == batch_key)
+        ).scalar_one_or_none()
 
 
 def progress(engine: Engine, candidate_digest: str) -> Progress:
@@ -450,12 +610,22 @@ def discard(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
 
     Closing first (the rollout's row, locked) means a batch settling afterwards writes nothing
     (``ledger.runs.rollout_is_running``); its runs still finish, without calling the model.
-    Returns how many rows were deleted.
+    The rollout's open dead letters are resolved (``resolved_by_run`` ``DISCARDED_BY``): no
+    candidate will ever be asked for them, and the records' current predictions never were
+    in question; starting the rollout again requests them anew. Returns how many rows were
+    deleted.
     """
     table = db.predictions
+    when = now or db.utcnow()
     with engine.begin() as connection:
         if _locked_status(connection, candidate_digest) is not None:
-            _set_status(connection, candidate_digest, RolloutStatus.DISCARDED, now or db.utcnow())
+            _set_status(connection, candidate_digest, RolloutStatus.DISCARDED, when)
+        letters = db.dead_letters
+        connection.execute(
+            sa.update(letters)
+            .where(letters.c.rollout == candidate_digest, letters.c.resolved_at.is_(None))
+            .values(resolved_at=when, resolved_by_run=DISCARDED_BY)
+        )
         return connection.execute(
             sa.delete(table).where(
                 table.c.configuration == candidate_digest, table.c.is_current.is_(False)

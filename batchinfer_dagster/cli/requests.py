@@ -259,7 +259,9 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
     """Publish the request of each open dead letter again (all, by --reason, or by --id).
 
     Each dead letter is replayed once: running the command again publishes nothing new for it.
-    Malformed messages name no record and are not replayed.
+    Malformed messages name no record and are not replayed. A rollout's dead letter goes back
+    into its rollout while it runs ("into_rollouts"), and is not replayed once the rollout was
+    promoted ("rollout_closed").
 
     \b
     Examples:
@@ -271,12 +273,20 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
     engine = engine_of(ctx)
     with resources_of(ctx).request_queue.open() as queue:
-        report = ledger.replay_dead_letters(engine, queue.publish, which, now=db.utcnow())
+        report = ledger.replay_dead_letters(
+            engine,
+            queue.publish,
+            which,
+            now=db.utcnow(),
+            rollout_batch_size=settings_of(ctx).batch_size,
+        )
     echo_json(
         {
             "replayed": report.replayed,
             "already_replayed": report.already_replayed,
             "not_replayable": report.not_replayable,
+            "into_rollouts": report.into_rollouts,
+            "rollout_closed": report.rollout_closed,
         }
     )
 

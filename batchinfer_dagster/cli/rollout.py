@@ -21,12 +21,22 @@ def rollout_group() -> None:
 @rollout_group.command("start")
 @candidate_options
 @click.option("--sample", type=click.IntRange(min=1), help="Only the first N predicted records.")
+@click.option(
+    "--model-url",
+    help="Another model server for the candidate (its model and weights name the candidate); "
+    "default: BATCHINFER_MODEL_URL.",
+)
 @click.pass_context
 def rollout_start(
-    ctx: click.Context, labels: str | None, descriptions_file: Path | None, sample: int | None
+    ctx: click.Context,
+    labels: str | None,
+    descriptions_file: Path | None,
+    sample: int | None,
+    model_url: str | None,
 ) -> None:
     """Predict the records that have a current prediction again under a candidate configuration
-    (other --labels or --label-descriptions), beside the current predictions, never current.
+    (other --labels, --label-descriptions or --model-url), beside the current predictions, never
+    current. The UI's `start_rollout_job` does the same.
 
     Writes ledger batches that the sensor runs as ordinary `predictions` partitions (visible in
     the UI, retried and resumed like any batch); the `rollout_report` asset reports when they
@@ -38,31 +48,24 @@ def rollout_start(
     Example:
       batchinfer rollout start --label-descriptions new-descriptions.json --sample 500
       {"candidate": "5d8f...", "requested": 500, "skipped": 0, "batches": 8}
+      batchinfer rollout start --model-url http://127.0.0.1:8081
     """
     from batchinfer_dagster import db, rollout
-    from batchinfer_dagster.prediction import configuration_of
-    from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
+    from batchinfer_dagster.defs.rollout_defs import RolloutStartError, begin_rollout
 
     model_server = resources_of(ctx).model_server
     parameters = candidate_parameters(model_server.parameters(), labels, descriptions_file)
-    with model_server.open() as client:
-        served = client.served_model()
-    if served is None:
-        raise click.ClickException(
-            "the model server does not report its model (a Vertex AI endpoint?): a rollout "
-            "names its candidate by the model and its weights digest before predicting"
-        )
-    identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
-    engine = engine_of(ctx)
     try:
-        started = rollout.start(
-            engine,
-            configuration_of(parameters, identity),
-            rollout.current_records(engine, sample=sample),
+        started = begin_rollout(
+            engine_of(ctx),
+            model_server,
+            parameters,
+            model_url=model_url,
+            sample=sample,
             batch_size=settings_of(ctx).batch_size,
             now=db.utcnow(),
         )
-    except rollout.RolloutStateError as error:
+    except (RolloutStartError, rollout.RolloutStateError) as error:
         raise click.ClickException(str(error)) from error
     echo_json(started.as_json())
 

@@ -19,6 +19,7 @@ from dagster import (
     observable_source_asset,
 )
 
+from batchinfer_dagster import rollout
 from batchinfer_dagster.clients.model_client import TransientModelError
 from batchinfer_dagster.defs.asset_events import import_metadata, observe_records
 from batchinfer_dagster.defs.checks import PREDICTION_CHECK_SPECS, prediction_check_results
@@ -130,8 +131,10 @@ def predictions(
     """
     engine = ledger.get_engine()
     parameters = model_server.parameters()
+    # A rollout's candidate may be served elsewhere: its batches go to that server.
+    model_url = rollout.model_url_of_batch(engine, context.partition_key)
     try:
-        with feature_store.open() as store, model_server.open() as client:
+        with feature_store.open() as store, model_server.open(model_url) as client:
             predictor = Predictor(
                 engine=engine,
                 feature_store=store,

@@ -26,6 +26,7 @@ from batchinfer_dagster.defs.resources.feature_store import (
 )
 from batchinfer_dagster.defs.resources.ledger import LedgerResource
 from batchinfer_dagster.defs.resources.model_server import (
+    VERTEX_SCHEME,
     HttpModelServer,
     ModelServerResource,
     VertexModelEndpoint,
@@ -155,7 +156,7 @@ def model_server_for(settings: Settings) -> ModelServerResource:
         "retries": settings.model_retries,
         "retry_delay_seconds": settings.model_retry_delay_seconds,
     }
-    if settings.model_url.startswith("vertex://"):
+    if settings.model_url.startswith(VERTEX_SCHEME):
         return VertexModelEndpoint(
             url=settings.model_url, api_endpoint=settings.vertex_prediction_endpoint, **request
         )

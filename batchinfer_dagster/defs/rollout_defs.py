@@ -12,9 +12,14 @@ digest in their ``rollout`` metadata). What is added here:
 - ``rollout_reports_sensor``: registers each running rollout's partition and materializes its
   report once none of its requests is open (run key: candidate + counts, so a rollout started
   again for more records gets a new report).
+- ``start_rollout_job``: the launchpad's ``rollout start`` (``StartRolloutConfig``: other
+  labels, descriptions, another model server, a sample); ``begin_rollout`` is what both run.
 - ``promote_rollout_job`` / ``discard_rollout_job``: the launchpad's ``rollout promote`` /
   ``rollout discard``.
 """
+
+import dataclasses
+from datetime import datetime
 
 from dagster import (
     AssetExecutionContext,
@@ -37,11 +42,21 @@ from dagster import (
     sensor,
 )
 from pydantic import Field
+from sqlalchemy import Engine
 
-from batchinfer_dagster import rollout
+from batchinfer_dagster import db, rollout
 from batchinfer_dagster.defs.assets import GROUP
 from batchinfer_dagster.defs.jobs import launchpad_description
 from batchinfer_dagster.defs.resources.ledger import LedgerResource
+from batchinfer_dagster.defs.resources.model_server import ModelServerResource
+from batchinfer_dagster.prediction import configuration_of
+from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity
+from batchinfer_protocol.zero_shot import (
+    ParameterError,
+    PredictParameters,
+    check_label_descriptions,
+    check_labels,
+)
 
 ROLLOUTS = "rollouts"
 
@@ -94,7 +109,26 @@ def report_metadata(report: rollout.RolloutReport, progress: rollout.Progress) -
         "mean_abs_top_score_delta": MetadataValue.float(round(report.mean_abs_top_score_delta, 4)),
         "confusion_matrix": MetadataValue.md(confusion),
         "largest_disagreements": MetadataValue.md(disagreements),
+        "models": MetadataValue.md(models_table(report)),
+        "candidate_model_url": report.candidate_model_url or "the deployment's",
+        "dead_letters": MetadataValue.json(report.dead_letters),
+        "records_refused": report.dead_letters[rollout.DeadLetterKind.REFUSED],
+        "records_missing": report.dead_letters[rollout.DeadLetterKind.MISSING],
     }
+
+
+def models_table(report: rollout.RolloutReport) -> str:
+    """Both sides' models (id, weights digest, configuration, records) as a Markdown table."""
+    sides = [("current", side) for side in report.current_models]
+    if report.candidate_model is not None:
+        sides.append(("candidate", report.candidate_model))
+    return markdown_table(
+        ["side", "model", "weights digest", "configuration", "records"],
+        [
+            [name, side.model, side.model_digest, side.configuration, side.records]
+            for name, side in sides
+        ],
+    )
 
 
 @asset(group_name=GROUP, partitions_def=rollouts)
@@ -169,6 +203,123 @@ def rollout_reports_sensor(
     return SensorResult(run_requests=requests)
 
 
+class StartRolloutConfig(Config):
+    """Launchpad config of ``start_rollout_job``: what the candidate changes (unset: the
+    deployment's), like ``batchinfer rollout start``'s options."""
+
+    labels: list[str] | None = Field(
+        default=None, description="Candidate labels instead of BATCHINFER_LABELS."
+    )
+    label_descriptions: dict[str, list[str]] | None = Field(
+        default=None,
+        description="{label: [description, ...]} instead of the deployment's descriptions.",
+    )
+    model_url: str | None = Field(
+        default=None,
+        description="Another model server for the candidate (its model and weights are part "
+        "of the candidate's configuration); unset: the deployment's BATCHINFER_MODEL_URL.",
+    )
+    sample: int | None = Field(
+        default=None, ge=1, description="Only the first N records with a current prediction."
+    )
+
+
+class RolloutStartError(ValueError):
+    """The rollout cannot start as asked (bad labels or descriptions, a server that does not
+    report its model); the message says which value and what to do."""
+
+
+def candidate_parameters_of(
+    parameters: PredictParameters,
+    labels: list[str] | None,
+    label_descriptions: dict[str, list[str]] | None,
+) -> PredictParameters:
+    """The deployment's parameters with the candidate's labels and descriptions, checked as
+    the model server checks them (``ParameterError`` → ``RolloutStartError``)."""
+    try:
+        if labels is not None:
+            parameters = dataclasses.replace(parameters, candidate_labels=check_labels(labels))
+        if label_descriptions is not None:
+            parameters = dataclasses.replace(
+                parameters, label_descriptions=check_label_descriptions(label_descriptions)
+            )
+    except ParameterError as error:
+        raise RolloutStartError(str(error)) from error
+    return parameters
+
+
+def begin_rollout(
+    engine: Engine,
+    model_server: ModelServerResource,
+    parameters: PredictParameters,
+    *,
+    model_url: str | None,
+    sample: int | None,
+    batch_size: int,
+    now: datetime,
+) -> rollout.Started:
+    """``rollout.start`` for the candidate of ``parameters`` on the server at ``model_url``
+    (None: the deployment's), named by the model that server reports now.
+
+    The CLI's ``rollout start`` and ``start_rollout_job`` both call this. Raises
+    ``RolloutStartError`` when the server reports no model (a Vertex AI endpoint, or a server
+    down or still loading): a candidate is named by its model and weights digest before any
+    prediction; ``rollout.RolloutStateError`` for a promoted rollout.
+    """
+    try:
+        with model_server.open(model_url) as client:
+            served = client.served_model()
+    except ValueError as error:  # a URL of the other kind (model_server.client)
+        raise RolloutStartError(str(error)) from error
+    if served is None:
+        raise RolloutStartError(
+            f"the model server {model_url or 'of the deployment'} does not report its model "
+            "(down, still loading, or a Vertex AI endpoint): a rollout names its candidate by "
+            "the model and its weights digest before predicting"
+        )
+    identity = ModelIdentity(served.model, served.model_digest or UNKNOWN)
+    return rollout.start(
+        engine,
+        configuration_of(parameters, identity),
+        rollout.current_records(engine, sample=sample),
+        batch_size=batch_size,
+        now=now,
+        model_url=model_url,
+    )
+
+
+@op
+def start_rollout(
+    context: OpExecutionContext,
+    config: StartRolloutConfig,
+    ledger: LedgerResource,
+    model_server: ModelServerResource,
+) -> dict:
+    """Write the rollout's ledger batches (``begin_rollout``); the sensor runs them."""
+    try:
+        started = begin_rollout(
+            ledger.get_engine(),
+            model_server,
+            candidate_parameters_of(
+                model_server.parameters(), config.labels, config.label_descriptions
+            ),
+            model_url=config.model_url,
+            sample=config.sample,
+            batch_size=ledger.batch_size,
+            now=db.utcnow(),
+        )
+    except (RolloutStartError, rollout.RolloutStateError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    context.log.info(
+        "rollout %s: %d records requested in %d batches, %d skipped",
+        started.candidate,
+        started.requested,
+        len(started.batch_keys),
+        started.skipped,
+    )
+    return started.as_json()
+
+
 class RolloutConfig(Config):
     """Launchpad config of ``promote_rollout_job`` and ``discard_rollout_job``."""
 
@@ -201,6 +352,20 @@ def discard_rollout(
 
 
 EXAMPLE = RolloutConfig(candidate="5d8f" + "0" * 60)
+
+
+@job(
+    description=launchpad_description(
+        "Start a rollout: predict the records that have a current prediction again under a "
+        "candidate configuration (other labels, descriptions or model server), beside the "
+        "current predictions (`batchinfer rollout start`). The op's output is the candidate's "
+        "digest and counts.",
+        "start_rollout",
+        StartRolloutConfig(labels=["billing", "mobile"], model_url="http://127.0.0.1:8081"),
+    )
+)
+def start_rollout_job() -> None:
+    start_rollout()
 
 
 @job(

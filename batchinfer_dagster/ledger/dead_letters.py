@@ -47,11 +47,13 @@ def dead_letter_requests(
     """Move request rows (message_id, record_id) to dead letters with ``reason``.
 
     ``reasons`` (by message id) overrides ``reason`` for single requests: a record the model
-    server refused carries the server's own reason.
+    server refused carries the server's own reason. A request of a rollout's batch is charged
+    to its rollout (``dead_letters.rollout``), whichever path dead-letters it.
     """
     if not rows:
         return
     reasons = reasons or {}
+    rollouts = rollouts_of_requests(connection, [row.message_id for row in rows])
     table = db.prediction_requests
     connection.execute(
         sa.update(table)
@@ -75,10 +77,27 @@ def dead_letter_requests(
                 "reason": db.storable_text(reasons.get(row.message_id, reason)),
                 "record_id": row.record_id,
                 "received_at": now,
+                "rollout": rollouts.get(row.message_id),
             }
             for row in rows
         ],
     )
+
+
+def rollouts_of_requests(connection: Connection, message_ids: Sequence[str]) -> dict[str, str]:
+    """The candidate digest of each of ``message_ids`` that a rollout's batch holds."""
+    requests, batches = db.prediction_requests, db.rollout_batches
+    found: dict[str, str] = {}
+    for chunk in chunked(sorted(set(message_ids)), db.IN_CHUNK):
+        found.update(
+            (message_id, candidate)
+            for message_id, candidate in connection.execute(
+                sa.select(requests.c.message_id, batches.c.candidate)
+                .join(batches, batches.c.batch_key == requests.c.batch_key)
+                .where(requests.c.message_id.in_(chunk))
+            )
+        )
+    return found
 
 
 def dead_letter_batch(engine: Engine, batch_key: str, *, reason: str, now: datetime) -> int:
@@ -204,19 +223,28 @@ def record_queue_dead_letters(
 
 
 def resolve_dead_letters(
-    connection: Connection, record_ids: Sequence[int], *, run_id: str, now: datetime
+    connection: Connection,
+    record_ids: Sequence[int],
+    *,
+    run_id: str,
+    now: datetime,
+    rollout: str | None = None,
 ) -> int:
     """Mark the open dead letters of records that now have a prediction as resolved by ``run_id``.
 
     Called in the transaction that writes those predictions, so a dead letter is never open for a
-    predicted record (nor resolved for one whose prediction was rolled back). Returns how many.
+    predicted record (nor resolved for one whose prediction was rolled back). ``rollout``: the
+    predictions are that candidate's, which resolve its dead letters only; None (current
+    predictions) resolves the ordinary ones only, so a rollout's refused record stays counted
+    in its report until the candidate predicts it. Returns how many.
     """
     table = db.dead_letters
     resolved = 0
+    of_rollout = table.c.rollout.is_(None) if rollout is None else table.c.rollout == rollout
     for chunk in chunked(sorted(set(record_ids)), db.IN_CHUNK):
         resolved += connection.execute(
             sa.update(table)
-            .where(table.c.record_id.in_(chunk), table.c.resolved_at.is_(None))
+            .where(table.c.record_id.in_(chunk), table.c.resolved_at.is_(None), of_rollout)
             .values(resolved_at=now, resolved_by_run=run_id)
         ).rowcount
     return resolved

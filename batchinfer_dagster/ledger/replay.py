@@ -2,6 +2,12 @@
 
 ``batchinfer dead-letters replay`` calls it; a replayed dead letter keeps ``replayed_at`` and the
 new message id, and is resolved like any other when its record is predicted.
+
+A rollout's dead letter (``dead_letters.rollout``) is not published: a message on the queue
+would become an ordinary request and predict the current configuration. While its rollout
+runs it is requested again in the rollout (a new ledger batch of the rollout, as ``rollout
+start`` writes them); once the rollout is promoted or discarded it is not replayed, and the
+report counts it apart (``rollout_closed``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
+from batchinfer_dagster.ledger.intake import write_batches
 from batchinfer_dagster.ledger.messages import request_payload
+from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, ROLLOUT_SOURCE
 
 REPLAY_CHUNK = 1000
 
@@ -48,12 +56,27 @@ class ReplayReport:
     not_replayable: int = 0
     # Open dead letters matching the filter that were replayed before (never replayed twice).
     already_replayed: int = 0
+    # Of ``replayed``: rollout dead letters requested again in their running rollout.
+    into_rollouts: int = 0
+    # Open dead letters of a promoted or discarded rollout: not part of any rollout now, and
+    # not an ordinary request either (the record's current prediction was never in question).
+    rollout_closed: int = 0
+
+
+def _of_open_rollout() -> sa.ColumnElement[bool]:
+    """An ordinary dead letter, or one whose rollout is still running."""
+    table, rollouts = db.dead_letters, db.rollouts
+    running = sa.exists().where(
+        rollouts.c.candidate == table.c.rollout, rollouts.c.status == ROLLOUT_RUNNING
+    )
+    return sa.or_(table.c.rollout.is_(None), running)
 
 
 def _claim_replays(
     engine: Engine, which: DeadLetterFilter, *, now: datetime, limit: int
-) -> list[tuple[int, int]]:
-    """Mark up to ``limit`` replayable dead letters as replayed; returns (id, record id) pairs.
+) -> list[tuple[int, int, str | None]]:
+    """Mark up to ``limit`` replayable dead letters as replayed; returns (id, record id,
+    rollout) triples, by id.
 
     The claim is one UPDATE … WHERE replayed_at IS NULL, so two replays running at once never
     claim the same dead letter.
@@ -61,7 +84,12 @@ def _claim_replays(
     table = db.dead_letters
     candidates = (
         sa.select(table.c.id)
-        .where(*which.clauses(), table.c.replayed_at.is_(None), table.c.record_id.is_not(None))
+        .where(
+            *which.clauses(),
+            table.c.replayed_at.is_(None),
+            table.c.record_id.is_not(None),
+            _of_open_rollout(),
+        )
         .order_by(table.c.id)
         .limit(limit)
         .scalar_subquery()
@@ -71,9 +99,68 @@ def _claim_replays(
             sa.update(table)
             .where(table.c.id.in_(candidates), table.c.replayed_at.is_(None))
             .values(replayed_at=now)
-            .returning(table.c.id, table.c.record_id)
+            .returning(table.c.id, table.c.record_id, table.c.rollout)
         ).all()
-    return sorted((row.id, row.record_id) for row in rows)
+    return sorted((row.id, row.record_id, row.rollout) for row in rows)
+
+
+def _request_in_rollouts(
+    engine: Engine, claimed: Sequence[tuple[int, int, str]], *, batch_size: int, now: datetime
+) -> int:
+    """Request the records of rollout dead letters again, each in its own rollout, in one
+    transaction: new ledger batches with their ``rollout_batches`` rows (what ``rollout.start``
+    writes), and each dead letter's ``replay_message_id`` set to its new request.
+
+    A rollout closed since the claim is left alone: its letters' claim is released (the next
+    claim skips them). Returns how many dead letters were requested again.
+    """
+    table, rollouts = db.dead_letters, db.rollouts
+    requested = 0
+    by_rollout: dict[str, list[tuple[int, int]]] = {}
+    for dead_id, record_id, candidate in claimed:
+        by_rollout.setdefault(candidate, []).append((dead_id, record_id))
+    with engine.begin() as connection:
+        for candidate, letters in by_rollout.items():
+            status = connection.execute(
+                sa.select(rollouts.c.status)
+                .where(rollouts.c.candidate == candidate)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if status != ROLLOUT_RUNNING:
+                connection.execute(
+                    sa.update(table)
+                    .where(table.c.id.in_([dead_id for dead_id, _ in letters]))
+                    .values(replayed_at=None)
+                )
+                continue
+            record_ids = sorted({record_id for _, record_id in letters})
+            keys = write_batches(
+                connection, record_ids, source=ROLLOUT_SOURCE, batch_size=batch_size, now=now
+            )
+            connection.execute(
+                db.rollout_batches.insert(),
+                [{"batch_key": key, "candidate": candidate} for key in keys],
+            )
+            requests = db.prediction_requests
+            message_of = {
+                row.record_id: row.message_id
+                for row in connection.execute(
+                    sa.select(requests.c.record_id, requests.c.message_id).where(
+                        requests.c.batch_key.in_(keys)
+                    )
+                )
+            }
+            connection.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("dead_id"))
+                .values(replay_message_id=sa.bindparam("new_id")),
+                [
+                    {"dead_id": dead_id, "new_id": message_of[record_id]}
+                    for dead_id, record_id in letters
+                ],
+            )
+            requested += len(letters)
+    return requested
 
 
 def _count_dead_letters(engine: Engine, *clauses: sa.ColumnElement[bool]) -> int:
@@ -91,11 +178,13 @@ def replay_dead_letters(
     *,
     now: datetime,
     chunk: int = REPLAY_CHUNK,
+    rollout_batch_size: int = REPLAY_CHUNK,
 ) -> ReplayReport:
     """Publish a request again for each open dead letter that names a record, once.
 
     ``publish`` sends payloads (the CLI passes its queue's ``publish``; the ledger knows no
-    queue client).
+    queue client). A rollout's dead letter goes back into its running rollout instead, in
+    ledger batches of at most ``rollout_batch_size`` records (module docstring).
 
     A replayed dead letter keeps ``replayed_at`` and the new message id, so running the command
     again publishes nothing new for it; when its record is predicted it is resolved as any other.
@@ -105,9 +194,19 @@ def replay_dead_letters(
     table = db.dead_letters
     report = ReplayReport()
     while True:
-        claimed = _claim_replays(engine, which, now=now, limit=chunk)
-        if not claimed:
+        everything = _claim_replays(engine, which, now=now, limit=chunk)
+        if not everything:
             break
+        in_rollouts = [(i, r, c) for i, r, c in everything if c is not None]
+        if in_rollouts:
+            requested = _request_in_rollouts(
+                engine, in_rollouts, batch_size=rollout_batch_size, now=now
+            )
+            report.into_rollouts += requested
+            report.replayed += requested
+        claimed = [(i, r) for i, r, c in everything if c is None]
+        if not claimed:
+            continue
         payloads = [request_payload(record_id) for _, record_id in claimed]
         try:
             message_ids = publish(payloads)
@@ -136,5 +235,12 @@ def replay_dead_letters(
     report.already_replayed = (
         _count_dead_letters(engine, *which.clauses(), table.c.replayed_at.is_not(None))
         - report.replayed
+    )
+    report.rollout_closed = _count_dead_letters(
+        engine,
+        *which.clauses(),
+        table.c.replayed_at.is_(None),
+        table.c.record_id.is_not(None),
+        sa.not_(_of_open_rollout()),
     )
     return report

@@ -32,6 +32,8 @@ from batchinfer_protocol.zero_shot import Prediction
 
 # ``rollouts.status`` of a rollout whose batches still write candidate predictions.
 ROLLOUT_RUNNING = "running"
+# The ``source`` of a rollout's requests in the ledger (their message ids start with it).
+ROLLOUT_SOURCE = "rollout"
 
 # A record missing from the feature store is looked up again after 5 s, 10 s, 20 s, ... 60 s.
 FEATURE_BACKOFF_BASE = timedelta(seconds=5)
@@ -410,9 +412,15 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 )
                 .values(status=RequestStatus.DONE, error=None, updated_at=now)
             )
-        if not candidate:
-            # A candidate's prediction is not the record's prediction: its dead letters stay.
-            resolve_dead_letters(connection, list(answers), run_id=settlement.run_id, now=now)
+        # A candidate's prediction resolves only its rollout's dead letters (and a current one
+        # only the ordinary ones): the record's prediction and the candidate's are not the same.
+        resolve_dead_letters(
+            connection,
+            list(answers),
+            run_id=settlement.run_id,
+            now=now,
+            rollout=settlement.rollout,
+        )
         dead_letter_requests(
             connection,
             refused,

@@ -64,19 +64,21 @@ class InMemoryFeatureStoreResource(FeatureStoreResource):
 
 
 class ScriptedModelServer(ModelServerResource):
-    """The ``ScriptedModelClient`` registered as ``name``, with this resource's chunk bounds."""
+    """The ``ScriptedModelClient`` registered as ``name``, with this resource's chunk bounds;
+    another server's URL (a rollout's candidate) has its own, registered as ``name url``."""
 
     name: str
 
-    def client(self) -> ModelClient:
-        return self.fake()
+    def client(self, url: str | None = None) -> ModelClient:
+        return self.fake(url)
 
-    def fake(self) -> ScriptedModelClient:
-        if self.name not in MODEL_CLIENTS:
-            MODEL_CLIENTS[self.name] = ScriptedModelClient(
+    def fake(self, url: str | None = None) -> ScriptedModelClient:
+        key = self.name if url is None else f"{self.name} {url}"
+        if key not in MODEL_CLIENTS:
+            MODEL_CLIENTS[key] = ScriptedModelClient(
                 chunk_size=self.chunk_size, max_request_bytes=self.max_request_bytes
             )
-        return MODEL_CLIENTS[self.name]
+        return MODEL_CLIENTS[key]
 
 
 def fast_resources(settings: Settings, name: str) -> dict[str, ConfigurableResource]:

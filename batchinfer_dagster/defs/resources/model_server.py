@@ -18,6 +18,9 @@ from batchinfer_dagster.clients.model_client import (
 from batchinfer_dagster.settings import described, variable_of
 from batchinfer_protocol.zero_shot import PredictParameters
 
+# A model URL of this scheme names a Vertex AI endpoint (``deployments.model_server_for``).
+VERTEX_SCHEME = "vertex://"
+
 if TYPE_CHECKING:
     from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint
 
@@ -51,12 +54,20 @@ class ModelServerResource(ConfigurableResource, ABC):
         )
 
     @abstractmethod
-    def client(self) -> ModelClient:
-        """A new client; the caller closes it (``open`` does)."""
+    def client(self, url: str | None = None) -> ModelClient:
+        """A new client of this server, or of another server at ``url`` with the same timeouts,
+        chunking and auth; the caller closes it (``open`` does).
+
+        ``url`` is a rollout's candidate server (``rollouts.model_url``): the resource is keyed
+        by URL rather than declared twice, so a rollout against another model needs no new
+        setting nor a restart of the code location, and every other field stays the one
+        ``Settings`` declared. A URL of the other kind (``vertex://`` for an HTTP server, or
+        the reverse) raises ``ValueError``: its client takes other fields.
+        """
 
     @contextmanager
-    def open(self) -> Iterator[ModelClient]:
-        client = self.client()
+    def open(self, url: str | None = None) -> Iterator[ModelClient]:
+        client = self.client(url)
         try:
             yield client
         finally:
@@ -69,22 +80,28 @@ class HttpModelServer(ModelServerResource):
     url: str = Field(description=described("model_url"))
     auth: Literal["none", "google-id-token"] = Field(description=described("model_auth"))
 
-    def config(self) -> HttpModelClientConfig:
+    def config(self, url: str | None = None) -> HttpModelClientConfig:
         """The client's config: this resource's fields, in the one object the client takes."""
+        if url is not None and url.startswith(VERTEX_SCHEME):
+            raise ValueError(
+                f"{url!r} is a Vertex AI endpoint, the deployment's model server is HTTP "
+                f"({self.url}); a rollout's candidate must be served the same way"
+            )
         return HttpModelClientConfig(
-            url=self.url,
+            url=url or self.url,
             timeout_seconds=self.timeout_seconds,
             chunk_size=self.chunk_size,
             max_request_bytes=self.max_request_bytes,
         )
 
-    def client(self) -> ModelClient:
+    def client(self, url: str | None = None) -> ModelClient:
+        config = self.config(url)
         auth = None
         if self.auth == "google-id-token":
             from batchinfer_dagster.clients.google_id_token import GoogleIdTokenAuth
 
-            auth = GoogleIdTokenAuth(self.url)
-        return HttpModelClient(self.config(), auth=auth)
+            auth = GoogleIdTokenAuth(config.url)
+        return HttpModelClient(config, auth=auth)
 
 
 class VertexModelEndpoint(ModelServerResource):
@@ -93,19 +110,24 @@ class VertexModelEndpoint(ModelServerResource):
     url: str = Field(description=described("model_url"))
     api_endpoint: str | None = Field(description=described("vertex_prediction_endpoint"))
 
-    def endpoint(self) -> VertexEndpoint:
+    def endpoint(self, url: str | None = None) -> VertexEndpoint:
         """The client's config: this resource's fields, in the one object the client takes."""
         from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint
 
+        if url is not None and not url.startswith(VERTEX_SCHEME):
+            raise ValueError(
+                f"{url!r} is not a Vertex AI endpoint ({VERTEX_SCHEME}…), the deployment's "
+                "model server is one; a rollout's candidate must be served the same way"
+            )
         return VertexEndpoint(
-            url=self.url,
+            url=url or self.url,
             api_endpoint=self.api_endpoint,
             timeout_seconds=self.timeout_seconds,
             chunk_size=self.chunk_size,
             max_request_bytes=self.max_request_bytes,
         )
 
-    def client(self) -> ModelClient:
+    def client(self, url: str | None = None) -> ModelClient:
         from batchinfer_dagster.clients.vertex_model_client import VertexModelClient
 
-        return VertexModelClient(self.endpoint())
+        return VertexModelClient(self.endpoint(url))

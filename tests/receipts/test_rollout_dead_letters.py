@@ -1,0 +1,260 @@
+"""Records a rollout could not predict, on SQLite and PostgreSQL: charged to the rollout,
+counted in its report by kind, replayed into it, resolved only by a candidate prediction.
+
+Six records with current predictions; the scripted model refuses one text (as the server's
+``instance_errors`` do) and one record is deleted before the rollout's run (missing from the
+feature store). The refused record is refused in an ordinary batch too, so the data tells an
+ordinary dead letter from the rollout's: the report counts the rollout's only, an ordinary
+prediction resolves the ordinary one only, and a replay publishes the ordinary one and puts
+the rollout's back into the rollout. Domain level (``Predictor`` with the real local feature
+store and the scripted client behind the model client interface).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from batchinfer_dagster import db, ledger, rollout
+from batchinfer_dagster.clients.feature_store import LocalFeatureStore
+from batchinfer_dagster.defs.rollout_defs import report_metadata
+from batchinfer_dagster.prediction import Predictor, configuration_of
+from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
+from batchinfer_dagster.records import add_records, delete_record
+from batchinfer_dagster.settings import Settings
+from batchinfer_protocol.zero_shot import Prediction, PredictParameters
+from batchinfer_testing.deployment import engine_of, rows
+from batchinfer_testing.fakes.model_client import ScriptedModelClient
+
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+SCRIPTED = ModelIdentity("scripted", UNKNOWN)
+CURRENT = PredictParameters()
+CANDIDATE = PredictParameters(hypothesis_template="About {}.")
+TEXTS = [f"support ticket number {i}" for i in range(6)]
+
+
+class Published:
+    """A queue's ``publish`` that keeps the payloads."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def __call__(self, payloads: list[bytes]) -> list[str]:
+        start = len(self.payloads)
+        self.payloads += payloads
+        return [f"m{start + i}" for i in range(len(payloads))]
+
+
+def predictor(engine: sa.Engine, client: ScriptedModelClient) -> Predictor:
+    return Predictor(
+        engine=engine,
+        feature_store=LocalFeatureStore(engine),
+        model=client,
+        parameters=CURRENT,
+        feature_wait=timedelta(minutes=10),
+        clock=lambda: NOW,
+    )
+
+
+def ordinary_batch(engine: sa.Engine, record_ids: list[int]) -> str:
+    with engine.begin() as connection:
+        (key,) = ledger.write_batches(connection, record_ids, source="test", batch_size=10, now=NOW)
+    return key
+
+
+def open_letters(settings: Settings) -> list[tuple[int, str, str]]:
+    """Open dead letters as (record, source, rollout or "none"), sorted."""
+    table = db.dead_letters
+    return sorted(
+        (r.record_id, r.source, r.rollout or "none")
+        for r in rows(settings, table, table.c.resolved_at.is_(None))
+    )
+
+
+def test_refused_and_missing_records_are_the_rollouts_and_replay_into_it(
+    app_settings: Settings,
+) -> None:
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS)
+    LocalFeatureStore(engine).import_records()
+    current = configuration_of(CURRENT, SCRIPTED)
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    with engine.begin() as connection:
+        ledger.write_predictions(
+            connection,
+            {i: Prediction(t, ["billing", "mobile"], [0.7, 0.3]) for i, t in zip(ids, TEXTS)},
+            configuration=current,
+            text_digests={i: text_digest(t) for i, t in zip(ids, TEXTS)},
+            batch_key="b",
+            run_id="r",
+            now=NOW,
+        )
+    client = ScriptedModelClient(chunk_size=64, max_request_bytes=1 << 20)
+    refused, deleted = ids[1], ids[2]
+    client.refuse[TEXTS[1]] = "scripted: this text is refused"
+
+    # An ordinary batch refuses the record first: an ordinary dead letter.
+    outcome = predictor(engine, client).predict(ordinary_batch(engine, [refused]), "run-0")
+    assert outcome.refused == 1
+
+    started = rollout.start(engine, candidate, ids, batch_size=10, now=NOW)
+    (rollout_batch,) = started.batch_keys
+    delete_record(engine, deleted)
+    outcome = predictor(engine, client).predict(rollout_batch, "run-1")
+    assert (outcome.refused, outcome.dead_lettered) == (1, 2)
+    stored = rows(app_settings, db.predictions, db.predictions.c.configuration == candidate.digest)
+    assert sorted(r.record_id for r in stored) == sorted(set(ids) - {refused, deleted})
+
+    assert open_letters(app_settings) == sorted(
+        [
+            (refused, "model", "none"),
+            (refused, "model", candidate.digest),
+            (deleted, "ledger", candidate.digest),
+        ]
+    )
+    report = rollout.report(engine, candidate.digest)
+    assert report.compared == 4  # the deleted record lost its current row as well
+    assert report.dead_letters == {"refused": 1, "missing": 1, "failed": 0}
+    shown = report_metadata(report, rollout.progress(engine, candidate.digest))
+    assert (shown["records_refused"], shown["records_missing"]) == (1, 1)
+
+    # The record's current prediction resolves the ordinary dead letter, not the rollout's.
+    client.refuse.clear()
+    predictor(engine, client).predict(ordinary_batch(engine, [refused]), "run-2")
+    assert open_letters(app_settings) == [
+        (refused, "model", candidate.digest),
+        (deleted, "ledger", candidate.digest),
+    ]
+    assert rollout.report(engine, candidate.digest).dead_letters["refused"] == 1
+
+    # Replay: both go back into the running rollout (a new batch of it), nothing is published.
+    publish = Published()
+    replayed = ledger.replay_dead_letters(
+        engine, publish, ledger.DeadLetterFilter(), now=NOW, rollout_batch_size=10
+    )
+    assert (replayed.replayed, replayed.into_rollouts, replayed.rollout_closed) == (2, 2, 0)
+    assert publish.payloads == []
+    batch_keys = {r.batch_key for r in rows(app_settings, db.rollout_batches)}
+    (again,) = batch_keys - {rollout_batch}
+    assert rollout.progress(engine, candidate.digest).open == 2
+    replays = {r.record_id: r.replay_message_id for r in rows(app_settings, db.dead_letters)}
+    requests = {r.message_id: r for r in rows(app_settings, db.prediction_requests)}
+    assert requests[replays[refused]].batch_key == again
+
+    outcome = predictor(engine, client).predict(again, "run-3")
+    assert (outcome.refused, outcome.dead_lettered) == (0, 1)
+    report = rollout.report(engine, candidate.digest)
+    assert report.compared == 5
+    # The deleted record is missing again: one record, counted once.
+    assert report.dead_letters == {"refused": 0, "missing": 1, "failed": 0}
+    assert rollout.progress(engine, candidate.digest).open == 0
+
+    # Promoted, the rollout takes no more records: its dead letter is reported, not replayed.
+    assert rollout.promote(engine, candidate.digest, now=NOW) == 5
+    closed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
+    assert (closed.replayed, closed.rollout_closed) == (0, 1)
+    assert publish.payloads == []
+    currents = rows(app_settings, db.predictions, db.predictions.c.is_current)
+    assert {r.configuration for r in currents} == {candidate.digest}
+    assert sorted(r.record_id for r in currents) == sorted(set(ids) - {deleted})
+
+
+def test_an_ordinary_dead_letter_is_published_and_not_counted_by_a_rollout(
+    app_settings: Settings,
+) -> None:
+    """The branch the first test never takes: an ordinary dead letter with a rollout running."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    LocalFeatureStore(engine).import_records()
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    client = ScriptedModelClient(chunk_size=64, max_request_bytes=1 << 20)
+    predictor(engine, client).predict(ordinary_batch(engine, ids), "run-0")
+    rollout.start(engine, candidate, ids, batch_size=10, now=NOW)
+    client.refuse[TEXTS[0]] = "scripted: refused"
+    predictor(engine, client).predict(ordinary_batch(engine, [ids[0]]), "run-1")
+
+    assert rollout.report(engine, candidate.digest).dead_letters == {
+        "refused": 0,
+        "missing": 0,
+        "failed": 0,
+    }
+    publish = Published()
+    replayed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
+    assert (replayed.replayed, replayed.into_rollouts) == (1, 0)
+    assert publish.payloads == [ledger.request_payload(ids[0])]
+
+
+def test_migration_0009_charges_existing_dead_letters_to_their_rollout(
+    app_settings: Settings,
+) -> None:
+    """Dead letters written before 0009: a rollout request's gets its candidate, others none."""
+    from alembic import command
+
+    engine = engine_of(app_settings)
+    config = db._alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+        requests = sa.table(
+            "prediction_requests",
+            *(sa.column(c) for c in ("message_id", "record_id", "batch_key", "status")),
+            *(sa.column(c) for c in ("attempts", "received_at", "updated_at")),
+        )
+        connection.execute(
+            requests.insert(),
+            [
+                {"message_id": key, "record_id": 1, "batch_key": batch, "status": "dead_lettered"}
+                | {"attempts": 0, "received_at": NOW, "updated_at": NOW}
+                for key, batch in [("rollout:1", "rb"), ("test:1", "ob")]
+            ],
+        )
+        connection.execute(
+            sa.table("rollout_batches", sa.column("batch_key"), sa.column("candidate")).insert(),
+            [{"batch_key": "rb", "candidate": "c" * 64}],
+        )
+        letters = sa.table(
+            "dead_letters",
+            *(sa.column(c) for c in ("source", "message_id", "payload", "reason")),
+            *(sa.column(c) for c in ("received_at", "record_id")),
+        )
+        connection.execute(
+            letters.insert(),
+            [
+                {"source": "model", "message_id": key, "payload": "{}", "reason": "r"}
+                | {"received_at": NOW, "record_id": 1}
+                for key in ("rollout:1", "test:1", None)
+            ],
+        )
+
+    db.upgrade(engine)
+
+    table = db.dead_letters
+    found = [(r.message_id, r.rollout) for r in rows(app_settings, table)]
+    assert sorted(found, key=str) == sorted(
+        [("rollout:1", "c" * 64), ("test:1", None), (None, None)], key=str
+    )
+
+
+def test_discard_resolves_the_rollouts_dead_letters_and_no_others(app_settings: Settings) -> None:
+    """A discarded rollout's refused record is settled (nothing will ask for it again), while
+    the same record's ordinary dead letter stays open; starting again requests it anew."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    LocalFeatureStore(engine).import_records()
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    client = ScriptedModelClient(chunk_size=64, max_request_bytes=1 << 20)
+    client.refuse[TEXTS[0]] = "scripted: refused"
+    predictor(engine, client).predict(ordinary_batch(engine, ids), "run-0")
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    predictor(engine, client).predict(key, "run-1")
+    assert len(open_letters(app_settings)) == 2
+
+    rollout.discard(engine, candidate.digest, now=NOW)
+
+    assert open_letters(app_settings) == [(ids[0], "model", "none")]
+    table = db.dead_letters
+    (settled,) = rows(app_settings, table, table.c.rollout == candidate.digest)
+    assert (settled.resolved_at, settled.resolved_by_run) == (NOW, rollout.DISCARDED_BY)
+    again = rollout.start(engine, candidate, ids, batch_size=10, now=NOW)
+    assert (again.requested, again.skipped) == (2, 0)  # its one candidate row was deleted
