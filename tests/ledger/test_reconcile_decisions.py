@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
@@ -121,20 +122,25 @@ def test_reconcile_looks_at_the_oldest_batches_first_up_to_its_limit(
 
 def test_a_batch_with_a_run_in_flight_is_only_touched(app_settings: Settings) -> None:
     """Even a failed batch waits for its unfinished run; its time moves on so the bounded
-    reconcile reaches others. A batch without a run beside it keeps its time."""
+    reconcile reaches others, and no time without a run is credited to it. A batch without a
+    run beside it is looked at too, and credited the minute it was seen without one."""
     engine = engine_of(app_settings)
     earlier = NOW - timedelta(minutes=1)
     flying = batch(engine, status=B.FAILED, attempts=1, updated_at=earlier)
-    fresh = batch(engine, status=B.QUEUED, attempts=1, updated_at=earlier)
+    unrun = batch(engine, status=B.QUEUED, attempts=1, updated_at=earlier)
 
     outcome = reconcile(engine, RunsOf({flying: RunState.IN_FLIGHT}), max_attempts=5, now=NOW)
 
     assert outcome == ledger.ReconcileOutcome()
-    assert (batch_row(app_settings, flying).status, batch_row(app_settings, flying).updated_at) == (
-        B.FAILED,
+    row = batch_row(app_settings, flying)
+    assert (row.status, row.updated_at, row.unrun_seconds) == (B.FAILED, NOW, None)
+    row = batch_row(app_settings, unrun)
+    assert (row.status, row.attempts, row.updated_at, row.unrun_seconds) == (
+        B.QUEUED,
+        1,
         NOW,
+        60.0,
     )
-    assert batch_row(app_settings, fresh).updated_at == earlier
 
 
 def test_a_finished_run_or_a_failed_batch_is_retried_at_once(app_settings: Settings) -> None:
@@ -156,32 +162,57 @@ def test_a_finished_run_or_a_failed_batch_is_retried_at_once(app_settings: Setti
     assert outcome.dead_lettered == []
 
 
-def test_a_batch_without_a_run_waits_stale_after_on_both_sides_of_now(
+def test_a_batch_without_a_run_waits_until_stale_after_is_credited(
     app_settings: Settings,
 ) -> None:
-    """``now - stale_after < updated_at <= now + stale_after`` waits; the bounds and one past."""
+    """Credited so far plus the gap since the last look (0 to half of ``stale_after``) reaching
+    ``stale_after`` retries; a tick short waits and is credited. A time ahead of ``now`` (the
+    clock stepped back) credits nothing; one look, however old, credits at most half."""
     engine = engine_of(app_settings)
+    half = STALE / 2
+
+    def credited(key: str, seconds: float | None) -> str:
+        table = db.prediction_batches
+        with engine.begin() as connection:
+            connection.execute(
+                table.update().where(table.c.batch_key == key).values(unrun_seconds=seconds)
+            )
+        return key
+
     retried = {
-        "stale exactly": batch(engine, status=B.QUEUED, attempts=1, updated_at=NOW - STALE),
-        "ahead one past": batch(
-            engine, status=B.RUNNING, attempts=1, updated_at=NOW + STALE + TICK
+        "half credited, half a bound quiet": credited(
+            batch(engine, status=B.QUEUED, attempts=1, updated_at=NOW - half),
+            half.total_seconds(),
+        ),
+        "half credited, an hour quiet": credited(
+            batch(engine, status=B.RUNNING, attempts=1, updated_at=NOW - timedelta(hours=1)),
+            half.total_seconds(),
         ),
     }
     waiting = {
-        "a tick short of stale": batch(
-            engine, status=B.QUEUED, attempts=1, updated_at=NOW - STALE + TICK
+        "half credited, a tick short": credited(
+            batch(engine, status=B.QUEUED, attempts=1, updated_at=NOW - half + TICK),
+            half.total_seconds(),
         ),
-        "ahead exactly": batch(engine, status=B.RUNNING, attempts=1, updated_at=NOW + STALE),
+        "never credited, an hour quiet": batch(
+            engine, status=B.QUEUED, attempts=1, updated_at=NOW - timedelta(hours=1)
+        ),
+        "almost stale, written ahead": credited(
+            batch(engine, status=B.RUNNING, attempts=1, updated_at=NOW + STALE + TICK),
+            (STALE - TICK).total_seconds(),
+        ),
     }
 
     outcome = reconcile(engine, RunsOf({}), max_attempts=5, now=NOW, stale_after=STALE)
 
     assert outcome.retried == dict.fromkeys(retried.values(), 2)
-    assert [batch_row(app_settings, k).attempts for k in waiting.values()] == [1, 1]
-    assert {batch_row(app_settings, k).updated_at for k in waiting.values()} == {
-        NOW - STALE + TICK,
-        NOW + STALE,
-    }
+    found = [batch_row(app_settings, k) for k in waiting.values()]
+    assert [row.attempts for row in found] == [1, 1, 1]
+    assert [row.updated_at for row in found] == [NOW, NOW, NOW]
+    assert [row.unrun_seconds for row in found] == pytest.approx(
+        [(STALE - TICK).total_seconds(), half.total_seconds(), (STALE - TICK).total_seconds()]
+    )
+    assert [batch_row(app_settings, k).unrun_seconds for k in retried.values()] == [None, None]
 
 
 def test_out_of_attempts_a_batch_is_dead_lettered_with_its_runs_last_error(
