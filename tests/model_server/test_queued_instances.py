@@ -69,7 +69,7 @@ def test_the_batcher_admits_up_to_the_bound_and_refuses_one_past_it(
             model_thread_free.set()
             blocker.result(timeout=60)
             answered = [*(await first), *(await second)]
-            assert [a["sequence"] for a in answered] == [
+            assert [a.sequence for a in answered] == [
                 *(f"first {i}" for i in range(3)),
                 *(f"second {i}" for i in range(2)),
             ]
