@@ -137,9 +137,7 @@ def record_unrun(engine: Engine, unrun: dict[str, timedelta], *, now: datetime) 
             .where(
                 table.c.batch_key == sa.bindparam("key"),
                 # Not ``in_``: an expanding IN cannot be part of an executemany.
-                sa.or_(
-                    table.c.status == BatchStatus.QUEUED, table.c.status == BatchStatus.RUNNING
-                ),
+                sa.or_(table.c.status == BatchStatus.QUEUED, table.c.status == BatchStatus.RUNNING),
             )
             .values(unrun_seconds=sa.bindparam("unrun"), updated_at=now),
             [{"key": key, "unrun": spent.total_seconds()} for key, spent in unrun.items()],
