@@ -92,8 +92,15 @@ def test_a_run_never_created_waits_for_the_staleness_window(
         )
     )
     written = batch.updated_at
-    assert tick(instance, app_settings, written + RECHECK).retried == {}
-    assert tick(instance, app_settings, written + timedelta(minutes=2)).retried == {key: 2}
+    # The two-minute window is credited look by look, each gap at most one minute (half of it):
+    # RECHECK, then an hour's jump (a clock stepped forward) credits 60 s, then what makes 119 s.
+    jump = RECHECK + timedelta(hours=1)
+    looks = [RECHECK, jump, jump + timedelta(seconds=119 - 60) - RECHECK]
+    for look in looks:
+        assert tick(instance, app_settings, written + look).retried == {}
+    # RECHECK more: 119 s + RECHECK without a run, past the window.
+    last = written + looks[-1] + RECHECK
+    assert tick(instance, app_settings, last).retried == {key: 2}
 
 
 def test_a_new_attempt_is_not_judged_by_the_previous_attempts_run(
