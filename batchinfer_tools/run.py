@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -109,12 +110,15 @@ class Relay:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def start(command: Sequence[str], relay: Relay) -> subprocess.Popen[bytes]:
-    """``command`` in a session of its own, its stdout and stderr into ``relay``."""
+def start(
+    command: Sequence[str], relay: Relay, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``command`` in a session of its own, its stdout and stderr into ``relay``; ``env``
+    added to this process's environment."""
     process = subprocess.Popen(
         list(command),
         cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -314,11 +318,20 @@ def main() -> int:
     when either does).
     """
     path = log_path()
-    with path.open("wb") as log, stop_signals():
+    # Dagster's temporary files (its code servers' sockets, `dg dev`'s workspace) go into a
+    # folder of this start's own, removed at the end: a code server that the stop had to kill
+    # would otherwise leave its socket in the user's TMPDIR.
+    with (
+        path.open("wb") as log,
+        stop_signals(),
+        tempfile.TemporaryDirectory(prefix="batchinfer-run-", ignore_cleanup_errors=True) as tmp,
+    ):
         relay = Relay(log, sys.stdout.buffer)
         relay.say(f"make run: everything below is also in {path}")
         model_server = start([str(BIN / "python"), "-m", "model_server"], relay)
-        dagster = start([str(BIN / "dg"), "dev", "-w", "workspace.yaml"], relay)
+        dagster = start(
+            [str(BIN / "dg"), "dev", "-w", "workspace.yaml"], relay, env={"TMPDIR": tmp}
+        )
         readiness_thread(relay)
         status = 0
         try:

@@ -35,6 +35,9 @@ pytestmark = pytest.mark.slow
 
 # A bound on a hung start, stop or drain, not a measurement.
 DEADLINE_SECONDS = 600
+# What a make running these tests (`make test`) passes down: without them the `make` under
+# test prints what a user's does, not "make[1]: Entering directory" lines.
+NESTED_MAKE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
 READY = "batchinfer is ready after"
 STEP_STARTED = "STEP_START"
 STOPPING = "stopping Dagster, then the model server"
@@ -83,6 +86,8 @@ class Output:
 def start_make_run(home: Path) -> tuple[subprocess.Popen, Output]:
     env = {**os.environ, "BATCHINFER_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
+    for name in NESTED_MAKE:
+        env.pop(name, None)
     process = subprocess.Popen(
         ["unshare", "-n", "bash", "-c", "ip link set lo up && exec make run"],
         cwd=REPO_ROOT,

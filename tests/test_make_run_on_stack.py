@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
 
 # A bound on a hung start or stop, not a measurement.
 DEADLINE_SECONDS = 600
+# What a make running these tests (`make test`) passes down: without them the `make` under
+# test prints what a user's does, not "make[1]: Entering directory" lines.
+NESTED_MAKE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
 READY = "batchinfer is ready after"
 STEP_STARTED = "STEP_START"
 BACKLOG = 1000
@@ -125,7 +128,7 @@ def test_ctrl_c_of_make_stack_stops_dagster_first_and_leaves_nothing(tmp: Path) 
         if not shutil.which(binary):
             unavailable(f"{binary} is not on PATH (make stack needs PostgreSQL and the emulator)")
     env = {**os.environ, "TMPDIR": str(tmp)}
-    for name in ("DAGSTER_HOME", "BATCHINFER_HOME", "PUBSUB_EMULATOR_HOST"):
+    for name in ("DAGSTER_HOME", "BATCHINFER_HOME", "PUBSUB_EMULATOR_HOST", *NESTED_MAKE):
         env.pop(name, None)
     process = subprocess.Popen(
         ["unshare", "-n", "bash", "-c", "ip link set lo up && exec make stack"],
