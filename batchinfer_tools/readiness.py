@@ -63,12 +63,7 @@ def ready_line(
         sleep(POLL_S)
 
 
-def print_line(line: str) -> None:
-    print(line, flush=True)
-
-
-def main(say: Callable[[str], None] = print_line) -> int:
-    """Print (``say``) the line once ready, or why not; ``make run`` passes its output relay."""
+def main() -> int:
     from batchinfer_dagster.settings import load_settings
 
     model_url = load_settings().model_url
@@ -86,7 +81,7 @@ def main(say: Callable[[str], None] = print_line) -> int:
             except httpx.TransportError:
                 return False
 
-        say(ready_line(model_state, ui_up))
+        print(ready_line(model_state, ui_up), flush=True)
     return 0
 
 
