@@ -177,3 +177,15 @@ def iter_deleted(
             )
             for row in rows
         ]
+
+
+def prune_tombstones(engine: Engine, through: int) -> int:
+    """Delete the tombstones numbered up to ``through`` (included); how many went.
+
+    A tombstone is needed until an export has moved it (the export's watermark reached its
+    number); after that only ``full: true`` would read it again, and a full export starts from
+    a table that has no such row. The caller picks ``through`` (``export_watermark``).
+    """
+    table = db.prediction_deletions
+    with engine.begin() as connection:
+        return connection.execute(table.delete().where(table.c.change_seq <= through)).rowcount

@@ -168,6 +168,33 @@ def test_a_deleted_row_leaves_a_tombstone_numbered_after_it(engine: Engine) -> N
     assert changed(engine, window) == []
 
 
+def delete_one_by_one(engine: Engine, record_ids: list[int]) -> list[int]:
+    """Delete the records' predictions, a transaction each; their tombstones' numbers."""
+    for record_id in record_ids:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.delete(db.predictions).where(db.predictions.c.record_id == record_id)
+            )
+    return [tombstone.change_seq for tombstone in tombstones(engine)]
+
+
+def tombstones(engine: Engine) -> list[prediction_changes.PredictionTombstone]:
+    window = prediction_changes.open_window(engine, None)
+    return [row for page in prediction_changes.iter_deleted(engine, window) for row in page]
+
+
+def test_tombstones_are_pruned_through_the_number_given_and_no_further(engine: Engine) -> None:
+    write_now(engine, [1, 2, 3])
+    first, at, past = delete_one_by_one(engine, [1, 2, 3])
+    assert past == at + 1
+    assert first < at
+
+    assert prediction_changes.prune_tombstones(engine, at) == 2
+
+    assert [(t.record_id, t.change_seq) for t in tombstones(engine)] == [(3, past)]
+    assert prediction_changes.prune_tombstones(engine, at) == 0
+
+
 def test_a_watermark_past_the_horizon_is_refused(engine: Engine) -> None:
     write_now(engine, [1])
     through = prediction_changes.open_window(engine, None).through

@@ -19,7 +19,6 @@ run's config exports every row again.
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AutomationCondition,
     AutomationConditionSensorDefinition,
     Config,
@@ -31,10 +30,10 @@ from dagster import (
 from pydantic import Field
 
 from batchinfer_dagster.defs.assets import GROUP, predictions
+from batchinfer_dagster.defs.export_watermark import EXPORT_KEY, WATERMARK, exported_through
 from batchinfer_dagster.defs.resources.prediction_export import PredictionExportResource
 from batchinfer_dagster.prediction_changes import open_window
 
-WATERMARK = "exported_through"
 EXPORT_CONDITION = (
     AutomationCondition.any_deps_updated().since_last_handled() & ~AutomationCondition.in_progress()
 ).with_label("predictions materialized since the last export, none in progress")
@@ -45,15 +44,6 @@ class ExportConfig(Config):
         default=False,
         description="Export every prediction row, not only those written since the last export.",
     )
-
-
-def last_watermark(context: AssetExecutionContext) -> int | None:
-    """``exported_through`` of this asset's latest materialization; None before the first."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get(WATERMARK)
-    return None if value is None else int(value.value)
 
 
 @asset(
@@ -68,7 +58,7 @@ def bigquery_predictions(
 ) -> MaterializeResult:
     """The prediction receipts in BigQuery: one row per record and configuration, with labels,
     scores, top label, text digest, time, and whether it is its record's current prediction."""
-    since = None if config.full else last_watermark(context)
+    since = None if config.full else exported_through(context.instance)
     engine = prediction_export.database.get_engine()
     window = open_window(engine, since)
     with prediction_export.open() as target:
@@ -93,7 +83,7 @@ def bigquery_predictions(
 
 bigquery_predictions_sensor = AutomationConditionSensorDefinition(
     "bigquery_predictions_sensor",
-    target=[AssetKey("bigquery_predictions")],
+    target=[EXPORT_KEY],
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Requests the BigQuery export when predictions were materialized since the last.",

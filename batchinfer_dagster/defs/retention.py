@@ -1,10 +1,12 @@
 """Retention: prune old batch partitions and finished ledger rows (docs/architecture.md).
 
 Partitions go so the Dagster UI stays fast; finished ledger rows go so the request tables stay
-small. Predictions are never touched: each keeps its batch key and run id, the per-record lineage
-that outlives both. Batches still queued, running or failed are never pruned. Keep the cutoff
-longer than the queue's message retention (Pub/Sub: at most 31 days), so a very late redelivery
-still finds its request row and is not predicted again.
+small; the tombstones of deleted predictions go once the BigQuery export has moved them
+(``export_watermark.tombstones_prunable_through``). Predictions are never touched: each keeps
+its batch key and run id, the per-record lineage that outlives both. Batches still queued,
+running or failed are never pruned. Keep the cutoff longer than the queue's message retention
+(Pub/Sub: at most 31 days), so a very late redelivery still finds its request row and is not
+predicted again.
 """
 
 from datetime import timedelta
@@ -20,11 +22,13 @@ from dagster import (
 from pydantic import Field
 
 from batchinfer_dagster import db
+from batchinfer_dagster.defs.export_watermark import tombstones_prunable_through
 from batchinfer_dagster.defs.jobs import launchpad_description
 from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.defs.resources.ledger import LedgerResource
 from batchinfer_dagster.ledger import old_settled_batches, prune_settled, settled_batches
 from batchinfer_dagster.ledger.batch_keys import new_batch_key
+from batchinfer_dagster.prediction_changes import committed_horizon, prune_tombstones
 
 
 class RetentionConfig(Config):
@@ -60,15 +64,30 @@ def prune_batch_partitions(
         context.log.info("deleted %d finished requests and %d settled batches", requests, deleted)
 
 
+@op
+def prune_prediction_tombstones(context: OpExecutionContext, ledger: LedgerResource) -> None:
+    """Delete the deleted predictions' tombstones that no export will read again."""
+    engine = ledger.get_engine()
+    with engine.connect() as connection:
+        horizon = committed_horizon(connection)
+    through = tombstones_prunable_through(context.instance, horizon)
+    pruned = prune_tombstones(engine, through)
+    context.log.info(
+        "deleted %d prediction tombstones numbered up to %d (horizon %d)", pruned, through, horizon
+    )
+
+
 @job(
     description=launchpad_description(
-        "Prune old settled batch partitions and ledger rows; predictions are kept.",
+        "Prune old settled batch partitions and ledger rows, and the tombstones of deleted "
+        "predictions the export has moved; predictions are kept.",
         "prune_batch_partitions",
         RetentionConfig(),
     )
 )
 def retention_job() -> None:
     prune_batch_partitions()
+    prune_prediction_tombstones()
 
 
 retention_schedule = ScheduleDefinition(
