@@ -7,28 +7,28 @@ streaming-insert buffer that DML cannot touch) and applies them with one ``MERGE
 ``(record_id, configuration)``: a new row is inserted, a changed one updated, a tombstone
 deletes its row, and a staged row older than the stored one (by ``change_seq``, the database's
 commit-order number) changes nothing, so a re-run, or an export retried after a later one,
-never duplicates a row nor brings an old answer back. The staging table lives in the dataset
-``<dataset>_staging`` beside the target's (Terraform creates it with a one-day table
-expiration, as for the feature import) and is deleted after the merge.
+never duplicates a row nor brings an old answer back. The staging table is made and dropped as
+for the feature import (``bigquery_jobs``).
 
 Any failed job raises ``PredictionExportError`` naming the rows of the export (how many, which
-records, which change numbers) and what to check; the caller keeps its watermark, so the next
-export sends the same rows again.
+records, which change numbers) and what to check, and whether it is transient (a refusal
+names the permission it lacks); the caller keeps its watermark, so the next export sends the
+same rows again.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 from sqlalchemy import Engine
 
+from batchinfer_dagster.clients.bigquery_jobs import is_transient, load_spool, staging_table
 from batchinfer_dagster.prediction_changes import (
     ExportWindow,
     PredictionReceipt,
@@ -64,11 +64,18 @@ STAGING_SCHEMA = (
     ),
     bigquery.SchemaField("deleted", "BOOL", mode="REQUIRED"),
 )
-STAGING_DATASET_SUFFIX = "_staging"
 
 
 class PredictionExportError(RuntimeError):
-    """A BigQuery job of an export failed; the message names the export's rows."""
+    """A BigQuery job of an export failed; the message names the export's rows.
+
+    ``transient``: another try may succeed (``bigquery_jobs.is_transient``: a 5xx or 429
+    answer); the export asset retries only those, and fails at once on the others.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -155,37 +162,52 @@ def merge_statement(target: str, staging: str) -> str:
     )
 
 
+def export_error(
+    what: str, exc: gexc.GoogleAPIError, *, resource: str, permissions: str, check: str
+) -> PredictionExportError:
+    """The error of a failed step (``what``: e.g. "merging … into BigQuery table t").
+
+    A refusal (403, not a rate limit) names ``resource`` and the ``permissions`` it needs, and
+    is not transient: trying again cannot help until someone grants them.
+    """
+    transient = is_transient(exc)
+    if isinstance(exc, gexc.Forbidden) and not transient:
+        return PredictionExportError(
+            f"{what} was refused: this service account needs {permissions} on {resource} "
+            f"(terraform/iam.tf grants it). BigQuery said: {exc}",
+            transient=False,
+        )
+    return PredictionExportError(
+        f"{what} failed: {exc}. {check}; the next export sends these rows again.",
+        transient=transient,
+    )
+
+
 @dataclass
 class BigQueryPredictionTable:
     """The export's target: ``table`` (``project.dataset.table``), through ``client``.
 
-    ``timeout_seconds`` bounds each job (load, MERGE). ``staging_name`` makes each export's
-    staging table name (a uuid; tests may fix it).
+    ``timeout_seconds`` bounds each job (load, MERGE).
     """
 
     client: bigquery.Client
     table: str
     timeout_seconds: float
-    staging_name: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
     @property
     def reference(self) -> bigquery.TableReference:
         return bigquery.TableReference.from_string(self.table)
 
-    def staging_table(self) -> bigquery.TableReference:
-        target = self.reference
-        dataset = bigquery.DatasetReference(
-            target.project, target.dataset_id + STAGING_DATASET_SUFFIX
-        )
-        return dataset.table(f"{target.table_id}_{self.staging_name()}")
-
     def export(self, engine: Engine, window: ExportWindow) -> ExportedRows:
-        """Move ``window``'s changes into the table; what moved. Nothing to move: no job."""
+        """Move ``window``'s changes into the table; what moved. Nothing to move: no job.
+
+        Raises ``PredictionExportError`` (``transient`` when another try may succeed).
+        """
         with tempfile.TemporaryFile() as spool:
             exported = self._spool(engine, window, spool)
             if exported.records is None:
                 return exported
-            staging = self.staging_table()
+            staging = staging_table(self.reference)
             self._load(spool, staging, exported)
             try:
                 self._merge(staging, exported)
@@ -193,7 +215,7 @@ class BigQueryPredictionTable:
                 # The merge's error is the one to raise; a drop that fails too is noted on it.
                 try:
                     self.client.delete_table(staging, not_found_ok=True)
-                except gexc.GoogleAPICallError as exc:
+                except gexc.GoogleAPIError as exc:
                     failed.add_note(
                         f"deleting staging table {staging} failed too ({exc}); it expires "
                         "within a day"
@@ -216,21 +238,22 @@ class BigQueryPredictionTable:
         self, spool: IO[bytes], staging: bigquery.TableReference, exported: ExportedRows
     ) -> None:
         size = spool.tell()
-        spool.seek(0)
-        config = bigquery.LoadJobConfig(
-            schema=list(STAGING_SCHEMA),
-            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-            write_disposition=bigquery.WriteDisposition.WRITE_EMPTY,
-        )
         try:
-            job = self.client.load_table_from_file(spool, staging, job_config=config, size=size)
-            job.result(timeout=self.timeout_seconds)
-        except gexc.GoogleAPICallError as exc:
-            raise PredictionExportError(
-                f"loading {exported.describe()} ({size} bytes) into staging table {staging} "
-                f"failed: {exc}. Check that the dataset {staging.dataset_id} exists (Terraform "
-                "creates it) and that this service account may create tables in it; the next "
-                "export sends these rows again."
+            load_spool(
+                self.client,
+                spool,
+                staging,
+                schema=STAGING_SCHEMA,
+                disposition=bigquery.WriteDisposition.WRITE_EMPTY,
+                timeout_seconds=self.timeout_seconds,
+            )
+        except gexc.GoogleAPIError as exc:
+            raise export_error(
+                f"loading {exported.describe()} ({size} bytes) into staging table {staging}",
+                exc,
+                resource=f"dataset {staging.project}.{staging.dataset_id}",
+                permissions="bigquery.tables.create and bigquery.tables.updateData",
+                check=f"Check that the dataset {staging.dataset_id} exists (Terraform creates it)",
             ) from exc
 
     def _merge(self, staging: bigquery.TableReference, exported: ExportedRows) -> None:
@@ -238,20 +261,24 @@ class BigQueryPredictionTable:
             self.client.query_and_wait(
                 merge_statement(self.table, str(staging)), wait_timeout=self.timeout_seconds
             )
-        except gexc.GoogleAPICallError as exc:
-            raise PredictionExportError(
-                f"merging {exported.describe()} into BigQuery table {self.table} failed: {exc}. "
-                "Check that the table exists with the columns of PREDICTIONS_SCHEMA (Terraform "
-                "creates it) and that this service account may update its data; the next "
-                "export sends these rows again."
+        except gexc.GoogleAPIError as exc:
+            raise export_error(
+                f"merging {exported.describe()} into BigQuery table {self.table}",
+                exc,
+                resource=f"table {self.table}",
+                permissions="bigquery.tables.getData and bigquery.tables.updateData",
+                check="Check that the table exists with the columns of PREDICTIONS_SCHEMA "
+                "(Terraform creates it)",
             ) from exc
 
     def _drop(self, staging: bigquery.TableReference, exported: ExportedRows) -> None:
         try:
             self.client.delete_table(staging, not_found_ok=True)
-        except gexc.GoogleAPICallError as exc:
-            raise PredictionExportError(
-                f"deleting staging table {staging} of {exported.describe()} failed: {exc}. "
-                "Check that this service account may delete tables in its dataset (Terraform "
-                "grants it); the table expires within a day by itself."
+        except gexc.GoogleAPIError as exc:
+            raise export_error(
+                f"deleting staging table {staging} of {exported.describe()}",
+                exc,
+                resource=f"dataset {staging.project}.{staging.dataset_id}",
+                permissions="bigquery.tables.delete",
+                check="The table expires within a day by itself",
             ) from exc

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from google.cloud.aiplatform_v1.services.feature_online_store_service.transports
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db, feature_import
+from batchinfer_dagster.clients.bigquery_jobs import load_spool, staging_table
 from batchinfer_dagster.clients.feature_store import (
     FeatureStore,
     FeatureStoreUnavailableError,
@@ -84,9 +84,6 @@ SOURCE_SCHEMA = (
 # concurrency, bounded to stay inside the per-project QPS quota.
 MAX_FETCH_CONCURRENCY = 16
 SYNC_POLL_SECONDS = 10.0
-# The dataset of the imports' staging tables: the source table's dataset with this suffix
-# (terraform/bigquery.tf creates it beside the source table's, in the same location).
-STAGING_DATASET_SUFFIX = "_staging"
 
 
 @dataclass(frozen=True)
@@ -328,7 +325,7 @@ class VertexFeatureStore(FeatureStore):
         if full:
             self._load_file(spool, self.table, bigquery.WriteDisposition.WRITE_TRUNCATE_DATA)
             return
-        staging = self.staging_table()
+        staging = staging_table(self.table)
         self._load_file(spool, staging, bigquery.WriteDisposition.WRITE_EMPTY)
         try:
             self._merge(staging)
@@ -346,26 +343,19 @@ class VertexFeatureStore(FeatureStore):
                 "table expires within a day by itself, and the next import merges again."
             ) from exc
 
-    def staging_table(self) -> bigquery.TableReference:
-        """A table no other import uses, in the staging dataset beside the source table's."""
-        dataset = bigquery.DatasetReference(
-            self.table.project, self.table.dataset_id + STAGING_DATASET_SUFFIX
-        )
-        return dataset.table(f"{self.table.table_id}_{uuid.uuid4().hex}")
-
     def _load_file(
         self, spool: IO[bytes], table: bigquery.TableReference, disposition: str
     ) -> None:
         size = spool.tell()
-        spool.seek(0)
-        config = bigquery.LoadJobConfig(
-            schema=list(SOURCE_SCHEMA),
-            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-            write_disposition=disposition,
-        )
         try:
-            job = self.bigquery.load_table_from_file(spool, table, job_config=config, size=size)
-            job.result(timeout=self.view.sync_timeout_seconds)
+            load_spool(
+                self.bigquery,
+                spool,
+                table,
+                schema=SOURCE_SCHEMA,
+                disposition=disposition,
+                timeout_seconds=self.view.sync_timeout_seconds,
+            )
         except gexc.GoogleAPICallError as exc:
             raise VertexFeatureStoreError(
                 f"loading {size} bytes into BigQuery table {table} failed: {exc}. Check "

@@ -12,31 +12,54 @@ when a partition of ``predictions`` was materialized since the last export was r
 not while one is in progress, so an idle deployment runs nothing and a busy one exports within
 a sensor interval of each batch, one export at a time. Not ``AutomationCondition.eager()``: it
 waits while any dependency is missing, and ``predictions`` always has partitions that are not
-(yet) materialized. A failed export is not retried by itself: the next batch's materialization
-requests the next export, which sends everything the failed one did; ``full: true`` in the
-run's config exports every row again.
+(yet) materialized.
+
+A transient failure (a BigQuery job failed with a 5xx or a rate limit: the client has already
+retried the API calls themselves for up to 10 minutes, ``clients/bigquery_jobs``) is tried
+again by Dagster's ``RetryPolicy`` within the same run, ``EXPORT_TRIES`` tries in all, with
+exponential backoff and full jitter. Anything else fails at once with ``Failure(allow_retries=
+False)``: a refusal (403) names the table and the permission, and trying again cannot help. A
+failed run materializes nothing; the next batch's materialization requests the next export,
+which sends everything the failed one did; ``full: true`` in the run's config exports every row
+again.
 """
 
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
     AutomationConditionSensorDefinition,
+    Backoff,
     Config,
     DefaultSensorStatus,
+    Failure,
+    Jitter,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     asset,
 )
 from pydantic import Field
 
+from batchinfer_dagster.clients.bigquery_predictions import PredictionExportError
 from batchinfer_dagster.defs.assets import GROUP, predictions
 from batchinfer_dagster.defs.export_watermark import EXPORT_KEY, WATERMARK, exported_through
 from batchinfer_dagster.defs.resources.prediction_export import PredictionExportResource
-from batchinfer_dagster.prediction_changes import open_window
+from batchinfer_dagster.prediction_changes import (
+    ExportWindowError,
+    MalformedPredictionError,
+    open_window,
+)
+from batchinfer_dagster.settings import EXPORT_RETRY_DELAY_SECONDS, EXPORT_TRIES
 
 EXPORT_CONDITION = (
     AutomationCondition.any_deps_updated().since_last_handled() & ~AutomationCondition.in_progress()
 ).with_label("predictions materialized since the last export, none in progress")
+EXPORT_RETRY_POLICY = RetryPolicy(
+    max_retries=EXPORT_TRIES - 1,
+    delay=EXPORT_RETRY_DELAY_SECONDS,
+    backoff=Backoff.EXPONENTIAL,
+    jitter=Jitter.FULL,
+)
 
 
 class ExportConfig(Config):
@@ -50,6 +73,7 @@ class ExportConfig(Config):
     group_name=GROUP,
     deps=[predictions],
     automation_condition=EXPORT_CONDITION,
+    retry_policy=EXPORT_RETRY_POLICY,
 )
 def bigquery_predictions(
     context: AssetExecutionContext,
@@ -60,9 +84,16 @@ def bigquery_predictions(
     scores, top label, text digest, time, and whether it is its record's current prediction."""
     since = None if config.full else exported_through(context.instance)
     engine = prediction_export.database.get_engine()
-    window = open_window(engine, since)
-    with prediction_export.open() as target:
-        exported = target.export(engine, window)
+    try:
+        window = open_window(engine, since)
+        with prediction_export.open() as target:
+            exported = target.export(engine, window)
+    except PredictionExportError as exc:
+        if exc.transient:
+            raise  # the retry policy tries again
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    except (ExportWindowError, MalformedPredictionError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
     context.log.info(
         "exported %s to %s (changes %d..%d]",
         exported.describe(),

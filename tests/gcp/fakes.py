@@ -251,6 +251,9 @@ class FakeBigQuery:
     refuse_row_deletes: bool = False
     # Answer the prediction export's MERGE 403 (no bigquery.tables.updateData on the target).
     refuse_prediction_merges: bool = False
+    # Fail this many of the next load jobs as BigQuery fails a job on its side (errorResult
+    # reason backendError, which the client reports as a 500 and does not run again).
+    failing_loads: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -264,6 +267,7 @@ class FakeBigQuery:
             self.refuse_deletes = False
             self.refuse_row_deletes = False
             self.refuse_prediction_merges = False
+            self.failing_loads = 0
 
     def create_table(self, table: str, fields: list[dict[str, Any]]) -> None:
         """An empty table with ``fields`` (BigQuery schema fields), as Terraform creates it."""
@@ -296,7 +300,12 @@ class FakeBigQuery:
         disposition = load.get("writeDisposition", "WRITE_APPEND")
         with self.lock:
             not_empty = disposition == "WRITE_EMPTY" and bool(self.tables.get(table))
-        if bad or not_empty:
+            backend_error = self.failing_loads > 0
+            self.failing_loads -= backend_error
+        if backend_error:
+            error = {"reason": "backendError", "message": "Backend error. Job aborted."}
+            done["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
+        elif bad or not_empty:
             message = (
                 f"row {bad[0]} does not match {names}" if bad else f"table {table} is not empty"
             )

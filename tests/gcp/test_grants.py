@@ -76,11 +76,11 @@ FETCH = (
 # full import: into the source table), the MERGE into the source table, the staging table
 # dropped, the deleted records' rows deleted, the sync and its wait.
 IMPORT = (
-    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_spool(",
          "bigquery.jobs.create", PROJECT),
-    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_spool(",
          "bigquery.tables.create", STAGING_DATASET),
-    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_table_from_file(",
+    Call(f"{VERTEX}:VertexFeatureStore._load_file", "load_spool(",
          "bigquery.tables.updateData", STAGING_DATASET),
     Call(f"{VERTEX}:VertexFeatureStore._load", "WRITE_TRUNCATE_DATA",
          "bigquery.tables.updateData", RECORDS_TABLE),
@@ -114,10 +114,10 @@ PREDICTIONS_STAGING = "google_bigquery_dataset.predictions_staging"
 EXPORT = (
     Call("batchinfer_dagster.defs.prediction_export:bigquery_predictions", "target.export(",
          "bigquery.jobs.create", PROJECT),
-    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.jobs.create", PROJECT),
-    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.tables.create",
+    Call(f"{EXPORT_CLIENT}._load", "load_spool(", "bigquery.jobs.create", PROJECT),
+    Call(f"{EXPORT_CLIENT}._load", "load_spool(", "bigquery.tables.create",
          PREDICTIONS_STAGING),
-    Call(f"{EXPORT_CLIENT}._load", "load_table_from_file(", "bigquery.tables.updateData",
+    Call(f"{EXPORT_CLIENT}._load", "load_spool(", "bigquery.tables.updateData",
          PREDICTIONS_STAGING),
     Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.jobs.create", PROJECT),
     Call(f"{EXPORT_CLIENT}._merge", "merge_statement(", "bigquery.tables.getData",

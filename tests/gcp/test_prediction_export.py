@@ -16,10 +16,12 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetSelection,
+    Backoff,
     DagsterInstance,
     DefaultSensorStatus,
     Definitions,
     ExecuteInProcessResult,
+    Jitter,
     evaluate_automation_conditions,
     materialize,
 )
@@ -104,6 +106,23 @@ def export(
         resources={"prediction_export": resources["prediction_export"]},
         run_config={"ops": {"bigquery_predictions": {"config": {"full": full}}}},
         raise_on_error=False,
+    )
+
+
+def failure_message(result: ExecuteInProcessResult) -> str:
+    """The failed step's error, its causes' messages included."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error, messages = failure.step_failure_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+def step_tries(result: ExecuteInProcessResult) -> int:
+    """How many times the export's step started in the run (1 + its retries)."""
+    return sum(1 for e in result.all_events if e.event_type_value == "STEP_START") + sum(
+        1 for e in result.all_events if e.event_type_value == "STEP_RESTARTED"
     )
 
 
@@ -212,8 +231,7 @@ def test_a_failed_merge_names_the_rows_and_keeps_the_watermark(
     failed = export(settings, instance)
 
     assert not failed.success
-    [failure] = [e for e in failed.all_events if e.is_step_failure]
-    message = failure.step_failure_data.error.cause.message
+    message = failure_message(failed)
     assert "2 written and 0 deleted prediction rows (records 5…7" in message
     assert "bigquery.tables.updateData denied" in message
     assert watermark(instance) == metadata(first)[WATERMARK]
@@ -222,6 +240,49 @@ def test_a_failed_merge_names_the_rows_and_keeps_the_watermark(
     again = export(settings, instance)
     assert metadata(again)["rows_written"] == 2
     assert sorted(table(fake_bigquery)) == [(i, CURRENT.digest) for i in (1, 5, 7)]
+
+
+def test_a_refused_merge_fails_at_once_naming_the_table_and_the_permission(
+    settings: Settings, instance: DagsterInstance, fake_bigquery: FakeBigQuery
+) -> None:
+    write_now(settings, {1: ("billing", 0.9)})
+    fake_bigquery.refuse_prediction_merges = True
+
+    failed = export(settings, instance)
+
+    assert not failed.success
+    assert step_tries(failed) == 1
+    message = failure_message(failed)
+    assert (
+        f"needs bigquery.tables.getData and bigquery.tables.updateData on table "
+        f"{PREDICTIONS_TABLE}" in message
+    )
+    assert sum(query.startswith("MERGE") for query in fake_bigquery.queries) == 1
+
+
+def test_a_job_bigquery_failed_on_its_side_is_tried_again_in_the_same_run(
+    settings: Settings, instance: DagsterInstance, fake_bigquery: FakeBigQuery
+) -> None:
+    """A load job that ended with backendError (the client does not run a failed load job
+    again): the retry policy's second try exports, and the run succeeds."""
+    write_now(settings, {1: ("billing", 0.9), 2: ("mobile", 0.8)})
+    fake_bigquery.failing_loads = 1
+
+    result = export(settings, instance)
+
+    assert result.success
+    assert step_tries(result) == 2
+    assert metadata(result)["rows_written"] == 2
+    assert sorted(table(fake_bigquery)) == [(1, CURRENT.digest), (2, CURRENT.digest)]
+    assert fake_bigquery.failing_loads == 0
+
+
+def test_the_export_is_tried_three_times_with_exponential_backoff_and_jitter() -> None:
+    policy = bigquery_predictions.op.retry_policy
+
+    assert policy is not None
+    assert policy.max_retries + 1 == 3
+    assert (policy.backoff, policy.jitter) == (Backoff.EXPONENTIAL, Jitter.FULL)
 
 
 def test_an_export_whose_staging_table_stays_is_sent_again_without_duplicates(
@@ -235,8 +296,7 @@ def test_an_export_whose_staging_table_stays_is_sent_again_without_duplicates(
     failed = export(settings, instance)
 
     assert not failed.success
-    [failure] = [e for e in failed.all_events if e.is_step_failure]
-    assert "deleting staging table" in failure.step_failure_data.error.cause.message
+    assert "deleting staging table" in failure_message(failed)
     assert watermark(instance) is None
     merged = table(fake_bigquery)
     assert sorted(merged) == [(1, CURRENT.digest), (2, CURRENT.digest)]
@@ -311,8 +371,7 @@ def test_a_malformed_row_is_named_and_the_watermark_stays(
     failed = export(settings, instance)
 
     assert not failed.success
-    [failure] = [e for e in failed.all_events if e.is_step_failure]
-    message = failure.step_failure_data.error.cause.message
+    message = failure_message(failed)
     assert f"record 2 under configuration {CURRENT.digest}" in message
     assert "2 labels but 1 scores" in message
     assert watermark(instance) is None

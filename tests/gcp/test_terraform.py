@@ -19,7 +19,7 @@ import hcl2
 import pytest
 import yaml
 
-from batchinfer_dagster.clients.vertex_feature_store import STAGING_DATASET_SUFFIX
+from batchinfer_dagster.clients.bigquery_jobs import STAGING_DATASET_SUFFIX
 from batchinfer_dagster.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
