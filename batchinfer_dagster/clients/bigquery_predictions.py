@@ -143,14 +143,14 @@ def merge_statement(target: str, staging: str) -> str:
     """The MERGE of a staging table into the target: the newest staged row per key wins over
     an older or equal stored one; a staged tombstone deletes, a receipt updates or inserts.
 
-    ``WHERE TRUE``: BigQuery has refused a QUALIFY in a query without WHERE, GROUP BY or
-    HAVING; the no-op filter is accepted with or without that rule.
+    ``WHERE TRUE``: BigQuery requires a WHERE, GROUP BY or HAVING beside a QUALIFY ("Query
+    syntax", QUALIFY clause).
     """
     key = " AND ".join(f"target.{name} = source.{name}" for name in KEY)
     newer = "source.change_seq >= target.change_seq"
     columns = ", ".join((*KEY, *UPDATED))
     return (
-        f"MERGE `{target}` AS target USING (SELECT * FROM `{staging}` WHERE TRUE "
+        f"MERGE INTO `{target}` AS target USING (SELECT * FROM `{staging}` WHERE TRUE "
         "QUALIFY ROW_NUMBER() OVER "
         f"(PARTITION BY {', '.join(KEY)} ORDER BY change_seq DESC) = 1) AS source ON {key} "
         f"WHEN MATCHED AND source.deleted AND {newer} THEN DELETE "

@@ -150,6 +150,48 @@ def serving_endpoint(admin: FeatureOnlineStoreAdminServiceClient, store_name: st
     return endpoint.public_endpoint_domain_name
 
 
+def merge_statement(table: str, staging: str) -> str:
+    """Staged rows into the source table: one row per entity id, the newest kept.
+
+    The staged rows come from ``data_points``, one per record; the QUALIFY keeps the source to
+    one row per id should a staging table ever hold two. A staged row replaces the stored one
+    unless it is older (an import retried after a later one). ``WHERE TRUE``: BigQuery requires
+    a WHERE, GROUP BY or HAVING beside a QUALIFY ("Query syntax", QUALIFY clause).
+    """
+    return (
+        f"MERGE INTO `{table}` AS target USING ("
+        f"SELECT entity_id, text, feature_timestamp FROM `{staging}` WHERE TRUE "
+        "QUALIFY ROW_NUMBER() OVER "
+        "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1"
+        ") AS source ON target.entity_id = source.entity_id "
+        "WHEN MATCHED AND source.feature_timestamp >= target.feature_timestamp THEN "
+        "UPDATE SET text = source.text, feature_timestamp = source.feature_timestamp "
+        "WHEN NOT MATCHED THEN INSERT (entity_id, text, feature_timestamp) "
+        "VALUES (source.entity_id, source.text, source.feature_timestamp)"
+    )
+
+
+def listing_query(table: str) -> str:
+    """The first ``@limit`` records by id, the latest row of each (``WHERE TRUE``: as in
+    ``merge_statement``)."""
+    return (
+        f"SELECT entity_id, text FROM `{table}` WHERE TRUE "
+        "QUALIFY ROW_NUMBER() OVER "
+        "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1 "
+        "ORDER BY SAFE_CAST(entity_id AS INT64) LIMIT @limit"
+    )
+
+
+def count_query(table: str) -> str:
+    """Distinct entity ids: appended versions of one record count once."""
+    return f"SELECT COUNT(DISTINCT entity_id) AS records FROM `{table}`"
+
+
+def deletion_statement(table: str) -> str:
+    """The rows of the ids in the ``@ids`` array parameter (ARRAY<STRING>) removed."""
+    return f"DELETE FROM `{table}` WHERE entity_id IN UNNEST(@ids)"
+
+
 def sync_finished(sync: FeatureViewSync) -> bool:
     """A sync is over when it has an end time or a final status (error syncs may lack the end)."""
     pb = FeatureViewSync.pb(sync)
@@ -299,7 +341,7 @@ class VertexFeatureStore(FeatureStore):
         failed statement fails the import before its watermark moves, so the next import
         deletes the same ids again.
         """
-        query = f"DELETE FROM `{self.table}` WHERE entity_id IN UNNEST(@ids)"
+        query = deletion_statement(str(self.table))
         deleted = 0
         for record_ids in feature_import.iter_deleted(self.engine, window):
             ids = [str(record_id) for record_id in record_ids]
@@ -365,23 +407,8 @@ class VertexFeatureStore(FeatureStore):
             ) from exc
 
     def _merge(self, staging: bigquery.TableReference) -> None:
-        """Staged rows into the source table: one row per entity id, the newest kept.
-
-        The staged rows come from ``data_points``, one per record; the QUALIFY keeps the source
-        to one row per id should a staging table ever hold two. A staged row replaces the
-        stored one unless it is older (an import retried after a later one).
-        """
-        query = (
-            f"MERGE `{self.table}` AS target USING ("
-            f"SELECT entity_id, text, feature_timestamp FROM `{staging}` "
-            "QUALIFY ROW_NUMBER() OVER "
-            "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1"
-            ") AS source ON target.entity_id = source.entity_id "
-            "WHEN MATCHED AND source.feature_timestamp >= target.feature_timestamp THEN "
-            "UPDATE SET text = source.text, feature_timestamp = source.feature_timestamp "
-            "WHEN NOT MATCHED THEN INSERT (entity_id, text, feature_timestamp) "
-            "VALUES (source.entity_id, source.text, source.feature_timestamp)"
-        )
+        """Staged rows into the source table (``merge_statement``)."""
+        query = merge_statement(str(self.table), str(staging))
         try:
             self.bigquery.query_and_wait(query, wait_timeout=self.view.sync_timeout_seconds)
         except gexc.GoogleAPICallError as exc:
@@ -454,13 +481,7 @@ class VertexFeatureStore(FeatureStore):
         )
 
     def list_records(self, limit: int) -> tuple[list[tuple[int, str]], int]:
-        # The table holds every appended version; the latest per entity id is the record.
-        query = (
-            f"SELECT entity_id, text FROM `{self.table}` "
-            "QUALIFY ROW_NUMBER() OVER "
-            "(PARTITION BY entity_id ORDER BY feature_timestamp DESC) = 1 "
-            "ORDER BY SAFE_CAST(entity_id AS INT64) LIMIT @limit"
-        )
+        query = listing_query(str(self.table))
         config = bigquery.QueryJobConfig(
             query_parameters=[bigquery.ScalarQueryParameter("limit", "INT64", limit)]
         )
@@ -475,7 +496,7 @@ class VertexFeatureStore(FeatureStore):
 
     def _count_records(self) -> int:
         """Distinct entity ids in the source table (appended versions counted once)."""
-        query = f"SELECT COUNT(DISTINCT entity_id) AS records FROM `{self.table}`"
+        query = count_query(str(self.table))
         try:
             rows = list(self.bigquery.query_and_wait(query))
         except gexc.NotFound:

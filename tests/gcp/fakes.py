@@ -466,9 +466,9 @@ class FakeBigQuery:
         """Answers the four queries the store sends and the prediction export's MERGE, and
         only those.
 
-        ``SELECT entity_id, text FROM `t` QUALIFY <latest per entity_id> ORDER BY … LIMIT
-        @limit``, ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t``` and the import's
-        ``MERGE `t` AS target USING (SELECT … FROM `staging` QUALIFY <latest per entity_id>)
+        ``SELECT entity_id, text FROM `t` WHERE TRUE QUALIFY <latest per entity_id> ORDER BY …
+        LIMIT @limit``, ``SELECT COUNT(DISTINCT entity_id) AS records FROM `t``` and the import's
+        ``MERGE INTO `t` AS target USING (SELECT … FROM `staging` WHERE TRUE QUALIFY <latest>)
         … WHEN MATCHED AND <newer> THEN UPDATE … WHEN NOT MATCHED THEN INSERT …`` and the
         import's ``DELETE FROM `t` WHERE entity_id IN UNNEST(@ids)``; ``PREDICTION_MERGE``.
         """
@@ -483,9 +483,10 @@ class FakeBigQuery:
         if prediction_merge:
             return self._prediction_merge(prediction_merge, reference)
         merge = re.fullmatch(
-            r"MERGE `([^`]+)` AS target USING \(SELECT entity_id, text, feature_timestamp "
-            r"FROM `([^`]+)` QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY entity_id ORDER BY "
-            r"feature_timestamp DESC\) = 1\) AS source ON target.entity_id = source.entity_id "
+            r"MERGE INTO `([^`]+)` AS target USING \(SELECT entity_id, text, feature_timestamp "
+            r"FROM `([^`]+)` WHERE TRUE QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY entity_id "
+            r"ORDER BY feature_timestamp DESC\) = 1\) AS source "
+            r"ON target.entity_id = source.entity_id "
             r"WHEN MATCHED AND source.feature_timestamp >= target.feature_timestamp THEN "
             r"UPDATE SET text = source.text, feature_timestamp = source.feature_timestamp "
             r"WHEN NOT MATCHED THEN INSERT \(entity_id, text, feature_timestamp\) "
@@ -520,7 +521,10 @@ class FakeBigQuery:
                 "schema": {"fields": [{"name": "records", "type": "INTEGER", "mode": "NULLABLE"}]},
                 "rows": [{"f": [{"v": str(count)}]}],
             }
-        if "LIMIT @limit" not in body["query"] or "QUALIFY ROW_NUMBER()" not in body["query"]:
+        if (
+            "LIMIT @limit" not in body["query"]
+            or "WHERE TRUE QUALIFY ROW_NUMBER()" not in body["query"]
+        ):
             raise ValueError(f"the fake cannot run {body['query']!r}")
         params = {p["name"]: p["parameterValue"]["value"] for p in body["queryParameters"]}
         rows = sorted(self.latest(match[1]), key=lambda row: int(row["entity_id"]))
@@ -563,8 +567,9 @@ def _instant(timestamp: str) -> datetime:
 # The prediction export's MERGE (clients/bigquery_predictions.merge_statement); the groups:
 # target, staging, partition key, ON clause, UPDATE SET list, INSERT columns, VALUES.
 PREDICTION_MERGE = re.compile(
-    r"MERGE `([^`]+)` AS target USING \(SELECT \* FROM `([^`]+)` WHERE TRUE QUALIFY ROW_NUMBER\(\) "
-    r"OVER \(PARTITION BY ([\w, ]+) ORDER BY change_seq DESC\) = 1\) AS source "
+    r"MERGE INTO `([^`]+)` AS target USING \(SELECT \* FROM `([^`]+)` WHERE TRUE "
+    r"QUALIFY ROW_NUMBER\(\) OVER \(PARTITION BY ([\w, ]+) ORDER BY change_seq DESC\) = 1\) "
+    r"AS source "
     r"ON ((?:target\.\w+ = source\.\w+(?: AND )?)+) "
     r"WHEN MATCHED AND source\.deleted AND source\.change_seq >= target\.change_seq "
     r"THEN DELETE "
