@@ -1,10 +1,14 @@
 """Predictions out of the app database into a file: CSV, JSONL or Parquet (``batchinfer export``).
 
-One row per stored prediction (a record and the model that predicted it: the lineage key), with
-the top label and score and the full ranked lists. Rows are read and written ``EXPORT_CHUNK``
-at a time (a server-side cursor on PostgreSQL, ``yield_per`` on SQLite), so memory stays at one
-chunk whatever the table holds; Parquet gets one row group per chunk. The file appears only
-when complete: it is written beside its final name and renamed at the end.
+By default one row per record: its current prediction, the one ``batchinfer prediction`` shows
+(what a user exporting "the predictions" expects: one answer per record). With
+``all_configurations`` every stored row: a record keeps one per configuration (model, labels,
+template…), and ``current`` tells which one is its record's answer. Each row has the record,
+its configuration and model, the top label and score and the full ranked lists. Rows are read
+and written ``EXPORT_CHUNK`` at a time (a server-side cursor on PostgreSQL, ``yield_per`` on
+SQLite), so memory stays at one chunk whatever the table holds; Parquet gets one row group per
+chunk. The file appears only when complete: it is written beside its final name and renamed
+at the end.
 """
 
 from __future__ import annotations
@@ -24,9 +28,19 @@ from batchinfer_dagster import db
 EXPORT_CHUNK = 1000
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 # The columns of every format, in order; ``labels``/``scores`` are ranked, best first.
-COLUMNS = ("record_id", "model", "label", "score", "labels", "scores", "predicted_at")
-# Written as JSON arrays in a CSV cell.
-LISTS = ("labels", "scores")
+COLUMNS = (
+    "record_id",
+    "configuration",
+    "current",
+    "model",
+    "label",
+    "score",
+    "labels",
+    "scores",
+    "predicted_at",
+)
+# Written as JSON in a CSV cell: the lists as arrays, ``current`` as true/false.
+JSON_CELLS = ("labels", "scores", "current")
 
 
 class ExportError(ValueError):
@@ -54,17 +68,29 @@ def parse_since(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def prediction_chunks(engine: Engine, since: datetime | None = None) -> Iterator[list[dict]]:
-    """Stored predictions as ``COLUMNS`` dicts, ``EXPORT_CHUNK`` at a time, by record and model.
+def prediction_chunks(
+    engine: Engine, since: datetime | None = None, *, all_configurations: bool = False
+) -> Iterator[list[dict]]:
+    """Stored predictions as ``COLUMNS`` dicts, ``EXPORT_CHUNK`` at a time, by record and
+    configuration (the primary key's order).
 
     ``since``: only those stored (predicted or predicted again) at or after it.
+    ``all_configurations``: every row, not only each record's current one.
     """
     table = db.predictions
     query = sa.select(
-        table.c.record_id, table.c.model, table.c.labels, table.c.scores, table.c.updated_at
-    ).order_by(table.c.record_id, table.c.model)
+        table.c.record_id,
+        table.c.configuration,
+        table.c.is_current,
+        table.c.model,
+        table.c.labels,
+        table.c.scores,
+        table.c.updated_at,
+    ).order_by(table.c.record_id, table.c.configuration)
     if since is not None:
         query = query.where(table.c.updated_at >= since)
+    if not all_configurations:
+        query = query.where(table.c.is_current)
     with engine.connect() as connection:
         result = connection.execution_options(yield_per=EXPORT_CHUNK).execute(query)
         for rows in result.partitions():
@@ -74,6 +100,8 @@ def prediction_chunks(engine: Engine, since: datetime | None = None) -> Iterator
 def _document(row: sa.Row) -> dict[str, Any]:
     return {
         "record_id": row.record_id,
+        "configuration": row.configuration,
+        "current": bool(row.is_current),
         "model": row.model,
         "label": row.labels[0] if row.labels else None,
         "score": row.scores[0] if row.scores else None,
@@ -83,11 +111,18 @@ def _document(row: sa.Row) -> dict[str, Any]:
     }
 
 
-def export_predictions(engine: Engine, path: Path, since: datetime | None = None) -> int:
-    """Write the stored predictions (since ``since``) to ``path``; returns how many."""
+def export_predictions(
+    engine: Engine,
+    path: Path,
+    since: datetime | None = None,
+    *,
+    all_configurations: bool = False,
+) -> int:
+    """Write the stored predictions (since ``since``; every configuration's or only the current
+    ones, ``prediction_chunks``) to ``path``; returns how many."""
     kind = export_format(path)
     partial = path.with_name(path.name + ".partial")
-    chunks = prediction_chunks(engine, since)
+    chunks = prediction_chunks(engine, since, all_configurations=all_configurations)
     try:
         count = {"csv": _write_csv, "jsonl": _write_jsonl, "parquet": _write_parquet}[kind](
             partial, chunks
@@ -105,8 +140,8 @@ def _write_csv(path: Path, chunks: Iterator[list[dict]]) -> int:
         writer.writeheader()
         for chunk in chunks:
             for row in chunk:
-                lists = {name: json.dumps(row[name], ensure_ascii=False) for name in LISTS}
-                writer.writerow({**row, **lists})
+                cells = {name: json.dumps(row[name], ensure_ascii=False) for name in JSON_CELLS}
+                writer.writerow({**row, **cells})
             count += len(chunk)
     return count
 
@@ -127,6 +162,8 @@ def _write_parquet(path: Path, chunks: Iterator[list[dict]]) -> int:
     schema = pa.schema(
         [
             ("record_id", pa.int64()),
+            ("configuration", pa.string()),
+            ("current", pa.bool_()),
             ("model", pa.string()),
             ("label", pa.string()),
             ("score", pa.float64()),

@@ -37,7 +37,7 @@ def store(
         {
             "record_id": record_id,
             # One configuration per model (as migration 0005 gives rows of unknown receipt); a
-            # replaced model's rows are stored with current=False. Export writes every row.
+            # replaced model's rows are stored with current=False.
             "configuration": legacy_configuration_digest(model),
             "is_current": current,
             "model": model,
@@ -62,6 +62,7 @@ def read(path: Path) -> list[dict]:
                     **row,
                     "record_id": int(row["record_id"]),
                     "score": float(row["score"]),
+                    "current": json.loads(row["current"]),
                     "labels": json.loads(row["labels"]),
                     "scores": json.loads(row["scores"]),
                 }
@@ -73,32 +74,58 @@ def read(path: Path) -> list[dict]:
     return [{**row, "predicted_at": row["predicted_at"].isoformat()} for row in table]
 
 
+def exported_rows(settings: Settings, tmp_path: Path, name: str, *args: str) -> list[dict]:
+    """Run ``export`` into a folder of its own; the file's rows (the folder holds only it)."""
+    out = tmp_path / name
+    out.mkdir()
+    path = out / name
+    result = run(settings, "export", *args, str(path))
+    assert result.exit_code == 0, result.output
+    rows = read(path)
+    assert json.loads(result.stdout) == {"exported": len(rows), "file": str(path)}
+    assert list(out.iterdir()) == [path]
+    return rows
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_export_writes_each_prediction_with_its_record_and_model(
+def test_export_writes_each_records_current_prediction_with_its_receipt(
     app_settings: Settings, tmp_path: Path, suffix: str
 ) -> None:
     store(app_settings, range(1, 3), "model-a", current=False)
-    store(app_settings, range(2, 3), "model-b")
-    out = tmp_path / "out"
-    out.mkdir()
-    path = out / f"predictions{suffix}"
+    store(app_settings, range(2, 4), "model-b")
 
-    result = run(app_settings, "export", str(path))
+    rows = exported_rows(app_settings, tmp_path, f"predictions{suffix}")
 
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"exported": 3, "file": str(path)}
-    rows = read(path)
-    assert [(row["record_id"], row["model"]) for row in rows] == [
-        (1, "model-a"),
-        (2, "model-a"),
-        (2, "model-b"),
+    assert [(row["record_id"], row["model"], row["current"]) for row in rows] == [
+        (2, "model-b", True),
+        (3, "model-b", True),
     ]
+    assert rows[0]["configuration"] == legacy_configuration_digest("model-b")
     assert rows[0]["label"] == "billing"
     assert rows[0]["score"] == pytest.approx(0.7)
     assert rows[0]["labels"] == LABELS
     assert rows[0]["scores"] == pytest.approx(SCORES)
     assert datetime.fromisoformat(rows[0]["predicted_at"]) == STORED
-    assert list(out.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_export_of_all_configurations_marks_the_current_ones(
+    app_settings: Settings, tmp_path: Path, suffix: str
+) -> None:
+    store(app_settings, range(1, 3), "model-a", current=False)
+    store(app_settings, range(2, 4), "model-b")
+
+    rows = exported_rows(app_settings, tmp_path, f"all{suffix}", "--all-configurations")
+
+    assert sorted((row["record_id"], row["model"], row["current"]) for row in rows) == [
+        (1, "model-a", False),
+        (2, "model-a", False),
+        (2, "model-b", True),
+        (3, "model-b", True),
+    ]
+    assert {row["configuration"] for row in rows if row["model"] == "model-a"} == {
+        legacy_configuration_digest("model-a")
+    }
 
 
 @pytest.mark.parametrize(

@@ -96,12 +96,20 @@ def prediction(ctx: click.Context, record_id_text: str, model: str | None) -> No
     "--since",
     help="Only predictions stored at or after this ISO 8601 time (UTC unless it names a zone).",
 )
+@click.option(
+    "--all-configurations",
+    is_flag=True,
+    help="Every stored prediction of each record (earlier models, labels, templates), "
+    "not only its current one; the current column tells them apart.",
+)
 @click.pass_context
-def export(ctx: click.Context, file: Path, since: str | None) -> None:
-    """Write the stored predictions to a CSV, JSONL or Parquet file (by its extension).
+def export(ctx: click.Context, file: Path, since: str | None, all_configurations: bool) -> None:
+    """Write the predictions to a CSV, JSONL or Parquet file (by its extension).
 
-    One row per record and model: record_id, model, label and score (the top one), labels and
-    scores (ranked), predicted_at. Streamed in chunks, so any number of rows fits in memory;
+    One row per record: its current prediction, the one `batchinfer prediction` shows. Columns:
+    record_id, configuration, current, model, label and score (the top one), labels and scores
+    (ranked), predicted_at. With --all-configurations, also the rows of each record's other
+    configurations (current false). Streamed in chunks, so any number of rows fits in memory;
     the file appears only once complete.
 
     \b
@@ -109,12 +117,13 @@ def export(ctx: click.Context, file: Path, since: str | None) -> None:
       batchinfer export predictions.parquet
       {"exported": 10000, "file": "predictions.parquet"}
       batchinfer export --since 2026-12-05T09:00:00Z today.csv
+      batchinfer export --all-configurations history.jsonl
     """
     from batchinfer_dagster.export import export_format, export_predictions, parse_since
 
     export_format(file)
     moment = parse_since(since) if since is not None else None
-    count = export_predictions(engine_of(ctx), file, moment)
+    count = export_predictions(engine_of(ctx), file, moment, all_configurations=all_configurations)
     echo_json({"exported": count, "file": str(file)})
 
 
