@@ -1,21 +1,79 @@
-# The feature source table (design §1): one row per record. An incremental import loads the
-# changed records into a staging table of its own and MERGEs it into the source table (one row
-# per entity id, as Vertex AI requires of a table source); a full import replaces the rows.
-# Both datasets are in one location (a MERGE reads both), by default the deployment's region.
+# BigQuery: the feature source table and the exported predictions, each in a dataset of its own,
+# in one location (by default the deployment's region).
 
-resource "google_bigquery_dataset" "features" {
+# The two datasets, each with a staging dataset beside it (same location: a MERGE reads both).
+# Readers of the predictions get access to their dataset, nothing of the features.
+locals {
+  bigquery_datasets = {
+    features = {
+      description = "records imported from the app database, the source of the Vertex AI FeatureView"
+      staged_by   = "feature import"
+    }
+    predictions = {
+      description = "the predictions, exported from the app database after each batch"
+      staged_by   = "prediction export"
+    }
+  }
+  # The table each dataset's staging tables are merged into (named in the staging dataset's
+  # description).
+  bigquery_merged_tables = {
+    features    = google_bigquery_table.records.table_id
+    predictions = google_bigquery_table.predictions.table_id
+  }
+}
+
+resource "google_bigquery_dataset" "main" {
   #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id                 = replace("${local.name}_features", "-", "_")
+  for_each = local.bigquery_datasets
+
+  dataset_id                 = replace("${local.name}_${each.key}", "-", "_")
   location                   = local.bigquery_location
-  description                = "batchinfer: records imported from the app database, the source of the Vertex AI FeatureView."
+  description                = "batchinfer: ${each.value.description}."
   delete_contents_on_destroy = false
 
   depends_on = [google_project_service.enabled]
 }
 
+moved {
+  from = google_bigquery_dataset.features
+  to   = google_bigquery_dataset.main["features"]
+}
+
+moved {
+  from = google_bigquery_dataset.predictions
+  to   = google_bigquery_dataset.main["predictions"]
+}
+
+# Each import's or export's staging tables: one per run of it, named by it, deleted after its
+# MERGE; the default expiration drops what a crashed one left. The clients find this dataset
+# by the target dataset's id + "_staging" (STAGING_DATASET_SUFFIX in clients/bigquery_jobs.py).
+resource "google_bigquery_dataset" "staging" {
+  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
+  for_each = local.bigquery_datasets
+
+  dataset_id                  = "${google_bigquery_dataset.main[each.key].dataset_id}_staging"
+  location                    = local.bigquery_location
+  description                 = "batchinfer: one staging table per ${each.value.staged_by}, merged into ${local.bigquery_merged_tables[each.key]} and then deleted."
+  default_table_expiration_ms = 86400000
+  delete_contents_on_destroy  = true
+}
+
+moved {
+  from = google_bigquery_dataset.staging
+  to   = google_bigquery_dataset.staging["features"]
+}
+
+moved {
+  from = google_bigquery_dataset.predictions_staging
+  to   = google_bigquery_dataset.staging["predictions"]
+}
+
+# The feature source table (design §1): one row per record. An incremental import loads the
+# changed records into a staging table of its own and MERGEs it into the source table (one row
+# per entity id, as Vertex AI requires of a table source); a full import replaces the rows.
 resource "google_bigquery_table" "records" {
   #checkov:skip=CKV_GCP_80:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id          = google_bigquery_dataset.features.dataset_id
+  dataset_id          = google_bigquery_dataset.main["features"].dataset_id
   table_id            = "records"
   deletion_protection = var.deletion_protection
   description         = "One row per data point: entity_id (the record id), text, feature_timestamp (its updated_at)."
@@ -29,25 +87,13 @@ resource "google_bigquery_table" "records" {
   ])
 }
 
-# The imports' staging tables: one per import, named by the import, deleted after its MERGE;
-# the default expiration drops what a crashed import left. The client finds this dataset by
-# the source dataset's id + "_staging" (STAGING_DATASET_SUFFIX in vertex_feature_store.py).
-resource "google_bigquery_dataset" "staging" {
-  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id                  = "${google_bigquery_dataset.features.dataset_id}_staging"
-  location                    = local.bigquery_location
-  description                 = "batchinfer: one staging table per feature import, merged into ${google_bigquery_table.records.table_id} and then deleted."
-  default_table_expiration_ms = 86400000
-  delete_contents_on_destroy  = true
-}
-
 # The import (run workers' features asset, the CLI's import-data) creates, loads, reads and
 # deletes its staging table, MERGEs it into the source table (jobs: roles/bigquery.jobUser in
 # iam.tf) and counts the source table's records.
 resource "google_bigquery_dataset_iam_member" "staging_editors" {
   for_each = toset(["run_worker", "cli"])
 
-  dataset_id = google_bigquery_dataset.staging.dataset_id
+  dataset_id = google_bigquery_dataset.staging["features"].dataset_id
   role       = "roles/bigquery.dataEditor"
   member     = local.members[each.key]
 }
@@ -55,7 +101,7 @@ resource "google_bigquery_dataset_iam_member" "staging_editors" {
 resource "google_bigquery_table_iam_member" "editors" {
   for_each = toset(["run_worker", "cli"])
 
-  dataset_id = google_bigquery_dataset.features.dataset_id
+  dataset_id = google_bigquery_dataset.main["features"].dataset_id
   table_id   = google_bigquery_table.records.table_id
   role       = "roles/bigquery.dataEditor"
   member     = local.members[each.key]
@@ -63,7 +109,7 @@ resource "google_bigquery_table_iam_member" "editors" {
 
 # The FeatureView sync reads the table as the Vertex AI service agent.
 resource "google_bigquery_table_iam_member" "vertex_viewer" {
-  dataset_id = google_bigquery_dataset.features.dataset_id
+  dataset_id = google_bigquery_dataset.main["features"].dataset_id
   table_id   = google_bigquery_table.records.table_id
   role       = "roles/bigquery.dataViewer"
   member     = local.aiplatform_service_agent
@@ -72,23 +118,11 @@ resource "google_bigquery_table_iam_member" "vertex_viewer" {
 }
 
 # The predictions, exported by the bigquery_predictions asset (run workers): one row per record
-# and prediction configuration, merged from a staging table of each export's own, so its own
-# dataset beside the staging one (same location: a MERGE reads both). Readers of the
-# predictions get access to this dataset, nothing of the features.
-resource "google_bigquery_dataset" "predictions" {
-  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id                 = replace("${local.name}_predictions", "-", "_")
-  location                   = local.bigquery_location
-  description                = "batchinfer: the predictions, exported from the app database after each batch."
-  delete_contents_on_destroy = false
-
-  depends_on = [google_project_service.enabled]
-}
-
-# The columns of PREDICTIONS_SCHEMA (batchinfer_dagster/clients/bigquery_predictions.py).
+# and prediction configuration, merged from a staging table of each export's own. The columns
+# of PREDICTIONS_SCHEMA (batchinfer_dagster/clients/bigquery_predictions.py).
 resource "google_bigquery_table" "predictions" {
   #checkov:skip=CKV_GCP_80:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id          = google_bigquery_dataset.predictions.dataset_id
+  dataset_id          = google_bigquery_dataset.main["predictions"].dataset_id
   table_id            = "predictions"
   deletion_protection = var.deletion_protection
   description         = "One row per record and prediction configuration; is_current marks the prediction a reader shows."
@@ -110,28 +144,16 @@ resource "google_bigquery_table" "predictions" {
   ])
 }
 
-# Each export's staging table, deleted after its MERGE; the default expiration drops what a
-# crashed export left. Found by the predictions dataset's id + "_staging"
-# (STAGING_DATASET_SUFFIX in bigquery_predictions.py).
-resource "google_bigquery_dataset" "predictions_staging" {
-  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate
-  dataset_id                  = "${google_bigquery_dataset.predictions.dataset_id}_staging"
-  location                    = local.bigquery_location
-  description                 = "batchinfer: one staging table per prediction export, merged into ${google_bigquery_table.predictions.table_id} and then deleted."
-  default_table_expiration_ms = 86400000
-  delete_contents_on_destroy  = true
-}
-
 # The export (run workers) creates, loads and deletes its staging table and MERGEs it into the
 # predictions table (jobs: roles/bigquery.jobUser in iam.tf).
 resource "google_bigquery_dataset_iam_member" "predictions_staging_editor" {
-  dataset_id = google_bigquery_dataset.predictions_staging.dataset_id
+  dataset_id = google_bigquery_dataset.staging["predictions"].dataset_id
   role       = "roles/bigquery.dataEditor"
   member     = local.members.run_worker
 }
 
 resource "google_bigquery_table_iam_member" "predictions_editor" {
-  dataset_id = google_bigquery_dataset.predictions.dataset_id
+  dataset_id = google_bigquery_dataset.main["predictions"].dataset_id
   table_id   = google_bigquery_table.predictions.table_id
   role       = "roles/bigquery.dataEditor"
   member     = local.members.run_worker

@@ -46,8 +46,8 @@ locals {
 
   # BigQuery beside everything else unless bigquery_location says otherwise.
   bigquery_location    = coalesce(var.bigquery_location, var.region)
-  bigquery_table_id    = "${var.project_id}.${google_bigquery_dataset.features.dataset_id}.${google_bigquery_table.records.table_id}"
-  predictions_table_id = "${var.project_id}.${google_bigquery_dataset.predictions.dataset_id}.${google_bigquery_table.predictions.table_id}"
+  bigquery_table_id    = "${var.project_id}.${google_bigquery_dataset.main["features"].dataset_id}.${google_bigquery_table.records.table_id}"
+  predictions_table_id = "${var.project_id}.${google_bigquery_dataset.main["predictions"].dataset_id}.${google_bigquery_table.predictions.table_id}"
   registry_url         = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 
   # Where the Cloud SQL server CA certificate is mounted in every Dagster container; the

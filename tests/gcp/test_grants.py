@@ -55,7 +55,7 @@ REQUESTS_SUBSCRIPTION = "google_pubsub_subscription.requests"
 DEAD_LETTER_SUBSCRIPTION = "google_pubsub_subscription.dead_letter"
 REQUESTS_TOPIC = "google_pubsub_topic.requests"
 RECORDS_TABLE = "google_bigquery_table.records"
-STAGING_DATASET = "google_bigquery_dataset.staging"
+STAGING_DATASET = 'google_bigquery_dataset.staging["features"]'
 RUN_WORKER_JOB = "google_cloud_run_v2_job.run_worker"
 LOGS_BUCKET = "google_storage_bucket.dagster_logs"
 VERTEX = "batchinfer_dagster.clients.vertex_feature_store"
@@ -111,7 +111,7 @@ IMPORT = (
 # staging table dropped.
 EXPORT_CLIENT = "batchinfer_dagster.clients.bigquery_predictions:BigQueryPredictionTable"
 PREDICTIONS_TABLE = "google_bigquery_table.predictions"
-PREDICTIONS_STAGING = "google_bigquery_dataset.predictions_staging"
+PREDICTIONS_STAGING = 'google_bigquery_dataset.staging["predictions"]'
 EXPORT = (
     Call("batchinfer_dagster.defs.prediction_export:bigquery_predictions", "target.export(",
          "bigquery.jobs.create", PROJECT),

@@ -135,8 +135,9 @@ def test_every_variable_is_typed_and_described() -> None:
 
 
 def test_references_resolve() -> None:
-    """Stands in for `terraform validate`: every var., local. and resource reference exists."""
-    text = re.sub(r"(?m)^\s*#.*$", "", all_text())
+    """Stands in for `terraform validate`: every var., local. and resource reference exists
+    (a moved block's ``from`` names an address that no longer exists, by design)."""
+    text = re.sub(r"(?ms)^moved \{.*?^\}", "", re.sub(r"(?m)^\s*#.*$", "", all_text()))
     outside_variables = re.sub(r"(?m)^\s*#.*$", "", all_text(exclude="variables.tf"))
     declared_vars = set(variables())
     used_vars = set(re.findall(r"\bvar\.([a-z0-9_]+)", outside_variables))
@@ -558,18 +559,35 @@ def test_database_connections_are_sized_from_the_pools_they_serve() -> None:
     assert flags["max_connections"] == "${tostring(local.dagster_limits.db_max_connections)}"
 
 
-def test_the_staging_dataset_is_where_imports_look_in_the_source_tables_location() -> None:
+def test_each_dataset_has_its_staging_dataset_where_the_clients_look_in_its_location() -> None:
     staging = resource("google_bigquery_dataset", "staging")
-    features = resource("google_bigquery_dataset", "features")
+    main = resource("google_bigquery_dataset", "main")
+    # The feature import's and the prediction export's datasets, and a staging one for each.
+    assert sorted(local_values()["bigquery_datasets"]) == ["features", "predictions"]
+    assert staging["for_each"] == main["for_each"] == "${local.bigquery_datasets}"
     assert staging["dataset_id"] == (
-        "${google_bigquery_dataset.features.dataset_id}" + STAGING_DATASET_SUFFIX
+        "${google_bigquery_dataset.main[each.key].dataset_id}" + STAGING_DATASET_SUFFIX
     )
-    assert staging["location"] == features["location"] == "${local.bigquery_location}"
+    assert staging["location"] == main["location"] == "${local.bigquery_location}"
     # BigQuery follows the region unless told otherwise (an EU deployment's data stays there).
     assert local_values()["bigquery_location"] == "${coalesce(var.bigquery_location, var.region)}"
     assert variables()["bigquery_location"]["default"] is None
-    # What a crashed import leaves behind expires within a day.
+    # What a crashed import or export leaves behind expires within a day.
     assert int(staging["default_table_expiration_ms"]) == 24 * 3600 * 1000
+
+
+def test_the_datasets_keep_their_state_across_the_move_to_for_each() -> None:
+    """Each dataset declared on its own before keeps its state at its new address: without a
+    moved block, the next apply would destroy it (and its tables) and create it again."""
+    moves = {move["from"]: move["to"] for move in blocks("moved")}
+    assert moves == {
+        "${google_bigquery_dataset.features}": '${google_bigquery_dataset.main["features"]}',
+        "${google_bigquery_dataset.predictions}": '${google_bigquery_dataset.main["predictions"]}',
+        "${google_bigquery_dataset.staging}": '${google_bigquery_dataset.staging["features"]}',
+        "${google_bigquery_dataset.predictions_staging}": (
+            '${google_bigquery_dataset.staging["predictions"]}'
+        ),
+    }
 
 
 def evaluate_at_defaults(expression: object) -> object:
