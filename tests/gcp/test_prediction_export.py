@@ -371,6 +371,7 @@ def test_a_malformed_row_is_named_and_the_watermark_stays(
     failed = export(settings, instance)
 
     assert not failed.success
+    assert step_tries(failed) == 1  # a bad row stays bad: not tried again
     message = failure_message(failed)
     assert f"record 2 under configuration {CURRENT.digest}" in message
     assert "2 labels but 1 scores" in message
