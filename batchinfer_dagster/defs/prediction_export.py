@@ -17,11 +17,13 @@ waits while any dependency is missing, and ``predictions`` always has partitions
 A transient failure (a BigQuery job failed with a 5xx or a rate limit: the client has already
 retried the API calls themselves for up to 10 minutes, ``clients/bigquery_jobs``) is tried
 again by Dagster's ``RetryPolicy`` within the same run, ``EXPORT_TRIES`` tries in all, with
-exponential backoff and full jitter. Anything else fails at once with ``Failure(allow_retries=
-False)``: a refusal (403) names the table and the permission, and trying again cannot help. A
-failed run materializes nothing; the next batch's materialization requests the next export,
-which sends everything the failed one did; ``full: true`` in the run's config exports every row
-again.
+exponential backoff and full jitter. The failures another try cannot mend fail at once with
+``Failure(allow_retries=False)``: a BigQuery refusal (403, named with the table and the
+permission), any other BigQuery error that is not transient (404, 400), a malformed prediction
+row, a watermark ahead of the database. An error of no such kind (the app database
+unreachable) is tried again like a transient one. A failed run materializes nothing; the next
+batch's materialization requests the next export, which sends everything the failed one did;
+``full: true`` in the run's config exports every row again.
 """
 
 from dagster import (
