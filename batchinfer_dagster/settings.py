@@ -37,8 +37,9 @@ PUBSUB_ACK_DEADLINE_SECONDS = (10, 600)
 PUBSUB_DELIVERY_ATTEMPTS = (5, 100)
 ENV_PREFIX = "BATCHINFER_"
 # The BigQuery export's tries of a transient failure (a job BigQuery failed with a 5xx or a rate
-# limit, after the client's own retries of its API calls): tries in all, and the first wait's
-# bound in seconds (each next one doubles; the wait is drawn between 0 and its bound).
+# limit, after the client's own retries of its API calls): tries in all, and the base of the
+# waits in seconds (Dagster's exponential backoff bounds the n-th retry's wait by (2**n - 1) x
+# base: 10 s, then 30 s; full jitter draws the wait between 0 and that bound).
 EXPORT_TRIES = 3
 EXPORT_RETRY_DELAY_SECONDS = 10.0
 
