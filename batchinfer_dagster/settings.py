@@ -284,7 +284,12 @@ class Settings(BaseSettings):
         ge=0,
         description="A smaller batch closes when its oldest request has waited this long.",
     )
-    max_pull: int = Field(default=5000, ge=1, description="Messages one sensor tick pulls at most.")
+    max_pull: int = Field(
+        default=5000,
+        ge=1,
+        description="Messages one sensor tick pulls at most, and one more after a full pull "
+        "to tell a backlog from a drained queue.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Runs of one batch before its requests are dead-lettered."
     )

@@ -34,7 +34,10 @@ from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_testing.processes import stop_process_group
 
 UI = "http://127.0.0.1:3000"
-WINDOW_SIZE = (1500, 820)
+# Width × height in CSS pixels: the asset graph fits in 820 rows; the partition page needs
+# 1000 for its metadata down to label_distribution.
+GRAPH_WINDOW = (1500, 820)
+PARTITION_WINDOW = (1500, 1000)
 # Chromium renders with virtual time: the page's own timers run this many milliseconds (the UI
 # fetches, then lays out the graph) before the screenshot, however slow the machine.
 VIRTUAL_TIME_BUDGET_MS = 20000
@@ -63,22 +66,28 @@ def walkthrough_commands(readme: str) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class Page:
-    """A page the README shows: its path on the UI and the image file it becomes."""
+    """A page the README shows: its path on the UI, the image file it becomes and the window
+    (width, height) it is taken in, which is the image's size."""
 
     path: str
     image: str
+    window: tuple[int, int]
 
 
 # The pages the README shows, in its order; ``{partition}``: the walkthrough's predictions batch.
 PAGES = (
-    Page("/asset-groups", "asset-graph.png"),
-    Page("/assets/predictions?view=partitions&partition={partition}", "predictions-partition.png"),
+    Page("/asset-groups", "asset-graph.png", GRAPH_WINDOW),
+    Page(
+        "/assets/predictions?view=partitions&partition={partition}",
+        "predictions-partition.png",
+        PARTITION_WINDOW,
+    ),
 )
 
 
-def chromium_command(chromium: str, url: str, output: Path) -> list[str]:
-    """Headless Chromium taking one screenshot of ``url`` at the README's window size."""
-    width, height = WINDOW_SIZE
+def chromium_command(chromium: str, url: str, output: Path, window: tuple[int, int]) -> list[str]:
+    """Headless Chromium taking one screenshot of ``url`` in a ``window`` (width, height)."""
+    width, height = window
     return [
         chromium,
         "--headless",
@@ -169,9 +178,12 @@ def latest_predictions_partition(dagster_home: Path) -> str | None:
     return event.dagster_event.partition
 
 
-def screenshot(chromium: str, url: str, output: Path) -> None:
+def screenshot(chromium: str, url: str, output: Path, window: tuple[int, int]) -> None:
     result = subprocess.run(
-        chromium_command(chromium, url, output), capture_output=True, text=True, timeout=300
+        chromium_command(chromium, url, output, window),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0 or not output.exists():
         raise ScreenshotError(f"chromium could not screenshot {url}: {result.stderr[-2000:]}")
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output.mkdir(parents=True, exist_ok=True)
             for page in PAGES:
                 url = f"{UI}{page.path.format(partition=partition)}"
-                screenshot(chromium, url, args.output / page.image)
+                screenshot(chromium, url, args.output / page.image, page.window)
     except ScreenshotError as error:
         print(f"screenshots: {error}", file=sys.stderr)
         print((home / "make-run.log").read_text(errors="replace")[-4000:], file=sys.stderr)

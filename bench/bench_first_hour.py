@@ -10,7 +10,10 @@ default 3509ab4, the commit issue #24 measured), extracted with ``git archive`` 
 - one warm-up request, then ``--samples`` single requests, each published at a random moment
   (0-5 s after the previous one is readable) and timed until its prediction row exists (what
   ``batchinfer prediction ID`` reads): p50 and p95;
-- ``--drain`` requests published at once, timed until all are predicted: requests/s.
+- ``--drain`` requests published at once, timed until all are predicted: requests/s;
+- per run, its timeline (``first_hour_timeline``): when its batch closed, its run was created,
+  its step started, its model time and when its predictions were upserted, in seconds after
+  the publish, so the write-up can say where the time goes.
 
 Then ``batchinfer --version``, ``status`` and ``prediction 1`` of each arm, alternately,
 ``--cli-repeats`` times: medians. ``/proc/loadavg`` is recorded beside each figure.
@@ -43,6 +46,14 @@ from pathlib import Path
 
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer
 from batchinfer_testing.processes import stop_process_group
+from bench.first_hour_timeline import (
+    STAGE_HEADINGS,
+    Publish,
+    Timeline,
+    markdown_rows,
+    median_timeline,
+    run_timelines,
+)
 from bench.report import write_section
 
 BIN = Path(sys.executable).parent
@@ -83,10 +94,19 @@ class Arm:
     latency_load: str = ""
     drains: list[tuple[float, str]] = dataclasses.field(default_factory=list)
     """(seconds, load average) of each drain sample."""
+    single_timelines: list[Timeline] = dataclasses.field(default_factory=list)
+    drain_timelines: list[list[Timeline]] = dataclasses.field(default_factory=list)
+    """Each drain sample's runs, in the order of ``drains``."""
 
     @property
     def drain_seconds(self) -> float:
         return statistics.median(seconds for seconds, _ in self.drains)
+
+    @property
+    def median_drain_timelines(self) -> list[Timeline]:
+        """The runs of the drain sample whose time is the median (the lower one of two)."""
+        ordered = sorted(range(len(self.drains)), key=lambda i: self.drains[i][0])
+        return self.drain_timelines[ordered[(len(ordered) - 1) // 2]]
 
     @property
     def drain_load(self) -> str:
@@ -155,6 +175,14 @@ def measure_arm(arm: Arm, home: Path, model_url: str, samples: int, drain: int) 
             run_arm_script(arm.tree, home, model_url, "measure", samples, drain).splitlines()[-1]
         )
     arm.latencies += result["latencies"]
+    publishes = [Publish(at, range(first, last + 1)) for at, first, last in result["publishes"]]
+    timelines = run_timelines(home, publishes)
+    for timeline in timelines:
+        print(f"  {arm.name} run: {timeline}", flush=True)
+    if drain:
+        arm.drain_timelines.append(timelines)
+    else:
+        arm.single_timelines += timelines
     if samples:
         loads = result["latency_loads"]
         arm.latency_load = f"{loads[0]} → {loads[-1]}"
@@ -201,7 +229,12 @@ def cli_medians(arms: list[Arm], home: Path, repeats: int) -> dict[str, dict[str
 
 
 def report(
-    arms: list[Arm], cli: dict[str, dict[str, float]], cli_load: str, samples: int, drain: int
+    arms: list[Arm],
+    cli: dict[str, dict[str, float]],
+    cli_load: str,
+    samples: int,
+    drain: int,
+    baseline_note: str,
 ) -> str:
     before, after = arms
     rows = [
@@ -222,10 +255,18 @@ def report(
         f"| {times[after.name]:.2f} s | {times[after.name] / times[before.name]:.2f} | {cli_load} |"
         for command, times in cli.items()
     ]
+    stages = " | ".join(STAGE_HEADINGS)
+    singles = [
+        f"| {arm.name} | {arm.percentile(0.5):.1f} | "
+        + " | ".join(median_timeline(arm.single_timelines))
+        + " |"
+        for arm in arms
+    ]
+    drains = [row for arm in arms for row in markdown_rows(arm.name, arm.median_drain_timelines)]
     return (
         f"{HEADING}\n\n"
         f"`python -m bench.bench_first_hour` on {os.cpu_count()} cores, in one run: *before* is "
-        f"{before.tree.name} ({BASELINE_NOTE}), *after* this tree; `dg dev` with "
+        f"{before.tree.name} ({baseline_note}), *after* this tree; `dg dev` with "
         "`dagster.local.yaml` and every setting at its embedded default, one model server "
         "(`python -m model_server`, embedding backend on CPU) for both. Ratios are after / "
         "before for times (below 1 is faster) and after-rate / before-rate for the drain. Load "
@@ -233,6 +274,22 @@ def report(
         "each sample's seconds @ the load at its end, the arms alternating.\n\n"
         "| measure | before | after | ratio | load average |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
+        + "\n\n### Where the time goes\n\n"
+        "Seconds after the publish (`bench/first_hour_timeline.py`): the batch closed in the "
+        "ledger, Dagster created its run, the predictions step started, the first model call "
+        "began, the model's seconds for the batch, the last prediction row upserted. Single "
+        f"requests: each stage's median over the {samples}, beside the p50 of publish → "
+        "readable (timed from the publish's return, by polling every 50 ms).\n\n"
+        f"| arm | readable p50 | {stages} |\n|---|---|"
+        + "---|" * len(STAGE_HEADINGS)
+        + "\n"
+        + "\n".join(singles)
+        + f"\n\nThe drain of {drain:,}, one row per run, of the sample with the median drain "
+        "time (of three, the middle; of two, the faster).\n\n"
+        f"| arm | requests | {stages} |\n|---|---|"
+        + "---|" * len(STAGE_HEADINGS)
+        + "\n"
+        + "\n".join(drains)
         + "\n"
     )
 
@@ -291,6 +348,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the before arm")
     parser.add_argument(
+        "--baseline-note", default=BASELINE_NOTE, help="what the before arm is, for the report"
+    )
+    parser.add_argument(
         "--repository",
         type=Path,
         default=REPO_ROOT,
@@ -346,7 +406,7 @@ def main() -> None:
         for command, times in cli.items():
             print(f"  {command}: " + ", ".join(f"{n} {s:.2f} s" for n, s in times.items()))
         if not args.cli_only:
-            markdown = report(arms, cli, cli_load, args.samples, args.drain)
+            markdown = report(arms, cli, cli_load, args.samples, args.drain, args.baseline_note)
             print(markdown)
             if args.write_docs:
                 write_section(HEADING, markdown)

@@ -13,7 +13,8 @@ by path (``python bench/first_hour_arm.py …``), so only the arm's ``batchinfer
 ``measure HOME MODEL_URL SAMPLES DRAIN``: with ``dg dev`` already running on HOME, one warm-up
 request (id 1), SAMPLES single requests (ids 2..SAMPLES+1, each 0-5 s after the previous one is
 readable), then DRAIN requests published at once; prints one JSON line ``{"latencies": [s, …],
-"latency_loads": [loadavg, …], "drain_seconds": s, "drain_load": loadavg}``.
+"latency_loads": [loadavg, …], "drain_seconds": s, "drain_load": loadavg, "publishes": [[unix s,
+first id, last id], …]}`` (each single's publish, then the drain's: ``first_hour_timeline``).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def measure(settings: Settings, samples: int, drain: int) -> dict[str, object]:
     rng = random.Random(7)
     engine = engine_of(settings)
     queue = open_queue(settings)
-    result: dict[str, object] = {"latencies": [], "latency_loads": []}
+    result: dict[str, object] = {"latencies": [], "latency_loads": [], "publishes": []}
     try:
         queue.publish([b'{"id": "1"}'])  # warm-up: code server, daemon, first run
         wait_until_predicted(engine, range(1, 2), WARM_UP_TIMEOUT_S)
         for record_id in range(2, samples + 2):
             time.sleep(rng.uniform(0, 5))
+            result["publishes"].append([time.time(), record_id, record_id])
             queue.publish([json.dumps({"id": str(record_id)}).encode()])
             seconds = wait_until_predicted(
                 engine, range(record_id, record_id + 1), SINGLE_TIMEOUT_S
@@ -89,7 +91,9 @@ def measure(settings: Settings, samples: int, drain: int) -> dict[str, object]:
             )
         if drain:
             backlog = range(samples + 2, samples + 2 + drain)
-            queue.publish([json.dumps({"id": str(i)}).encode() for i in backlog])
+            payloads = [json.dumps({"id": str(i)}).encode() for i in backlog]
+            result["publishes"].append([time.time(), backlog.start, backlog.stop - 1])
+            queue.publish(payloads)
             result["drain_seconds"] = wait_until_predicted(engine, backlog, DRAIN_TIMEOUT_S)
             result["drain_load"] = load_average()
     finally:

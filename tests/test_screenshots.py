@@ -18,7 +18,6 @@ import pytest
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools.screenshots import (
     PAGES,
-    WINDOW_SIZE,
     ScreenshotError,
     chromium_command,
     walkthrough_commands,
@@ -71,14 +70,16 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_the_readme_shows_exactly_the_screenshots_the_script_writes() -> None:
     shown = re.findall(r"!\[[^\]]+\]\(docs/img/([^)]+)\)", README)
     assert shown == [page.image for page in PAGES]
-    for image in shown:
-        assert png_size(REPO_ROOT / "docs" / "img" / image) == WINDOW_SIZE
+    for page in PAGES:
+        assert png_size(REPO_ROOT / "docs" / "img" / page.image) == page.window, page.image
 
 
-def test_chromium_takes_one_screenshot_at_the_readme_size(tmp_path: Path) -> None:
-    command = chromium_command("chromium", "http://127.0.0.1:3000/x", tmp_path / "x.png")
+def test_chromium_takes_one_screenshot_at_the_pages_size(tmp_path: Path) -> None:
+    command = chromium_command(
+        "chromium", "http://127.0.0.1:3000/x", tmp_path / "x.png", (1500, 1000)
+    )
     assert "--headless" in command
-    assert f"--window-size={WINDOW_SIZE[0]},{WINDOW_SIZE[1]}" in command
+    assert "--window-size=1500,1000" in command
     assert f"--screenshot={tmp_path / 'x.png'}" in command
     assert command[-1] == "http://127.0.0.1:3000/x"
 

@@ -43,7 +43,12 @@ from sqlalchemy import Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.clients.feature_store import FeatureStore
-from batchinfer_dagster.clients.queue import DeadlineExtender, QueueUnavailableError, RequestQueue
+from batchinfer_dagster.clients.queue import (
+    DeadlineExtender,
+    QueueUnavailableError,
+    ReceivedMessage,
+    RequestQueue,
+)
 from batchinfer_dagster.defs.asset_events import FEATURES
 from batchinfer_dagster.defs.jobs import predictions_job
 from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
@@ -58,6 +63,10 @@ RUN_KEY_TAG = "dagster/run_key"
 
 # Longest wait for the dead-letter subscription, which is empty almost always.
 DEAD_LETTER_PULL_SECONDS = 1.0
+# Longest wait of the one-message pull after a full pull: a backlog answers at once, so a
+# longer wait would only delay the closing of a drained queue's partial batch. Above zero, as
+# the Pub/Sub client makes no call with no time left.
+BACKLOG_PROBE_SECONDS = 0.5
 
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 NOT_FINISHED = [status for status in DagsterRunStatus if status not in _FINISHED]
@@ -177,6 +186,49 @@ def read_back_dead_letters(
     return written
 
 
+@dataclass(frozen=True)
+class Pull:
+    """One tick's messages, and whether taking them drained the queue (no backlog is left)."""
+
+    messages: list[ReceivedMessage]
+    drained: bool
+    error: str | None = None
+
+
+def pull_requests(queue: RequestQueue, max_pull: int, timeout: float) -> Pull:
+    """Up to ``max_pull`` messages (one more after a full pull), and whether the queue is drained.
+
+    A pull that returns fewer than it asked for drained the queue, and the closing rule
+    (``ledger/closing.py``) closes the partial batch at once. One that returns exactly
+    ``max_pull`` cannot tell a backlog from a queue it just emptied, so a second pull asks for
+    one message, waiting at most ``BACKLOG_PROBE_SECONDS``: none means drained, and the partial
+    batch closes on this tick instead of at its max wait; one means a backlog, and it joins this
+    tick's messages (handing it back would count a delivery towards the dead-letter policy).
+
+    A queue that cannot be reached for the first pull gives no messages and counts as drained,
+    so pending requests still close (module docstring); one that fails the second gives the
+    first pull's messages, not drained, and the error.
+    """
+    try:
+        messages = queue.pull(max_pull, timeout)
+    except QueueUnavailableError as exc:
+        return Pull(
+            [], drained=True, error=f"pulling the request queue failed, nothing was pulled: {exc}"
+        )
+    if len(messages) < max_pull:
+        return Pull(messages, drained=True)
+    try:
+        more = queue.pull(1, BACKLOG_PROBE_SECONDS)
+    except QueueUnavailableError as exc:
+        return Pull(
+            messages,
+            drained=False,
+            error=f"looking for a backlog after a full pull of {max_pull} failed, so the "
+            f"partial batch waits for the next pull: {exc}",
+        )
+    return Pull([*messages, *more], drained=not more)
+
+
 def require_database(engine: Engine) -> None:
     """Raise unless the app database answers, before any message is pulled.
 
@@ -216,12 +268,9 @@ def process_tick(
     """
     engine = policy.get_engine()
     require_database(engine)
-    queue_errors: list[str] = []
-    try:
-        messages = queue.pull(policy.max_pull, policy.pull_timeout_seconds)
-    except QueueUnavailableError as exc:
-        messages = []
-        queue_errors.append(f"pulling the request queue failed, nothing was pulled: {exc}")
+    pull = pull_requests(queue, policy.max_pull, policy.pull_timeout_seconds)
+    messages = pull.messages
+    queue_errors = [pull.error] if pull.error else []
     closing = policy.batch_closing()
     # Until the ack, the messages stay ours however long the ledger transaction takes.
     with DeadlineExtender(queue, [m.ack_id for m in messages], lease_seconds) as extender:
@@ -231,7 +280,7 @@ def process_tick(
             queue=queue.kind,
             batch_size=closing.max_size,
             max_wait=closing.max_wait,
-            drained=len(messages) < policy.max_pull,
+            drained=pull.drained,
             now=clock(),
         )
         if ingest.batch_keys or ingest.resumed:

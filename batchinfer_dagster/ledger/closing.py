@@ -13,8 +13,9 @@ there, wait for nothing more), and the model server's dynamic-batching delay as 
 - every ``max_size`` of them close one batch at once;
 - the rest close as one smaller batch as soon as the pull that brought them found the queue
   *drained* (it returned fewer messages than it asked for: the local queue had no more visible
-  rows, the Pub/Sub client's last pull came back empty), because waiting adds latency and no
-  request;
+  rows, the Pub/Sub client's last pull came back empty; or it came back full and a one-message
+  pull after it came back empty, the sensor's ``pull_requests``), because waiting adds latency
+  and no request;
 - while pulls come back full (a backlog), the rest waits for the next pull to fill it, or until
   its oldest request has waited ``max_wait``.
 
@@ -52,8 +53,9 @@ class BatchClosing:
         """Sizes of the batches to close now, oldest requests first.
 
         ``received``: the times the pending requests were accepted, oldest first. ``drained``:
-        the pull of this tick returned fewer messages than it asked for, so no backlog is left
-        to fill a partial batch. What is not covered by the sizes stays pending.
+        this tick's pull found the queue empty behind what it took (the sensor's
+        ``pull_requests``), so no backlog is left to fill a partial batch. What is not covered
+        by the sizes stays pending.
         """
         full, rest = divmod(len(received), self.max_size)
         sizes = [self.max_size] * full

@@ -155,8 +155,8 @@ def ingest_messages(
     New requests join the pending ones (accepted earlier, no batch yet); the batches that the
     closing rule (``closing.py``: ``batch_size`` requests, or the oldest waited ``max_wait``)
     closes are written with their requests, the rest stay pending for a later tick. ``drained``:
-    the pull returned fewer messages than it asked for (the queue has no backlog), so the
-    pending rest closes now. An empty pull still closes what is due. A message the ledger
+    the pull found the queue empty behind what it took (the sensor's ``pull_requests``), so
+    the pending rest closes now. An empty pull still closes what is due. A message the ledger
     already holds (a redelivery after a crash before the ack) is skipped, so acking everything
     afterwards is safe. Malformed messages become dead letters once.
     """

@@ -68,30 +68,32 @@ def test_batches_split_at_batch_size_and_partitions_registered(
 
 
 @pytest.mark.parametrize(
-    ("max_pull", "batches", "pending"),
-    [(3, 0, 3), (4, 1, 0)],
-    ids=["full-pull-at-max-pull", "drained-one-under-max-pull"],
+    ("published", "batches", "pending"),
+    [(2, 1, 0), (3, 1, 0), (4, 0, 4)],
+    ids=["one-under-max-pull", "at-max-pull-then-empty", "one-past-max-pull"],
 )
 def test_a_tick_closes_a_partial_batch_only_when_its_pull_drained_the_queue(
     instance: DagsterInstance,
     pipeline_settings: Settings,
-    max_pull: int,
+    published: int,
     batches: int,
     pending: int,
 ) -> None:
-    """3 requests, batch size 4, a 15 s wait: a pull of ``max_pull`` 3 came back full (more may
-    be behind it), so they stay pending; with ``max_pull`` 4 the pull drained the queue and
-    the tick runs them at once."""
+    """Batch size 8, a 15 s wait, pulls of 3, on the real queue: 2 or 3 requests leave the
+    queue empty behind the pull (at 3, the one-message pull after the full one comes back
+    empty), so the tick runs them at once; at 4 that second pull finds the 4th, a backlog, so
+    all four wait for the next pull."""
     settings = pipeline_settings.model_copy(
-        update={"batch_size": 4, "batch_max_wait_seconds": 15.0, "max_pull": max_pull}
+        update={"batch_size": 8, "batch_max_wait_seconds": 15.0, "max_pull": 3}
     )
-    publish_json(settings, [{"id": str(i)} for i in range(1, 4)])
+    publish_json(settings, [{"id": str(i)} for i in range(1, published + 1)])
 
     result = sensor_tick(instance, settings)
 
     assert len(result.run_requests) == batches
     unbatched = rows(settings, db.prediction_requests, db.prediction_requests.c.batch_key.is_(None))
     assert len(unbatched) == pending
+    assert len(rows(settings, db.prediction_requests)) == published
 
 
 def test_crash_between_commit_and_ack_gives_one_request_and_one_prediction(

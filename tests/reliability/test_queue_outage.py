@@ -143,11 +143,12 @@ def test_pending_requests_close_into_batches_while_the_queue_is_down(
 ) -> None:
     """Requests accepted before the outage that wait for their batch to fill (closing rule:
     at most 30 s) get their batch and run on a tick that pulled nothing. The first pull is full
-    (``max_pull`` 2), so it leaves the batch open for a backlog (ledger/closing.py)."""
+    (``max_pull`` 2) and the one-message pull after it finds a 3rd, a backlog, so the batch is
+    left open (ledger/closing.py)."""
     settings = app_settings.model_copy(
         update={"batch_max_wait_seconds": 30, "batch_size": 8, "max_pull": 2}
     )
-    publish_json(settings, [{"id": 1}, {"id": 2}])
+    publish_json(settings, [{"id": 1}, {"id": 2}, {"id": 3}])
     first = sensor_tick(instance, settings)
     assert first.run_requests == []
     outcome = tick(instance, settings, unreachable(), after=timedelta(seconds=31))
