@@ -50,13 +50,13 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.ledger.dead_letters import UNKNOWN_RECORD
+from batchinfer_dagster.ledger.dead_letters import DISCARDED_BY, UNKNOWN_RECORD
 from batchinfer_dagster.ledger.runs import (
-    ROLLOUT_RUNNING,
     ROLLOUT_SOURCE,
+    locked_rollout_status,
     register_configuration,
 )
-from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus
+from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus, RolloutStatus
 from batchinfer_dagster.receipts import Configuration, ModelIdentity, Parameters
 
 # Disagreements listed in a report, largest margin first.
@@ -67,24 +67,12 @@ DISAGREEMENTS_SHOWN = 10
 OPEN_REQUEST_STATUSES = (RequestStatus.QUEUED, RequestStatus.WAITING_FEATURES)
 
 
-# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
-DISCARDED_BY = "rollout discarded"
-
-
 class DeadLetterKind(StrEnum):
     """Why a rollout's record has no candidate row, as the report counts it."""
 
     REFUSED = "refused"  # the model server refused the record on its own (per-item error)
     MISSING = "missing"  # the record was not in the feature store (deleted since)
     FAILED = "failed"  # the batch ran out of attempts, or the server refused the whole batch
-
-
-class RolloutStatus(StrEnum):
-    """``rollouts.status``."""
-
-    RUNNING = ROLLOUT_RUNNING
-    PROMOTED = "promoted"
-    DISCARDED = "discarded"
 
 
 class UnknownCandidateError(LookupError):
@@ -344,10 +332,7 @@ def _dead_letter_counts(connection: Connection, candidate_digest: str) -> dict[s
 
 def _locked_status(connection: Connection, candidate_digest: str) -> RolloutStatus | None:
     """The rollout's status, its row locked until the transaction ends (None: no such row)."""
-    table = db.rollouts
-    status = connection.execute(
-        sa.select(table.c.status).where(table.c.candidate == candidate_digest).with_for_update()
-    ).scalar_one_or_none()
+    status = locked_rollout_status(connection, candidate_digest)
     return RolloutStatus(status) if status is not None else None
 
 
@@ -570,6 +555,12 @@ def promote(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
     with requests still open raises ``RolloutStateError`` (promoting half a rollout would leave
     the rest under the old configuration); candidate rows written without a rollout (before
     round 2) are promoted as they are.
+
+    The rollout's open dead letters become ordinary ones in the same transaction: the candidate
+    is the current configuration from the commit on, so a replay publishes them as normal
+    requests and a current prediction resolves them (``ledger.replay``). The rollout's row is
+    locked first (``locked_rollout_status``), so a replay into the rollout either commits its
+    batch before the open requests are counted, or finds the rollout promoted.
     """
     table = db.predictions
     of_candidate = sa.select(table.c.record_id).where(table.c.configuration == candidate_digest)
@@ -589,6 +580,12 @@ def promote(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
                     "its runs (`rollout report` shows progress), or discard it"
                 )
             _set_status(connection, candidate_digest, RolloutStatus.PROMOTED, now or db.utcnow())
+            letters = db.dead_letters
+            connection.execute(
+                sa.update(letters)
+                .where(letters.c.rollout == candidate_digest, letters.c.resolved_at.is_(None))
+                .values(rollout=None)
+            )
         connection.execute(
             sa.update(table)
             .where(

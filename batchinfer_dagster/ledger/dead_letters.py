@@ -28,11 +28,14 @@ from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
+    RolloutStatus,
     may_leave_for,
 )
 
 UNKNOWN_RECORD = "unknown record id"
 MAX_ERROR_CHARS = 2000
+# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
+DISCARDED_BY = "rollout discarded"
 
 
 def dead_letter_requests(
@@ -47,13 +50,25 @@ def dead_letter_requests(
     """Move request rows (message_id, record_id) to dead letters with ``reason``.
 
     ``reasons`` (by message id) overrides ``reason`` for single requests: a record the model
-    server refused carries the server's own reason. A request of a rollout's batch is charged
-    to its rollout (``dead_letters.rollout``), whichever path dead-letters it.
+    server refused carries the server's own reason. A request of a running rollout's batch is
+    charged to its rollout (``dead_letters.rollout``), whichever path dead-letters it. A closed
+    rollout's dead letter is settled as its closing settled the others: a promoted rollout's is
+    ordinary (its candidate is current now), a discarded rollout's is written resolved
+    (``DISCARDED_BY``), so a batch that runs out of attempts after a discard leaves no open
+    dead letter charged to it.
     """
     if not rows:
         return
     reasons = reasons or {}
-    rollouts = rollouts_of_requests(connection, [row.message_id for row in rows])
+    of_rollouts = rollouts_of_requests(connection, [row.message_id for row in rows])
+    rollouts = {
+        key: candidate
+        for key, (candidate, status) in of_rollouts.items()
+        if status != RolloutStatus.PROMOTED
+    }
+    discarded = {
+        key for key, (_, status) in of_rollouts.items() if status == RolloutStatus.DISCARDED
+    }
     table = db.prediction_requests
     connection.execute(
         sa.update(table)
@@ -78,22 +93,28 @@ def dead_letter_requests(
                 "record_id": row.record_id,
                 "received_at": now,
                 "rollout": rollouts.get(row.message_id),
+                "resolved_at": now if row.message_id in discarded else None,
+                "resolved_by_run": DISCARDED_BY if row.message_id in discarded else None,
             }
             for row in rows
         ],
     )
 
 
-def rollouts_of_requests(connection: Connection, message_ids: Sequence[str]) -> dict[str, str]:
-    """The candidate digest of each of ``message_ids`` that a rollout's batch holds."""
-    requests, batches = db.prediction_requests, db.rollout_batches
-    found: dict[str, str] = {}
+def rollouts_of_requests(
+    connection: Connection, message_ids: Sequence[str]
+) -> dict[str, tuple[str, RolloutStatus]]:
+    """The candidate digest and rollout status of each of ``message_ids`` that a rollout's
+    batch holds."""
+    requests, batches, rollouts = db.prediction_requests, db.rollout_batches, db.rollouts
+    found: dict[str, tuple[str, RolloutStatus]] = {}
     for chunk in chunked(sorted(set(message_ids)), db.IN_CHUNK):
         found.update(
-            (message_id, candidate)
-            for message_id, candidate in connection.execute(
-                sa.select(requests.c.message_id, batches.c.candidate)
+            (message_id, (candidate, RolloutStatus(status)))
+            for message_id, candidate, status in connection.execute(
+                sa.select(requests.c.message_id, batches.c.candidate, rollouts.c.status)
                 .join(batches, batches.c.batch_key == requests.c.batch_key)
+                .join(rollouts, rollouts.c.candidate == batches.c.candidate)
                 .where(requests.c.message_id.in_(chunk))
             )
         )

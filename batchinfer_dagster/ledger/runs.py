@@ -25,13 +25,14 @@ from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
+    RolloutStatus,
     may_leave_for,
 )
 from batchinfer_dagster.receipts import Configuration
 from batchinfer_protocol.zero_shot import Prediction
 
 # ``rollouts.status`` of a rollout whose batches still write candidate predictions.
-ROLLOUT_RUNNING = "running"
+ROLLOUT_RUNNING = RolloutStatus.RUNNING
 # The ``source`` of a rollout's requests in the ledger (their message ids start with it).
 ROLLOUT_SOURCE = "rollout"
 
@@ -346,18 +347,32 @@ class Settlement:
     rollout: str | None = None
 
 
+def locked_rollout_status(connection: Connection, candidate: str) -> str | None:
+    """The rollout's ``status``, its row locked until the transaction ends (None: no rollout).
+
+    A no-op ``UPDATE … RETURNING`` rather than ``SELECT … FOR UPDATE``: on PostgreSQL both lock
+    the row, but on SQLite ``FOR UPDATE`` renders nothing and pysqlite opens the transaction only
+    at its first write, so a promote could count no open request while a replay committed a new
+    batch of the rollout. The UPDATE takes SQLite's write lock before the status is read, so
+    promote, discard, start, a replay into the rollout and a settlement serialize on both
+    databases.
+    """
+    table = db.rollouts
+    return connection.execute(
+        sa.update(table)
+        .where(table.c.candidate == candidate)
+        .values(status=table.c.status)
+        .returning(table.c.status)
+    ).scalar_one_or_none()
+
+
 def rollout_is_running(connection: Connection, candidate: str) -> bool:
     """Whether a rollout still takes candidate predictions, its row locked until the commit.
 
-    ``rollout.discard`` updates the same row first, so on PostgreSQL a settlement either
-    commits its candidate rows before the discard deletes them, or waits and then writes none
-    (SQLite serializes writers anyway; ``FOR UPDATE`` is left out there).
+    ``rollout.discard`` and ``rollout.promote`` lock the same row first, so a settlement either
+    commits its candidate rows before they close the rollout, or waits and then writes none.
     """
-    table = db.rollouts
-    status = connection.execute(
-        sa.select(table.c.status).where(table.c.candidate == candidate).with_for_update()
-    ).scalar_one_or_none()
-    return status == ROLLOUT_RUNNING
+    return locked_rollout_status(connection, candidate) == ROLLOUT_RUNNING
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
@@ -375,6 +390,10 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             "configuration that made them; a Settlement with answers needs one"
         )
     with engine.begin() as connection:
+        # The deletion check below must hold until the commit: on SQLite only the write lock,
+        # taken now, keeps a concurrent ``delete_record`` out (``deleted_records`` locks rows
+        # on PostgreSQL).
+        db.hold_sqlite_write_lock(connection)
         candidate = settlement.rollout is not None
         # A rollout closed (discarded, promoted) since its batch was written takes no more rows:
         # its requests are done with nothing written.
