@@ -540,6 +540,10 @@ def hold_sqlite_write_lock(connection: Connection) -> None:
     transaction sees what it writes against (another writer waits, up to the busy timeout). A
     transaction that has written already holds the lock, and PostgreSQL locks rows instead
     (the callers' ``FOR UPDATE`` or ``UPDATE``): both are left as they are.
+
+    Held by ``ledger.settle_batch`` (its deletion check) and ``ledger.dead_letter_batch`` (its
+    queued requests); the rollout's row is locked by a write anyway
+    (``ledger.runs.locked_rollout_status``).
     """
     if connection.dialect.name != "sqlite":
         return

@@ -122,14 +122,21 @@ def rollouts_of_requests(
 
 
 def dead_letter_batch(engine: Engine, batch_key: str, *, reason: str, now: datetime) -> int:
-    """Give up on a batch: its queued requests become dead letters; returns how many."""
+    """Give up on a batch: its queued requests become dead letters; returns how many.
+
+    The queued requests are read locked (``FOR UPDATE``; SQLite: its write lock, taken first),
+    so a late run of the batch settling at the same time either committed before (its requests
+    are done, not dead-lettered) or waits for this commit: a predicted record never gets an
+    open dead letter of this batch.
+    """
     requests = db.prediction_requests
     batches = db.prediction_batches
     with engine.begin() as connection:
+        db.hold_sqlite_write_lock(connection)
         rows = connection.execute(
-            sa.select(requests.c.message_id, requests.c.record_id).where(
-                requests.c.batch_key == batch_key, requests.c.status == RequestStatus.QUEUED
-            )
+            sa.select(requests.c.message_id, requests.c.record_id)
+            .where(requests.c.batch_key == batch_key, requests.c.status == RequestStatus.QUEUED)
+            .with_for_update()
         ).all()
         dead_letter_requests(connection, rows, reason, now)
         connection.execute(
