@@ -158,6 +158,8 @@ class RolloutReport:
 
     ``dead_letters``: records of the rollout with an open dead letter and no candidate row,
     by ``DeadLetterKind`` (every kind present, 0 when none): they are not in ``compared``.
+    ``texts_per_second``: each side's measured model throughput (``_texts_per_second``), None
+    for a side with no measured batch.
     """
 
     candidate: str
@@ -170,6 +172,7 @@ class RolloutReport:
     candidate_model: SideModel | None
     candidate_model_url: str | None
     dead_letters: dict[str, int]
+    texts_per_second: dict[str, float | None]
 
     @property
     def agreement(self) -> float:
@@ -195,6 +198,7 @@ class RolloutReport:
             "candidate_model": self.candidate_model.as_json() if self.candidate_model else None,
             "candidate_model_url": self.candidate_model_url,
             "dead_letters": self.dead_letters,
+            "texts_per_second": self.texts_per_second,
         }
 
 
@@ -275,6 +279,18 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
             sa.select(db.rollouts.c.model_url).where(db.rollouts.c.candidate == candidate_digest)
         ).scalar_one_or_none()
         dead = _dead_letter_counts(connection, candidate_digest)
+        throughput = {
+            "current": _texts_per_second(
+                connection,
+                sa.select(current.c.batch_key).select_from(joined).where(which).distinct(),
+            ),
+            "candidate": _texts_per_second(
+                connection,
+                sa.select(db.rollout_batches.c.batch_key).where(
+                    db.rollout_batches.c.candidate == candidate_digest
+                ),
+            ),
+        }
     confusion: dict[str, dict[str, int]] = {}
     for now, then, count in cells:
         confusion.setdefault(now, {})[then] = count
@@ -294,7 +310,26 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
         ),
         candidate_model_url=model_url,
         dead_letters=dead,
+        texts_per_second=throughput,
     )
+
+
+def _texts_per_second(connection: Connection, batch_keys: sa.Select) -> float | None:
+    """Records predicted per second of model time over the ledger batches ``batch_keys``
+    selects: Σ ``predicted`` / Σ ``model_seconds`` of those measured (migration 0010), so a
+    large batch weighs more than a small one. The current side's batches are those that wrote
+    the compared records' current rows, the candidate's its rollout's batches. None when no
+    batch has a measure (settled before 0010, pruned by retention, or none yet)."""
+    batches = db.prediction_batches
+    predicted, seconds = connection.execute(
+        sa.select(sa.func.sum(batches.c.predicted), sa.func.sum(batches.c.model_seconds)).where(
+            batches.c.batch_key.in_(batch_keys.scalar_subquery()),
+            batches.c.model_seconds.is_not(None),
+        )
+    ).one()
+    if not seconds:
+        return None
+    return float(predicted) / float(seconds)
 
 
 def _dead_letter_counts(connection: Connection, candidate_digest: str) -> dict[str, int]:

@@ -345,6 +345,11 @@ class Settlement:
     # The candidate digest when the batch belongs to a rollout: its predictions are written
     # beside the current ones (never current), and only while the rollout is running.
     rollout: str | None = None
+    # Seconds the model call took (wall time around it); None when no record reached the
+    # model. Kept on the batch with ``len(answers)``, the texts the model predicted in that time
+    # (a record deleted meanwhile included; ``prediction_batches.model_seconds`` and
+    # ``predicted``): a rollout's report divides them for each side's texts/s.
+    model_seconds: float | None = None
 
 
 def locked_rollout_status(connection: Connection, candidate: str) -> str | None:
@@ -459,6 +464,11 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 batches.c.batch_key == settlement.batch_key,
                 may_leave_for(batches.c.status, BatchStatus.SUCCEEDED),
             )
-            .values(status=BatchStatus.SUCCEEDED, updated_at=now)
+            .values(
+                status=BatchStatus.SUCCEEDED,
+                updated_at=now,
+                predicted=len(settlement.answers) if settlement.model_seconds is not None else None,
+                model_seconds=settlement.model_seconds,
+            )
         )
     return waiting, dead

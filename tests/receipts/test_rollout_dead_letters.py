@@ -110,6 +110,13 @@ def test_refused_and_missing_records_are_the_rollouts_and_replay_into_it(
     assert (outcome.refused, outcome.dead_lettered) == (1, 2)
     stored = rows(app_settings, db.predictions, db.predictions.c.configuration == candidate.digest)
     assert sorted(r.record_id for r in stored) == sorted(set(ids) - {refused, deleted})
+    # The run measured its model call on the batch (the report's texts/s): five texts answered,
+    # the deleted record's included (its features were fetched before the deletion).
+    (measured,) = rows(
+        app_settings, db.prediction_batches, db.prediction_batches.c.batch_key == rollout_batch
+    )
+    assert measured.predicted == 5
+    assert measured.model_seconds == outcome.model_seconds
 
     assert open_letters(app_settings) == sorted(
         [
