@@ -24,6 +24,7 @@ from batchinfer_dagster.ledger.messages import (
     request_key,
     request_payload,
 )
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
 from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
@@ -105,20 +106,29 @@ def rollouts_of_requests(
     connection: Connection, message_ids: Sequence[str]
 ) -> dict[str, tuple[str, RolloutStatus]]:
     """The candidate digest and rollout status of each of ``message_ids`` that a rollout's
-    batch holds."""
-    requests, batches, rollouts = db.prediction_requests, db.rollout_batches, db.rollouts
-    found: dict[str, tuple[str, RolloutStatus]] = {}
+    batch holds; each rollout's row locked until the transaction ends (``locked_rollout_status``),
+    so a discard or promote cannot commit between this read and the dead letters written by it.
+    """
+    requests, batches = db.prediction_requests, db.rollout_batches
+    candidates: dict[str, str] = {}
     for chunk in chunked(sorted(set(message_ids)), db.IN_CHUNK):
-        found.update(
-            (message_id, (candidate, RolloutStatus(status)))
-            for message_id, candidate, status in connection.execute(
-                sa.select(requests.c.message_id, batches.c.candidate, rollouts.c.status)
+        candidates.update(
+            (message_id, candidate)
+            for message_id, candidate in connection.execute(
+                sa.select(requests.c.message_id, batches.c.candidate)
                 .join(batches, batches.c.batch_key == requests.c.batch_key)
-                .join(rollouts, rollouts.c.candidate == batches.c.candidate)
                 .where(requests.c.message_id.in_(chunk))
             )
         )
-    return found
+    statuses = {
+        candidate: locked_rollout_status(connection, candidate)
+        for candidate in sorted(set(candidates.values()))
+    }
+    return {
+        message_id: (candidate, RolloutStatus(statuses[candidate]))
+        for message_id, candidate in candidates.items()
+        if statuses[candidate] is not None
+    }
 
 
 def dead_letter_batch(engine: Engine, batch_key: str, *, reason: str, now: datetime) -> int:

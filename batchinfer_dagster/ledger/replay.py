@@ -25,7 +25,8 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.ledger.intake import write_batches
 from batchinfer_dagster.ledger.messages import request_payload
-from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, ROLLOUT_SOURCE, locked_rollout_status
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
+from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, ROLLOUT_SOURCE
 
 REPLAY_CHUNK = 1000
 

@@ -21,6 +21,7 @@ from batchinfer_dagster.ledger.dead_letters import (
     dead_letter_requests,
     resolve_dead_letters,
 )
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
 from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
@@ -350,25 +351,6 @@ class Settlement:
     # (a record deleted meanwhile included; ``prediction_batches.model_seconds`` and
     # ``predicted``): a rollout's report divides them for each side's texts/s.
     model_seconds: float | None = None
-
-
-def locked_rollout_status(connection: Connection, candidate: str) -> str | None:
-    """The rollout's ``status``, its row locked until the transaction ends (None: no rollout).
-
-    A no-op ``UPDATE … RETURNING`` rather than ``SELECT … FOR UPDATE``: on PostgreSQL both lock
-    the row, but on SQLite ``FOR UPDATE`` renders nothing and pysqlite opens the transaction only
-    at its first write, so a promote could count no open request while a replay committed a new
-    batch of the rollout. The UPDATE takes SQLite's write lock before the status is read, so
-    promote, discard, start, a replay into the rollout and a settlement serialize on both
-    databases.
-    """
-    table = db.rollouts
-    return connection.execute(
-        sa.update(table)
-        .where(table.c.candidate == candidate)
-        .values(status=table.c.status)
-        .returning(table.c.status)
-    ).scalar_one_or_none()
 
 
 def rollout_is_running(connection: Connection, candidate: str) -> bool:

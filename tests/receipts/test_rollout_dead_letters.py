@@ -421,6 +421,42 @@ def test_a_discarded_rollouts_batch_out_of_attempts_leaves_no_open_dead_letter(
     }
 
 
+def test_a_discard_cannot_slip_between_a_give_up_and_its_dead_letters(
+    app_settings: Settings,
+) -> None:
+    """The rollout's row is held from the moment a batch given up on reads the rollout's
+    status: a discard tried just before the dead letters are written cannot commit (it fails
+    at once on an impatient engine), so no dead letter is left open, charged to a rollout
+    discarded under it; the discard then settles them."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    impatient = impatient_engine(app_settings.resolved_database_url)
+    tried: list[object] = []
+
+    def discard_now() -> None:
+        try:
+            tried.append(rollout.discard(impatient, candidate.digest, now=NOW))
+        except sa.exc.OperationalError as error:
+            tried.append(error)
+
+    try:
+        with at_statement(
+            engine, lambda statement: statement.startswith("INSERT INTO DEAD_LETTERS"), discard_now
+        ) as seen:
+            ledger.dead_letter_batch(engine, key, reason="out of attempts", now=NOW)
+    finally:
+        impatient.dispose()
+    assert seen
+    assert len(tried) == 1
+    assert rollout.progress(engine, candidate.digest).status == "running"
+    assert open_letters(app_settings) == [(i, "ledger", candidate.digest) for i in ids]
+    assert isinstance(tried[0], sa.exc.OperationalError)  # the discard had to wait
+    rollout.discard(engine, candidate.digest, now=NOW)
+    assert open_letters(app_settings) == []
+
+
 def test_a_running_rollouts_batch_out_of_attempts_is_charged_to_it(
     app_settings: Settings,
 ) -> None:
