@@ -34,7 +34,10 @@ Since round 3:
   (``dead_letters.rollout``): the report counts the records the model refused and those
   missing from the feature store (dead-lettered at once, no feature wait: a wait would re-batch
   them into an ordinary batch), a replay requests them again in the rollout while it runs, and
-  only a candidate prediction resolves them.
+  only a candidate prediction resolves them. ``promote`` makes those still open ordinary dead
+  letters, ``discard`` resolves them; one written after either is settled alike
+  (``ledger.dead_letters.dead_letter_requests``).
+- The report gives each side's measured texts/s (``prediction_batches.model_seconds``).
 """
 
 from __future__ import annotations
@@ -51,11 +54,8 @@ from sqlalchemy import Connection, Engine
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.ledger.dead_letters import DISCARDED_BY, UNKNOWN_RECORD
-from batchinfer_dagster.ledger.runs import (
-    ROLLOUT_SOURCE,
-    locked_rollout_status,
-    register_configuration,
-)
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
+from batchinfer_dagster.ledger.runs import ROLLOUT_SOURCE, register_configuration
 from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus, RolloutStatus
 from batchinfer_dagster.receipts import Configuration, ModelIdentity, Parameters
 
