@@ -543,7 +543,7 @@ def hold_sqlite_write_lock(connection: Connection) -> None:
 
     Held by ``ledger.settle_batch`` (its deletion check) and ``ledger.dead_letter_batch`` (its
     queued requests); the rollout's row is locked by a write anyway
-    (``ledger.runs.locked_rollout_status``).
+    (``ledger.rollout_lock.locked_rollout_status``).
     """
     if connection.dialect.name != "sqlite":
         return
