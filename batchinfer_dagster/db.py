@@ -185,6 +185,10 @@ prediction_batches = Table(
     Column("run_id", String(64), nullable=True),
     # Seconds reconcile saw the batch without a run since its last run request (NULL after one).
     Column("unrun_seconds", Float, nullable=True),
+    # What the batch's last settled run measured (migration 0010): the records it predicted and
+    # the seconds its model call took; NULL for batches settled before, or with no model call.
+    Column("predicted", Integer, nullable=True),
+    Column("model_seconds", Float, nullable=True),
     Index("ix_prediction_batches_status", "status"),
 )
 
@@ -523,6 +527,28 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(config, "head")
     except OperationalError as exc:
         raise _unavailable(engine, exc) from exc
+
+
+def hold_sqlite_write_lock(connection: Connection) -> None:
+    """On SQLite, take the database's write lock now and hold it until the transaction ends.
+
+    pysqlite opens a transaction only at the first INSERT, UPDATE or DELETE, so what a
+    transaction reads before its first write is read outside it, and another writer may commit
+    in between: a read-then-write check (a record not deleted, no request still open) would then
+    hold for a database that is gone by the write. ``SELECT … FOR UPDATE`` renders nothing on
+    SQLite. ``BEGIN IMMEDIATE`` takes the single write lock first, so every later read of the
+    transaction sees what it writes against (another writer waits, up to the busy timeout). A
+    transaction that has written already holds the lock, and PostgreSQL locks rows instead
+    (the callers' ``FOR UPDATE`` or ``UPDATE``): both are left as they are.
+
+    Held by ``ledger.settle_batch`` (its deletion check) and ``ledger.dead_letter_batch`` (its
+    queued requests); the rollout's row is locked by a write anyway
+    (``ledger.rollout_lock.locked_rollout_status``).
+    """
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def existing_values(connection: Connection, column: Column, values: Sequence[Any]) -> set[Any]:

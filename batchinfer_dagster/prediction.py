@@ -237,6 +237,7 @@ class Predictor:
                     record_id: text_digest(texts[record_id]) for record_id in predictions
                 },
                 rollout=candidate.digest if candidate is not None else None,
+                model_seconds=model_seconds if answer is not None else None,
             ),
         )
         return BatchOutcome(

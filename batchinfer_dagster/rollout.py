@@ -34,7 +34,10 @@ Since round 3:
   (``dead_letters.rollout``): the report counts the records the model refused and those
   missing from the feature store (dead-lettered at once, no feature wait: a wait would re-batch
   them into an ordinary batch), a replay requests them again in the rollout while it runs, and
-  only a candidate prediction resolves them.
+  only a candidate prediction resolves them. ``promote`` makes those still open ordinary dead
+  letters, ``discard`` resolves them; one written after either is settled alike
+  (``ledger.dead_letters.dead_letter_requests``).
+- The report gives each side's measured texts/s (``prediction_batches.model_seconds``).
 """
 
 from __future__ import annotations
@@ -50,13 +53,10 @@ from sqlalchemy import Connection, Engine
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.chunks import chunked
-from batchinfer_dagster.ledger.dead_letters import UNKNOWN_RECORD
-from batchinfer_dagster.ledger.runs import (
-    ROLLOUT_RUNNING,
-    ROLLOUT_SOURCE,
-    register_configuration,
-)
-from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus
+from batchinfer_dagster.ledger.dead_letters import DISCARDED_BY, UNKNOWN_RECORD
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
+from batchinfer_dagster.ledger.runs import ROLLOUT_SOURCE, register_configuration
+from batchinfer_dagster.ledger.states import DeadLetterSource, RequestStatus, RolloutStatus
 from batchinfer_dagster.receipts import Configuration, ModelIdentity, Parameters
 
 # Disagreements listed in a report, largest margin first.
@@ -67,24 +67,12 @@ DISAGREEMENTS_SHOWN = 10
 OPEN_REQUEST_STATUSES = (RequestStatus.QUEUED, RequestStatus.WAITING_FEATURES)
 
 
-# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
-DISCARDED_BY = "rollout discarded"
-
-
 class DeadLetterKind(StrEnum):
     """Why a rollout's record has no candidate row, as the report counts it."""
 
     REFUSED = "refused"  # the model server refused the record on its own (per-item error)
     MISSING = "missing"  # the record was not in the feature store (deleted since)
     FAILED = "failed"  # the batch ran out of attempts, or the server refused the whole batch
-
-
-class RolloutStatus(StrEnum):
-    """``rollouts.status``."""
-
-    RUNNING = ROLLOUT_RUNNING
-    PROMOTED = "promoted"
-    DISCARDED = "discarded"
 
 
 class UnknownCandidateError(LookupError):
@@ -170,6 +158,8 @@ class RolloutReport:
 
     ``dead_letters``: records of the rollout with an open dead letter and no candidate row,
     by ``DeadLetterKind`` (every kind present, 0 when none): they are not in ``compared``.
+    ``texts_per_second``: each side's measured model throughput (``_texts_per_second``), None
+    for a side with no measured batch.
     """
 
     candidate: str
@@ -182,6 +172,7 @@ class RolloutReport:
     candidate_model: SideModel | None
     candidate_model_url: str | None
     dead_letters: dict[str, int]
+    texts_per_second: dict[str, float | None]
 
     @property
     def agreement(self) -> float:
@@ -207,6 +198,7 @@ class RolloutReport:
             "candidate_model": self.candidate_model.as_json() if self.candidate_model else None,
             "candidate_model_url": self.candidate_model_url,
             "dead_letters": self.dead_letters,
+            "texts_per_second": self.texts_per_second,
         }
 
 
@@ -287,6 +279,18 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
             sa.select(db.rollouts.c.model_url).where(db.rollouts.c.candidate == candidate_digest)
         ).scalar_one_or_none()
         dead = _dead_letter_counts(connection, candidate_digest)
+        throughput = {
+            "current": _texts_per_second(
+                connection,
+                sa.select(current.c.batch_key).select_from(joined).where(which).distinct(),
+            ),
+            "candidate": _texts_per_second(
+                connection,
+                sa.select(db.rollout_batches.c.batch_key).where(
+                    db.rollout_batches.c.candidate == candidate_digest
+                ),
+            ),
+        }
     confusion: dict[str, dict[str, int]] = {}
     for now, then, count in cells:
         confusion.setdefault(now, {})[then] = count
@@ -306,7 +310,26 @@ def report(engine: Engine, candidate_digest: str) -> RolloutReport:
         ),
         candidate_model_url=model_url,
         dead_letters=dead,
+        texts_per_second=throughput,
     )
+
+
+def _texts_per_second(connection: Connection, batch_keys: sa.Select) -> float | None:
+    """Records predicted per second of model time over the ledger batches ``batch_keys``
+    selects: Σ ``predicted`` / Σ ``model_seconds`` of those measured (migration 0010), so a
+    large batch weighs more than a small one. The current side's batches are those that wrote
+    the compared records' current rows, the candidate's its rollout's batches. None when no
+    batch has a measure (settled before 0010, pruned by retention, or none yet)."""
+    batches = db.prediction_batches
+    predicted, seconds = connection.execute(
+        sa.select(sa.func.sum(batches.c.predicted), sa.func.sum(batches.c.model_seconds)).where(
+            batches.c.batch_key.in_(batch_keys.scalar_subquery()),
+            batches.c.model_seconds.is_not(None),
+        )
+    ).one()
+    if not seconds:
+        return None
+    return float(predicted) / float(seconds)
 
 
 def _dead_letter_counts(connection: Connection, candidate_digest: str) -> dict[str, int]:
@@ -344,10 +367,7 @@ def _dead_letter_counts(connection: Connection, candidate_digest: str) -> dict[s
 
 def _locked_status(connection: Connection, candidate_digest: str) -> RolloutStatus | None:
     """The rollout's status, its row locked until the transaction ends (None: no such row)."""
-    table = db.rollouts
-    status = connection.execute(
-        sa.select(table.c.status).where(table.c.candidate == candidate_digest).with_for_update()
-    ).scalar_one_or_none()
+    status = locked_rollout_status(connection, candidate_digest)
     return RolloutStatus(status) if status is not None else None
 
 
@@ -570,6 +590,12 @@ def promote(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
     with requests still open raises ``RolloutStateError`` (promoting half a rollout would leave
     the rest under the old configuration); candidate rows written without a rollout (before
     round 2) are promoted as they are.
+
+    The rollout's open dead letters become ordinary ones in the same transaction: the candidate
+    is the current configuration from the commit on, so a replay publishes them as normal
+    requests and a current prediction resolves them (``ledger.replay``). The rollout's row is
+    locked first (``locked_rollout_status``), so a replay into the rollout either commits its
+    batch before the open requests are counted, or finds the rollout promoted.
     """
     table = db.predictions
     of_candidate = sa.select(table.c.record_id).where(table.c.configuration == candidate_digest)
@@ -589,6 +615,12 @@ def promote(engine: Engine, candidate_digest: str, *, now: datetime | None = Non
                     "its runs (`rollout report` shows progress), or discard it"
                 )
             _set_status(connection, candidate_digest, RolloutStatus.PROMOTED, now or db.utcnow())
+            letters = db.dead_letters
+            connection.execute(
+                sa.update(letters)
+                .where(letters.c.rollout == candidate_digest, letters.c.resolved_at.is_(None))
+                .values(rollout=None)
+            )
         connection.execute(
             sa.update(table)
             .where(

@@ -135,22 +135,34 @@ EVALUATE_CHUNK = 1024
 @click.command("evaluate")
 @click.argument("file", type=click.Path(path_type=Path))
 @candidate_options
+@click.option(
+    "--model-url",
+    help="Evaluate the model of another model server (a candidate, as `rollout start "
+    "--model-url` names one), with the deployment's timeouts and auth; default: "
+    "BATCHINFER_MODEL_URL.",
+)
 @click.pass_context
 def evaluate_command(
-    ctx: click.Context, file: Path, labels: str | None, descriptions_file: Path | None
+    ctx: click.Context,
+    file: Path,
+    labels: str | None,
+    descriptions_file: Path | None,
+    model_url: str | None,
 ) -> None:
     """Measure accuracy on your own labelled texts, through the model server.
 
     FILE is a CSV (columns text, label) or JSONL (fields text, label). Prints accuracy,
     precision and recall per label, and the confusion matrix {true: {predicted: count}}, for
     the deployment's labels and descriptions, or for --labels / --label-descriptions to try
-    before switching. Nothing is stored.
+    before switching, on the deployment's model server or a candidate's (--model-url). The
+    model and weights digest that answered are printed with the figures. Nothing is stored.
 
     \b
     Example:
       batchinfer evaluate labelled.csv
       {"examples": 200, "accuracy": 0.87, "per_label": {"billing": {"precision": 0.9, ...}},
        "confusion": {"billing": {"billing": 45, "account access": 5}, ...}, ...}
+      batchinfer evaluate labelled.csv --model-url http://127.0.0.1:8081
     """
     from batchinfer_dagster.chunks import chunked
     from batchinfer_dagster.clients.model_client import ModelError, RefusedText
@@ -166,7 +178,7 @@ def evaluate_command(
     identity = ModelIdentity("")
     try:
         with (
-            model_server.open() as client,
+            model_server.open(model_url) as client,
             click.progressbar(length=len(examples), label="classifying", file=sys.stderr) as bar,
         ):
             for chunk in chunked(examples, EVALUATE_CHUNK):
@@ -179,9 +191,12 @@ def evaluate_command(
                 if answer.model:
                     identity = ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
                 bar.update(len(chunk))
+    except ValueError as error:  # a URL of the other kind (ModelServerResource.client)
+        raise click.ClickException(str(error)) from error
     except ModelError as error:
         raise click.ClickException(
-            f"the model server did not classify the texts: {error}"
+            f"the model server {model_url or 'of the deployment'} did not classify the texts: "
+            f"{error}"
         ) from error
     figures = evaluate(pairs, parameters.candidate_labels)
     echo_json(
@@ -191,6 +206,7 @@ def evaluate_command(
             "refused": refused,
             "model": identity.name,
             "model_digest": identity.weights_digest,
+            "model_url": model_url,  # None: the deployment's (BATCHINFER_MODEL_URL)
             "configuration": configuration_of(parameters, identity).digest,
         }
     )

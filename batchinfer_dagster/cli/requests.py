@@ -260,8 +260,9 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
 
     Each dead letter is replayed once: running the command again publishes nothing new for it.
     Malformed messages name no record and are not replayed. A rollout's dead letter goes back
-    into its rollout while it runs ("into_rollouts"), and is not replayed once the rollout was
-    promoted ("rollout_closed").
+    into its rollout while it runs ("into_rollouts"); `rollout promote` makes it an ordinary
+    one, published as any other, and `rollout discard` resolves it ("rollout_closed" counts
+    those still charged to a closed rollout: 0 unless one was changed by hand).
 
     \b
     Examples:

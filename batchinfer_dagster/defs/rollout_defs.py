@@ -114,6 +114,12 @@ def report_metadata(report: rollout.RolloutReport, progress: rollout.Progress) -
         "dead_letters": MetadataValue.json(report.dead_letters),
         "records_refused": report.dead_letters[rollout.DeadLetterKind.REFUSED],
         "records_missing": report.dead_letters[rollout.DeadLetterKind.MISSING],
+        "texts_per_second": MetadataValue.json(
+            {
+                side: round(rate, 2) if rate is not None else None
+                for side, rate in report.texts_per_second.items()
+            }
+        ),
     }
 
 

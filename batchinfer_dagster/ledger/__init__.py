@@ -8,6 +8,7 @@ lost or repeated is one transaction here. One module per use case:
 - ``closing``: when a ledger batch closes (its size, or its oldest request's wait);
 - ``intake``: a pull into the ledger, launchpad requests, re-batching after a feature wait;
 - ``runs``: a run's batch: start, settle, fail;
+- ``rollout_lock``: a rollout's row read locked, by every path that writes by its status;
 - ``reconcile``: another attempt for failed or lost batches (the Dagster query passed in);
 - ``dead_letters``: what will never succeed, with the reason; resolved when predicted later;
 - ``replay``: publish requests again for open dead letters, once each;

@@ -24,15 +24,19 @@ from batchinfer_dagster.ledger.messages import (
     request_key,
     request_payload,
 )
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
 from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
+    RolloutStatus,
     may_leave_for,
 )
 
 UNKNOWN_RECORD = "unknown record id"
 MAX_ERROR_CHARS = 2000
+# ``dead_letters.resolved_by_run`` of a discarded rollout's dead letters.
+DISCARDED_BY = "rollout discarded"
 
 
 def dead_letter_requests(
@@ -47,13 +51,25 @@ def dead_letter_requests(
     """Move request rows (message_id, record_id) to dead letters with ``reason``.
 
     ``reasons`` (by message id) overrides ``reason`` for single requests: a record the model
-    server refused carries the server's own reason. A request of a rollout's batch is charged
-    to its rollout (``dead_letters.rollout``), whichever path dead-letters it.
+    server refused carries the server's own reason. A request of a running rollout's batch is
+    charged to its rollout (``dead_letters.rollout``), whichever path dead-letters it. A closed
+    rollout's dead letter is settled as its closing settled the others: a promoted rollout's is
+    ordinary (its candidate is current now), a discarded rollout's is written resolved
+    (``DISCARDED_BY``), so a batch that runs out of attempts after a discard leaves no open
+    dead letter charged to it.
     """
     if not rows:
         return
     reasons = reasons or {}
-    rollouts = rollouts_of_requests(connection, [row.message_id for row in rows])
+    of_rollouts = rollouts_of_requests(connection, [row.message_id for row in rows])
+    rollouts = {
+        key: candidate
+        for key, (candidate, status) in of_rollouts.items()
+        if status != RolloutStatus.PROMOTED
+    }
+    discarded = {
+        key for key, (_, status) in of_rollouts.items() if status == RolloutStatus.DISCARDED
+    }
     table = db.prediction_requests
     connection.execute(
         sa.update(table)
@@ -78,18 +94,25 @@ def dead_letter_requests(
                 "record_id": row.record_id,
                 "received_at": now,
                 "rollout": rollouts.get(row.message_id),
+                "resolved_at": now if row.message_id in discarded else None,
+                "resolved_by_run": DISCARDED_BY if row.message_id in discarded else None,
             }
             for row in rows
         ],
     )
 
 
-def rollouts_of_requests(connection: Connection, message_ids: Sequence[str]) -> dict[str, str]:
-    """The candidate digest of each of ``message_ids`` that a rollout's batch holds."""
+def rollouts_of_requests(
+    connection: Connection, message_ids: Sequence[str]
+) -> dict[str, tuple[str, RolloutStatus]]:
+    """The candidate digest and rollout status of each of ``message_ids`` that a rollout's
+    batch holds; each rollout's row locked until the transaction ends (``locked_rollout_status``),
+    so a discard or promote cannot commit between this read and the dead letters written by it.
+    """
     requests, batches = db.prediction_requests, db.rollout_batches
-    found: dict[str, str] = {}
+    candidates: dict[str, str] = {}
     for chunk in chunked(sorted(set(message_ids)), db.IN_CHUNK):
-        found.update(
+        candidates.update(
             (message_id, candidate)
             for message_id, candidate in connection.execute(
                 sa.select(requests.c.message_id, batches.c.candidate)
@@ -97,18 +120,33 @@ def rollouts_of_requests(connection: Connection, message_ids: Sequence[str]) -> 
                 .where(requests.c.message_id.in_(chunk))
             )
         )
-    return found
+    statuses = {
+        candidate: locked_rollout_status(connection, candidate)
+        for candidate in sorted(set(candidates.values()))
+    }
+    return {
+        message_id: (candidate, RolloutStatus(statuses[candidate]))
+        for message_id, candidate in candidates.items()
+        if statuses[candidate] is not None
+    }
 
 
 def dead_letter_batch(engine: Engine, batch_key: str, *, reason: str, now: datetime) -> int:
-    """Give up on a batch: its queued requests become dead letters; returns how many."""
+    """Give up on a batch: its queued requests become dead letters; returns how many.
+
+    The queued requests are read locked (``FOR UPDATE``; SQLite: its write lock, taken first),
+    so a late run of the batch settling at the same time either committed before (its requests
+    are done, not dead-lettered) or waits for this commit: a predicted record never gets an
+    open dead letter of this batch.
+    """
     requests = db.prediction_requests
     batches = db.prediction_batches
     with engine.begin() as connection:
+        db.hold_sqlite_write_lock(connection)
         rows = connection.execute(
-            sa.select(requests.c.message_id, requests.c.record_id).where(
-                requests.c.batch_key == batch_key, requests.c.status == RequestStatus.QUEUED
-            )
+            sa.select(requests.c.message_id, requests.c.record_id)
+            .where(requests.c.batch_key == batch_key, requests.c.status == RequestStatus.QUEUED)
+            .with_for_update()
         ).all()
         dead_letter_requests(connection, rows, reason, now)
         connection.execute(

@@ -6,8 +6,11 @@ new message id, and is resolved like any other when its record is predicted.
 A rollout's dead letter (``dead_letters.rollout``) is not published: a message on the queue
 would become an ordinary request and predict the current configuration. While its rollout
 runs it is requested again in the rollout (a new ledger batch of the rollout, as ``rollout
-start`` writes them); once the rollout is promoted or discarded it is not replayed, and the
-report counts it apart (``rollout_closed``).
+start`` writes them). ``rollout promote`` makes the rollout's open dead letters ordinary ones
+in its transaction (the candidate is the current configuration then), so they are published
+as normal requests; ``rollout discard`` resolves them. A promote or discard that commits
+between a replay's claim and its request in the rollout is seen under the rollout's row lock:
+the claim is released and the next claim takes the dead letter as what it is now.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy import Engine
 from batchinfer_dagster import db
 from batchinfer_dagster.ledger.intake import write_batches
 from batchinfer_dagster.ledger.messages import request_payload
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
 from batchinfer_dagster.ledger.runs import ROLLOUT_RUNNING, ROLLOUT_SOURCE
 
 REPLAY_CHUNK = 1000
@@ -58,8 +62,9 @@ class ReplayReport:
     already_replayed: int = 0
     # Of ``replayed``: rollout dead letters requested again in their running rollout.
     into_rollouts: int = 0
-    # Open dead letters of a promoted or discarded rollout: not part of any rollout now, and
-    # not an ordinary request either (the record's current prediction was never in question).
+    # Open dead letters still charged to a promoted or discarded rollout, not replayed: promote
+    # and discard settle them (migration 0010 those of earlier rollouts), so this stays 0
+    # unless a closed rollout's row was changed by hand.
     rollout_closed: int = 0
 
 
@@ -114,18 +119,14 @@ def _request_in_rollouts(
     A rollout closed since the claim is left alone: its letters' claim is released (the next
     claim skips them). Returns how many dead letters were requested again.
     """
-    table, rollouts = db.dead_letters, db.rollouts
+    table = db.dead_letters
     requested = 0
     by_rollout: dict[str, list[tuple[int, int]]] = {}
     for dead_id, record_id, candidate in claimed:
         by_rollout.setdefault(candidate, []).append((dead_id, record_id))
     with engine.begin() as connection:
-        for candidate, letters in by_rollout.items():
-            status = connection.execute(
-                sa.select(rollouts.c.status)
-                .where(rollouts.c.candidate == candidate)
-                .with_for_update()
-            ).scalar_one_or_none()
+        for candidate, letters in sorted(by_rollout.items()):
+            status = locked_rollout_status(connection, candidate)
             if status != ROLLOUT_RUNNING:
                 connection.execute(
                     sa.update(table)
@@ -161,6 +162,15 @@ def _request_in_rollouts(
             )
             requested += len(letters)
     return requested
+
+
+def _release_claims(engine: Engine, dead_ids: Sequence[int]) -> None:
+    """Undo ``_claim_replays`` for dead letters that were neither published nor requested."""
+    table = db.dead_letters
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(table).where(table.c.id.in_(list(dead_ids))).values(replayed_at=None)
+        )
 
 
 def _count_dead_letters(engine: Engine, *clauses: sa.ColumnElement[bool]) -> int:
@@ -199,9 +209,13 @@ def replay_dead_letters(
             break
         in_rollouts = [(i, r, c) for i, r, c in everything if c is not None]
         if in_rollouts:
-            requested = _request_in_rollouts(
-                engine, in_rollouts, batch_size=rollout_batch_size, now=now
-            )
+            try:
+                requested = _request_in_rollouts(
+                    engine, in_rollouts, batch_size=rollout_batch_size, now=now
+                )
+            except BaseException:
+                _release_claims(engine, [dead_id for dead_id, _, _ in in_rollouts])
+                raise
             report.into_rollouts += requested
             report.replayed += requested
         claimed = [(i, r) for i, r, c in everything if c is None]
@@ -211,12 +225,7 @@ def replay_dead_letters(
         try:
             message_ids = publish(payloads)
         except BaseException:
-            with engine.begin() as connection:
-                connection.execute(
-                    sa.update(table)
-                    .where(table.c.id.in_([dead_id for dead_id, _ in claimed]))
-                    .values(replayed_at=None)
-                )
+            _release_claims(engine, [dead_id for dead_id, _ in claimed])
             raise
         with engine.begin() as connection:
             connection.execute(

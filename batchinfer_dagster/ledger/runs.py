@@ -21,17 +21,19 @@ from batchinfer_dagster.ledger.dead_letters import (
     dead_letter_requests,
     resolve_dead_letters,
 )
+from batchinfer_dagster.ledger.rollout_lock import locked_rollout_status
 from batchinfer_dagster.ledger.states import (
     BatchStatus,
     DeadLetterSource,
     RequestStatus,
+    RolloutStatus,
     may_leave_for,
 )
 from batchinfer_dagster.receipts import Configuration
 from batchinfer_protocol.zero_shot import Prediction
 
 # ``rollouts.status`` of a rollout whose batches still write candidate predictions.
-ROLLOUT_RUNNING = "running"
+ROLLOUT_RUNNING = RolloutStatus.RUNNING
 # The ``source`` of a rollout's requests in the ledger (their message ids start with it).
 ROLLOUT_SOURCE = "rollout"
 
@@ -344,20 +346,20 @@ class Settlement:
     # The candidate digest when the batch belongs to a rollout: its predictions are written
     # beside the current ones (never current), and only while the rollout is running.
     rollout: str | None = None
+    # Seconds the model call took (wall time around it); None when no record reached the
+    # model. Kept on the batch with ``len(answers)``, the texts the model predicted in that time
+    # (a record deleted meanwhile included; ``prediction_batches.model_seconds`` and
+    # ``predicted``): a rollout's report divides them for each side's texts/s.
+    model_seconds: float | None = None
 
 
 def rollout_is_running(connection: Connection, candidate: str) -> bool:
     """Whether a rollout still takes candidate predictions, its row locked until the commit.
 
-    ``rollout.discard`` updates the same row first, so on PostgreSQL a settlement either
-    commits its candidate rows before the discard deletes them, or waits and then writes none
-    (SQLite serializes writers anyway; ``FOR UPDATE`` is left out there).
+    ``rollout.discard`` and ``rollout.promote`` lock the same row first, so a settlement either
+    commits its candidate rows before they close the rollout, or waits and then writes none.
     """
-    table = db.rollouts
-    status = connection.execute(
-        sa.select(table.c.status).where(table.c.candidate == candidate).with_for_update()
-    ).scalar_one_or_none()
-    return status == ROLLOUT_RUNNING
+    return locked_rollout_status(connection, candidate) == ROLLOUT_RUNNING
 
 
 def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
@@ -375,6 +377,10 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
             "configuration that made them; a Settlement with answers needs one"
         )
     with engine.begin() as connection:
+        # The deletion check below must hold until the commit: on SQLite only the write lock,
+        # taken now, keeps a concurrent ``delete_record`` out (``deleted_records`` locks rows
+        # on PostgreSQL).
+        db.hold_sqlite_write_lock(connection)
         candidate = settlement.rollout is not None
         # A rollout closed (discarded, promoted) since its batch was written takes no more rows:
         # its requests are done with nothing written.
@@ -440,6 +446,11 @@ def settle_batch(engine: Engine, settlement: Settlement) -> tuple[int, int]:
                 batches.c.batch_key == settlement.batch_key,
                 may_leave_for(batches.c.status, BatchStatus.SUCCEEDED),
             )
-            .values(status=BatchStatus.SUCCEEDED, updated_at=now)
+            .values(
+                status=BatchStatus.SUCCEEDED,
+                updated_at=now,
+                predicted=len(settlement.answers) if settlement.model_seconds is not None else None,
+                model_seconds=settlement.model_seconds,
+            )
         )
     return waiting, dead

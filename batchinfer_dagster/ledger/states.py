@@ -31,6 +31,15 @@ class BatchStatus(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
+class RolloutStatus(StrEnum):
+    """``rollouts.status``: running while its batches write candidate predictions, then closed
+    for good as promoted (the candidate is current) or discarded (its rows deleted)."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    DISCARDED = "discarded"
+
+
 class DeadLetterSource(StrEnum):
     """``dead_letters.source``: who gave up on the item."""
 

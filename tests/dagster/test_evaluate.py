@@ -6,12 +6,14 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from batchinfer_dagster.cli import cli
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import PredictParameters
 from batchinfer_testing.deployment import model_client_of
+from batchinfer_testing.processes import free_port
 
 EXAMPLES = [
     ("I was charged twice, please refund me.", "billing"),
@@ -24,16 +26,24 @@ EXAMPLES = [
 ]
 
 
+@pytest.mark.parametrize("server", ["deployment", "candidate"])
 def test_evaluate_counts_what_the_model_server_answers(
-    tmp_path: Path, model_server_url: str
+    tmp_path: Path, model_server_url: str, server: str
 ) -> None:
+    """The deployment's model server, or a candidate's named by ``--model-url`` while the
+    deployment's URL answers nothing (so only the candidate can have classified the texts)."""
     path = tmp_path / "labelled.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
         writer.writerows(EXAMPLES)
-    env = {"BATCHINFER_HOME": str(tmp_path), "BATCHINFER_MODEL_URL": model_server_url}
-    result = CliRunner().invoke(cli, ["evaluate", str(path)], env=env, catch_exceptions=False)
+    deployment_url = model_server_url
+    arguments = ["evaluate", str(path)]
+    if server == "candidate":
+        deployment_url = f"http://127.0.0.1:{free_port()}"
+        arguments += ["--model-url", model_server_url]
+    env = {"BATCHINFER_HOME": str(tmp_path), "BATCHINFER_MODEL_URL": deployment_url}
+    result = CliRunner().invoke(cli, arguments, env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.splitlines()[-1])
 
@@ -61,3 +71,4 @@ def test_evaluate_counts_what_the_model_server_answers(
     assert report["per_label"]["other"] == {"precision": 0.0, "recall": 0.0, "support": 1}
     assert report["refused"] == []
     assert report["model"] == answer.model
+    assert report["model_url"] == (model_server_url if server == "candidate" else None)

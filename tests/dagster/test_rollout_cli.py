@@ -16,21 +16,14 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 from dagster import DagsterInstance, build_sensor_context
 
-from batchinfer_dagster import db, ledger
+from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
-from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.definitions import build_definitions
 from batchinfer_dagster.defs.rollout_defs import ROLLOUTS, rollout_reports_sensor
-from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
-from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_testing.contender import current_rows, seed_current
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import (
-    TEXTS,
-    engine_of,
-    model_client_of,
     resources_of,
     rows,
 )
@@ -55,41 +48,6 @@ def last_json(result: Result) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def seed_current(settings: Settings) -> tuple[list[int], str]:
-    """RECORDS records in the feature store, each with a current prediction made directly."""
-    engine = engine_of(settings)
-    texts = [f"{TEXTS[i % len(TEXTS)]} (ticket {i})" for i in range(RECORDS)]
-    ids = add_records(engine, texts)
-    LocalFeatureStore(engine).import_records()
-    client = model_client_of(settings)
-    try:
-        answer = client.predict(texts, PredictParameters())
-    finally:
-        client.close()
-    current = configuration_of(
-        PredictParameters(), ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
-    )
-    with engine.begin() as connection:
-        ledger.write_predictions(
-            connection,
-            dict(zip(ids, answer.predictions, strict=True)),
-            configuration=current,
-            text_digests={i: text_digest(t) for i, t in zip(ids, texts, strict=True)},
-            batch_key="b",
-            run_id="r",
-            now=db.utcnow(),
-        )
-    return ids, current.digest
-
-
-def current_rows(settings: Settings) -> list[tuple]:
-    """Every current row as (record, configuration, labels, scores, updated_at)."""
-    return sorted(
-        (r.record_id, r.configuration, r.labels, r.scores, r.updated_at)
-        for r in rows(settings, db.predictions, db.predictions.c.is_current)
-    )
-
-
 def candidate_descriptions(tmp_path: Path) -> str:
     path = tmp_path / "candidate.json"
     path.write_text(
@@ -104,7 +62,8 @@ def test_a_rollout_runs_as_partitions_reports_like_a_direct_comparison_and_promo
     settings = app_settings.model_copy(
         update={"model_url": model_server_url, "batch_size": BATCH_SIZE}
     )
-    ids, current = seed_current(settings)
+    seeded = seed_current(settings, RECORDS)
+    ids, current = seeded.ids, seeded.configuration
     before = current_rows(settings)
     descriptions = candidate_descriptions(tmp_path)
 
@@ -198,7 +157,7 @@ def test_a_discarded_rollout_writes_nothing_when_its_runs_come(
     settings = app_settings.model_copy(
         update={"model_url": model_server_url, "batch_size": BATCH_SIZE}
     )
-    seed_current(settings)
+    seed_current(settings, RECORDS)
     before = current_rows(settings)
     started = last_json(
         run(settings, "rollout", "start", "--label-descriptions", candidate_descriptions(tmp_path))

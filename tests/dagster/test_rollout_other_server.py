@@ -19,19 +19,17 @@ import pytest
 from click.testing import CliRunner
 from dagster import DagsterInstance
 
-from batchinfer_dagster import db, ledger, rollout
+from batchinfer_dagster import db, rollout
 from batchinfer_dagster.cli import cli
-from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.definitions import build_definitions
 from batchinfer_dagster.defs.rollout_defs import ROLLOUTS
 from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-from batchinfer_dagster.records import add_records
+from batchinfer_dagster.receipts import ModelIdentity
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import PredictParameters
+from batchinfer_testing.contender import seed_current
 from batchinfer_testing.daemon import run_daemon_loop
 from batchinfer_testing.deployment import (
-    TEXTS,
     engine_of,
     model_client_of,
     model_server_of,
@@ -73,33 +71,6 @@ def health(url: str) -> dict:
     return httpx.get(f"{url}/health", timeout=30).json()
 
 
-def seed_current(settings: Settings) -> tuple[list[int], list[str], str]:
-    """RECORDS records in the feature store, each with a current prediction by settings' server."""
-    engine = engine_of(settings)
-    texts = [f"{TEXTS[i % len(TEXTS)]} (ticket {i})" for i in range(RECORDS)]
-    ids = add_records(engine, texts)
-    LocalFeatureStore(engine).import_records()
-    client = model_client_of(settings)
-    try:
-        answer = client.predict(texts, PredictParameters())
-    finally:
-        client.close()
-    current = configuration_of(
-        PredictParameters(), ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
-    )
-    with engine.begin() as connection:
-        ledger.write_predictions(
-            connection,
-            dict(zip(ids, answer.predictions, strict=True)),
-            configuration=current,
-            text_digests={i: text_digest(t) for i, t in zip(ids, texts, strict=True)},
-            batch_key="b",
-            run_id="r",
-            now=db.utcnow(),
-        )
-    return ids, texts, current.digest
-
-
 def test_a_candidate_on_another_server_is_predicted_there_and_compared(
     app_settings: Settings,
     two_servers: tuple[str, str],
@@ -110,7 +81,8 @@ def test_a_candidate_on_another_server_is_predicted_there_and_compared(
     digest_a, digest_b = health(url_a)["model_digest"], health(url_b)["model_digest"]
     assert digest_a != digest_b
     settings = app_settings.model_copy(update={"model_url": url_a, "batch_size": BATCH_SIZE})
-    ids, texts, current = seed_current(settings)
+    seeded = seed_current(settings, RECORDS)
+    ids, texts, current = seeded.ids, seeded.texts, seeded.configuration
     defs = build_definitions(resources_of(settings))
 
     started_run = defs.resolve_job_def("start_rollout_job").execute_in_process(
@@ -161,6 +133,19 @@ def test_a_candidate_on_another_server_is_predicted_there_and_compared(
     mean_delta = sum(abs(then[i].scores[0] - now[i].scores[0]) for i in ids) / RECORDS
     assert report.mean_abs_top_score_delta == pytest.approx(mean_delta)
     assert report.dead_letters == {"refused": 0, "missing": 0, "failed": 0}
+    # B's measured texts/s: its three batches' model time, as the runs measured it. The current
+    # rows were written directly (no ledger batch measured them).
+    batches = rows(settings, db.prediction_batches)
+    assert sorted(b.predicted for b in batches) == [
+        RECORDS - 2 * BATCH_SIZE,
+        BATCH_SIZE,
+        BATCH_SIZE,
+    ]
+    seconds = sum(b.model_seconds for b in batches)
+    assert report.texts_per_second == {
+        "current": None,
+        "candidate": pytest.approx(RECORDS / seconds),
+    }
 
     # The report asset names both sides' models in its metadata (what the UI shows).
     instance.add_dynamic_partitions(ROLLOUTS, [candidate])
@@ -191,7 +176,7 @@ def test_the_launchpad_start_refuses_bad_input_with_the_value(
     """Repeated labels, or a server that reports no model: a failed run naming why, no rollout."""
     url_a, _ = two_servers
     settings = app_settings.model_copy(update={"model_url": url_a, "batch_size": BATCH_SIZE})
-    seed_current(settings)
+    seed_current(settings, RECORDS)
     job = build_definitions(resources_of(settings)).resolve_job_def("start_rollout_job")
 
     def failure(config: dict) -> str:
@@ -228,7 +213,7 @@ def test_the_cli_starts_the_same_candidate_on_another_server(
     """`rollout start --model-url` names the candidate by the other server's model."""
     url_a, url_b = two_servers
     settings = app_settings.model_copy(update={"model_url": url_a, "batch_size": BATCH_SIZE})
-    seed_current(settings)
+    seed_current(settings, RECORDS)
     env = {
         "BATCHINFER_HOME": str(settings.home),
         "BATCHINFER_DATABASE_URL": settings.resolved_database_url,

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger, rollout
 from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.receipts import ModelIdentity, text_digest
+from batchinfer_dagster.receipts import Configuration, ModelIdentity, text_digest
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.deployment import engine_of, rows
@@ -128,3 +128,68 @@ def test_a_cut_off_rollout_resumes_with_the_records_it_did_not_reach(
     write(engine, dict.fromkeys((1, 2, 3), ("billing", 0.6)), candidate=False)
     write(engine, {1: ("mobile", 0.7)}, candidate=True)
     assert rollout.without_candidate(engine, [3, 1, 2, 2], CANDIDATE.digest) == [2, 3]
+
+
+def settle(
+    engine: sa.Engine,
+    key: str,
+    record_ids: list[int],
+    *,
+    seconds: float | None,
+    configuration: Configuration,
+    rollout_digest: str | None = None,
+) -> None:
+    """Settle ledger batch ``key`` as a run whose model call took ``seconds`` would."""
+    requests = ledger.start_batch(engine, key, run_id=f"run-{key}", now=NOW)
+    ledger.settle_batch(
+        engine,
+        ledger.Settlement(
+            batch_key=key,
+            run_id=f"run-{key}",
+            requests=requests,
+            configuration=configuration,
+            answers={i: Prediction(f"t{i}", ["billing", "other"], [0.6, 0.4]) for i in record_ids},
+            text_digests={i: text_digest(f"t{i}") for i in record_ids},
+            feature_wait=timedelta(minutes=10),
+            now=NOW,
+            rollout=rollout_digest,
+            model_seconds=seconds,
+        ),
+    )
+
+
+def test_the_report_gives_each_sides_measured_texts_per_second(app_settings: Settings) -> None:
+    """Σ predicted / Σ model seconds over each side's batches: the current side's are those
+    that wrote the compared records' current rows, the candidate's its rollout's batches.
+    Unequal batches tell the ratio of sums (4 / 1.0 s) from a mean of rates (6.67)."""
+    engine = engine_of(app_settings)
+
+    def ordinary(record_ids: list[int], seconds: float | None) -> None:
+        (key,) = ledger.create_batches(engine, record_ids, source="t", batch_size=99, now=NOW)
+        settle(engine, key, record_ids, seconds=seconds, configuration=CURRENT)
+
+    ordinary([1, 2, 3], 1.5)
+    ordinary([4], None)  # settled before 0010 (or without a model call): no measure
+    ordinary([9], 100.0)  # a record the rollout does not compare
+    keys = rollout.start(engine, CANDIDATE, [1, 2, 3, 4], batch_size=3, now=NOW).batch_keys
+    before = rollout.report(engine, CANDIDATE.digest)
+    assert before.texts_per_second == {"current": None, "candidate": None}  # nothing compared
+
+    settle(
+        engine,
+        keys[0],
+        [1, 2, 3],
+        seconds=0.25,
+        configuration=CANDIDATE,
+        rollout_digest=CANDIDATE.digest,
+    )
+    settle(
+        engine, keys[1], [4], seconds=0.75, configuration=CANDIDATE, rollout_digest=CANDIDATE.digest
+    )
+
+    batches = {r.batch_key: r for r in rows(app_settings, db.prediction_batches)}
+    assert (batches[keys[0]].predicted, batches[keys[0]].model_seconds) == (3, 0.25)
+    found = rollout.report(engine, CANDIDATE.digest)
+    assert found.compared == 4
+    assert found.texts_per_second == {"current": 2.0, "candidate": 4.0}
+    assert found.as_json()["texts_per_second"] == {"current": 2.0, "candidate": 4.0}

@@ -12,8 +12,12 @@ store and the scripted client behind the model client interface).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger, rollout
@@ -26,6 +30,7 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.deployment import engine_of, rows
 from batchinfer_testing.fakes.model_client import ScriptedModelClient
+from batchinfer_testing.lock_waits import impatient_engine
 
 NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
 SCRIPTED = ModelIdentity("scripted", UNKNOWN)
@@ -105,6 +110,13 @@ def test_refused_and_missing_records_are_the_rollouts_and_replay_into_it(
     assert (outcome.refused, outcome.dead_lettered) == (1, 2)
     stored = rows(app_settings, db.predictions, db.predictions.c.configuration == candidate.digest)
     assert sorted(r.record_id for r in stored) == sorted(set(ids) - {refused, deleted})
+    # The run measured its model call on the batch (the report's texts/s): five texts answered,
+    # the deleted record's included (its features were fetched before the deletion).
+    (measured,) = rows(
+        app_settings, db.prediction_batches, db.prediction_batches.c.batch_key == rollout_batch
+    )
+    assert measured.predicted == 5
+    assert measured.model_seconds == outcome.model_seconds
 
     assert open_letters(app_settings) == sorted(
         [
@@ -150,11 +162,15 @@ def test_refused_and_missing_records_are_the_rollouts_and_replay_into_it(
     assert report.dead_letters == {"refused": 0, "missing": 1, "failed": 0}
     assert rollout.progress(engine, candidate.digest).open == 0
 
-    # Promoted, the rollout takes no more records: its dead letter is reported, not replayed.
+    # Promoted, the candidate is current: the rollout's open dead letter became an ordinary
+    # one in the promote's transaction, so a replay publishes it as a normal request.
     assert rollout.promote(engine, candidate.digest, now=NOW) == 5
+    # Two: the first, replayed into the rollout, and the one its replay left.
+    assert open_letters(app_settings) == [(deleted, "ledger", "none")] * 2
+    assert rollout.report(engine, candidate.digest).dead_letters["missing"] == 0
     closed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
-    assert (closed.replayed, closed.rollout_closed) == (0, 1)
-    assert publish.payloads == []
+    assert (closed.replayed, closed.into_rollouts, closed.rollout_closed) == (1, 0, 0)
+    assert publish.payloads == [ledger.request_payload(deleted)]
     currents = rows(app_settings, db.predictions, db.predictions.c.is_current)
     assert {r.configuration for r in currents} == {candidate.digest}
     assert sorted(r.record_id for r in currents) == sorted(set(ids) - {deleted})
@@ -258,3 +274,248 @@ def test_discard_resolves_the_rollouts_dead_letters_and_no_others(app_settings: 
     assert (settled.resolved_at, settled.resolved_by_run) == (NOW, rollout.DISCARDED_BY)
     again = rollout.start(engine, candidate, ids, batch_size=10, now=NOW)
     assert (again.requested, again.skipped) == (2, 0)  # its one candidate row was deleted
+
+
+def a_rollout_with_an_open_dead_letter(
+    settings: Settings,
+) -> tuple[sa.Engine, list[int], str]:
+    """Two records with current predictions and a running rollout whose model refused the
+    first: (engine, record ids, candidate digest), one open dead letter of the rollout."""
+    engine = engine_of(settings)
+    ids = add_records(engine, TEXTS[:2])
+    LocalFeatureStore(engine).import_records()
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    client = ScriptedModelClient(chunk_size=64, max_request_bytes=1 << 20)
+    predictor(engine, client).predict(ordinary_batch(engine, ids), "run-0")
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    client.refuse[TEXTS[0]] = "scripted: refused"
+    predictor(engine, client).predict(key, "run-1")
+    assert open_letters(settings) == [(ids[0], "model", candidate.digest)]
+    return engine, ids, candidate.digest
+
+
+@contextmanager
+def at_statement(
+    engine: sa.Engine, which: Callable[[str], bool], interleave: Callable[[], None]
+) -> Iterator[list[str]]:
+    """Run ``interleave`` once, in this thread, just before ``engine`` first executes a
+    statement for which ``which`` (of its upper-case text) holds; yields a list that holds that
+    statement once it ran."""
+    seen: list[str] = []
+
+    def hold(connection: sa.Connection, cursor: Any, statement: str, *args: Any) -> None:
+        if not seen and which(" ".join(statement.upper().split())):
+            seen.append(statement)
+            interleave()
+
+    sa.event.listen(engine, "before_cursor_execute", hold)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", hold)
+
+
+def locking_the_rollout(statement: str) -> bool:
+    """The first statement of a replay's request in a rollout (and of promote and discard):
+    the rollout's row held (``ledger.runs.locked_rollout_status``)."""
+    return statement.startswith("UPDATE ROLLOUTS SET STATUS=ROLLOUTS.STATUS")
+
+
+def marking_it_promoted(statement: str) -> bool:
+    """Promote's change of the status, after it counted the open requests."""
+    return statement.startswith("UPDATE ROLLOUTS SET STATUS=") and "UPDATED_AT" in statement
+
+
+def test_a_promote_between_a_replays_claim_and_its_request_makes_the_letter_ordinary(
+    app_settings: Settings,
+) -> None:
+    """The replay has claimed the rollout's dead letter when the promote commits (it counted no
+    open request: the letter was not requested yet). The replay then finds the rollout promoted,
+    releases its claim, and publishes the letter as the ordinary one it now is."""
+    engine, ids, digest = a_rollout_with_an_open_dead_letter(app_settings)
+    promoted: list[int] = []
+    publish = Published()
+
+    def promote() -> None:
+        promoted.append(rollout.promote(engine, digest, now=NOW))
+
+    with at_statement(engine, locking_the_rollout, promote) as seen:
+        replayed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
+    assert seen
+    assert promoted == [1]
+    assert (replayed.replayed, replayed.into_rollouts, replayed.rollout_closed) == (1, 0, 0)
+    assert publish.payloads == [ledger.request_payload(ids[0])]
+    assert rollout.progress(engine, digest).open == 0
+    (letter,) = rows(app_settings, db.dead_letters)
+    assert (letter.rollout, letter.replay_message_id) == (None, "m0")
+
+
+def test_a_discard_between_a_replays_claim_and_its_request_resolves_the_letter(
+    app_settings: Settings,
+) -> None:
+    engine, _, digest = a_rollout_with_an_open_dead_letter(app_settings)
+    publish = Published()
+    with at_statement(
+        engine, locking_the_rollout, lambda: rollout.discard(engine, digest, now=NOW)
+    ) as seen:
+        replayed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
+    assert seen
+    assert (replayed.replayed, replayed.rollout_closed) == (0, 0)
+    assert publish.payloads == []
+    assert rollout.progress(engine, digest).requested == 2  # no batch added
+    (letter,) = rows(app_settings, db.dead_letters)
+    assert (letter.resolved_by_run, letter.replayed_at) == (rollout.DISCARDED_BY, None)
+
+
+def test_a_replay_into_the_rollout_cannot_slip_in_under_a_promote(
+    app_settings: Settings,
+) -> None:
+    """The promote has counted no open request of the rollout and is about to mark it promoted
+    when a replay tries to request the rollout's dead letter in it. The rollout's row is held
+    (SQLite: the write lock, taken before the count), so the replay fails on the lock instead
+    of adding a batch the promote never counted; its claim is released, and once promoted the
+    letter is published as an ordinary one."""
+    engine, ids, digest = a_rollout_with_an_open_dead_letter(app_settings)
+    impatient = impatient_engine(app_settings.resolved_database_url)
+    failures: list[Exception] = []
+
+    def replay_now() -> None:
+        try:
+            ledger.replay_dead_letters(impatient, Published(), ledger.DeadLetterFilter(), now=NOW)
+        except sa.exc.OperationalError as error:
+            failures.append(error)
+
+    try:
+        with at_statement(engine, marking_it_promoted, replay_now) as seen:
+            assert rollout.promote(engine, digest, now=NOW) == 1
+    finally:
+        impatient.dispose()
+    assert seen
+    progress = rollout.progress(engine, digest)
+    assert (str(progress.status), progress.open, progress.requested) == ("promoted", 0, 2)
+    assert len(failures) == 1
+    publish = Published()
+    replayed = ledger.replay_dead_letters(engine, publish, ledger.DeadLetterFilter(), now=NOW)
+    assert (replayed.replayed, replayed.into_rollouts) == (1, 0)
+    assert publish.payloads == [ledger.request_payload(ids[0])]
+
+
+def test_a_discarded_rollouts_batch_out_of_attempts_leaves_no_open_dead_letter(
+    app_settings: Settings,
+) -> None:
+    """Reconcile gives up on a rollout's batch after its discard: its requests become dead
+    letters written resolved (``DISCARDED_BY``), charged to the rollout but open to nobody."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    rollout.discard(engine, candidate.digest, now=NOW)
+
+    assert ledger.dead_letter_batch(engine, key, reason="out of attempts", now=NOW) == 2
+
+    assert open_letters(app_settings) == []
+    letters = rows(app_settings, db.dead_letters)
+    assert sorted(r.record_id for r in letters) == ids
+    assert {(r.rollout, r.resolved_by_run) for r in letters} == {
+        (candidate.digest, rollout.DISCARDED_BY)
+    }
+
+
+def test_a_discard_cannot_slip_between_a_give_up_and_its_dead_letters(
+    app_settings: Settings,
+) -> None:
+    """The rollout's row is held from the moment a batch given up on reads the rollout's
+    status: a discard tried just before the dead letters are written cannot commit (it fails
+    at once on an impatient engine), so no dead letter is left open, charged to a rollout
+    discarded under it; the discard then settles them."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+    impatient = impatient_engine(app_settings.resolved_database_url)
+    tried: list[object] = []
+
+    def discard_now() -> None:
+        try:
+            tried.append(rollout.discard(impatient, candidate.digest, now=NOW))
+        except sa.exc.OperationalError as error:
+            tried.append(error)
+
+    try:
+        with at_statement(
+            engine, lambda statement: statement.startswith("INSERT INTO DEAD_LETTERS"), discard_now
+        ) as seen:
+            ledger.dead_letter_batch(engine, key, reason="out of attempts", now=NOW)
+    finally:
+        impatient.dispose()
+    assert seen
+    assert len(tried) == 1
+    assert rollout.progress(engine, candidate.digest).status == "running"
+    assert open_letters(app_settings) == [(i, "ledger", candidate.digest) for i in ids]
+    assert isinstance(tried[0], sa.exc.OperationalError)  # the discard had to wait
+    rollout.discard(engine, candidate.digest, now=NOW)
+    assert open_letters(app_settings) == []
+
+
+def test_a_running_rollouts_batch_out_of_attempts_is_charged_to_it(
+    app_settings: Settings,
+) -> None:
+    """The other side of the rule above: while the rollout runs, the dead letters are open and
+    its report counts them as failed."""
+    engine = engine_of(app_settings)
+    ids = add_records(engine, TEXTS[:2])
+    candidate = configuration_of(CANDIDATE, SCRIPTED)
+    (key,) = rollout.start(engine, candidate, ids, batch_size=10, now=NOW).batch_keys
+
+    assert ledger.dead_letter_batch(engine, key, reason="out of attempts", now=NOW) == 2
+
+    assert open_letters(app_settings) == [(i, "ledger", candidate.digest) for i in ids]
+    assert rollout.report(engine, candidate.digest).dead_letters["failed"] == 2
+
+
+@pytest.mark.parametrize("status", ["promoted", "discarded", "running"])
+def test_migration_0010_settles_the_dead_letters_of_closed_rollouts(
+    app_settings: Settings, status: str
+) -> None:
+    """Open dead letters of a rollout closed before 0010: a promoted rollout's become ordinary,
+    a discarded one's resolved; a running rollout's, and resolved ones, stay as they were."""
+    from alembic import command
+
+    engine = engine_of(app_settings)
+    config = db._alembic_config()
+    digest = "c" * 64
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0009")
+        connection.execute(
+            db.rollouts.insert().values(
+                candidate=digest, status=status, created_at=NOW, updated_at=NOW
+            )
+        )
+        letters = sa.table(
+            "dead_letters",
+            *(sa.column(c) for c in ("source", "payload", "reason", "received_at")),
+            *(sa.column(c) for c in ("record_id", "rollout", "resolved_at", "resolved_by_run")),
+        )
+        connection.execute(
+            letters.insert(),
+            [
+                {"source": "model", "payload": "{}", "reason": "r", "received_at": NOW}
+                | {"record_id": record_id, "rollout": digest}
+                | {"resolved_at": resolved, "resolved_by_run": "run-1" if resolved else None}
+                for record_id, resolved in [(1, None), (2, NOW)]
+            ],
+        )
+
+    db.upgrade(engine)
+
+    found = {r.record_id: r for r in rows(app_settings, db.dead_letters)}
+    assert (found[2].rollout, found[2].resolved_by_run) == (digest, "run-1")
+    open_one = found[1]
+    expected = {
+        "promoted": (None, None),
+        "discarded": (digest, rollout.DISCARDED_BY),
+        "running": (digest, None),
+    }[status]
+    assert (open_one.rollout, open_one.resolved_by_run) == expected
+    assert (open_one.resolved_at is None) == (status != "discarded")

@@ -1,4 +1,5 @@
-"""A record deleted while its run settles gets no prediction (PostgreSQL, read committed).
+"""A record deleted while its run settles gets no prediction (PostgreSQL, read committed;
+SQLite, whose pysqlite transaction began only at the first write).
 
 Before the fix, the settling transaction read the tombstones, and a deletion that committed
 before the settle's commit had already deleted the record's predictions (none visible yet), so
@@ -26,8 +27,10 @@ from batchinfer_dagster.records import add_records, delete_record
 from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.deployment import engine_of, rows
+from batchinfer_testing.lock_waits import impatient_engine
 
-pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 ANSWER = Prediction(sequence="erase me", labels=["billing"], scores=[1.0])
 
@@ -102,6 +105,7 @@ def assert_erased_is_a_dead_letter(settings: Settings, erased: int, kept: int) -
     assert (letter.record_id, letter.reason) == (erased, ledger.UNKNOWN_RECORD)
 
 
+@on_postgresql
 def test_a_deletion_committing_inside_the_settle_waits_and_removes_its_prediction(
     app_settings: Settings, batch: tuple[Engine, int, int, ledger.Settlement]
 ) -> None:
@@ -133,6 +137,7 @@ def test_a_deletion_committing_inside_the_settle_waits_and_removes_its_predictio
     assert [row.record_id for row in rows(app_settings, db.predictions)] == [kept]
 
 
+@on_postgresql
 def test_a_settle_behind_an_uncommitted_deletion_waits_and_dead_letters_the_record(
     app_settings: Settings, batch: tuple[Engine, int, int, ledger.Settlement]
 ) -> None:
@@ -151,3 +156,48 @@ def test_a_settle_behind_an_uncommitted_deletion_waits_and_dead_letters_the_reco
 
     assert settle.outcome() == (0, 1)
     assert_erased_is_a_dead_letter(app_settings, erased, kept)
+
+
+@on_sqlite
+def test_on_sqlite_a_deletion_cannot_commit_between_the_settles_check_and_its_writes(
+    app_settings: Settings, batch: tuple[Engine, int, int, ledger.Settlement]
+) -> None:
+    """pysqlite opens the settle's transaction at its first write, so its deletion check read
+    outside it: a deletion committing right before that write left a prediction of the deleted
+    text (or a request done without its prediction). Now the settle holds SQLite's write lock
+    from its start (``db.hold_sqlite_write_lock``): the deletion, tried at the settle's first
+    write, cannot commit (it fails at once here, on an impatient engine), and every request
+    ends done with its prediction or dead-lettered."""
+    engine, erased, kept, settlement = batch
+    impatient = impatient_engine(app_settings.resolved_database_url)
+    tried: list[Exception | int] = []
+
+    def delete_before_the_first_write(
+        connection: sa.Connection, cursor: Any, statement: str, *args: Any
+    ) -> None:
+        if not tried and statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            try:
+                tried.append(delete_record(impatient, erased).predictions)
+            except sa.exc.OperationalError as error:
+                tried.append(error)
+
+    sa.event.listen(engine, "before_cursor_execute", delete_before_the_first_write)
+    try:
+        ledger.settle_batch(engine, settlement)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", delete_before_the_first_write)
+        impatient.dispose()
+
+    assert len(tried) == 1
+    predicted = {row.record_id for row in rows(app_settings, db.predictions)}
+    deleted = {row.record_id for row in rows(app_settings, db.record_deletions)}
+    assert not predicted & deleted, "a prediction of a deleted record"
+    lettered = {row.record_id for row in rows(app_settings, db.dead_letters)}
+    for request in rows(app_settings, db.prediction_requests):
+        if request.status == ledger.RequestStatus.DONE:
+            assert request.record_id in predicted, "a request done without its prediction"
+        else:
+            assert request.status == ledger.RequestStatus.DEAD_LETTERED
+            assert request.record_id in lettered
+    assert isinstance(tried[0], sa.exc.OperationalError)  # the deletion had to wait
+    assert predicted == {erased, kept}

@@ -24,12 +24,9 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from batchinfer_dagster import db, ledger
-from batchinfer_dagster.prediction import configuration_of
-from batchinfer_dagster.receipts import UNKNOWN, ModelIdentity, text_digest
-from batchinfer_dagster.settings import Settings
-from batchinfer_protocol.zero_shot import PredictParameters
-from batchinfer_testing.deployment import engine_of, model_client_of
+from batchinfer_dagster import db
+from batchinfer_testing.contender import current_rows, predict_current, stored_records
+from batchinfer_testing.deployment import engine_of
 from batchinfer_testing.launcher_path import (
     component,
     launcher_path,
@@ -54,52 +51,6 @@ def cold_model_server() -> Iterator[ModelServer]:
     """A model server without the warm-up of every shape: the fault here is the run worker's."""
     with running_model_server(MODEL_WARMUP="false") as server:
         yield server
-
-
-def seed_current(settings: Settings) -> list[int]:
-    """Current predictions of every record, made directly through the model server."""
-    engine = engine_of(settings)
-    with engine.connect() as connection:
-        records = connection.execute(
-            sa.select(db.data_points.c.id, db.data_points.c.text).order_by(db.data_points.c.id)
-        ).all()
-    ids, texts = [r.id for r in records], [r.text for r in records]
-    client = model_client_of(settings)
-    try:
-        answer = client.predict(texts, PredictParameters())
-    finally:
-        client.close()
-    current = configuration_of(
-        PredictParameters(), ModelIdentity(answer.model, answer.model_digest or UNKNOWN)
-    )
-    with engine.begin() as connection:
-        ledger.write_predictions(
-            connection,
-            dict(zip(ids, answer.predictions, strict=True)),
-            configuration=current,
-            text_digests={i: text_digest(t) for i, t in zip(ids, texts, strict=True)},
-            batch_key="seed",
-            run_id="seed",
-            now=db.utcnow(),
-        )
-    return ids
-
-
-def current_rows(settings: Settings) -> list[tuple]:
-    table = db.predictions
-    with engine_of(settings).connect() as connection:
-        return sorted(
-            tuple(row)
-            for row in connection.execute(
-                sa.select(
-                    table.c.record_id,
-                    table.c.configuration,
-                    table.c.labels,
-                    table.c.scores,
-                    table.c.updated_at,
-                ).where(table.c.is_current.is_(True))
-            )
-        )
 
 
 def rollout_runs_in_step(instance: DagsterInstance) -> set[str]:
@@ -138,7 +89,7 @@ def test_run_workers_killed_mid_rollout_and_each_record_gets_one_candidate_predi
     records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(RECORDS)))
     path.cli("load", str(records))
     path.cli("import-data")
-    ids = seed_current(path.settings)
+    ids = predict_current(path.settings, *stored_records(path.settings)).ids
     before = current_rows(path.settings)
     descriptions = tmp_path / "candidate.json"
     descriptions.write_text(json.dumps({"billing": ["Money: payments, refunds and plans."]}))
