@@ -153,3 +153,17 @@ def test_dead_letter_at_counts_the_credited_wait_from_the_last_look(
     assert shown[1].dead_letter_at == NOW + TICK + WAIT  # never looked up: from receipt
     assert shown[0].reason == ledger.WAITING_REASON == "record not in the feature store yet"
     assert ledger.waiting_requests(engine, feature_wait=WAIT, limit=1)[0] == shown[:1]
+
+
+def test_waiting_requests_received_together_are_shown_by_message_id(
+    app_settings: Settings,
+) -> None:
+    """Ids given against the rows' insertion order: a tie on receipt is broken by the id, not
+    by where the database happens to keep the rows."""
+    engine = engine_of(app_settings)
+    ledger.create_batches(engine, [1, 2, 3], source="t", batch_size=8, now=NOW)
+    for record_id, message_id in ((1, "m-z"), (2, "m-m"), (3, "m-a")):
+        waiting(engine, record_id, message_id=message_id, received_at=NOW, not_before=NOW)
+    shown, total = ledger.waiting_requests(engine, feature_wait=WAIT, limit=2)
+    assert total == 3
+    assert [w.message_id for w in shown] == ["m-a", "m-m"]
