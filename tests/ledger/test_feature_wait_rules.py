@@ -167,3 +167,27 @@ def test_waiting_requests_received_together_are_shown_by_message_id(
     shown, total = ledger.waiting_requests(engine, feature_wait=WAIT, limit=2)
     assert total == 3
     assert [w.message_id for w in shown] == ["m-a", "m-m"]
+
+
+@pytest.mark.parametrize("store_answers", [False, True], ids=["look-up-fails", "record-arrived"])
+def test_a_request_that_moved_on_during_the_lookup_is_left_alone(
+    app_settings: Settings, store_answers: bool
+) -> None:
+    """The store is asked outside the ledger's transaction: meanwhile a run settled the request
+    (done). Neither a failed look-up nor a found record may write over that."""
+    engine = engine_of(app_settings)
+    ledger.create_batches(engine, [1], source="t", batch_size=8, now=NOW)
+    waiting(engine, 1, not_before=NOW, attempts=1)
+    table = db.prediction_requests
+
+    def lookup(record_ids: object) -> set[int]:
+        with engine.begin() as connection:
+            connection.execute(table.update().values(status=R.DONE))
+        if not store_answers:
+            raise ConnectionError("store down")
+        return {1}
+
+    ledger.recheck_waiting(engine, lookup, now=NOW, feature_wait=WAIT, batch_size=8, limit=10)
+
+    row = request_of(app_settings, 1)
+    assert (row.status, row.attempts, row.error) == (R.DONE, 1, None)
