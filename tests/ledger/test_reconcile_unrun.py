@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.ledger.reconcile import BatchState, ReconcileOutcome, record_unrun
+from batchinfer_dagster.ledger.reconcile import BatchState, ReconcileOutcome, RunState, record_unrun
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, rows
 
@@ -82,3 +82,30 @@ def test_record_unrun_writes_queued_and_running_batches_only(app_settings: Setti
 
 def test_an_outcome_starts_empty() -> None:
     assert ReconcileOutcome() == ReconcileOutcome(retried={}, dead_lettered=[])
+
+
+def test_a_batch_with_a_run_in_flight_gets_no_unrun_credit(app_settings: Settings) -> None:
+    """Only batches Dagster has no run of are credited; one whose run is in flight, queued or
+    running alike, is only touched, its credit left as it was (none)."""
+    engine = engine_of(app_settings)
+    keys = ledger.create_batches(engine, [1, 2], source="t", batch_size=1, now=LOOKED)
+    ledger.count_attempt(engine, keys, now=LOOKED)
+    table = db.prediction_batches
+    with engine.begin() as connection:
+        connection.execute(
+            table.update().where(table.c.batch_key == keys[1]).values(status=B.RUNNING)
+        )
+    later = LOOKED + timedelta(minutes=1)
+
+    outcome = ledger.reconcile(
+        engine,
+        lambda candidates: {c.batch_key: RunState.IN_FLIGHT for c in candidates},
+        max_attempts=3,
+        now=later,
+    )
+
+    assert outcome == ReconcileOutcome()
+    written = {
+        row.batch_key: (row.unrun_seconds, row.updated_at) for row in rows(app_settings, table)
+    }
+    assert written == {keys[0]: (None, later), keys[1]: (None, later)}
