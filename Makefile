@@ -26,14 +26,15 @@ $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 
 install: $(STAMP)
 
-# The schema migrated (the one step that changes it), the model server in the background,
+# The instance file brought up to dagster.local.yaml unless its user edited it
+# (batchinfer_tools.instance_file), the schema migrated (the one step that changes it), the
+# model server in the background,
 # `dg dev` (UI on :3000, sensor running; Dagster 1.13's successor of `dagster dev`) in front,
 # and one line "batchinfer is ready ..." once the UI answers and the model is warm.
 # Ctrl-C stops all three; the state stays where `batchinfer where` says.
 run: install
 	@export DAGSTER_HOME="$$($(BIN)/batchinfer where dagster_home)" && \
-	mkdir -p "$$DAGSTER_HOME" && \
-	{ cp -n dagster.local.yaml "$$DAGSTER_HOME/dagster.yaml" 2>/dev/null || true; } && \
+	$(BIN)/python -m batchinfer_tools.instance_file "$$DAGSTER_HOME" && \
 	$(BIN)/batchinfer db upgrade && \
 	$(BIN)/batchinfer where && \
 	{ $(BIN)/python -m model_server & model_pid=$$!; \

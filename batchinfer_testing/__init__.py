@@ -7,7 +7,9 @@ code): one model-server launcher, one daemon loop, one fault-injecting queue, th
 - ``daemon``: the Dagster daemon's part around the sensor (tick, launch new run keys, repeat);
 - ``queues``: a request queue that delegates to a real one and fails at a chosen step;
 - ``invariants``: nothing lost, nothing duplicated, nothing stuck;
-- ``processes``: child processes in their own session, free ports, health waits.
+- ``processes``: child processes in their own session, free ports, health waits;
+- ``transactions``: a transaction run in a thread, waited for until it finishes or blocks;
+- ``ledger_states``: ledger rows brought into a chosen state through the product's code.
 
 Operator tools (``make stack``, screenshots, the compose rehearsal, ``make demo``) are in
 ``batchinfer_tools``.

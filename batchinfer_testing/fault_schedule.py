@@ -2,12 +2,13 @@
 
 The launcher path (``batchinfer_testing.launcher_path``: a real ``dagster-daemon``, PostgreSQL,
 the Pub/Sub emulator and our model server) drains ``requests`` published requests while a
-schedule drawn from ``seed`` SIGKILLs the daemon, the run workers alive and the model server,
-and restarts PostgreSQL and the emulator. Each part killed is started again, as a supervisor
-would. The drain is then waited for (on the ledger's state, with a generous bound that only
-stops a drain that would never end) and checked against the one invariant of
-``batchinfer_testing.invariants``: every request predicted exactly once or dead-lettered with a
-reason, nothing stuck, nothing left on the queue.
+schedule drawn from ``seed`` SIGKILLs the daemon (with its process group: its code server and
+run workers), the run workers alive and the model server, and restarts PostgreSQL and the
+emulator. Each part killed is started again, as a supervisor would. The drain is then waited
+for (on the ledger's state, with a generous bound that only stops a drain that would never
+end) and checked against the one invariant of ``batchinfer_testing.invariants``: every
+request predicted exactly once or dead-lettered with a reason, nothing stuck, nothing left on
+the queue.
 
 When a fault fires is drawn as a point of progress, not a clock time: fault ``i`` fires once
 that fraction of the requests is predicted. On a loaded 2-core machine a clock time would land
@@ -72,6 +73,13 @@ LAST_EMULATOR_POINT = 0.45
 # may have no run at that moment); a bound on waiting, not a measurement.
 RUN_WORKER_WAIT_S = 120.0
 POLL_S = 0.5
+# Run monitoring's bounds in the drains' instance. A daemon killed with its process group (a
+# supervisor's restart, a container's exit) takes its code server and run workers along; the
+# local run launcher has no worker health check, so only these bounds fail the runs it left
+# STARTED or STARTING (``dagster.local.yaml`` has an hour and 3 minutes). A healthy run here
+# takes seconds to about 40 s on a loaded 2-core machine: one past 90 s is failed and its batch
+# given a new run by the ledger's reconcile, which costs time, never a request.
+ORPHANED_RUN_BOUNDS = {"max_runtime_seconds": 90, "start_timeout_seconds": 90}
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,8 @@ class ScheduleResult:
 class _Daemon:
     """``dagster-daemon run`` on the deployment, killable and started again (log appended).
 
-    Every daemon started is remembered: a daemon killed with SIGKILL leaves its code server and
-    run workers running in its process group, which ``close`` stops.
+    Every daemon started is remembered, so ``close`` stops each one's process group (a daemon
+    that exited on its own may leave its code server and run workers behind).
     """
 
     def __init__(self, path: LauncherPath, log: Path) -> None:
@@ -218,8 +226,11 @@ class _Daemon:
             )
 
     def kill(self) -> None:
-        """SIGKILL the daemon process alone, as the OOM killer would; its children live on."""
-        os.kill(self.current.pid, signal.SIGKILL)
+        """SIGKILL the daemon's whole process group (daemon, code server, run workers), as a
+        supervisor's restart or a container's exit does; run monitoring fails the runs it left
+        (``ORPHANED_RUN_BOUNDS``) and reconcile gives their batches new runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.current.pid, signal.SIGKILL)
         self.current.wait()
 
     def run_workers(self) -> list[int]:
@@ -449,6 +460,7 @@ def run_schedule(
         batch_size=batch_size,
         batch_max_wait_seconds=0,
         feature_wait_seconds=0,
+        run_monitoring=ORPHANED_RUN_BOUNDS,
         # Every fault may cost a batch an attempt; the bound on attempts is not what is tested.
         max_attempts=20,
     )

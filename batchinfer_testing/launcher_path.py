@@ -83,6 +83,7 @@ def launcher_path(
     *,
     name: str = "batchinfer",
     code_dir: Path | None = None,
+    run_monitoring: dict[str, int] | None = None,
     **overrides: object,
 ) -> LauncherPath:
     """Databases ``{name}`` (app) and ``{name}_dagster`` created, the instance's ``dagster.yaml``
@@ -92,6 +93,8 @@ def launcher_path(
     ``code_dir``: the CLI, the daemon and its runs import ``batchinfer_dagster`` from there (a
     checkout of another commit with its ``workspace.yaml`` and ``dagster.local.yaml``, for a
     before/after comparison) rather than from this one.
+    ``run_monitoring``: keys of the instance's ``run_monitoring`` replaced for this deployment
+    (shorter bounds than ``dagster.local.yaml``'s, so a test waits minutes, not an hour).
     ``overrides`` are ``Settings`` fields (``model_url``, ``batch_size``, …); they reach every
     process as ``BATCHINFER_*`` variables, so the daemon's runs see what the caller sees.
     """
@@ -101,6 +104,7 @@ def launcher_path(
     dagster_home.mkdir(parents=True, exist_ok=True)
     code = code_dir or REPO_ROOT
     config = dagster_config(postgres.port, f"{name}_dagster", code / "dagster.local.yaml")
+    config["run_monitoring"] = {**config.get("run_monitoring", {}), **(run_monitoring or {})}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     fields: dict[str, object] = {
         "home": home,

@@ -18,18 +18,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.ledger.closing import BatchClosing
 from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER
-from batchinfer_dagster.prediction import Predictor
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import (
-    engine_of,
-    local_feature_store,
-    model_client_of,
-    resources_of,
-    rows,
-)
+from batchinfer_testing.deployment import engine_of, rows
+from batchinfer_testing.ledger_states import request_left_waiting
 
 WRITTEN = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)  # when the fast clock wrote the ledger
 STEP = timedelta(hours=1)
@@ -56,27 +49,6 @@ def test_a_partial_batch_received_after_now_closes_at_once(now: datetime, closes
     assert closing.sizes([WRITTEN] * 9, now) == ([8, 1] if closes else [8])
 
 
-def waiting_request(settings: Settings) -> datetime:
-    """A request for a record the store does not hold, left waiting by its run at WRITTEN;
-    returns its ``not_before``."""
-    engine = engine_of(settings)
-    message = ReceivedMessage("1", "ack-1", b'{"id": 42}', 1, WRITTEN)
-    [batch_key] = ledger.ingest_messages(
-        engine, [message], queue="local", batch_size=8, now=WRITTEN
-    ).batch_keys
-    Predictor(
-        engine=engine,
-        feature_store=local_feature_store(settings),
-        model=model_client_of(settings, url="http://127.0.0.1:9"),  # never called
-        parameters=resources_of(settings)["model_server"].parameters(),
-        feature_wait=WAIT,
-        clock=lambda: WRITTEN,
-    ).predict(batch_key, run_id="run-1")
-    [request] = rows(settings, db.prediction_requests)
-    assert request.status == ledger.RequestStatus.WAITING_FEATURES
-    return request.not_before
-
-
 @pytest.mark.parametrize(
     ("back", "looked_up"),
     [
@@ -90,7 +62,7 @@ def waiting_request(settings: Settings) -> datetime:
 def test_a_waiting_request_written_before_a_step_back_is_looked_up(
     app_settings: Settings, back: timedelta, looked_up: bool
 ) -> None:
-    not_before = waiting_request(app_settings)
+    not_before = request_left_waiting(app_settings, at=WRITTEN, feature_wait=WAIT)
     assert not_before == WRITTEN + ledger.FEATURE_BACKOFF_BASE
     now = not_before - back
     looked: list[list[int]] = []

@@ -22,17 +22,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, STALE_AFTER
-from batchinfer_dagster.prediction import Predictor
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import (
-    engine_of,
-    local_feature_store,
-    model_client_of,
-    resources_of,
-    rows,
-)
+from batchinfer_testing.deployment import engine_of, rows
+from batchinfer_testing.ledger_states import request_left_waiting
 
 WRITTEN = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -40,23 +33,6 @@ TICK = timedelta(microseconds=1)
 WAIT = timedelta(seconds=600)
 MAX_STEP = ledger.FEATURE_WAIT_MAX_STEP
 HALF_STALE = STALE_AFTER / 2
-
-
-def missing_record_request(settings: Settings) -> None:
-    """A request for record 42 (never in the store) found missing by its run at WRITTEN."""
-    engine = engine_of(settings)
-    message = ReceivedMessage("1", "ack-1", b'{"id": 42}', 1, WRITTEN)
-    [batch_key] = ledger.ingest_messages(
-        engine, [message], queue="local", batch_size=8, now=WRITTEN
-    ).batch_keys
-    Predictor(
-        engine=engine,
-        feature_store=local_feature_store(settings),
-        model=model_client_of(settings, url="http://127.0.0.1:9"),  # never called
-        parameters=resources_of(settings)["model_server"].parameters(),
-        feature_wait=WAIT,
-        clock=lambda: WRITTEN,
-    ).predict(batch_key, run_id="run-1")
 
 
 def dead_lettered_at(settings: Settings, first_lookup: datetime) -> datetime:
@@ -77,9 +53,8 @@ def dead_lettered_at(settings: Settings, first_lookup: datetime) -> datetime:
 
 
 def test_without_a_step_the_wait_ends_at_its_deadline(app_settings: Settings) -> None:
-    missing_record_request(app_settings)
-    [request] = rows(app_settings, db.prediction_requests)
-    assert dead_lettered_at(app_settings, request.not_before) == WRITTEN + WAIT
+    not_before = request_left_waiting(app_settings, at=WRITTEN, feature_wait=WAIT)
+    assert dead_lettered_at(app_settings, not_before) == WRITTEN + WAIT
 
 
 @pytest.mark.parametrize(
@@ -95,7 +70,7 @@ def test_without_a_step_the_wait_ends_at_its_deadline(app_settings: Settings) ->
 def test_a_forward_step_ends_a_feature_wait_at_most_the_bound_early(
     app_settings: Settings, step: timedelta, credited: timedelta
 ) -> None:
-    missing_record_request(app_settings)
+    request_left_waiting(app_settings, at=WRITTEN, feature_wait=WAIT)
     # The clock steps forward by ``step`` before the first look-up (due 5 s after the run).
     stepped = WRITTEN + step
     ended = dead_lettered_at(app_settings, stepped)
@@ -107,7 +82,7 @@ def test_a_forward_step_ends_a_feature_wait_at_most_the_bound_early(
 
 def test_a_forward_step_does_not_end_a_failed_lookups_wait(app_settings: Settings) -> None:
     """A look-up that fails (the store down) is credited like one that answered: bounded."""
-    missing_record_request(app_settings)
+    request_left_waiting(app_settings, at=WRITTEN, feature_wait=WAIT)
     engine = engine_of(app_settings)
 
     def down(record_ids: object) -> set[int]:
@@ -133,7 +108,7 @@ def test_a_forward_step_does_not_end_a_failed_lookups_wait(app_settings: Setting
 
 
 def test_waiting_requests_shows_the_rest_of_the_credited_wait(app_settings: Settings) -> None:
-    missing_record_request(app_settings)
+    request_left_waiting(app_settings, at=WRITTEN, feature_wait=WAIT)
     stepped = WRITTEN + HOUR
     ledger.recheck_waiting(
         engine_of(app_settings),

@@ -10,9 +10,6 @@ other transaction to be either finished or waiting on a lock (a state, not a tim
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,51 +25,12 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.deployment import engine_of, rows
 from batchinfer_testing.lock_waits import impatient_engine
+from batchinfer_testing.transactions import Worker, finished_or_waiting_on_a_lock
 
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 ANSWER = Prediction(sequence="erase me", labels=["billing"], scores=[1.0])
-
-
-class Worker(threading.Thread):
-    """Runs `work` in a thread and keeps its result or error for `outcome`."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self.work = work
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.work()
-        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
-            self.error = error
-
-    def outcome(self) -> Any:
-        self.join(timeout=120)
-        assert not self.is_alive(), "the transaction never finished"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def finished_or_waiting_on_a_lock(engine: Engine, worker: Worker) -> None:
-    """Return once `worker` has finished or a session of this database waits on a lock."""
-    deadline = time.monotonic() + 120
-    with engine.connect() as connection:
-        while worker.is_alive():
-            waiting = connection.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-            if waiting:
-                return
-            assert time.monotonic() < deadline, "neither finished nor waiting on a lock"
-            time.sleep(0.01)
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ The database's clock is injected (``feature_import.database_now``); PostgreSQL i
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,48 +26,10 @@ from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.records import add_records, edit_record
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of, rows
+from batchinfer_testing.transactions import Worker, finished_or_waiting_on_a_lock
 
 A_TIME = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 TICK = timedelta(microseconds=1)
-
-
-class Worker(threading.Thread):
-    """Runs `work` in a thread and keeps its result or error for `outcome`."""
-
-    def __init__(self, work: Callable[[], Any], name: str) -> None:
-        super().__init__(daemon=True, name=name)
-        self.work = work
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.work()
-        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
-            self.error = error
-
-    def outcome(self) -> Any:
-        self.join(timeout=120)
-        assert not self.is_alive(), "the import never finished"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def waiting_on_an_advisory_lock(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        return bool(
-            connection.execute(
-                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-            ).scalar_one()
-        )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -102,10 +63,7 @@ def test_an_import_waits_for_the_one_in_progress_and_stamps_after_it(
     edit_record(engine, record, "second edit")
     second = Worker(store.import_records, name="B")
     second.start()
-    wait_until(
-        lambda: not second.is_alive() or waiting_on_an_advisory_lock(engine),
-        "B to finish or wait for A's lock",
-    )
+    finished_or_waiting_on_a_lock(engine, second, wait_event="advisory")
     assert second.is_alive(), "B imported while A was in progress"
     a_may_write.set()
     assert first.outcome().rows_imported == 1
