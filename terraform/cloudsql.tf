@@ -4,7 +4,7 @@
 
 resource "google_sql_database_instance" "main" {
   #checkov:skip=CKV_GCP_6:ssl_mode ENCRYPTED_ONLY refuses every unencrypted connection; client certificates would have to be issued to every container, and only the private VPC can reach the instance at all
-  #checkov:skip=CKV_GCP_79:the design fixes PostgreSQL 16 (same major version as tests and Alembic migrations); upgrade deliberately, not by a linter
+  #checkov:skip=CKV_GCP_79:we fix PostgreSQL 16 (same major version as tests and Alembic migrations); upgrade deliberately, not by a linter
   #checkov:skip=CKV2_GCP_13:log_duration logs a line per statement (every sensor tick); Query Insights records latencies instead
   name                = "${local.name}-pg"
   database_version    = "POSTGRES_16"

@@ -1,4 +1,4 @@
-# Dagster (design §8), all from the Dagster image, each with its own service account (iam.tf):
+# Dagster (docs/deploy.md), all from the Dagster image, each with its own service account (iam.tf):
 #   webserver   Cloud Run service behind the HTTPS load balancer with IAP (ui.tf);
 #   daemon      Cloud Run worker pool with exactly one instance: sensors, run queue, run
 #               monitoring. It serves no HTTP and must never scale to zero nor to two (two

@@ -1,4 +1,4 @@
-# batchinfer on Google Cloud (design §8): one file per concern, this one holds what they share.
+# batchinfer on Google Cloud (docs/deploy.md): one file per concern, this one holds what they share.
 
 provider "google" {
   project        = var.project_id

@@ -1,4 +1,4 @@
-# The GPU model server (design §6) on Cloud Run: one NVIDIA L4 per instance, scaling 0..N,
+# The GPU model server (docs/model-server.md) on Cloud Run: one NVIDIA L4 per instance, scaling 0..N,
 # reachable only from inside the VPC and only by the run workers' service account.
 #
 # The model never comes from the Hugging Face Hub at start-up (HF_HUB_OFFLINE=1): the NLI model

@@ -1,4 +1,4 @@
-# The request queue (design §3): topic, pull subscription with retry and dead-letter policies.
+# The request queue (docs/architecture.md, "Delivery guarantees"): topic, pull subscription with retry and dead-letter policies.
 
 resource "google_pubsub_topic" "requests" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption at rest; customer-managed keys (Cloud KMS) are not required for this data and would add key rotation and access to operate; messages hold only record ids

@@ -8,7 +8,6 @@ The server-backed parameters carry the ``postgres`` and ``pubsub`` marks, so the
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +16,13 @@ import pytest
 from dagster import DagsterInstance
 
 from batchinfer_dagster import db
-from batchinfer_dagster.clients.pubsub_queue import create_topology
-from batchinfer_dagster.defs.deployments import pubsub_queue_for
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import migrate
-from tests.services import PostgresServer, PubSubEmulator, postgres_server, pubsub_emulator
+from batchinfer_testing.deployment import migrate, pubsub_settings, unique_name
+from batchinfer_testing.services import PostgresServer, PubSubEmulator
+from tests.services import postgres_server, pubsub_emulator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-_names = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +62,6 @@ def scratch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[name] = value
 
 
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{os.getpid()}_{next(_names)}"
-
-
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
     """A throwaway in-memory Dagster instance (sensor ticks, runs, partitions)."""
@@ -105,24 +97,6 @@ def app_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
     migrate(settings)
     yield settings
     db.dispose_engines()
-
-
-def pubsub_settings(base: Settings, emulator: PubSubEmulator, **overrides: object) -> Settings:
-    """``base`` switched to the emulator with a topology of its own, created now."""
-    name = unique_name("q")
-    settings = base.model_copy(
-        update={
-            "queue": "pubsub",
-            "pubsub_emulator_host": emulator.host,
-            "pubsub_topic": f"{name}-topic",
-            "pubsub_subscription": f"{name}-sub",
-            "pubsub_dead_letter_topic": f"{name}-dlq",
-            "pubsub_dead_letter_subscription": f"{name}-dlq-sub",
-            **overrides,
-        }
-    )
-    create_topology(pubsub_queue_for(settings).topology())
-    return settings
 
 
 @pytest.fixture(params=["local", pytest.param("pubsub", marks=pytest.mark.pubsub)])

@@ -7,36 +7,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from batchinfer_dagster import db
 from batchinfer_dagster.cli import cli
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import engine_of, open_queue
+from batchinfer_testing.cli_runner import lines, run, settings_env
+from batchinfer_testing.deployment import drain, engine_of, open_queue
 from batchinfer_testing.processes import free_port
-from tests.clients.test_queue import drain
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {
-        "BATCHINFER_HOME": str(settings.home),
-        "BATCHINFER_DATABASE_URL": settings.resolved_database_url,
-        "BATCHINFER_QUEUE": settings.queue,
-        "BATCHINFER_PUBSUB_TOPIC": settings.pubsub_topic,
-        "BATCHINFER_PUBSUB_SUBSCRIPTION": settings.pubsub_subscription,
-        "BATCHINFER_MODEL_URL": settings.model_url,
-    }
-    if settings.pubsub_emulator_host:
-        env["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
-    return env
-
-
-def run(settings: Settings, *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), env=settings_env(settings), catch_exceptions=False)
-
-
-def lines(result: Result) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 def test_walkthrough_round_trips_through_database_and_queue(queue_settings: Settings) -> None:

@@ -22,8 +22,8 @@ from batchinfer_dagster.cli.requests import id_payloads, publish_payloads
 from batchinfer_dagster.defs.deployments import resources_for
 from batchinfer_dagster.records import first_undecodable_byte
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.cli_runner import lines, run, settings_env
 from batchinfer_testing.deployment import migrate
-from tests.test_cli import lines, run, settings_env
 
 BATCHINFER = str(Path(sys.executable).parent / "batchinfer")
 

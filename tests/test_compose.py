@@ -36,9 +36,9 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_postgres.utils import pg_url_from_config
 
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.command_lines import parse_command_line
+from batchinfer_testing.services import PostgresServer
 from batchinfer_tools.compose_rehearsal import dockerfile_env
-from tests.command_lines import parse_command_line
-from tests.services import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "compose.yaml"

@@ -17,8 +17,8 @@ from batchinfer_dagster import db
 from batchinfer_dagster.export import EXPORT_CHUNK, export_predictions
 from batchinfer_dagster.receipts import legacy_configuration_digest
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.cli_runner import run
 from batchinfer_testing.deployment import engine_of
-from tests.test_cli import run
 
 STORED = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "mobile", "website", "account access"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from batchinfer_testing.command_lines import parse_command_line
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools.screenshots import (
     PAGES,
@@ -22,7 +23,6 @@ from batchinfer_tools.screenshots import (
     chromium_command,
     walkthrough_commands,
 )
-from tests.command_lines import parse_command_line
 
 README = (REPO_ROOT / "README.md").read_text()
 

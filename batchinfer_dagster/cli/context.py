@@ -1,8 +1,10 @@
 """What every command gets from the click context: the settings the root group loaded, the
-resources and the app database built from them, and the Dagster instance to report to.
+clients and the app database built from them, and the Dagster instance to report to.
 
 Everything past ``click`` and the settings is imported inside the functions, so a command that
-needs no database (``where``, ``--version``) never imports SQLAlchemy or Dagster.
+needs no database (``where``, ``--version``) never imports SQLAlchemy, and one that needs no
+Dagster object (``status``, ``publish``, ``predict``, ``prediction``) opens its clients through
+``connections_of`` and never imports Dagster.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from batchinfer_dagster.connections import Connections
 from batchinfer_dagster.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,8 +30,14 @@ def settings_of(ctx: click.Context) -> Settings:
     return ctx.find_root().obj
 
 
+def connections_of(ctx: click.Context) -> Connections:
+    """The deployment's clients, opened without Dagster."""
+    return Connections(settings_of(ctx))
+
+
 def resources_of(ctx: click.Context) -> Resources:
-    """The resources the code location would build from the same settings."""
+    """The resources the code location would build from the same settings (imports Dagster:
+    for the commands that need a resource or the instance, else ``connections_of``)."""
     from batchinfer_dagster.defs.deployments import resources_for
 
     return resources_for(settings_of(ctx))
@@ -76,11 +85,10 @@ def record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], ob
         )
 
 
-def current_deployment(resources: Resources) -> staleness.Deployment:
+def current_deployment(connections: Connections) -> staleness.Deployment:
     """The settings' parameters and the model the server reports now (None when it cannot)."""
     from batchinfer_dagster.prediction import deployment_of
 
-    model_server = resources.model_server
-    with model_server.open() as client:
+    with connections.model_client() as client:
         served = client.served_model()
-    return deployment_of(model_server.parameters(), served)
+    return deployment_of(connections.parameters(), served)

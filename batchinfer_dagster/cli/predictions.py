@@ -15,7 +15,12 @@ from batchinfer_dagster.cli.arguments import (
     candidate_parameters,
     record_id_argument,
 )
-from batchinfer_dagster.cli.context import current_deployment, engine_of, resources_of
+from batchinfer_dagster.cli.context import (
+    connections_of,
+    current_deployment,
+    engine_of,
+    resources_of,
+)
 from batchinfer_dagster.cli.output import echo_json, missing_records_line
 
 if TYPE_CHECKING:
@@ -43,7 +48,7 @@ def lineage(ctx: click.Context, record_id_text: str) -> None:
 
     record_id = record_id_argument(record_id_text)
     engine = engine_of(ctx)
-    document = record_lineage(engine, record_id, current_deployment(resources_of(ctx)))
+    document = record_lineage(engine, record_id, current_deployment(connections_of(ctx)))
     if document is None:
         click.echo(f"no record {record_id} and no prediction of it", err=True)
         ctx.exit(1)

@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from batchinfer_dagster.cli.arguments import message_argument, parse_ids, parse_range
-from batchinfer_dagster.cli.context import current_deployment, engine_of, resources_of, settings_of
+from batchinfer_dagster.cli.context import (
+    connections_of,
+    current_deployment,
+    engine_of,
+    settings_of,
+)
 from batchinfer_dagster.cli.output import LIST_LIMIT, echo_json, missing_records_line
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from batchinfer_dagster.defs.deployments import Resources
+    from batchinfer_dagster.connections import Connections
 
 
 # Messages per publish call: a progress bar that moves, and bounded memory per call.
@@ -82,7 +87,7 @@ class PublishReport:
 
 
 def publish_payloads(
-    resources: Resources,
+    connections: Connections,
     payloads: Iterable[bytes],
     total: int,
     record_ids: Sequence[int] | None = None,
@@ -97,7 +102,7 @@ def publish_payloads(
     report = PublishReport(record_ids=record_ids)
     bar_file = sys.stderr if total > PUBLISH_CHUNK else io.StringIO()
     with (
-        resources.request_queue.open() as queue,
+        connections.request_queue() as queue,
         click.progressbar(length=total, label="publishing", file=bar_file) as bar,
     ):
         for chunk in chunked(payloads, PUBLISH_CHUNK):
@@ -140,14 +145,14 @@ def publish(
         if values or as_ids:
             raise click.UsageError("--range takes no other arguments")
         ids: Sequence[int] = parse_range(id_range)
-        report = publish_payloads(resources_of(ctx), id_payloads(ids), len(ids), ids)
+        report = publish_payloads(connections_of(ctx), id_payloads(ids), len(ids), ids)
     elif as_ids:
         if not values:
             raise click.UsageError("--ids needs at least one record id")
         ids = parse_ids(values)
-        report = publish_payloads(resources_of(ctx), id_payloads(ids), len(ids), ids)
+        report = publish_payloads(connections_of(ctx), id_payloads(ids), len(ids), ids)
     elif len(values) == 1:
-        report = publish_payloads(resources_of(ctx), [message_argument(values[0])], 1)
+        report = publish_payloads(connections_of(ctx), [message_argument(values[0])], 1)
     else:
         raise click.UsageError("give one message, or --ids ID..., or --range FIRST-LAST")
     report_published(report)
@@ -181,9 +186,9 @@ def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     if stale == bool(ids):
         raise click.UsageError("give record ids, or --stale (not both)")
     engine = engine_of(ctx)
-    resources = resources_of(ctx)
+    connections = connections_of(ctx)
     if stale:
-        echo_json(publish_stale(engine, resources))
+        echo_json(publish_stale(engine, connections))
         return
     from batchinfer_dagster.queries import missing_records
 
@@ -192,22 +197,22 @@ def predict(ctx: click.Context, ids: tuple[str, ...], stale: bool) -> None:
     known = [record_id for record_id in record_ids if record_id not in missing]
     if known:
         payloads = id_payloads(known)
-        report_published(publish_payloads(resources, payloads, len(known), known))
+        report_published(publish_payloads(connections, payloads, len(known), known))
     if missing:
         click.echo(missing_records_line(sorted(missing)) + "; not requested", err=True)
         ctx.exit(1)
 
 
-def publish_stale(engine: sa.Engine, resources: Resources) -> dict[str, Any]:
+def publish_stale(engine: sa.Engine, connections: Connections) -> dict[str, Any]:
     """Publish one request per stale, not yet requested prediction; remember each after its
     publish (a crash in between publishes those again next time, never loses one)."""
     from batchinfer_dagster import db, staleness
 
-    deployment = current_deployment(resources)
+    deployment = current_deployment(connections)
     requested = 0
     for page in staleness.iter_stale(engine, deployment, unrequested_only=True):
         ids = [item.record_id for item in page]
-        publish_payloads(resources, id_payloads(ids), len(ids), ids)
+        publish_payloads(connections, id_payloads(ids), len(ids), ids)
         staleness.record_requested(engine, page, now=db.utcnow())
         requested += len(page)
     counts = staleness.stale_counts(engine, deployment)
@@ -273,7 +278,7 @@ def dead_letters_replay(ctx: click.Context, reason: str | None, ids: tuple[str, 
 
     which = ledger.DeadLetterFilter(reason=reason, ids=parse_ids(ids) if ids else None)
     engine = engine_of(ctx)
-    with resources_of(ctx).request_queue.open() as queue:
+    with connections_of(ctx).request_queue() as queue:
         report = ledger.replay_dead_letters(
             engine,
             queue.publish,

@@ -11,6 +11,7 @@ import click
 
 from batchinfer_dagster.cli.context import current_deployment, engine_of, settings_of
 from batchinfer_dagster.cli.output import echo_json
+from batchinfer_dagster.connections import Connections
 from batchinfer_dagster.settings import Settings
 
 WAITING_SHOWN = 5
@@ -20,11 +21,11 @@ STATE_KEYS = ("home", "dagster_home", "database", "queue", "feature_store", "mod
 def status_counts(settings: Settings) -> dict[str, Any]:
     """Counts of everything the system holds, for ``batchinfer status`` and tests."""
     from batchinfer_dagster import ledger, staleness
-    from batchinfer_dagster.defs.deployments import resources_for
     from batchinfer_dagster.queries import table_counts
 
-    resources = resources_for(settings)
-    tables = table_counts(resources.database.get_engine(), local_queue=settings.queue == "local")
+    connections = Connections(settings)
+    engine = connections.engine()
+    tables = table_counts(engine, local_queue=settings.queue == "local")
     counts: dict[str, Any] = {
         "records": tables.records,
         "requests": tables.requests,
@@ -37,19 +38,19 @@ def status_counts(settings: Settings) -> dict[str, Any]:
     if tables.queue_unacked is not None:
         counts["queue_unacked"] = tables.queue_unacked
     shown, _ = ledger.waiting_requests(
-        resources.database.get_engine(),
+        engine,
         feature_wait=timedelta(seconds=settings.feature_wait_seconds),
         limit=WAITING_SHOWN,
     )
-    deployment = current_deployment(resources)
+    deployment = current_deployment(connections)
     counts["stale_predictions"] = {
-        **staleness.stale_counts(resources.database.get_engine(), deployment),
+        **staleness.stale_counts(engine, deployment),
         # False: the model server did not say which model it serves; "model" is not counted.
         "model_checked": deployment.model is not None,
     }
     # The requests by status count them all; these are the ones nearest their deadline.
     counts["waiting_for_features"] = [waiting.document() for waiting in shown]
-    with resources.feature_store.open() as store:
+    with connections.feature_store() as store:
         counts["features"] = store.list_records(0)[1]
     return counts
 

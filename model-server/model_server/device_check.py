@@ -218,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--build", action="store_true", help="check the image's libraries")
     args = parser.parse_args(argv)
     if not args.build:
-        print(current_facts().line(os.environ.get("MODEL_DEVICE", "auto")))
+        from model_server.settings import ServerSettings
+
+        print(current_facts().line(ServerSettings().model_device))
         return 0
     import torch
 

@@ -49,6 +49,10 @@ MAX_BATCH_TOKENS = {"cuda": 32768, "cpu": 1024}
 class ForwardOptions:
     """How a backend runs its forward passes (the MODEL_* settings of that name).
 
+    Every field is required: ``ServerSettings.forward_options`` fills them, and the settings
+    alone declare their defaults and bounds (a copy here once said 32 rows where the server
+    runs 64). Tests start from ``ServerSettings.declared().forward_options``.
+
     max_batch_size: rows per forward pass at most (MODEL_MAX_BATCH_SIZE).
     max_batch_tokens: padded tokens per forward pass at most; 0 picks by device (1,024 on CPU,
         32,768 on CUDA) (MODEL_MAX_BATCH_TOKENS).
@@ -68,17 +72,17 @@ class ForwardOptions:
     threads: CPU threads for the runtime, 0 for its default (MODEL_TORCH_THREADS).
     """
 
-    max_batch_size: int = 32
-    max_batch_tokens: int = 0
-    pad_to_multiple_of: int = 0
-    dtype: DtypeSetting = "auto"
-    runtime: Runtime = "torch"
-    compile: bool = False
-    cuda_graphs: bool = False
-    warm_up: bool = True
-    warm_up_shapes: Literal["auto", "all", "ends"] = "auto"
-    cache_dir: str = "/tmp/model_server_cache"
-    threads: int = 0
+    max_batch_size: int
+    max_batch_tokens: int
+    pad_to_multiple_of: int
+    dtype: DtypeSetting
+    runtime: Runtime
+    compile: bool
+    cuda_graphs: bool
+    warm_up: bool
+    warm_up_shapes: Literal["auto", "all", "ends"]
+    cache_dir: str
+    threads: int
 
     def shape_graphs(
         self, call: Callable[[dict[str, torch.Tensor]], torch.Tensor], device: torch.device

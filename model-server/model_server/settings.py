@@ -24,7 +24,10 @@ from model_server.runtime import ForwardOptions
 
 
 class ServerSettings(BaseSettings):
-    """Everything the model server can be told, with the embedded defaults of design.md §4."""
+    """Everything the model server can be told, with its embedded defaults (docs/model-server.md,
+    "Settings"). The one place a MODEL_* or AIP_* default or bound is written: the classes it
+    builds (``ForwardOptions``, ``EdgeLimits``, ``RequestLimits``) and the backends take
+    required values (tests/model_server/test_no_restated_defaults.py)."""
 
     model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")
 
@@ -139,6 +142,13 @@ class ServerSettings(BaseSettings):
                 f"MODEL_FP16=true contradicts MODEL_DTYPE={self.model_dtype}; unset MODEL_FP16"
             )
         return self
+
+    @classmethod
+    def declared(cls) -> ServerSettings:
+        """The declared defaults alone, the environment ignored: what tests and benchmarks
+        start from (``ServerSettings.declared().forward_options``), so that no other module
+        restates a default."""
+        return cls.model_construct()
 
     @property
     def forward_options(self) -> ForwardOptions:

@@ -17,9 +17,14 @@ from typing import Any
 
 from google.cloud.aiplatform_v1 import AcceleratorType
 
-MODEL_SERVER_PORT = 8080
-PREDICT_ROUTE = "/predict"
-HEALTH_ROUTE = "/health"
+from model_server.settings import ServerSettings
+
+# The port and routes the image serves when Vertex AI sets nothing else: ServerSettings'
+# declared ones, told to Vertex AI in the container spec.
+_DECLARED = ServerSettings.declared()
+MODEL_SERVER_PORT = _DECLARED.aip_http_port
+PREDICT_ROUTE = _DECLARED.aip_predict_route
+HEALTH_ROUTE = _DECLARED.aip_health_route
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def deploy_model(
     model_backend: str = "nli",
     model_name_or_path: str | None = "facebook/bart-large-mnli",
     artifact_uri: str | None = None,
-    max_batch_size: int = 64,
+    max_batch_size: int = _DECLARED.model_max_batch_size,
     service_account: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> DeployedModel:

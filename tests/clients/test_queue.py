@@ -8,18 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from batchinfer_dagster import db, ledger
-from batchinfer_dagster.clients.queue import RequestQueue
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import engine_of, open_queue
-
-
-def drain(queue: RequestQueue, expected: int, timeout: float = 30) -> list:
-    """Pull until ``expected`` deliveries arrived (Pub/Sub may hand them out in pieces)."""
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while len(got) < expected and time.monotonic() < deadline:
-        got.extend(queue.pull(max_messages=expected - len(got), timeout=2))
-    return got
+from batchinfer_testing.deployment import drain, engine_of, open_queue
 
 
 def test_publish_pull_ack_roundtrip(queue_settings: Settings) -> None:

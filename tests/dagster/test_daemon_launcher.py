@@ -13,10 +13,10 @@ from pathlib import Path
 
 from dagster import DagsterRunStatus
 
+from batchinfer_testing.deployment import unique_name
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import drain, launcher_path, read_drain
-from tests.conftest import unique_name
-from tests.services import PostgresServer, PubSubEmulator
+from batchinfer_testing.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 60
 BATCH_SIZE = 16

@@ -14,17 +14,17 @@ from dagster import DagsterInstance, RunRequest
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.cli_runner import lines, run
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
     local_feature_store,
     open_queue,
     publish_json,
+    pubsub_settings,
     resources_of,
     rows,
 )
-from tests.conftest import pubsub_settings
-from tests.services import PubSubEmulator
-from tests.test_cli import lines, run
+from batchinfer_testing.services import PubSubEmulator
 
 
 def status(settings: Settings) -> dict:

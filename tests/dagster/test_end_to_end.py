@@ -24,10 +24,17 @@ from batchinfer_dagster.defs.checks import PREDICTION_CHECK_SPECS
 from batchinfer_dagster.defs.partitions import PREDICTION_BATCHES
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop
-from batchinfer_testing.deployment import TEXTS, engine_of, open_queue, resources_of, rows
+from batchinfer_testing.deployment import (
+    TEXTS,
+    engine_of,
+    open_queue,
+    pubsub_settings,
+    resources_of,
+    rows,
+    unique_name,
+)
 from batchinfer_testing.model_server import EMBEDDING_MODEL, REPO_ROOT
-from tests.conftest import pubsub_settings, unique_name
-from tests.services import PostgresServer, PubSubEmulator
+from batchinfer_testing.services import PostgresServer, PubSubEmulator
 
 MALFORMED = [b"{not json", b'{"id": "twelve"}', b'{"record": 4}', b'["1"]', b'{"id": -5}']
 

@@ -18,11 +18,12 @@ from batchinfer_dagster.clients.queue import ReceivedMessage
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
+    add_features,
     engine_of,
     publish_json,
+    queue_is_empty,
     rows,
 )
-from tests.dagster.test_sensor import add_features, queue_is_empty
 
 POISON_ID = "9" * 5000  # int() refuses strings over 4,300 digits with a ValueError
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -19,32 +19,21 @@ from batchinfer_dagster.defs.sensors import (
 )
 from batchinfer_dagster.records import add_records
 from batchinfer_dagster.settings import Settings
+from batchinfer_testing.cli_runner import run as run_cli
 from batchinfer_testing.daemon import execute_runs, run_daemon_loop, sensor_tick
 from batchinfer_testing.deployment import (
+    add_features,
     engine_of,
     local_feature_store,
     model_server_of,
     open_queue,
     publish_json,
+    queue_is_empty,
     resources_of,
     rows,
 )
 from batchinfer_testing.processes import free_port
 from batchinfer_testing.queues import FaultInjectingQueue
-from tests.test_cli import run as run_cli
-
-
-def add_features(settings: Settings, record_ids: range | list[int]) -> None:
-    store = local_feature_store(settings)
-    store.upsert([(i, f"I was charged twice for order {i}, please refund") for i in record_ids])
-
-
-def queue_is_empty(settings: Settings) -> bool:
-    queue = open_queue(settings)
-    try:
-        return queue.pull(10, 1.0) == []
-    finally:
-        queue.close()
 
 
 def test_batches_split_at_batch_size_and_partitions_registered(

@@ -16,9 +16,13 @@ from batchinfer_dagster import db
 from batchinfer_dagster.clients.queue import DeadlineExtender
 from batchinfer_dagster.defs.sensors import process_tick
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import local_feature_store, open_queue, resources_of
-from tests.conftest import pubsub_settings
-from tests.services import PostgresServer, PubSubEmulator
+from batchinfer_testing.deployment import (
+    local_feature_store,
+    open_queue,
+    pubsub_settings,
+    resources_of,
+)
+from batchinfer_testing.services import PostgresServer, PubSubEmulator
 
 DEADLINE = 10  # seconds: Pub/Sub's minimum, BATCHINFER_ACK_DEADLINE_SECONDS below
 

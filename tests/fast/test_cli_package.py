@@ -1,5 +1,6 @@
 """The ``cli/`` package: every command registered once, ``python -m`` as good as the console
-script, start-up without Dagster or SQLAlchemy, and no SQL of its own (that is ``queries.py``'s).
+script, start-up without Dagster or SQLAlchemy, the everyday commands without Dagster, and no
+SQL of its own (that is ``queries.py``'s).
 """
 
 from __future__ import annotations
@@ -80,6 +81,73 @@ def test_version_and_help_import_no_heavy_module(tmp_path: Path) -> None:
 def test_where_imports_neither_dagster_nor_pandas(tmp_path: Path) -> None:
     # SQLAlchemy renders the database URL without its password (Settings.state_locations).
     assert heavy_modules_after(tmp_path, "where") == ["sqlalchemy"]
+
+
+# The commands a user runs every few minutes; each must start without Dagster (or pandas).
+EVERYDAY = (
+    (["--version"], 0),
+    (["status"], 0),
+    (["publish", "--ids", "1"], 0),
+    (["predict", "1"], 0),
+    # No run has predicted record 1: "no prediction for record 1 yet", exit 1.
+    (["prediction", "1"], 1),
+)
+
+# Run in a fresh interpreter whose imports of Dagster (and of pandas) are refused, so that a
+# command that reaches them fails; the refusals are printed too, in case one is swallowed.
+BLOCKED_RUN = """
+import importlib.abc, json, sys
+
+refused = []
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.partition(".")[0]
+        if top in ("dagster", "pandas") or top.startswith("dagster_"):
+            refused.append(name)
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from click.testing import CliRunner
+from batchinfer_dagster import db, records
+from batchinfer_dagster.cli import cli
+from batchinfer_dagster.settings import load_settings
+
+engine = db.create_app_engine(load_settings().resolved_database_url)
+db.upgrade(engine)
+records.add_records(engine, ["my card was charged twice"])
+engine.dispose()
+results = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(cli, args)
+    results.append([args, result.exit_code, result.output, repr(result.exception)])
+print(json.dumps({"results": results, "refused": refused}))
+"""
+
+
+def test_everyday_commands_run_with_dagster_and_pandas_refused(tmp_path: Path) -> None:
+    # A port nothing listens on: the model server is "unreachable" at once.
+    ran = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN, json.dumps([args for args, _ in EVERYDAY])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={
+            "BATCHINFER_HOME": str(tmp_path / "home"),
+            "BATCHINFER_MODEL_URL": "http://127.0.0.1:9",
+            "PYTHONPATH": ":".join(sys.path),
+        },
+    )
+    report = json.loads(ran.stdout)
+    assert report["refused"] == []
+    exits = {" ".join(args): exit_code for args, exit_code, _, _ in report["results"]}
+    assert exits == {" ".join(args): expected for args, expected in EVERYDAY}, report
+    outputs = {" ".join(args): output for args, _, output, _ in report["results"]}
+    assert json.loads(outputs["status"])["records"] == 1
+    assert json.loads(outputs["predict 1"])["record_id"] == 1
+    assert outputs["prediction 1"] == "no prediction for record 1 yet\n"
 
 
 def sqlalchemy_uses(source: str) -> set[str]:

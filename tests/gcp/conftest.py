@@ -15,7 +15,7 @@ from batchinfer_dagster import db
 from batchinfer_dagster.clients.vertex_feature_store import SOURCE_SCHEMA
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import engine_of
-from tests.gcp.fakes import (
+from batchinfer_testing.fakes.google import (
     FakeBigQuery,
     FakeTokenEndpoint,
     FakeVertex,
@@ -23,9 +23,7 @@ from tests.gcp.fakes import (
     token_server,
     vertex_server,
 )
-
-PROJECT = "test-project"
-TABLE = f"{PROJECT}.batchinfer.records"
+from batchinfer_testing.gcp_names import PROJECT, TABLE
 
 
 @pytest.fixture(scope="session")

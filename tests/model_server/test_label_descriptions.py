@@ -11,6 +11,7 @@ import torch
 from transformers import pipeline
 
 from batchinfer_protocol.zero_shot import DEFAULT_LABELS
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, forward_options
 from model_server.backends.base import Instance
 from model_server.backends.embedding import EmbeddingBackend
 from model_server.backends.label_descriptions import (
@@ -194,7 +195,13 @@ def test_nli_descriptions_are_hypotheses_as_the_pipeline_reads_them(bert_nli_dir
     texts = ["The app crashes on my phone.", "I was charged twice, refund me. " * 3]
     descriptions = {"mobile": "A phone app problem.", "billing": "A payment is wrong."}
     classifier = pipeline("zero-shot-classification", model=str(bert_nli_dir), device="cpu")
-    backend = NliBackend(str(bert_nli_dir), torch.device("cpu"), max_batch_size=3)
+    backend = NliBackend(
+        str(bert_nli_dir),
+        torch.device("cpu"),
+        max_batch_size=3,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     backend.load()
     for multi_label in (False, True):
         expected = classifier(
@@ -219,7 +226,13 @@ def test_nli_descriptions_are_hypotheses_as_the_pipeline_reads_them(bert_nli_dir
 
 
 def test_nli_label_with_several_descriptions_takes_its_most_entailed(bert_nli_dir: Path) -> None:
-    backend = NliBackend(str(bert_nli_dir), torch.device("cpu"), max_batch_size=4)
+    backend = NliBackend(
+        str(bert_nli_dir),
+        torch.device("cpu"),
+        max_batch_size=4,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     backend.load()
     text = "The app crashes on my phone."
     candidates = ("A phone app problem.", "Software crashes.", "Something about weather.")

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from transformers import pipeline
 
 from batchinfer_protocol.zero_shot import Prediction, decode_predictions
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, forward_options
 from model_server.app import create_app
 from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend, entailment_id
-from model_server.runtime import ForwardOptions
 from model_server.settings import ServerSettings
 
 # Very different lengths: a word, sentences, texts truncated at the model's max length, unicode,
@@ -64,7 +64,13 @@ def test_backend_matches_pipeline(
 ) -> None:
     expected = pipeline_answers(nli_model_dir, labels, multi_label, template)
     # A batch size that does not divide the pair count, so batches mix texts and lengths.
-    backend = NliBackend(str(nli_model_dir), torch.device("cpu"), max_batch_size=7)
+    backend = NliBackend(
+        str(nli_model_dir),
+        torch.device("cpu"),
+        max_batch_size=7,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     backend.load()
     instances = [Instance(text, tuple(labels), multi_label, template) for text in EXACTNESS_TEXTS]
     actual = backend.predict(instances)
@@ -96,7 +102,13 @@ def test_http_server_matches_pipeline(nli_model_dir: Path) -> None:
 
 def test_mixed_requests_in_one_batch_match_pipeline(bart_nli_dir: Path) -> None:
     """Instances with different labels, templates and modes share one backend call."""
-    backend = NliBackend(str(bart_nli_dir), torch.device("cpu"), max_batch_size=64)
+    backend = NliBackend(
+        str(bart_nli_dir),
+        torch.device("cpu"),
+        max_batch_size=64,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     backend.load()
     first = pipeline_answers(bart_nli_dir, LABELS, True, None)
     second = pipeline_answers(bart_nli_dir, ["refund", "crash"], False, "Topic: {}")
@@ -127,12 +139,16 @@ def test_onnx_runtime_matches_pipeline_and_reuses_its_export(
     Single-label, multi-label and a custom template share the backend calls; for BART the
     texts include "</s>", whose unequal <eos> counts the exported graph cannot refuse itself.
     """
-    options = ForwardOptions(runtime="onnxruntime", cache_dir=str(tmp_path), max_batch_size=7)
-    first = NliBackend(str(nli_model_dir), torch.device("cpu"), forward=options)
+    options = forward_options(runtime="onnxruntime", cache_dir=str(tmp_path), max_batch_size=7)
+    first = NliBackend(
+        str(nli_model_dir), torch.device("cpu"), forward=options, default_template=DEFAULT_TEMPLATE
+    )
     first.load()
     [exported] = list((tmp_path / "onnx").glob("*/model.onnx"))
     exported_at = exported.stat().st_mtime_ns
-    second = NliBackend(str(nli_model_dir), torch.device("cpu"), forward=options)
+    second = NliBackend(
+        str(nli_model_dir), torch.device("cpu"), forward=options, default_template=DEFAULT_TEMPLATE
+    )
     second.load()
     assert list((tmp_path / "onnx").glob("*/model.onnx")) == [exported]
     assert exported.stat().st_mtime_ns == exported_at
@@ -160,8 +176,10 @@ def test_onnx_export_of_a_bert_runs_fused_exact_kernels(bert_nli_dir: Path, tmp_
     on one query row per sequence."""
     import onnx
 
-    options = ForwardOptions(runtime="onnxruntime", cache_dir=str(tmp_path), warm_up=False)
-    NliBackend(str(bert_nli_dir), torch.device("cpu"), forward=options).load()
+    options = forward_options(runtime="onnxruntime", cache_dir=str(tmp_path), warm_up=False)
+    NliBackend(
+        str(bert_nli_dir), torch.device("cpu"), forward=options, default_template=DEFAULT_TEMPLATE
+    ).load()
     [exported] = list((tmp_path / "onnx").glob("*/model.onnx"))
     operators = Counter(node.op_type for node in onnx.load(exported).graph.node)
     layers = 2  # the tiny BERT's
@@ -179,5 +197,6 @@ def test_onnx_runtime_refuses_half_precision() -> None:
         NliBackend(
             "unused",
             torch.device("cpu"),
-            forward=ForwardOptions(runtime="onnxruntime", dtype="float16"),
+            forward=forward_options(runtime="onnxruntime", dtype="float16"),
+            default_template=DEFAULT_TEMPLATE,
         )

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, forward_options
 from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend
 from model_server.pair_tokens import PairEncoder, supports_pair_assembly
@@ -95,7 +96,13 @@ def test_left_truncation_is_followed(bert_nli_dir: Path) -> None:
 def test_a_pool_tokenizes_each_text_and_hypothesis_once(
     bart_nli_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = NliBackend(str(bart_nli_dir), torch.device("cpu"), max_batch_size=8)
+    backend = NliBackend(
+        str(bart_nli_dir),
+        torch.device("cpu"),
+        max_batch_size=8,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     backend.load()
     assert backend.pair_encoder is not None
     batches: list[list[str]] = []

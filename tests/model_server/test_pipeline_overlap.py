@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from batchinfer_protocol.zero_shot import Prediction
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, forward_options
 from model_server.backends.base import Instance
 from model_server.backends.nli import NliBackend, PreparedPairs
 from model_server.batching import DynamicBatcher
 from model_server.cuda_graphs import ShapeGraphs
-from model_server.runtime import Forward, ForwardOptions
+from model_server.runtime import Forward
 
 FORWARD_SECONDS = 0.1  # one forward batch per pool here
 PREPARE_SECONDS = 0.05
@@ -38,8 +39,10 @@ class FixedCostNliBackend(NliBackend):
     when each of them ran."""
 
     def __init__(self, model_dir: Path) -> None:
-        options = ForwardOptions(max_batch_size=8, max_batch_tokens=4096, warm_up=False)
-        super().__init__(str(model_dir), torch.device("cpu"), forward=options)
+        options = forward_options(max_batch_size=8, max_batch_tokens=4096, warm_up=False)
+        super().__init__(
+            str(model_dir), torch.device("cpu"), forward=options, default_template=DEFAULT_TEMPLATE
+        )
         self.forwards: list[tuple[float, float]] = []
         self.prepares: list[tuple[float, float]] = []
         self.computes: list[tuple[float, float]] = []

@@ -6,7 +6,8 @@ import pydantic
 import pytest
 import torch
 
-from model_server.runtime import ForwardOptions, resolve_dtype
+from batchinfer_testing.backends import forward_options
+from model_server.runtime import resolve_dtype
 from model_server.settings import ServerSettings
 
 
@@ -83,10 +84,10 @@ def test_auto_dtype_on_cpu_is_float32_and_half_precision_is_refused() -> None:
 
 def test_shape_plan_defaults_follow_the_device() -> None:
     """CPU: small batches of close lengths (little padding); CUDA: big batches, coarse buckets."""
-    cpu = ForwardOptions().shape_plan(torch.device("cpu"), 512)
+    cpu = forward_options().shape_plan(torch.device("cpu"), 512)
     assert (cpu.max_tokens, cpu.lengths[:3], cpu.lengths[-1]) == (1024, (4, 8, 12), 512)
-    cuda = ForwardOptions().shape_plan(torch.device("cuda"), 512)
+    cuda = forward_options().shape_plan(torch.device("cuda"), 512)
     assert (cuda.max_tokens, cuda.lengths[:2]) == (32768, (32, 64))
-    given = ForwardOptions(max_batch_tokens=4096, pad_to_multiple_of=8)
+    given = forward_options(max_batch_tokens=4096, pad_to_multiple_of=8)
     plan = given.shape_plan(torch.device("cpu"), 512)
     assert (plan.max_tokens, plan.lengths[:2]) == (4096, (8, 16))

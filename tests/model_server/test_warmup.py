@@ -18,10 +18,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from batchinfer_testing.backends import DEFAULT_TEMPLATE, forward_options
 from model_server.app import create_app
 from model_server.backends.nli import NliBackend
 from model_server.cuda_graphs import ShapeGraphs
-from model_server.runtime import Forward, ForwardOptions
+from model_server.runtime import Forward
 from model_server.settings import ServerSettings
 from model_server.shapes import ShapePlan, length_buckets, warm_up_shapes
 
@@ -119,7 +120,7 @@ def test_the_ends_are_the_largest_and_the_smallest_shape() -> None:
     ],
 )
 def test_auto_warms_every_shape_on_cuda_only(setting: str, device: str, scope: str) -> None:
-    options = ForwardOptions(warm_up_shapes=setting)  # type: ignore[arg-type]
+    options = forward_options(warm_up_shapes=setting)  # type: ignore[arg-type]
     assert options.warm_up_scope(torch.device(device)) == scope
 
 
@@ -146,7 +147,8 @@ def test_health_is_503_warming_up_until_every_shape_ran(bert_nli_dir: Path) -> N
     backend = GatedNliBackend(
         str(bert_nli_dir),
         torch.device("cpu"),
-        forward=ForwardOptions(max_batch_size=4, warm_up_shapes="all"),
+        forward=forward_options(max_batch_size=4, warm_up_shapes="all"),
+        default_template=DEFAULT_TEMPLATE,
     )
     app = create_app(ServerSettings(model_backend="nli"), backend=backend, load_on_startup=False)
     loading = threading.Thread(target=app.state.service.load)
@@ -172,7 +174,10 @@ def test_a_stop_during_the_warm_up_is_a_shutdown_not_an_error(
     # Ctrl-C on `make run` while the model server warms up: it logs that it stopped, no
     # traceback at ERROR, and /health keeps saying it is not ready.
     backend = GatedNliBackend(
-        str(bert_nli_dir), torch.device("cpu"), forward=ForwardOptions(max_batch_size=4)
+        str(bert_nli_dir),
+        torch.device("cpu"),
+        forward=forward_options(max_batch_size=4),
+        default_template=DEFAULT_TEMPLATE,
     )
     app = create_app(ServerSettings(model_backend="nli"), backend=backend, load_on_startup=False)
     service = app.state.service
@@ -208,10 +213,17 @@ def test_answers_do_not_depend_on_the_warm_up(bert_nli_dir: Path, warm_up: bool)
     bucketed = NliBackend(
         str(bert_nli_dir),
         torch.device("cpu"),
-        forward=ForwardOptions(max_batch_size=8, max_batch_tokens=128, warm_up=warm_up),
+        forward=forward_options(max_batch_size=8, max_batch_tokens=128, warm_up=warm_up),
+        default_template=DEFAULT_TEMPLATE,
     )
     bucketed.load()
-    alone = NliBackend(str(bert_nli_dir), torch.device("cpu"), max_batch_size=1)
+    alone = NliBackend(
+        str(bert_nli_dir),
+        torch.device("cpu"),
+        max_batch_size=1,
+        forward=forward_options(),
+        default_template=DEFAULT_TEMPLATE,
+    )
     alone.load()
     together = bucketed.predict([Instance(text, labels) for text in texts])
     one_by_one = [alone.predict([Instance(text, labels)])[0] for text in texts]

@@ -15,11 +15,9 @@ from batchinfer_dagster.clients.model_client import (
     HttpModelClientConfig,
     ModelClient,
 )
+from batchinfer_dagster.connections import VERTEX_SCHEME
 from batchinfer_dagster.settings import described, variable_of
 from batchinfer_protocol.zero_shot import PredictParameters
-
-# A model URL of this scheme names a Vertex AI endpoint (``deployments.model_server_for``).
-VERTEX_SCHEME = "vertex://"
 
 if TYPE_CHECKING:
     from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint

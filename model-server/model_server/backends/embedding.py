@@ -74,15 +74,17 @@ class EmbeddingBackend(Backend):
         model_path: str,
         device: torch.device,
         *,
-        forward: ForwardOptions | None = None,
+        forward: ForwardOptions,
+        temperature: float,
         max_batch_size: int | None = None,
-        temperature: float = 0.05,
         model_name: str | None = None,
     ) -> None:
-        """`max_batch_size`, when given, overrides `forward.max_batch_size` (a shorthand)."""
+        """`forward` and `temperature` come from ``ServerSettings`` (MODEL_MAX_BATCH_SIZE …,
+        MODEL_EMBEDDING_TEMPERATURE); `max_batch_size`, when given, overrides
+        `forward.max_batch_size` (a shorthand)."""
         super().__init__(model_name or model_path, device)
         self.model_path = model_path
-        options = forward or ForwardOptions()
+        options = forward
         if max_batch_size is not None:
             options = dataclasses.replace(options, max_batch_size=max_batch_size)
         if options.runtime != "torch":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from batchinfer_protocol.zero_shot import DEFAULT_HYPOTHESIS_TEMPLATE, Prediction
+from batchinfer_protocol.zero_shot import Prediction
 from model_server.backends.base import Backend, Instance, ranked_prediction
 from model_server.cuda_graphs import ShapeGraphs
 from model_server.first_token_layer import last_layer_for_first_token
@@ -40,8 +40,6 @@ from model_server.runtime import (
 from model_server.shapes import ForwardBatch, PaddingTokens, pad_batch
 
 logger = logging.getLogger(__name__)
-
-PIPELINE_TEMPLATE = DEFAULT_HYPOTHESIS_TEMPLATE
 
 
 def entailment_id(label2id: dict[str, int]) -> int:
@@ -135,16 +133,17 @@ class NliBackend(Backend):
         model_path: str,
         device: torch.device,
         *,
-        forward: ForwardOptions | None = None,
+        forward: ForwardOptions,
+        default_template: str,
         max_batch_size: int | None = None,
-        default_template: str = PIPELINE_TEMPLATE,
         model_name: str | None = None,
     ) -> None:
-        """`max_batch_size`, when given, overrides `forward.max_batch_size` (a shorthand)."""
+        """`forward` and `default_template` come from ``ServerSettings`` (MODEL_* variables);
+        `max_batch_size`, when given, overrides `forward.max_batch_size` (a shorthand)."""
         super().__init__(model_name or model_path, device)
         self.model_path = model_path
         self.default_template = default_template
-        options = forward or ForwardOptions()
+        options = forward
         if max_batch_size is not None:
             options = dataclasses.replace(options, max_batch_size=max_batch_size)
         self.options = options
