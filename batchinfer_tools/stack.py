@@ -140,7 +140,12 @@ def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -
     process = subprocess.Popen(
         list(command), cwd=REPO_ROOT, env={**os.environ, **environment}, start_new_session=True
     )
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Set here, not inherited: a process started with SIGINT ignored (a background job of a
+    # script, as CI starts one) keeps it ignored, and Ctrl-C would then stop nothing.
+    previous = {
+        sig: signal.signal(sig, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -151,7 +156,8 @@ def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -
             stop_group(process)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_group(process: subprocess.Popen) -> None:

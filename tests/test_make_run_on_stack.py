@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,13 +24,26 @@ from pathlib import Path
 
 import pytest
 
+from batchinfer_testing.foreground import Output, ctrl_c, kill_processes_with, tails
 from batchinfer_testing.model_server import REPO_ROOT
+from batchinfer_tools import stack
+from batchinfer_tools.run import LOG_NAME
 from tests.services import unavailable
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
+# Bounds on a hung start, step and stop (seconds), not measurements: on a quiet machine the
+# whole test takes about a minute; CI runs it at load 16, beside an image build. Their sum
+# stays under the test's own timeout, so a hang fails with what was printed and the logs'
+# tails, and the stop still runs.
+START_DEADLINE_S = 900
+STEP_DEADLINE_S = 300
+STOP_DEADLINE_S = stack.STOP_TIMEOUT_S + 60
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.pubsub,
+    pytest.mark.timeout(START_DEADLINE_S + STEP_DEADLINE_S + STOP_DEADLINE_S + 120),
+]
 
-# A bound on a hung start or stop, not a measurement.
-DEADLINE_SECONDS = 600
 # What a make running these tests (`make test`) passes down: without them the `make` under
 # test prints what a user's does, not "make[1]: Entering directory" lines.
 NESTED_MAKE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
@@ -41,41 +52,6 @@ STEP_STARTED = "STEP_START"
 BACKLOG = 1000
 MAKE_RUN_STOPPING = "stopping Dagster, then the model server"
 ENV_FILE = re.compile(r"source \S+ && source (?P<env>\S+/env\.sh)$")
-
-
-def read_lines(fd: int, lines: list[str], marker: str | None, deadline: float) -> bool:
-    """Append ``fd``'s lines to ``lines`` until one holds ``marker`` (True), the output ends
-    (True when ``marker`` is None) or the deadline passes."""
-    pending = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return marker is None
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            lines.append(raw.decode(errors="replace"))
-            if marker is not None and marker in lines[-1]:
-                return True
-    return False
-
-
-def processes_with(variable: str) -> list[str]:
-    """Command lines of the processes whose environment holds ``variable`` (``NAME=value``)."""
-    marker = f"{variable}\0".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue  # exited meanwhile, or not ours to read
-    return found
 
 
 # Run inside the stack's network namespace: features for the backlog, then the backlog.
@@ -107,6 +83,7 @@ def publish_backlog(namespace_pid: int, env_file: Path) -> None:
         env={**os.environ, **environment},
         cwd=REPO_ROOT,
         check=True,
+        timeout=STEP_DEADLINE_S,
     )
 
 
@@ -119,6 +96,18 @@ def tmp() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def diagnosis(output: Output, tmp: Path) -> str:
+    """What a failure shows: every line printed, and the tails of the logs of the stack under
+    ``tmp`` (make run's children's output, PostgreSQL's and the emulator's), read before the
+    stop removes them."""
+    logs = [
+        *tmp.glob(f"batchinfer-stack-*/logs/{LOG_NAME}"),
+        *tmp.glob("batchinfer-pg-*/data/server.log"),
+        *tmp.glob("batchinfer-pubsub-*/emulator.log"),
+    ]
+    return f"{output.text()}\n{tails(logs)}"
 
 
 def test_ctrl_c_of_make_stack_stops_dagster_first_and_leaves_nothing(tmp: Path) -> None:
@@ -134,41 +123,41 @@ def test_ctrl_c_of_make_stack_stops_dagster_first_and_leaves_nothing(tmp: Path) 
         ["unshare", "-n", "bash", "-c", "ip link set lo up && exec make stack"],
         cwd=REPO_ROOT,
         env=env,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    lines: list[str] = []
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    output = Output(process)
+    interrupted_from = None
     try:
-        assert read_lines(fd, lines, READY, deadline), "\n".join(lines)
-        env_file = next(m for line in lines if (m := ENV_FILE.search(line)))["env"]
-        publish_backlog(process.pid, Path(env_file))
-        assert read_lines(fd, lines, STEP_STARTED, deadline), "\n".join(lines)
-        interrupted_from = len(lines)
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        ended = read_lines(fd, lines, None, time.monotonic() + DEADLINE_SECONDS)
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    after = lines[interrupted_from:]
-    text = "\n".join(after)
+            started = output.until(READY, time.monotonic() + START_DEADLINE_S)
+            assert started, diagnosis(output, tmp)
+            env_file = next(m for line in output.lines if (m := ENV_FILE.search(line)))["env"]
+            publish_backlog(process.pid, Path(env_file))
+            stepped = output.until(STEP_STARTED, time.monotonic() + STEP_DEADLINE_S)
+            assert stepped, diagnosis(output, tmp)
+            interrupted_from = len(output.lines)
+        finally:
+            ended = ctrl_c(process, output, STOP_DEADLINE_S)
+    finally:
+        # A stop that failed must not leave a Dagster, a model server or the servers running
+        # under the tests that follow.
+        left = kill_processes_with(f"TMPDIR={tmp}")
+    text = output.text(interrupted_from)
     assert ended, text
+    assert left == [], text
     assert "Traceback" not in text, text
     assert "Stack Trace" not in text, text  # how Dagster's event log prints an error's stack
     # From make run's "stopping" line on: its lines only, its last ("stopped": its stop ended
     # before the servers stopped), then the stack's.
+    after = output.lines[interrupted_from:]
     stopping = next(i for i, line in enumerate(after) if line.startswith(MAKE_RUN_STOPPING))
     assert after[-2] == "stopped", text
     own = after[stopping + 1 : -2]
     assert [line for line in own if " interrupted by the stop; " not in line] == [], text
     assert after[-1].startswith("stopped PostgreSQL and the emulator; removed "), text
-    assert processes_with(f"TMPDIR={tmp}") == [], text
     # torch's compile cache (torchinductor_<user>) is shared by every start of the model
     # server, by design; anything else is a leftover.
     left = [path.name for path in tmp.iterdir() if not path.name.startswith("torchinductor_")]
