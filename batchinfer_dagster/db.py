@@ -185,6 +185,9 @@ prediction_batches = Table(
     Column("run_id", String(64), nullable=True),
     # Seconds reconcile saw the batch without a run since its last run request (NULL after one).
     Column("unrun_seconds", Float, nullable=True),
+    # Of ``attempts``, those whose run a stop of ``make run`` interrupted: not charged against
+    # the attempt limit (``ledger.reconcile``).
+    Column("uncharged_attempts", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_prediction_batches_status", "status"),
 )
 

@@ -8,9 +8,11 @@ full stack. Here Ctrl-C (or SIGTERM) stops things in the order a shutdown needs:
 
 1. ``dg dev`` (SIGINT to that one process): it tells its daemon and webserver to stop, so no
    run is launched any more; its code server waits for the runs it started;
-2. the runs still in flight, canceled through the instance's run launcher (the code server
-   interrupts each run worker, which records its run as canceled: the sensor gives the batch
-   another attempt on the next start); SIGINT, then SIGKILL, to what is left of the group;
+2. the runs still in flight, each tagged ``batchinfer/stopped_by`` and then canceled through
+   the instance's run launcher (the code server interrupts each run worker, which records its
+   run as canceled: the sensor gives the batch another attempt on the next start, and the tag
+   makes it one that costs the batch nothing); SIGINT, then SIGKILL, to what is left of the
+   group;
 3. the model server, which the run workers used until then.
 
 Everything the children print goes to ``<home>/logs/make-run.log``; until the stop it is also
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from dagster import RunsFilter
+    from dagster import DagsterInstance, RunsFilter
 
 from batchinfer_testing.model_server import REPO_ROOT
 
@@ -56,6 +58,8 @@ STOP_TIMEOUT_S = (
 )
 POLL_S = 0.2
 PARTITION_TAG = "dagster/partition"
+# The value of the tag each run in flight gets from the stop (``tag_runs_in_flight``).
+STOPPED_BY = "make run"
 T = TypeVar("T")
 
 
@@ -186,7 +190,7 @@ def stop_dagster(dagster: subprocess.Popen[bytes], relay: Relay) -> list[str]:
     records the run as canceled); a run worker still there after ``RUN_WORKERS_STOP_TIMEOUT_S``
     gets SIGINT, and SIGKILL after as long again.
     """
-    before = _read_instance(runs_in_flight, [], relay)
+    before = _read_instance(tag_runs_in_flight, [], relay)
     relay.child_line(f"{_now()} stopping dg dev")
     if dagster.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -214,7 +218,7 @@ class InterruptedRun:
         """The one line the terminal gets for this run."""
         batch = f"batch {self.partition}" if self.partition else "no batch"
         if self.status in ("FAILURE", "CANCELED"):
-            outcome = "its batch is retried at the next start on the same state"
+            outcome = "its batch is retried at the next start, at no cost to its attempts"
         else:
             outcome = (
                 f"left {self.status.lower()}; run monitoring fails it on the next start and "
@@ -223,16 +227,34 @@ class InterruptedRun:
         return f"run {self.run_id[:8]} ({batch}) interrupted by the stop; {outcome}"
 
 
-def runs_in_flight() -> list[str]:
-    """Ids of the instance's started (or starting) runs; the instance from ``DAGSTER_HOME``."""
+def tag_runs_in_flight() -> list[str]:
+    """Tag the instance's started (or starting) runs as stopped by ``make run``; their ids.
+
+    Done before anything is stopped, so a run the stop ends any way (canceled, failed as its
+    code server went, killed by the last SIGINT) carries the tag: the sensor's reconcile then
+    retries its batch without charging the attempt (``STOPPED_BY_TAG``). The instance is the
+    one of ``DAGSTER_HOME``.
+    """
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        return [run.run_id for run in instance.get_runs(_in_flight())]
+        return tag_in_flight(instance)
+
+
+def tag_in_flight(instance: DagsterInstance) -> list[str]:
+    """``tag_runs_in_flight`` on ``instance``."""
+    from batchinfer_dagster.defs.sensors import STOPPED_BY_TAG
+
+    run_ids = [run.run_id for run in instance.get_runs(_in_flight())]
+    for run_id in run_ids:
+        instance.add_run_tags(run_id, {STOPPED_BY_TAG: STOPPED_BY})
+    return run_ids
 
 
 def cancel_runs_in_flight(relay: Relay) -> list[str]:
-    """Cancel each started (or starting) run through the instance's run launcher; their ids.
+    """Cancel each started (or starting) run through the instance's run launcher, tagged first
+    as ``tag_runs_in_flight`` tags (one the daemon launched since then has no tag yet); their
+    ids.
 
     A run that cannot be canceled (its code server gone) gets a line in the log and is left to
     the SIGINT that follows.
@@ -240,7 +262,7 @@ def cancel_runs_in_flight(relay: Relay) -> list[str]:
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        run_ids = [run.run_id for run in instance.get_runs(_in_flight())]
+        run_ids = tag_in_flight(instance)
         for run_id in run_ids:
             try:
                 canceled = instance.run_launcher.terminate(run_id)

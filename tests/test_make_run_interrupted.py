@@ -22,9 +22,16 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus
 
-from batchinfer_dagster import db
+from batchinfer_dagster import db, ledger
+from batchinfer_dagster.defs.sensors import STOPPED_BY_TAG
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import TEXTS, engine_of, local_feature_store, open_queue
+from batchinfer_testing.deployment import (
+    TEXTS,
+    engine_of,
+    local_feature_store,
+    open_queue,
+    rows,
+)
 from batchinfer_testing.foreground import Output, ctrl_c, kill_processes_with, tails
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools import run
@@ -56,7 +63,7 @@ STOPPED = "stopped"
 BACKLOG = 3000
 INTERRUPTED_LINE = re.compile(
     r"^run (?P<run>[0-9a-f]{8}) \(batch (?P<batch>\S+)\) interrupted by the stop; its batch is "
-    r"retried at the next start on the same state$"
+    r"retried at the next start, at no cost to its attempts$"
 )
 
 
@@ -141,12 +148,17 @@ def test_ctrl_c_with_a_run_in_flight_prints_one_line_per_run(tmp_path: Path) -> 
     assert lines, text
     assert len(lines) == len(matches), text
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        ended = {
-            run.run_id[:8]: run.tags.get("dagster/partition")
-            for run in instance.get_runs()
-            if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
-        }
+        runs = [
+            dagster_run
+            for dagster_run in instance.get_runs()
+            if dagster_run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+        ]
+    ended = {r.run_id[:8]: r.tags.get("dagster/partition") for r in runs}
     assert {line["run"]: line["batch"] for line in lines} == ended, text
+    # Each tagged by the stop: what makes their retry cost no attempt.
+    assert {r.run_id[:8]: r.tags.get(STOPPED_BY_TAG) for r in runs} == dict.fromkeys(
+        ended, run.STOPPED_BY
+    )
     # The tracebacks are kept, in the log file the stop names.
     log = home / "logs" / LOG_NAME
     assert f"(their output: {log})" in text, text
@@ -165,3 +177,12 @@ def test_ctrl_c_with_a_run_in_flight_prints_one_line_per_run(tmp_path: Path) -> 
     assert left == [], "\n".join(after)
     assert "Traceback" not in "\n".join(after), "\n".join(after)
     assert "Stack Trace" not in "\n".join(after), "\n".join(after)
+    # And at no cost: each interrupted batch's attempt was not charged, so every batch has
+    # spent exactly one charged attempt, the one that settled it.
+    batches = {row.batch_key: row for row in rows(settings, db.prediction_batches)}
+    interrupted = set(ended.values())
+    uncharged = {key: row.uncharged_attempts for key, row in batches.items() if key in interrupted}
+    assert uncharged == dict.fromkeys(interrupted, 1)
+    charged = {key: row.attempts - row.uncharged_attempts for key, row in batches.items()}
+    assert charged == dict.fromkeys(batches, 1)
+    assert {row.status for row in batches.values()} == {ledger.BatchStatus.SUCCEEDED}
