@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, RunsFilter
@@ -58,6 +60,8 @@ STOP_TIMEOUT_S = (
 )
 POLL_S = 0.2
 PARTITION_TAG = "dagster/partition"
+# Hosts of the URLs whose ports a start checks are free (``already_answering``).
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # The value of the tag each run in flight gets from the stop (``tag_runs_in_flight``).
 STOPPED_BY = "make run"
 T = TypeVar("T")
@@ -222,7 +226,7 @@ class InterruptedRun:
         else:
             outcome = (
                 f"left {self.status.lower()}; run monitoring fails it on the next start and "
-                "its batch is retried"
+                "its batch is retried, at no cost to its attempts"
             )
         return f"run {self.run_id[:8]} ({batch}) interrupted by the stop; {outcome}"
 
@@ -320,6 +324,23 @@ def readiness_thread(relay: Relay) -> threading.Thread:
     return thread
 
 
+def already_answering(urls: Iterable[str]) -> str | None:
+    """The first ``host:port`` of ``urls`` (http or https on this machine) where something
+    already accepts connections, else None.
+
+    A second ``make run`` beside a running one would otherwise start anyway: its servers fail to
+    bind while its readiness line sees the first one's answer and says "ready".
+    """
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with contextlib.suppress(OSError), socket.create_connection((parts.hostname, port), 1):
+            return f"{parts.hostname}:{port}"
+    return None
+
+
 def log_path() -> Path:
     """``<home>/logs/make-run.log``; the previous start's log is kept as ``.previous``."""
     from batchinfer_dagster.settings import load_settings
@@ -337,8 +358,21 @@ def main() -> int:
 
     Returns 0 after a stop by signal (a clean stop is what the user asked for: make then says
     nothing more), otherwise the exit status of whichever child ended first (``make run`` ends
-    when either does).
+    when either does); 1 at once, with nothing started and the log left as it is, when the UI's
+    or the model server's port already answers (``already_answering``).
     """
+    from batchinfer_dagster.settings import load_settings
+    from batchinfer_tools.readiness import UI_URL
+
+    taken = already_answering([UI_URL, load_settings().model_url])
+    if taken is not None:
+        print(
+            f"make run: {taken} already answers: another make run (or another server) is "
+            "running; stop it first (Ctrl-C in its terminal). Nothing was started.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     path = log_path()
     # Dagster's temporary files (its code servers' sockets, `dg dev`'s workspace) go into a
     # folder of this start's own, removed at the end: a code server that the stop had to kill
