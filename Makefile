@@ -27,20 +27,18 @@ $(STAMP): pyproject.toml protocol/pyproject.toml model-server/pyproject.toml
 install: $(STAMP)
 
 # The instance file brought up to dagster.local.yaml unless its user edited it
-# (batchinfer_tools.instance_file), the schema migrated (the one step that changes it), the
-# model server in the background,
-# `dg dev` (UI on :3000, sensor running; Dagster 1.13's successor of `dagster dev`) in front,
-# and one line "batchinfer is ready ..." once the UI answers and the model is warm.
-# Ctrl-C stops all three; the state stays where `batchinfer where` says.
+# (batchinfer_tools.instance_file), the schema migrated (the one step that changes it), then
+# batchinfer_tools.run: the model server and `dg dev` (UI on :3000, sensor running; Dagster
+# 1.13's successor of `dagster dev`), each in its own session, and one line "batchinfer is ready
+# ..." once the UI answers and the model is warm. Ctrl-C stops Dagster first, then its run
+# workers, then the model server, and prints one line per interrupted run (their output:
+# <home>/logs/make-run.log). The state stays where `batchinfer where` says.
 run: install
 	@export DAGSTER_HOME="$$($(BIN)/batchinfer where dagster_home)" && \
 	$(BIN)/python -m batchinfer_tools.instance_file "$$DAGSTER_HOME" && \
 	$(BIN)/batchinfer db upgrade && \
 	$(BIN)/batchinfer where && \
-	{ $(BIN)/python -m model_server & model_pid=$$!; \
-	$(BIN)/python -m batchinfer_tools.readiness & ready_pid=$$!; \
-	trap 'kill $$model_pid $$ready_pid 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/dg dev -w workspace.yaml; }
+	exec $(BIN)/python -m batchinfer_tools.run
 
 # The production-like stack on a laptop: PostgreSQL (app database and Dagster's storage) and the
 # Pub/Sub emulator started as the tests start them, databases and topology created, then `make

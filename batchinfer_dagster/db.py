@@ -190,6 +190,9 @@ prediction_batches = Table(
     # the seconds its model call took; NULL for batches settled before, or with no model call.
     Column("predicted", Integer, nullable=True),
     Column("model_seconds", Float, nullable=True),
+    # Of ``attempts``, those whose run a stop of ``make run`` interrupted: not charged against
+    # the attempt limit (``ledger.reconcile``).
+    Column("uncharged_attempts", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_prediction_batches_status", "status"),
 )
 

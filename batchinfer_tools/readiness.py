@@ -63,7 +63,12 @@ def ready_line(
         sleep(POLL_S)
 
 
-def main() -> int:
+def print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(say: Callable[[str], None] = print_line) -> int:
+    """Print (``say``) the line once ready, or why not; ``make run`` passes its output relay."""
     from batchinfer_dagster.settings import load_settings
 
     model_url = load_settings().model_url
@@ -81,7 +86,7 @@ def main() -> int:
             except httpx.TransportError:
                 return False
 
-        print(ready_line(model_state, ui_up), flush=True)
+        say(ready_line(model_state, ui_up))
     return 0
 
 

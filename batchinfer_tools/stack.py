@@ -29,11 +29,13 @@ import yaml
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_testing.processes import stop_process_group
 from batchinfer_testing.services import ServiceUnavailableError, postgres_server, pubsub_emulator
+from batchinfer_tools import run
 
 BIN = Path(sys.executable).parent
-# How long `make run` may take to stop after Ctrl-C (dg dev stops its daemon, code server and
-# webserver; the model server its warm-up) before it is terminated, then killed.
-STOP_TIMEOUT_S = 60
+# How long `make run` may take to stop after Ctrl-C before it is terminated, then killed: its
+# own bounded stop (batchinfer_tools.run: dg dev, the run workers, the model server) and a
+# margin, so the servers below never stop under a Dagster that still uses them.
+STOP_TIMEOUT_S = run.STOP_TIMEOUT_S + 30
 APP_DATABASE = "batchinfer"
 DAGSTER_DATABASE = "dagster"
 
@@ -131,25 +133,31 @@ def run_until_interrupted(command: Sequence[str], environment: dict[str, str]) -
     first and wait for it, so the caller stops the servers only once nothing uses them.
 
     Its own session keeps the terminal's Ctrl-C from reaching it directly: this process
-    forwards it as SIGINT (a clean stop for ``dg dev`` and the model server), waits
-    ``STOP_TIMEOUT_S``, then terminates and kills what is left. Returns its exit status, or 130
-    after an interrupt.
+    forwards it as SIGINT (``make run``'s ordered stop, batchinfer_tools.run), waits
+    ``STOP_TIMEOUT_S``, then terminates and kills what is left. Returns its exit status, or 0
+    after an interrupt (the stop the user asked for; make then prints no error).
     """
     process = subprocess.Popen(
         list(command), cwd=REPO_ROOT, env={**os.environ, **environment}, start_new_session=True
     )
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Set here, not inherited: a process started with SIGINT ignored (a background job of a
+    # script, as CI starts one) keeps it ignored, and Ctrl-C would then stop nothing.
+    previous = {
+        sig: signal.signal(sig, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         return process.wait()
     except KeyboardInterrupt:
-        print("stopping Dagster and the model server, then the servers ...", flush=True)
+        print("stopping make run, then PostgreSQL and the emulator ...", flush=True)
         try:
             process.wait(timeout=0)
         except subprocess.TimeoutExpired:
             stop_group(process)
-        return 130
+        return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -174,10 +182,16 @@ def main(command: Sequence[str] = ("make", "run")) -> int:
                 f"In another shell: source {BIN / 'activate'} && source {stack.env_file}",
                 flush=True,
             )
-            return run_until_interrupted(command, stack.environment)
+            status = run_until_interrupted(command, stack.environment)
     except ServiceUnavailableError as error:
         print(f"cannot start the stack: {error}", file=sys.stderr)
         return 1
+    print(
+        f"stopped PostgreSQL and the emulator; removed {stack.home} (the stack's data and "
+        "make run's log)",
+        flush=True,
+    )
+    return status
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ from batchinfer_dagster.ledger.reconcile import RECHECK_AFTER, RECONCILE_LIMIT, 
 SENSOR_NAME = "prediction_requests_sensor"
 PARTITION_TAG = "dagster/partition"
 RUN_KEY_TAG = "dagster/run_key"
+# Written on each run in flight by the stop of `make run` (batchinfer_tools.run) before it
+# cancels them: a canceled run looks the same whether a user stopped `make run`, canceled it in
+# the UI or it failed, and only the first costs its batch no attempt (ledger.reconcile).
+STOPPED_BY_TAG = "batchinfer/stopped_by"
 
 # Longest wait for the dead-letter subscription, which is empty almost always.
 DEAD_LETTER_PULL_SECONDS = 1.0
@@ -144,7 +148,8 @@ def current_runs(
     pool, a re-materialization from the UI). Its current run is the run of its current attempt
     (run key ``run_key(batch, attempts)``) or, while it is running, the run that started it (the
     ledger stores its id; a run launched another way has no partition tag): when that run is
-    finished and the batch is not settled, the run ended without settling it. Two indexed
+    finished and the batch is not settled, the run ended without settling it: ``INTERRUPTED``
+    when the stop of ``make run`` tagged it (``STOPPED_BY_TAG``), else ``FINISHED``. Two indexed
     queries: runs by partition tag, runs by id.
     """
     keys = [c.batch_key for c in candidates]
@@ -168,7 +173,11 @@ def current_runs(
             started is not None
             or run.tags.get(RUN_KEY_TAG) == run_key(batch.batch_key, batch.attempts)
         ):
-            states[batch.batch_key] = ledger.RunState.FINISHED
+            states[batch.batch_key] = (
+                ledger.RunState.INTERRUPTED
+                if STOPPED_BY_TAG in run.tags
+                else ledger.RunState.FINISHED
+            )
     return states
 
 

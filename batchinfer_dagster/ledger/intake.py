@@ -279,10 +279,18 @@ def write_batches(
     return batch_keys
 
 
-def count_attempt(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -> dict[str, int]:
-    """Queue batches for one more run attempt; returns the new attempt number by batch key."""
+def count_attempt(
+    engine: Engine, batch_keys: Sequence[str], *, now: datetime, charged: bool = True
+) -> dict[str, int]:
+    """Queue batches for one more run attempt; returns the new attempt number by batch key.
+
+    ``charged=False``: the attempt that ended (its run interrupted by a stop of ``make run``)
+    is not charged against the limit (``uncharged_attempts``); the new one still gets its own
+    number, so its run has a run key of its own.
+    """
     table = db.prediction_batches
     attempts: dict[str, int] = {}
+    uncharged = table.c.uncharged_attempts + (0 if charged else 1)
     with engine.begin() as connection:
         for chunk in chunked(batch_keys, db.IN_CHUNK):
             connection.execute(
@@ -294,6 +302,7 @@ def count_attempt(engine: Engine, batch_keys: Sequence[str], *, now: datetime) -
                 .values(
                     status=BatchStatus.QUEUED,
                     attempts=table.c.attempts + 1,
+                    uncharged_attempts=uncharged,
                     # A new run request: its time without a run starts again.
                     unrun_seconds=None,
                     updated_at=now,

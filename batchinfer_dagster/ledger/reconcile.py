@@ -4,8 +4,11 @@ The whole step lives here; what only Dagster knows, the state of each batch's cu
 in as ``current_runs`` (the sensor passes a query of its instance). A batch is looked at when it
 failed, or when it was queued or running without news for ``RECHECK_AFTER``; then
 - a run of it is unfinished (queued for its pool, starting, running): left alone;
-- its current run finished without settling it (failed, canceled: e.g. ``make run`` stopped with
-  Ctrl-C mid-run): retried at once;
+- its current run finished without settling it (failed, canceled): retried at once;
+- its current run was interrupted by a stop of ``make run`` (Ctrl-C mid-run; the stop tags the
+  run, as Dagster's run status cannot tell it from a cancel in the UI or a failure): retried at
+  once, and that attempt is not charged (``uncharged_attempts``): only charged attempts count
+  against ``max_attempts``, so restarts never turn a batch into dead letters;
 - Dagster has no current run of it: retried only after ``stale_after``, the time the daemon has
   to turn a tick's run requests into runs (a tick that died before may have lost them).
 
@@ -51,6 +54,13 @@ class BatchState:
     updated_at: datetime
     # Seconds seen without a run since its last run request (None: not looked at since).
     unrun_seconds: float | None = None
+    # Of ``attempts``, those a stop of ``make run`` interrupted (not charged).
+    uncharged_attempts: int = 0
+
+    @property
+    def charged_attempts(self) -> int:
+        """The attempts that count against the limit."""
+        return self.attempts - self.uncharged_attempts
 
     def unrun_for(self, now: datetime, *, stale_after: timedelta) -> timedelta:
         """How long the batch has been without a run at ``now``, credited as the docstring of
@@ -64,6 +74,7 @@ class RunState(StrEnum):
 
     IN_FLIGHT = "in_flight"  # queued for its pool, starting or running
     FINISHED = "finished"  # ended (failed, canceled, or succeeded without settling the batch)
+    INTERRUPTED = "interrupted"  # ended by a stop of `make run`, not by a failure of its own
 
 
 # Given candidates, the state of the current run of those Dagster knows one of: the run of its
@@ -95,6 +106,7 @@ def batches_to_reconcile(
                 table.c.run_id,
                 table.c.updated_at,
                 table.c.unrun_seconds,
+                table.c.uncharged_attempts,
             )
             .where(
                 sa.or_(
@@ -154,13 +166,15 @@ def reconcile(
     recheck_after: timedelta = RECHECK_AFTER,
     limit: int = RECONCILE_LIMIT,
 ) -> ReconcileOutcome:
-    """Give failed or lost batches another attempt, or dead-letter them after ``max_attempts``.
+    """Give failed or lost batches another attempt, or dead-letter them after ``max_attempts``
+    charged attempts.
 
     Batches with a run in flight, and queued or running ones seen without a run for less than
-    ``stale_after`` (credited per look, see the module's docstring), are only touched; the
-    others (failed, their run finished without settling them, or never created) are queued
-    again with one more attempt, or, out of attempts, become dead letters with the last error
-    of their runs.
+    ``stale_after`` (credited per look, see the module's docstring), are only touched. Those
+    whose run a stop interrupted are queued again at once, the interrupted attempt uncharged.
+    The others (failed, their run finished without settling them, or never created) are queued
+    again with one more attempt, or, with ``max_attempts`` charged, become dead letters with
+    the last error of their runs.
     """
     candidates = batches_to_reconcile(engine, now=now, recheck_after=recheck_after, limit=limit)
     if not candidates:
@@ -176,7 +190,7 @@ def reconcile(
         state = runs.get(batch.batch_key)
         if state is RunState.IN_FLIGHT:
             return True
-        if state is RunState.FINISHED or batch.status == BatchStatus.FAILED:
+        if state in (RunState.FINISHED, RunState.INTERRUPTED) or batch.status == BatchStatus.FAILED:
             return False
         # No run yet: the daemon may still make it, until it was seen without one that long.
         return unrun[batch.batch_key] < stale_after
@@ -185,12 +199,15 @@ def reconcile(
     touch_batches(engine, in_flight, now=now)
     record_unrun(engine, {k: v for k, v in unrun.items() if v < stale_after}, now=now)
     settled = [c for c in candidates if not waits(c)]
-    retried = count_attempt(
-        engine, [c.batch_key for c in settled if c.attempts < max_attempts], now=now
+    interrupted = [c for c in settled if runs.get(c.batch_key) is RunState.INTERRUPTED]
+    charged = [c for c in settled if runs.get(c.batch_key) is not RunState.INTERRUPTED]
+    retried = count_attempt(engine, [c.batch_key for c in interrupted], now=now, charged=False)
+    retried |= count_attempt(
+        engine, [c.batch_key for c in charged if c.charged_attempts < max_attempts], now=now
     )
-    exhausted = [c for c in settled if c.attempts >= max_attempts]
+    exhausted = [c for c in charged if c.charged_attempts >= max_attempts]
     for batch in exhausted:
         error = last_error(engine, batch.batch_key) or "its runs never finished it"
-        reason = f"batch {batch.batch_key} failed after {batch.attempts} attempts: {error}"
+        reason = f"batch {batch.batch_key} failed after {batch.charged_attempts} attempts: {error}"
         dead_letter_batch(engine, batch.batch_key, reason=reason, now=now)
     return ReconcileOutcome(retried=retried, dead_lettered=[b.batch_key for b in exhausted])
