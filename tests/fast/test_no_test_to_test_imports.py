@@ -12,16 +12,6 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 
-# Imports the reliability tier still makes, its helpers moving this session (rel5): a line goes
-# with its import. Nothing may be added here.
-PENDING = {
-    ("reliability/test_flood.py", "tests.conftest"),
-    ("reliability/test_hostile_intake.py", "tests.conftest"),
-    ("reliability/test_killed_run_worker.py", "tests.conftest"),
-    ("reliability/test_pubsub_redelivery.py", "tests.conftest"),
-    ("reliability/test_rollout_crash.py", "tests.conftest"),
-}
-
 
 def is_test_module(module: str) -> bool:
     """``tests.x.test_y`` or ``tests.x.conftest``: a module pytest collects or runs itself."""
@@ -60,4 +50,4 @@ def test_no_test_module_imports_another() -> None:
         for module in imported_modules(path)
         if is_test_module(module)
     }
-    assert offending - PENDING == set()
+    assert offending == set()

@@ -14,9 +14,8 @@ from dagster import DagsterInstance
 from batchinfer_dagster.chunks import chunked
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
-from batchinfer_testing.deployment import id_payloads, load_records, publish
+from batchinfer_testing.deployment import id_payloads, load_records, publish, pubsub_settings
 from batchinfer_testing.invariants import Published, assert_invariants
-from tests.conftest import pubsub_settings
 from tests.services import PubSubEmulator
 
 NOT_INT = "not a positive integer"

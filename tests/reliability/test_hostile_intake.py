@@ -24,10 +24,15 @@ from hypothesis import strategies as st
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop
-from batchinfer_testing.deployment import engine_of, id_payloads, load_records, publish
+from batchinfer_testing.deployment import (
+    engine_of,
+    id_payloads,
+    load_records,
+    publish,
+    pubsub_settings,
+)
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.model_server import ModelServer
-from tests.conftest import pubsub_settings
 from tests.services import PubSubEmulator
 
 RECORDS = 6

@@ -28,11 +28,11 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batchinfer_testing.daemon import ledger_settled
+from batchinfer_testing.deployment import unique_name
 from batchinfer_testing.fault_schedule import ORPHANED_RUN_BOUNDS
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import launcher_path, running_daemon, unfinished_runs
 from batchinfer_testing.model_server import ModelServer, running_model_server
-from tests.conftest import unique_name
 from tests.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 24

@@ -21,6 +21,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batchinfer_testing.daemon import ledger_settled
+from batchinfer_testing.deployment import unique_name
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import (
     component,
@@ -30,7 +31,6 @@ from batchinfer_testing.launcher_path import (
     unfinished_runs,
 )
 from batchinfer_testing.model_server import ModelServer, running_model_server
-from tests.conftest import unique_name
 from tests.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 40

@@ -13,10 +13,15 @@ from dagster import DagsterInstance, SensorResult
 
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.daemon import run_daemon_loop, sensor_tick
-from batchinfer_testing.deployment import id_payloads, load_records, publish, resources_of
+from batchinfer_testing.deployment import (
+    id_payloads,
+    load_records,
+    publish,
+    pubsub_settings,
+    resources_of,
+)
 from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.queues import FaultInjectingQueueResource, observations
-from tests.conftest import pubsub_settings
 from tests.services import PubSubEmulator
 
 STALL_SECONDS = 13.0

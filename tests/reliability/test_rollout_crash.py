@@ -26,7 +26,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 
 from batchinfer_dagster import db
 from batchinfer_testing.contender import current_rows, predict_current, stored_records
-from batchinfer_testing.deployment import engine_of
+from batchinfer_testing.deployment import engine_of, unique_name
 from batchinfer_testing.launcher_path import (
     component,
     launcher_path,
@@ -35,7 +35,6 @@ from batchinfer_testing.launcher_path import (
     unfinished_runs,
 )
 from batchinfer_testing.model_server import ModelServer, running_model_server
-from tests.conftest import unique_name
 from tests.services import PostgresServer, PubSubEmulator
 
 RECORDS = 48
