@@ -597,9 +597,9 @@ def hold_sqlite_write_lock(connection: Connection) -> None:
     transaction that has written already holds the lock, and PostgreSQL locks rows instead
     (the callers' ``FOR UPDATE`` or ``UPDATE``): both are left as they are.
 
-    Held by ``ledger.settle_batch`` (its deletion check) and ``ledger.dead_letter_batch`` (its
-    queued requests); the rollout's row is locked by a write anyway
-    (``ledger.rollout_lock.locked_rollout_status``).
+    Held by ``ledger.settle_batch`` (its deletion check), ``ledger.dead_letter_batch`` (its
+    queued requests) and ``ledger.prune_settled`` (the batches still settled); the rollout's
+    row is locked by a write anyway (``ledger.rollout_lock.locked_rollout_status``).
     """
     if connection.dialect.name != "sqlite":
         return

@@ -57,21 +57,39 @@ def prune_settled(engine: Engine, batch_keys: Sequence[str]) -> tuple[int, int]:
     Predictions and dead letters are never touched: each prediction row keeps its batch key and
     run id, which is the lineage that outlives the ledger. A request still waiting for features
     keeps its row, and so does the batch it points to.
+
+    Each chunk's batches are read settled and locked in the transaction that deletes (``FOR
+    UPDATE``; SQLite: its write lock, taken first): a batch re-materialized meanwhile (its run
+    marks it running) is either seen running and kept, or waits for this commit and starts with
+    what is left; its requests are never deleted under a run that read them.
     """
     requests, batches = db.prediction_requests, db.prediction_batches
     deleted_requests = deleted_batches = 0
     for chunk in chunked(settled_batches(engine, batch_keys), db.IN_CHUNK):
         with engine.begin() as connection:
+            db.hold_sqlite_write_lock(connection)
+            settled = list(
+                connection.execute(
+                    sa.select(batches.c.batch_key)
+                    .where(
+                        batches.c.batch_key.in_(chunk),
+                        batches.c.status.in_(sorted(SETTLED_BATCH_STATUSES)),
+                    )
+                    .with_for_update()
+                ).scalars()
+            )
+            if not settled:
+                continue
             deleted_requests += connection.execute(
                 requests.delete().where(
-                    requests.c.batch_key.in_(chunk),
+                    requests.c.batch_key.in_(settled),
                     requests.c.status.in_(sorted(FINAL_REQUEST_STATUSES)),
                 )
             ).rowcount
-            still_used = sa.select(requests.c.batch_key).where(requests.c.batch_key.in_(chunk))
+            still_used = sa.select(requests.c.batch_key).where(requests.c.batch_key.in_(settled))
             deleted_batches += connection.execute(
                 batches.delete().where(
-                    batches.c.batch_key.in_(chunk), batches.c.batch_key.not_in(still_used)
+                    batches.c.batch_key.in_(settled), batches.c.batch_key.not_in(still_used)
                 )
             ).rowcount
     return deleted_requests, deleted_batches
