@@ -59,6 +59,12 @@ class Output:
         return "\n".join(self.lines[start:])
 
 
+def private_network_available() -> bool:
+    """Whether this user may make a private network namespace (``unshare -n``): the tests run
+    ``make run`` in one, so its fixed ports never meet another server's."""
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
 def ctrl_c(process: subprocess.Popen, output: Output, timeout: float) -> bool:
     """SIGINT to the whole foreground group, as a terminal sends it; read the output to its
     end, at most ``timeout`` seconds. Whether it ended; a group still there then is killed."""

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer_testing.foreground import Output, ctrl_c, kill_processes_with
+from batchinfer_testing.foreground import (
+    Output,
+    ctrl_c,
+    kill_processes_with,
+    private_network_available,
+)
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools import run
 from tests.services import unavailable
@@ -32,10 +37,6 @@ UP = {
 START_DEADLINE_S = 600
 STOP_DEADLINE_S = run.STOP_TIMEOUT_S + 60
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(START_DEADLINE_S + STOP_DEADLINE_S + 120)]
-
-
-def private_network_available() -> bool:
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
 def run_until_up(home: Path) -> tuple[list[str], set[str], list[str]]:

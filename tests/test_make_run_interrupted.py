@@ -32,7 +32,13 @@ from batchinfer_testing.deployment import (
     open_queue,
     rows,
 )
-from batchinfer_testing.foreground import Output, ctrl_c, kill_processes_with, tails
+from batchinfer_testing.foreground import (
+    Output,
+    ctrl_c,
+    kill_processes_with,
+    private_network_available,
+    tails,
+)
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools import run
 from batchinfer_tools.run import LOG_NAME
@@ -65,10 +71,6 @@ INTERRUPTED_LINE = re.compile(
     r"^run (?P<run>[0-9a-f]{8}) \(batch (?P<batch>\S+)\) interrupted by the stop; its batch is "
     r"retried at the next start, at no cost to its attempts$"
 )
-
-
-def private_network_available() -> bool:
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
 def start_make_run(home: Path) -> tuple[subprocess.Popen, Output]:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer_testing.foreground import Output, ctrl_c, kill_processes_with, tails
+from batchinfer_testing.foreground import (
+    Output,
+    ctrl_c,
+    kill_processes_with,
+    private_network_available,
+    tails,
+)
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools import stack
 from batchinfer_tools.run import LOG_NAME
@@ -111,7 +117,7 @@ def diagnosis(output: Output, tmp: Path) -> str:
 
 
 def test_ctrl_c_of_make_stack_stops_dagster_first_and_leaves_nothing(tmp: Path) -> None:
-    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+    if not private_network_available():
         unavailable("unshare -n (a private network namespace) is not permitted here")
     for binary in ("initdb", "pg_ctl", "gcloud", "java"):
         if not shutil.which(binary):

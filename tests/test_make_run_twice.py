@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer_testing.foreground import kill_processes_with
+from batchinfer_testing.foreground import kill_processes_with, private_network_available
 from batchinfer_testing.model_server import REPO_ROOT
 from batchinfer_tools.run import LOG_NAME
 from tests.services import unavailable
@@ -39,7 +39,7 @@ sys.exit(result.returncode)
 
 @pytest.mark.parametrize("port", [3000, 8080], ids=["ui", "model-server"])
 def test_a_second_make_run_refuses_and_leaves_the_first_ones_log(tmp_path: Path, port: int) -> None:
-    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+    if not private_network_available():
         unavailable("unshare -n (a private network namespace) is not permitted here")
     home = tmp_path / "home"
     log = home / "logs" / LOG_NAME
