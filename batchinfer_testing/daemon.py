@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,11 +27,29 @@ from dagster import (
 
 from batchinfer_dagster import db, ledger
 from batchinfer_dagster.definitions import build_definitions
-from batchinfer_dagster.defs.sensors import prediction_requests_sensor
+from batchinfer_dagster.defs.sensors import TickOutcome, prediction_requests_sensor, process_tick
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.deployment import engine_of, resources_of
+from batchinfer_testing.deployment import engine_of, local_feature_store, open_queue, resources_of
 
 RUN_KEY_TAG = "dagster/run_key"
+
+
+def tick_at(instance: DagsterInstance, settings: Settings, now: datetime) -> TickOutcome:
+    """One tick of the sensor's work (``process_tick``) with its clock at ``now``, on the
+    settings' ledger, queue and feature store: what a test of a deadline (reconcile's recheck
+    and staleness bounds) drives."""
+    queue = open_queue(settings)
+    try:
+        return process_tick(
+            instance,
+            resources_of(settings)["ledger"],
+            queue,
+            feature_store=local_feature_store(settings),
+            lease_seconds=settings.ack_deadline_seconds,
+            clock=lambda: now,
+        )
+    finally:
+        queue.close()
 
 
 def sensor_tick(instance: DagsterInstance, settings: Settings, **overrides: Any) -> SensorResult:

@@ -21,18 +21,13 @@ from batchinfer_dagster.defs.sensors import (
     PARTITION_TAG,
     RUN_KEY_TAG,
     STOPPED_BY_TAG,
-    TickOutcome,
-    process_tick,
     run_key,
 )
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.daemon import sensor_tick
+from batchinfer_testing.daemon import sensor_tick, tick_at
 from batchinfer_testing.deployment import (
     engine_of,
-    local_feature_store,
-    open_queue,
     publish_json,
-    resources_of,
     rows,
 )
 from batchinfer_tools import run
@@ -77,21 +72,6 @@ def test_a_run_the_stop_cannot_cancel_keeps_its_tag(home_instance: DagsterInstan
     assert started.run_id in relay.log.getvalue().decode()
 
 
-def tick(instance: DagsterInstance, settings: Settings, now: object) -> TickOutcome:
-    queue = open_queue(settings)
-    try:
-        return process_tick(
-            instance,
-            resources_of(settings)["ledger"],
-            queue,
-            feature_store=local_feature_store(settings),
-            lease_seconds=settings.ack_deadline_seconds,
-            clock=lambda: now,
-        )
-    finally:
-        queue.close()
-
-
 def test_an_interrupted_run_costs_its_batch_no_attempt(
     instance: DagsterInstance, app_settings: Settings
 ) -> None:
@@ -117,7 +97,7 @@ def test_an_interrupted_run_costs_its_batch_no_attempt(
             assert run.tag_in_flight(instance) == [dagster_run.run_id]
         instance.report_run_canceled(dagster_run)
 
-    outcome = tick(instance, settings, started + RECHECK)
+    outcome = tick_at(instance, settings, started + RECHECK)
 
     assert outcome.retried == {stopped: 2}
     assert outcome.dead_lettered == [canceled]

@@ -5,7 +5,7 @@ and a run still in flight is never doubled."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
@@ -15,36 +15,16 @@ from batchinfer_dagster import db, ledger
 from batchinfer_dagster.defs.sensors import (
     PARTITION_TAG,
     RUN_KEY_TAG,
-    TickOutcome,
-    process_tick,
     run_key,
 )
 from batchinfer_dagster.settings import Settings
-from batchinfer_testing.daemon import sensor_tick
+from batchinfer_testing.daemon import sensor_tick, tick_at
 from batchinfer_testing.deployment import (
     engine_of,
-    local_feature_store,
-    open_queue,
     publish_json,
-    resources_of,
 )
 
 RECHECK = timedelta(seconds=15)  # past RECHECK_AFTER (10 s), well inside STALE_AFTER (2 min)
-
-
-def tick(instance: DagsterInstance, settings: Settings, now: datetime) -> TickOutcome:
-    queue = open_queue(settings)
-    try:
-        return process_tick(
-            instance,
-            resources_of(settings)["ledger"],
-            queue,
-            feature_store=local_feature_store(settings),
-            lease_seconds=settings.ack_deadline_seconds,
-            clock=lambda: now,
-        )
-    finally:
-        queue.close()
 
 
 def one_batch(instance: DagsterInstance, settings: Settings) -> str:
@@ -68,7 +48,7 @@ def test_a_batch_whose_run_ended_unsettled_is_retried_at_once(
     ledger.start_batch(engine_of(app_settings), key, run_id=run.run_id, now=started)
 
     # In flight: left alone, even past the staleness window.
-    late = tick(instance, app_settings, started + timedelta(minutes=5))
+    late = tick_at(instance, app_settings, started + timedelta(minutes=5))
     assert late.retried == {}
 
     # The run was interrupted (Ctrl-C): Dagster knows it ended; the ledger still says running.
@@ -77,7 +57,7 @@ def test_a_batch_whose_run_ended_unsettled_is_retried_at_once(
     else:
         instance.report_run_failed(run)
     assert instance.get_run_by_id(run.run_id).status is ended
-    at_once = tick(instance, app_settings, started + timedelta(minutes=5) + RECHECK)
+    at_once = tick_at(instance, app_settings, started + timedelta(minutes=5) + RECHECK)
     assert at_once.retried == {key: 2}
     assert [(r.partition_key, r.run_key) for r in at_once.run_requests] == [(key, f"{key}#2")]
 
@@ -97,10 +77,10 @@ def test_a_run_never_created_waits_for_the_staleness_window(
     jump = RECHECK + timedelta(hours=1)
     looks = [RECHECK, jump, jump + timedelta(seconds=119 - 60) - RECHECK]
     for look in looks:
-        assert tick(instance, app_settings, written + look).retried == {}
+        assert tick_at(instance, app_settings, written + look).retried == {}
     # RECHECK more: 119 s + RECHECK without a run, past the window.
     last = written + looks[-1] + RECHECK
-    assert tick(instance, app_settings, last).retried == {key: 2}
+    assert tick_at(instance, app_settings, last).retried == {key: 2}
 
 
 def test_a_new_attempt_is_not_judged_by_the_previous_attempts_run(
@@ -115,4 +95,4 @@ def test_a_new_attempt_is_not_judged_by_the_previous_attempts_run(
     )
     now = db.utcnow()
     assert ledger.count_attempt(engine_of(app_settings), [key], now=now) == {key: 2}
-    assert tick(instance, app_settings, now + RECHECK).retried == {}
+    assert tick_at(instance, app_settings, now + RECHECK).retried == {}
