@@ -171,24 +171,27 @@ def test_waiting_requests_received_together_are_shown_by_message_id(
 
 
 @pytest.mark.parametrize(
-    ("store_answers", "moved_to"),
-    [(None, R.DONE), ({1}, R.DONE), (set(), R.DEAD_LETTERED)],
-    ids=["look-up-fails", "record-arrived", "still-missing"],
+    ("store_answers", "moved_to", "feature_wait"),
+    [
+        (None, R.DONE, WAIT),
+        ({1}, R.DONE, WAIT),
+        (set(), R.DONE, WAIT),
+        (set(), R.DONE, timedelta(seconds=1)),
+        (set(), R.DEAD_LETTERED, WAIT),
+    ],
+    ids=["look-up-fails", "record-arrived", "still-missing", "wait-over", "dead-lettered"],
 )
 def test_a_request_that_moved_on_during_the_lookup_is_left_alone(
-    app_settings: Settings, store_answers: set[int] | None, moved_to: str
+    app_settings: Settings, store_answers: set[int] | None, moved_to: str, feature_wait: timedelta
 ) -> None:
     """The store is asked outside the ledger's transaction: meanwhile the request moved on (a
-    run predicted it; an overlapping look-up ended its wait). Neither a failed look-up, a found
-    record nor a missing one may write over that.
-
-    A request predicted meanwhile whose record is still missing is written back to waiting:
-    the state machine lets a re-materialization move done to waiting (its record gone), so the
-    guard cannot tell the two apart (docs/reliability.md, round 5).
-    """
+    re-materialization predicted it; an overlapping look-up ended its wait). Neither a failed
+    look-up, a found record nor a missing one may write over that: not waiting again, and not
+    a dead letter "unknown record id" for a request that was predicted (the state machine lets
+    a re-materialization make a done request either, so the updates' guards alone did not)."""
     engine = engine_of(app_settings)
     ledger.create_batches(engine, [1], source="t", batch_size=8, now=NOW)
-    waiting(engine, 1, not_before=NOW, attempts=1)
+    waiting(engine, 1, not_before=NOW, attempts=1, feature_waited_seconds=5.0, updated_at=NOW)
     table = db.prediction_requests
 
     def lookup(record_ids: object) -> set[int]:
@@ -198,10 +201,20 @@ def test_a_request_that_moved_on_during_the_lookup_is_left_alone(
             raise ConnectionError("store down")
         return store_answers
 
-    ledger.recheck_waiting(engine, lookup, now=NOW, feature_wait=WAIT, batch_size=8, limit=10)
+    outcome = ledger.recheck_waiting(
+        engine,
+        lookup,
+        now=NOW + timedelta(seconds=10),
+        feature_wait=feature_wait,
+        batch_size=8,
+        limit=10,
+    )
 
     row = request_of(app_settings, 1)
-    assert (row.status, row.attempts, row.error) == (moved_to, 1, None)
+    assert (row.status, row.attempts, row.error, row.updated_at) == (moved_to, 1, None, NOW)
+    assert rows(app_settings, db.dead_letters) == []
+    if store_answers is not None:
+        assert (outcome.still_waiting, outcome.dead_lettered) == (0, 0)
 
 
 @pytest.mark.parametrize(
