@@ -116,8 +116,35 @@ def recheck_waiting(
                     )
                     .values(batch_key=batch_key, status=RequestStatus.QUEUED, updated_at=now)
                 )
+        still = _still_waiting(connection, [row.message_id for row in missing])
+        missing = [row for row in missing if row.message_id in still]
         waiting, dead = settle_missing(connection, missing, feature_wait=feature_wait, now=now)
     return RecheckOutcome(batch_keys, waiting, dead)
+
+
+def _still_waiting(connection: sa.Connection, message_ids: Sequence[str]) -> set[str]:
+    """Those of ``message_ids`` still waiting for features, locked until the caller commits.
+
+    The store was asked outside the ledger's transaction. A re-materialization may have
+    predicted a request meanwhile, and the state machine lets a re-materialization move a done
+    request back to waiting or to a dead letter, so ``settle_missing``'s state guards would let
+    this look-up write over the prediction (waiting again, or "unknown record id"). The row
+    lock (PostgreSQL; SQLite serializes writers) makes a settle that comes later wait for it.
+    """
+    table = db.prediction_requests
+    found: set[str] = set()
+    for chunk in chunked(message_ids, db.IN_CHUNK):
+        found.update(
+            connection.execute(
+                sa.select(table.c.message_id)
+                .where(
+                    table.c.message_id.in_(chunk),
+                    table.c.status == RequestStatus.WAITING_FEATURES,
+                )
+                .with_for_update()
+            ).scalars()
+        )
+    return found
 
 
 def _postpone(engine: Engine, rows: Sequence[BatchRequest], *, error: str, now: datetime) -> None:

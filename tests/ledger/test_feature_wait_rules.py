@@ -89,13 +89,14 @@ def test_the_store_is_asked_once_for_the_distinct_ids_in_order(app_settings: Set
     with engine.begin() as connection:
         connection.execute(table.update().values(status=R.WAITING_FEATURES, not_before=NOW))
     lookup = Lookup({3, 7})
-    outcome = recheck(app_settings, lookup, batch_size=2)
+    later = NOW + timedelta(minutes=1)
+    outcome = recheck(app_settings, lookup, now=later, batch_size=2)
     assert lookup.asked == [[3, 5, 7]]
     assert (outcome.still_waiting, outcome.dead_lettered, len(outcome.batch_keys)) == (1, 0, 2)
     queued = rows(app_settings, table, table.c.status == R.QUEUED)
     assert sorted(row.record_id for row in queued) == [3, 7, 7]
     assert {row.batch_key for row in queued} == set(outcome.batch_keys)
-    assert {row.updated_at for row in queued} == {NOW}
+    assert {row.updated_at for row in queued} == {later}
     assert request_of(app_settings, 5).status == R.WAITING_FEATURES
 
 
@@ -169,25 +170,72 @@ def test_waiting_requests_received_together_are_shown_by_message_id(
     assert [w.message_id for w in shown] == ["m-a", "m-m"]
 
 
-@pytest.mark.parametrize("store_answers", [False, True], ids=["look-up-fails", "record-arrived"])
+@pytest.mark.parametrize(
+    ("store_answers", "moved_to", "feature_wait"),
+    [
+        (None, R.DONE, WAIT),
+        ({1}, R.DONE, WAIT),
+        (set(), R.DONE, WAIT),
+        (set(), R.DONE, timedelta(seconds=1)),
+        (set(), R.DEAD_LETTERED, WAIT),
+    ],
+    ids=["look-up-fails", "record-arrived", "still-missing", "wait-over", "dead-lettered"],
+)
 def test_a_request_that_moved_on_during_the_lookup_is_left_alone(
-    app_settings: Settings, store_answers: bool
+    app_settings: Settings, store_answers: set[int] | None, moved_to: str, feature_wait: timedelta
 ) -> None:
-    """The store is asked outside the ledger's transaction: meanwhile a run settled the request
-    (done). Neither a failed look-up nor a found record may write over that."""
+    """The store is asked outside the ledger's transaction: meanwhile the request moved on (a
+    re-materialization predicted it; an overlapping look-up ended its wait). Neither a failed
+    look-up, a found record nor a missing one may write over that: not waiting again, and not
+    a dead letter "unknown record id" for a request that was predicted (the state machine lets
+    a re-materialization make a done request either, so the updates' guards alone did not)."""
     engine = engine_of(app_settings)
     ledger.create_batches(engine, [1], source="t", batch_size=8, now=NOW)
-    waiting(engine, 1, not_before=NOW, attempts=1)
+    waiting(engine, 1, not_before=NOW, attempts=1, feature_waited_seconds=5.0, updated_at=NOW)
     table = db.prediction_requests
 
     def lookup(record_ids: object) -> set[int]:
         with engine.begin() as connection:
-            connection.execute(table.update().values(status=R.DONE))
-        if not store_answers:
+            connection.execute(table.update().values(status=moved_to))
+        if store_answers is None:
             raise ConnectionError("store down")
-        return {1}
+        return store_answers
 
-    ledger.recheck_waiting(engine, lookup, now=NOW, feature_wait=WAIT, batch_size=8, limit=10)
+    outcome = ledger.recheck_waiting(
+        engine,
+        lookup,
+        now=NOW + timedelta(seconds=10),
+        feature_wait=feature_wait,
+        batch_size=8,
+        limit=10,
+    )
 
     row = request_of(app_settings, 1)
-    assert (row.status, row.attempts, row.error) == (R.DONE, 1, None)
+    assert (row.status, row.attempts, row.error, row.updated_at) == (moved_to, 1, None, NOW)
+    assert rows(app_settings, db.dead_letters) == []
+    if store_answers is not None:
+        assert (outcome.still_waiting, outcome.dead_lettered) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("feature_wait", "next_lookup"),
+    [
+        (WAIT, ledger.feature_backoff(3)),  # the backoff: 40 s
+        (timedelta(seconds=100), timedelta(seconds=20)),  # the rest of the wait is shorter
+    ],
+    ids=["backoff", "rest-of-the-wait"],
+)
+def test_a_record_still_missing_is_credited_and_looked_up_again(
+    app_settings: Settings, feature_wait: timedelta, next_lookup: timedelta
+) -> None:
+    """Credited 30 s before, looked up 50 s after the last write: 80 s credited, attempts + 1,
+    the next look-up after its backoff or at the end of the wait, whichever comes first."""
+    engine = engine_of(app_settings)
+    ledger.create_batches(engine, [1], source="t", batch_size=8, now=NOW)
+    waiting(engine, 1, not_before=NOW, attempts=3, feature_waited_seconds=30.0, updated_at=NOW)
+    later = NOW + timedelta(seconds=50)
+    outcome = recheck(app_settings, Lookup(set()), now=later, feature_wait=feature_wait)
+    assert (outcome.still_waiting, outcome.dead_lettered) == (1, 0)
+    row = request_of(app_settings, 1)
+    assert (row.status, row.attempts, row.feature_waited_seconds) == (R.WAITING_FEATURES, 4, 80.0)
+    assert (row.not_before, row.updated_at) == (later + next_lookup, later)
