@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from batchinfer_dagster import ledger
 from batchinfer_dagster.cli import cli
 from batchinfer_dagster.cli.requests import id_payloads, publish_payloads
-from batchinfer_dagster.defs.deployments import resources_for
+from batchinfer_dagster.connections import Connections
 from batchinfer_dagster.records import first_undecodable_byte
 from batchinfer_dagster.settings import Settings
 from batchinfer_testing.cli_runner import lines, run, settings_env
@@ -146,11 +146,11 @@ def test_the_largest_id_is_a_record_id(tmp_path: Path) -> None:
 def publish_peak_bytes(settings: Settings, count: int) -> int:
     """Peak Python memory of publishing ``count`` ids from a range (tracemalloc)."""
     ids = range(1, count + 1)
-    resources = resources_for(settings)
+    connections = Connections(settings)
     migrate(settings)
     tracemalloc.start()
     try:
-        report = publish_payloads(resources, id_payloads(ids), len(ids))
+        report = publish_payloads(connections, id_payloads(ids), len(ids))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -1,7 +1,9 @@
 """The ``batchinfer`` command: add, load, import, publish, inspect — and the operator's tools.
 
-Every command reads the one ``Settings`` object and builds its clients through the same resources
-as the code location (``batchinfer_dagster.defs.deployments``), so the same commands drive the
+Every command reads the one ``Settings`` object and builds its clients from it as the code
+location does: the everyday commands (``status``, ``publish``, ``predict``, ``prediction``,
+``dead-letters``) through ``batchinfer_dagster.connections``, without Dagster, the others through
+the resources of ``batchinfer_dagster.defs.deployments``; so the same commands drive the
 embedded defaults and production. Failures a user can cause or fix (bad input, a server that is
 down, a schema to migrate) end as one line on stderr and a non-zero exit, never as a traceback.
 
@@ -9,8 +11,8 @@ One module per command group, arguments and printing only; the SQL they read thr
 ``batchinfer_dagster.queries`` and the domain modules. Each module lists its commands in
 ``COMMANDS``, which this root group adds. Only ``click`` and the settings are imported up front:
 each command imports what it needs (SQLAlchemy, the ledger, Dagster's resources, pandas), so
-``--version``, ``--help`` and ``where`` never pay for Dagster or pandas, and ``prediction`` does
-not pay for pandas.
+``--version``, ``--help`` and ``where`` never pay for Dagster or pandas, and the everyday
+commands pay for neither (``tests/fast/test_cli_package.py`` runs them with both refused).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Dagster object (``status``, ``publish``, ``predict``, ``prediction``) opens its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -83,6 +84,33 @@ def record_in_dagster(ctx: click.Context, report: Callable[[DagsterInstance], ob
             "observe data_points or materialize features in the UI to update it",
             err=True,
         )
+
+
+@contextmanager
+def dagster_instance(ctx: click.Context) -> Iterator[DagsterInstance]:
+    """The Dagster instance of ``DAGSTER_HOME`` for a run the command makes (``import-data``).
+
+    An instance that cannot be opened does not stop the command: its run goes to a throwaway
+    instance instead, with one line on stderr naming the home, and the UI shows the result
+    after the next materialization there.
+    """
+    from dagster import DagsterInstance
+
+    from batchinfer_dagster.defs import asset_events
+
+    home = settings_of(ctx).resolved_dagster_home
+    try:
+        instance = asset_events.open_instance(home)
+    except Exception as error:  # noqa: BLE001 - any failure of the instance is reported alike
+        click.echo(
+            f"warning: the Dagster instance in {home} cannot be opened "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); this run is not "
+            "recorded there: materialize features in the UI to update it",
+            err=True,
+        )
+        instance = DagsterInstance.ephemeral()
+    with instance:
+        yield instance
 
 
 def current_deployment(connections: Connections) -> staleness.Deployment:

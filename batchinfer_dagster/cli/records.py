@@ -1,19 +1,25 @@
 """The commands that write records: ``add-data-point``, ``delete-data-point``,
 ``edit-data-point``, ``load`` and ``import-data`` (records into the feature store).
 
-Each records what it did in the Dagster instance as an asset event, so the UI shows it.
+Each records what it did in the Dagster instance, so the UI shows it: the record commands as an
+observation of ``data_points``, ``import-data`` as a run of the ``features`` asset.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from batchinfer_dagster.cli.arguments import record_id_argument
-from batchinfer_dagster.cli.context import engine_of, record_in_dagster, resources_of
+from batchinfer_dagster.cli.context import (
+    connections_of,
+    dagster_instance,
+    engine_of,
+    record_in_dagster,
+    settings_of,
+)
 from batchinfer_dagster.cli.output import LIST_LIMIT, echo_json
 
 
@@ -126,7 +132,8 @@ def load(ctx: click.Context, file: Path) -> None:
 def import_data(ctx: click.Context, full: bool) -> None:
     """Import records added or changed since the last import; list what the store now holds.
 
-    Dagster's UI shows it as a materialization of `features`, the same as materializing it there.
+    Runs the `features` asset in this process, as materializing it in Dagster's UI does: the
+    UI lists the run (tagged batchinfer/source=cli import-data) and its materialization.
 
     \b
     Example:
@@ -135,24 +142,22 @@ def import_data(ctx: click.Context, full: bool) -> None:
       {"id": 1, "text": "I can't log in to my account"}
       {"id": 2, "text": "The app crashes on my phone"}
     """
-    from batchinfer_dagster.defs import asset_events
+    from batchinfer_dagster.defs.deployments import resources_for
+    from batchinfer_dagster.defs.feature_imports import materialize_features
 
     engine_of(ctx)
-    with resources_of(ctx).feature_store.open() as store:
-        started = time.perf_counter()
-        result = store.import_records(full=full)
-        duration = time.perf_counter() - started
-        record_in_dagster(
-            ctx,
-            lambda instance: asset_events.report_features_materialized(instance, result, duration),
-        )
-        echo_json(
-            {
-                "imported": result.rows_imported,
-                "records_in_feature_store": result.total_records,
-                **result.details,
-            }
-        )
+    # Secrets as EnvVar references: the run's records in the instance name the variable.
+    resources = resources_for(settings_of(ctx), secrets_from_env=True)
+    with dagster_instance(ctx) as instance:
+        result = materialize_features(instance, resources.feature_store, full=full)
+    echo_json(
+        {
+            "imported": result.rows_imported,
+            "records_in_feature_store": result.total_records,
+            **result.details,
+        }
+    )
+    with connections_of(ctx).feature_store() as store:
         shown, total = store.list_records(LIST_LIMIT)
     for record_id, text in shown:
         echo_json({"id": record_id, "text": text})

@@ -1,10 +1,11 @@
 """The asset events of ``data_points`` and ``features``, built once for Dagster and the CLI.
 
-Records are added and imported two ways: by Dagster (observing ``data_points``, materializing
-``features`` in the UI) and by the CLI (``add-data-point``, ``load``, ``import-data``). Both record
-the same event with the same metadata, the CLI as a runless event in the Dagster instance
-(``DagsterInstance.report_runless_asset_event``, the API behind Dagster's "report asset events"),
-so the UI's lineage and freshness tell the truth whichever way the user works.
+Records are added two ways: by Dagster (observing ``data_points`` in the UI) and by the CLI
+(``add-data-point``, ``load``). Both record the same observation with the same metadata, the CLI
+as a runless event in the Dagster instance (``DagsterInstance.report_runless_asset_event``, the
+API behind Dagster's "report asset events"), so the UI's lineage and freshness tell the truth
+whichever way the user works. ``features`` has one producer, its asset: ``import-data`` runs it
+(``defs.feature_imports``), and ``import_metadata`` is the metadata it records.
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ def report_records_observed(instance: DagsterInstance, engine: sa.Engine) -> Rec
 def report_features_materialized(
     instance: DagsterInstance, result: ImportResult, duration_seconds: float
 ) -> None:
-    """Record a materialization of ``features``, as materializing it in the UI would."""
+    """Record a runless materialization of ``features`` (no import): for tests that need the
+    event an import leaves, the sensor's cue that features may have arrived, without importing.
+    The product never reports one: ``features`` is materialized by its asset alone."""
     instance.report_runless_asset_event(
         AssetMaterialization(asset_key=FEATURES, metadata=import_metadata(result, duration_seconds))
     )

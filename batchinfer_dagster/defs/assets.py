@@ -10,6 +10,7 @@ import warnings
 from dagster import (
     AssetExecutionContext,
     BetaWarning,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -18,6 +19,7 @@ from dagster import (
     asset,
     observable_source_asset,
 )
+from pydantic import Field
 
 from batchinfer_dagster import rollout
 from batchinfer_dagster.clients.model_client import TransientModelError
@@ -59,18 +61,29 @@ with warnings.catch_warnings():
         return ObserveResult(metadata=observation.metadata, data_version=observation.data_version)
 
 
+class FeaturesConfig(Config):
+    """What one materialization of ``features`` moves (run config, the UI's launchpad)."""
+
+    full: bool = Field(
+        default=False,
+        description="Move every record (a rebuild) instead of those added or changed since the "
+        "last import.",
+    )
+
+
 @asset(group_name=GROUP, deps=[data_points])
 def features(
-    context: AssetExecutionContext, feature_store: FeatureStoreResource
+    context: AssetExecutionContext, config: FeaturesConfig, feature_store: FeatureStoreResource
 ) -> MaterializeResult:
     """Every record's text in the feature store, where prediction runs read it.
 
     Each materialization moves the records added or changed since the last import (a
-    watermark in the app database); ``batchinfer import-data --full`` rebuilds.
+    watermark in the app database); ``full`` (``batchinfer import-data --full``) rebuilds. The
+    only producer of ``features``: ``import-data`` materializes it through this asset too.
     """
     started = time.perf_counter()
     with feature_store.open() as store:
-        result = store.import_records()
+        result = store.import_records(full=config.full)
     duration = time.perf_counter() - started
     context.log.info(
         "imported %d rows in %.1f s; the store holds %d records",

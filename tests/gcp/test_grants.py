@@ -224,7 +224,10 @@ CALLS: dict[str, tuple[Call, ...]] = {
              "pubsub.topics.publish", REQUESTS_TOPIC),
         Call(f"{PUBSUB}.publish", "self.publisher.publish(", "pubsub.topics.publish",
              REQUESTS_TOPIC),
-        Call("batchinfer_dagster.cli.records:import_data", "import_records(",
+        # import-data runs the features asset in the CLI's process, as the CLI's identity.
+        Call("batchinfer_dagster.cli.records:import_data", "materialize_features(",
+             "aiplatform.featureViews.sync", PROJECT),
+        Call("batchinfer_dagster.defs.assets:features", "import_records(",
              "aiplatform.featureViews.sync", PROJECT),
         *IMPORT,
         Call("batchinfer_dagster.cli.status:status_counts", "list_records(",
