@@ -14,6 +14,9 @@ the batches holding the requests of each publish. Each stage is in seconds after
 - ``upserted``: the batch's last prediction row was written (``max(predictions.updated_at)``),
   after which ``batchinfer prediction`` reads it.
 
+``runs`` counts the batch's runs: more than one means its first run failed (all its step
+retries) and the stages are those of the last run, relaunched by the sensor's reconcile.
+
 Only the tables, columns and metadata both arms of ``bench_first_hour`` have are read, with
 plain SQL, so a baseline tree's database is read by this tree's code.
 """
@@ -33,8 +36,17 @@ from dagster._core.instance.ref import InstanceRef
 from batchinfer_dagster.settings import Settings
 
 PARTITION_TAG = "dagster/partition"
-STAGES = ("closed", "run_created", "step_started", "model_from", "model_seconds", "upserted")
+STAGES = (
+    "runs",
+    "closed",
+    "run_created",
+    "step_started",
+    "model_from",
+    "model_seconds",
+    "upserted",
+)
 STAGE_HEADINGS = (
+    "runs",
     "closed",
     "run created",
     "step started",
@@ -59,6 +71,7 @@ class Timeline:
 
     batch_key: str
     requests: int
+    runs: int
     closed: float
     run_created: float | None
     step_started: float | None
@@ -71,6 +84,8 @@ class Timeline:
 
 
 def _seconds(value: float | None) -> str:
+    if isinstance(value, int):
+        return str(value)
     return "—" if value is None else f"{value:.1f}"
 
 
@@ -145,6 +160,7 @@ def _timeline(
     return Timeline(
         batch_key=batch_key,
         requests=requests,
+        runs=len(records),
         closed=_unix(created_at) - published,
         run_created=run_created,
         step_started=step_started,
