@@ -275,9 +275,10 @@ def report(
         "| measure | before | after | ratio | load average |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n\n### Where the time goes\n\n"
-        "Seconds after the publish (`bench/first_hour_timeline.py`): the batch closed in the "
-        "ledger, Dagster created its run, the predictions step started, the first model call "
-        "began, the model's seconds for the batch, the last prediction row upserted. Single "
+        "Seconds after the publish (`bench/first_hour_timeline.py`): the batch's runs (more "
+        "than one: its first failed, the stages are the last one's), then when the batch closed "
+        "in the ledger, Dagster created its run, the predictions step started, the first model "
+        "call began, the model's seconds for the batch, the last prediction row upserted. Single "
         f"requests: each stage's median over the {samples}, beside the p50 of publish → "
         "readable (timed from the publish's return, by polling every 50 ms).\n\n"
         f"| arm | readable p50 | {stages} |\n|---|---|"
