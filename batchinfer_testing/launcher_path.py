@@ -327,6 +327,27 @@ def drain(
     return watch
 
 
+def load_numbered_records(path: LauncherPath, directory: Path, count: int) -> None:
+    """Records 1..``count`` ("message number 0" …) stored by ``load`` and imported into the
+    feature store by ``import-data``, through the CLI as a user would."""
+    records = directory / "records.jsonl"
+    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(count)))
+    path.cli("load", str(records))
+    path.cli("import-data")
+
+
+def runs_in_step(instance: DagsterInstance, job_name: str | None = None) -> set[str]:
+    """Ids of the started runs (of ``job_name``, or of any job) whose step has started: each
+    holds a ``model_server`` pool slot while its step runs."""
+    started = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    return {
+        record.dagster_run.run_id
+        for record in started
+        if job_name in (None, record.dagster_run.job_name)
+        and instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
+    }
+
+
 def unfinished_runs(instance: DagsterInstance) -> int:
     """Runs of any job not yet ended (queued, starting, started, canceling)."""
     finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}

@@ -15,7 +15,12 @@ from dagster import DagsterRunStatus
 
 from batchinfer_testing.deployment import unique_name
 from batchinfer_testing.invariants import Published, assert_invariants
-from batchinfer_testing.launcher_path import drain, launcher_path, read_drain
+from batchinfer_testing.launcher_path import (
+    drain,
+    launcher_path,
+    load_numbered_records,
+    read_drain,
+)
 from batchinfer_testing.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 60
@@ -34,10 +39,7 @@ def test_the_daemon_drains_a_backlog_through_its_launcher(
         batch_size=BATCH_SIZE,
         feature_wait_seconds=0,
     )
-    records = tmp_path / "records.jsonl"
-    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(REQUESTS)))
-    path.cli("load", str(records))
-    path.cli("import-data")
+    load_numbered_records(path, tmp_path, REQUESTS)
     path.cli("publish", "--range", f"1-{REQUESTS}")
 
     watch = drain(path, REQUESTS, tmp_path / "daemon.log", timeout=300, poll_seconds=0.5)

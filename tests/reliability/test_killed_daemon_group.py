@@ -25,14 +25,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterRunStatus
 
 from batchinfer_testing.daemon import ledger_settled
 from batchinfer_testing.deployment import unique_name
 from batchinfer_testing.fault_schedule import ORPHANED_RUN_BOUNDS
 from batchinfer_testing.invariants import Published, assert_invariants
-from batchinfer_testing.launcher_path import launcher_path, running_daemon, unfinished_runs
-from batchinfer_testing.model_server import ModelServer, running_model_server
+from batchinfer_testing.launcher_path import (
+    launcher_path,
+    load_numbered_records,
+    running_daemon,
+    runs_in_step,
+    unfinished_runs,
+)
+from batchinfer_testing.model_server import ModelServer
 from tests.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 24
@@ -44,14 +50,6 @@ WAIT_BOUND_S = 420
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
 
 
-@pytest.fixture(scope="module")
-def cold_model_server() -> Iterator[ModelServer]:
-    """A model server of its own (it is stopped and continued), without the warm-up of every
-    shape: on a loaded 2-core machine that alone passes the start bound."""
-    with running_model_server(MODEL_WARMUP="false") as server:
-        yield server
-
-
 @contextlib.contextmanager
 def stopped(server: ModelServer) -> Iterator[None]:
     """The model server's process group stopped (SIGSTOP), continued at the end whatever
@@ -61,16 +59,6 @@ def stopped(server: ModelServer) -> Iterator[None]:
         yield
     finally:
         os.killpg(server.pid, signal.SIGCONT)
-
-
-def runs_in_step(instance: DagsterInstance) -> set[str]:
-    """Started runs whose step has started (each holds a model_server pool slot)."""
-    started = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-    return {
-        record.dagster_run.run_id
-        for record in started
-        if instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
-    }
 
 
 @pytest.mark.timeout(2 * WAIT_BOUND_S + 300)
@@ -92,10 +80,7 @@ def test_a_daemon_killed_with_its_process_group_leaves_no_run_started_for_good(
         feature_wait_seconds=0,
         max_attempts=5,
     )
-    records = tmp_path / "records.jsonl"
-    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(REQUESTS)))
-    path.cli("load", str(records))
-    path.cli("import-data")
+    load_numbered_records(path, tmp_path, REQUESTS)
     path.cli("publish", "--range", f"1-{REQUESTS}")
     log = tmp_path / "daemon.log"
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterRunStatus
 
 from batchinfer_testing.daemon import ledger_settled
 from batchinfer_testing.deployment import unique_name
@@ -26,11 +25,13 @@ from batchinfer_testing.invariants import Published, assert_invariants
 from batchinfer_testing.launcher_path import (
     component,
     launcher_path,
+    load_numbered_records,
     process_samples,
     running_daemon,
+    runs_in_step,
     unfinished_runs,
 )
-from batchinfer_testing.model_server import ModelServer, running_model_server
+from batchinfer_testing.model_server import ModelServer
 from tests.services import PostgresServer, PubSubEmulator
 
 REQUESTS = 40
@@ -39,25 +40,6 @@ KILLS = 2
 TIMEOUT_SECONDS = 420
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
-
-
-@pytest.fixture(scope="module")
-def cold_model_server() -> Iterator[ModelServer]:
-    """A model server of its own without the warm-up of every shape (``MODEL_WARMUP``): on a
-    loaded 2-core machine the warm-up alone passed the 240 s start bound, and the fault here is
-    the pool's, not the model's."""
-    with running_model_server(MODEL_WARMUP="false") as server:
-        yield server
-
-
-def runs_in_step(instance: DagsterInstance) -> set[str]:
-    """Started runs whose step has started (and so holds a pool slot when counted per step)."""
-    started = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-    return {
-        record.dagster_run.run_id
-        for record in started
-        if instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
-    }
 
 
 def test_two_run_workers_killed_with_sigkill_and_every_request_is_predicted(
@@ -77,10 +59,7 @@ def test_two_run_workers_killed_with_sigkill_and_every_request_is_predicted(
         feature_wait_seconds=0,
         max_attempts=5,
     )
-    records = tmp_path / "records.jsonl"
-    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(REQUESTS)))
-    path.cli("load", str(records))
-    path.cli("import-data")
+    load_numbered_records(path, tmp_path, REQUESTS)
     path.cli("publish", "--range", f"1-{REQUESTS}")
     log = tmp_path / "daemon.log"
 

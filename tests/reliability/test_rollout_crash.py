@@ -17,12 +17,11 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batchinfer_dagster import db
 from batchinfer_testing.contender import current_rows, predict_current, stored_records
@@ -30,11 +29,13 @@ from batchinfer_testing.deployment import engine_of, unique_name
 from batchinfer_testing.launcher_path import (
     component,
     launcher_path,
+    load_numbered_records,
     process_samples,
     running_daemon,
+    runs_in_step,
     unfinished_runs,
 )
-from batchinfer_testing.model_server import ModelServer, running_model_server
+from batchinfer_testing.model_server import ModelServer
 from tests.services import PostgresServer, PubSubEmulator
 
 RECORDS = 48
@@ -43,23 +44,6 @@ KILLS = 2
 TIMEOUT_SECONDS = 420
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.pubsub]
-
-
-@pytest.fixture(scope="module")
-def cold_model_server() -> Iterator[ModelServer]:
-    """A model server without the warm-up of every shape: the fault here is the run worker's."""
-    with running_model_server(MODEL_WARMUP="false") as server:
-        yield server
-
-
-def rollout_runs_in_step(instance: DagsterInstance) -> set[str]:
-    started = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-    return {
-        record.dagster_run.run_id
-        for record in started
-        if record.dagster_run.job_name == "predictions_job"
-        and instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
-    }
 
 
 def report_materialized(instance: DagsterInstance, candidate: str) -> bool:
@@ -84,10 +68,7 @@ def test_run_workers_killed_mid_rollout_and_each_record_gets_one_candidate_predi
         feature_wait_seconds=0,
         max_attempts=5,
     )
-    records = tmp_path / "records.jsonl"
-    records.write_text("".join(f'{{"text": "message number {i}"}}\n' for i in range(RECORDS)))
-    path.cli("load", str(records))
-    path.cli("import-data")
+    load_numbered_records(path, tmp_path, RECORDS)
     ids = predict_current(path.settings, *stored_records(path.settings)).ids
     before = current_rows(path.settings)
     descriptions = tmp_path / "candidate.json"
@@ -105,7 +86,7 @@ def test_run_workers_killed_mid_rollout_and_each_record_gets_one_candidate_predi
     clock = time.monotonic()
     with running_daemon(path, log) as daemon, path.instance() as instance:
         for _ in range(KILLS):
-            while not (in_step := rollout_runs_in_step(instance) - hit_runs):
+            while not (in_step := runs_in_step(instance, "predictions_job") - hit_runs):
                 assert daemon.poll() is None, f"the daemon exited; see {log}"
                 assert time.monotonic() - clock < TIMEOUT_SECONDS, f"no run step; see {log}"
                 time.sleep(0.2)
