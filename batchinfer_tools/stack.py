@@ -96,7 +96,8 @@ def running_stack() -> Iterator[Stack]:
             dagster_home = home / "dagster"
             dagster_home.mkdir()
             config = dagster_config(postgres.port, DAGSTER_DATABASE)
-            # Written before `make run` starts: its `cp -n dagster.local.yaml` keeps this one.
+            # Written before `make run` starts: batchinfer_tools.instance_file keeps it as a
+            # user's edit (PostgreSQL storage), writing the shipped file beside it.
             (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             environment = {
                 "BATCHINFER_HOME": str(home),
@@ -172,7 +173,12 @@ def stop_group(process: subprocess.Popen) -> None:
         stop_process_group(process, signal.SIGTERM, timeout=STOP_TIMEOUT_S)
 
 
-def main(command: Sequence[str] = ("make", "run")) -> int:
+# `make run` as a user types it: a make started from `make stack` is a sub-make, which prints
+# "make[1]: Entering/Leaving directory" around its own output unless told not to.
+MAKE_RUN = ("make", "--no-print-directory", "run")
+
+
+def main(command: Sequence[str] = MAKE_RUN) -> int:
     """``make stack``: the stack, ``command`` (``make run``) against it, then a clean stop."""
     try:
         with running_stack() as stack:

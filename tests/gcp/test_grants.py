@@ -167,7 +167,7 @@ CALLS: dict[str, tuple[Call, ...]] = {
         LOGS,
         *dagster_storage("daemon"),
         # The sensor: intake, ack, and the lease of the messages it holds.
-        Call("batchinfer_dagster.defs.sensors:process_tick", "queue.pull(",
+        Call("batchinfer_dagster.defs.sensors:pull_requests", "queue.pull(",
              "pubsub.subscriptions.consume", REQUESTS_SUBSCRIPTION),
         Call(f"{PUBSUB}._pull_once", "self.subscriber.pull(",
              "pubsub.subscriptions.consume", REQUESTS_SUBSCRIPTION),
