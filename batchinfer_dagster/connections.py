@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from batchinfer_dagster.settings import Settings
+from batchinfer_dagster.settings import VERTEX_SCHEME, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from batchinfer_dagster.clients.queue import LocalQueueConfig, RequestQueue
     from batchinfer_dagster.clients.vertex_model_client import VertexEndpoint
     from batchinfer_protocol.zero_shot import PredictParameters
-
-# A model URL of this scheme names a Vertex AI endpoint rather than our HTTP server.
-VERTEX_SCHEME = "vertex://"
 
 
 @dataclass(frozen=True)

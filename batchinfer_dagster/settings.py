@@ -36,6 +36,8 @@ from batchinfer_protocol.zero_shot import (
 PUBSUB_ACK_DEADLINE_SECONDS = (10, 600)
 PUBSUB_DELIVERY_ATTEMPTS = (5, 100)
 ENV_PREFIX = "BATCHINFER_"
+# A model URL of this scheme names a Vertex AI endpoint rather than our HTTP server.
+VERTEX_SCHEME = "vertex://"
 # The BigQuery export's tries of a transient failure (a job BigQuery failed with a 5xx or a rate
 # limit, after the client's own retries of its API calls): tries in all, and the base of the
 # waits in seconds (Dagster's exponential backoff bounds the n-th retry's wait by (2**n - 1) x
@@ -356,7 +358,7 @@ class Settings(BaseSettings):
     @classmethod
     def _model_url_has_a_scheme(cls, url: str) -> str:
         """A URL httpx cannot send to fails every batch only after its retries: refuse it now."""
-        if url.startswith("vertex://"):
+        if url.startswith(VERTEX_SCHEME):
             # Imported here: the Vertex client pulls in the Google libraries.
             from batchinfer_dagster.clients.vertex_model_client import parse_endpoint_url
 

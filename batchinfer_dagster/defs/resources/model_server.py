@@ -15,8 +15,7 @@ from batchinfer_dagster.clients.model_client import (
     HttpModelClientConfig,
     ModelClient,
 )
-from batchinfer_dagster.connections import VERTEX_SCHEME
-from batchinfer_dagster.settings import described, variable_of
+from batchinfer_dagster.settings import VERTEX_SCHEME, described, variable_of
 from batchinfer_protocol.zero_shot import PredictParameters
 
 if TYPE_CHECKING:
